@@ -1,0 +1,94 @@
+"""Pure norm math: batched per-tensor L2 norms that stay right for entries near 1e±30."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["TINY", "per_tensor_norms", "exact_norm", "repair_norms", "combine", "tensor_norm"]
+
+TINY = 1e-18
+"""Below this an fp32 norm may have lost digits to underflowing squares (and above ~1.8e19 the
+squares overflow to inf); such norms are recomputed in float64, where both are exact."""
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _dense(grad: Tensor) -> Tensor:
+    """The values whose norm is the gradient's norm (sparse gradients: the coalesced values)."""
+    if grad.is_sparse:
+        return grad.coalesce()._values()
+    return grad
+
+
+def per_tensor_norms(grads: Sequence[Tensor]) -> Tensor:
+    """L2 norm of each gradient in one batched pass per (device, dtype) group.
+
+    Norms are accumulated in float32 (half-precision gradients included) with
+    ``torch._foreach_norm``; zero-size and sparse tensors take the slow path. The result is a
+    float32 vector on the device of ``grads[0]`` in the order of ``grads``. It can be inf or 0
+    for finite, nonzero entries beyond fp32's range of squares: pass it through `repair_norms`.
+    """
+    if not grads:
+        return torch.zeros(0)
+    out_device = grads[0].device
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
+    norms: list[Tensor | None] = [None] * len(grads)
+    for i, g in enumerate(grads):
+        if g.is_sparse or g.numel() == 0:
+            norms[i] = torch.linalg.vector_norm(_dense(g).float()).reshape(())
+        else:
+            groups[(g.device, g.dtype)].append(i)
+    for (_, dtype), idx in groups.items():
+        tensors = [grads[i] for i in idx]
+        if dtype in _LOW_PRECISION:
+            result = torch._foreach_norm(tensors, 2, dtype=torch.float32)
+        else:
+            result = torch._foreach_norm(tensors, 2)
+        for i, n in zip(idx, result):
+            norms[i] = n
+    return torch.stack([n.to(device=out_device, dtype=torch.float32) for n in norms])
+
+
+def exact_norm(grad: Tensor) -> float:
+    """The L2 norm of ``grad`` computed in float64 (exact over fp32's whole range), as a float."""
+    return torch.linalg.vector_norm(_dense(grad), dtype=torch.float64).item()
+
+
+def repair_norms(norms: Sequence[float], grads: Sequence[Tensor]) -> list[float]:
+    """Recomputes in float64 each fp32 norm that may be wrong (non-finite or below `TINY`).
+
+    Only pathological tensors are touched, so a healthy step costs nothing here.
+    """
+    return [n if TINY <= n < math.inf else exact_norm(g) for n, g in zip(norms, grads)]
+
+
+def combine(norms: Iterable[float]) -> float:
+    """L2 norm of a vector of norms, in float64 (NaN if any is NaN, inf if any is inf)."""
+    values = list(norms)
+    if any(math.isnan(v) for v in values):
+        return math.nan
+    top = max((abs(v) for v in values), default=0.0)
+    if top == 0.0 or math.isinf(top):
+        return top
+    return top * math.sqrt(math.fsum((v / top) ** 2 for v in values))
+
+
+def tensor_norm(t: Tensor) -> Tensor:
+    """A 0-d float64 L2 norm of one tensor, right over fp32's whole range.
+
+    On the CPU the fp32 norm is checked at once (no device sync to avoid) and recomputed in
+    float64 only when it may be wrong; on accelerators it is reduced in float64 directly, which
+    costs no host synchronisation.
+    """
+    if t.device.type != "cpu":
+        return torch.linalg.vector_norm(t, dtype=torch.float64)
+    n = torch.linalg.vector_norm(t, dtype=torch.float32)
+    value = n.item()
+    if TINY <= value < math.inf:
+        return n.double()
+    return torch.linalg.vector_norm(t, dtype=torch.float64)
