@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from . import _hooks
 from .clip import ClipPolicy, make_policy
 from .loggers import Logger
-from .norms import combine, per_tensor_norms, repair_norms, tensor_norm
+from .norms import TINY, combine, per_tensor_norms, repair_norms, tensor_norm
 from .records import LayerStat, Status, StepRecord
 from .summary import format_summary
 from .thresholds import RunningStats, Thresholds, layer_verdicts
@@ -231,26 +231,31 @@ class GradWatch:
         norms_dev = per_tensor_norms(grads)
         need_host = recording or self.on_nonfinite in ("skip", "zero") or (
             self.policy is not None and self.policy.needs_host_norm)
+        total_dev = torch.linalg.vector_norm(norms_dev)  # fp32, as clip_grad_norm_ forms it
         if not need_host:
             if self.policy is not None:
-                total = torch.linalg.vector_norm(norms_dev.double())
-                self.policy.clip_(grads, total, params=params, is_output=self._is_output(params))
+                self.policy.clip_(grads, total_dev, params=params,
+                                  is_output=self._is_output(params))
             self._step += 1
             return None
-        return self._measure_on_host(params, grads, norms_dev, scaled, recording)
+        return self._measure_on_host(params, grads, norms_dev, total_dev, scaled, recording)
 
     def _measure_on_host(self, params: list[Tensor], grads: list[Tensor], norms_dev: Tensor,
-                         scaled: bool, recording: bool) -> StepRecord | None:
+                         total_dev: Tensor, scaled: bool, recording: bool) -> StepRecord | None:
         act_index = [(i, len(vals)) for i, vals in self._act.items()] if recording else []
-        parts = [norms_dev.double()]
+        parts = [total_dev.double().reshape(1), norms_dev.double()]
         if recording:
             parts += [v.reshape(1).to(norms_dev.device) for i, _ in act_index for v in self._act[i]]
         if scaled:
             parts.append(self.scaler._scale.double().reshape(1).to(norms_dev.device))
         host = torch.cat(parts).tolist()  # the one device-to-host copy of the step
         inv_scale = 1.0 / host.pop() if scaled else 1.0
-        norms = [n * inv_scale for n in repair_norms(host[:len(grads)], grads)]
-        total = combine(norms)
+        total32, raw = host[0], host[1:len(grads) + 1]
+        repaired = repair_norms(raw, grads)
+        norms = [n * inv_scale for n in repaired]
+        # Healthy steps log (and clip with) torch's own fp32 total; pathological ones the exact one.
+        exact = repaired != raw or not TINY <= total32 < math.inf
+        total = combine(norms) if exact else total32 * inv_scale
         overflow = self._amp_overflow(scaled, total)
         skipped = False
         if not math.isfinite(total) and not overflow:
@@ -269,7 +274,7 @@ class GradWatch:
             coef = self._clip_coef(result, clip_norm, grads) if recording else 1.0
         record = None
         if recording:
-            acts = iter(host[len(grads):])
+            acts = iter(host[len(grads) + 1:])
             act_norms = {i: combine(next(acts) for _ in range(n)) * inv_scale for i, n in act_index}
             record = self._make_record(params, norms, act_norms, total, coef, skipped, overflow)
         self._act.clear()

@@ -1,0 +1,144 @@
+"""Where NaN/Inf is born, the on_nonfinite policies, and the 1e±30 regimes."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from gradwatch import GradWatch, NonFiniteGradientError, Status
+
+
+class _SqrtNet(nn.Module):
+    """While `broken`, b's output goes through sqrt(h - h.detach()): 0 forward, inf backward,
+    so the NaN/Inf is born at `b`'s output gradient and flows into `a`; `c` stays finite."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 1)
+        self.broken = True
+
+    def forward(self, x):
+        h = self.b(self.a(x))
+        if self.broken:
+            h = torch.sqrt(h - h.detach()) + 1.0
+        return self.c(h)
+
+
+def _nan_step(model, watch=None, opt=None):
+    if opt is not None:
+        opt.zero_grad()
+    model(torch.randn(3, 4)).sum().backward()
+    if watch is not None and opt is None:
+        return watch.step()
+    if opt is not None:
+        opt.step()
+    return None
+
+
+def test_first_nonfinite_names_the_layer_where_nan_was_born():
+    model = _SqrtNet()
+    with GradWatch(model, on_nonfinite="warn") as watch:
+        with pytest.warns(RuntimeWarning, match="layer 'b'") as caught:
+            rec = _nan_step(model, watch)
+    assert caught[0].filename == __file__  # the warning points at the user's line
+    assert rec.first_nonfinite == "b"
+    assert rec.layers["c"].status is Status.OK
+    assert rec.layers["b"].status is Status.NONFINITE and rec.layers["a"].status is Status.NONFINITE
+    assert math.isnan(rec.total_norm)
+
+
+def test_first_nonfinite_without_activation_hooks_uses_parameter_gradients():
+    model = _SqrtNet()
+    with GradWatch(model, activations=False, on_nonfinite="zero") as watch:
+        rec = _nan_step(model, watch)
+    # b's own weight gradient is NaN (its output gradient is), c's is finite
+    assert rec.first_nonfinite == "b"
+
+
+def test_raise_logs_the_record_first():
+    model = _SqrtNet()
+    seen = []
+    with GradWatch(model, on_nonfinite="raise", loggers=[seen.append]) as watch:
+        with pytest.raises(NonFiniteGradientError, match="'b'"):
+            _nan_step(model, watch)
+    assert len(seen) == 1 and seen[0].first_nonfinite == "b" and len(watch.history) == 1
+
+
+def test_skip_leaves_parameters_and_optimizer_state_untouched():
+    model = _SqrtNet()
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    model.broken = False  # one healthy step first so Adam has state
+    healthy = GradWatch(model, optimizer=opt, on_nonfinite="skip")
+    _nan_step(model, healthy, opt)
+    model.broken = True
+    params = copy.deepcopy(list(model.parameters()))
+    state = copy.deepcopy(opt.state_dict())
+    _nan_step(model, healthy, opt)
+    rec = healthy.history[-1]
+    assert rec.skipped and rec.first_nonfinite == "b" and not healthy.history[0].skipped
+    for a, b in zip(params, model.parameters()):
+        assert torch.equal(a, b)
+    after = opt.state_dict()
+    for key, value in state["state"].items():
+        for k, v in value.items():
+            assert torch.equal(v, after["state"][key][k])
+    assert model.b.weight.grad is not None and torch.isnan(model.b.weight.grad).any()  # restored
+    healthy.close()
+
+
+def test_zero_replaces_nonfinite_entries_and_keeps_finite_ones():
+    model = _SqrtNet()
+    model_ref = copy.deepcopy(model)
+    x = torch.randn(3, 4)
+    model_ref(x).sum().backward()
+    with GradWatch(model, on_nonfinite="zero", clip=1e6) as watch:
+        model(x).sum().backward()
+        rec = watch.step()
+    for p, ref in zip(model.parameters(), model_ref.parameters()):
+        expected = torch.nan_to_num(ref.grad, nan=0.0, posinf=0.0, neginf=0.0)
+        assert torch.equal(p.grad, expected)
+    assert rec.first_nonfinite == "b" and rec.clip_coef == 1.0
+
+
+class _Chain(nn.Module):
+    """100 linear layers W = c·I: output c^100·x; the output gradient grows by c per layer."""
+
+    def __init__(self, c: float, width: int = 3, depth: int = 100):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(width, width, bias=False) for _ in range(depth))
+        for layer in self.layers:
+            with torch.no_grad():
+                nn.init.eye_(layer.weight).mul_(c)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+@pytest.mark.parametrize("c", [2.0, 0.5])
+def test_norms_stay_right_where_fp32_squares_overflow_or_underflow(c):
+    model = _Chain(c)
+    reference = copy.deepcopy(model).double()
+    x = torch.ones(1, 3)
+    reference(x.double()).sum().backward()
+    with GradWatch(model) as watch:
+        model(x).sum().backward()
+        rec = watch.step()
+    for k, layer in enumerate(reference.layers):
+        expected = layer.weight.grad.norm().item()
+        stat = rec.layers[f"layers.{k}"]
+        assert 0 < stat.norm < math.inf and stat.status is not Status.NONFINITE
+        assert stat.norm == pytest.approx(expected, rel=1e-6)
+        # dL/d out_k = c^(100-1-k) on each of the 3 units
+        assert stat.act_norm == pytest.approx(c ** (99 - k) * math.sqrt(3), rel=1e-6)
+    assert rec.first_nonfinite is None and math.isfinite(rec.total_norm)
+    ratios = [rec.layers[f"layers.{k}"].act_norm / rec.layers[f"layers.{k + 1}"].act_norm
+              for k in range(99)]
+    assert all(r == pytest.approx(c, rel=1e-5) for r in ratios)
+    flagged = set(rec.flagged)
+    assert ("layers.0" in flagged) and ("layers.99" in flagged)  # both ends are extreme

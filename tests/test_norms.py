@@ -1,0 +1,64 @@
+"""Norm math against torch.linalg.vector_norm and float64 references."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gradwatch.norms import combine, exact_norm, per_tensor_norms, repair_norms, tensor_norm
+
+
+def _ref(t: torch.Tensor) -> float:
+    if t.is_sparse:
+        t = t.to_dense()
+    return torch.linalg.vector_norm(t.double()).item()
+
+
+def test_per_tensor_norms_match_vector_norm_across_dtypes():
+    torch.manual_seed(0)
+    grads = [torch.randn(7, 3), torch.randn(5).double(), torch.randn(4, 4).bfloat16(),
+             torch.randn(3).half(), torch.zeros(0), torch.randn(2, 3, 4)]
+    norms = per_tensor_norms(grads)
+    assert norms.dtype == torch.float32 and norms.shape == (len(grads),)
+    for n, g in zip(norms.tolist(), grads):
+        assert n == pytest.approx(_ref(g), rel=1e-6, abs=0)
+
+
+def test_sparse_gradient_norm_is_norm_of_coalesced_values():
+    i = torch.tensor([[0, 0, 2], [1, 1, 0]])  # (0,1) twice: coalescing sums them
+    v = torch.tensor([3.0, 1.0, 3.0])
+    g = torch.sparse_coo_tensor(i, v, (3, 3))
+    assert per_tensor_norms([g]).item() == pytest.approx(5.0)
+    assert exact_norm(g) == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("value", [1e30, 1e-30, 3e38, 1e-44])
+def test_repair_keeps_norms_right_where_fp32_squares_overflow_or_underflow(value):
+    g = torch.full((10,), value, dtype=torch.float32)
+    raw = per_tensor_norms([g]).tolist()
+    expected = math.sqrt(10) * float(g[0])
+    fixed = repair_norms(raw, [g])
+    assert fixed[0] == pytest.approx(expected, rel=1e-12)
+    assert tensor_norm(g).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_repair_leaves_healthy_norms_alone_and_keeps_nonfinite():
+    g = torch.tensor([3.0, 4.0])
+    bad = torch.tensor([1.0, float("nan")])
+    assert repair_norms([5.0], [g]) == [5.0]
+    assert math.isnan(repair_norms([float("nan")], [bad])[0])
+    inf = torch.tensor([1.0, float("inf")])
+    assert repair_norms([float("inf")], [inf])[0] == math.inf
+
+
+def test_combine_is_l2_of_norms_without_overflow():
+    assert combine([3.0, 4.0]) == 5.0
+    assert combine([]) == 0.0
+    assert combine([1e200, 1e200]) == pytest.approx(math.sqrt(2) * 1e200)
+    assert combine([1e-200, 1e-200]) == pytest.approx(math.sqrt(2) * 1e-200)
+    assert combine([math.inf, 1.0]) == math.inf
+    assert math.isnan(combine([math.nan, math.inf]))
+    xs = torch.rand(50, dtype=torch.float64)
+    assert combine(xs.tolist()) == pytest.approx(torch.linalg.vector_norm(xs).item(), rel=1e-14)

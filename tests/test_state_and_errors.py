@@ -1,0 +1,186 @@
+"""state_dict round trip, bad input, loggers, thresholds."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import batch, loss_of, mlp
+from gradwatch import (CsvLogger, GradWatch, JsonlLogger, LayerStat, Status, StepRecord,
+                       Thresholds, read_jsonl)
+from gradwatch.thresholds import RunningStats, layer_verdicts
+
+
+def _train(model, opt, watch, steps):
+    for step in steps:
+        opt.zero_grad()
+        x, y = batch(seed=step)
+        scale = 30.0 if step == 32 else 1.0  # one spike, after warm-up
+        (scale * loss_of(model, x, y)).backward()
+        opt.step()
+
+
+def test_state_dict_resume_behaves_as_if_never_interrupted():
+    torch.manual_seed(0)
+    base = mlp()
+    th = Thresholds(spike_warmup=5)
+    full = copy.deepcopy(base)
+    opt = torch.optim.SGD(full.parameters(), lr=0.05)
+    with GradWatch(full, optimizer=opt, clip="auto", thresholds=th) as watch:
+        _train(full, opt, watch, range(40))
+    uninterrupted = watch.history[20:]
+
+    first = copy.deepcopy(base)
+    opt1 = torch.optim.SGD(first.parameters(), lr=0.05)
+    with GradWatch(first, optimizer=opt1, clip="auto", thresholds=th) as w1:
+        _train(first, opt1, w1, range(20))
+        saved = json.loads(json.dumps(w1.state_dict()))  # must survive JSON too
+    second = copy.deepcopy(first)
+    opt2 = torch.optim.SGD(second.parameters(), lr=0.05)
+    opt2.load_state_dict(opt1.state_dict())
+    with GradWatch(second, optimizer=opt2, clip="auto", thresholds=th) as w2:
+        w2.load_state_dict(saved)
+        _train(second, opt2, w2, range(20, 40))
+    assert w2.history == uninterrupted
+    assert any(r.clipped for r in uninterrupted) and any(r.spike for r in uninterrupted)
+    assert w2.summary().splitlines()[:2] == watch.summary().splitlines()[:2]
+
+
+def test_load_state_dict_rejects_another_model():
+    saved = GradWatch(mlp()).state_dict()
+    other = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2),
+                          nn.Linear(2, 2), nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="layers this model lacks"):
+        GradWatch(other).load_state_dict({**saved, "stats": {"nope": saved["stats"]["0"]}})
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(model=[nn.Linear(2, 2)]), TypeError, "`model` to be a torch.nn.Module"),
+    (dict(every=0), ValueError, "`every` to be an int >= 1"),
+    (dict(every=1.5), ValueError, "`every`"),
+    (dict(on_nonfinite="ignore"), ValueError, "`on_nonfinite` to be one of"),
+    (dict(on_nonfinite="skip"), ValueError, "needs `optimizer=`"),
+    (dict(clip="fast"), ValueError, "clip=\"auto\""),
+    (dict(clip=-1.0), ValueError, "max_norm"),
+    (dict(thresholds={"vanishing": 1}), TypeError, "gradwatch.Thresholds"),
+    (dict(optimizer="adam"), TypeError, "`optimizer`"),
+    (dict(history=0), ValueError, "`history`"),
+    (dict(loggers="run.jsonl"), TypeError, "`loggers`"),
+    (dict(scaler=object()), TypeError, "`scaler`"),
+])
+def test_bad_input_names_the_argument(kwargs, error, match):
+    model = kwargs.pop("model", mlp())
+    with pytest.raises(error, match=match):
+        GradWatch(model, **kwargs)
+
+
+def test_model_without_trainable_parameters():
+    frozen = mlp().requires_grad_(False)
+    with pytest.raises(ValueError, match="no.*trainable|none requires grad"):
+        GradWatch(frozen)
+    with pytest.raises(ValueError, match="trainable"):
+        GradWatch(nn.ReLU())
+
+
+def test_step_with_optimizer_given_and_without_gradients():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with GradWatch(model, optimizer=opt) as watch:
+        with pytest.raises(RuntimeError, match="called for you"):
+            watch.step()
+    with GradWatch(model) as watch:
+        with pytest.warns(RuntimeWarning, match="after backward"):
+            assert watch.step() is None
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(vanishing=1.0, exploding=0.5), "vanishing.*exploding"),
+    (dict(vanishing=-1e-3), "vanishing"),
+    (dict(exploding=math.nan), "exploding"),
+    (dict(relative_vanishing=2.0), "relative_vanishing"),
+    (dict(relative_exploding=0.5), "relative_exploding"),
+    (dict(spike=0), "spike"),
+    (dict(spike_momentum=1.0), "spike_momentum"),
+    (dict(spike_warmup=0), "spike_warmup"),
+])
+def test_thresholds_are_validated(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Thresholds(**kwargs)
+
+
+def test_layer_verdicts_absolute_then_relative_to_the_median():
+    th = Thresholds(vanishing=1e-6, exploding=100.0, relative_vanishing=1e-2, relative_exploding=50)
+    norms = [1e-7, 1.0, 2.0, 3.0, 0.005, math.inf, 200.0, 120.0]
+    got = [status for status, _ in layer_verdicts(norms, th)]
+    assert got == [Status.VANISHING, Status.OK, Status.OK, Status.OK, Status.VANISHING,
+                   Status.NONFINITE, Status.EXPLODING, Status.EXPLODING]
+    # median of the finite nonzero norms is 2.0: 0.005 < 1e-2 * 2; 120 and 200 exceed 100
+    assert "median layer" in layer_verdicts(norms, th)[4][1]
+    assert "> exploding 100" in layer_verdicts(norms, th)[6][1]
+    assert "median layer (1)" in layer_verdicts([90.0, 1.0, 1.0], th)[0][1]
+    assert layer_verdicts([90.0, 1.0, 1.0], th)[0][0] is Status.EXPLODING
+    assert layer_verdicts([90.0, 1.0], th)[0][0] is Status.OK  # too few layers for a median
+    loose = Thresholds(relative_vanishing=None, relative_exploding=None)
+    assert [s for s, _ in layer_verdicts([1e-5, 1.0, 1e3], loose)] == [Status.OK] * 3
+
+
+def test_running_stats_flag_a_spike_only_after_warmup():
+    th = Thresholds(spike=4.0, spike_warmup=10)
+    stats = RunningStats()
+    rng = random.Random(0)
+    assert stats.observe(1000.0, th) == ""  # first observation: no history
+    stats = RunningStats()
+    flags = [stats.observe(10 ** rng.gauss(0, 0.05), th) for _ in range(100)]
+    assert not any(flags)
+    assert "running mean" in stats.observe(50.0, th)
+    assert stats.observe(1.0, th) == ""  # the capped update did not blow up the variance
+    assert RunningStats.from_state(stats.state_dict()).state_dict() == stats.state_dict()
+
+
+def _record(step, norm=1.0):
+    return StepRecord(step=step, total_norm=norm * 2, clip_coef=0.5, layers={
+        "a": LayerStat(norm=norm, act_norm=None), "b": LayerStat(
+            norm=math.inf, act_norm=3.0, status=Status.NONFINITE, reason="norm is inf")},
+        first_nonfinite="b")
+
+
+def test_jsonl_logger_round_trip_and_truncated_last_line(tmp_path):
+    path = tmp_path / "run.jsonl"
+    with JsonlLogger(path) as log:
+        for step in range(3):
+            log(_record(step, norm=0.1 * step))
+    assert list(read_jsonl(path)) == [_record(s, norm=0.1 * s) for s in range(3)]
+    with open(path, "a") as f:
+        f.write('{"step": 3, "total_no')
+    with pytest.warns(UserWarning, match="truncated"):
+        assert len(list(read_jsonl(path))) == 3
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(["garbage"] + lines[:2]) + "\n")
+    with pytest.raises(ValueError, match=":1: not a gradwatch record"):
+        list(read_jsonl(path))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        list(read_jsonl(tmp_path / "missing.jsonl"))
+
+
+def test_watch_writes_every_record_to_loggers_and_closes_them(tmp_path):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    jsonl, csv_log = JsonlLogger(tmp_path / "r.jsonl"), CsvLogger(tmp_path / "r.csv")
+    with GradWatch(model, optimizer=opt, loggers=[jsonl, csv_log], history=1) as watch:
+        for step in range(4):
+            opt.zero_grad()
+            loss_of(model, *batch(seed=step)).backward()
+            opt.step()
+            assert list(read_jsonl(jsonl.path))[-1] == watch.history[-1]  # flushed per record
+    assert jsonl._file is None and csv_log._file is None
+    assert [r.step for r in read_jsonl(jsonl.path)] == [0, 1, 2, 3]
+    rows = list(csv.DictReader(open(tmp_path / "r.csv")))
+    assert len(rows) == 4 * 3 and rows[0]["layer"] == "0" and rows[-1]["step"] == "3"
+    assert float(rows[-1]["norm"]) == pytest.approx(watch.history[-1].layers["4"].norm)
