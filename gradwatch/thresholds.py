@@ -17,8 +17,8 @@ class Thresholds:
     """When a layer's gradient norm counts as vanishing, exploding or spiking.
 
     A layer is judged on the L2 norm of its own parameter gradients, first against absolute
-    bounds, then against the median layer of the same step (a depth-relative criterion, so a
-    verdict holds whatever the loss scale), and finally against its own running history.
+    bounds, then against the output-side layer of the same step (a depth-relative criterion, so
+    a verdict holds whatever the loss scale), and finally against its own running history.
     Defaults were calibrated on the reference experiments (`python -m gradwatch.bench`).
     """
 
@@ -27,9 +27,9 @@ class Thresholds:
     exploding: float = 1e4
     """A layer whose norm is above this is exploding."""
     relative_vanishing: float | None = 1e-3
-    """Vanishing when the norm is below this times the step's median layer norm (None: off)."""
+    """Vanishing when the norm is below this times the output-side layer's norm (None: off)."""
     relative_exploding: float | None = 1e3
-    """Exploding when the norm is above this times the step's median layer norm (None: off)."""
+    """Exploding when the norm is above this times the output-side layer's norm (None: off)."""
     spike: float | None = 6.0
     """A spike is a log10-norm this many running standard deviations above its running mean
     (None: off); applies to each layer and to the total norm."""
@@ -70,11 +70,14 @@ class Thresholds:
 def layer_verdicts(norms: Sequence[float], th: Thresholds) -> list[tuple[Status, str]]:
     """The status of each layer and the evidence for it, from one step's layer norms.
 
-    Absolute bounds come first; the relative bounds compare with the median of the finite,
-    nonzero layer norms of the step (skipped with fewer than three such layers).
+    ``norms`` are in forward order. Absolute bounds come first; the relative bounds compare
+    each layer with the output-side layer (the last finite, nonzero norm), which is how the
+    textbook "gradient magnitude across layers" reads: a vanishing layer has a gradient orders
+    of magnitude below the one entering the network at the top, an exploding one orders above.
+    They are skipped with fewer than three layers.
     """
     finite = [n for n in norms if math.isfinite(n) and n > 0]
-    median = statistics.median(finite) if len(finite) >= 3 else None
+    ref = finite[-1] if len(norms) >= 3 and finite else None
     out: list[tuple[Status, str]] = []
     for n in norms:
         if not math.isfinite(n):
@@ -83,12 +86,12 @@ def layer_verdicts(norms: Sequence[float], th: Thresholds) -> list[tuple[Status,
             out.append((Status.EXPLODING, f"norm {n:.3g} > exploding {th.exploding:g}"))
         elif n < th.vanishing:
             out.append((Status.VANISHING, f"norm {n:.3g} < vanishing {th.vanishing:g}"))
-        elif median is not None and th.relative_vanishing and n < th.relative_vanishing * median:
-            out.append((Status.VANISHING, f"norm {n:.3g} is {n / median:.2g}x the median layer "
-                        f"({median:.3g}) < relative_vanishing {th.relative_vanishing:g}"))
-        elif median is not None and th.relative_exploding and n > th.relative_exploding * median:
-            out.append((Status.EXPLODING, f"norm {n:.3g} is {n / median:.2g}x the median layer "
-                        f"({median:.3g}) > relative_exploding {th.relative_exploding:g}"))
+        elif ref is not None and th.relative_vanishing and n < th.relative_vanishing * ref:
+            out.append((Status.VANISHING, f"norm {n:.3g} is {n / ref:.2g}x the output-side "
+                        f"layer's ({ref:.3g}) < relative_vanishing {th.relative_vanishing:g}"))
+        elif ref is not None and th.relative_exploding and n > th.relative_exploding * ref:
+            out.append((Status.EXPLODING, f"norm {n:.3g} is {n / ref:.2g}x the output-side "
+                        f"layer's ({ref:.3g}) > relative_exploding {th.relative_exploding:g}"))
         else:
             out.append((Status.OK, ""))
     return out

@@ -115,18 +115,19 @@ def test_thresholds_are_validated(kwargs, match):
         Thresholds(**kwargs)
 
 
-def test_layer_verdicts_absolute_then_relative_to_the_median():
-    th = Thresholds(vanishing=1e-6, exploding=100.0, relative_vanishing=1e-2, relative_exploding=50)
-    norms = [1e-7, 1.0, 2.0, 3.0, 0.005, math.inf, 200.0, 120.0]
+def test_layer_verdicts_absolute_then_relative_to_the_output_side_layer():
+    th = Thresholds(vanishing=1e-6, exploding=100.0, relative_vanishing=1e-2, relative_exploding=20)
+    norms = [1e-7, 1.0, 0.005, 60.0, math.inf, 200.0, 2.0, 0.0]
     got = [status for status, _ in layer_verdicts(norms, th)]
-    assert got == [Status.VANISHING, Status.OK, Status.OK, Status.OK, Status.VANISHING,
-                   Status.NONFINITE, Status.EXPLODING, Status.EXPLODING]
-    # median of the finite nonzero norms is 2.0: 0.005 < 1e-2 * 2; 120 and 200 exceed 100
-    assert "median layer" in layer_verdicts(norms, th)[4][1]
-    assert "> exploding 100" in layer_verdicts(norms, th)[6][1]
-    assert "median layer (1)" in layer_verdicts([90.0, 1.0, 1.0], th)[0][1]
-    assert layer_verdicts([90.0, 1.0, 1.0], th)[0][0] is Status.EXPLODING
-    assert layer_verdicts([90.0, 1.0], th)[0][0] is Status.OK  # too few layers for a median
+    # the output-side reference is 2.0 (the last finite nonzero norm): 0.005 < 1e-2 * 2,
+    # 60 < 100 but > 20 * 2; 200 breaks the absolute bound; 0.0 is below `vanishing`
+    assert got == [Status.VANISHING, Status.OK, Status.VANISHING, Status.EXPLODING,
+                   Status.NONFINITE, Status.EXPLODING, Status.OK, Status.VANISHING]
+    reasons = [reason for _, reason in layer_verdicts(norms, th)]
+    assert "0.0025x the output-side layer's (2)" in reasons[2]
+    assert "30x the output-side layer's (2) > relative_exploding 20" in reasons[3]
+    assert "> exploding 100" in reasons[5] and reasons[1] == ""
+    assert layer_verdicts([90.0, 1.0], th)[0][0] is Status.OK  # too few layers to compare
     loose = Thresholds(relative_vanishing=None, relative_exploding=None)
     assert [s for s, _ in layer_verdicts([1e-5, 1.0, 1e3], loose)] == [Status.OK] * 3
 
