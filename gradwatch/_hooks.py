@@ -29,6 +29,8 @@ def forward_hook(ref: weakref.ref, index: int) -> Callable[..., None]:
 
     def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
         watch = ref()
+        if watch is not None and watch._amp_skips is not None:
+            watch._check_amp_skip()  # an overflow-skipped step ended before this forward
         if watch is not None and watch._armed:
             watch._on_forward(index, output)
 

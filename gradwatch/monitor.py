@@ -12,7 +12,8 @@ from typing import Any, Literal, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from . import _hooks
+from . import _hooks, compat
+from .amp import SkippedStepDetector, loss_scale
 from .clip import ClipPolicy, make_policy
 from .loggers import Logger
 from .norms import TINY, combine, per_tensor_norms, repair_norms, tensor_norm
@@ -77,6 +78,10 @@ class GradWatch:
         self.every, self.on_nonfinite, self.activations = every, on_nonfinite, activations
         self.optimizer, self.scaler = optimizer, scaler
         self.loggers = tuple(loggers)
+        compiled = compat.compiled_names(model)
+        if compiled:
+            warnings.warn(compat.compiled_warning(compiled), UserWarning, stacklevel=2)
+        model = compat.unwrap_compiled(model)
         self._layers = _discover_layers(model)
         self._history: deque[StepRecord] = deque(maxlen=history)
         self._step = 0
@@ -90,11 +95,15 @@ class GradWatch:
         self._fired: dict[int, int] = {}  # layer index -> position in backward order
         self._stashed: list[tuple[Tensor, Tensor | None]] | None = None
         self._closed = False
+        self._warned_no_act = False
+        # Overflow steps GradScaler skipped never reach optimizer.step(): noticed afterwards.
+        self._amp_skips = (SkippedStepDetector(scaler, optimizer)
+                           if scaler is not None and optimizer is not None else None)
 
         ref = weakref.ref(self)
         handles = [module.register_forward_hook(_hooks.forward_hook(ref, i))
                    for i, module in enumerate(_owning_modules(model, self._layers))]
-        self._forward_handles = handles
+        self._forward_handles = list(handles)  # a copy: the optimizer hooks below must survive
         if optimizer is not None:
             handles += [optimizer.register_step_pre_hook(_hooks.step_pre_hook(ref)),
                         optimizer.register_step_post_hook(_hooks.step_post_hook(ref))]
@@ -140,6 +149,7 @@ class GradWatch:
         """Removes every hook gradwatch added and closes the loggers; safe to call twice."""
         if self._closed:
             return
+        self._check_amp_skip()
         self._closed = True
         self._finalizer()
         self._restore_grads()
@@ -214,7 +224,20 @@ class GradWatch:
 
     # ------------------------------------------------------------------ measuring
 
+    def _check_amp_skip(self, measuring: bool = False) -> None:
+        """Records a step that GradScaler skipped on overflow (optimizer.step() never ran)."""
+        det = self._amp_skips
+        if det is None or self._closed or not (det.mark_measured() if measuring else det.poll()):
+            return
+        record = StepRecord(step=self._step, total_norm=math.inf, amp_overflow=True)
+        self._act.clear()  # output gradients of the skipped backward: scaled inf/NaN, discarded
+        self._fired.clear()
+        self._step += 1
+        if record.step % self.every == 0:
+            self._publish(record)
+
     def _measure(self) -> StepRecord | None:
+        self._check_amp_skip(measuring=True)
         recording = self._step % self.every == 0
         pairs = [(p, p.grad) for layer in self._layers for p in layer.params if p.grad is not None]
         if not pairs:
@@ -228,9 +251,12 @@ class GradWatch:
         if scaled and self.policy is not None:
             self._unscale_for_clipping()
             grads, scaled = [p.grad for p in params], False
-        norms_dev = per_tensor_norms(grads)
         need_host = recording or self.on_nonfinite in ("skip", "zero") or (
             self.policy is not None and self.policy.needs_host_norm)
+        if not need_host and self.policy is None:  # nothing to measure: no work, no collective
+            self._step += 1
+            return None
+        norms_dev = per_tensor_norms(grads)
         total_dev = torch.linalg.vector_norm(norms_dev)  # fp32, as clip_grad_norm_ forms it
         if not need_host:
             if self.policy is not None:
@@ -246,10 +272,12 @@ class GradWatch:
         parts = [total_dev.double().reshape(1), norms_dev.double()]
         if recording:
             parts += [v.reshape(1).to(norms_dev.device) for i, _ in act_index for v in self._act[i]]
-        if scaled:
-            parts.append(self.scaler._scale.double().reshape(1).to(norms_dev.device))
+        amp_scale = loss_scale(self.scaler)  # output gradients are scaled even after unscale_
+        if amp_scale is not None:
+            parts.append(amp_scale.double().reshape(1).to(norms_dev.device))
         host = torch.cat(parts).tolist()  # the one device-to-host copy of the step
-        inv_scale = 1.0 / host.pop() if scaled else 1.0
+        act_inv_scale = 1.0 / host.pop() if amp_scale is not None else 1.0
+        inv_scale = act_inv_scale if scaled else 1.0
         total32, raw = host[0], host[1:len(grads) + 1]
         repaired = repair_norms(raw, grads)
         norms = [n * inv_scale for n in repaired]
@@ -275,7 +303,12 @@ class GradWatch:
         record = None
         if recording:
             acts = iter(host[len(grads) + 1:])
-            act_norms = {i: combine(next(acts) for _ in range(n)) * inv_scale for i, n in act_index}
+            act_norms = {i: combine(next(acts) for _ in range(n)) * act_inv_scale
+                         for i, n in act_index}
+            if self.activations and not act_index and not self._warned_no_act:
+                self._warned_no_act = True
+                warnings.warn(compat.NO_ACTIVATION_GRADS, UserWarning,
+                              stacklevel=_hooks.user_stacklevel())
             record = self._make_record(params, norms, act_norms, total, coef, skipped, overflow)
         self._act.clear()
         self._fired.clear()
@@ -287,31 +320,37 @@ class GradWatch:
     def _make_record(self, params: list[Tensor], norms: list[float], act_norms: dict[int, float],
                      total: float, coef: float, skipped: bool, overflow: bool) -> StepRecord:
         by_param = {id(p): n for p, n in zip(params, norms)}
-        order = [i for i in self._layer_order()
-                 if any(id(p) in by_param for p in self._layers[i].params)]
-        layer_norms = [combine(by_param[id(p)] for p in self._layers[i].params if id(p) in by_param)
-                       for i in order]
+        order, layer_norms = [], []
+        for i in self._layer_order():  # the layers with a gradient, and their norms, in one pass
+            present = [by_param[k] for k in map(id, self._layers[i].params) if k in by_param]
+            if present:
+                order.append(i)
+                layer_norms.append(combine(present))
         verdicts = layer_verdicts(layer_norms, self.thresholds)
+        if overflow:  # the loss scale overflowed, not the model: no layer verdicts, no origin
+            verdicts = [(Status.OK, "")] * len(layer_norms)
         healthy = math.isfinite(total) and not overflow
         stats = {}
         for i, norm, (status, reason) in zip(order, layer_norms, verdicts):
             act = act_norms.get(i)
-            if status is Status.OK and act is not None and not math.isfinite(act):
+            if status is Status.OK and act is not None and not math.isfinite(act) and not overflow:
                 status, reason = Status.NONFINITE, f"output gradient norm is {act}"
             name = self._layers[i].name
             spike = self._stats[name].observe(norm, self.thresholds) if healthy else ""
             stats[name] = LayerStat(norm=norm, act_norm=act, status=status, spike=bool(spike),
-                                    reason="; ".join(r for r in (reason, spike) if r))
+                                    reason=f"{reason}; {spike}" if reason and spike
+                                    else reason or spike)
         spike = bool(self._total_stats.observe(total, self.thresholds)) if healthy else False
         self._order_final = True
-        if not self.activations:
+        if not self.activations and self._amp_skips is None:  # the detector polls in them
             self._remove_forward_hooks()
         return StepRecord(step=self._step, total_norm=total, clip_coef=coef, layers=stats,
                           first_nonfinite=self._first_nonfinite(order, stats), spike=spike,
                           skipped=skipped, amp_overflow=overflow)
 
     def _first_nonfinite(self, order: list[int], stats: Mapping[str, LayerStat]) -> str | None:
-        backward = sorted(order, key=lambda i: (self._fired.get(i, math.inf), -order.index(i)))
+        depth = {i: k for k, i in enumerate(order)}
+        backward = sorted(order, key=lambda i: (self._fired.get(i, math.inf), -depth[i]))
         for i in backward:
             if stats[self._layers[i].name].status is Status.NONFINITE:
                 return self._layers[i].name
@@ -404,6 +443,7 @@ class GradWatch:
     def _remove_forward_hooks(self) -> None:
         for handle in self._forward_handles:
             handle.remove()
+        self._forward_handles.clear()  # removed for good: later records need not walk them again
 
     def _check_open(self, what: str) -> None:
         if self._closed:

@@ -9,6 +9,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor
 
+from .distributed import global_norms, has_dtensor, is_dtensor
+
 __all__ = ["TINY", "per_tensor_norms", "exact_norm", "repair_norms", "combine", "tensor_norm"]
 
 TINY = 1e-18
@@ -30,28 +32,40 @@ def per_tensor_norms(grads: Sequence[Tensor]) -> Tensor:
 
     Norms are accumulated in float32 (half-precision gradients included) with
     ``torch._foreach_norm``; zero-size and sparse tensors take the slow path. The result is a
-    float32 vector on the device of ``grads[0]`` in the order of ``grads``. It can be inf or 0
+    float32 (float64 if any gradient is float64) vector on the device of ``grads[0]``, in the
+    order of ``grads``. It can be inf or 0
     for finite, nonzero entries beyond fp32's range of squares: pass it through `repair_norms`.
+    Sharded ``DTensor`` gradients (FSDP2) get their global norms, in float64, from
+    `gradwatch.distributed.global_norms` (one collective).
     """
     if not grads:
         return torch.zeros(0)
+    if has_dtensor(grads):
+        return global_norms(grads)
     out_device = grads[0].device
+    # float64 gradients keep float64 norms; everything else is reduced in float32
+    out_dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
     norms: list[Tensor | None] = [None] * len(grads)
+    convert = False  # whether some norm is not yet out_dtype on out_device
     for i, g in enumerate(grads):
         if g.is_sparse or g.numel() == 0:
-            norms[i] = torch.linalg.vector_norm(_dense(g).float()).reshape(())
+            norms[i] = torch.linalg.vector_norm(_dense(g), dtype=out_dtype).reshape(())
+            convert = True
         else:
             groups[(g.device, g.dtype)].append(i)
-    for (_, dtype), idx in groups.items():
+    for (device, dtype), idx in groups.items():
         tensors = [grads[i] for i in idx]
         if dtype in _LOW_PRECISION:
             result = torch._foreach_norm(tensors, 2, dtype=torch.float32)
         else:
             result = torch._foreach_norm(tensors, 2)
+        convert = convert or device != out_device or result[0].dtype != out_dtype
         for i, n in zip(idx, result):
             norms[i] = n
-    return torch.stack([n.to(device=out_device, dtype=torch.float32) for n in norms])
+    if not convert:  # the common case: skip one .to() per tensor (~3 us each on the CPU)
+        return torch.stack(norms)
+    return torch.stack([n.to(device=out_device, dtype=out_dtype) for n in norms])
 
 
 def exact_norm(grad: Tensor) -> float:
@@ -64,18 +78,25 @@ def repair_norms(norms: Sequence[float], grads: Sequence[Tensor]) -> list[float]
 
     Only pathological tensors are touched, so a healthy step costs nothing here.
     """
-    return [n if TINY <= n < math.inf else exact_norm(g) for n, g in zip(norms, grads)]
+    # DTensor norms come exact from `global_norms`; recomputing one locally would be wrong.
+    return [n if TINY <= n < math.inf or is_dtensor(g) else exact_norm(g)
+            for n, g in zip(norms, grads)]
 
 
 def combine(norms: Iterable[float]) -> float:
     """L2 norm of a vector of norms, in float64 (NaN if any is NaN, inf if any is inf)."""
-    values = list(norms)
-    if any(math.isnan(v) for v in values):
-        return math.nan
-    top = max((abs(v) for v in values), default=0.0)
+    values = norms if isinstance(norms, list) else list(norms)
+    if len(values) == 1:  # exactly what the general formula below gives for one value
+        return abs(values[0])
+    top = 0.0
+    for v in values:  # one plain loop: this runs once per layer per recorded step
+        if math.isnan(v):
+            return math.nan
+        if abs(v) > top:
+            top = abs(v)
     if top == 0.0 or math.isinf(top):
         return top
-    return top * math.sqrt(math.fsum((v / top) ** 2 for v in values))
+    return top * math.sqrt(math.fsum([(v / top) ** 2 for v in values]))
 
 
 def tensor_norm(t: Tensor) -> Tensor:
@@ -85,7 +106,7 @@ def tensor_norm(t: Tensor) -> Tensor:
     float64 only when it may be wrong; on accelerators it is reduced in float64 directly, which
     costs no host synchronisation.
     """
-    if t.device.type != "cpu":
+    if t.device.type != "cpu" or t.dtype == torch.float64:
         return torch.linalg.vector_norm(t, dtype=torch.float64)
     n = torch.linalg.vector_norm(t, dtype=torch.float32)
     value = n.item()

@@ -7,6 +7,11 @@ import torch
 from torch import nn
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "multiprocess: spawns 2 gloo ranks on CPU; bounded by a "
+                            "timeout (select with -m multiprocess, skip with -m 'not multiprocess')")
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -21,9 +21,11 @@ def test_per_tensor_norms_match_vector_norm_across_dtypes():
     grads = [torch.randn(7, 3), torch.randn(5).double(), torch.randn(4, 4).bfloat16(),
              torch.randn(3).half(), torch.zeros(0), torch.randn(2, 3, 4)]
     norms = per_tensor_norms(grads)
-    assert norms.dtype == torch.float32 and norms.shape == (len(grads),)
+    assert norms.dtype == torch.float64 and norms.shape == (len(grads),)  # a float64 grad is in
     for n, g in zip(norms.tolist(), grads):
         assert n == pytest.approx(_ref(g), rel=1e-6, abs=0)
+    assert per_tensor_norms(grads[2:]).dtype == torch.float32
+    assert per_tensor_norms(grads[1:2]).item() == pytest.approx(_ref(grads[1]), rel=1e-14)
 
 
 def test_sparse_gradient_norm_is_norm_of_coalesced_values():

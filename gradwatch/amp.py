@@ -1,0 +1,65 @@
+"""AMP: the loss scale output gradients carry, and steps `GradScaler` skipped on overflow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+__all__ = ["loss_scale", "SkippedStepDetector"]
+
+
+def loss_scale(scaler: Any) -> Tensor | None:
+    """The scale the loss (and so every output gradient) was multiplied by, as a 0-d device
+    tensor, or None without an enabled scaler (or before its first ``scale()`` call)."""
+    if scaler is None or not scaler.is_enabled():
+        return None
+    return getattr(scaler, "_scale", None)
+
+
+class SkippedStepDetector:
+    """Notices iterations in which ``GradScaler.step(optimizer)`` skipped ``optimizer.step()``.
+
+    On an overflow step no optimizer hook fires. The scaler keeps one state dict per iteration
+    (``_per_optimizer_states``, replaced by ``update()``); the dict of a finished iteration still
+    says whether it stepped and found inf. `poll` looks at it the next time gradwatch runs (the
+    next forward pass, the next measurement, or ``close()``): a skipped step is reported one
+    iteration late but never lost nor mistaken for a model fault.
+
+    Args:
+        scaler: The ``torch.amp.GradScaler`` in use.
+        optimizer: The optimizer gradwatch is hooked on.
+    """
+
+    def __init__(self, scaler: Any, optimizer: Any) -> None:
+        self._scaler = scaler
+        self._key = id(optimizer)
+        self._seen: Any = None  # the scaler's per-iteration state dict seen last
+        self._measured = False  # whether gradwatch measured during that iteration
+
+    def poll(self) -> bool:
+        """True once for each finished iteration whose step the scaler skipped on overflow.
+
+        Cheap (an identity check) unless an iteration ended without a measurement; then one
+        scalar is read from the device.
+        """
+        states = getattr(self._scaler, "_per_optimizer_states", None)
+        if states is None or states is self._seen:
+            return False
+        previous, measured = self._seen, self._measured
+        self._seen, self._measured = states, False
+        if previous is None or measured:
+            return False
+        state = previous.get(self._key)  # .get: never creates an entry in the defaultdict
+        if state is None or getattr(state.get("stage"), "name", "") != "STEPPED":
+            return False
+        return any(float(v.item()) > 0 for v in state.get("found_inf_per_device", {}).values())
+
+    def mark_measured(self) -> bool:
+        """Call when gradwatch measures; returns `poll()` for the iteration before, if unseen."""
+        skipped = self.poll()
+        self._measured = True
+        return skipped
+
+    def __repr__(self) -> str:
+        return f"SkippedStepDetector(optimizer_id={self._key}, measured={self._measured})"

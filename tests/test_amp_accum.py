@@ -1,0 +1,305 @@
+"""AMP (GradScaler, fp16/bf16 autocast on CPU), gradient accumulation and activation
+checkpointing, each checked against a plain-torch reference run."""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import pytest
+import torch
+import torch.utils.checkpoint as ckpt
+from torch import nn
+
+from gradwatch import GradWatch
+
+SCALE = 2.0 ** 10  # small enough that fp16 autocast never overflows on these models
+
+
+def _net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(),
+                         nn.Linear(16, 3))
+
+
+def _data(seed: int = 0, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 6, generator=g), torch.randn(n, 3, generator=g)
+
+
+def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+          dtype: torch.dtype | None = torch.float16) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+        return nn.functional.mse_loss(model(x).float(), y)
+
+
+def _layer_norms(model: nn.Module, divide: float = 1.0) -> dict[str, float]:
+    return {name: torch.linalg.vector_norm(torch.cat(
+        [p.grad.double().flatten() / divide for p in m.parameters(recurse=False)])).item()
+        for name, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
+
+
+def _output_grads(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0,
+                  dtype: torch.dtype | None = torch.float16,
+                  scaler: torch.amp.GradScaler | None = None) -> dict[str, torch.Tensor]:
+    """Plain-torch gradient w.r.t. each Linear's output (loss times ``scale``, or scaled by
+    ``scaler``), via retain_grad."""
+    outs = {}
+    with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+        h = x
+        for name, layer in model.named_children():
+            h = layer(h)
+            if isinstance(layer, nn.Linear):
+                h.retain_grad()
+                outs[name] = h
+        loss = nn.functional.mse_loss(h.float(), y)
+    (scaler.scale(loss) if scaler is not None else loss * scale).backward()
+    return {name: t.grad.detach() for name, t in outs.items()}
+
+
+def _norm(t: torch.Tensor) -> float:
+    return torch.linalg.vector_norm(t.double()).item()
+
+
+# ----------------------------------------------------------------------------- AMP
+
+
+def test_manual_step_on_scaled_grads_reports_unscaled_norms():
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=SCALE)
+    x, y = _data()
+    watch = GradWatch(model, scaler=scaler)
+    scaler.scale(_loss(model, x, y)).backward()
+    rec = watch.step()  # grads are still scaled here
+    expected = _layer_norms(model, divide=SCALE)
+    for name, norm in expected.items():
+        assert rec.layers[name].norm == pytest.approx(norm, rel=1e-6)
+    assert rec.total_norm == pytest.approx(math.hypot(*expected.values()), rel=1e-6)
+    ref = _output_grads(_net(), x, y, scale=SCALE)
+    for name, g in ref.items():
+        assert rec.layers[name].act_norm == pytest.approx(_norm(g) / SCALE, rel=1e-5)
+    assert not rec.amp_overflow and rec.flagged == ()
+    scaler.step(opt)
+    scaler.update()
+
+
+def test_manual_step_after_unscale_clips_unscaled_grads_once():
+    model, twin = _net(), _net()
+    opt, opt_twin = (torch.optim.SGD(m.parameters(), lr=0.1) for m in (model, twin))
+    scaler, scaler_twin = (torch.amp.GradScaler("cpu", init_scale=SCALE) for _ in range(2))
+    x, y = _data()
+    watch = GradWatch(model, scaler=scaler, clip=0.1)
+    scaler.scale(_loss(model, x, y)).backward()
+    scaler.unscale_(opt)
+    rec = watch.step()  # grads already unscaled: must not be divided again
+    scaler_twin.scale(_loss(twin, x, y)).backward()
+    scaler_twin.unscale_(opt_twin)
+    expected = _layer_norms(twin)
+    total = torch.nn.utils.clip_grad_norm_(twin.parameters(), 0.1)
+    assert rec.total_norm == pytest.approx(total.item(), rel=1e-6)
+    for name, norm in expected.items():
+        assert rec.layers[name].norm == pytest.approx(norm, rel=1e-6)
+    assert rec.clip_coef < 1
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=0)
+
+
+def test_manual_step_cannot_clip_scaled_grads_without_the_optimizer():
+    model = _net()
+    scaler = torch.amp.GradScaler("cpu", init_scale=SCALE)
+    watch = GradWatch(model, scaler=scaler, clip=1.0)
+    scaler.scale(_loss(model, *_data())).backward()
+    with pytest.raises(RuntimeError, match="unscale_"):
+        watch.step()
+
+
+def test_optimizer_path_inside_scaler_step_is_unscaled_and_clipped_like_torch():
+    model, twin = _net(), _net()
+    opt, opt_twin = (torch.optim.SGD(m.parameters(), lr=0.1) for m in (model, twin))
+    scaler, scaler_twin = (torch.amp.GradScaler("cpu", init_scale=SCALE) for _ in range(2))
+    watch = GradWatch(model, optimizer=opt, scaler=scaler, clip=0.1)
+    for step in range(3):
+        x, y = _data(step)
+        opt.zero_grad()
+        scaler.scale(_loss(model, x, y)).backward()
+        scaler.step(opt)  # unscale_ then optimizer.step(): gradwatch measures in between
+        scaler.update()
+        opt_twin.zero_grad()
+        acts = _output_grads(twin, x, y, scaler=scaler_twin)
+        scaler_twin.unscale_(opt_twin)
+        expected = _layer_norms(twin)
+        total = torch.nn.utils.clip_grad_norm_(twin.parameters(), 0.1)
+        scaler_twin.step(opt_twin)
+        scaler_twin.update()
+        rec = watch.history[-1]
+        assert rec.step == step
+        assert rec.total_norm == pytest.approx(total.item(), rel=1e-6)
+        for name, norm in expected.items():
+            assert rec.layers[name].norm == pytest.approx(norm, rel=1e-6)
+            # output gradients carry the loss scale even after unscale_: divided exactly once
+            assert rec.layers[name].act_norm == pytest.approx(
+                _norm(acts[name]) / SCALE, rel=1e-5)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def _overflowing_run(optimizer_path: bool, steps: int = 3):
+    """fp16 autocast with a loss scale of 2**24: every backward overflows fp16."""
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 24)
+    kw = dict(optimizer=opt) if optimizer_path else {}
+    before = copy.deepcopy(model.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no "non-finite gradient" warning
+        with GradWatch(model, scaler=scaler, **kw) as watch:
+            for step in range(steps):
+                opt.zero_grad()
+                scaler.scale(_loss(model, *_data(step))).backward()
+                if not optimizer_path:
+                    watch.step()
+                scaler.step(opt)
+                scaler.update()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])  # the scaler skipped every step
+    return watch
+
+
+@pytest.mark.parametrize("optimizer_path", [False, True], ids=["manual", "optimizer"])
+def test_overflow_step_is_reported_as_amp_overflow_not_as_a_faulty_layer(optimizer_path):
+    watch = _overflowing_run(optimizer_path)
+    records = watch.history
+    assert [r.step for r in records] == [0, 1, 2]  # skipped steps are counted and recorded
+    assert watch.step_count == 3
+    for rec in records:
+        assert rec.amp_overflow
+        assert not math.isfinite(rec.total_norm)
+        assert rec.flagged == () and rec.first_nonfinite is None and not rec.skipped
+    assert "AMP overflows 3" in watch.summary()
+
+
+def test_overflow_then_recovery_in_optimizer_path():
+    """One overflow (scale 2**24) then healthy steps once the scaler has backed off: the
+    overflow is reported one step late, and its inf output gradients do not leak into the next
+    record's act_norm."""
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 24, backoff_factor=2.0 ** -14)
+    with GradWatch(model, optimizer=opt, scaler=scaler) as watch:
+        for step in range(3):
+            opt.zero_grad()
+            scaler.scale(_loss(model, *_data(step))).backward()
+            scaler.step(opt)
+            scaler.update()
+    flags = [r.amp_overflow for r in watch.history]
+    assert flags == [True, False, False]
+    for rec in watch.history[1:]:
+        assert math.isfinite(rec.total_norm)
+        assert all(math.isfinite(s.act_norm) for s in rec.layers.values())
+
+
+@pytest.mark.parametrize("where", ["autocast", "bf16-model"])
+def test_bf16_norms_agree_with_float64_reference(where):
+    """bf16 gradients are reduced in fp32: within 1e-3 of a float64 norm of the same tensors,
+    on layers wide enough (512 x 512) that a bf16 accumulation would be far off."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 512), nn.Tanh(), nn.Linear(512, 512), nn.Tanh(),
+                          nn.Linear(512, 4))
+    x, y = torch.randn(32, 64), torch.randn(32, 4)
+    if where == "bf16-model":
+        model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
+    watch = GradWatch(model)
+    outs: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def hook(module, args, out):
+            out.retain_grad()
+            outs[name] = out
+        return hook
+
+    hooks = [m.register_forward_hook(keep(n))
+             for n, m in model.named_children() if isinstance(m, nn.Linear)]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=where == "autocast"):
+        loss = nn.functional.mse_loss(model(x).float(), y)
+    loss.backward()
+    for h in hooks:
+        h.remove()
+    rec = watch.step()
+    if where == "bf16-model":
+        assert all(p.grad.dtype == torch.bfloat16 for p in model.parameters())
+    for name, norm in _layer_norms(model).items():
+        assert rec.layers[name].norm == pytest.approx(norm, rel=1e-3)
+        assert rec.layers[name].act_norm == pytest.approx(_norm(outs[name].grad), rel=1e-3)
+
+
+# ----------------------------------------------------------------------------- accumulation
+
+
+def test_accumulation_gives_one_record_of_the_accumulated_gradient():
+    """N micro-batches, one step: one record; parameter norms are those of the summed gradient;
+    act_norm is the L2 norm of the concatenation of every micro-batch's output gradient,
+    sqrt(sum_k ||g_k||^2) (documented in LayerStat.act_norm and docs/distributed.md)."""
+    n_micro = 3
+    model, twin = _net(), _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with GradWatch(model, optimizer=opt) as watch:
+        opt.zero_grad()
+        sq: dict[str, float] = {}
+        for k in range(n_micro):
+            x, y = _data(k)
+            (_loss(model, x, y, dtype=None) / n_micro).backward()
+            for name, g in _output_grads(twin, x, y, scale=1 / n_micro, dtype=None).items():
+                sq[name] = sq.get(name, 0.0) + _norm(g) ** 2
+        opt.step()
+    (rec,) = watch.history
+    for name, norm in _layer_norms(twin).items():  # twin accumulated the same micro-batches
+        assert rec.layers[name].norm == pytest.approx(norm, rel=1e-6)
+        assert rec.layers[name].act_norm == pytest.approx(math.sqrt(sq[name]), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- checkpointing
+
+
+class _Blocks(nn.Module):
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.mode = mode
+        self.stem = nn.Linear(6, 16)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 16)) for _ in range(2))
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.stem(x)
+        for block in self.blocks:
+            if self.mode == "none":
+                h = block(h)
+            else:
+                h = ckpt.checkpoint(block, h, use_reentrant=self.mode == "reentrant")
+            h = torch.relu(h)
+        return self.head(h)
+
+
+@pytest.mark.parametrize("mode", ["reentrant", "non-reentrant"])
+def test_activation_checkpointing_counts_nothing_twice(mode):
+    records = {}
+    for m in ("none", mode):
+        model = _Blocks(m)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with GradWatch(model, optimizer=opt) as watch:
+            for step in range(2):
+                opt.zero_grad()
+                nn.functional.mse_loss(model(_data(step)[0]), _data(step)[1]).backward()
+                opt.step()
+        records[m] = watch.history
+    for plain, checked in zip(records["none"], records[mode]):
+        assert list(checked.layers) == list(plain.layers)
+        assert checked.total_norm == pytest.approx(plain.total_norm, rel=1e-6)
+        for name, s in plain.layers.items():
+            assert s.act_norm is not None and checked.layers[name].act_norm is not None
+            assert checked.layers[name].norm == pytest.approx(s.norm, rel=1e-6)
+            # recomputation re-runs forward hooks: a double count would show as sqrt(2)x
+            assert checked.layers[name].act_norm == pytest.approx(s.act_norm, rel=1e-6)
