@@ -1,0 +1,128 @@
+"""The scalar tanh chain and the W = c·I identity chain: gradient magnitude across depth."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..models import IdentityChain, TanhChain
+from ..monitor import GradWatch
+from ..records import StepRecord
+from .common import Claim, Context, ExperimentResult, LabelledRun, fmt, summarize_records
+from .figures import plot_layer_profiles
+
+__all__ = ["tanh_chain_record", "identity_chain_record", "run_tanh_chain", "run_identity_chain"]
+
+TANH_SCALES = (0.5, 1.0, 1.5)
+IDENTITY_CS = (2.0, 0.5)
+
+
+def tanh_chain_record(scale: float, seed: int, depth: int = 20, *,
+                      dtype: torch.dtype = torch.float32) -> tuple[TanhChain, StepRecord]:
+    """One backward pass of ``d tanh-chain(1.0) / d w_i`` through a `GradWatch` (manual step)."""
+    model = TanhChain(depth, scale=scale, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    with GradWatch(model) as watch:
+        model(torch.ones(1, 1, dtype=dtype)).sum().backward()
+        record = watch.step()
+    if record is None:
+        raise RuntimeError("GradWatch returned no record for a recorded step.")
+    return model, record
+
+
+def identity_chain_record(c: float, depth: int = 100, width: int = 4) -> StepRecord:
+    """One backward pass of ``sum(chain(ones))`` through a `GradWatch`, activations on."""
+    model = IdentityChain(depth, width=width, c=c)
+    with GradWatch(model, activations=True) as watch:
+        model(torch.ones(1, width)).sum().backward()
+        record = watch.step()
+    if record is None:
+        raise RuntimeError("GradWatch returned no record for a recorded step.")
+    return record
+
+
+def _log10_ratio(first: float, last: float) -> float:
+    if first <= 0 or last <= 0:
+        return -math.inf if first <= 0 < last else math.nan
+    return math.log10(first / last)
+
+
+def run_tanh_chain(ctx: Context) -> ExperimentResult:
+    """Gradient magnitude per layer of the 20-layer scalar tanh chain at three weight scales."""
+    res = ExperimentResult("tanh_chain", "Tanh chain: 20 scalar layers, weights randn·scale, input 1.0")
+    seeds = list(range(ctx.budget.seeds))
+    act_profiles: dict[str, list[list[float]]] = {}
+    param_profiles: dict[str, list[list[float]]] = {}
+    ratios: dict[float, list[float]] = {}
+    for scale in TANH_SCALES:
+        for seed in seeds:
+            model, rec = tanh_chain_record(scale, seed)
+            acts = [math.nan if s.act_norm is None else s.act_norm for s in rec.layers.values()]
+            norms = [s.norm for s in rec.layers.values()]
+            act_profiles.setdefault(f"scale {scale}", []).append(acts)
+            param_profiles.setdefault(f"scale {scale}", []).append(norms)
+            ratios.setdefault(scale, []).append(_log10_ratio(acts[0], acts[-1]))
+            summary = summarize_records([rec])
+            if scale == 0.5:  # small weights: the textbook vanishing case
+                res.runs.append(LabelledRun(f"tanh scale {scale} seed {seed}", "pathological",
+                                            summary.flagged, summary.text()))
+            res.data.setdefault("runs", []).append({
+                "scale": scale, "seed": seed, "weights": model.weights(), "act_grad_norms": acts,
+                "param_grad_norms": norms, "log10_first_over_last": ratios[scale][-1],
+                "flagged": summary.flagged, "verdict": summary.text()})
+    res.figures.append(plot_layer_profiles(
+        act_profiles, ctx.figure("tanh_chain.png"), ylabel="|dy/dz_i|, z_i = w_i h_(i-1) (layer output)",
+        title="Tanh chain: backpropagated gradient per layer (thick: seed 0, thin: other seeds)"))
+    res.figures.append(plot_layer_profiles(
+        param_profiles, ctx.figure("tanh_chain_weights.png"), ylabel="|dy/dw_i|",
+        title="Tanh chain: weight gradient per layer (thick: seed 0, thin: other seeds)"))
+    runs = res.data["runs"]
+    flagged = {s: sum(r["flagged"] for r in runs if r["scale"] == s) for s in TANH_SCALES}
+    first = {s: next(r["verdict"] for r in runs if r["scale"] == s) for s in TANH_SCALES}
+    small = ratios[0.5]
+    res.claims.append(Claim(
+        claim="Small weights (scale 0.5): the gradient shrinks geometrically toward the input",
+        source="orders of magnitude between the last and the first layer (log-scale figure)",
+        measured=f"log10(|g_first|/|g_last|) = {fmt(small, '.2f')}",
+        reproduced=sorted(small)[len(small) // 2] < -3,
+        verdict=f"{flagged[0.5]}/{len(seeds)} runs flagged; seed 0: {first[0.5]}"))
+    means = [sum(ratios[s]) / len(ratios[s]) for s in TANH_SCALES]
+    res.claims.append(Claim(
+        claim="Larger weight scales shrink the gradient less across depth",
+        source="the decay flattens as the scale grows from 0.5 to 1.5",
+        measured=", ".join(f"scale {s}: {fmt(ratios[s], '.2f')}" for s in TANH_SCALES),
+        reproduced=means[0] < means[1] < means[2],
+        verdict="; ".join(f"scale {s}: {flagged[s]}/{len(seeds)} flagged (seed 0: {first[s]})"
+                          for s in TANH_SCALES[1:])))
+    res.notes.append("Measured: log10 of |dy/dz| (gradient w.r.t. a layer's output z = w·h, "
+                     "gradwatch's act_norm) at the first layer over the last, one chain per seed. The weight "
+                     "gradients |dy/dw_i| are nearly flat across depth here (each is the product "
+                     "of the other 19 weights), so gradwatch's per-layer verdict, which reads "
+                     "weight gradients, flags them on the absolute bound, not on depth.")
+    return res
+
+
+def run_identity_chain(ctx: Context) -> ExperimentResult:
+    """The exact case: activation gradients grow (c=2) or shrink (c=0.5) by c per layer."""
+    del ctx
+    res = ExperimentResult("identity_chain", "Identity chain: 100 linear layers W = c·I, width 4")
+    for c in IDENTITY_CS:
+        rec = identity_chain_record(c)
+        acts = [s.act_norm for s in rec.layers.values()]
+        ratios = [a / b for a, b in zip(acts[:-1], acts[1:]) if a is not None and b is not None]
+        worst = max(abs(r / c - 1) for r in ratios)
+        summary = summarize_records([rec])
+        res.runs.append(LabelledRun(f"identity c={c}", "pathological", summary.flagged,
+                                    summary.text()))
+        res.data[f"c={c}"] = {"act_norms": acts, "param_norms": [s.norm for s in rec.layers.values()],
+                              "act_ratio_max_rel_error": worst, "verdict": summary.text(),
+                              "total_norm": rec.total_norm}
+        kind = "grows" if c > 1 else "shrinks"
+        res.claims.append(Claim(
+            claim=f"c={c}: the gradient w.r.t. each layer's output {kind} by exactly c per layer",
+            source=f"ratio {c} per layer; c^99 = {c ** 99:.3g} across the chain",
+            measured=f"ratio {min(ratios):.6g}..{max(ratios):.6g} (max rel. error {worst:.1e}); "
+                     f"input/output side {acts[0] / acts[-1]:.3g}",
+            reproduced=worst < 1e-5,
+            verdict=summary.text()))
+    return res

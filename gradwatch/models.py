@@ -1,0 +1,316 @@
+"""Reference models for the vanishing/exploding-gradient experiments of ``gradwatch.bench``.
+
+Plain ``nn.Module``s with readable layer names (``layers.3``, ``hidden.2.linear``, ``output``) so
+that gradwatch's per-layer records read like the papers: Glorot & Bengio (AISTATS 2010), He et al.
+(ICCV 2015, CVPR 2016), Ioffe & Szegedy (ICML 2015). Nothing in the gradwatch core imports this.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "Activation",
+    "Init",
+    "TanhChain",
+    "IdentityChain",
+    "SeedLinear",
+    "XorNet",
+    "init_linear_",
+    "DeepMLP",
+    "MnistResNet",
+]
+
+Activation = Literal["sigmoid", "tanh", "relu", "linear"]
+Init = Literal["glorot_uniform", "xavier", "he", "small_normal"]
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU, "linear": nn.Identity,
+}
+_INITS = ("glorot_uniform", "xavier", "he", "small_normal")
+
+
+def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"Expected `{name}` to be one of {', '.join(map(repr, allowed))}, "
+                         f"but got {value!r}.")
+
+
+def _check_positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"Expected `{name}` to be a positive int, but got {value!r}.")
+
+
+class TanhChain(nn.Module):
+    """``depth`` scalar layers ``x <- tanh(w_i * x)`` with ``w_i ~ scale * N(0, 1)``, no bias.
+
+    Args:
+        depth: Number of 1->1 layers.
+        scale: Standard deviation of the weights.
+        generator: Random generator for the weights (seed it for a reproducible chain).
+    """
+
+    def __init__(self, depth: int = 20, *, scale: float = 1.0,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        _check_positive("depth", depth)
+        self.scale = float(scale)
+        self.layers = nn.ModuleList(nn.Linear(1, 1, bias=False) for _ in range(depth))
+        with torch.no_grad():
+            for layer in self.layers:
+                layer.weight.copy_(torch.randn(1, 1, generator=generator) * scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = torch.tanh(layer(x))
+        return x
+
+    def weights(self) -> list[float]:
+        """The scalar weights, input side first."""
+        return [layer.weight.detach().item() for layer in self.layers]
+
+
+class IdentityChain(nn.Module):
+    """``depth`` linear layers with ``W = c * I`` (no bias, no activation): output ``c**depth * x``.
+
+    The gradient with respect to each layer's output is ``c`` times the next one's, exactly.
+
+    Args:
+        depth: Number of layers.
+        width: Features per layer.
+        c: The diagonal value.
+    """
+
+    def __init__(self, depth: int = 100, *, width: int = 4, c: float = 2.0) -> None:
+        super().__init__()
+        _check_positive("depth", depth)
+        _check_positive("width", width)
+        self.c = float(c)
+        self.layers = nn.ModuleList(nn.Linear(width, width, bias=False) for _ in range(depth))
+        with torch.no_grad():
+            for layer in self.layers:
+                layer.weight.copy_(torch.eye(width) * c)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class SeedLinear(nn.Module):
+    """A dense layer holding one independent weight matrix per seed: ``(S, B, in) -> (S, B, out)``.
+
+    Weights and biases are drawn from U[0, 1) with one generator per seed, so seed ``s`` gets the
+    same initial values whatever other seeds are batched beside it.
+
+    Args:
+        in_features: Input width.
+        out_features: Output width.
+        seeds: One integer seed per trial.
+    """
+
+    def __init__(self, in_features: int, out_features: int, seeds: Sequence[int]) -> None:
+        super().__init__()
+        _check_positive("in_features", in_features)
+        _check_positive("out_features", out_features)
+        if len(seeds) == 0:
+            raise ValueError("Expected `seeds` to hold at least one seed, but got none.")
+        w, b = [], []
+        for s in seeds:
+            g = torch.Generator().manual_seed(int(s))
+            w.append(torch.rand(in_features, out_features, generator=g))
+            b.append(torch.rand(1, out_features, generator=g))
+        self.weight = nn.Parameter(torch.stack(w))
+        self.bias = nn.Parameter(torch.stack(b))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+    def extra_repr(self) -> str:
+        s, i, o = self.weight.shape
+        return f"in_features={i}, out_features={o}, seeds={s}"
+
+
+class XorNet(nn.Module):
+    """XOR net 2->4, ``depth`` hidden 4->4, 4->1, sigmoid everywhere, batched over trials.
+
+    Plain hidden blocks compute ``sigmoid(W x + b)``; residual ones ``x + sigmoid(W x + b)``.
+    Trial ``i`` is initialised from ``seeds[i]`` and uses only its first ``depths[i]`` hidden
+    layers (the rest pass their input through untouched and get exactly zero gradient), so one
+    batched model trains several depths and seeds at once, each exactly as if alone.
+
+    Args:
+        depth: Number of hidden 4->4 layers (the largest depth when ``depths`` is given).
+        residual: Use residual hidden blocks.
+        seeds: One seed per trial (the leading dimension of every weight).
+        depths: Hidden layers used by each trial (default ``depth`` for all).
+        width: Hidden width.
+    """
+
+    def __init__(self, depth: int, *, residual: bool = False, seeds: Sequence[int] = (0,),
+                 depths: Sequence[int] | None = None, width: int = 4) -> None:
+        super().__init__()
+        _check_positive("depth", depth)
+        self.residual = bool(residual)
+        self.seeds = tuple(int(s) for s in seeds)
+        self.depths = tuple(int(d) for d in depths) if depths is not None else (depth,) * len(seeds)
+        if len(self.depths) != len(self.seeds) or not all(1 <= d <= depth for d in self.depths):
+            raise ValueError(f"Expected `depths` to give one depth in 1..{depth} per seed "
+                             f"({len(self.seeds)}), but got {depths!r}.")
+        # Distinct, reproducible streams per layer and seed.
+        self.input = SeedLinear(2, width, [s * 1000 + 0 for s in self.seeds])
+        self.hidden = nn.ModuleList(SeedLinear(width, width, [s * 1000 + i + 1 for s in self.seeds])
+                                    for i in range(depth))
+        self.output = SeedLinear(width, 1, [s * 1000 + 999 for s in self.seeds])
+        active = torch.tensor([[i < d for d in self.depths] for i in range(depth)])
+        self.register_buffer("active", active.reshape(depth, -1, 1, 1), persistent=False)
+        self._masked = any(d < depth for d in self.depths)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Maps ``(B, 2)`` or ``(S, B, 2)`` inputs to ``(S, B, 1)`` outputs in (0, 1)."""
+        if x.dim() == 2:
+            x = x.expand(len(self.seeds), *x.shape)
+        x = torch.sigmoid(self.input(x))
+        for i, layer in enumerate(self.hidden):
+            y = torch.sigmoid(layer(x))
+            y = x + y if self.residual else y
+            x = torch.where(self.active[i], y, x) if self._masked else y
+        return torch.sigmoid(self.output(x))
+
+
+def init_linear_(layer: nn.Linear, init: Init) -> None:
+    """Initialises a dense layer in place: weights by ``init``, biases zero (Keras' defaults)."""
+    _check_choice("init", init, _INITS)
+    with torch.no_grad():
+        if init == "glorot_uniform":
+            nn.init.xavier_uniform_(layer.weight)
+        elif init == "xavier":
+            nn.init.xavier_normal_(layer.weight)
+        elif init == "he":
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+        else:
+            nn.init.normal_(layer.weight, std=0.01)
+        if layer.bias is not None:
+            layer.bias.zero_()
+
+
+class _Block(nn.Module):
+    """One hidden layer: ``linear`` (+ ``bn``) + activation, optionally added to its input."""
+
+    def __init__(self, width: int, activation: Activation, batch_norm: bool, residual: bool,
+                 init: Init) -> None:
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+        init_linear_(self.linear, init)
+        self.bn = nn.BatchNorm1d(width) if batch_norm else None
+        self.act = _ACTIVATIONS[activation]()
+        self.residual = residual
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.linear(x)
+        if self.bn is not None:
+            y = self.bn(y)
+        y = self.act(y)
+        return x + y if self.residual else y
+
+
+class DeepMLP(nn.Module):
+    """``in -> width`` layer, ``depth`` hidden ``width -> width`` layers, ``width -> classes`` logits.
+
+    Layers are named ``input``, ``hidden.<i>.linear`` (``hidden.<i>.bn``) and ``output``. The
+    output gives logits: pair it with ``cross_entropy`` (softmax + log loss).
+
+    Args:
+        depth: Number of hidden layers after the input layer.
+        width: Hidden width.
+        activation: Nonlinearity after every hidden layer (``linear`` for none).
+        init: Weight initialisation of every dense layer (biases start at zero).
+        batch_norm: Batch norm before each activation.
+        residual: Hidden blocks compute ``x + f(x)``.
+        in_features: Input width (784 for flattened MNIST).
+        classes: Number of outputs.
+    """
+
+    def __init__(self, depth: int = 10, *, width: int = 256, activation: Activation = "sigmoid",
+                 init: Init = "glorot_uniform", batch_norm: bool = False, residual: bool = False,
+                 in_features: int = 784, classes: int = 10) -> None:
+        super().__init__()
+        _check_positive("depth", depth)
+        _check_positive("width", width)
+        _check_choice("activation", activation, tuple(_ACTIVATIONS))
+        _check_choice("init", init, _INITS)
+        self.config = dict(depth=depth, width=width, activation=activation, init=init,
+                           batch_norm=batch_norm, residual=residual)
+        self.input = nn.Linear(in_features, width)
+        init_linear_(self.input, init)
+        self.input_bn = nn.BatchNorm1d(width) if batch_norm else None
+        self.input_act = _ACTIVATIONS[activation]()
+        self.hidden = nn.ModuleList(_Block(width, activation, batch_norm, residual, init)
+                                    for _ in range(depth))
+        self.output = nn.Linear(width, classes)
+        init_linear_(self.output, init)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.input(x.flatten(1))
+        if self.input_bn is not None:
+            x = self.input_bn(x)
+        x = self.input_act(x)
+        for block in self.hidden:
+            x = block(x)
+        return self.output(x)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+
+
+class _ResBlock(nn.Module):
+    """Two 3x3 convs with BN and ReLU; a 1x1 strided projection when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.proj = None
+        if stride != 1 or cin != cout:
+            self.proj = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
+                                      nn.BatchNorm2d(cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return torch.relu(y + (x if self.proj is None else self.proj(x)))
+
+
+class MnistResNet(nn.Module):
+    """The reference ResNet for 28x28 digits (He et al., CVPR 2016, shrunk for MNIST).
+
+    conv 7x7/64 stride 2 + ReLU + BN, max-pool 3x3 stride 2, residual blocks
+    (64, 64, 128/2, 128, 256/2, 256), flatten, dense logits.
+
+    Args:
+        classes: Number of outputs.
+        stages: ``(channels, stride)`` per residual block.
+    """
+
+    def __init__(self, classes: int = 10, stages: Sequence[tuple[int, int]] = (
+            (64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1))) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 64, 7, stride=2, padding=3)
+        self.stem_bn = nn.BatchNorm2d(64)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        blocks, cin, size = [], 64, 7
+        for cout, stride in stages:
+            blocks.append(_ResBlock(cin, cout, stride))
+            cin, size = cout, math.ceil(size / stride)
+        self.blocks = nn.Sequential(*blocks)
+        self.output = nn.Linear(cin * size * size, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.pool(self.stem_bn(torch.relu(self.stem(x))))
+        return self.output(self.blocks(x).flatten(1))
