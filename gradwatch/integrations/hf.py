@@ -1,0 +1,90 @@
+"""`GradWatchCallback`: gradwatch inside the Hugging Face ``transformers.Trainer``.
+
+The Trainer calls ``on_pre_optimizer_step`` once per optimizer step, after gradient accumulation
+and AMP unscaling but *after* its own clipping (``TrainingArguments.max_grad_norm``, 1.0 by
+default). To record pre-clip norms, set ``max_grad_norm=0`` and let gradwatch clip
+(``GradWatchCallback(clip=1.0)`` is the same global-norm clip); otherwise the recorded norms are
+the already clipped ones, and the callback warns once.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Sequence
+
+try:
+    from transformers import TrainerCallback
+except ImportError as err:
+    raise ImportError("gradwatch.integrations.hf needs transformers; install it with "
+                      "pip install 'gradwatch[hf]'.") from err
+
+from ..loggers import Logger
+from ..monitor import GradWatch
+from ..records import StepRecord
+from ..thresholds import Thresholds
+
+__all__ = ["GradWatchCallback"]
+
+
+class GradWatchCallback(TrainerCallback):
+    """Records per-layer gradient norms and verdicts at every optimizer step of a `Trainer`.
+
+    Args:
+        thresholds: Verdict thresholds (default `Thresholds()`).
+        clip: A gradwatch clip policy (see `GradWatch`); needs ``max_grad_norm=0`` in the
+            `TrainingArguments` (otherwise the gradients would be clipped twice).
+        activations: Also measure the gradient w.r.t. each layer's output.
+        every: Record every ``every``-th optimizer step.
+        on_nonfinite: ``"warn"``, ``"raise"`` or ``"zero"`` (see `GradWatch`).
+        loggers: gradwatch loggers (``JsonlLogger``, ``TensorBoardLogger``, ...) that receive
+            every record.
+
+    Attributes:
+        watch: The `GradWatch` of the running training (``None`` outside ``train``).
+        history: Records of the last training run, kept after it ends.
+    """
+
+    def __init__(self, *, thresholds: Thresholds | None = None, clip: Any = None,
+                 activations: bool = True, every: int = 1, on_nonfinite: str = "warn",
+                 loggers: Sequence[Logger] = ()) -> None:
+        if on_nonfinite == "skip":
+            raise ValueError("on_nonfinite='skip' is not supported with the HF Trainer (it owns "
+                             "optimizer.step()); use 'warn', 'raise' or 'zero'.")
+        self.options = dict(thresholds=thresholds, clip=clip, activations=activations,
+                            every=every, on_nonfinite=on_nonfinite, loggers=tuple(loggers))
+        self.watch: GradWatch | None = None
+        self.history: tuple[StepRecord, ...] = ()
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None,
+                       **kwargs: Any) -> None:
+        if model is None:
+            raise ValueError("GradWatchCallback expected the Trainer to pass `model` to "
+                             "on_train_begin, but it did not.")
+        if args.max_grad_norm and args.max_grad_norm > 0:
+            if self.options["clip"] is not None:
+                raise ValueError(f"GradWatchCallback(clip=...) and TrainingArguments("
+                                 f"max_grad_norm={args.max_grad_norm}) would clip the gradients "
+                                 f"twice; set max_grad_norm=0 to let gradwatch clip.")
+            warnings.warn(f"The Trainer clips (max_grad_norm={args.max_grad_norm}) before "
+                          f"on_pre_optimizer_step, so gradwatch records post-clip norms; set "
+                          f"max_grad_norm=0 and GradWatchCallback(clip={args.max_grad_norm}) to "
+                          f"record pre-clip norms with the same clipping.", UserWarning,
+                          stacklevel=2)
+        self._close()  # a previous train() that raised left its watch open
+        self.watch = GradWatch(model, **self.options)
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.watch is not None:
+            self.watch.step()
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self.watch is not None:
+            self.history = self.watch.history
+            self.watch.close()
+            self.watch = None
+
+    def __repr__(self) -> str:
+        return f"GradWatchCallback(clip={self.options['clip']!r}, every={self.options['every']})"

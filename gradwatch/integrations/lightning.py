@@ -1,0 +1,119 @@
+"""`GradWatchCallback`: gradwatch inside PyTorch Lightning, measured where gradients are final.
+
+Lightning calls ``on_before_optimizer_step`` after the last accumulated micro-batch and after AMP
+unscaling, and clips (``Trainer(gradient_clip_val=...)``) only after it: the point at which
+Lightning's own ``grad_norm`` measures. Works with ``lightning`` and ``pytorch_lightning``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+try:
+    import lightning.pytorch as pl
+except ImportError:  # the standalone package
+    try:
+        import pytorch_lightning as pl
+    except ImportError as err:
+        raise ImportError("gradwatch.integrations.lightning needs PyTorch Lightning; install it "
+                          "with pip install 'gradwatch[lightning]'.") from err
+
+from ..loggers import Logger
+from ..monitor import GradWatch
+from ..records import StepRecord
+from ..thresholds import Thresholds
+
+__all__ = ["GradWatchCallback"]
+
+
+class GradWatchCallback(pl.Callback):
+    """Measures per-layer gradient norms at every optimizer step and logs them via Lightning.
+
+    Logged with ``pl_module.log_dict`` (so every logger of the trainer receives them, at
+    ``trainer.global_step``): ``{prefix}/total_norm``, ``{prefix}/clip_coef``,
+    ``{prefix}/flagged_layers`` and, with ``log_layers=True``, ``{prefix}/norm/{layer}``.
+
+    Args:
+        thresholds: Verdict thresholds (default `Thresholds()`).
+        clip: A gradwatch clip policy (see `GradWatch`); must stay ``None`` when the trainer
+            has ``gradient_clip_val`` (the gradients would be clipped twice). Without ``clip``
+            the recorded norms are the pre-clip norms Lightning then clips.
+        activations: Also measure the gradient w.r.t. each layer's output.
+        every: Record every ``every``-th optimizer step.
+        on_nonfinite: ``"warn"``, ``"raise"`` or ``"zero"`` (see `GradWatch`).
+        loggers: gradwatch loggers (e.g. ``JsonlLogger``) that also receive every record.
+        log_layers: Also log one scalar per layer through Lightning.
+        prefix: Metric-name prefix.
+
+    Attributes:
+        watch: The `GradWatch` of the running fit (``None`` outside ``fit``).
+        history: Records of the last fit, kept after it ends.
+    """
+
+    def __init__(self, *, thresholds: Thresholds | None = None, clip: Any = None,
+                 activations: bool = True, every: int = 1, on_nonfinite: str = "warn",
+                 loggers: Sequence[Logger] = (), log_layers: bool = True,
+                 prefix: str = "gradwatch") -> None:
+        if on_nonfinite == "skip":
+            raise ValueError("on_nonfinite='skip' is not supported in Lightning (the trainer owns "
+                             "optimizer.step()); use 'warn', 'raise' or 'zero'.")
+        self.options = dict(thresholds=thresholds, clip=clip, activations=activations,
+                            every=every, on_nonfinite=on_nonfinite, loggers=tuple(loggers))
+        self.log_layers, self.prefix = log_layers, prefix
+        self.watch: GradWatch | None = None
+        self.history: tuple[StepRecord, ...] = ()
+        self._pending_state: Mapping[str, Any] | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.options["clip"] is not None and trainer.gradient_clip_val:
+            raise ValueError(f"GradWatchCallback(clip=...) and Trainer(gradient_clip_val="
+                             f"{trainer.gradient_clip_val}) would clip the gradients twice; "
+                             f"keep one of them.")
+        scaler = getattr(trainer.precision_plugin, "scaler", None)  # "16-mixed": already unscaled
+        self.watch = GradWatch(pl_module, scaler=scaler, **self.options)
+        if self._pending_state is not None:
+            self.watch.load_state_dict(self._pending_state)
+            self._pending_state = None
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                                 optimizer: Any) -> None:
+        if self.watch is None:
+            return
+        record = self.watch.step()
+        if record is None:
+            return
+        metrics = {f"{self.prefix}/total_norm": record.total_norm,
+                   f"{self.prefix}/clip_coef": record.clip_coef,
+                   f"{self.prefix}/flagged_layers": float(len(record.flagged))}
+        if self.log_layers:
+            metrics.update({f"{self.prefix}/norm/{name}": stat.norm
+                            for name, stat in record.layers.items()})
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._close()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                     exception: BaseException) -> None:
+        self._close()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The watch's running statistics, saved in Lightning checkpoints."""
+        return self.watch.state_dict() if self.watch is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restores the running statistics when the fit resumes from a checkpoint."""
+        if state_dict:
+            if self.watch is not None:
+                self.watch.load_state_dict(state_dict)
+            else:
+                self._pending_state = state_dict
+
+    def _close(self) -> None:
+        if self.watch is not None:
+            self.history = self.watch.history
+            self.watch.close()
+            self.watch = None
+
+    def __repr__(self) -> str:
+        return f"GradWatchCallback(clip={self.options['clip']!r}, every={self.options['every']})"

@@ -1,0 +1,71 @@
+"""`TensorBoardLogger`: a gradwatch logger that writes each `StepRecord` as TensorBoard scalars."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..records import StepRecord
+
+__all__ = ["TensorBoardLogger"]
+
+
+class TensorBoardLogger:
+    """Writes scalars for every record to a ``torch.utils.tensorboard.SummaryWriter``.
+
+    Tags, all at ``global_step=record.step``: ``{prefix}/total_norm``, ``{prefix}/clip_coef``,
+    ``{prefix}/flagged_layers`` (layers whose status is not ok), ``{prefix}/norm/{layer}`` and
+    ``{prefix}/act_norm/{layer}`` (when measured). Non-finite norms are written as they are
+    (TensorBoard shows NaN/Inf points).
+
+    Args:
+        writer_or_logdir: A ``SummaryWriter`` (left open on `close`, only flushed) or a log
+            directory for a writer this logger owns and closes.
+        prefix: Tag prefix.
+        layers: Also write the per-layer norms (one chart per layer).
+
+    Raises:
+        ImportError: TensorBoard is not installed (``pip install 'gradwatch[tensorboard]'``).
+    """
+
+    def __init__(self, writer_or_logdir: Any, *, prefix: str = "gradwatch",
+                 layers: bool = True) -> None:
+        if isinstance(writer_or_logdir, (str, os.PathLike)):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:
+                raise ImportError(f"TensorBoardLogger needs TensorBoard ({err}); install it with "
+                                  f"pip install 'gradwatch[tensorboard]'.") from err
+            self.writer, self._owned = SummaryWriter(log_dir=os.fspath(writer_or_logdir)), True
+        elif callable(getattr(writer_or_logdir, "add_scalar", None)):
+            self.writer, self._owned = writer_or_logdir, False
+        else:
+            raise TypeError(f"Expected `writer_or_logdir` to be a SummaryWriter or a directory, "
+                            f"but got {type(writer_or_logdir).__name__}.")
+        self.prefix, self.layers = prefix, layers
+
+    def __call__(self, record: StepRecord) -> None:
+        add, step, p = self.writer.add_scalar, record.step, self.prefix
+        add(f"{p}/total_norm", record.total_norm, step)
+        add(f"{p}/clip_coef", record.clip_coef, step)
+        add(f"{p}/flagged_layers", len(record.flagged), step)
+        if self.layers:
+            for name, stat in record.layers.items():
+                add(f"{p}/norm/{name}", stat.norm, step)
+                if stat.act_norm is not None:
+                    add(f"{p}/act_norm/{name}", stat.act_norm, step)
+
+    def flush(self) -> None:
+        """Writes pending events to disk."""
+        self.writer.flush()
+
+    def close(self) -> None:
+        """Closes an owned writer (flushes a borrowed one); safe to call twice."""
+        if self._owned:
+            self.writer.close()
+        else:
+            self.writer.flush()
+
+    def __repr__(self) -> str:
+        return f"TensorBoardLogger({self.writer.log_dir!r}, prefix={self.prefix!r})" \
+            if hasattr(self.writer, "log_dir") else f"TensorBoardLogger(prefix={self.prefix!r})"

@@ -1,0 +1,162 @@
+"""Shared pieces of the gradwatch figures: input checks, log-axis data shaping, labels, legends."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
+
+import numpy as np
+
+from ..records import Status, StepRecord
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["Which", "WHICH_LABEL", "STATUS_STYLE", "MAX_TICK_LABELS", "bands", "check_records",
+           "check_which", "edge_marks", "finish", "layer_order", "legend", "log_limits",
+           "name_ticks", "new_axes", "plural", "short", "split", "thresholds_from", "value"]
+
+Which = Literal["norm", "act_norm"]
+
+WHICH_LABEL = {"norm": "gradient L2 norm (layer parameters)",
+               "act_norm": "gradient L2 norm (w.r.t. layer output)"}
+STATUS_STYLE = {Status.VANISHING: ("tab:blue", "v"), Status.EXPLODING: ("tab:red", "^"),
+                Status.NONFINITE: ("black", "X")}
+MAX_TICK_LABELS = 40
+
+
+def check_records(records: Iterable[StepRecord]) -> list[StepRecord]:
+    recs = list(records)
+    if not recs:
+        raise ValueError("Expected `records` to hold at least one StepRecord, but got none; "
+                         "record a step first (watch.history) or check the log is not empty.")
+    for r in recs:
+        if not isinstance(r, StepRecord):
+            raise TypeError(f"Expected `records` to hold StepRecord objects, but got "
+                            f"{type(r).__name__}; read a log with gradwatch.read_jsonl(path).")
+    return recs
+
+
+def check_which(which: str) -> None:
+    if which not in WHICH_LABEL:
+        raise ValueError(f"Expected `which` to be one of {sorted(WHICH_LABEL)}, but got {which!r}.")
+
+
+def layer_order(recs: Sequence[StepRecord]) -> list[str]:
+    """Every layer name seen, in first-seen (forward) order."""
+    return list(dict.fromkeys(name for r in recs for name in r.layers))
+
+
+def thresholds_from(thresholds: Any, vanishing: float | None,
+                exploding: float | None) -> tuple[float | None, float | None]:
+    """Resolves explicit floats over a ``Thresholds``-like object; 0, inf and None mean no band."""
+    if thresholds is not None:
+        vanishing = getattr(thresholds, "vanishing", None) if vanishing is None else vanishing
+        exploding = getattr(thresholds, "exploding", None) if exploding is None else exploding
+    out = []
+    for name, v in (("vanishing", vanishing), ("exploding", exploding)):
+        if v is not None:
+            v = float(v)
+            if math.isnan(v) or v < 0:
+                raise ValueError(f"Expected `{name}` to be a positive norm bound, but got {v!r}.")
+            v = v if 0 < v < math.inf else None
+        out.append(v)
+    if out[0] is not None and out[1] is not None and out[0] >= out[1]:
+        raise ValueError(f"Expected `vanishing` < `exploding`, but got {out[0]:g} >= {out[1]:g}.")
+    return out[0], out[1]
+
+
+def value(r: StepRecord, name: str, which: str) -> float | None:
+    stat = r.layers.get(name)
+    return None if stat is None else getattr(stat, which)
+
+
+def split(values: Sequence[float | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(y for a log axis with NaN gaps, mask of non-finite values, mask of zeros)."""
+    raw = np.array([np.nan if v is None else v for v in values], dtype=float)
+    missing = np.array([v is None for v in values], dtype=bool)
+    nonfinite = ~np.isfinite(raw) & ~missing
+    zero = np.isfinite(raw) & (raw <= 0)
+    y = np.where(nonfinite | zero, np.nan, raw)
+    return y, nonfinite, zero
+
+
+def log_limits(values: Iterable[float], *bounds: float | None) -> tuple[float, float]:
+    vals = [v for v in values if math.isfinite(v) and v > 0] + [b for b in bounds if b]
+    if not vals:
+        return 1e-3, 1e3
+    lo, hi = min(vals), max(vals)
+    return lo / 10 ** 0.6, hi * 10 ** 0.6
+
+
+def new_axes(ax: Axes | None, size: tuple[float, float]) -> tuple[Figure, Axes]:
+    if ax is not None:
+        return ax.figure, ax
+    from matplotlib.figure import Figure  # a pyplot-free figure: no global state, no GUI
+
+    fig = Figure(figsize=size, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def finish(fig: Figure, path: str | os.PathLike[str] | None) -> Figure:
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def short(name: str, width: int = 30) -> str:
+    """Keeps the end of a long qualified name: the most specific part ("…layer.3.mlp.fc1")."""
+    return (name or "(root)") if len(name) <= width else "…" + name[-(width - 1):]
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def name_ticks(axis: Any, names: Sequence[str], most: int = MAX_TICK_LABELS) -> None:
+    """Labels an axis of layer indices with layer names, thinned to at most ``most`` labels."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter
+
+    n = len(names)
+    idx = np.unique(np.linspace(0, n - 1, min(n, most)).round().astype(int))
+    axis.set_major_locator(FixedLocator(idx))
+    label = (lambda i: short(names[i])) if n <= most else \
+        (lambda i: f"{i}: {short(names[i])}")
+    axis.set_major_formatter(FuncFormatter(lambda x, _pos: label(int(round(x)))
+                                           if 0 <= round(x) < n else ""))
+
+
+def edge_marks(ax: Axes, x: np.ndarray, nonfinite: np.ndarray, zero: np.ndarray,
+                color: Any, labelled: set[str]) -> None:
+    """Draws off-scale values at the axes' edges (non-finite at the top, zeros at the bottom)."""
+    edge = ax.get_xaxis_transform()  # x in data units, y in axes fraction
+    for mask, y, marker, c, label in ((nonfinite, 0.97, "X", "black", "non-finite (drawn at top)"),
+                                      (zero, 0.03, "$0$", color, "zero norm (drawn at bottom)")):
+        if mask.any():
+            ax.scatter(x[mask], np.full(int(mask.sum()), y), transform=edge, marker=marker, s=60,
+                       color=c, label=None if label in labelled else label, zorder=5,
+                       clip_on=False)
+            labelled.add(label)
+
+
+def legend(ax: Axes, first: Sequence[str] = (), **kwargs: Any) -> None:
+    """A legend right of the axes, entries named in ``first`` leading in that order."""
+    handles, labels = ax.get_legend_handles_labels()
+    rank = {label: i for i, label in enumerate(first)}
+    order = sorted(range(len(labels)), key=lambda i: (rank.get(labels[i], len(rank)), i))
+    ax.legend([handles[i] for i in order], [labels[i] for i in order], loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), fontsize="small", title_fontsize="small", **kwargs)
+
+
+def bands(ax: Axes, lo: float, hi: float, vanishing: float | None,
+           exploding: float | None) -> None:
+    if vanishing is not None:
+        ax.axhspan(lo, vanishing, color="tab:blue", alpha=0.10, lw=0,
+                   label=f"vanishing band (< {vanishing:g})")
+    if exploding is not None:
+        ax.axhspan(exploding, hi, color="tab:red", alpha=0.10, lw=0,
+                   label=f"exploding band (> {exploding:g})")

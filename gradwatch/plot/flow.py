@@ -1,0 +1,110 @@
+"""Gradient flow: per-layer gradient norm against depth, one or a few steps overlaid."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import numpy as np
+
+from ..records import Status, StepRecord
+from ._common import (STATUS_STYLE, WHICH_LABEL, Which, bands, check_records, check_which,
+                      edge_marks, finish, layer_order, legend, log_limits, name_ticks, new_axes,
+                      short, split, thresholds_from, value)
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["plot_flow"]
+
+
+def plot_flow(records: Iterable[StepRecord], *, steps: int | Sequence[int] | None = None,
+              which: Which = "norm", thresholds: Any = None, vanishing: float | None = None,
+              exploding: float | None = None, ax: Axes | None = None,
+              path: str | os.PathLike[str] | None = None, title: str | None = None) -> Figure:
+    """Per-layer gradient norm against depth: the "gradient magnitude across layers" figure.
+
+    Args:
+        records: Recorded steps, e.g. ``watch.history`` or ``list(read_jsonl(path))``.
+        steps: Step number(s) to overlay; default the first, middle and last record.
+        which: ``"norm"`` (parameter gradients) or ``"act_norm"`` (gradient w.r.t. the output).
+        thresholds: An object with ``vanishing``/``exploding`` attributes (e.g. `Thresholds`).
+        vanishing: Absolute lower bound to shade (overrides ``thresholds``).
+        exploding: Absolute upper bound to shade (overrides ``thresholds``).
+        ax: Axes to draw into; a new figure when omitted.
+        path: Where to save a PNG.
+        title: Figure title; a descriptive default when omitted.
+
+    Returns:
+        The figure. Lines run from input (left) to output (right), one per step, later steps
+        darker; flagged layers carry a marker coloured by status, and the layer where a NaN/Inf
+        was born is marked by a dotted vertical line. The bands are drawn for ``which="norm"``
+        only, since the thresholds bound parameter-gradient norms.
+
+    Raises:
+        ValueError: No records, no per-layer statistics, an unknown step, or bad bounds.
+    """
+    from matplotlib import colormaps
+
+    recs = check_records(records)
+    check_which(which)
+    vanishing, exploding = thresholds_from(thresholds, vanishing, exploding)
+    names = layer_order(recs)
+    if not names:
+        raise ValueError("Expected records with per-layer statistics, but every record has an "
+                         "empty `layers`; was the model's layer list empty?")
+    by_step = {r.step: r for r in recs}
+    if steps is None:
+        chosen = [recs[i] for i in sorted({0, len(recs) // 2, len(recs) - 1})]
+    else:
+        wanted = [steps] if isinstance(steps, int) else list(steps)
+        unknown = [s for s in wanted if s not in by_step]
+        if unknown or not wanted:
+            raise ValueError(f"Expected `steps` among the recorded steps ({recs[0].step} .. "
+                             f"{recs[-1].step}, {len(recs)} records), but got {unknown or wanted}.")
+        chosen = [by_step[s] for s in sorted(set(wanted))]
+    if which == "act_norm" and all(value(r, n, which) is None for r in chosen for n in names):
+        raise ValueError("Expected activation-gradient norms, but these records have none "
+                         "(recorded with activations=False?); use which='norm'.")
+    if which != "norm":
+        vanishing = exploding = None
+
+    fig, ax = new_axes(ax, (min(6 + 0.1 * len(names), 16), 5.5 if len(names) <= 20 else 7.5))
+    size = 70 if len(names) <= 30 else 30
+    x = np.arange(len(names))
+    shades = colormaps["YlGn"](np.linspace(0.45, 0.95, len(chosen)))
+    labelled: set[str] = set()
+    all_y: list[float] = []
+    for r, color in zip(chosen, shades):
+        y, nonfinite, zero = split([value(r, n, which) for n in names])
+        all_y.extend(y[np.isfinite(y)])
+        ax.plot(x, y, "-", marker="o" if len(names) <= 60 else None, ms=3, lw=1.6, color=color,
+                label=f"step {r.step}")
+        edge_marks(ax, x, nonfinite, zero, color, labelled)
+        for i, n in enumerate(names):
+            stat = r.layers.get(n)
+            if stat is None or stat.status is Status.OK or not np.isfinite(y[i]):
+                continue
+            c, m = STATUS_STYLE[stat.status]
+            label = f"flagged {stat.status.value}"
+            ax.scatter([i], [y[i]], marker=m, s=size, color=c, edgecolors="black", zorder=4,
+                       label=None if label in labelled else label)
+            labelled.add(label)
+        if r.first_nonfinite in r.layers:
+            ax.axvline(names.index(r.first_nonfinite), color="black", ls=":", lw=1.2,
+                       label=f"NaN/Inf born here (step {r.step}): {short(r.first_nonfinite)}")
+
+    lo, hi = log_limits(all_y, vanishing, exploding)
+    ax.set_yscale("log")
+    ax.set_ylim(lo, hi)
+    bands(ax, lo, hi, vanishing, exploding)
+    ax.set_xlim(-0.5, len(names) - 0.5)
+    name_ticks(ax.xaxis, names)
+    ax.tick_params(axis="x", labelrotation=90, labelsize=8 if len(names) <= 20 else 7)
+    ax.set_xlabel("layer, in forward order (input → output)")
+    ax.set_ylabel(WHICH_LABEL[which] + " (log)")
+    ax.set_title(title or f"Gradient flow across {len(names)} layers")
+    ax.grid(True, which="major", axis="y", alpha=0.3)
+    legend(ax, [f"step {r.step}" for r in chosen])
+    return finish(fig, path)

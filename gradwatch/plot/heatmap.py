@@ -1,0 +1,111 @@
+"""Layer x step heat map of log10 gradient norm, for deep models and long runs."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import TYPE_CHECKING, Any, Iterable
+
+import numpy as np
+
+from ..records import StepRecord
+from ._common import (WHICH_LABEL, Which, check_records, check_which, finish, layer_order,
+                      name_ticks, new_axes, plural, split, thresholds_from, value)
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["plot_heatmap"]
+
+
+def plot_heatmap(records: Iterable[StepRecord], *, which: Which = "norm",
+                 thresholds: Any = None, vanishing: float | None = None,
+                 exploding: float | None = None, cmap: str = "viridis", ax: Axes | None = None,
+                 path: str | os.PathLike[str] | None = None, title: str | None = None) -> Figure:
+    """Layer x step heat map of log10 gradient norm, for deep models and long runs.
+
+    Rows are layers in forward order (input at the top), columns recorded steps. Non-finite
+    cells are red, zero norms white, layers not recorded at a step light grey. Thresholds, when
+    given, are drawn as outlined white lines on the colour bar.
+
+    Args:
+        records: Recorded steps, e.g. ``watch.history`` or ``list(read_jsonl(path))``.
+        which: ``"norm"`` (parameter gradients) or ``"act_norm"`` (gradient w.r.t. the output).
+        thresholds: An object with ``vanishing``/``exploding`` attributes (e.g. `Thresholds`).
+        vanishing: Lower bound to mark on the colour bar (overrides ``thresholds``).
+        exploding: Upper bound to mark on the colour bar (overrides ``thresholds``).
+        cmap: A matplotlib colour map name for the finite values.
+        ax: Axes to draw into; a new figure when omitted.
+        path: Where to save a PNG.
+        title: Figure title; a descriptive default when omitted.
+
+    Returns:
+        The figure.
+
+    Raises:
+        ValueError: No records or no per-layer statistics.
+    """
+    from matplotlib import colormaps, patheffects
+    from matplotlib.colors import Normalize
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import FixedLocator, FuncFormatter
+    from matplotlib.transforms import offset_copy
+
+    recs = check_records(records)
+    check_which(which)
+    vanishing, exploding = thresholds_from(thresholds, vanishing, exploding)
+    names = layer_order(recs)
+    if not names:
+        raise ValueError("Expected records with per-layer statistics, but every record has an "
+                         "empty `layers`; was the model's layer list empty?")
+    cols = [split([value(r, n, which) for n in names]) for r in recs]
+    y = np.stack([c[0] for c in cols], axis=1)
+    nonfinite = np.stack([c[1] for c in cols], axis=1)
+    zero = np.stack([c[2] for c in cols], axis=1)
+    missing = np.isnan(y) & ~nonfinite & ~zero
+    if which == "act_norm" and missing.all():
+        raise ValueError("Expected activation-gradient norms, but these records have none "
+                         "(recorded with activations=False?); use which='norm'.")
+    logs = np.log10(y)
+    finite = logs[np.isfinite(logs)]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (-1.0, 1.0)
+    if vmax - vmin < 1e-9:
+        vmin, vmax = vmin - 0.5, vmax + 0.5
+    logs[nonfinite], logs[zero] = vmax + 1, vmin - 1  # drawn in the over / under colours
+
+    fig, ax = new_axes(ax, (11, max(4.0, min(2.5 + 0.1 * len(names), 9.0))))
+    colours = colormaps[cmap].with_extremes(over="red", under="white", bad="lightgrey")
+    image = ax.imshow(np.ma.masked_invalid(logs), aspect="auto", interpolation="nearest",
+                      cmap=colours, norm=Normalize(vmin, vmax))
+    bar = fig.colorbar(image, ax=ax, label=f"log10 {WHICH_LABEL[which]}")
+    marked = [(b, label) for b, label in ((vanishing, "vanishing"), (exploding, "exploding"))
+              if which == "norm" and b is not None and vmin <= math.log10(b) <= vmax]
+    outlined = [patheffects.withStroke(linewidth=3.5, foreground="black")]
+    for bound, _label in marked:
+        bar.ax.axhline(math.log10(bound), color="white", lw=1.5, path_effects=outlined)
+    step_of = [r.step for r in recs]
+    columns = np.unique(np.linspace(0, len(recs) - 1, min(len(recs), 12)).round().astype(int))
+    ax.xaxis.set_major_locator(FixedLocator(columns))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: str(step_of[int(round(v))])))
+    name_ticks(ax.yaxis, names, most=30)
+    ax.tick_params(axis="y", labelsize=8 if len(names) <= 20 else 7)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("layer, in forward order (input at top)")
+    ax.set_title(title or f"log10 gradient norm per layer and step "
+                          f"({plural(len(names), 'layer')} x {plural(len(recs), 'step')})")
+    special = [(nonfinite, "red", "non-finite"), (zero, "white", "zero norm"),
+               (missing, "lightgrey", "not recorded")]
+    handles = [Patch(facecolor=c, edgecolor="black",
+                     label=f"{label} ({plural(int(m.sum()), 'cell')})")
+               for m, c, label in special if m.any()]
+    if marked:
+        handles.append(Line2D([], [], color="white", lw=1.5, path_effects=outlined,
+                              label="bounds on colour bar: " + ", ".join(
+                                  f"{label} {b:g}" for b, label in marked)))
+    if handles:
+        below = offset_copy(ax.transAxes, fig=fig, y=-36, units="points")  # under the xlabel
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.0, 0.0), ncol=3,
+                  bbox_transform=below, fontsize="small", frameon=False)
+    return finish(fig, path)

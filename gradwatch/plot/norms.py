@@ -1,0 +1,119 @@
+"""Per-layer and total gradient norms over training steps, with clip, spike and NaN events."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+import numpy as np
+
+from ..records import StepRecord
+from ._common import (WHICH_LABEL, Which, check_records, check_which, edge_marks, finish,
+                      layer_order, legend, log_limits, new_axes, plural, short, split, value)
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["plot_norms"]
+
+
+def plot_norms(records: Iterable[StepRecord], *, layers: Sequence[str] | None = None,
+               which: Which = "norm", max_layers: int = 8, ax: Axes | None = None,
+               path: str | os.PathLike[str] | None = None, title: str | None = None) -> Figure:
+    """Per-layer gradient norms over training steps on a log scale, with events marked.
+
+    The total norm is the bold black line; where clipping acted, the dashed line is the total
+    after clipping (``total_norm * clip_coef``) and orange dots mark the clipped steps. Red
+    vertical lines mark steps with non-finite gradients (orange dotted for AMP loss-scale
+    overflows), grey dashed lines skipped steps, red stars spikes of the total norm.
+
+    Args:
+        records: Recorded steps, e.g. ``watch.history`` or ``list(read_jsonl(path))``.
+        layers: Layer names to draw; default ``max_layers`` layers evenly spread over depth.
+        which: ``"norm"`` (parameter gradients) or ``"act_norm"`` (gradient w.r.t. the output).
+        max_layers: How many layers the default picks; layers are coloured by depth.
+        ax: Axes to draw into; a new figure when omitted.
+        path: Where to save a PNG.
+        title: Figure title; a descriptive default when omitted.
+
+    Returns:
+        The figure.
+
+    Raises:
+        ValueError: No records, an unknown layer name, or ``max_layers`` < 0.
+    """
+    from matplotlib import colormaps
+
+    recs = check_records(records)
+    check_which(which)
+    names = layer_order(recs)
+    if layers is None:
+        if max_layers < 0:
+            raise ValueError(f"Expected `max_layers` >= 0, but got {max_layers}.")
+        keep = np.unique(np.linspace(0, len(names) - 1, min(len(names), max_layers)).round())
+        shown = [names[int(i)] for i in keep] if names and max_layers else []
+    else:
+        unknown = [n for n in layers if n not in names]
+        if unknown:
+            raise ValueError(f"Expected `layers` among the recorded layers (e.g. {names[:5]}), "
+                             f"but got unknown names {unknown[:5]}.")
+        shown = list(layers)
+
+    fig, ax = new_axes(ax, (11, 5.5))
+    x = np.array([r.step for r in recs], dtype=float)
+    labelled: set[str] = set()
+    all_y: list[float] = []
+    depth = colormaps["viridis"]
+    for n in shown:
+        y, nonfinite, zero = split([value(r, n, which) for r in recs])
+        color = depth(0.9 * names.index(n) / max(len(names) - 1, 1))
+        all_y.extend(y[np.isfinite(y)])
+        ax.plot(x, y, lw=1, color=color, label=short(n))
+        edge_marks(ax, x, nonfinite, zero, color, labelled)
+        spiked = np.array([bool(r.layers.get(n) and r.layers[n].spike) for r in recs])
+        if spiked.any() and which == "norm":
+            ax.scatter(x[spiked], y[spiked], marker="*", s=50, color=color, edgecolors="black",
+                       zorder=4, label=None if "layer spike" in labelled else "layer spike")
+            labelled.add("layer spike")
+
+    total, t_nonfinite, t_zero = split([r.total_norm for r in recs])
+    all_y.extend(total[np.isfinite(total)])
+    ax.plot(x, total, lw=2.6, color="black", label="total (all layers)", zorder=3)
+    edge_marks(ax, x, t_nonfinite, t_zero, "black", labelled)
+    clipped = np.array([r.clipped for r in recs])
+    if clipped.any():
+        after = total * np.array([r.clip_coef for r in recs])
+        ax.plot(x, after, lw=1.2, ls="--", color="black", label="total after clipping")
+        dots = clipped & np.isfinite(total)  # a clip at a non-finite total has no y
+        ax.scatter(x[dots], total[dots], s=14, color="tab:orange", zorder=4,
+                   label=f"clipped ({int(clipped.sum())} of {len(recs)} steps)")
+    spikes = np.array([r.spike for r in recs])
+    if spikes.any():
+        ax.scatter(x[spikes], np.where(np.isfinite(total[spikes]), total[spikes], np.nan),
+                   marker="*", s=140, color="tab:red", edgecolors="black", zorder=5,
+                   label="spike in total norm")
+    bad = np.array([not math.isfinite(r.total_norm) or r.first_nonfinite is not None
+                    for r in recs])
+    amp = np.array([r.amp_overflow for r in recs]) & bad
+    edge = ax.get_xaxis_transform()
+    for mask, style, label in ((bad & ~amp, dict(color="tab:red", ls="-", alpha=0.5),
+                                "non-finite gradients"),
+                               (amp, dict(color="tab:orange", ls=":"), "AMP overflow"),
+                               (np.array([r.skipped for r in recs]),
+                                dict(color="gray", ls="--"), "step skipped")):
+        if mask.any():
+            ax.vlines(x[mask], 0, 1, transform=edge, lw=1.2, **style,
+                      label=f"{label} ({plural(int(mask.sum()), 'step')})")
+
+    ax.set_yscale("log")
+    ax.set_ylim(*log_limits(all_y))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(WHICH_LABEL[which] + " (log)")
+    hidden = f" ({len(shown)} of {len(names)} layers shown)" if len(shown) < len(names) else ""
+    ax.set_title(title or f"Gradient norms over {len(recs)} recorded steps{hidden}")
+    ax.grid(True, which="major", alpha=0.3)
+    legend(ax, [short(n) for n in shown] + ["total (all layers)"],
+            title="layer (colour = depth)" if shown else None)
+    return finish(fig, path)

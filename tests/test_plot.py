@@ -1,0 +1,254 @@
+"""gradwatch.plot: the plotted data equals the records, edge cases draw instead of crashing."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+matplotlib = pytest.importorskip("matplotlib")
+matplotlib.use("Agg")
+
+from matplotlib.collections import LineCollection  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.image import AxesImage  # noqa: E402
+
+from gradwatch.plot import plot_flow, plot_heatmap, plot_norms  # noqa: E402
+from gradwatch.records import LayerStat, Status, StepRecord  # noqa: E402
+
+NAN, INF = float("nan"), float("inf")
+NAMES = ["embed", "blocks.0.fc", "blocks.1.fc", "head"]
+# step -> per-layer parameter-gradient norms; step 4: NaN born in blocks.1.fc, step 6: a zero norm
+NORMS = {0: [1e-8, 1e-3, 1e-2, 0.5],
+         2: [2e-8, 2e-3, 3e-2, 0.7],
+         4: [NAN, NAN, NAN, 0.9],
+         6: [0.0, 4e-3, 5e4, 1.1]}
+
+
+def _status(norm: float) -> Status:
+    if not math.isfinite(norm):
+        return Status.NONFINITE
+    return Status.VANISHING if norm < 1e-7 else Status.EXPLODING if norm > 1e4 else Status.OK
+
+
+def _records() -> list[StepRecord]:
+    out = []
+    for step, norms in NORMS.items():
+        layers = {n: LayerStat(norm=v, act_norm=None if i == 0 else 10 * v, status=_status(v),
+                               spike=(step == 6 and n == "blocks.1.fc"))
+                  for i, (n, v) in enumerate(zip(NAMES, norms))}
+        total = math.sqrt(sum(v * v for v in norms))
+        out.append(StepRecord(step=step, total_norm=total, clip_coef=min(1.0, 1.0 / total)
+                              if math.isfinite(total) else 0.0, layers=layers,
+                              first_nonfinite="blocks.1.fc" if step == 4 else None,
+                              spike=step == 6, skipped=step == 4))
+    return out
+
+
+def _line(ax, label):
+    found = [ln for ln in ax.get_lines() if ln.get_label() == label]
+    assert len(found) == 1, [ln.get_label() for ln in ax.get_lines()]
+    return found[0]
+
+
+def _collection(ax, label):
+    found = [c for c in ax.collections if c.get_label() == label]
+    assert len(found) == 1, [c.get_label() for c in ax.collections]
+    return found[0]
+
+
+def _edge_x(ax, label):
+    return sorted(_collection(ax, label).get_offsets()[:, 0].tolist())
+
+
+# ------------------------------------------------------------------------------------ plot_flow
+def test_flow_lines_equal_norms_for_default_first_middle_last_steps():
+    fig = plot_flow(_records())
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    for step in (0, 4, 6):  # first, middle (index 2 of 4) and last
+        line = _line(ax, f"step {step}")
+        np.testing.assert_array_equal(line.get_xdata(), np.arange(4))
+        expected = [v if math.isfinite(v) and v > 0 else NAN for v in NORMS[step]]
+        np.testing.assert_allclose(line.get_ydata(), expected)  # NaN where a log axis cannot draw
+    assert [t.get_text() for t in ax.get_xticklabels()] == NAMES
+    assert "step 2" not in [ln.get_label() for ln in ax.get_lines()]
+
+
+def test_flow_marks_nonfinite_zero_flagged_and_birth_layer():
+    ax = plot_flow(_records(), steps=[4, 6]).axes[0]
+    assert _edge_x(ax, "non-finite (drawn at top)") == [0, 1, 2]
+    assert _edge_x(ax, "zero norm (drawn at bottom)") == [0]
+    exploding = _collection(ax, "flagged exploding").get_offsets()
+    np.testing.assert_allclose(exploding, [[2, 5e4]])
+    born = [ln for ln in ax.get_lines() if ln.get_label().startswith("NaN/Inf born here")]
+    assert len(born) == 1 and list(born[0].get_xdata()) == [2, 2]
+    assert "blocks.1.fc" in born[0].get_label()
+
+
+def test_flow_single_step_flags_vanishing_and_shades_threshold_bands():
+    th = SimpleNamespace(vanishing=1e-7, exploding=1e4)
+    ax = plot_flow(_records(), steps=0, thresholds=th).axes[0]
+    np.testing.assert_allclose(_collection(ax, "flagged vanishing").get_offsets(), [[0, 1e-8]])
+    bands = {p.get_label(): p for p in ax.patches}
+    assert set(bands) == {"vanishing band (< 1e-07)", "exploding band (> 10000)"}
+    low, high = ax.get_ylim()
+    assert bands["vanishing band (< 1e-07)"].get_window_extent().height > 0
+    assert low < 1e-8 and high > 1e4  # data and both bounds are visible
+    # explicit floats override the object
+    ax = plot_flow(_records(), steps=0, thresholds=th, exploding=10.0).axes[0]
+    assert "exploding band (> 10)" in [p.get_label() for p in ax.patches]
+
+
+def test_flow_act_norm_plots_output_gradients_without_bands():
+    ax = plot_flow(_records(), steps=[2], which="act_norm", vanishing=1e-7).axes[0]
+    np.testing.assert_allclose(_line(ax, "step 2").get_ydata(),
+                               [NAN] + [10 * v for v in NORMS[2][1:]])  # act_norm None -> gap
+    assert len(ax.patches) == 0
+    assert "output" in ax.get_ylabel()
+
+
+def test_flow_draws_into_given_axes_and_saves_png(tmp_path):
+    fig = Figure()
+    ax = fig.add_subplot()
+    out = plot_flow(_records(), ax=ax, path=tmp_path / "sub" / "flow.png")
+    assert out is fig and ax.get_lines()
+    assert (tmp_path / "sub" / "flow.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_flow_many_layers_keeps_tick_labels_readable():
+    names = [f"encoder.layer.{i}.attention.output.dense" for i in range(150)]
+    rec = StepRecord(step=0, total_norm=1.0,
+                     layers={n: LayerStat(norm=10.0 ** (-i / 20)) for i, n in enumerate(names)})
+    ax = plot_flow([rec]).axes[0]
+    ticks = ax.xaxis.get_major_locator()()
+    assert 10 <= len(ticks) <= 40 and ticks[0] == 0 and ticks[-1] == 149
+    label = ax.xaxis.get_major_formatter()(149, 0)
+    assert label.startswith("149: ") and label.endswith("attention.output.dense")
+    assert len(label) <= 40
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(steps=[1]), "recorded steps"),
+    (dict(which="grad"), "which"),
+    (dict(vanishing=1.0, exploding=0.5), "vanishing"),
+    (dict(vanishing=-1.0), "vanishing"),
+])
+def test_flow_rejects_bad_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        plot_flow(_records(), **kwargs)
+
+
+def test_plots_reject_empty_input_and_missing_statistics():
+    for fn in (plot_flow, plot_norms, plot_heatmap):
+        with pytest.raises(ValueError, match="at least one StepRecord"):
+            fn([])
+    bare = [StepRecord(step=0, total_norm=1.0)]
+    for fn in (plot_flow, plot_heatmap):
+        with pytest.raises(ValueError, match="per-layer"):
+            fn(bare)
+    no_act = [StepRecord(step=0, total_norm=1.0, layers={"a": LayerStat(norm=1.0)})]
+    with pytest.raises(ValueError, match="activations=False"):
+        plot_flow(no_act, which="act_norm")
+    with pytest.raises(TypeError, match="StepRecord"):
+        plot_flow([{"step": 0}])
+
+
+# ----------------------------------------------------------------------------------- plot_norms
+def test_norms_total_layers_and_clipping_equal_records():
+    recs = _records()
+    ax = plot_norms(recs).axes[0]
+    steps = [0, 2, 4, 6]
+    total = _line(ax, "total (all layers)")
+    np.testing.assert_array_equal(total.get_xdata(), steps)
+    np.testing.assert_allclose(total.get_ydata(), [r.total_norm for r in recs])  # step 4: NaN
+    assert total.get_linewidth() > 2 * _line(ax, "head").get_linewidth()
+    np.testing.assert_allclose(_line(ax, "blocks.0.fc").get_ydata(),
+                               [1e-3, 2e-3, NAN, 4e-3])
+    after = _line(ax, "total after clipping")
+    np.testing.assert_allclose(after.get_ydata(), [r.total_norm * r.clip_coef for r in recs])
+    clipped = [r.step for r in recs if r.clipped]
+    label = f"clipped ({len(clipped)} of 4 steps)"
+    assert _edge_x(ax, label) == [s for s in clipped if s != 4]  # no dot at a NaN total
+    assert _edge_x(ax, "non-finite (drawn at top)") == [4]
+    assert _edge_x(ax, "zero norm (drawn at bottom)") == [6]
+
+
+def test_norms_marks_nonfinite_skipped_and_spike_steps():
+    ax = plot_norms(_records()).axes[0]
+    events = {c.get_label(): c for c in ax.collections if isinstance(c, LineCollection)}
+    assert set(events) == {"non-finite gradients (1 step)", "step skipped (1 step)"}
+    for c in events.values():
+        assert [seg[0][0] for seg in c.get_segments()] == [4]
+    np.testing.assert_allclose(_collection(ax, "spike in total norm").get_offsets(),
+                               [[6, _records()[-1].total_norm]])
+    assert _edge_x(ax, "layer spike") == [6]
+
+
+def test_norms_amp_overflow_is_told_apart_from_model_nans():
+    recs = [StepRecord(step=s, total_norm=INF if s == 1 else 1.0, amp_overflow=s == 1,
+                       layers={"a": LayerStat(norm=INF if s == 1 else 1.0)}) for s in range(3)]
+    labels = [c.get_label() for c in plot_norms(recs).axes[0].collections]
+    assert "AMP overflow (1 step)" in labels
+    assert not any(label.startswith("non-finite gradients") for label in labels)
+
+
+def test_norms_layer_selection():
+    names = [f"l{i}" for i in range(20)]
+    recs = [StepRecord(step=s, total_norm=1.0, layers={n: LayerStat(norm=1.0) for n in names})
+            for s in range(3)]
+    ax = plot_norms(recs, max_layers=4).axes[0]
+    drawn = [ln.get_label() for ln in ax.get_lines() if ln.get_label().startswith("l")]
+    assert drawn[0] == "l0" and drawn[-1] == "l19" and len(drawn) == 4
+    assert "4 of 20 layers" in ax.get_title()
+    ax = plot_norms(recs, layers=["l3", "l7"]).axes[0]
+    assert [ln.get_label() for ln in ax.get_lines()] == ["l3", "l7", "total (all layers)"]
+    with pytest.raises(ValueError, match="unknown names"):
+        plot_norms(recs, layers=["nope"])
+    assert plot_norms([StepRecord(step=0, total_norm=0.5)]).axes[0].get_lines()  # total only
+
+
+# --------------------------------------------------------------------------------- plot_heatmap
+def test_heatmap_cells_are_log10_norms_with_special_cells():
+    recs = _records()
+    fig = plot_heatmap(recs, vanishing=1e-7, exploding=1e4)
+    ax = fig.axes[0]
+    image = next(a for a in ax.get_children() if isinstance(a, AxesImage))
+    data = image.get_array()
+    assert data.shape == (4, 4)  # layers x steps
+    vmin, vmax = image.norm.vmin, image.norm.vmax
+    finite = np.array([[v if math.isfinite(v) and v > 0 else NAN for v in NORMS[s]]
+                       for s in NORMS]).T
+    ok = np.isfinite(finite)
+    np.testing.assert_allclose(np.asarray(data)[ok], np.log10(finite[ok]))
+    assert vmin == pytest.approx(math.log10(1e-8)) and vmax == pytest.approx(math.log10(5e4))
+    assert (np.asarray(data)[:3, 2] > vmax).all()  # non-finite -> "over" colour (red)
+    assert np.asarray(data)[0, 3] < vmin  # zero -> "under" colour
+    assert "log10" in fig.axes[1].get_ylabel()  # the colour bar
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["non-finite (3 cells)", "zero norm (1 cell)",
+                      "bounds on colour bar: vanishing 1e-07, exploding 10000"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == NAMES
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "2", "4", "6"]  # step numbers
+
+
+def test_heatmap_missing_layers_are_masked(tmp_path):
+    recs = [StepRecord(step=0, total_norm=1.0, layers={"a": LayerStat(norm=1.0)}),
+            StepRecord(step=1, total_norm=1.0, layers={"a": LayerStat(norm=2.0),
+                                                       "b": LayerStat(norm=3.0)})]
+    fig = plot_heatmap(recs, path=tmp_path / "h.png")
+    data = next(a for a in fig.axes[0].get_children() if isinstance(a, AxesImage)).get_array()
+    assert bool(data.mask[1, 0]) and not data.mask[1, 1]
+    assert (tmp_path / "h.png").stat().st_size > 0
+
+
+def test_importing_gradwatch_and_its_plot_module_does_not_import_matplotlib():
+    code = ("import sys, gradwatch, gradwatch.plot, gradwatch.report; "
+            "sys.exit('matplotlib' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
