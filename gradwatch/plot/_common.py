@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = ["Which", "WHICH_LABEL", "STATUS_STYLE", "MAX_TICK_LABELS", "bands", "check_records",
+           "layered_records",
            "check_which", "edge_marks", "finish", "layer_order", "legend", "log_limits",
            "name_ticks", "new_axes", "plural", "short", "split", "thresholds_from", "value"]
 
@@ -48,6 +49,20 @@ def check_which(which: str) -> None:
 def layer_order(recs: Sequence[StepRecord]) -> list[str]:
     """Every layer name seen, in first-seen (forward) order."""
     return list(dict.fromkeys(name for r in recs for name in r.layers))
+
+
+def layered_records(records: Iterable[StepRecord], which: str, thresholds: Any,
+                    vanishing: float | None, exploding: float | None,
+                    ) -> tuple[list[StepRecord], list[str], float | None, float | None]:
+    """Validates the common arguments of the layer plots: records, layer names and bounds."""
+    recs = check_records(records)
+    check_which(which)
+    vanishing, exploding = thresholds_from(thresholds, vanishing, exploding)
+    names = layer_order(recs)
+    if not names:
+        raise ValueError("Expected records with per-layer statistics, but every record has an "
+                         "empty `layers`; was the model's layer list empty?")
+    return recs, names, vanishing, exploding
 
 
 def thresholds_from(thresholds: Any, vanishing: float | None,

@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 
 from ..records import Status, StepRecord
-from ._common import (STATUS_STYLE, WHICH_LABEL, Which, bands, check_records, check_which,
-                      edge_marks, finish, layer_order, legend, log_limits, name_ticks, new_axes,
-                      short, split, thresholds_from, value)
+from ._common import (STATUS_STYLE, WHICH_LABEL, bands, edge_marks, finish, layered_records, legend,
+                      log_limits, name_ticks, new_axes, short, split, value, Which)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -47,13 +46,8 @@ def plot_flow(records: Iterable[StepRecord], *, steps: int | Sequence[int] | Non
     """
     from matplotlib import colormaps
 
-    recs = check_records(records)
-    check_which(which)
-    vanishing, exploding = thresholds_from(thresholds, vanishing, exploding)
-    names = layer_order(recs)
-    if not names:
-        raise ValueError("Expected records with per-layer statistics, but every record has an "
-                         "empty `layers`; was the model's layer list empty?")
+    recs, names, vanishing, exploding = layered_records(records, which, thresholds, vanishing,
+                                                        exploding)
     by_step = {r.step: r for r in recs}
     if steps is None:
         chosen = [recs[i] for i in sorted({0, len(recs) // 2, len(recs) - 1})]

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 
 from ..records import StepRecord
-from ._common import (WHICH_LABEL, Which, check_records, check_which, finish, layer_order,
-                      name_ticks, new_axes, plural, split, thresholds_from, value)
+from ._common import (WHICH_LABEL, finish, layered_records, name_ticks, new_axes, plural, split,
+                      value, Which)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -53,13 +53,8 @@ def plot_heatmap(records: Iterable[StepRecord], *, which: Which = "norm",
     from matplotlib.ticker import FixedLocator, FuncFormatter
     from matplotlib.transforms import offset_copy
 
-    recs = check_records(records)
-    check_which(which)
-    vanishing, exploding = thresholds_from(thresholds, vanishing, exploding)
-    names = layer_order(recs)
-    if not names:
-        raise ValueError("Expected records with per-layer statistics, but every record has an "
-                         "empty `layers`; was the model's layer list empty?")
+    recs, names, vanishing, exploding = layered_records(records, which, thresholds, vanishing,
+                                                        exploding)
     cols = [split([value(r, n, which) for n in names]) for r in recs]
     y = np.stack([c[0] for c in cols], axis=1)
     nonfinite = np.stack([c[1] for c in cols], axis=1)
