@@ -6,7 +6,6 @@ import math
 import warnings
 import weakref
 from collections import Counter, deque
-from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
 
 import torch
@@ -15,6 +14,7 @@ from torch import Tensor, nn
 from . import _hooks, compat
 from .amp import SkippedStepDetector, loss_scale
 from .clip import ClipPolicy, make_policy
+from ._setup import discover_layers, owning_modules, remove_all, validate
 from .loggers import Logger
 from .norms import TINY, combine, per_tensor_norms, repair_norms, tensor_norm
 from .records import LayerStat, Status, StepRecord
@@ -24,17 +24,10 @@ from .thresholds import RunningStats, Thresholds, layer_verdicts
 __all__ = ["GradWatch", "NonFiniteGradientError"]
 
 OnNonFinite = Literal["warn", "raise", "skip", "zero"]
-_ON_NONFINITE = ("warn", "raise", "skip", "zero")
 
 
 class NonFiniteGradientError(FloatingPointError):
     """Raised by ``on_nonfinite="raise"`` when a watched gradient holds NaN or Inf."""
-
-
-@dataclass(frozen=True)
-class _Layer:
-    name: str
-    params: tuple[nn.Parameter, ...]
 
 
 class GradWatch:
@@ -71,7 +64,7 @@ class GradWatch:
                  clip: float | str | ClipPolicy | None = None, activations: bool = True,
                  every: int = 1, on_nonfinite: OnNonFinite = "warn", scaler: Any = None,
                  loggers: Sequence[Logger] = (), history: int = 10_000) -> None:
-        _validate(model, optimizer, thresholds, activations, every, on_nonfinite, scaler,
+        validate(model, optimizer, thresholds, activations, every, on_nonfinite, scaler,
                   loggers, history)
         self.thresholds = thresholds if thresholds is not None else Thresholds()
         self.policy = make_policy(clip)
@@ -82,7 +75,7 @@ class GradWatch:
         if compiled:
             warnings.warn(compat.compiled_warning(compiled), UserWarning, stacklevel=2)
         model = compat.unwrap_compiled(model)
-        self._layers = _discover_layers(model)
+        self._layers = discover_layers(model)
         self._history: deque[StepRecord] = deque(maxlen=history)
         self._step = 0
         self._stats = {layer.name: RunningStats() for layer in self._layers}
@@ -102,12 +95,12 @@ class GradWatch:
 
         ref = weakref.ref(self)
         handles = [module.register_forward_hook(_hooks.forward_hook(ref, i))
-                   for i, module in enumerate(_owning_modules(model, self._layers))]
+                   for i, module in enumerate(owning_modules(model, self._layers))]
         self._forward_handles = list(handles)  # a copy: the optimizer hooks below must survive
         if optimizer is not None:
             handles += [optimizer.register_step_pre_hook(_hooks.step_pre_hook(ref)),
                         optimizer.register_step_post_hook(_hooks.step_post_hook(ref))]
-        self._finalizer = weakref.finalize(self, _remove_all, list(handles))
+        self._finalizer = weakref.finalize(self, remove_all, list(handles))
 
     # ------------------------------------------------------------------ public API
 
@@ -449,60 +442,3 @@ class GradWatch:
         if self._closed:
             raise RuntimeError(f"GradWatch.{what} was called after close(); create a new "
                                f"GradWatch to keep monitoring.")
-
-
-def _remove_all(handles: list[Any]) -> None:
-    for handle in handles:
-        handle.remove()
-
-
-def _discover_layers(model: nn.Module) -> list[_Layer]:
-    seen: set[int] = set()
-    layers = []
-    for name, module in model.named_modules():
-        params = [p for p in module.parameters(recurse=False)
-                  if p.requires_grad and id(p) not in seen]
-        seen.update(map(id, params))
-        if params:
-            layers.append(_Layer(name or "(root)", tuple(params)))
-    if not layers:
-        raise ValueError("Expected `model` to have trainable parameters, but none requires grad; "
-                         "unfreeze some (p.requires_grad_(True)) or watch another module.")
-    return layers
-
-
-def _owning_modules(model: nn.Module, layers: list[_Layer]) -> list[nn.Module]:
-    modules = dict(model.named_modules())
-    return [modules["" if layer.name == "(root)" else layer.name] for layer in layers]
-
-
-def _validate(model: Any, optimizer: Any, thresholds: Any, activations: Any, every: Any,
-              on_nonfinite: Any, scaler: Any, loggers: Any, history: Any) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"Expected `model` to be a torch.nn.Module, but got "
-                        f"{type(model).__name__}; pass the model itself (not its parameters).")
-    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"Expected `optimizer` to be a torch.optim.Optimizer or None, but got "
-                        f"{type(optimizer).__name__}.")
-    if thresholds is not None and not isinstance(thresholds, Thresholds):
-        raise TypeError(f"Expected `thresholds` to be a gradwatch.Thresholds or None, but got "
-                        f"{type(thresholds).__name__}; build one with Thresholds(vanishing=...).")
-    if not isinstance(activations, bool):
-        raise TypeError(f"Expected `activations` to be a bool, but got {activations!r}.")
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ValueError(f"Expected `every` to be an int >= 1, but got {every!r}; every=1 "
-                         f"records each step, every=10 each tenth.")
-    if on_nonfinite not in _ON_NONFINITE:
-        raise ValueError(f"Expected `on_nonfinite` to be one of {_ON_NONFINITE}, but got "
-                         f"{on_nonfinite!r}.")
-    if on_nonfinite == "skip" and optimizer is None:
-        raise ValueError("on_nonfinite='skip' needs `optimizer=` so gradwatch can skip the step; "
-                         "pass the optimizer, or use on_nonfinite='zero' or 'raise'.")
-    if scaler is not None and not all(hasattr(scaler, a) for a in ("unscale_", "_scale", "is_enabled")):
-        raise TypeError(f"Expected `scaler` to be a torch.amp.GradScaler or None, but got "
-                        f"{type(scaler).__name__}.")
-    if isinstance(loggers, (str, bytes)) or not all(callable(log) for log in loggers):
-        raise TypeError("Expected `loggers` to be a sequence of callables taking a StepRecord, "
-                        "e.g. loggers=[JsonlLogger('run.jsonl')].")
-    if isinstance(history, bool) or not isinstance(history, int) or history < 1:
-        raise ValueError(f"Expected `history` to be an int >= 1, but got {history!r}.")
