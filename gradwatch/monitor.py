@@ -84,7 +84,7 @@ class GradWatch:
         self._run: Counter[str] = Counter()  # recorded, clipped, nonfinite, skipped, spikes
         self._order: list[int] = []  # layer indices in forward order (first call)
         self._order_final = False
-        self._act: dict[int, list[Tensor]] = {}
+        self._act: dict[int, list[Tensor | float]] = {}
         self._fired: dict[int, int] = {}  # layer index -> position in backward order
         self._stashed: list[tuple[Tensor, Tensor | None]] | None = None
         self._closed = False
@@ -263,8 +263,9 @@ class GradWatch:
                          total_dev: Tensor, scaled: bool, recording: bool) -> StepRecord | None:
         act_index = [(i, len(vals)) for i, vals in self._act.items()] if recording else []
         parts = [total_dev.double().reshape(1), norms_dev.double()]
-        if recording:
-            parts += [v.reshape(1).to(norms_dev.device) for i, _ in act_index for v in self._act[i]]
+        on_device = [v for i, _ in act_index for v in self._act[i] if isinstance(v, Tensor)]
+        if on_device:  # accelerator output-gradient norms join the one copy; CPU ones are floats
+            parts.append(torch.stack(on_device).to(norms_dev.device, torch.float64))
         amp_scale = loss_scale(self.scaler)  # output gradients are scaled even after unscale_
         if amp_scale is not None:
             parts.append(amp_scale.double().reshape(1).to(norms_dev.device))
@@ -295,9 +296,10 @@ class GradWatch:
             coef = self._clip_coef(result, clip_norm, grads) if recording else 1.0
         record = None
         if recording:
-            acts = iter(host[len(grads) + 1:])
-            act_norms = {i: combine(next(acts) for _ in range(n)) * act_inv_scale
-                         for i, n in act_index}
+            copied = iter(host[len(grads) + 1:])
+            act_norms = {i: combine([v if isinstance(v, float) else next(copied)
+                                     for v in self._act[i]]) * act_inv_scale
+                         for i, _ in act_index}
             if self.activations and not act_index and not self._warned_no_act:
                 self._warned_no_act = True
                 warnings.warn(compat.NO_ACTIVATION_GRADS, UserWarning,

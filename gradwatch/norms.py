@@ -99,17 +99,17 @@ def combine(norms: Iterable[float]) -> float:
     return top * math.sqrt(math.fsum([(v / top) ** 2 for v in values]))
 
 
-def tensor_norm(t: Tensor) -> Tensor:
-    """A 0-d float64 L2 norm of one tensor, right over fp32's whole range.
+def tensor_norm(t: Tensor) -> Tensor | float:
+    """The L2 norm of one tensor, right over fp32's whole range.
 
-    On the CPU the fp32 norm is checked at once (no device sync to avoid) and recomputed in
-    float64 only when it may be wrong; on accelerators it is reduced in float64 directly, which
-    costs no host synchronisation.
+    On the CPU the fp32 norm is read at once (there is no device to wait for), recomputed in
+    float64 only when it may be wrong, and returned as a Python float. On accelerators it is a
+    0-d float64 tensor reduced in float64 directly, which costs no host synchronisation.
     """
-    if t.device.type != "cpu" or t.dtype == torch.float64:
+    if t.device.type != "cpu":
         return torch.linalg.vector_norm(t, dtype=torch.float64)
-    n = torch.linalg.vector_norm(t, dtype=torch.float32)
-    value = n.item()
-    if TINY <= value < math.inf:
-        return n.double()
-    return torch.linalg.vector_norm(t, dtype=torch.float64)
+    if t.dtype != torch.float64:
+        value = torch.linalg.vector_norm(t, dtype=torch.float32).item()
+        if TINY <= value < math.inf:
+            return value
+    return torch.linalg.vector_norm(t, dtype=torch.float64).item()
