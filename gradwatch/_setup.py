@@ -23,10 +23,11 @@ class Layer:
     params: tuple[nn.Parameter, ...]
 
 
-def remove_all(handles: list[Any]) -> None:
-    """Removes hook handles (a handle's ``remove`` is safe to call twice)."""
-    for handle in handles:
-        handle.remove()
+def remove_all(*handle_lists: list[Any]) -> None:
+    """Removes the hook handles in each list (a handle's ``remove`` is safe to call twice)."""
+    for handles in handle_lists:
+        for handle in handles:
+            handle.remove()
 
 
 def discover_layers(model: nn.Module) -> list[Layer]:

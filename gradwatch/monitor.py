@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 import weakref
@@ -76,6 +77,11 @@ class GradWatch:
             warnings.warn(compat.compiled_warning(compiled), UserWarning, stacklevel=2)
         model = compat.unwrap_compiled(model)
         self._layers = discover_layers(model)
+        # every watched parameter in one flat list, and each layer's slice of it
+        self._params = [p for layer in self._layers for p in layer.params]
+        ends = list(itertools.accumulate(len(layer.params) for layer in self._layers))
+        self._slices = [slice(end - len(layer.params), end)
+                        for layer, end in zip(self._layers, ends)]
         self._history: deque[StepRecord] = deque(maxlen=history)
         self._step = 0
         self._stats = {layer.name: RunningStats() for layer in self._layers}
@@ -89,18 +95,27 @@ class GradWatch:
         self._stashed: list[tuple[Tensor, Tensor | None]] | None = None
         self._closed = False
         self._warned_no_act = False
+        self._compiled = False  # whether a forward hook has been traced by torch.compile
         # Overflow steps GradScaler skipped never reach optimizer.step(): noticed afterwards.
         self._amp_skips = (SkippedStepDetector(scaler, optimizer)
                            if scaler is not None and optimizer is not None else None)
 
         ref = weakref.ref(self)
-        handles = [module.register_forward_hook(_hooks.forward_hook(ref, i))
-                   for i, module in enumerate(owning_modules(model, self._layers))]
-        self._forward_handles = list(handles)  # a copy: the optimizer hooks below must survive
+        self._modules = owning_modules(model, self._layers)
+        self._forward_hooks = [_hooks.forward_hook(ref, i) for i in range(len(self._layers))]
+        self._grad_hooks = [_hooks.grad_hook(ref, i) for i in range(len(self._layers))]
+        # Forward hooks are attached only while needed (the forward of a recorded step, the AMP
+        # skip detector), so unrecorded steps run the model without them; optimizer hooks stay.
+        self._forward_handles: list[Any] = []
+        self._optimizer_handles: list[Any] = []
         if optimizer is not None:
-            handles += [optimizer.register_step_pre_hook(_hooks.step_pre_hook(ref)),
-                        optimizer.register_step_post_hook(_hooks.step_post_hook(ref))]
-        self._finalizer = weakref.finalize(self, remove_all, list(handles))
+            self._optimizer_handles += [
+                optimizer.register_step_pre_hook(_hooks.step_pre_hook(ref)),
+                optimizer.register_step_post_hook(_hooks.step_post_hook(ref))]
+        # the finalizer removes whatever the two lists hold when it runs
+        self._finalizer = weakref.finalize(self, remove_all, self._optimizer_handles,
+                                           self._forward_handles)
+        self._sync_forward_hooks()
 
     # ------------------------------------------------------------------ public API
 
@@ -176,6 +191,7 @@ class GradWatch:
         self._run = Counter({k: int(v) for k, v in state["run"].items()})
         if self.policy is not None and state.get("clip") is not None:
             self.policy.load_state_dict(state["clip"])
+        self._sync_forward_hooks()
 
     def __enter__(self) -> GradWatch:
         return self
@@ -199,14 +215,26 @@ class GradWatch:
     def _on_forward(self, index: int, output: Any) -> None:
         if not self._order_final and index not in self._order:
             self._order.append(index)
+        if not self._compiled and torch.compiler.is_compiling():
+            self._compiled = True  # traced into a graph: hooks removed later might still run
         if self.activations and torch.is_grad_enabled():
+            hook = self._grad_hooks[index]
+            if isinstance(output, Tensor):
+                if output.requires_grad:
+                    output.register_hook(hook)
+                return
             for t in _hooks.iter_tensors(output):
                 if t.requires_grad:
-                    t.register_hook(_hooks.grad_hook(weakref.ref(self), index))
+                    t.register_hook(hook)
 
     def _on_output_grad(self, index: int, grad: Tensor) -> None:
-        self._fired.setdefault(index, len(self._fired))
-        self._act.setdefault(index, []).append(tensor_norm(grad.detach()))
+        norm = tensor_norm(grad.detach())
+        values = self._act.get(index)
+        if values is None:
+            self._fired[index] = len(self._fired)
+            self._act[index] = [norm]
+        else:
+            values.append(norm)
 
     def _on_optimizer_step(self) -> None:
         if not self._closed:
@@ -225,37 +253,37 @@ class GradWatch:
         record = StepRecord(step=self._step, total_norm=math.inf, amp_overflow=True)
         self._act.clear()  # output gradients of the skipped backward: scaled inf/NaN, discarded
         self._fired.clear()
-        self._step += 1
+        self._advance()
         if record.step % self.every == 0:
             self._publish(record)
 
     def _measure(self) -> StepRecord | None:
         self._check_amp_skip(measuring=True)
         recording = self._step % self.every == 0
-        pairs = [(p, p.grad) for layer in self._layers for p in layer.params if p.grad is not None]
-        if not pairs:
+        if not recording and self.policy is None and self.on_nonfinite not in ("skip", "zero"):
+            self._advance()  # nothing to measure: no work, no collective, no host sync
+            return None
+        params = self._params
+        grads = [p.grad for p in params]
+        if any(g is None for g in grads):  # frozen since, unused in this step, or no backward
+            params = [p for p, g in zip(params, grads) if g is not None]
+            grads = [g for g in grads if g is not None]
+        if not grads:
             warnings.warn("GradWatch found no gradients to measure: call it after backward().",
                           RuntimeWarning, stacklevel=_hooks.user_stacklevel())
-            self._step += 1
+            self._advance()
             return None
-        params = [p for p, _ in pairs]
-        grads = [g for _, g in pairs]
         scaled = self._grads_scaled()
         if scaled and self.policy is not None:
             self._unscale_for_clipping()
             grads, scaled = [p.grad for p in params], False
         need_host = recording or self.on_nonfinite in ("skip", "zero") or (
             self.policy is not None and self.policy.needs_host_norm)
-        if not need_host and self.policy is None:  # nothing to measure: no work, no collective
-            self._step += 1
-            return None
         norms_dev = per_tensor_norms(grads)
         total_dev = torch.linalg.vector_norm(norms_dev)  # fp32, as clip_grad_norm_ forms it
-        if not need_host:
-            if self.policy is not None:
-                self.policy.clip_(grads, total_dev, params=params,
-                                  is_output=self._is_output(params))
-            self._step += 1
+        if not need_host:  # only a policy that clips with the device norm: no host sync
+            self.policy.clip_(grads, total_dev, params=params, is_output=self._is_output(params))
+            self._advance()
             return None
         return self._measure_on_host(params, grads, norms_dev, total_dev, scaled, recording)
 
@@ -274,7 +302,7 @@ class GradWatch:
         inv_scale = act_inv_scale if scaled else 1.0
         total32, raw = host[0], host[1:len(grads) + 1]
         repaired = repair_norms(raw, grads)
-        norms = [n * inv_scale for n in repaired]
+        norms = repaired if inv_scale == 1.0 else [n * inv_scale for n in repaired]
         # Healthy steps log (and clip with) torch's own fp32 total; pathological ones the exact one.
         exact = repaired != raw or not TINY <= total32 < math.inf
         total = combine(norms) if exact else total32 * inv_scale
@@ -307,20 +335,24 @@ class GradWatch:
             record = self._make_record(params, norms, act_norms, total, coef, skipped, overflow)
         self._act.clear()
         self._fired.clear()
-        self._step += 1
+        self._advance()
         if record is not None:
             self._publish(record)
         return record
 
     def _make_record(self, params: list[Tensor], norms: list[float], act_norms: dict[int, float],
                      total: float, coef: float, skipped: bool, overflow: bool) -> StepRecord:
-        by_param = {id(p): n for p, n in zip(params, norms)}
         order, layer_norms = [], []
-        for i in self._layer_order():  # the layers with a gradient, and their norms, in one pass
-            present = [by_param[k] for k in map(id, self._layers[i].params) if k in by_param]
-            if present:
-                order.append(i)
-                layer_norms.append(combine(present))
+        if len(params) == len(self._params):  # every watched parameter has a gradient
+            order = self._layer_order()
+            layer_norms = [combine(norms[self._slices[i]]) for i in order]
+        else:
+            by_param = {id(p): n for p, n in zip(params, norms)}
+            for i in self._layer_order():  # the layers with a gradient, and their norms
+                present = [by_param[k] for k in map(id, self._layers[i].params) if k in by_param]
+                if present:
+                    order.append(i)
+                    layer_norms.append(combine(present))
         verdicts = layer_verdicts(layer_norms, self.thresholds)
         if overflow:  # the loss scale overflowed, not the model: no layer verdicts, no origin
             verdicts = [(Status.OK, "")] * len(layer_norms)
@@ -337,8 +369,6 @@ class GradWatch:
                                     else reason or spike)
         spike = bool(self._total_stats.observe(total, self.thresholds)) if healthy else False
         self._order_final = True
-        if not self.activations and self._amp_skips is None:  # the detector polls in them
-            self._remove_forward_hooks()
         return StepRecord(step=self._step, total_norm=total, clip_coef=coef, layers=stats,
                           first_nonfinite=self._first_nonfinite(order, stats), spike=spike,
                           skipped=skipped, amp_overflow=overflow)
@@ -380,8 +410,27 @@ class GradWatch:
     # ------------------------------------------------------------------ helpers
 
     def _layer_order(self) -> list[int]:
+        if self._order_final and len(self._order) == len(self._layers):
+            return self._order  # the common case once a record exists: every layer ran
         seen = set(self._order)
         return self._order + [i for i in range(len(self._layers)) if i not in seen]
+
+    def _advance(self) -> None:
+        """Counts a step and attaches or removes the forward hooks for the next one."""
+        self._step += 1
+        self._sync_forward_hooks()
+
+    def _sync_forward_hooks(self) -> None:
+        wanted = not self._closed and (
+            self._amp_skips is not None  # the AMP skip detector polls in them
+            or not self._order_final  # the forward order is learnt on the first record
+            or (self.activations and (self._compiled or self._step % self.every == 0)))
+        if wanted and not self._forward_handles:
+            self._forward_handles.extend(module.register_forward_hook(hook) for module, hook
+                                         in zip(self._modules, self._forward_hooks))
+        elif not wanted and self._forward_handles:
+            remove_all(self._forward_handles)
+            self._forward_handles.clear()
 
     def _is_output(self, params: list[Tensor]) -> list[bool]:
         last = set(map(id, self._layers[self._layer_order()[-1]].params))
@@ -434,11 +483,6 @@ class GradWatch:
             for p, g in self._stashed:
                 p.grad = g
             self._stashed = None
-
-    def _remove_forward_hooks(self) -> None:
-        for handle in self._forward_handles:
-            handle.remove()
-        self._forward_handles.clear()  # removed for good: later records need not walk them again
 
     def _check_open(self, what: str) -> None:
         if self._closed:

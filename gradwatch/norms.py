@@ -42,7 +42,11 @@ def per_tensor_norms(grads: Sequence[Tensor]) -> Tensor:
         return torch.zeros(0)
     if has_dtensor(grads):
         return global_norms(grads)
-    out_device = grads[0].device
+    out_device, first_dtype = grads[0].device, grads[0].dtype
+    if first_dtype in (torch.float32, torch.float64) and all(
+            g.dtype == first_dtype and g.device == out_device and not g.is_sparse and g.numel()
+            for g in grads):  # the common case, one group: no grouping, no conversions
+        return torch.stack(torch._foreach_norm(grads, 2))
     # float64 gradients keep float64 norms; everything else is reduced in float32
     out_dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
@@ -78,6 +82,8 @@ def repair_norms(norms: Sequence[float], grads: Sequence[Tensor]) -> list[float]
 
     Only pathological tensors are touched, so a healthy step costs nothing here.
     """
+    if norms and min(norms) >= TINY and sum(norms) < math.inf:
+        return list(norms)  # the healthy case, checked in C (the sum is NaN or inf if any is)
     # DTensor norms come exact from `global_norms`; recomputing one locally would be wrong.
     return [n if TINY <= n < math.inf or is_dtensor(g) else exact_norm(g)
             for n, g in zip(norms, grads)]
@@ -85,18 +91,11 @@ def repair_norms(norms: Sequence[float], grads: Sequence[Tensor]) -> list[float]
 
 def combine(norms: Iterable[float]) -> float:
     """L2 norm of a vector of norms, in float64 (NaN if any is NaN, inf if any is inf)."""
-    values = norms if isinstance(norms, list) else list(norms)
-    if len(values) == 1:  # exactly what the general formula below gives for one value
-        return abs(values[0])
-    top = 0.0
-    for v in values:  # one plain loop: this runs once per layer per recorded step
-        if math.isnan(v):
-            return math.nan
-        if abs(v) > top:
-            top = abs(v)
-    if top == 0.0 or math.isinf(top):
-        return top
-    return top * math.sqrt(math.fsum([(v / top) ** 2 for v in values]))
+    values = norms if isinstance(norms, (list, tuple)) else list(norms)
+    result = math.hypot(*values)  # scaled internally: no overflow or underflow of the squares
+    if result == math.inf and any(v != v for v in values):
+        return math.nan  # hypot lets inf win over NaN; an undefined norm must stay NaN
+    return result
 
 
 def tensor_norm(t: Tensor) -> Tensor | float:
@@ -108,8 +107,12 @@ def tensor_norm(t: Tensor) -> Tensor | float:
     """
     if t.device.type != "cpu":
         return torch.linalg.vector_norm(t, dtype=torch.float64)
-    if t.dtype != torch.float64:
+    if t.dtype == torch.float32:
+        value = torch.linalg.vector_norm(t).item()
+    elif t.dtype != torch.float64:
         value = torch.linalg.vector_norm(t, dtype=torch.float32).item()
-        if TINY <= value < math.inf:
-            return value
+    else:
+        return torch.linalg.vector_norm(t).item()
+    if TINY <= value < math.inf:
+        return value
     return torch.linalg.vector_norm(t, dtype=torch.float64).item()

@@ -183,6 +183,35 @@ def test_every_records_only_every_nth_step_and_history_is_bounded():
     assert watch.step_count == 7
 
 
+def test_unrecorded_steps_run_without_forward_hooks_and_recorded_ones_are_exact():
+    """every=3: the forward hooks are attached only for the forward of a recorded step, and
+    those records' output-gradient norms equal retain_grad's."""
+    model, reference = mlp(), mlp()
+    reference.load_state_dict(model.state_dict())
+    watch = GradWatch(model, every=3)
+    hooked = []
+    for step in range(7):
+        hooked.append(any(m._forward_hooks for m in model.modules()))
+        x, y = batch(seed=step)
+        model.zero_grad()
+        loss_of(model, x, y).backward()
+        rec = watch.step()
+        if rec is None:
+            continue
+        h, outs = x, {}
+        for name, module in reference.named_children():
+            h = module(h)
+            if isinstance(module, nn.Linear):
+                h.retain_grad()
+                outs[name] = h
+        nn.functional.cross_entropy(h, y).backward()
+        for name, out in outs.items():
+            assert rec.layers[name].act_norm == pytest.approx(out.grad.norm().item(), rel=1e-6)
+    assert hooked == [True, False, False, True, False, False, True]
+    watch.close()
+    assert not any(m._forward_hooks for m in model.modules())
+
+
 def test_close_removes_every_hook_and_is_idempotent():
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
