@@ -43,6 +43,8 @@ CONFIGS = {
     "torch_clip": "torch.nn.utils.clip_grad_norm_(params, 1.0) alone",
     "gw_clip": "GradWatch(activations=False, clip=1.0): norms recorded + clipping",
     "naive_item": "hand-written monitor: [p.grad.norm().item() for p in params]",
+    "floor_norms": "floor of any per-tensor monitor: one torch._foreach_norm pass + one host copy",
+    "floor_hooks": "floor of any output-gradient monitor: forward hooks adding a no-op tensor hook",
     "detect_anomaly": "step under torch.autograd.detect_anomaly()",
 }
 
@@ -54,7 +56,7 @@ PRESETS = {
     # of each configuration before timing;
     # budget: seconds of timing per model, after which rounds stop once min_rounds are in.
     "default": dict(block=10, warmup=5, min_rounds=6, max_rounds=400,
-                    budget={"mlp": 60.0, "resnet18": 200.0, "transformer": 130.0, "tiny": 5.0},
+                    budget={"mlp": 60.0, "resnet18": 320.0, "transformer": 130.0, "tiny": 5.0},
                     models="mlp,resnet18,transformer", sizes="500,1000,2000,4000", deep_budget=16.0,
                     heap_calls=10),
     "quick": dict(block=10, warmup=3, min_rounds=2, max_rounds=60,
@@ -99,6 +101,20 @@ def make_arm(config: str, workload: Workload, *, lr: float = 1e-3) -> Arm:
     elif config == "naive_item":
         def after_backward():
             return [p.grad.norm().item() for p in params if p.grad is not None]
+    elif config == "floor_norms":
+        def after_backward():
+            return torch.stack(torch._foreach_norm([p.grad for p in params])).tolist()
+    elif config == "floor_hooks":
+        def noop(grad: torch.Tensor) -> None:
+            return None
+
+        def forward_hook(module: nn.Module, args: object, output: object) -> None:
+            if isinstance(output, torch.Tensor) and output.requires_grad:
+                output.register_hook(noop)
+
+        for module in model.modules():
+            if any(p.requires_grad for p in module.parameters(recurse=False)):
+                module.register_forward_hook(forward_hook)
     elif config not in ("bare", "detect_anomaly"):
         raise ValueError(f"Expected a config in {list(CONFIGS)}, but got {config!r}.")
 
@@ -190,6 +206,12 @@ def _targets(name: str, cfg: dict, samples: dict[str, list[float]]) -> list[dict
         add("param + activation norms every step (x bare)", r["gw_param_act"], 1.10)
     if "gw_param_act_every10" in r:
         add("every=10 (x bare)", r["gw_param_act_every10"], 1.01)
+    if "floor_norms" in r and "gw_param" in r:
+        add("param norms: gradwatch's cost above the norm floor (x bare)",
+            1.0 + r["gw_param"] - r["floor_norms"], PARAM_TARGET.get(name, 1.02))
+    if {"floor_norms", "floor_hooks", "gw_param_act"} <= set(r):
+        add("param + activation norms: gradwatch's cost above both floors (x bare)",
+            1.0 + r["gw_param_act"] - r["floor_norms"] - r["floor_hooks"] + 1.0, 1.10)
     if "gw_clip" in r and "torch_clip" in r:
         extra = [(g - t) / b for g, t, b in
                  zip(samples["gw_clip"], samples["torch_clip"], samples["bare"])]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "overhead.py"
 CONFIGS = {"bare", "gw_param", "gw_param_act", "gw_param_act_every10", "torch_clip", "gw_clip",
-           "naive_item", "detect_anomaly"}
+           "naive_item", "floor_norms", "floor_hooks", "detect_anomaly"}
 
 
 def test_overhead_benchmark_smoke(tmp_path):
