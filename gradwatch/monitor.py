@@ -46,7 +46,8 @@ class GradWatch:
             `gradwatch.clip` policy.
         activations: Also measure the gradient w.r.t. each layer's output (tensor hooks attached
             in a forward hook, so in-place ops after the layer are fine).
-        every: Record every ``every``-th step; the steps between cost almost nothing and never
+        every: Record every ``every``-th step; the steps between cost almost nothing (the
+            forward hooks are attached only for the forward pass of a recorded step) and never
             synchronise with the device (clipping still happens at every step).
         on_nonfinite: What to do when a gradient holds NaN/Inf: ``"warn"``, ``"raise"``
             (`NonFiniteGradientError` after the record is logged), ``"skip"`` (the optimizer step
