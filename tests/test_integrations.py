@@ -256,3 +256,19 @@ def test_hf_trainer_clipping_conflicts_are_explained(tmp_path):
     with pytest.warns(UserWarning, match="post-clip norms"):
         _gpt2(tmp_path, [callback], max_grad_norm=1.0)
     assert len(callback.history) == 2
+
+
+@pytest.mark.parametrize("module, framework", [("gradwatch.integrations.lightning", "Lightning"),
+                                               ("gradwatch.integrations.hf", "HF Trainer")])
+def test_callbacks_refuse_skip_and_read_well(module, framework):
+    pytest.importorskip("lightning.pytorch" if "lightning" in module else "transformers")
+    import importlib
+
+    callback_cls = importlib.import_module(module).GradWatchCallback
+    with pytest.raises(ValueError, match=f"'skip' is not supported with .*{framework}"):
+        callback_cls(on_nonfinite="skip")
+    callback = callback_cls(clip=1.0, every=5)
+    assert repr(callback) == "GradWatchCallback(clip=1.0, every=5)"
+    assert callback.watch is None and callback.history == ()
+    callback._close()  # nothing running: a no-op
+    assert callback.watch is None

@@ -17,6 +17,18 @@ def _param_norm(module: nn.Module) -> float:
     return torch.linalg.vector_norm(torch.cat(grads)).item()
 
 
+def _output_grad_norms(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Plain torch: the norm of the gradient w.r.t. each Linear's output, via retain_grad."""
+    h, outs = x, {}
+    for name, module in model.named_children():
+        h = module(h)
+        if isinstance(module, nn.Linear):
+            h.retain_grad()
+            outs[name] = h
+    nn.functional.cross_entropy(h, y).backward()
+    return {name: out.grad.norm().item() for name, out in outs.items()}
+
+
 def test_layer_and_total_norms_match_vector_norm():
     model = mlp()
     watch = GradWatch(model)
@@ -39,19 +51,12 @@ def test_activation_norms_match_retain_grad_reference(inplace):
     reference = mlp()
     reference.load_state_dict(model.state_dict())
     x, y = batch()
-    outs = {}
-    h = x
-    for name, module in reference.named_children():
-        h = module(h)
-        if isinstance(module, nn.Linear):
-            h.retain_grad()
-            outs[name] = h
-    nn.functional.cross_entropy(h, y).backward()
+    expected = _output_grad_norms(reference, x, y)
     with GradWatch(model) as watch:
         loss_of(model, x, y).backward()
         rec = watch.step()
-    for name, out in outs.items():
-        assert rec.layers[name].act_norm == pytest.approx(out.grad.norm().item(), rel=1e-6)
+    for name, norm in expected.items():
+        assert rec.layers[name].act_norm == pytest.approx(norm, rel=1e-6)
 
 
 class _Reordered(nn.Module):
@@ -198,15 +203,8 @@ def test_unrecorded_steps_run_without_forward_hooks_and_recorded_ones_are_exact(
         rec = watch.step()
         if rec is None:
             continue
-        h, outs = x, {}
-        for name, module in reference.named_children():
-            h = module(h)
-            if isinstance(module, nn.Linear):
-                h.retain_grad()
-                outs[name] = h
-        nn.functional.cross_entropy(h, y).backward()
-        for name, out in outs.items():
-            assert rec.layers[name].act_norm == pytest.approx(out.grad.norm().item(), rel=1e-6)
+        for name, norm in _output_grad_norms(reference, x, y).items():
+            assert rec.layers[name].act_norm == pytest.approx(norm, rel=1e-6)
     assert hooked == [True, False, False, True, False, False, True]
     watch.close()
     assert not any(m._forward_hooks for m in model.modules())

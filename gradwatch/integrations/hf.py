@@ -20,13 +20,13 @@ except ImportError as err:
 
 from ..loggers import Logger
 from ..monitor import GradWatch
-from ..records import StepRecord
 from ..thresholds import Thresholds
+from ._owner import WatchOwner
 
 __all__ = ["GradWatchCallback"]
 
 
-class GradWatchCallback(TrainerCallback):
+class GradWatchCallback(WatchOwner, TrainerCallback):
     """Records per-layer gradient norms and verdicts at every optimizer step of a `Trainer`.
 
     Args:
@@ -47,13 +47,9 @@ class GradWatchCallback(TrainerCallback):
     def __init__(self, *, thresholds: Thresholds | None = None, clip: Any = None,
                  activations: bool = True, every: int = 1, on_nonfinite: str = "warn",
                  loggers: Sequence[Logger] = ()) -> None:
-        if on_nonfinite == "skip":
-            raise ValueError("on_nonfinite='skip' is not supported with the HF Trainer (it owns "
-                             "optimizer.step()); use 'warn', 'raise' or 'zero'.")
-        self.options = dict(thresholds=thresholds, clip=clip, activations=activations,
-                            every=every, on_nonfinite=on_nonfinite, loggers=tuple(loggers))
-        self.watch: GradWatch | None = None
-        self.history: tuple[StepRecord, ...] = ()
+        super().__init__("the HF Trainer", thresholds=thresholds, clip=clip,
+                         activations=activations, every=every, on_nonfinite=on_nonfinite,
+                         loggers=loggers)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None,
                        **kwargs: Any) -> None:
@@ -79,12 +75,3 @@ class GradWatchCallback(TrainerCallback):
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._close()
-
-    def _close(self) -> None:
-        if self.watch is not None:
-            self.history = self.watch.history
-            self.watch.close()
-            self.watch = None
-
-    def __repr__(self) -> str:
-        return f"GradWatchCallback(clip={self.options['clip']!r}, every={self.options['every']})"

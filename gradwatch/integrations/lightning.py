@@ -20,13 +20,13 @@ except ImportError:  # the standalone package
 
 from ..loggers import Logger
 from ..monitor import GradWatch
-from ..records import StepRecord
 from ..thresholds import Thresholds
+from ._owner import WatchOwner
 
 __all__ = ["GradWatchCallback"]
 
 
-class GradWatchCallback(pl.Callback):
+class GradWatchCallback(WatchOwner, pl.Callback):
     """Measures per-layer gradient norms at every optimizer step and logs them via Lightning.
 
     Logged with ``pl_module.log_dict`` (so every logger of the trainer receives them, at
@@ -54,14 +54,9 @@ class GradWatchCallback(pl.Callback):
                  activations: bool = True, every: int = 1, on_nonfinite: str = "warn",
                  loggers: Sequence[Logger] = (), log_layers: bool = True,
                  prefix: str = "gradwatch") -> None:
-        if on_nonfinite == "skip":
-            raise ValueError("on_nonfinite='skip' is not supported in Lightning (the trainer owns "
-                             "optimizer.step()); use 'warn', 'raise' or 'zero'.")
-        self.options = dict(thresholds=thresholds, clip=clip, activations=activations,
-                            every=every, on_nonfinite=on_nonfinite, loggers=tuple(loggers))
+        super().__init__("Lightning", thresholds=thresholds, clip=clip, activations=activations,
+                         every=every, on_nonfinite=on_nonfinite, loggers=loggers)
         self.log_layers, self.prefix = log_layers, prefix
-        self.watch: GradWatch | None = None
-        self.history: tuple[StepRecord, ...] = ()
         self._pending_state: Mapping[str, Any] | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -108,12 +103,3 @@ class GradWatchCallback(pl.Callback):
                 self.watch.load_state_dict(state_dict)
             else:
                 self._pending_state = state_dict
-
-    def _close(self) -> None:
-        if self.watch is not None:
-            self.history = self.watch.history
-            self.watch.close()
-            self.watch = None
-
-    def __repr__(self) -> str:
-        return f"GradWatchCallback(clip={self.options['clip']!r}, every={self.options['every']})"
