@@ -96,6 +96,25 @@ def test_cli_runs_one_cheap_experiment(tmp_path, capsys):
     assert list(payload["experiments"]) == ["identity_chain"]
 
 
+def test_cli_xor_budget_overrides(tmp_path):
+    assert main(["xor", "--quick", "--xor-epochs", "3", "--xor-depths", "1,3", "--seeds", "1",
+                 "--out", str(tmp_path), "--no-progress"]) == 0
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert payload["meta"]["budget"]["xor_epochs"] == 3
+    assert payload["meta"]["budget"]["xor_depths"] == [1, 3]
+    xor = payload["experiments"]["xor"]["data"]
+    assert set(xor["table"]) == {"plain 1", "plain 3", "residual 1", "residual 3"}
+    assert xor["plain_epochs_run"] == 3 and xor["residual_epochs_run"] == 3
+
+
+@pytest.mark.parametrize("flags", [["--xor-epochs", "0"], ["--xor-depths", "5,x"],
+                                   ["--xor-depths", "0,5"]])
+def test_cli_rejects_bad_xor_overrides(flags, capsys):
+    with pytest.raises(SystemExit):
+        main(["xor", *flags])
+    assert "--xor-" in capsys.readouterr().err
+
+
 def test_missing_data_error_names_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="MNIST/raw"):
         load_mnist(tmp_path / "empty", download=False)

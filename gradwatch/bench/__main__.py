@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Sequence
 
@@ -32,6 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: up to 2, on idle cores only)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--xor-epochs", type=int, default=None,
+                        help="override the budget's maximum XOR epochs (the source: 100000)")
+    parser.add_argument("--xor-depths", default=None,
+                        help="override the budget's XOR depths, comma-separated, e.g. 5,10")
     args = parser.parse_args(argv)
     if args.list:
         width = max(map(len, EXPERIMENTS))
@@ -45,7 +50,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown experiment(s) {', '.join(unknown)}; choose from "
                      f"{', '.join(EXPERIMENTS)}")
-    budget = "quick" if args.quick else "full" if args.full else "default"
+    budget = BUDGETS["quick" if args.quick else "full" if args.full else "default"]
+    if args.xor_epochs is not None:
+        if args.xor_epochs < 1:
+            parser.error(f"--xor-epochs must be a positive integer, got {args.xor_epochs}")
+        budget = dataclasses.replace(budget, xor_epochs=args.xor_epochs)
+    if args.xor_depths is not None:
+        try:
+            depths = tuple(int(d) for d in args.xor_depths.split(","))
+        except ValueError:
+            depths = ()
+        if not depths or min(depths) < 1:
+            parser.error(f"--xor-depths must be positive integers separated by commas, e.g. "
+                         f"5,10; got {args.xor_depths!r}")
+        budget = dataclasses.replace(budget, xor_depths=depths)
     try:
         md, js = run_bench(args.names or None, budget=budget, out=args.out, device=args.device,
                            data_dir=args.data_dir, seeds=args.seeds, threads=args.threads,
