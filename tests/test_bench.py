@@ -107,6 +107,15 @@ def test_cli_xor_budget_overrides(tmp_path):
     assert xor["plain_epochs_run"] == 3 and xor["residual_epochs_run"] == 3
 
 
+def test_xor_sweep_without_shallow_depths_leaves_the_depth_claim_undecided(tmp_path):
+    assert main(["xor", "--quick", "--xor-epochs", "2", "--xor-depths", "6", "--seeds", "1",
+                 "--out", str(tmp_path), "--no-progress"]) == 0
+    claims = json.loads((tmp_path / "results.json").read_text())["experiments"]["xor"]["claims"]
+    depth_claim = claims[-1]
+    assert depth_claim["measured"].startswith("no depth below 5 in this sweep")
+    assert depth_claim["reproduced"] is None
+
+
 @pytest.mark.parametrize("flags", [["--xor-epochs", "0"], ["--xor-depths", "5,x"],
                                    ["--xor-depths", "0,5"]])
 def test_cli_rejects_bad_xor_overrides(flags, capsys):

@@ -225,9 +225,11 @@ def _claims(res: ExperimentResult, table: dict, depths: list[int], epochs: int) 
         verdicts.append(f"depth {d}: {row['verdict']}")
         faster = eps and median is not None and sorted(eps)[len(eps) // 2] < 2 * median
         slow = slow and not (row["success_rate"] >= base_rate and faster)
+    baseline = (f"depth<5: {base_rate:.0%} converged, loss < 0.1 in {shallow_esc}"
+                + (f", median {median} ep" if median else "") if shallow
+                else "no depth below 5 in this sweep (nothing to compare with)")
     res.claims.append(Claim(
         claim="5 or more plain layers fail or converge much more slowly than shallow ones",
         source="fail or converge much more slowly",
-        measured=f"depth<5: {base_rate:.0%} converged, loss < 0.1 in {shallow_esc}"
-                 + (f", median {median} ep" if median else "") + "; " + "; ".join(parts),
+        measured=baseline + "; " + "; ".join(parts),
         reproduced=slow if base_eps else None, verdict="; ".join(verdicts)))
