@@ -219,23 +219,13 @@ class GradWatch:
         if not self._compiled and torch.compiler.is_compiling():
             self._compiled = True  # traced into a graph: hooks removed later might still run
         if self.activations and torch.is_grad_enabled():
-            hook = self._grad_hooks[index]
-            if isinstance(output, Tensor):
-                if output.requires_grad:
-                    output.register_hook(hook)
-                return
             for t in _hooks.iter_tensors(output):
                 if t.requires_grad:
-                    t.register_hook(hook)
+                    t.register_hook(self._grad_hooks[index])
 
     def _on_output_grad(self, index: int, grad: Tensor) -> None:
-        norm = tensor_norm(grad.detach())
-        values = self._act.get(index)
-        if values is None:
-            self._fired[index] = len(self._fired)
-            self._act[index] = [norm]
-        else:
-            values.append(norm)
+        self._fired.setdefault(index, len(self._fired))
+        self._act.setdefault(index, []).append(tensor_norm(grad.detach()))
 
     def _on_optimizer_step(self) -> None:
         if not self._closed:
