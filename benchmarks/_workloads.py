@@ -49,7 +49,7 @@ class _SigmoidMLP(nn.Module):
 
 def _mlp() -> nn.Module:
     try:
-        from gradwatch.models import DeepMLP
+        from gradwatch.bench.models import DeepMLP
     except ImportError:
         return _SigmoidMLP()
     return DeepMLP(depth=10, width=256, activation="sigmoid")

@@ -21,7 +21,7 @@ from gradwatch.bench.grid import prior_label
 from gradwatch.bench.mnist import blowup_step
 from gradwatch.bench.report import calibration
 from gradwatch.bench.train import PerTensorNorm, TrainRun
-from gradwatch.data import MNIST_FILES, load_mnist, resolve_data_root
+from gradwatch.bench.data import MNIST_FILES, load_mnist, resolve_data_root
 
 REPO = Path(__file__).resolve().parents[1]
 

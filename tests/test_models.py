@@ -11,7 +11,7 @@ import torch
 from gradwatch import GradWatch
 from gradwatch.bench.chains import identity_chain_record, tanh_chain_record
 from gradwatch.bench.xor import XOR_INPUTS, XOR_TARGETS, slice_layer_norms, train_xor
-from gradwatch.models import DeepMLP, IdentityChain, MnistResNet, TanhChain, XorNet
+from gradwatch.bench.models import DeepMLP, IdentityChain, MnistResNet, TanhChain, XorNet
 
 
 @pytest.mark.parametrize("c", [2.0, 0.5])

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..models import IdentityChain, TanhChain
+from .models import IdentityChain, TanhChain
 from ..monitor import GradWatch
 from ..records import StepRecord
 from .common import Claim, Context, ExperimentResult, LabelledRun, fmt, summarize_records

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Literal, Sequence
 
 import torch
 
-from ..data import Mnist, load_mnist
+from .data import Mnist, load_mnist
 from ..records import Status, StepRecord
 
 __all__ = ["Budget", "BUDGETS", "Context", "Claim", "LabelledRun", "ExperimentResult",

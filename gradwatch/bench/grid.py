@@ -6,7 +6,7 @@ import itertools
 import math
 import statistics
 
-from ..models import DeepMLP
+from .models import DeepMLP
 from .common import Claim, Context, ExperimentResult, LabelledRun
 from .train import TrainRun, train_mnist
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from ..clip import GlobalNorm
-from ..models import DeepMLP, MnistResNet
+from .models import DeepMLP, MnistResNet
 from .common import Claim, Context, ExperimentResult, LabelledRun, fmt
 from .figures import plot_curves, save_records_figure
 from .train import PerTensorNorm, TrainRun, train_mnist

@@ -13,7 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..clip import ClipPolicy
-from ..data import iterate_batches
+from .data import iterate_batches
 from ..monitor import GradWatch
 from ..records import StepRecord
 from .common import Context, RecordSummary, summarize_records

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ..models import XorNet
+from .models import XorNet
 from ..records import Status
 from ..thresholds import Thresholds, layer_verdicts
 from .common import Claim, Context, ExperimentResult, LabelledRun, fmt
