@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from enum import Enum
 from types import SimpleNamespace
 
 import numpy as np
@@ -93,13 +94,22 @@ def test_flow_marks_nonfinite_zero_flagged_and_birth_layer():
 
 def test_flow_single_step_flags_vanishing_and_shades_threshold_bands():
     th = SimpleNamespace(vanishing=1e-7, exploding=1e4)
+    ax = plot_flow(_records(), steps=2, thresholds=th, exploding=100.0).axes[0]  # 2e-8 .. 0.7
+    bands = {p.get_label(): p for p in ax.patches}
+    assert set(bands) == {"vanishing band (< 1e-07)", "exploding band (> 100)"}
+    low, high = ax.get_ylim()
+    assert bands["vanishing band (< 1e-07)"].get_window_extent().height > 0
+    assert low < 2e-8 and high > 100  # data and both bounds are visible (within 3 decades)
+    # step 0 tops out at 0.5: the exploding bound 1e4 is 4.3 decades up, named but not drawn
     ax = plot_flow(_records(), steps=0, thresholds=th).axes[0]
     np.testing.assert_allclose(_collection(ax, "flagged vanishing").get_offsets(), [[0, 1e-8]])
     bands = {p.get_label(): p for p in ax.patches}
-    assert set(bands) == {"vanishing band (< 1e-07)", "exploding band (> 10000)"}
-    low, high = ax.get_ylim()
-    assert bands["vanishing band (< 1e-07)"].get_window_extent().height > 0
-    assert low < 1e-8 and high > 1e4  # data and both bounds are visible
+    assert set(bands) == {"vanishing band (< 1e-07)",
+                          "exploding band (> 10000): off the axis, above"}
+    assert bands["exploding band (> 10000): off the axis, above"].get_width() == 0
+    assert ax.get_ylim()[1] == pytest.approx(0.5 * 10 ** 0.6)
+    labels = ax.get_legend_handles_labels()[1]
+    assert "exploding band (> 10000): off the axis, above" in labels
     # explicit floats override the object
     ax = plot_flow(_records(), steps=0, thresholds=th, exploding=10.0).axes[0]
     assert "exploding band (> 10)" in [p.get_label() for p in ax.patches]
@@ -173,8 +183,12 @@ def test_norms_total_layers_and_clipping_equal_records():
     after = _line(ax, "total after clipping")
     np.testing.assert_allclose(after.get_ydata(), [r.total_norm * r.clip_coef for r in recs])
     clipped = [r.step for r in recs if r.clipped]
-    label = f"clipped ({len(clipped)} of 4 steps)"
-    assert _edge_x(ax, label) == [s for s in clipped if s != 4]  # no dot at a NaN total
+    assert clipped == [4, 6]  # NaN total (coef 0) and 5e4 total
+    strip = _collection(ax, f"clipped ({len(clipped)} of 4 steps)")
+    # consecutive clipped records merge into one bar, half a record gap either side
+    spans = [(p.vertices[:, 0].min(), p.vertices[:, 0].max()) for p in strip.get_paths()]
+    assert spans == [(3.0, 7.0)]
+    assert not [c for c in ax.collections if c.get_label().startswith("clipped") and c is not strip]
     assert _edge_x(ax, "non-finite (drawn at top)") == [4]
     assert _edge_x(ax, "zero norm (drawn at bottom)") == [6]
 
@@ -252,3 +266,100 @@ def test_importing_gradwatch_and_its_plot_module_does_not_import_matplotlib():
             "sys.exit('matplotlib' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
+
+
+# ------------------------------------------------------------------ statuses, ticks, histograms
+class _NewStatus(str, Enum):
+    """A status gradwatch.records.Status does not declare (yet): plots must not crash on it."""
+
+    DEAD = "dead_units"
+
+
+def _status_records() -> list[StepRecord]:
+    statuses = [*Status, _NewStatus.DEAD]
+    layers = {f"l{i}": LayerStat(norm=10.0 ** -i if st is not Status.NONFINITE else NAN,
+                                 status=st) for i, st in enumerate(statuses)}
+    return [StepRecord(step=s, total_norm=1.0, layers=layers) for s in range(3)]
+
+
+@pytest.mark.parametrize("plot", [plot_flow, plot_norms, plot_heatmap])
+def test_every_status_including_an_unknown_one_draws(plot, tmp_path):
+    fig = plot(_status_records(), path=tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000 and fig.axes
+
+
+def test_flow_styles_known_statuses_from_the_table_and_unknown_ones_neutral():
+    from matplotlib.colors import to_rgba
+
+    from gradwatch.plot._common import NEUTRAL_STYLE, STATUS_STYLE, status_style
+
+    ax = plot_flow(_status_records(), steps=0).axes[0]
+    for st in (Status.VANISHING, Status.EXPLODING):
+        dots = _collection(ax, f"flagged {st.value}")
+        assert tuple(dots.get_facecolor()[0]) == to_rgba(STATUS_STYLE[st.value].color)
+    new = _collection(ax, "flagged dead_units")
+    assert tuple(new.get_facecolor()[0]) == to_rgba(NEUTRAL_STYLE.color)
+    np.testing.assert_allclose(new.get_offsets(), [[4, 1e-4]])  # l4 has norm 10**-4
+    assert status_style("no such status") == NEUTRAL_STYLE
+    assert status_style(Status.EXPLODING) == STATUS_STYLE["exploding"]
+    flagged = {st.value for st in Status if st is not Status.OK}
+    assert flagged <= set(STATUS_STYLE)  # every declared non-ok status has its own style
+
+
+def test_log_ticks_are_readable_for_narrow_and_wide_ranges():
+    from matplotlib.figure import Figure as Fig
+
+    from gradwatch.plot._common import log_ticks
+
+    def labels(lo, hi):
+        ax = Fig().add_subplot()
+        ax.set_yscale("log")
+        ax.set_ylim(lo, hi)
+        log_ticks(ax.yaxis)
+        ticks = [t for t in ax.yaxis.get_major_locator()() if lo <= t <= hi]
+        return [ax.yaxis.get_major_formatter()(t, 0) for t in ticks]
+
+    assert labels(0.45, 0.85) == ["0.5", "0.6", "0.7", "0.8"]  # XOR plateau: no 5×10^-1
+    assert labels(0.3, 12) == ["0.5", "1", "2", "5", "10"]
+    wide = labels(1e-14, 1.0)
+    assert 4 <= len(wide) <= 9 and wide[0].startswith("$10^{-1") and wide[-1] == "1"
+
+
+def test_norms_says_a_subset_is_shown_even_under_a_custom_title():
+    names = [f"l{i}" for i in range(20)]
+    recs = [StepRecord(step=s, total_norm=1.0, layers={n: LayerStat(norm=1.0) for n in names})
+            for s in range(3)]
+    ax = plot_norms(recs, max_layers=4, title="Deep MLP").axes[0]
+    assert ax.get_title() == "Deep MLP"
+    assert "4 of 20 shown" in ax.get_legend().get_title().get_text()
+    ax = plot_norms(recs, layers=names, title="Deep MLP").axes[0]
+    assert "shown" not in ax.get_legend().get_title().get_text()
+
+
+def test_histograms_draw_fractions_per_bin_for_each_layer_and_epoch(tmp_path):
+    from gradwatch.plot import Histogram, plot_histograms
+
+    rng = np.random.default_rng(0)
+    hists = {f"layer{i}": {e: rng.normal(0, 0.1 * (1 + e * i), 500) for e in range(3)}
+             for i in range(8)}
+    hists["layer0"][1] = {"counts": [1, 3], "edges": [-1.0, 0.0, 1.0]}  # results.json form
+    fig = plot_histograms(hists, max_layers=4, path=tmp_path / "h.png")
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["0: layer0", "2: layer2", "5: layer5",
+                                                "7: layer7"]
+    stairs = panels[0].patches
+    assert len(stairs) == 3  # one per epoch
+    np.testing.assert_allclose(stairs[1].get_data().values, [0.25, 0.75])
+    ref, edges = np.histogram(hists["layer7"][2], bins=40)
+    np.testing.assert_allclose(panels[3].patches[2].get_data().values, ref / ref.sum())
+    np.testing.assert_allclose(panels[3].patches[2].get_data().edges, edges)
+    assert "4 of 8 layers shown" in fig.get_suptitle()
+    assert (tmp_path / "h.png").stat().st_size > 1000
+    h = Histogram.of([1.0, 1.0, float("nan")], bins=2)
+    assert sum(h.counts) == 2 and Histogram.coerce(h.to_dict()) == h
+    with pytest.raises(ValueError, match="one more entry"):
+        Histogram((1.0,), (0.0,))
+    with pytest.raises(ValueError, match="at least one layer"):
+        plot_histograms({})
+    with pytest.raises(ValueError, match="among"):
+        plot_histograms(hists, layers=["nope"])

@@ -1,16 +1,19 @@
-"""Figures drawn from `StepRecord`s: gradient flow over depth, norms over steps, layer x step map.
+"""Figures drawn from `StepRecord`s (flow over depth, norms over steps, layer x step map) and
+per-layer value histograms per epoch.
 
 Plotting only reads records (live ``watch.history`` or ``read_jsonl(path)``); matplotlib is
 imported inside the functions, so ``import gradwatch`` never pulls it in. Every function returns a
 `matplotlib.figure.Figure`, draws into ``ax=`` when given and saves a PNG to ``path=`` when given.
 Values a log axis cannot show are drawn at its edges: non-finite norms as a black ``X`` at the top,
-zero norms as a ``0`` at the bottom.
+zero norms as a ``0`` at the bottom. Layer statuses are drawn from one style table
+(``STATUS_STYLE``); a status without a style is drawn in a neutral grey, never an error.
 """
 
 from __future__ import annotations
 
 from .flow import plot_flow
 from .heatmap import plot_heatmap
+from .hist import Histogram, plot_histograms
 from .norms import plot_norms
 
-__all__ = ["plot_flow", "plot_heatmap", "plot_norms"]
+__all__ = ["Histogram", "plot_flow", "plot_heatmap", "plot_histograms", "plot_norms"]

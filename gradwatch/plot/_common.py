@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
 
@@ -15,18 +16,39 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["Which", "WHICH_LABEL", "STATUS_STYLE", "MAX_TICK_LABELS", "bands", "check_records",
-           "layered_records",
-           "check_which", "edge_marks", "finish", "layer_order", "legend", "log_limits",
-           "name_ticks", "new_axes", "plural", "short", "split", "thresholds_from", "value"]
+__all__ = ["Which", "WHICH_LABEL", "StatusStyle", "STATUS_STYLE", "NEUTRAL_STYLE", "MAX_TICK_LABELS",
+           "bands", "check_records", "layered_records", "check_which", "edge_marks", "finish",
+           "layer_order", "legend", "log_limits", "log_ticks", "name_ticks", "new_axes", "plural",
+           "short", "split", "status_style", "thresholds_from", "value"]
 
 Which = Literal["norm", "act_norm"]
 
 WHICH_LABEL = {"norm": "gradient L2 norm (layer parameters)",
                "act_norm": "gradient L2 norm (w.r.t. layer output)"}
-STATUS_STYLE = {Status.VANISHING: ("tab:blue", "v"), Status.EXPLODING: ("tab:red", "^"),
-                Status.NONFINITE: ("black", "X")}
+
+
+@dataclass(frozen=True)
+class StatusStyle:
+    """How a layer status is drawn: marker colour and shape."""
+
+    color: str
+    marker: str
+
+
+STATUS_STYLE: dict[str, StatusStyle] = {
+    Status.VANISHING.value: StatusStyle("tab:blue", "v"),
+    Status.EXPLODING.value: StatusStyle("tab:red", "^"),
+    Status.NONFINITE.value: StatusStyle("black", "X"),
+}
+"""Status value -> style. Every flagged status is drawn; one missing here gets `NEUTRAL_STYLE`."""
+NEUTRAL_STYLE = StatusStyle("tab:gray", "D")
 MAX_TICK_LABELS = 40
+DECADES_KEPT = 3.0  # a threshold band further than this from the data is named, not drawn
+
+
+def status_style(status: Any) -> StatusStyle:
+    """The style of ``status`` (a `Status` or its value); unknown statuses get `NEUTRAL_STYLE`."""
+    return STATUS_STYLE.get(str(getattr(status, "value", status)), NEUTRAL_STYLE)
 
 
 def check_records(records: Iterable[StepRecord]) -> list[StepRecord]:
@@ -100,11 +122,51 @@ def split(values: Sequence[float | None]) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def log_limits(values: Iterable[float], *bounds: float | None) -> tuple[float, float]:
-    vals = [v for v in values if math.isfinite(v) and v > 0] + [b for b in bounds if b]
+    """Log-axis limits around the positive finite ``values`` and the ``bounds`` near them.
+
+    A bound more than `DECADES_KEPT` decades beyond the data does not stretch the axis (the data
+    would flatten into a line); `bands` names it in the legend instead.
+    """
+    data = [v for v in values if math.isfinite(v) and v > 0]
+    near = [b for b in bounds if b and (not data or
+                                        math.log10(min(data)) - DECADES_KEPT <= math.log10(b)
+                                        <= math.log10(max(data)) + DECADES_KEPT)]
+    vals = data + near
     if not vals:
         return 1e-3, 1e3
     lo, hi = min(vals), max(vals)
     return lo / 10 ** 0.6, hi * 10 ** 0.6
+
+
+def _tick_label(v: float) -> str:
+    """``0.5``, ``20``, ``1e-07`` → readable: plain numbers in [1e-3, 1e4), powers of ten outside."""
+    if v <= 0 or not math.isfinite(v):
+        return ""
+    if 1e-3 <= v < 1e4:
+        return f"{v:g}"
+    exp = math.floor(math.log10(v) + 1e-9)
+    mant = v / 10 ** exp
+    return f"$10^{{{exp}}}$" if abs(mant - 1) < 1e-6 else f"${mant:.2g}\\times10^{{{exp}}}$"
+
+
+def log_ticks(axis: Any) -> None:
+    """Readable major ticks on a log axis whose limits are set: about 4-9 labels.
+
+    Less than half a decade gets 1..9 × 10^k, up to two decades 1, 2, 5 × 10^k, more every
+    decade (matplotlib thins wide ranges); labels are plain numbers where short.
+    """
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    lo, hi = sorted(axis.get_view_interval())
+    decades = math.log10(hi / lo) if lo > 0 and hi > lo else 10.0
+    subs: Any = (1.0,)
+    if decades < 0.7:
+        subs = tuple(float(k) for k in range(1, 10))
+    elif decades < 2.2:
+        subs = (1.0, 2.0, 5.0)
+    axis.set_major_locator(LogLocator(base=10, subs=subs, numticks=10))
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: _tick_label(v)))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def new_axes(ax: Axes | None, size: tuple[float, float]) -> tuple[Figure, Axes]:
@@ -168,10 +230,20 @@ def legend(ax: Axes, first: Sequence[str] = (), **kwargs: Any) -> None:
 
 
 def bands(ax: Axes, lo: float, hi: float, vanishing: float | None,
-           exploding: float | None) -> None:
-    if vanishing is not None:
-        ax.axhspan(lo, vanishing, color="tab:blue", alpha=0.10, lw=0,
-                   label=f"vanishing band (< {vanishing:g})")
-    if exploding is not None:
-        ax.axhspan(exploding, hi, color="tab:red", alpha=0.10, lw=0,
-                   label=f"exploding band (> {exploding:g})")
+          exploding: float | None) -> None:
+    """Shades the threshold bands inside ``lo..hi``; a band beyond the axis is named in the legend."""
+    from matplotlib.patches import Rectangle
+
+    for bound, name, color, inside, where in (
+            (vanishing, "vanishing", "tab:blue", vanishing is not None and vanishing > lo, "below"),
+            (exploding, "exploding", "tab:red", exploding is not None and exploding < hi, "above")):
+        if bound is None:
+            continue
+        sign = "<" if name == "vanishing" else ">"
+        label = f"{name} band ({sign} {bound:g})"
+        if inside:
+            ax.axhspan(*((lo, bound) if name == "vanishing" else (bound, hi)), color=color,
+                       alpha=0.10, lw=0, label=label)
+        else:  # a zero-size proxy: nothing drawn, the legend still says where the band is
+            ax.add_patch(Rectangle((0, 0), 0, 0, color=color, alpha=0.10, lw=0,
+                                   label=f"{label}: off the axis, {where}"))

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 
 from ..records import Status, StepRecord
-from ._common import (STATUS_STYLE, WHICH_LABEL, bands, edge_marks, finish, layered_records, legend,
-                      log_limits, name_ticks, new_axes, short, split, value, Which)
+from ._common import (WHICH_LABEL, bands, edge_marks, finish, layered_records, legend, log_limits,
+                      log_ticks, name_ticks, new_axes, short, split, status_style, value, Which)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -37,9 +37,10 @@ def plot_flow(records: Iterable[StepRecord], *, steps: int | Sequence[int] | Non
 
     Returns:
         The figure. Lines run from input (left) to output (right), one per step, later steps
-        darker; flagged layers carry a marker coloured by status, and the layer where a NaN/Inf
-        was born is marked by a dotted vertical line. The bands are drawn for ``which="norm"``
-        only, since the thresholds bound parameter-gradient norms.
+        darker; flagged layers carry a marker coloured by status (grey diamonds for a status
+        without a declared style), and the layer where a NaN/Inf was born is marked by a dotted
+        vertical line. The bands are drawn for ``which="norm"`` only, since the thresholds bound
+        parameter-gradient norms; a band far beyond the data is named in the legend, not drawn.
 
     Raises:
         ValueError: No records, no per-layer statistics, an unknown step, or bad bounds.
@@ -80,9 +81,10 @@ def plot_flow(records: Iterable[StepRecord], *, steps: int | Sequence[int] | Non
             stat = r.layers.get(n)
             if stat is None or stat.status is Status.OK or not np.isfinite(y[i]):
                 continue
-            c, m = STATUS_STYLE[stat.status]
-            label = f"flagged {stat.status.value}"
-            ax.scatter([i], [y[i]], marker=m, s=size, color=c, edgecolors="black", zorder=4,
+            style = status_style(stat.status)
+            label = f"flagged {getattr(stat.status, 'value', stat.status)}"
+            ax.scatter([i], [y[i]], marker=style.marker, s=size, color=style.color,
+                       edgecolors="black", zorder=4,
                        label=None if label in labelled else label)
             labelled.add(label)
         if r.first_nonfinite in r.layers:
@@ -92,6 +94,7 @@ def plot_flow(records: Iterable[StepRecord], *, steps: int | Sequence[int] | Non
     lo, hi = log_limits(all_y, vanishing, exploding)
     ax.set_yscale("log")
     ax.set_ylim(lo, hi)
+    log_ticks(ax.yaxis)
     bands(ax, lo, hi, vanishing, exploding)
     ax.set_xlim(-0.5, len(names) - 0.5)
     name_ticks(ax.xaxis, names)

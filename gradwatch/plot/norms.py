@@ -10,7 +10,8 @@ import numpy as np
 
 from ..records import StepRecord
 from ._common import (WHICH_LABEL, Which, check_records, check_which, edge_marks, finish,
-                      layer_order, legend, log_limits, new_axes, plural, short, split, value)
+                      layer_order, legend, log_limits, log_ticks, new_axes, plural, short, split,
+                      value)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -25,13 +26,15 @@ def plot_norms(records: Iterable[StepRecord], *, layers: Sequence[str] | None = 
     """Per-layer gradient norms over training steps on a log scale, with events marked.
 
     The total norm is the bold black line; where clipping acted, the dashed line is the total
-    after clipping (``total_norm * clip_coef``) and orange dots mark the clipped steps. Red
+    after clipping (``total_norm * clip_coef``) and an orange strip along the bottom edge marks
+    the clipped steps. Red
     vertical lines mark steps with non-finite gradients (orange dotted for AMP loss-scale
     overflows), grey dashed lines skipped steps, red stars spikes of the total norm.
 
     Args:
         records: Recorded steps, e.g. ``watch.history`` or ``list(read_jsonl(path))``.
-        layers: Layer names to draw; default ``max_layers`` layers evenly spread over depth.
+        layers: Layer names to draw; default ``max_layers`` layers evenly spread over depth (the
+            legend and the default title say how many of how many are shown).
         which: ``"norm"`` (parameter gradients) or ``"act_norm"`` (gradient w.r.t. the output).
         max_layers: How many layers the default picks; layers are coloured by depth.
         ax: Axes to draw into; a new figure when omitted.
@@ -86,9 +89,7 @@ def plot_norms(records: Iterable[StepRecord], *, layers: Sequence[str] | None = 
     if clipped.any():
         after = total * np.array([r.clip_coef for r in recs])
         ax.plot(x, after, lw=1.2, ls="--", color="black", label="total after clipping")
-        dots = clipped & np.isfinite(total)  # a clip at a non-finite total has no y
-        ax.scatter(x[dots], total[dots], s=14, color="tab:orange", zorder=4,
-                   label=f"clipped ({int(clipped.sum())} of {len(recs)} steps)")
+        _rug(ax, x, clipped, f"clipped ({int(clipped.sum())} of {len(recs)} steps)")
     spikes = np.array([r.spike for r in recs])
     if spikes.any():
         ax.scatter(x[spikes], np.where(np.isfinite(total[spikes]), total[spikes], np.nan),
@@ -109,11 +110,34 @@ def plot_norms(records: Iterable[StepRecord], *, layers: Sequence[str] | None = 
 
     ax.set_yscale("log")
     ax.set_ylim(*log_limits(all_y))
+    log_ticks(ax.yaxis)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(WHICH_LABEL[which] + " (log)")
     hidden = f" ({len(shown)} of {len(names)} layers shown)" if len(shown) < len(names) else ""
     ax.set_title(title or f"Gradient norms over {len(recs)} recorded steps{hidden}")
     ax.grid(True, which="major", alpha=0.3)
-    legend(ax, [short(n) for n in shown] + ["total (all layers)"],
-            title="layer (colour = depth)" if shown else None)
+    heading = None
+    if shown:  # the legend says it is a subset even under a custom title
+        heading = ("layer (colour = depth)" if not hidden else
+                   f"layer (colour = depth;\n{len(shown)} of {len(names)} shown, evenly spaced)")
+    legend(ax, [short(n) for n in shown] + ["total (all layers)"], title=heading)
     return finish(fig, path)
+
+
+def _rug(ax: Axes, x: np.ndarray, mask: np.ndarray, label: str) -> None:
+    """Marks the masked steps as a strip along the bottom edge, out of the lines' way.
+
+    Runs of consecutive masked records merge into one bar, so a run clipped at every step reads
+    as one strip rather than a marker on every point of the total-norm line.
+    """
+    spans, start = [], None
+    half = np.diff(x).min() / 2 if len(x) > 1 else 0.5
+    for i, m in enumerate(mask):
+        if m and start is None:
+            start = i
+        if start is not None and (not m or i == len(mask) - 1):
+            end = i if m else i - 1
+            spans.append((x[start] - half, x[end] - x[start] + 2 * half))
+            start = None
+    ax.broken_barh(spans, (0.0, 0.025), transform=ax.get_xaxis_transform(), color="tab:orange",
+                   label=label, zorder=4)
