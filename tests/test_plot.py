@@ -291,19 +291,21 @@ def test_every_status_including_an_unknown_one_draws(plot, tmp_path):
 def test_flow_styles_known_statuses_from_the_table_and_unknown_ones_neutral():
     from matplotlib.colors import to_rgba
 
-    from gradwatch.plot._common import NEUTRAL_STYLE, STATUS_STYLE, status_style
+    from gradwatch.plot._common import NEUTRAL_STYLE, STATUS_MARKERS, status_style
 
     ax = plot_flow(_status_records(), steps=0).axes[0]
-    for st in (Status.VANISHING, Status.EXPLODING):
-        dots = _collection(ax, f"flagged {st.value}")
-        assert tuple(dots.get_facecolor()[0]) == to_rgba(STATUS_STYLE[st.value].color)
+    styles = {st: status_style(st) for st in (Status.VANISHING, Status.EXPLODING)}
+    for st, style in styles.items():
+        dots = _collection(ax, f"flagged {style.label}")
+        assert tuple(dots.get_facecolor()[0]) == to_rgba(style.color)
+    assert styles[Status.VANISHING].color != styles[Status.EXPLODING].color
     new = _collection(ax, "flagged dead_units")
     assert tuple(new.get_facecolor()[0]) == to_rgba(NEUTRAL_STYLE.color)
     np.testing.assert_allclose(new.get_offsets(), [[4, 1e-4]])  # l4 has norm 10**-4
-    assert status_style("no such status") == NEUTRAL_STYLE
-    assert status_style(Status.EXPLODING) == STATUS_STYLE["exploding"]
+    odd = status_style("no such status")
+    assert (odd.color, odd.marker) == (NEUTRAL_STYLE.color, NEUTRAL_STYLE.marker)
     flagged = {st.value for st in Status if st is not Status.OK}
-    assert flagged <= set(STATUS_STYLE)  # every declared non-ok status has its own style
+    assert flagged <= set(STATUS_MARKERS)  # every declared non-ok status has its own marker
 
 
 def test_log_ticks_are_readable_for_narrow_and_wide_ranges():

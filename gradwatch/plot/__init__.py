@@ -5,8 +5,8 @@ Plotting only reads records (live ``watch.history`` or ``read_jsonl(path)``); ma
 imported inside the functions, so ``import gradwatch`` never pulls it in. Every function returns a
 `matplotlib.figure.Figure`, draws into ``ax=`` when given and saves a PNG to ``path=`` when given.
 Values a log axis cannot show are drawn at its edges: non-finite norms as a black ``X`` at the top,
-zero norms as a ``0`` at the bottom. Layer statuses are drawn from one style table
-(``STATUS_STYLE``); a status without a style is drawn in a neutral grey, never an error.
+zero norms as a ``0`` at the bottom. Layer statuses take their colour and label from the status
+table of `gradwatch.records`; a status without an entry is drawn in a neutral grey, never an error.
 """
 
 from __future__ import annotations

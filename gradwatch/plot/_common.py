@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["Which", "WHICH_LABEL", "StatusStyle", "STATUS_STYLE", "NEUTRAL_STYLE", "MAX_TICK_LABELS",
+__all__ = ["Which", "WHICH_LABEL", "StatusStyle", "STATUS_MARKERS", "NEUTRAL_STYLE", "MAX_TICK_LABELS",
            "bands", "check_records", "layered_records", "check_which", "edge_marks", "finish",
            "layer_order", "legend", "log_limits", "log_ticks", "name_ticks", "new_axes", "plural",
            "short", "split", "status_style", "thresholds_from", "value"]
@@ -29,26 +29,38 @@ WHICH_LABEL = {"norm": "gradient L2 norm (layer parameters)",
 
 @dataclass(frozen=True)
 class StatusStyle:
-    """How a layer status is drawn: marker colour and shape."""
+    """How a layer status is drawn: colour, marker shape and legend label."""
 
     color: str
     marker: str
+    label: str
 
 
-STATUS_STYLE: dict[str, StatusStyle] = {
-    Status.VANISHING.value: StatusStyle("tab:blue", "v"),
-    Status.EXPLODING.value: StatusStyle("tab:red", "^"),
-    Status.NONFINITE.value: StatusStyle("black", "X"),
-}
-"""Status value -> style. Every flagged status is drawn; one missing here gets `NEUTRAL_STYLE`."""
-NEUTRAL_STYLE = StatusStyle("tab:gray", "D")
-MAX_TICK_LABELS = 40
-DECADES_KEPT = 3.0  # a threshold band further than this from the data is named, not drawn
+STATUS_MARKERS: dict[str, str] = {"vanishing": "v", "exploding": "^", "nonfinite": "X"}
+"""Status value -> marker shape; a status missing here gets the neutral diamond."""
+_FALLBACK_COLORS = {"vanishing": "tab:blue", "exploding": "tab:red", "nonfinite": "black"}
+NEUTRAL_STYLE = StatusStyle("#7f7f7f", "D", "other")
 
 
 def status_style(status: Any) -> StatusStyle:
-    """The style of ``status`` (a `Status` or its value); unknown statuses get `NEUTRAL_STYLE`."""
-    return STATUS_STYLE.get(str(getattr(status, "value", status)), NEUTRAL_STYLE)
+    """The style of ``status`` (a `Status` or its value); unknown statuses are drawn neutral.
+
+    Colour and label come from the status table in `gradwatch.records` (``status_info``) when
+    it declares one, so plots, summary and report agree; markers from `STATUS_MARKERS`.
+    """
+    from .. import records
+
+    value = str(getattr(status, "value", status))
+    marker = STATUS_MARKERS.get(value, NEUTRAL_STYLE.marker)
+    info = getattr(records, "status_info", None)
+    if info is not None:
+        found = info(value)
+        return StatusStyle(found.color, marker, found.label)
+    return StatusStyle(_FALLBACK_COLORS.get(value, NEUTRAL_STYLE.color), marker, value)
+
+
+MAX_TICK_LABELS = 40
+DECADES_KEPT = 3.0  # a threshold band further than this from the data is named, not drawn
 
 
 def check_records(records: Iterable[StepRecord]) -> list[StepRecord]:
@@ -234,9 +246,10 @@ def bands(ax: Axes, lo: float, hi: float, vanishing: float | None,
     """Shades the threshold bands inside ``lo..hi``; a band beyond the axis is named in the legend."""
     from matplotlib.patches import Rectangle
 
-    for bound, name, color, inside, where in (
-            (vanishing, "vanishing", "tab:blue", vanishing is not None and vanishing > lo, "below"),
-            (exploding, "exploding", "tab:red", exploding is not None and exploding < hi, "above")):
+    for bound, name, inside, where in (
+            (vanishing, "vanishing", vanishing is not None and vanishing > lo, "below"),
+            (exploding, "exploding", exploding is not None and exploding < hi, "above")):
+        color = status_style(name).color
         if bound is None:
             continue
         sign = "<" if name == "vanishing" else ">"

@@ -82,7 +82,7 @@ def plot_flow(records: Iterable[StepRecord], *, steps: int | Sequence[int] | Non
             if stat is None or stat.status is Status.OK or not np.isfinite(y[i]):
                 continue
             style = status_style(stat.status)
-            label = f"flagged {getattr(stat.status, 'value', stat.status)}"
+            label = f"flagged {style.label}"
             ax.scatter([i], [y[i]], marker=style.marker, s=size, color=style.color,
                        edgecolors="black", zorder=4,
                        label=None if label in labelled else label)
