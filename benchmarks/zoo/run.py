@@ -1,0 +1,153 @@
+"""Run the labelled zoo under GradWatch (default thresholds), print the verdict table, save JSONL.
+
+``python -m benchmarks.zoo [--quick] [--only NAME ...] [--out DIR]`` from the repository root
+(or ``python benchmarks/zoo/run.py``). It is a measurement: it exits 0 whatever gradwatch says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks.zoo` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    __package__ = "benchmarks.zoo"
+
+import torch
+
+import gradwatch
+from benchmarks.zoo.judge import Verdict, read_verdict, score
+from benchmarks.zoo.spec import Run
+from benchmarks.zoo.train import CHECKS, Trace, after_probe, train
+
+__all__ = ["all_runs", "main", "run_one", "select"]
+
+
+def all_runs() -> tuple[Run, ...]:
+    """Every run: the healthy ones, then the pathological ones."""
+    from benchmarks.zoo.models import HEALTHY_RUNS
+    from benchmarks.zoo.pathologies import PATHOLOGICAL_RUNS
+    runs = HEALTHY_RUNS + PATHOLOGICAL_RUNS
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Expected unique run names, but got duplicates in {names}.")
+    return runs
+
+
+def select(quick: bool = False, only: Sequence[str] = ()) -> list[Run]:
+    """The runs to do: all, the reduced set, or the named ones (``ValueError`` on unknown names)."""
+    runs = all_runs()
+    if only:
+        known = {r.name: r for r in runs}
+        unknown = [n for n in only if n not in known]
+        if unknown:
+            raise ValueError(f"Expected `--only` names from the zoo, but got {unknown}; known: "
+                             f"{sorted(known)}.")
+        return [known[n] for n in only]
+    return [r for r in runs if r.quick or not quick]
+
+
+def missing(run: Run) -> list[str]:
+    return [m for m in run.requires if importlib.util.find_spec(m) is None]
+
+
+def run_one(run: Run) -> dict[str, Any]:
+    """Train ``run`` under ``GradWatch(model, optimizer=opt)``; its sanity, verdict and records."""
+    def factory(setup: Any) -> gradwatch.GradWatch:
+        return gradwatch.GradWatch(setup.model, optimizer=setup.optimizer, scaler=setup.scaler)
+    trace, setup, watch = train(run, factory)
+    verdict = read_verdict(watch)
+    records = [r.to_dict() for r in watch.history]
+    watch.close()
+    after_probe(setup, trace, run.steps)
+    sanity = {c: bool(CHECKS[c][1](trace)) for c in run.checks}
+    return {"name": run.name, "family": run.family, "split": run.split, "note": run.note,
+            "steps": run.steps, "label": run.label.__dict__, "checks": sanity,
+            "sane": all(sanity.values()), "trace": trace.to_dict(), "verdict": verdict.__dict__,
+            "score": score(run.label, verdict), "records": records}
+
+
+def _mark(ok: bool | None) -> str:
+    return "-" if ok is None else ("right" if ok else "WRONG")
+
+
+def _row(r: dict[str, Any]) -> str:
+    label, s = r["label"], r["score"]
+    want = label["kind"] + (f" @{label['birth']}" if label["birth"] else "")
+    if label["kind"] == "healthy":
+        right = _mark(not s["alarm"])
+    else:
+        right = _mark(s["found"] and s["kind_right"] and s["origin_right"] is not False)
+    said = Verdict(**r["verdict"]).text()
+    return (f"| {r['name']} | {r['split']} | {want} | {said} | {right} | "
+            f"{'yes' if r['sane'] else 'NO'} | {r['trace']['wall_s']:.1f} |")
+
+
+def totals(results: list[dict[str, Any]], split: str) -> str:
+    rs = [r for r in results if r["split"] == split]
+    healthy = [r for r in rs if r["label"]["kind"] == "healthy"]
+    bad = [r for r in rs if r["label"]["kind"] != "healthy"]
+    nan = [r for r in bad if r["label"]["birth"]]
+    return (f"{split}: healthy runs with a finding or a flagged layer "
+            f"{sum(r['score']['alarm'] for r in healthy)} of {len(healthy)}; pathological found "
+            f"{sum(r['score']['found'] for r in bad)} of {len(bad)}, right kind "
+            f"{sum(r['score']['kind_right'] for r in bad)} of {len(bad)}; NaN origin right "
+            f"{sum(r['score']['origin_right'] for r in nan)} of {len(nan)}; sanity checks passed "
+            f"{sum(r['sane'] for r in rs)} of {len(rs)}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.zoo", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="the reduced set (the test suite's)")
+    p.add_argument("--only", nargs="+", default=(), metavar="NAME", help="just these runs")
+    p.add_argument("--out", default="/tmp/gw-zoo", help="folder for zoo.jsonl (default /tmp/gw-zoo)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--list", action="store_true", help="print the runs and their labels, then exit")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    runs = select(args.quick, args.only)
+    if args.list:
+        for r in runs:
+            print(f"{r.name:30s} {r.split:9s} {r.label.kind:24s} {r.label.birth or '':34s} {r.note}")
+        return 0
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "zoo.jsonl")
+    results, start = [], time.perf_counter()
+    verdict_source = "diagnose" if hasattr(gradwatch.GradWatch, "diagnose") else "statuses"
+    with open(path, "w") as fh:
+        for i, run in enumerate(runs, 1):
+            gone = missing(run)
+            if gone:
+                print(f"[{i}/{len(runs)}] {run.name}: skipped (needs {', '.join(gone)})", flush=True)
+                continue
+            print(f"[{i}/{len(runs)}] {run.name} ...", end=" ", flush=True)
+            r = run_one(run)
+            results.append(r)
+            fh.write(json.dumps(r) + "\n")
+            fh.flush()
+            print(f"{r['trace']['wall_s']:.1f}s sane={r['sane']} said: "
+                  f"{Verdict(**r['verdict']).text()}", flush=True)
+    wall = time.perf_counter() - start
+    print(f"\nverdicts from {verdict_source}; default Thresholds(); {torch.get_num_threads()} "
+          f"thread(s); wall {wall:.1f} s\n")
+    print("| run | split | label | gradwatch said | verdict | sane | s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        print(_row(r))
+    print()
+    for split in ("tuning", "held-out"):
+        print(totals(results, split))
+    insane = [r["name"] for r in results if not r["sane"]]
+    if insane:
+        print(f"runs failing their own sanity checks (fix the zoo, not gradwatch): {insane}")
+    print(f"records and metadata: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
