@@ -1,4 +1,4 @@
-"""Loggers: callables that receive every `StepRecord` (JSON lines and CSV), and a JSONL reader."""
+"""Loggers: callables that receive every `StepRecord` (JSON lines and CSV); readers in `runlog`."""
 
 from __future__ import annotations
 
@@ -7,18 +7,49 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO, Any, Callable, Iterator, Mapping
 
 from .records import StepRecord
+from .runlog import HEADER_KEY, Run, read_jsonl, read_runs
 
-__all__ = ["Logger", "JsonlLogger", "CsvLogger", "read_jsonl"]
+__all__ = ["Logger", "JsonlLogger", "CsvLogger", "Run", "read_jsonl", "read_runs"]
 
 Logger = Callable[[StepRecord], None]
-"""Anything that takes a `StepRecord`; an optional ``close()`` is called by `GradWatch.close`."""
+"""Anything that takes a `StepRecord`. Optional: ``close()``, called by `GradWatch.close`, and
+``start_run(header)``, called with the run header before the first record of a run and again
+after `GradWatch.load_state_dict` (a resumed run)."""
+
+_LAYER_FLAGS = ("status", "spike", "reason")
+
+
+def _jsonable(obj: Any) -> Any:
+    """Fallback for ``json.dumps``: numpy/torch scalars become numbers, anything else a string."""
+    item = getattr(obj, "item", None)
+    if callable(item):
+        try:
+            return item()
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=str)
+    return os.fspath(obj) if isinstance(obj, os.PathLike) else str(obj)
+
+
+def _check_header(header: Any) -> dict[str, Any]:
+    if not isinstance(header, Mapping):
+        raise TypeError(f"Expected `header` to be a dict (the run header), but got "
+                        f"{type(header).__name__}.")
+    return dict(header)
 
 
 class _FileLogger:
-    """Opens lazily in append mode, flushes after every record, closes idempotently."""
+    """Opens lazily in append mode, flushes after every record, closes idempotently.
+
+    On opening, a file whose last line was cut (a killed run) gets its line ended first, so the
+    next record starts on a fresh line instead of being glued to the partial one.
+    """
+
+    _terminator = "\n"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -27,7 +58,14 @@ class _FileLogger:
     def _open(self) -> IO[str]:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            last = b"\n"
+            if self.path.is_file() and self.path.stat().st_size:
+                with open(self.path, "rb") as f:
+                    f.seek(-1, os.SEEK_END)
+                    last = f.read(1)
             self._file = open(self.path, "a", encoding="utf-8", newline="")
+            if last != b"\n":
+                self._file.write("\n" if last == b"\r" else self._terminator)
         return self._file
 
     def close(self) -> None:
@@ -48,64 +86,100 @@ class _FileLogger:
 class JsonlLogger(_FileLogger):
     """Appends one JSON object per record to ``path`` and flushes it at once.
 
-    A crash or a kill loses at most the record being written; `read_jsonl` skips such a
-    truncated last line. Non-finite numbers are written as ``NaN``/``Infinity`` (Python's json).
+    ``start_run(header)`` (called by `GradWatch`) writes a line ``{"gradwatch_run": header}``
+    that starts a run, so several runs appended to one file stay apart (`read_runs`). A crash
+    or a kill loses at most the line being written; the reader skips it, and the next open
+    starts a fresh line. Non-finite numbers are written as ``NaN``/``Infinity`` (Python's json).
+    Called without ``start_run`` (records logged directly), it writes records only.
     """
 
+    def start_run(self, header: Mapping[str, Any]) -> None:
+        """Writes the run header line (every key as given)."""
+        self._write({HEADER_KEY: _check_header(header)})
+
     def __call__(self, record: StepRecord) -> None:
+        self._write(record.to_dict())
+
+    def _write(self, obj: Mapping[str, Any]) -> None:
+        line = json.dumps(obj, separators=(",", ":"), default=_jsonable) + "\n"
         f = self._open()
-        f.write(json.dumps(record.to_dict(), separators=(",", ":")) + "\n")
+        f.write(line)
         f.flush()
+
+
+def _cell(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(v, default=_jsonable)
+    return v
+
+
+def _rows(data: Mapping[str, Any], run_id: str | None) -> Iterator[dict[str, Any]]:
+    """Long-format rows of one ``StepRecord.to_dict()``: one per layer, every key written."""
+    layers: Mapping[str, Mapping[str, Any]] = data.get("layers") or {}
+    layer_keys = list(dict.fromkeys(k for s in layers.values() for k in s))
+    layer_keys = ([k for k in layer_keys if k not in _LAYER_FLAGS]
+                  + [k for k in _LAYER_FLAGS if k in layer_keys])
+    taken = {"step", "layer", *layer_keys}
+    step_level = {(f"step_{k}" if k in taken else k): _cell(v)
+                  for k, v in data.items() if k not in ("step", "layers")}
+    if run_id is not None:
+        step_level["run_id"] = run_id
+    for name, stat in (layers.items() if layers else [("", {})]):
+        row: dict[str, Any] = {"step": data.get("step"), "layer": name}
+        row.update((k, _cell(stat.get(k))) for k in layer_keys)
+        row.update(step_level)
+        yield row
 
 
 class CsvLogger(_FileLogger):
     """Appends one row per (step, layer) to ``path`` in long format and flushes per record.
 
-    Columns: step, layer, norm, act_norm, status, spike, total_norm, clip_coef, first_nonfinite.
+    Columns come from the first record's keys: step, layer, the layer's statistics (norm,
+    act_norm and any further per-layer statistic), status, spike, reason, then the step-level
+    values (total_norm, clip_coef, first_nonfinite, step_spike, skipped, amp_overflow, ...) and,
+    after ``start_run``, run_id. Booleans are written 0/1, missing values empty. Appending to an
+    existing file keeps that file's columns; keys it has no column for are dropped with a warning.
     """
 
-    columns = ("step", "layer", "norm", "act_norm", "status", "spike",
-               "total_norm", "clip_coef", "first_nonfinite")
+    _terminator = "\r\n"  # csv's own line ending
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(path)
+        self._columns: list[str] | None = None
+        self._run_id: str | None = None
+        self._dropped: set[str] = set()
+
+    def start_run(self, header: Mapping[str, Any]) -> None:
+        """Remembers the run id; rows then carry a ``run_id`` column (when the file has one)."""
+        rid = _check_header(header).get("run_id")
+        self._run_id = None if rid is None else str(rid)
+
+    def _existing_columns(self) -> list[str] | None:
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return None
+        with open(self.path, encoding="utf-8", newline="") as f:
+            return next(csv.reader(f), None) or None
 
     def __call__(self, record: StepRecord) -> None:
-        new = not self.path.exists() or self.path.stat().st_size == 0
+        rows = list(_rows(record.to_dict(), self._run_id))
+        new_file = False
+        if self._columns is None:
+            self._columns = self._existing_columns()
+            if self._columns is None:
+                self._columns, new_file = list(rows[0]), True
+        extra = set(rows[0]) - set(self._columns) - self._dropped
+        if extra:
+            self._dropped |= extra
+            warnings.warn(f"{self!r}: no column for {sorted(extra)} in the file's header "
+                          f"(written from its first record); those values are not written. "
+                          f"Log to a new file to keep them.", stacklevel=2)
         f = self._open()
-        writer = csv.writer(f)
-        if new:
-            writer.writerow(self.columns)
-        for name, s in record.layers.items():
-            writer.writerow([record.step, name, s.norm, "" if s.act_norm is None else s.act_norm,
-                             s.status.value, int(s.spike), record.total_norm, record.clip_coef,
-                             record.first_nonfinite or ""])
+        writer = csv.DictWriter(f, self._columns, restval="", extrasaction="ignore")
+        if new_file:
+            writer.writeheader()
+        writer.writerows(rows)
         f.flush()
-
-
-def read_jsonl(path: str | os.PathLike[str]) -> Iterator[StepRecord]:
-    """Yields the records of a JSON-lines log written by `JsonlLogger`.
-
-    A malformed *last* line (a run killed mid-write) is skipped with a warning; a malformed line
-    anywhere else raises ``ValueError`` naming the line, since the log is then not ours or corrupt.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Expected `path` to be a JSON-lines log written by gradwatch, "
-                                f"but {str(path)!r} does not exist.")
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            yield StepRecord.from_dict(json.loads(line))
-        except (ValueError, KeyError, TypeError, AttributeError) as err:
-            if i == len(lines):
-                warnings.warn(f"{path}:{i}: skipped a truncated or malformed last line ({err}).",
-                              stacklevel=2)
-                return
-            raise ValueError(f"{path}:{i}: not a gradwatch record ({err}); "
-                             f"expected one JSON object per line as written by JsonlLogger.") from err
-
-
