@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch import Tensor
 
-__all__ = ["loss_scale", "SkippedStepDetector"]
+__all__ = ["loss_scale", "SkippedStepDetector", "AmpState"]
 
 
 def loss_scale(scaler: Any) -> Tensor | None:
@@ -63,3 +64,60 @@ class SkippedStepDetector:
 
     def __repr__(self) -> str:
         return f"SkippedStepDetector(optimizer_id={self._key}, measured={self._measured})"
+
+
+class AmpState:
+    """Everything gradwatch reads of a ``torch.amp.GradScaler``, in one place.
+
+    Args:
+        scaler: The scaler, or None (then every method answers "no AMP").
+        optimizer: The optimizer gradwatch is hooked on, or None.
+    """
+
+    def __init__(self, scaler: Any, optimizer: Any) -> None:
+        self.scaler, self.optimizer = scaler, optimizer
+        self.skips = (SkippedStepDetector(scaler, optimizer)
+                      if scaler is not None and optimizer is not None else None)
+
+    @property
+    def enabled(self) -> bool:
+        return self.scaler is not None and self.scaler.is_enabled()
+
+    def loss_scale(self) -> Tensor | None:
+        """The loss scale (a 0-d device tensor) output gradients carry, or None."""
+        return loss_scale(self.scaler)
+
+    def grads_scaled(self) -> bool:
+        """Whether the parameter gradients gradwatch sees still carry the loss scale."""
+        if not self.enabled:
+            return False
+        from torch.amp.grad_scaler import OptState
+
+        states = self.scaler._per_optimizer_states
+        if self.optimizer is not None:
+            state = states.get(id(self.optimizer))
+            return state is None or state["stage"] is OptState.READY
+        return not any(s["stage"] is OptState.UNSCALED for s in states.values())
+
+    def unscale_for_clipping(self) -> None:
+        """Unscales the gradients in place (clipping needs true magnitudes)."""
+        if self.optimizer is None:
+            raise RuntimeError("Clipping AMP-scaled gradients needs the optimizer: pass "
+                               "`optimizer=` to GradWatch, or call scaler.unscale_(optimizer) "
+                               "before watch.step().")
+        self.scaler.unscale_(self.optimizer)
+
+    def overflow(self, scaled: bool, total: float) -> bool:
+        """Whether a non-finite ``total`` is the scaler's overflow (not the model's fault)."""
+        if not self.enabled or math.isfinite(total):
+            return False
+        if scaled:
+            return True
+        states = self.scaler._per_optimizer_states.values()
+        return any(v.item() > 0 for s in states for v in s["found_inf_per_device"].values())
+
+    def poll_skipped(self, measuring: bool = False) -> bool:
+        """True once for each iteration whose optimizer step the scaler skipped."""
+        if self.skips is None:
+            return False
+        return self.skips.mark_measured() if measuring else self.skips.poll()

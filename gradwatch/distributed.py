@@ -38,6 +38,10 @@ def _local_sq_norms(tensors: Sequence[Tensor]) -> Tensor:
     return out
 
 
+def _dense(t: Tensor) -> Tensor:
+    return t.coalesce()._values() if t.is_sparse else t
+
+
 def _reduce_key(g: Any) -> tuple[Any, tuple[int, ...]] | None:
     """(mesh, sharded mesh dims) of a DTensor; None when no dimension is sharded."""
     placements = g.placements
@@ -57,7 +61,8 @@ def global_norms(grads: Sequence[Tensor]) -> Tensor:
     reduced, never norms, and mesh dimensions on which a tensor is replicated are never summed
     (that would count it twice). Under DDP gradients are plain, already averaged tensors.
 
-    Plain tensors go through `gradwatch.norms.per_tensor_norms`. For DTensors the local squared
+    Plain tensors get float64 norms here too (this module imports nothing of gradwatch, so the
+    norm math in `gradwatch.norms` can call it without an import cycle). For DTensors the local squared
     norms (float64) of every tensor sharing a mesh are summed with ONE ``all_reduce`` per sharded
     mesh dimension (one in all for FSDP2's 1-D mesh); replicated dimensions are not reduced.
     Every rank must call this with the same tensors in the same order, like any collective.
@@ -69,16 +74,14 @@ def global_norms(grads: Sequence[Tensor]) -> Tensor:
     Raises:
         ValueError: A gradient has a ``Partial`` placement (not yet reduced).
     """
-    from .norms import per_tensor_norms
-
     dt_idx = [i for i, g in enumerate(grads) if is_dtensor(g)]
     plain_idx = [i for i, g in enumerate(grads) if not is_dtensor(g)]
     locals_ = [g.to_local() if is_dtensor(g) else g for g in grads]
     device = locals_[0].device
     sq = torch.zeros(len(grads), dtype=torch.float64, device=device)
     if plain_idx:
-        plain = per_tensor_norms([grads[i] for i in plain_idx]).double().to(device)
-        sq[torch.tensor(plain_idx, device=device)] = plain.square()
+        plain = _local_sq_norms([_dense(grads[i]) for i in plain_idx])
+        sq[torch.tensor(plain_idx, device=device)] = plain.to(device)
     by_key: dict[Any, list[int]] = defaultdict(list)
     for i in dt_idx:
         by_key[_reduce_key(grads[i])].append(i)

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Mapping
 
-__all__ = ["Status", "LayerStat", "StepRecord"]
+__all__ = ["Status", "StatusInfo", "STATUSES", "status_info", "LayerStat", "Finding",
+           "StepRecord"]
 
 
 class Status(str, Enum):
@@ -17,9 +18,46 @@ class Status(str, Enum):
     VANISHING = "vanishing"
     EXPLODING = "exploding"
     NONFINITE = "nonfinite"
+    DIVERGING = "diverging"
+    DEAD = "dead"
+    SATURATED = "saturated"
 
     def __str__(self) -> str:
         return self.value
+
+
+@dataclass(frozen=True)
+class StatusInfo:
+    """How a status is shown: its label, whether it is an alarm, and its colour in plots."""
+
+    label: str
+    alarm: bool
+    color: str
+
+
+STATUSES: dict[Status, StatusInfo] = {
+    Status.OK: StatusInfo("ok", False, "#4c72b0"),
+    Status.VANISHING: StatusInfo("vanishing", True, "#dd8452"),
+    Status.EXPLODING: StatusInfo("exploding", True, "#c44e52"),
+    Status.NONFINITE: StatusInfo("non-finite", True, "#8c1c13"),
+    Status.DIVERGING: StatusInfo("diverging", True, "#8172b3"),
+    Status.DEAD: StatusInfo("dead units", True, "#55a868"),
+    Status.SATURATED: StatusInfo("saturated", True, "#937860"),
+}
+"""The one table of statuses that the summary, the report and the plots read."""
+
+ALARMS: tuple[Status, ...] = tuple(s for s, info in STATUSES.items() if info.alarm)
+
+
+def status_info(status: Status | str) -> StatusInfo:
+    """The `StatusInfo` of ``status``; an unknown status gets a neutral grey alarm style."""
+    try:
+        return STATUSES[Status(status)]
+    except (ValueError, KeyError):
+        return StatusInfo(str(status), True, "#7f7f7f")
+
+
+_LAYER_KEYS = ("norm", "act_norm", "status", "spike", "reason")
 
 
 @dataclass(frozen=True)
@@ -30,11 +68,13 @@ class LayerStat:
         norm: L2 norm of the gradients of the parameters the module owns directly, before clipping
             (unscaled under AMP, after the distributed reduce).
         act_norm: L2 norm of the gradient with respect to the module's output(s), over every call
-            of the module since the last record; ``None`` when activation tracking is off or the
-            output did not require grad.
-        status: The verdict (see `Thresholds`).
+            of the module in the backward pass that produced the parameter gradients; ``None``
+            when activation tracking is off or the output did not require grad.
+        status: The verdict (see `gradwatch.rules`).
         spike: Whether ``norm`` jumped against this layer's own running history.
         reason: Evidence for a status other than ok, or for a spike (empty when healthy).
+        values: Every other declared statistic (`gradwatch.statistics`) by name, e.g.
+            ``update_ratio``; a value is ``None`` when it could not be measured at this step.
     """
 
     norm: float
@@ -42,26 +82,76 @@ class LayerStat:
     status: Status = Status.OK
     spike: bool = False
     reason: str = ""
+    values: Mapping[str, float | None] = field(default_factory=dict)
+
+    def numbers(self) -> dict[str, float | None]:
+        """Every statistic of this layer by name: ``norm``, ``act_norm`` and `values`."""
+        return {"norm": self.norm, "act_norm": self.act_norm, **self.values}
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "norm": self.norm,
-            "act_norm": self.act_norm,
-            "status": self.status.value,
-            "spike": self.spike,
-            "reason": self.reason,
-        }
+        """A JSON-ready dict: the statistics flat next to status, spike and reason."""
+        return {**self.numbers(), "status": self.status.value, "spike": self.spike,
+                "reason": self.reason}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LayerStat:
         act = data.get("act_norm")
+        extra = {str(k): (None if v is None else float(v)) for k, v in data.items()
+                 if k not in _LAYER_KEYS}
         return cls(
             norm=float(data["norm"]),
             act_norm=None if act is None else float(act),
             status=Status(data.get("status", "ok")),
             spike=bool(data.get("spike", False)),
             reason=str(data.get("reason", "")),
+            values=extra,
         )
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One diagnosis: what is wrong, the evidence in numbers, the likely cause and the remedy.
+
+    Attributes:
+        kind: The problem: ``"vanishing"``, ``"exploding"``, ``"divergence"``, ``"dead_units"``,
+            ``"saturation"``, ``"vanishing_through_time"``, ``"nonfinite_forward"``,
+            ``"nonfinite_backward"``, ``"nonfinite_loss"`` or ``"amp_overflow"``.
+        layers: The layers that carry the evidence (where a NaN was born, for non-finite kinds).
+        evidence: The numbers behind the finding, in words.
+        cause: The likely cause.
+        remedy: What to do, in words.
+        remedies: Machine-readable remedy codes (see `gradwatch.rules.REMEDIES`).
+        first_step: The first recorded step at which the finding held.
+        steps: On how many recorded steps it held.
+    """
+
+    kind: str
+    layers: tuple[str, ...]
+    evidence: str
+    cause: str
+    remedy: str
+    remedies: tuple[str, ...] = ()
+    first_step: int = 0
+    steps: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "layers": list(self.layers), "evidence": self.evidence,
+                "cause": self.cause, "remedy": self.remedy, "remedies": list(self.remedies),
+                "first_step": self.first_step, "steps": self.steps}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Finding:
+        return cls(kind=str(data["kind"]), layers=tuple(str(x) for x in data.get("layers", ())),
+                   evidence=str(data.get("evidence", "")), cause=str(data.get("cause", "")),
+                   remedy=str(data.get("remedy", "")),
+                   remedies=tuple(str(x) for x in data.get("remedies", ())),
+                   first_step=int(data.get("first_step", 0)), steps=int(data.get("steps", 1)))
+
+    def __str__(self) -> str:
+        where = f" at {', '.join(self.layers[:4])}" + ("…" if len(self.layers) > 4 else "") \
+            if self.layers else ""
+        return (f"{self.kind}{where} (from step {self.first_step}, {self.steps} recorded "
+                f"step(s)): {self.evidence}. Likely cause: {self.cause}. Remedy: {self.remedy}.")
 
 
 @dataclass(frozen=True)
@@ -74,12 +164,17 @@ class StepRecord:
         clip_coef: Factor the gradients were scaled by (1.0 when not clipped). For value and
             unit-wise policies it is the ratio of the post-clip to the pre-clip total norm.
         layers: Per-layer statistics keyed by qualified module name, in forward order.
-        first_nonfinite: The layer nearest the output (in backward order) whose gradient went
-            non-finite: where the NaN/Inf was born. ``None`` when all gradients are finite.
+        first_nonfinite: Where the NaN/Inf was born: the first module in forward order whose
+            output went non-finite (``nonfinite_origin == "forward"``), else the layer nearest
+            the output in backward order whose gradient went non-finite. ``None`` when every
+            gradient is finite or the loss itself was non-finite.
         spike: Whether ``total_norm`` jumped against its own running history.
         skipped: Whether the optimizer step was skipped (``on_nonfinite="skip"``).
         amp_overflow: Whether the non-finite gradients came from an AMP loss-scale overflow
             (a normal event the `GradScaler` handles by skipping the step), not from the model.
+        nonfinite_origin: ``"forward"``, ``"backward"`` or ``"loss"`` on a step whose gradients
+            went non-finite (not an AMP overflow); ``None`` otherwise.
+        findings: The diagnosis findings that became true at this step (see `Finding`).
     """
 
     step: int
@@ -90,6 +185,8 @@ class StepRecord:
     spike: bool = False
     skipped: bool = False
     amp_overflow: bool = False
+    nonfinite_origin: str | None = None
+    findings: tuple[Finding, ...] = ()
 
     @property
     def flagged(self) -> tuple[str, ...]:
@@ -106,29 +203,55 @@ class StepRecord:
         """Whether clipping changed the gradients at this step."""
         return self.clip_coef < 1.0 or not math.isfinite(self.clip_coef)
 
+    @property
+    def nonfinite(self) -> bool:
+        """Whether the model's gradients went non-finite at this step (AMP overflows excluded)."""
+        return not self.amp_overflow and (self.first_nonfinite is not None
+                                          or self.nonfinite_origin is not None
+                                          or not math.isfinite(self.total_norm))
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (non-finite floats stay floats: ``json`` writes NaN/Infinity)."""
-        return {
+        out = {
             "step": self.step,
             "total_norm": self.total_norm,
             "clip_coef": self.clip_coef,
             "first_nonfinite": self.first_nonfinite,
+            "nonfinite_origin": self.nonfinite_origin,
             "spike": self.spike,
             "skipped": self.skipped,
             "amp_overflow": self.amp_overflow,
             "layers": {name: s.to_dict() for name, s in self.layers.items()},
         }
+        if self.findings:
+            out["findings"] = [f.to_dict() for f in self.findings]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StepRecord:
-        """Inverse of `to_dict`; raises ``KeyError``/``ValueError`` on malformed input."""
+        """Inverse of `to_dict`; raises ``KeyError``/``ValueError``/``TypeError`` on malformed
+        input."""
+        first = data.get("first_nonfinite")
+        if first is not None and not isinstance(first, str):
+            raise TypeError(f"Expected `first_nonfinite` to be a layer name or null, but got "
+                            f"{type(first).__name__}.")
+        step = data["step"]
+        if isinstance(step, bool) or not isinstance(step, (int, float)) \
+                or not math.isfinite(step) or step != int(step) or step < 0:
+            raise ValueError(f"Expected `step` to be a whole number >= 0, but got {step!r}.")
+        layers = data.get("layers", {})
+        if not isinstance(layers, Mapping):
+            raise TypeError(f"Expected `layers` to be an object of layer name -> statistics, "
+                            f"but got {type(layers).__name__}.")
         return cls(
-            step=int(data["step"]),
+            step=int(step),
             total_norm=float(data["total_norm"]),
             clip_coef=float(data.get("clip_coef", 1.0)),
-            layers={str(k): LayerStat.from_dict(v) for k, v in data.get("layers", {}).items()},
-            first_nonfinite=data.get("first_nonfinite"),
+            layers={str(k): LayerStat.from_dict(v) for k, v in layers.items()},
+            first_nonfinite=first,
             spike=bool(data.get("spike", False)),
             skipped=bool(data.get("skipped", False)),
             amp_overflow=bool(data.get("amp_overflow", False)),
+            nonfinite_origin=data.get("nonfinite_origin"),
+            findings=tuple(Finding.from_dict(f) for f in data.get("findings", ())),
         )

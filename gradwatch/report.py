@@ -4,38 +4,17 @@ from __future__ import annotations
 
 import base64
 import html
-import math
-import statistics
 from collections import Counter
 from typing import Iterable, Mapping, Sequence
 
-from .records import Status, StepRecord
+from .records import STATUSES, Finding, Status, StepRecord
+from .runsummary import RunSummary, findings_of, fmt, summarize
+from .statistics import label_of
 
-__all__ = ["findings", "run_overview", "layer_table", "markdown_report", "html_report"]
+__all__ = ["findings", "diagnosis_lines", "run_overview", "layer_table", "markdown_report",
+           "html_report"]
 
-_FLAGS = (Status.VANISHING, Status.EXPLODING, Status.NONFINITE)
-
-
-def _num(x: float | None) -> str:
-    if x is None:
-        return "–"
-    if math.isnan(x):
-        return "NaN"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return f"{x:.3g}"
-
-
-def _steps(steps: Sequence[int], most: int = 8) -> str:
-    """"step 3" or "steps 3, 5, … (12 in all)"."""
-    shown = ", ".join(str(s) for s in steps[:most])
-    more = f", … ({len(steps)} in all)" if len(steps) > most else ""
-    return ("step " if len(steps) == 1 else "steps ") + shown + more
-
-
-def _median(values: Iterable[float | None]) -> float | None:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return statistics.median(finite) if finite else None
+_CORE = (Status.VANISHING, Status.EXPLODING, Status.NONFINITE)
 
 
 def _check(records: Iterable[StepRecord]) -> list[StepRecord]:
@@ -46,8 +25,18 @@ def _check(records: Iterable[StepRecord]) -> list[StepRecord]:
     return recs
 
 
-def _nonfinite_steps(recs: Sequence[StepRecord]) -> list[StepRecord]:
-    return [r for r in recs if not math.isfinite(r.total_norm) or r.first_nonfinite is not None]
+def _steps(steps: Sequence[int], most: int = 8) -> str:
+    """"step 3" or "steps 3, 5, … (12 in all)"."""
+    shown = ", ".join(str(s) for s in steps[:most])
+    more = f", … ({len(steps)} in all)" if len(steps) > most else ""
+    return ("step " if len(steps) == 1 else "steps ") + shown + more
+
+
+def _shown_statuses(s: RunSummary) -> list[Status]:
+    """The core statuses, then any other that fired in this run (no empty columns)."""
+    fired = {k for layer in s.layers for k, n in layer.statuses.items() if n}
+    return list(_CORE) + [st for st in STATUSES if st not in _CORE and st is not Status.OK
+                          and st.value in fired]
 
 
 def run_overview(records: Iterable[StepRecord]) -> list[tuple[str, str]]:
@@ -56,38 +45,27 @@ def run_overview(records: Iterable[StepRecord]) -> list[tuple[str, str]]:
     Raises:
         ValueError: ``records`` is empty.
     """
-    recs = _check(records)
-    n = len(recs)
-    totals = [r.total_norm for r in recs if math.isfinite(r.total_norm)]
-    clipped = [r for r in recs if r.clipped]
-    bad = _nonfinite_steps(recs)
-    born = Counter(r.first_nonfinite for r in recs if r.first_nonfinite is not None)
-    first_born = {}
-    for r in recs:
-        if r.first_nonfinite is not None:
-            first_born.setdefault(r.first_nonfinite, r.step)
-    spikes = [r.step for r in recs if r.spike]
-    layers = list(dict.fromkeys(name for r in recs for name in r.layers))
-    rows = [
-        ("recorded steps", f"{n} (steps {recs[0].step} .. {recs[-1].step})"),
-        ("layers watched", str(len(layers))),
+    s = summarize(_check(records))
+    n = s.kept
+    return [
+        ("recorded steps", f"{n} (steps {s.first_step} .. {s.last_step})"),
+        ("layers watched", str(len(s.layers))),
         ("total norm (finite steps)",
-         f"min {_num(min(totals))} · median {_num(statistics.median(totals))} · "
-         f"max {_num(max(totals))}" if totals else "no finite value"),
-        ("clipped steps", f"{len(clipped)} of {n} ({100 * len(clipped) / n:.1f}%)"
-         + (f", median coefficient {_num(_median(r.clip_coef for r in clipped))}"
-            if clipped else "")),
-        ("steps with non-finite gradients",
-         f"{len(bad)}" + (f" ({_steps([r.step for r in bad])})" if bad else "")),
-        ("of which AMP loss-scale overflows", str(sum(r.amp_overflow for r in bad))),
-        ("skipped optimizer steps", str(sum(r.skipped for r in recs))),
+         f"min {fmt(s.total_min)} · median {fmt(s.total_median)} · max {fmt(s.total_max)}"
+         if s.total_median is not None else "no finite value"),
+        ("clipped steps", f"{s.clipped} of {n} ({100 * s.clipped / n:.1f}%)"
+         + (f", median coefficient {fmt(s.clip_coef_median)}" if s.clipped else "")),
+        ("steps with non-finite gradients", f"{len(s.nonfinite_steps)}"
+         + (f" ({_steps(s.nonfinite_steps)})" if s.nonfinite_steps else "")),
+        ("of which AMP loss-scale overflows", str(s.amp_overflow)),
+        ("skipped optimizer steps", str(s.skipped)),
         ("where NaN/Inf was born (first_nonfinite)",
-         "; ".join(f"`{name}` ×{k} (first at step {first_born[name]})"
-                   for name, k in born.most_common()) or "–"),
-        ("spikes in total norm", f"{len(spikes)}" + (f" ({_steps(spikes)})" if spikes else "")),
-        ("layer spikes", str(sum(len(r.spikes) for r in recs))),
+         "; ".join(f"`{where}` ×{k} (first at step {first})" for where, k, first in s.births)
+         or "–"),
+        ("spikes in total norm", f"{len(s.spike_steps)}"
+         + (f" ({_steps(s.spike_steps)})" if s.spike_steps else "")),
+        ("layer spikes", str(s.layer_spikes)),
     ]
-    return rows
 
 
 def layer_table(records: Iterable[StepRecord]) -> tuple[list[str], list[list[str]]]:
@@ -96,19 +74,19 @@ def layer_table(records: Iterable[StepRecord]) -> tuple[list[str], list[list[str
     Raises:
         ValueError: ``records`` is empty.
     """
-    recs = _check(records)
-    names = list(dict.fromkeys(name for r in recs for name in r.layers))
+    s = summarize(_check(records))
+    shown = _shown_statuses(s)
+    extra = [k for k in s.statistics if k not in ("norm", "act_norm")]
     header = ["#", "layer", "last norm", "median norm", "max norm", "median act norm",
-              "vanishing", "exploding", "non-finite", "spikes"]
+              *(f"median {label_of(k)}" for k in extra), *(STATUSES[st].label for st in shown),
+              "spikes"]
     rows = []
-    for i, name in enumerate(names):
-        stats = [r.layers[name] for r in recs if name in r.layers]
-        finite = [s.norm for s in stats if math.isfinite(s.norm)]
-        counts = Counter(s.status for s in stats)
-        rows.append([str(i), name, _num(stats[-1].norm), _num(_median(s.norm for s in stats)),
-                     _num(max(finite)) if finite else "–",
-                     _num(_median(s.act_norm for s in stats)),
-                     *(str(counts[f]) for f in _FLAGS), str(sum(s.spike for s in stats))])
+    for i, layer in enumerate(s.layers):
+        rows.append([str(i), layer.name, fmt(layer.last.norm if layer.last else None),
+                     fmt(layer.median_norm), fmt(layer.max_norm),
+                     fmt(layer.medians.get("act_norm")),
+                     *(fmt(layer.medians.get(k)) for k in extra),
+                     *(str(layer.statuses.get(st.value, 0)) for st in shown), str(layer.spikes)])
     return header, rows
 
 
@@ -119,26 +97,36 @@ def findings(records: Iterable[StepRecord], *, most: int = 3) -> list[str]:
         ValueError: ``records`` is empty.
     """
     recs = _check(records)
-    n, out = len(recs), []
-    bad = [r for r in _nonfinite_steps(recs) if not r.amp_overflow]
+    s = summarize(recs)
+    n, out = s.kept, []
+    bad = [r for r in recs if r.nonfinite]
     if bad:
-        where = f", born in `{bad[0].first_nonfinite}`" if bad[0].first_nonfinite else ""
+        where = f", born in `{bad[0].first_nonfinite}`" if bad[0].first_nonfinite else (
+            ", born in the loss" if bad[0].nonfinite_origin == "loss" else "")
         out.append(f"Non-finite gradients at {len(bad)} of {n} steps; first at step "
                    f"{bad[0].step}{where}.")
-    for status in _FLAGS:
-        hits = Counter(name for r in recs for name, s in r.layers.items() if s.status is status)
+    for st in _shown_statuses(s):
+        hits = Counter(name for r in recs for name, x in r.layers.items() if x.status is st)
         if hits:
             worst = ", ".join(f"`{name}` ({k}/{n} steps)" for name, k in hits.most_common(most))
-            label = "non-finite" if status is Status.NONFINITE else status.value
-            out.append(f"{len(hits)} layer(s) flagged {label} at least once; "
+            out.append(f"{len(hits)} layer(s) flagged {STATUSES[st].label} at least once; "
                        f"most often {worst}.")
-    spikes = [r.step for r in recs if r.spike]
-    if spikes:
-        out.append(f"{len(spikes)} spike(s) of the total norm, at {_steps(spikes)}.")
-    clipped = sum(r.clipped for r in recs)
-    if clipped:
-        out.append(f"Clipping acted at {clipped} of {n} steps ({100 * clipped / n:.0f}%).")
+    if s.spike_steps:
+        out.append(f"{len(s.spike_steps)} spike(s) of the total norm, at {_steps(s.spike_steps)}.")
+    if s.clipped:
+        out.append(f"Clipping acted at {s.clipped} of {n} steps ({100 * s.clipped / n:.0f}%).")
     return out or ["No layer was flagged, no gradient went non-finite, no spike, no clipping."]
+
+
+def diagnosis_lines(records: Sequence[StepRecord],
+                    diagnosis: Sequence[Finding] | None = None) -> list[str]:
+    """One line per diagnosis finding (default: the findings the records carry)."""
+    found = list(diagnosis) if diagnosis is not None else findings_of(records)
+    if not found:
+        return ["No finding: gradwatch found nothing wrong in this run."]
+    return [f"{f.kind}" + (f" at {', '.join(f'`{x}`' for x in f.layers[:4])}" if f.layers else "")
+            + f" (from step {f.first_step}, {f.steps} step(s)): {f.evidence}. Likely cause: "
+              f"{f.cause}. Remedy: {f.remedy}." for f in found]
 
 
 def _md_cell(text: str) -> str:
@@ -153,19 +141,23 @@ def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]
 
 
 def markdown_report(records: Iterable[StepRecord], *, title: str = "gradwatch report",
-                    images: Mapping[str, str] | None = None) -> str:
+                    images: Mapping[str, str] | None = None,
+                    diagnosis: Sequence[Finding] | None = None) -> str:
     """A Markdown report: findings, run overview, figures (linked), per-layer table.
 
     Args:
         records: Recorded steps, e.g. ``watch.history`` or ``list(read_jsonl(path))``.
         title: The report's heading.
         images: Caption -> relative path of a figure to link, in display order.
+        diagnosis: The findings to show (default: those the records carry).
 
     Raises:
         ValueError: ``records`` is empty.
     """
     recs = _check(records)
-    lines = [f"# {title}", "", "## Findings", ""]
+    lines = [f"# {title}", "", "## Diagnosis", ""]
+    lines += [f"- {f}" for f in diagnosis_lines(recs, diagnosis)]
+    lines += ["", "## Findings", ""]
     lines += [f"- {f}" for f in findings(recs)]
     lines += ["", "## Run overview", ""]
     lines += _md_table(["", ""], run_overview(recs))
@@ -199,13 +191,15 @@ def _html_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 
 def html_report(records: Iterable[StepRecord], *, title: str = "gradwatch report",
-                images: Mapping[str, bytes] | None = None) -> str:
+                images: Mapping[str, bytes] | None = None,
+                diagnosis: Sequence[Finding] | None = None) -> str:
     """A self-contained HTML report (figures embedded as base64 PNG): same content as Markdown.
 
     Args:
         records: Recorded steps, e.g. ``watch.history`` or ``list(read_jsonl(path))``.
         title: The page title and heading.
         images: Caption -> PNG bytes, in display order.
+        diagnosis: The findings to show (default: those the records carry).
 
     Raises:
         ValueError: ``records`` is empty.
@@ -213,6 +207,8 @@ def html_report(records: Iterable[StepRecord], *, title: str = "gradwatch report
     recs = _check(records)
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
              f"</title><style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+             "<h2>Diagnosis</h2><ul>" + "".join(
+                 f"<li>{_inline(f)}</li>" for f in diagnosis_lines(recs, diagnosis)) + "</ul>",
              "<h2>Findings</h2><ul>" + "".join(f"<li>{_inline(f)}</li>" for f in findings(recs))
              + "</ul>", "<h2>Run overview</h2>", _html_table(["", ""], run_overview(recs))]
     if images:

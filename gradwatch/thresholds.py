@@ -1,4 +1,4 @@
-"""Verdicts: `Thresholds` and the pure functions that turn per-layer norms into statuses."""
+"""`Thresholds`: every bound gradwatch's verdict rules use, with its default and evidence."""
 
 from __future__ import annotations
 
@@ -7,28 +7,53 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .records import Status
+from .spikes import RunningStats
 
 __all__ = ["Thresholds", "RunningStats", "layer_verdicts"]
+
+_NUMBER_FIELDS = ("vanishing", "exploding", "relative_vanishing", "relative_exploding", "spike",
+                  "spike_min_ratio", "spike_momentum", "spike_warmup", "window", "persistence",
+                  "divergence_update_ratio", "dead_units", "saturation", "time_vanishing")
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """When a layer's gradient norm counts as vanishing, exploding or spiking.
+    """The bounds of gradwatch's verdict rules (`gradwatch.rules`).
 
-    A layer is judged on the L2 norm of its own parameter gradients, first against absolute
-    bounds, then against the output-side layer of the same step (a depth-relative criterion, so
-    a verdict holds whatever the loss scale), and finally against its own running history.
-    Defaults were calibrated on the reference experiments (`python -m gradwatch.bench`).
+    Vanishing and exploding are whole-network verdicts on the depth trend: the input-side third
+    of the weight-bearing layers against the head (the last weight-bearing layer in forward
+    order), held on at least `persistence` of the last `window` recorded steps. Divergence,
+    dead units, saturation and vanishing through time have bounds of their own; non-finite
+    gradients are reported at once. The README ("What gradwatch tells you") gives the evidence
+    behind each default.
     """
 
     vanishing: float = 1e-7
-    """A layer whose norm is below this is vanishing."""
+    """Steps whose head gradient norm is below this are not judged (a converged net)."""
     exploding: float = 1e4
-    """A layer whose norm is above this is exploding."""
+    """Exploding when the total gradient norm stays above this."""
     relative_vanishing: float | None = 1e-3
-    """Vanishing when the norm is below this times the output-side layer's norm (None: off)."""
+    """Vanishing when the input-side weight layers' median norm is below this times the head's
+    (None: off)."""
     relative_exploding: float | None = 1e3
-    """Exploding when the norm is above this times the output-side layer's norm (None: off)."""
+    """Exploding when the input-side weight layers' median norm is above this times the head's
+    (None: off)."""
+    window: int = 5
+    """Recorded steps a persistent verdict looks back over."""
+    persistence: int = 4
+    """Of the last `window` recorded steps, on how many a persistent condition must hold."""
+    divergence_update_ratio: float | None = 1.0
+    """Diverging when the weight layers' median update/weight ratio ‖Δθ‖/‖θ‖ exceeds this at a
+    step (the update is as large as the weights; healthy runs stay near 1e-3, None: off)."""
+    dead_units: float | None = 0.5
+    """Dead units when at least this share of a layer's units is zeroed by the following
+    ReLU-family module for the whole batch (persistent; None: off)."""
+    saturation: float | None = 0.5
+    """Saturation when at least this share of a saturating module's outputs sits within 1% of
+    its bounds (persistent; None: off)."""
+    time_vanishing: float | None = 1e-4
+    """Vanishing through time when a recurrent module's first/last time-step gradient ratio is
+    below this (persistent; None: off)."""
     spike: float | None = 6.0
     """A spike is a log10-norm this many running standard deviations above its running mean
     (None: off); applies to each layer and to the total norm."""
@@ -40,6 +65,16 @@ class Thresholds:
     """Observations before spikes are reported."""
 
     def __post_init__(self) -> None:
+        for name in _NUMBER_FIELDS:
+            value = getattr(self, name)
+            if value is None and name not in ("vanishing", "exploding", "spike_min_ratio",
+                                              "spike_momentum", "spike_warmup", "window",
+                                              "persistence"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"Expected `Thresholds.{name}` to be a number, but got "
+                                f"{type(value).__name__} {value!r}; e.g. Thresholds({name}="
+                                f"{getattr(Thresholds, name)!r}).")
         for name in ("vanishing", "exploding", "spike_min_ratio"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -64,6 +99,27 @@ class Thresholds:
         if not isinstance(self.spike_warmup, int) or self.spike_warmup < 1:
             raise ValueError(f"Expected `Thresholds.spike_warmup` to be an int >= 1, "
                              f"but got {self.spike_warmup!r}.")
+        for name in ("window", "persistence"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"Expected `Thresholds.{name}` to be an int >= 1, but got "
+                                 f"{getattr(self, name)!r}.")
+        if self.persistence > self.window:
+            raise ValueError(f"Expected `Thresholds.persistence` <= `Thresholds.window`, but got "
+                             f"persistence={self.persistence}, window={self.window}.")
+        for name in ("divergence_update_ratio", "time_vanishing"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < math.inf:
+                raise ValueError(f"Expected `Thresholds.{name}` > 0 and finite, or None, but got "
+                                 f"{value!r}.")
+        for name in ("dead_units", "saturation"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value <= 1:
+                raise ValueError(f"Expected `Thresholds.{name}` in (0, 1] or None, but got "
+                                 f"{value!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The thresholds as a JSON-ready dict (written into a run's log header)."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
 def layer_verdicts(norms: Sequence[float], th: Thresholds) -> list[tuple[Status, str]]:
@@ -94,48 +150,3 @@ def layer_verdicts(norms: Sequence[float], th: Thresholds) -> list[tuple[Status,
         else:
             out.append((Status.OK, ""))
     return out
-
-
-class RunningStats:
-    """EMA mean and variance of log10(norm), for spikes against a quantity's own history.
-
-    A spike is judged before the update; the update then uses the value capped at the spike
-    threshold (as ZClip does), so one spike neither hides the next nor inflates the variance.
-    """
-
-    __slots__ = ("count", "mean", "var")
-
-    def __init__(self, count: int = 0, mean: float = 0.0, var: float = 0.0) -> None:
-        self.count, self.mean, self.var = count, mean, var
-
-    def observe(self, norm: float, th: Thresholds) -> str:
-        """Updates with ``norm``; returns the evidence of a spike, or "" for none."""
-        if th.spike is None or not math.isfinite(norm) or norm <= 0:
-            return ""
-        x = math.log10(norm)
-        std = math.sqrt(self.var)
-        z = (x - self.mean) / std if std > 0 else (math.inf if x > self.mean else 0.0)
-        ratio = 10 ** (x - self.mean)
-        evidence = ""
-        if self.count >= th.spike_warmup and z > th.spike and ratio >= th.spike_min_ratio:
-            evidence = f"norm {norm:.3g} is {ratio:.3g}x its running mean (z={z:.1f})"
-            x = self.mean + th.spike * std
-        if self.count == 0:
-            self.mean = x
-        else:
-            beta = th.spike_momentum if self.count >= th.spike_warmup else self.count / (self.count + 1)
-            delta = x - self.mean
-            self.mean += (1 - beta) * delta
-            self.var = beta * (self.var + (1 - beta) * delta * delta)
-        self.count += 1
-        return evidence
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "mean": self.mean, "var": self.var}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> RunningStats:
-        return cls(int(state["count"]), float(state["mean"]), float(state["var"]))
-
-    def __repr__(self) -> str:
-        return f"RunningStats(count={self.count}, mean={self.mean:.4g}, var={self.var:.4g})"

@@ -126,9 +126,9 @@ def test_norms_stay_right_where_fp32_squares_overflow_or_underflow(c):
     reference = copy.deepcopy(model).double()
     x = torch.ones(1, 3)
     reference(x.double()).sum().backward()
-    with GradWatch(model) as watch:
-        model(x).sum().backward()
-        rec = watch.step()
+    watch = GradWatch(model)
+    model(x).sum().backward()
+    rec = watch.step()
     for k, layer in enumerate(reference.layers):
         expected = layer.weight.grad.norm().item()
         stat = rec.layers[f"layers.{k}"]
@@ -140,5 +140,14 @@ def test_norms_stay_right_where_fp32_squares_overflow_or_underflow(c):
     ratios = [rec.layers[f"layers.{k}"].act_norm / rec.layers[f"layers.{k + 1}"].act_norm
               for k in range(99)]
     assert all(r == pytest.approx(c, rel=1e-5) for r in ratios)
-    flagged = set(rec.flagged)
-    assert ("layers.0" in flagged) and ("layers.99" in flagged)  # both ends are extreme
+    assert rec.flagged == ()  # one step is no verdict: depth verdicts must persist
+    for _ in range(watch.thresholds.persistence - 1):  # the same gradients, step after step
+        model.zero_grad()
+        model(x).sum().backward()
+        rec = watch.step()
+    kind, status = ("exploding", Status.EXPLODING) if c > 1 else ("vanishing", Status.VANISHING)
+    assert rec.layers["layers.0"].status is status  # input side: c^99 times the head's
+    assert rec.layers["layers.99"].status is Status.OK  # the head is the reference
+    assert watch.head == "layers.99"
+    assert [f.kind for f in watch.diagnose()] == [kind]
+    watch.close()

@@ -1,4 +1,4 @@
-"""torch.compile awareness: spotting compiled modules and explaining hooks that never ran."""
+"""torch.compile support: spotting compiled modules and explaining hooks that never ran."""
 
 from __future__ import annotations
 

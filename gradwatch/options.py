@@ -1,8 +1,8 @@
-"""Checking GradWatch's arguments and finding the layers of a model (used by `monitor`)."""
+"""Checking GradWatch's arguments: one-line errors that name the argument and the fix."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
 from typing import Any
 
 import torch
@@ -10,49 +10,14 @@ from torch import nn
 
 from .thresholds import Thresholds
 
-__all__ = ["Layer", "ON_NONFINITE", "discover_layers", "owning_modules", "remove_all", "validate"]
+__all__ = ["ON_NONFINITE", "validate"]
 
 ON_NONFINITE = ("warn", "raise", "skip", "zero")
 
 
-@dataclass(frozen=True)
-class Layer:
-    """A module that directly owns trainable parameters, by qualified name."""
-
-    name: str
-    params: tuple[nn.Parameter, ...]
-
-
-def remove_all(*handle_lists: list[Any]) -> None:
-    """Removes the hook handles in each list (a handle's ``remove`` is safe to call twice)."""
-    for handles in handle_lists:
-        for handle in handles:
-            handle.remove()
-
-
-def discover_layers(model: nn.Module) -> list[Layer]:
-    """The layers of ``model`` in ``named_modules`` order; a shared parameter counts once."""
-    seen: set[int] = set()
-    layers = []
-    for name, module in model.named_modules():
-        params = [p for p in module.parameters(recurse=False)
-                  if p.requires_grad and id(p) not in seen]
-        seen.update(map(id, params))
-        if params:
-            layers.append(Layer(name or "(root)", tuple(params)))
-    if not layers:
-        raise ValueError("Expected `model` to have trainable parameters, but none requires grad; "
-                         "unfreeze some (p.requires_grad_(True)) or watch another module.")
-    return layers
-
-
-def owning_modules(model: nn.Module, layers: list[Layer]) -> list[nn.Module]:
-    modules = dict(model.named_modules())
-    return [modules["" if layer.name == "(root)" else layer.name] for layer in layers]
-
-
 def validate(model: Any, optimizer: Any, thresholds: Any, activations: Any, every: Any,
-              on_nonfinite: Any, scaler: Any, loggers: Any, history: Any) -> None:
+             on_nonfinite: Any, scaler: Any, loggers: Any, history: Any, clip: Any) -> None:
+    """Raises TypeError/ValueError naming the first bad argument and how to fix it."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"Expected `model` to be a torch.nn.Module, but got "
                         f"{type(model).__name__}; pass the model itself (not its parameters).")
@@ -76,8 +41,14 @@ def validate(model: Any, optimizer: Any, thresholds: Any, activations: Any, ever
     if scaler is not None and not all(hasattr(scaler, a) for a in ("unscale_", "_scale", "is_enabled")):
         raise TypeError(f"Expected `scaler` to be a torch.amp.GradScaler or None, but got "
                         f"{type(scaler).__name__}.")
-    if isinstance(loggers, (str, bytes)) or not all(callable(log) for log in loggers):
-        raise TypeError("Expected `loggers` to be a sequence of callables taking a StepRecord, "
-                        "e.g. loggers=[JsonlLogger('run.jsonl')].")
+    if loggers is None or callable(loggers) or isinstance(loggers, (str, bytes)) \
+            or not isinstance(loggers, (list, tuple)) or not all(callable(x) for x in loggers):
+        got = "None" if loggers is None else type(loggers).__name__
+        raise TypeError(f"Expected `loggers` to be a list of callables taking a StepRecord, but "
+                        f"got {got}; wrap it in a list: loggers=[JsonlLogger('run.jsonl')] "
+                        f"(or loggers=[] for none).")
     if isinstance(history, bool) or not isinstance(history, int) or history < 1:
         raise ValueError(f"Expected `history` to be an int >= 1, but got {history!r}.")
+    if isinstance(clip, bool) or (isinstance(clip, (int, float)) and not 0 < clip < math.inf):
+        raise ValueError(f"Expected `clip` to be a max norm > 0 (finite), \"auto\", a "
+                         f"gradwatch.clip policy or None, but got {clip!r}; e.g. clip=1.0.")

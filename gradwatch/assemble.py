@@ -1,0 +1,125 @@
+"""Turning one step's host numbers into a `StepRecord`: layer order, head, verdicts, spikes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from .layers import Layer
+from .norms import combine
+from .records import LayerStat, Status, StepRecord
+from .rules import Judge, StepView
+from .spikes import SpikeTracker
+from .thresholds import Thresholds
+
+__all__ = ["Pending", "ForwardOrder", "assemble"]
+
+
+class ForwardOrder:
+    """The layers in forward order and the head, learnt from recorded forward passes.
+
+    A layer whose module never ran (``nn.MultiheadAttention`` applies ``out_proj``'s weights
+    without calling it) sits where its nearest ancestor that ran completed; the head is the
+    layer whose weight matrix the last weight-applying module used (a tied output head resolves
+    to the embedding it shares).
+    """
+
+    def __init__(self, layers: Sequence[Layer], module_names: Sequence[str],
+                 owner_of: Sequence[int], weight_user: Sequence[int]) -> None:
+        self.layers, self.module_names = layers, module_names
+        self.owner_of, self.weight_user = owner_of, weight_user
+        self.order = list(range(len(layers)))
+        weights = [i for i, layer in enumerate(layers) if layer.role == "weight"]
+        self.head: int | None = weights[-1] if weights else None
+        self.known = False
+        self._seq: tuple[int, ...] = ()
+
+    def learn(self, completed: Sequence[int]) -> None:
+        seq = tuple(completed)
+        if not seq or seq == self._seq:
+            return
+        self._seq, self.known = seq, True
+        first: dict[str, int] = {}
+        for k, mid in enumerate(seq):
+            first.setdefault(self.module_names[mid], k)
+        pos: dict[int, float] = {}
+        for i, layer in enumerate(self.layers):
+            if layer.name in first:
+                pos[i] = first[layer.name]
+                continue
+            parts = layer.name.split(".")
+            for cut in range(len(parts) - 1, -1, -1):
+                parent = ".".join(parts[:cut]) or "(root)"
+                if parent in first:
+                    pos[i] = first[parent] - 0.5
+                    break
+        self.order = sorted(range(len(self.layers)), key=lambda i: (pos.get(i, math.inf), i))
+        users = [self.weight_user[mid] for mid in seq if self.weight_user[mid] >= 0]
+        if users:
+            self.head = users[-1]
+
+
+@dataclass
+class Pending:
+    """A measured step waiting for its update/weight ratios (known after optimizer.step())."""
+
+    step: int
+    order: list[int]  # layer indices with a gradient, forward order
+    norms: list[float]
+    act: dict[int, float]
+    values: dict[int, dict[str, float | None]]
+    total: float
+    coef: float
+    skipped: bool
+    overflow: bool
+    origin: str | None = None
+    birth: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def layer_norms(order: Sequence[int], slices: Sequence[slice], norms: Sequence[float],
+                present: Sequence[bool] | None) -> tuple[list[int], list[float]]:
+    """Each layer's gradient norm from its parameters' norms (layers without any gradient out)."""
+    if present is None:
+        return list(order), [combine(norms[slices[i]]) for i in order]
+    out_order, out = [], []
+    it = iter(norms)
+    per_param = [next(it) if p else None for p in present]
+    for i in order:
+        vals = [v for v in per_param[slices[i]] if v is not None]
+        if vals:
+            out_order.append(i)
+            out.append(combine(vals))
+    return out_order, out
+
+
+def assemble(p: Pending, layers: Sequence[Layer], head: int | None, judge: Judge,
+             spikes: SpikeTracker, th: Thresholds, saturating: bool) -> StepRecord:
+    """The record of a measured step: statistics, statuses from the rules, spikes, findings."""
+    names = [layers[i].name for i in p.order]
+    values = [p.values.get(i, {}) for i in p.order]
+    act = [p.act.get(i) for i in p.order]
+    view = StepView(step=p.step, names=names, roles=[layers[i].role for i in p.order],
+                    norms=p.norms, act=act, values=values,
+                    head=p.order.index(head) if head in p.order else None, total=p.total,
+                    overflow=p.overflow, origin=p.origin, birth=p.birth,
+                    recurrent=[layers[i].recurrent for i in p.order], saturating=saturating)
+    statuses, found = judge.judge(view)
+    healthy = math.isfinite(p.total) and not p.overflow
+    layer_spikes, total_spike = spikes.observe(dict(zip(names, p.norms)), p.total, th) \
+        if healthy else ({}, False)
+    stats = {}
+    for k, name in enumerate(names):
+        status, reason = statuses[k]
+        spike = layer_spikes.get(name, "")
+        stats[name] = LayerStat(norm=p.norms[k], act_norm=act[k], status=status,
+                                spike=bool(spike), values=values[k],
+                                reason=f"{reason}; {spike}" if reason and spike
+                                else reason or spike)
+    first = p.birth if p.origin in ("forward", "backward") else None
+    if first is None and p.origin is None and not p.overflow and not math.isfinite(p.total):
+        first = next((n for n in reversed(names) if stats[n].status is Status.NONFINITE), None)
+    return StepRecord(step=p.step, total_norm=p.total, clip_coef=p.coef, layers=stats,
+                      first_nonfinite=first, spike=total_spike, skipped=p.skipped,
+                      amp_overflow=p.overflow, nonfinite_origin=p.origin, findings=tuple(found))

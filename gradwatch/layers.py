@@ -1,0 +1,90 @@
+"""The layers of a model: which modules own which parameters, and each layer's role."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from torch import nn
+
+__all__ = ["Role", "Layer", "discover_layers", "layer_role", "activation_kind", "remove_all"]
+
+Role = Literal["weight", "norm", "embedding", "token", "scale", "bias"]
+"""``weight``: owns a real matrix or kernel (Linear, Conv, RNN, attention projections) — the
+layers depth-relative verdicts compare; ``norm``: a normalisation layer; ``embedding``: a
+lookup table; ``token``: parameters of shape (1, ...) such as class tokens and position
+embeddings; ``scale``/``bias``: only 1-d parameters (LayerScale γ, bias-only modules)."""
+
+_NORMS = tuple(t for t in (getattr(nn, n, None) for n in (
+    "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "InstanceNorm1d",
+    "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "GroupNorm", "LocalResponseNorm",
+    "RMSNorm")) if t is not None)
+_EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
+_RECTIFIERS = (nn.ReLU, nn.ReLU6)
+_SATURATING = (nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardsigmoid, nn.Softmax, nn.Softsign)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A module that directly owns trainable parameters, by qualified name, with its role."""
+
+    name: str
+    params: tuple[nn.Parameter, ...]
+    role: Role = "weight"
+    recurrent: bool = False
+
+
+def remove_all(*handle_lists: list[Any]) -> None:
+    """Removes the hook handles in each list (a handle's ``remove`` is safe to call twice)."""
+    for handles in handle_lists:
+        for handle in handles:
+            handle.remove()
+
+
+def _is_matrix(shape: tuple[int, ...]) -> bool:
+    rest = 1
+    for d in shape[1:]:
+        rest *= d
+    return len(shape) >= 2 and shape[0] > 1 and rest > 1
+
+
+def layer_role(module: nn.Module, named: list[tuple[str, nn.Parameter]]) -> Role:
+    """The role of a module from its type and the shapes of the parameters it owns."""
+    if isinstance(module, _EMBEDDINGS):
+        return "embedding"
+    if isinstance(module, _NORMS):
+        return "norm"
+    shapes = [tuple(p.shape) for _, p in named]
+    if any(_is_matrix(s) for s in shapes):
+        return "weight"
+    if any(len(s) >= 2 for s in shapes):
+        return "token"
+    if all(name.split(".")[-1].startswith("bias") for name, _ in named):
+        return "bias"
+    return "scale"
+
+
+def activation_kind(module: nn.Module) -> str | None:
+    """``"rectifier"`` (ReLU family: dead units), ``"saturating"`` (sigmoid, tanh, ...) or None."""
+    if isinstance(module, _RECTIFIERS):
+        return "rectifier"
+    if isinstance(module, _SATURATING):
+        return "saturating"
+    return None
+
+
+def discover_layers(model: nn.Module) -> list[Layer]:
+    """The layers of ``model`` in ``named_modules`` order; a shared parameter counts once."""
+    seen: set[int] = set()
+    layers = []
+    for name, module in model.named_modules():
+        named = [(n, p) for n, p in module.named_parameters(recurse=False)
+                 if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for _, p in named)
+        if named:
+            layers.append(Layer(name or "(root)", tuple(p for _, p in named),
+                                layer_role(module, named), isinstance(module, nn.RNNBase)))
+    if not layers:
+        raise ValueError("Expected `model` to have trainable parameters, but none requires grad; "
+                         "unfreeze some (p.requires_grad_(True)) or watch another module.")
+    return layers

@@ -1,0 +1,196 @@
+"""Measuring one step: every device value of the step goes to the host in one copy, by name."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from .distributed import is_dtensor
+from .hooks import Collected, Collector
+from .norms import TINY, combine, per_tensor_norms, repair_norms
+from .statistics import Statistic
+
+__all__ = ["HostBatch", "UpdateTracker", "Measured", "device_total", "locate_nonfinite",
+           "layer_values"]
+
+
+class HostBatch:
+    """Gathers named device values and copies them to the host in ONE transfer.
+
+    ``add(name, values)`` takes a 1-d tensor or a list of floats and 0-d tensors; `fetch`
+    returns ``{name: [float, ...]}``. Python floats never travel.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._parts: list[Tensor] = []
+        self._slots: dict[str, tuple[list[Any], list[int], int]] = {}
+        self._size = 0
+
+    def add(self, name: str, values: Tensor | Sequence[Any]) -> None:
+        if isinstance(values, Tensor):
+            items: list[Any] = [None] * values.numel()
+            where = list(range(len(items)))
+            tensors = [values.reshape(-1)]
+        else:
+            items = list(values)
+            where = [k for k, v in enumerate(items) if isinstance(v, Tensor)]
+            tensors = [torch.stack([items[k].reshape(()) for k in where])] if where else []
+        if tensors:
+            self._parts.append(tensors[0].to(self.device, torch.float64))
+        self._slots[name] = (items, where, self._size)
+        self._size += len(where)
+
+    def fetch(self) -> dict[str, list[float]]:
+        host = torch.cat(self._parts).tolist() if self._parts else []
+        out = {}
+        for name, (items, where, start) in self._slots.items():
+            values = list(items)
+            for k, pos in enumerate(where):
+                values[pos] = host[start + k]
+            out[name] = values
+        return out
+
+
+class UpdateTracker:
+    """‖Δθ‖/‖θ‖ per layer across ``optimizer.step()`` from fixed strided samples (see
+    `gradwatch.statistics.UpdateRatio`): one copy before the step, one after."""
+
+    def __init__(self, params: Sequence[Tensor], layer_of: Sequence[int], n_layers: int,
+                 sample: int) -> None:
+        self.params, self.layer_of, self.n_layers, self.sample = params, layer_of, n_layers, sample
+        self._views: list[Tensor] | None = None
+        self._ptrs: list[int] = []
+        self._before: Tensor | None = None
+
+    def _build(self) -> None:
+        views, weights, segs, self._ptrs = [], [], [], []
+        for p, layer in zip(self.params, self.layer_of):
+            if is_dtensor(p) or not p.is_contiguous() or p.numel() == 0:
+                continue
+            flat = p.detach().view(-1)
+            stride = max(1, math.ceil(flat.numel() / self.sample))
+            v = flat[::stride]
+            views.append(v)
+            weights.append(torch.full((v.numel(),), flat.numel() / v.numel(),
+                                      dtype=torch.float64, device=p.device))
+            segs.append(torch.full((v.numel(),), layer, dtype=torch.long, device=p.device))
+            self._ptrs.append(p.data_ptr())
+        self._views = views
+        self._weights = torch.cat(weights) if weights else None
+        self._segs = torch.cat(segs) if segs else None
+
+    def before(self) -> None:
+        """Snapshot the sampled entries (call right before ``optimizer.step()``)."""
+        live = [p.data_ptr() for p in self.params if not is_dtensor(p) and p.is_contiguous()
+                and p.numel()]
+        if self._views is None or live != self._ptrs:
+            self._build()
+        if not self._views or len({v.device for v in self._views}) > 1:
+            self._before = None
+            return
+        self._before = torch.cat(self._views).double()
+
+    def after(self) -> Tensor | None:
+        """(n_layers, 2) tensor of estimated ‖Δθ‖² and ‖θ‖² per layer, or None."""
+        if self._before is None:
+            return None
+        now = torch.cat(self._views).double()
+        out = torch.zeros(self.n_layers, 2, dtype=torch.float64, device=now.device)
+        out[:, 0].index_add_(0, self._segs, self._weights * (now - self._before).square())
+        out[:, 1].index_add_(0, self._segs, self._weights * now.square())
+        self._before = None
+        return out
+
+
+def device_total(norms_dev: Tensor, grads: Sequence[Tensor]) -> Tensor:
+    """The total norm on the device, with the float64 repair `repair_norms` does on the host
+    (so clipping gives the same result whether or not a step is recorded); no host sync."""
+    total32 = torch.linalg.vector_norm(norms_dev)
+    exact = torch.stack(torch._foreach_norm([g for g in grads], 2, dtype=torch.float64)) \
+        if all(not g.is_sparse and g.numel() for g in grads) else per_tensor_norms(
+            [g.double() for g in grads]).double()
+    good = torch.isfinite(norms_dev).all() & (norms_dev.min() >= TINY)
+    return torch.where(good, total32.double(), torch.linalg.vector_norm(exact))
+
+
+@dataclass
+class Measured:
+    """The host numbers of one recorded step, before verdicts."""
+
+    total: float
+    norms: list[float]  # per watched parameter with a gradient, unscaled
+    act: dict[int, float] = field(default_factory=dict)  # layer -> output-gradient norm
+    values: dict[int, dict[str, float | None]] = field(default_factory=dict)
+    backward: dict[int, int] = field(default_factory=dict)  # layer -> position in backward
+    origin: str | None = None
+    birth: str | None = None
+
+
+def layer_values(data: Collected, host: dict[str, list[float]], inv_scale: float
+                 ) -> tuple[dict[int, float], dict[int, dict[str, float | None]], dict[int, int]]:
+    """Output-gradient norms (accumulating backward passes only), unit and time statistics."""
+    events = [(e, v) for e, v in zip(data.events, host.get("events", []))
+              if not data.tasks or e[3] in data.tasks]
+    act: dict[int, list[float]] = {}
+    backward: dict[int, int] = {}
+    for (layer, is_output, _, _), v in events:
+        if is_output:
+            act.setdefault(layer, []).append(v)
+            backward.setdefault(layer, len(backward))
+    values: dict[int, dict[str, float | None]] = {}
+    for (layer, stat), vals in zip(data.units, _chunks(host.get("units", []), data.units)):
+        values.setdefault(layer, {})[stat] = max(vals)
+    for layer, vals in zip(data.time, _chunks(host.get("time", []), data.time)):
+        values.setdefault(layer, {})["time_ratio"] = min(vals)
+    return ({i: combine(v) * inv_scale for i, v in act.items()}, values, backward)
+
+
+def _chunks(flat: list[float], groups: dict[Any, list[Any]]) -> list[list[float]]:
+    out, k = [], 0
+    for vals in groups.values():
+        out.append(flat[k:k + len(vals)])
+        k += len(vals)
+    return out
+
+
+def locate_nonfinite(collector: Collector, data: Collected, host: dict[str, list[float]],
+                     layer_names: Sequence[str], norms: dict[int, float],
+                     order: Sequence[int]) -> tuple[str | None, str | None]:
+    """(origin, birth) of a non-finite step: the first module in forward order whose output
+    went non-finite; else in backward order the first output gradient that went non-finite
+    (the gradient entering the model: the loss) or a module whose input gradient went
+    non-finite while its output gradient was finite; else the parameter gradients."""
+    for (module, _), ok in zip(data.forward_bad, host.get("forward", [])):
+        if not ok:
+            return "forward", collector.names[module]
+    events = [(e, v) for e, v in zip(data.events, host.get("events", []))
+              if not data.tasks or e[3] in data.tasks]
+    for k, ((layer, is_output, _, _), v) in enumerate(events):
+        if math.isfinite(v):
+            continue
+        if is_output and k == 0:
+            return "loss", None
+        return "backward", layer_names[layer]
+    for i in sorted(order, key=lambda i: -order.index(i)):
+        if i in norms and not math.isfinite(norms[i]):
+            return "backward", layer_names[i]
+    return None, None
+
+
+def repaired(host_norms: list[float], grads: Sequence[Tensor]) -> tuple[list[float], bool]:
+    """Per-tensor norms with pathological fp32 values recomputed; whether any was."""
+    fixed = repair_norms(host_norms, grads)
+    return fixed, fixed != host_norms
+
+
+def use_statistics(statistics: Sequence[Statistic], grads: Sequence[Tensor],
+                   params: Sequence[Tensor], batch: HostBatch) -> None:
+    """Adds each user statistic's per-tensor values to the step's host copy."""
+    for s in statistics:
+        tensors = grads if s.reads == "grad" else [p.detach() for p in params]
+        batch.add(f"stat:{s.name}", s.per_tensor(tensors))

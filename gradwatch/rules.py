@@ -1,0 +1,334 @@
+"""Verdict rules, each declared once: the statistics it reads, when it holds, the status and
+evidence it writes. The `Judge` runs them over a window of recorded steps."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from .diagnosis import explain
+from .records import Finding, Status
+from .thresholds import Thresholds
+
+__all__ = ["StepView", "Hit", "Rule", "RULES", "REMEDIES", "Judge", "depth_trend"]
+
+REMEDIES = ("relu", "he_init", "xavier_init", "normalization", "residual", "lower_lr", "warmup",
+            "clip", "weight_decay", "loss_scaling", "fix_op", "gated_rnn")
+"""The machine-readable remedy codes a `Finding` may name."""
+
+
+@dataclass
+class StepView:
+    """What the rules read at one recorded step; lists are per layer in forward order."""
+
+    step: int
+    names: list[str]
+    roles: list[str]
+    norms: list[float]
+    act: list[float | None]
+    values: list[Mapping[str, float | None]]
+    head: int | None
+    total: float
+    overflow: bool = False
+    origin: str | None = None
+    birth: str | None = None
+    recurrent: list[bool] = field(default_factory=list)
+    saturating: bool = False
+
+
+@dataclass
+class Hit:
+    """A rule holding at one step: evidence per layer (index into the view) and in sum."""
+
+    layers: dict[int, str]
+    evidence: str
+    numbers: dict[str, float] = field(default_factory=dict)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def depth_trend(view: StepView) -> list[tuple[str, float, list[int], list[float]]]:
+    """The depth trend of the weight layers up to the head, on the parameter-gradient norms
+    and (when measured) on the output-gradient norms: for each, (what, input-side median over
+    output-side median, the layers, each layer's norm over the output-side median).
+
+    The input side is the first third of the weight layers, the output side the last third
+    (the head included), so a net whose layers are all small alike (LayerScale γ near 0 at
+    init) shows no trend, while a gradient that shrinks or grows layer after layer does.
+    """
+    h = view.head
+    if h is None:
+        return []
+    idx = [i for i in range(h + 1) if view.roles[i] == "weight"]
+    if len(idx) < 3:
+        return []
+    k = max(1, len(idx) // 3)
+    out = []
+    for what, values in (("gradient", view.norms), ("output-gradient", view.act)):
+        vals = [values[i] for i in idx]
+        if any(v is None or not math.isfinite(v) for v in vals):
+            continue
+        ref = statistics.median(vals[-k:])
+        if ref <= 0:
+            continue
+        out.append((what, statistics.median(vals[:k]) / ref, idx, [v / ref for v in vals]))
+    return out
+
+
+class Rule:
+    """Base class: ``check`` returns a `Hit` when the rule's condition holds at a step."""
+
+    kind: str = ""
+    status: Status | None = None
+    persistent: bool = True
+    reads: tuple[str, ...] = ("norm",)
+
+    def check(self, view: StepView, th: Thresholds) -> Hit | None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(kind={self.kind!r})"
+
+
+class NonFinite(Rule):
+    """NaN/Inf in the gradients (not an AMP overflow): reported at once, where it was born."""
+
+    kind, status, persistent, reads = "nonfinite", Status.NONFINITE, False, ("norm", "act_norm")
+
+    def check(self, view, th):
+        if view.overflow or (view.origin is None and math.isfinite(view.total)):
+            return None
+        bad = {i: f"gradient norm {view.norms[i]}" for i, n in enumerate(view.norms)
+               if not math.isfinite(n)}
+        bad.update({i: f"output-gradient norm {a}" for i, a in enumerate(view.act)
+                    if a is not None and not math.isfinite(a) and i not in bad})
+        origin = view.origin or "backward"
+        where = {"forward": f"the output of `{view.birth}` in the forward pass",
+                 "backward": f"the backward pass at `{view.birth}`",
+                 "loss": "the loss (the gradient entering the model)"}[origin]
+        return Hit(bad, f"step {view.step}: gradients non-finite (total norm {view.total}); "
+                        f"first non-finite value: {where}; {len(bad)} layer(s) affected",
+                   {"origin": {"forward": 0.0, "backward": 1.0, "loss": 2.0}[origin]})
+
+
+class AmpOverflow(Rule):
+    """The loss scale overflows on every step of the window (an occasional overflow is normal)."""
+
+    kind, reads = "amp_overflow", ("total_norm",)
+
+    def check(self, view, th):
+        return Hit({}, f"AMP loss-scale overflow at step {view.step}") if view.overflow else None
+
+
+class Divergence(Rule):
+    """One optimizer step moved the weight layers by more than their own size."""
+
+    kind, status, persistent, reads = "divergence", Status.DIVERGING, False, ("update_ratio",)
+
+    def check(self, view, th):
+        bound = th.divergence_update_ratio
+        if bound is None:
+            return None
+        ratios = {i: v.get("update_ratio") for i, v in enumerate(view.values)
+                  if view.roles[i] == "weight"}
+        ratios = {i: r for i, r in ratios.items() if r is not None and math.isfinite(r)}
+        if not ratios or statistics.median(ratios.values()) <= bound:
+            return None
+        med = statistics.median(ratios.values())
+        return Hit({i: f"update/weight ratio {_fmt(r)} > {bound:g}" for i, r in ratios.items()
+                    if r > bound},
+                   f"median update/weight ratio {_fmt(med)} over {len(ratios)} weight layers "
+                   f"(> {bound:g}; healthy training stays near 1e-3)", {"update_ratio": med})
+
+
+class DepthVanishing(Rule):
+    """The gradient shrinks across depth: the input-side third of the weight layers gets orders
+    of magnitude less than the output-side third (on parameter or output gradients)."""
+
+    kind, status, reads = "vanishing", Status.VANISHING, ("norm", "act_norm")
+
+    def check(self, view, th):
+        bound = th.relative_vanishing
+        if bound is None or view.head is None or not _has_signal(view, th):
+            return None
+        for what, ratio, idx, rel in depth_trend(view):
+            if ratio < bound:
+                return Hit({i: f"{what} norm {r:.2g}x the output side's" for i, r in
+                            zip(idx, rel) if r < bound},
+                           f"the input-side weight layers' {what} norm is {ratio:.2g}x the "
+                           f"output side's (bound relative_vanishing={bound:g})",
+                           {"ratio": ratio})
+        return None
+
+
+class DepthExploding(Rule):
+    """The gradient grows across depth (input side orders above the output side), or the total
+    norm stays above the absolute bound."""
+
+    kind, status, reads = "exploding", Status.EXPLODING, ("norm", "act_norm", "total_norm")
+
+    def check(self, view, th):
+        bound = th.relative_exploding
+        for what, ratio, idx, rel in (depth_trend(view) if bound is not None else []):
+            if ratio > bound:
+                return Hit({i: f"{what} norm {r:.2g}x the output side's" for i, r in
+                            zip(idx, rel) if r > bound},
+                           f"the input-side weight layers' {what} norm is {ratio:.2g}x the "
+                           f"output side's (bound relative_exploding={bound:g})",
+                           {"ratio": ratio})
+        if math.isfinite(view.total) and view.total > th.exploding:
+            return Hit({i: f"norm {_fmt(n)} > exploding {th.exploding:g}" for i, n in
+                        enumerate(view.norms) if n > th.exploding},
+                       f"total gradient norm {_fmt(view.total)} > exploding {th.exploding:g}",
+                       {"total": view.total})
+        return None
+
+
+def _has_signal(view: StepView, th: Thresholds) -> bool:
+    """Whether a gradient enters the model: the head's output gradient (or, unmeasured, its
+    parameter gradient) is at least `Thresholds.vanishing`. A converged net has none."""
+    h = view.head
+    signal = view.act[h] if view.act[h] is not None else view.norms[h]
+    return math.isfinite(signal) and signal >= th.vanishing
+
+
+class DeadUnits(Rule):
+    """Most units of a layer output exactly 0 after its ReLU for the whole batch, or a weight
+    layer's gradient is exactly 0."""
+
+    kind, status, reads = "dead_units", Status.DEAD, ("dead_frac", "norm")
+
+    def check(self, view, th):
+        if th.dead_units is None:
+            return None
+        hits = {i: f"{100 * v['dead_frac']:.0f}% of its units are dead"
+                for i, v in enumerate(view.values)
+                if (v.get("dead_frac") or 0.0) >= th.dead_units}
+        head_ok = view.head is not None and view.norms[view.head] > 0
+        hits.update({i: "gradient exactly 0" for i, n in enumerate(view.norms)
+                     if n == 0 and head_ok and view.roles[i] == "weight" and i not in hits})
+        if not hits:
+            return None
+        worst = max((view.values[i].get("dead_frac") or 1.0) for i in hits)
+        return Hit(hits, f"{len(hits)} layer(s) with at least {100 * th.dead_units:.0f}% dead "
+                         f"units (worst {100 * worst:.0f}%)", {"dead_frac": worst})
+
+
+class Saturation(Rule):
+    """Most outputs of a saturating activation sit at its bounds, where its slope is ~0."""
+
+    kind, status, reads = "saturation", Status.SATURATED, ("sat_frac",)
+
+    def check(self, view, th):
+        if th.saturation is None:
+            return None
+        hits = {i: f"{100 * v['sat_frac']:.0f}% of its activations saturated"
+                for i, v in enumerate(view.values)
+                if (v.get("sat_frac") or 0.0) >= th.saturation}
+        if not hits:
+            return None
+        worst = max(view.values[i]["sat_frac"] for i in hits)
+        return Hit(hits, f"{len(hits)} layer(s) whose following sigmoid/tanh outputs are at "
+                         f"least {100 * th.saturation:.0f}% saturated (worst {100 * worst:.0f}%)",
+                   {"sat_frac": worst})
+
+
+class ThroughTime(Rule):
+    """The gradient reaching a recurrent module's first time step is orders below the last's."""
+
+    kind, status, reads = "vanishing_through_time", Status.VANISHING, ("time_ratio",)
+
+    def check(self, view, th):
+        if th.time_vanishing is None:
+            return None
+        hits = {i: f"first/last time-step gradient ratio {v['time_ratio']:.2g}"
+                for i, v in enumerate(view.values)
+                if v.get("time_ratio") is not None and v["time_ratio"] < th.time_vanishing}
+        if not hits:
+            return None
+        worst = min(view.values[i]["time_ratio"] for i in hits)
+        return Hit(hits, f"the gradient reaching the first time step is {worst:.2g}x the one "
+                         f"reaching the last (bound time_vanishing={th.time_vanishing:g})",
+                   {"time_ratio": worst})
+
+
+RULES: tuple[Rule, ...] = (NonFinite(), AmpOverflow(), Divergence(), DepthExploding(),
+                           DepthVanishing(), ThroughTime(), DeadUnits(), Saturation())
+"""Every verdict rule, most severe first: the first rule that gives a layer a status wins."""
+
+
+class Judge:
+    """Runs the rules on each recorded step; owns their windows and the findings so far.
+
+    Persistent rules hold once their condition held on `Thresholds.persistence` of the last
+    `Thresholds.window` recorded steps (AMP overflow: on all of them); the others at once.
+    """
+
+    def __init__(self, thresholds: Thresholds, rules: Sequence[Rule] = RULES) -> None:
+        self.th, self.rules = thresholds, tuple(rules)
+        self.windows = {r.kind: deque(maxlen=thresholds.window) for r in self.rules}
+        self.findings: dict[str, Finding] = {}
+
+    def judge(self, view: StepView) -> tuple[list[tuple[Status, str]], list[Finding]]:
+        """Per-layer (status, reason) and the findings that became true at this step."""
+        statuses: list[tuple[Status, str]] = [(Status.OK, "")] * len(view.names)
+        new: list[Finding] = []
+        for rule in self.rules:
+            hit = rule.check(view, self.th)
+            window = self.windows[rule.kind]
+            window.append(hit is not None)
+            need = len(window) if rule.kind == "amp_overflow" else self.th.persistence
+            holds = hit is not None and (not rule.persistent or (
+                len(window) >= need and sum(window) >= need))
+            if not holds:
+                continue
+            if rule.status is not None:
+                for i, why in hit.layers.items():
+                    if statuses[i][0] is Status.OK:
+                        statuses[i] = (rule.status, why)
+            finding = self._note(rule, hit, view)
+            if finding is not None:
+                new.append(finding)
+        return statuses, new
+
+    def _note(self, rule: Rule, hit: Hit, view: StepView) -> Finding | None:
+        kind = rule.kind
+        if kind == "nonfinite":
+            kind = f"nonfinite_{view.origin or 'backward'}"
+        layers = tuple(view.names[i] for i in sorted(hit.layers))
+        if kind.startswith("nonfinite") and view.birth is not None:
+            layers = (view.birth,)
+        old = self.findings.get(kind)
+        cause, remedy, codes = explain(kind, view, hit)
+        if old is None:
+            self.findings[kind] = Finding(kind, layers, hit.evidence, cause, remedy, codes,
+                                          first_step=view.step, steps=1)
+            return self.findings[kind]
+        merged = old.layers if kind.startswith("nonfinite") else tuple(
+            dict.fromkeys(old.layers + layers))
+        self.findings[kind] = Finding(kind, merged, old.evidence, old.cause, old.remedy,
+                                      old.remedies, old.first_step, old.steps + 1)
+        return None
+
+    def diagnose(self) -> list[Finding]:
+        """Every finding so far, most severe first."""
+        order = {r.kind: k for k, r in enumerate(self.rules)}
+        return sorted(self.findings.values(), key=lambda f: (
+            order.get(f.kind.split("_")[0] if f.kind.startswith("nonfinite") else f.kind, 99),
+            f.first_step))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"windows": {k: list(w) for k, w in self.windows.items()},
+                "findings": [f.to_dict() for f in self.findings.values()]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for kind, values in state.get("windows", {}).items():
+            if kind in self.windows:
+                self.windows[kind].clear()
+                self.windows[kind].extend(bool(v) for v in values)
+        self.findings = {f["kind"]: Finding.from_dict(f) for f in state.get("findings", ())}

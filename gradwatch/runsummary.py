@@ -1,0 +1,164 @@
+"""One reduction of a run's records (`RunSummary`), read by ``summary()``, the report and the
+bench, with one number formatter and one layer order."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+from .records import STATUSES, Finding, LayerStat, Status, StepRecord
+
+__all__ = ["fmt", "layer_order", "LayerSummary", "RunSummary", "summarize", "findings_of"]
+
+
+def fmt(x: float | None) -> str:
+    """The one number format of text output: 3 significant digits, ``NaN``, ``inf``, ``–``."""
+    if x is None:
+        return "–"
+    if math.isnan(x):
+        return "NaN"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return f"{x:.3g}"
+
+
+def layer_order(records: Sequence[StepRecord]) -> list[str]:
+    """Layers in forward order (input first) as the last record has them, then any others."""
+    if not records:
+        return []
+    names = list(records[-1].layers)
+    seen = set(names)
+    for r in records:
+        for n in r.layers:
+            if n not in seen:
+                seen.add(n)
+                names.append(n)
+    return names
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.median(finite) if finite else None
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    """One layer over the run: last statistics, medians, and how often each status fired."""
+
+    name: str
+    last: LayerStat | None
+    median_norm: float | None
+    max_norm: float | None
+    medians: Mapping[str, float | None]  # every statistic by name, median over records
+    statuses: Mapping[str, int]  # status value -> recorded steps (counted over the whole run)
+    spikes: int
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The whole run in numbers."""
+
+    steps: int  # optimizer steps seen (recorded or not)
+    recorded: int  # recorded steps over the run
+    kept: int  # records this summary was computed from
+    first_step: int | None
+    last_step: int | None
+    total_last: float | None
+    total_min: float | None
+    total_median: float | None
+    total_max: float | None
+    clipped: int
+    clip_coef_median: float | None
+    nonfinite_steps: tuple[int, ...]
+    amp_overflow: int
+    skipped: int
+    births: tuple[tuple[str, int, int], ...]  # (where, count, first step)
+    spike_steps: tuple[int, ...]
+    layer_spikes: int
+    layers: tuple[LayerSummary, ...]
+    statistics: tuple[str, ...]  # every per-layer statistic seen, by name
+    findings: tuple[Finding, ...] = field(default=())
+
+
+def findings_of(records: Iterable[StepRecord]) -> list[Finding]:
+    """The findings carried by records (each record holds those that became true at it)."""
+    out: dict[str, Finding] = {}
+    for r in records:
+        for f in r.findings:
+            out.setdefault(f.kind, f)
+    return list(out.values())
+
+
+def summarize(records: Iterable[StepRecord], *, steps: int | None = None,
+              run: Mapping[str, int] | None = None,
+              flags: Mapping[tuple[str, str], int] | None = None,
+              findings: Sequence[Finding] | None = None) -> RunSummary:
+    """Reduces records (and, from a live watch, its run-wide counters) to a `RunSummary`.
+
+    Args:
+        records: The records, oldest first.
+        steps: Optimizer steps seen; defaults to the last record's step + 1.
+        run: Run-wide counters (`gradwatch.ledger.COUNTERS`); default: counted from records.
+        flags: Steps each (layer, status or "spike") was flagged over the run; default: counted.
+        findings: The diagnosis; default: the findings the records carry.
+    """
+    recs = list(records)
+    names = layer_order(recs)
+    totals = [r.total_norm for r in recs if math.isfinite(r.total_norm)]
+    clipped = [r for r in recs if r.clipped]
+    bad = [r for r in recs if r.nonfinite]
+    born: Counter[str] = Counter()
+    first_born: dict[str, int] = {}
+    for r in bad:
+        where = r.first_nonfinite or ("the loss" if r.nonfinite_origin == "loss" else "unknown")
+        born[where] += 1
+        first_born.setdefault(where, r.step)
+    if flags is None:
+        counted: Counter[tuple[str, str]] = Counter()
+        for r in recs:
+            for n, s in r.layers.items():
+                if s.status is not Status.OK:
+                    counted[(n, s.status.value)] += 1
+                if s.spike:
+                    counted[(n, "spike")] += 1
+        flags = counted
+    stat_names: list[str] = []
+    for r in recs[-1:] + recs[:1]:
+        for s in r.layers.values():
+            stat_names += [k for k in s.numbers() if k not in stat_names]
+            break
+    layers = []
+    for name in names:
+        stats = [r.layers[name] for r in recs if name in r.layers]
+        finite = [s.norm for s in stats if math.isfinite(s.norm)]
+        layers.append(LayerSummary(
+            name=name, last=recs[-1].layers.get(name),
+            median_norm=_median(s.norm for s in stats), max_norm=max(finite) if finite else None,
+            medians={k: _median(s.numbers().get(k) for s in stats) for k in stat_names},
+            statuses={st.value: flags.get((name, st.value), 0) for st in STATUSES
+                      if st is not Status.OK},
+            spikes=flags.get((name, "spike"), 0)))
+    run = run if run is not None else {
+        "recorded": len(recs), "clipped": len(clipped), "skipped": sum(r.skipped for r in recs),
+        "nonfinite": len(bad), "spikes": sum(r.spike for r in recs),
+        "amp_overflow": sum(r.amp_overflow for r in recs)}
+    return RunSummary(
+        steps=steps if steps is not None else (recs[-1].step + 1 if recs else 0),
+        recorded=int(run.get("recorded", len(recs))), kept=len(recs),
+        first_step=recs[0].step if recs else None, last_step=recs[-1].step if recs else None,
+        total_last=recs[-1].total_norm if recs else None,
+        total_min=min(totals) if totals else None,
+        total_median=statistics.median(totals) if totals else None,
+        total_max=max(totals) if totals else None,
+        clipped=int(run.get("clipped", len(clipped))),
+        clip_coef_median=_median(r.clip_coef for r in clipped),
+        nonfinite_steps=tuple(r.step for r in bad),
+        amp_overflow=int(run.get("amp_overflow", 0)), skipped=int(run.get("skipped", 0)),
+        births=tuple((w, k, first_born[w]) for w, k in born.most_common()),
+        spike_steps=tuple(r.step for r in recs if r.spike),
+        layer_spikes=sum(len(r.spikes) for r in recs), layers=tuple(layers),
+        statistics=tuple(stat_names),
+        findings=tuple(findings if findings is not None else findings_of(recs)))

@@ -1,0 +1,186 @@
+"""Per-layer statistics, each declared once: what it computes, how a layer's tensors combine,
+and how it is labelled. Records, loggers, summary, report and plots iterate the declarations.
+
+A user statistic reads the gradients (or the parameters) of the watched tensors on recorded
+steps, batched on the device, and lands in ``LayerStat.values[name]``, the logs and the report::
+
+    class GradMaxAbs(Statistic):
+        name, label = "grad_max", "max |gradient|"
+
+        def per_tensor(self, tensors):
+            return torch.stack(torch._foreach_norm(tensors, math.inf))
+
+        def combine(self, values):
+            return max(values)
+
+    GradWatch(model, statistics=[GradMaxAbs()])
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Iterable, Literal, Sequence
+
+import torch
+from torch import Tensor
+
+from . import norms
+
+__all__ = ["Statistic", "GradNorm", "OutputGradNorm", "UpdateRatio", "WeightNorm",
+           "ZeroFraction", "DeadUnits", "Saturation", "TimeRatio", "BUILTIN", "label_of",
+           "check_statistics"]
+
+Reads = Literal["grad", "param", "output_grad", "update", "forward", "time"]
+
+
+class Statistic:
+    """Base class of a per-layer statistic.
+
+    Subclasses set `name` (the key in records and logs) and `label` (for people). A statistic
+    that ``reads`` ``"grad"`` (the default) or ``"param"`` implements `per_tensor`, which gets
+    the watched gradients (or parameters) of one step as a list and returns one value per
+    tensor as a 1-d tensor on their device (one batched computation, no host sync); gradwatch
+    copies it to the host together with everything else of the step and combines each layer's
+    values with `combine`. The other kinds are measured by gradwatch's hooks.
+    """
+
+    name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    reads: ClassVar[Reads] = "grad"
+    log_scale: ClassVar[bool] = True
+    """Whether plots draw it on a log axis."""
+
+    def per_tensor(self, tensors: Sequence[Tensor]) -> Tensor:
+        """One value per tensor, as a 1-d tensor (any float dtype) on the tensors' device."""
+        raise NotImplementedError(f"{type(self).__name__} reads {self.reads!r}: implement "
+                                  f"per_tensor(tensors) returning one value per tensor.")
+
+    def combine(self, values: Sequence[float]) -> float | None:
+        """A layer's value from its tensors' values (default: the L2 norm of the values)."""
+        return norms.combine(values)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+class GradNorm(Statistic):
+    """L2 norm of a layer's parameter gradients (``LayerStat.norm``), exact over fp32's range."""
+
+    name, label = "norm", "gradient norm"
+
+    def per_tensor(self, tensors: Sequence[Tensor]) -> Tensor:
+        return norms.per_tensor_norms(tensors)
+
+
+class OutputGradNorm(Statistic):
+    """L2 norm of the gradient w.r.t. a layer's output(s) (``LayerStat.act_norm``), over the
+    backward passes that accumulate parameter gradients (``torch.autograd.grad`` passes, as in
+    gradient penalties, do not count)."""
+
+    name, label, reads = "act_norm", "output-gradient norm", "output_grad"
+
+
+class UpdateRatio(Statistic):
+    """‖Δθ‖/‖θ‖ of a layer across ``optimizer.step()`` (needs ``optimizer=``).
+
+    Estimated from a fixed, evenly strided sample of at most `sample` entries per tensor
+    (exact for smaller tensors), so it costs two small copies per recorded step whatever the
+    model size. About 1e-3 is the classic healthy range; orders above means the learning rate
+    is too high.
+    """
+
+    name, label, reads = "update_ratio", "update/weight ratio", "update"
+    sample: int = 4096
+
+
+class WeightNorm(Statistic):
+    """L2 norm of a layer's parameters (one extra pass over the weights per recorded step)."""
+
+    name, label, reads = "weight_norm", "weight norm", "param"
+
+    def per_tensor(self, tensors: Sequence[Tensor]) -> Tensor:
+        return norms.per_tensor_norms(tensors)
+
+
+class ZeroFraction(Statistic):
+    """Share of exactly-zero entries in a layer's gradients (normal in ReLU nets; 1.0 on every
+    step is a dead layer). One extra kernel per tensor per recorded step."""
+
+    name, label, log_scale = "zero_frac", "zero-gradient share", False
+
+    def per_tensor(self, tensors: Sequence[Tensor]) -> Tensor:
+        shares = [(t == 0).sum().double() / max(t.numel(), 1) if not t.is_sparse
+                  else torch.tensor(1 - t.coalesce()._nnz() / max(t.numel(), 1),
+                                    dtype=torch.float64, device=t.device)
+                  for t in tensors]
+        return torch.stack(shares)
+
+    def combine(self, values: Sequence[float]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+
+class DeadUnits(Statistic):
+    """Share of a layer's units that a following ReLU-family module zeroes for the whole batch
+    (dead units), from the forward outputs of recorded steps."""
+
+    name, label, reads, log_scale = "dead_frac", "dead-unit share", "forward", False
+
+    def combine(self, values: Sequence[float]) -> float | None:
+        return max(values) if values else None
+
+
+class Saturation(Statistic):
+    """Share of the outputs of a following saturating module (sigmoid, tanh, hardtanh,
+    softmax-like) within 1% of its bounds, from the forward outputs of recorded steps."""
+
+    name, label, reads, log_scale = "sat_frac", "saturated share", "forward", False
+
+    def combine(self, values: Sequence[float]) -> float | None:
+        return max(values) if values else None
+
+
+class TimeRatio(Statistic):
+    """For recurrent modules (``nn.RNN``/``LSTM``/``GRU``): the norm of the gradient reaching
+    the first time step of the input over the one reaching the last step. Tiny or 0 means the
+    gradient vanishes through time."""
+
+    name, label, reads = "time_ratio", "first/last time-step gradient", "time"
+
+    def combine(self, values: Sequence[float]) -> float | None:
+        return min(values) if values else None
+
+
+BUILTIN: tuple[Statistic, ...] = (GradNorm(), OutputGradNorm(), UpdateRatio(), DeadUnits(),
+                                  Saturation(), TimeRatio(), WeightNorm(), ZeroFraction())
+"""Every statistic gradwatch ships, by declaration."""
+
+_LABELS = {s.name: s.label for s in BUILTIN}
+
+
+def label_of(name: str, statistics: Iterable[Statistic] = ()) -> str:
+    """The label of the statistic called ``name`` (the name itself when unknown)."""
+    for s in statistics:
+        if s.name == name:
+            return s.label
+    return _LABELS.get(name, name)
+
+
+def check_statistics(statistics: object) -> tuple[Statistic, ...]:
+    """Validates ``GradWatch(statistics=...)``: user statistics read gradients or parameters."""
+    if isinstance(statistics, Statistic) or not isinstance(statistics, (list, tuple)):
+        raise TypeError(f"Expected `statistics` to be a list of gradwatch.statistics.Statistic, "
+                        f"but got {type(statistics).__name__}; wrap it: statistics=[MyStat()].")
+    out, names = [], {"norm", "act_norm", "status", "spike", "reason"}
+    for s in statistics:
+        if not isinstance(s, Statistic):
+            raise TypeError(f"Expected each of `statistics` to be a Statistic instance, but got "
+                            f"{type(s).__name__}; subclass gradwatch.statistics.Statistic.")
+        if isinstance(s, (WeightNorm, ZeroFraction)) or s.reads not in ("grad", "param"):
+            if not isinstance(s, (WeightNorm, ZeroFraction)):
+                raise ValueError(f"Expected statistic {s.name!r} to read 'grad' or 'param', "
+                                 f"but it reads {s.reads!r}; the other kinds are built in.")
+        if not s.name or not isinstance(s.name, str) or s.name in names:
+            raise ValueError(f"Expected each statistic to have a unique `name` other than "
+                             f"{sorted(names)}, but got {s.name!r}.")
+        names.add(s.name)
+        out.append(s)
+    return tuple(out)
