@@ -1,0 +1,102 @@
+"""The policy interface and the global-norm scaling every norm-based policy shares."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import defaultdict
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["ClipPolicy", "clip_with_norm_", "factor_dtype"]
+
+EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
+
+
+def check_positive(name: str, value: Any, *, fix: str = "") -> float:
+    """``float(value)`` if it is a finite real number > 0, else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"Expected `{name}` to be a finite number > 0, but got {value!r}"
+                         f"{'; ' + fix if fix else ''}.")
+    return float(value)
+
+
+def by_device_and_dtype(grads: Sequence[Tensor]) -> dict[tuple[torch.device, torch.dtype],
+                                                         list[Tensor]]:
+    """Groups ``grads`` as torch's clipping functions do (one foreach call per group)."""
+    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = defaultdict(list)
+    for g in grads:
+        groups[(g.device, g.dtype)].append(g)
+    return groups
+
+
+def factor_dtype(grads: Sequence[Tensor]) -> torch.dtype:
+    """The dtype ``clip_grad_norm_`` forms its total norm and factor in: the gradients' dtypes
+    promoted together (float64 if any gradient is float64; bfloat16 for bfloat16 gradients)."""
+    return functools.reduce(torch.promote_types, {g.dtype for g in grads})
+
+
+def clip_with_norm_(grads: Sequence[Tensor], max_norm: float,
+                    total_norm: float | Tensor) -> float | Tensor:
+    """Scales ``grads`` in place by ``min(1, max_norm / (total_norm + 1e-6))``; returns the factor.
+
+    The arithmetic of ``torch.nn.utils.clip_grads_with_norm_``: the factor is a tensor in
+    `factor_dtype` (``max_norm / (total_norm + 1e-6)``, clamped at 1) multiplied into every
+    (device, dtype) group with ``torch._foreach_mul_``, so the result is bit-identical to
+    ``clip_grad_norm_(params, max_norm)`` given the total norm it computes. A tensor
+    ``total_norm`` never leaves the device (the factor is always multiplied in, no host sync) and
+    the factor is returned as a 0-d tensor; a float one gives a float, and a factor of exactly 1
+    is not multiplied in (``x * 1 == x``).
+    """
+    if not grads:
+        return 1.0
+    dtype = factor_dtype(grads)
+    if isinstance(total_norm, Tensor):
+        coef = torch.clamp(max_norm / (total_norm.to(dtype) + EPS), max=1.0)
+        for (device, _), group in by_device_and_dtype(grads).items():
+            torch._foreach_mul_(group, coef.to(device))
+        return coef
+    coef_t = torch.clamp(max_norm / (torch.tensor(total_norm, dtype=dtype) + EPS), max=1.0)
+    coef = coef_t.item()
+    if coef != 1.0:  # a NaN factor is multiplied in too, as torch does
+        for (device, _), group in by_device_and_dtype(grads).items():
+            torch._foreach_mul_(group, coef_t.to(device))
+    return coef
+
+
+class ClipPolicy:
+    """Base class: a policy that clips gradients given the measured global norm.
+
+    Subclasses implement `clip_` and, when they keep statistics across steps, `state_dict` /
+    `load_state_dict` (the round trip restores the policy exactly).
+    """
+
+    needs_host_norm = False
+    """True when the policy reads the norm on the host every step (one scalar sync)."""
+
+    def clip_(self, grads: Sequence[Tensor], total_norm: float | Tensor, *,
+              params: Sequence[Tensor], is_output: Sequence[bool]) -> float | Tensor | None:
+        """Clips ``grads`` in place.
+
+        Args:
+            grads: The gradients, in the order of ``params``.
+            total_norm: Their global L2 norm as gradwatch measured it: a float, or a 0-d tensor
+                on the device when `needs_host_norm` is False and the step is not recorded.
+            params: The parameters the gradients belong to.
+            is_output: For each parameter, whether it belongs to the output-side layer.
+
+        Returns:
+            The factor every gradient was multiplied by (a float or a 0-d tensor), or None when
+            the policy scales entries, units or tensors differently.
+        """
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """The statistics the policy carries across steps (none for a stateless policy)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores what `state_dict` returned (a stateless policy has nothing to restore)."""
+        del state
