@@ -173,7 +173,7 @@ HEALTHY_RUNS: tuple[Run, ...] = (
     _h("tv_shufflenet_v2", "torchvision", _tv("shufflenet_v2_x0_5"), quick=True),
     _h("tv_vit_tiny", "torchvision", _tv_vit, quick=True,
        note="VisionTransformer 32px patch 8, 2 layers, zero-init head"),
-    _h("tv_convnext_tiny_cfg", "torchvision", _tv_convnext,
+    _h("tv_convnext_tiny_cfg", "torchvision", _tv_convnext, quick=True,
        note="ConvNeXt blocks 32/64, layer_scale 1e-6"),
     _h("timm_convnext_atto", "timm", _timm("convnext_atto"), steps=25, requires=("timm",),
        note="ls_init_value 1e-6"),

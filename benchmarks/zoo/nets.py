@@ -102,8 +102,7 @@ class STELinear(nn.Linear):
 
 
 class _BadGeluFn(torch.autograd.Function):
-    """GELU (tanh form) with a hand-written backward that computes x/x (NaN at exact zeros and
-    wherever the buggy normaliser underflows)."""
+    """GELU (tanh form) whose hand-written backward multiplies by ``(0 * x) / (0 * x)``: NaN."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
