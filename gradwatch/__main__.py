@@ -1,18 +1,21 @@
-"""Command line: ``python -m gradwatch report RUN.jsonl --out DIR`` renders a past run's log."""
+"""Command line: ``python -m gradwatch report RUN.jsonl`` renders one run of a log (or all runs)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import inspect
+import math
 import sys
-import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
-from .loggers import read_jsonl
-from .records import StepRecord
+from . import __version__
+from .runlog import LogFormatError, LogScan, Run, describe_problem, scan_log, select_run
 
-__all__ = ["main", "build_parser"]
+__all__ = ["DEFAULT_ROOT", "build_parser", "default_out", "main"]
+
+DEFAULT_ROOT = "gradwatch-report"
+"""The bench's default folder (`gradwatch.bench.run_bench`); a log's report goes in a subfolder."""
 
 _FIGURES = (("flow.png", "Gradient flow across layers (first, middle and last step)"),
             ("norms.png", "Gradient norms over steps"),
@@ -23,94 +26,221 @@ class CliError(Exception):
     """A user-facing failure: printed as one line, exit status 1."""
 
 
+def default_out(log: Path) -> Path:
+    """``gradwatch-report/<log name without .jsonl>``: beside the bench's report, never over it."""
+    return Path(DEFAULT_ROOT) / (log.stem or "run")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``gradwatch`` argument parser (subcommand ``report``)."""
+    """The ``gradwatch`` argument parser (``--version``, subcommand ``report``)."""
     parser = argparse.ArgumentParser(
         prog="gradwatch", description="Inspect gradient logs written by gradwatch.JsonlLogger.")
+    parser.add_argument("--version", action="version", version=f"gradwatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     rep = sub.add_parser(
         "report", help="render figures and a summary from a JSON-lines log",
         description="Render gradient-flow, norms-over-steps and heat-map figures plus report.md "
-                    "(and report.html with --html) from a log written by JsonlLogger; works on "
-                    "the log of a crashed run (a truncated last line is skipped).")
+                    "(and report.html with --html) for one run of a log written by JsonlLogger "
+                    "(the last run by default). Works on the log of a crashed or resumed run: "
+                    "lines cut by a kill are skipped with a warning.")
     rep.add_argument("log", type=Path, metavar="RUN.jsonl", help="log written by JsonlLogger")
-    rep.add_argument("--out", type=Path, default=Path("gradwatch-report"), metavar="DIR",
-                     help="output folder, created if needed (default: %(default)s)")
+    rep.add_argument("--out", type=Path, metavar="DIR",
+                     help=f"output folder, created if needed (default: {DEFAULT_ROOT}/<log name>,"
+                          f" next to the bench's report in {DEFAULT_ROOT}/)")
+    which = rep.add_mutually_exclusive_group()
+    which.add_argument("--list", action="store_true", help="list the runs in the log and exit")
+    which.add_argument("--run", metavar="ID_OR_INDEX",
+                       help="the run to report: an index (0 first, -1 last) or a run id prefix")
+    which.add_argument("--all", action="store_true",
+                       help="report every run, each in its own subfolder run-<index>/")
     rep.add_argument("--html", action="store_true",
                      help="also write report.html with the figures embedded (self-contained)")
     rep.add_argument("--vanishing", type=float, metavar="NORM",
-                     help="shade norms below NORM as vanishing (the log does not store thresholds)")
+                     help="shade norms below NORM as vanishing (default: the run's thresholds)")
     rep.add_argument("--exploding", type=float, metavar="NORM",
-                     help="shade norms above NORM as exploding")
-    rep.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+                     help="shade norms above NORM as exploding (default: the run's thresholds)")
+    rep.add_argument("--skip-bad-lines", action="store_true",
+                     help="skip lines that are JSON but not gradwatch records instead of stopping")
+    rep.add_argument("--no-progress", action="store_true",
+                     help="hide the progress bars (shown only when stderr is a terminal)")
     return parser
 
 
-def _read(path: Path, progress: bool) -> list[StepRecord]:
-    """Reads every record, turning the reader's warnings into one-line messages on stderr."""
-    from tqdm import tqdm
+def _warn(message: str) -> None:
+    print(f"gradwatch: warning: {message}", file=sys.stderr)
 
+
+def _scan(path: Path, *, progress: bool, skip_bad: bool) -> LogScan:
+    """Reads the log; one-line errors for what cannot be reported, warnings for the rest."""
+    if path.is_dir():
+        inside = sorted(path.glob("*.jsonl"))[:1]
+        raise CliError(f"{path}: is a directory; pass the .jsonl file"
+                       + (f", e.g. {inside[0]}" if inside else " written by JsonlLogger") + ".")
     if not path.is_file():
         raise CliError(f"{path}: no such file; pass the JSON-lines log written by JsonlLogger.")
-    with open(path, "rb") as f:
-        lines = sum(1 for _ in f)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            records = list(tqdm(read_jsonl(path), total=lines, desc="reading", unit=" records",
-                                disable=None if progress else True, leave=False))
-        except UnicodeDecodeError as err:
-            raise CliError(f"{path}: not a text file ({err.reason}); expected a JSON-lines log "
-                           f"written by JsonlLogger.") from None
-        except ValueError as err:
-            raise CliError(str(err)) from None
-    for w in caught:
-        print(f"gradwatch: warning: {w.message}", file=sys.stderr)
-    if not records:
-        why = "its only line is malformed" if caught else "it is empty"
+    try:
+        scan = scan_log(path, progress=progress)
+    except LogFormatError as err:
+        raise CliError(str(err)) from None
+    foreign = [p for p in scan.problems if p.kind == "schema"]
+    if foreign and not skip_bad:
+        more = f" ({len(foreign) - 1} more such line(s))" if len(foreign) > 1 else ""
+        raise CliError(f"{path}:{foreign[0].line}: not a gradwatch record: {foreign[0].message}"
+                       f"{more}; fix or delete the line, or pass --skip-bad-lines.")
+    for p in scan.problems:
+        _warn(f"{path}:{p.line}: {describe_problem(p)}")
+    for note in scan.notes:
+        _warn(note)
+    if not scan.runs:
+        if not scan.problems:
+            why = "it is empty"
+        elif scan.lines <= 1:
+            why = "its only line is malformed"
+        else:
+            why = f"none of its {len(scan.problems)} lines is readable"
         raise CliError(f"{path}: no gradwatch records ({why}); was the run stopped before its "
                        f"first recorded step?")
-    return records
+    return scan
 
 
-def _report(args: argparse.Namespace) -> int:
-    if importlib.util.find_spec("matplotlib") is None:
-        raise CliError("the report needs matplotlib; pip install 'gradwatch[plot]'.")
+def _list(scan: LogScan) -> int:
+    print(f"{scan.path}: {len(scan.runs)} run{'s' * (len(scan.runs) != 1)}")
+    for run in scan.runs:
+        h = run.header or {}
+        extra = f" · gradwatch {h['gradwatch']}" if isinstance(h.get("gradwatch"), str) else ""
+        print(f"  {run.describe()}{extra}")
+    return 0
+
+
+def _pick(runs: Sequence[Run], text: str) -> Run:
+    """``--run``: an index or a run id (prefix); ambiguous when it is both."""
+    try:
+        index: int | None = int(text)
+    except ValueError:
+        index = None
+    by_id = [r for r in runs if r.run_id and r.run_id.startswith(text)]
+    try:
+        if index is not None and -len(runs) <= index < len(runs):
+            if by_id:
+                raise ValueError(f"{text!r} is both a run index and the start of a run id; "
+                                 f"pass more characters of the id")
+            return runs[index]
+        return select_run(runs, text if by_id or index is None else index)
+    except ValueError as err:
+        raise CliError(f"--run {text}: {err} --list shows the runs.") from None
+
+
+def _bounds(args: argparse.Namespace, run: Run) -> dict[str, float | None]:
+    """Shading bounds: the flags, else the run header's thresholds (when they are usable)."""
+    out: dict[str, float | None] = {}
+    for name in ("vanishing", "exploding"):
+        flag, logged = getattr(args, name), run.thresholds.get(name)
+        if flag is not None:
+            out[name] = flag
+        elif logged is None or (isinstance(logged, (int, float)) and not isinstance(logged, bool)
+                                and not math.isnan(logged) and logged >= 0):
+            out[name] = logged
+        else:
+            _warn(f"ignored the logged threshold {name}={logged!r} (not a norm >= 0).")
+            out[name] = None
+    lo, hi = out["vanishing"], out["exploding"]
+    if lo and hi and 0 < lo < math.inf and 0 < hi < math.inf and lo >= hi:
+        raise CliError(f"expected vanishing < exploding, but got {lo:g} >= {hi:g}; "
+                       f"pass --vanishing/--exploding to override.")
+    return out
+
+
+def _guarded(fn: Callable[..., str], records: Sequence[Any], **kwargs: Any) -> str:
+    """Calls a report function with the optional keywords it accepts (e.g. ``header=``)."""
+    params = inspect.signature(fn).parameters
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    optional = ("header",)
+    return fn(records, **{k: v for k, v in kwargs.items()
+                          if k not in optional or (v is not None and (takes_all or k in params))})
+
+
+def _render(run: Run, out: Path, *, title: str, bounds: dict[str, float | None], html: bool,
+            progress: bool) -> list[str]:
     from tqdm import tqdm
 
     from .plot import plot_flow, plot_heatmap, plot_norms
     from .report import html_report, markdown_report
 
-    records = _read(args.log, not args.no_progress)
+    records = list(run.records)
     try:
-        args.out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise CliError(f"{args.out}: cannot create the output folder ({err.strerror}).") from None
-    bounds = dict(vanishing=args.vanishing, exploding=args.exploding)
+        raise CliError(f"{out}: cannot create the output folder ({err.strerror}).") from None
     draw = {"flow.png": lambda p: plot_flow(records, path=p, **bounds),
             "norms.png": lambda p: plot_norms(records, path=p),
             "heatmap.png": lambda p: plot_heatmap(records, path=p, **bounds)}
     written = []
-    for name, _caption in tqdm(_FIGURES, desc="rendering", unit=" figures",
-                               disable=None if not args.no_progress else True, leave=False):
+    for name, _caption in tqdm(_FIGURES, desc="rendering", unit=" figures", disable=not progress,
+                               leave=False):
         try:
-            draw[name](args.out / name)
+            draw[name](out / name)
         except ValueError as err:  # e.g. a log without per-layer statistics
-            print(f"gradwatch: warning: skipped {name}: {err}", file=sys.stderr)
+            _warn(f"skipped {name}: {err}")
             continue
         written.append(name)
-    title = f"gradwatch report: {args.log.name}"
     captions = dict(_FIGURES)
-    (args.out / "report.md").write_text(
-        markdown_report(records, title=title, images={captions[n]: n for n in written}),
-        encoding="utf-8")
+    (out / "report.md").write_text(
+        _guarded(markdown_report, records, title=title, header=run.header,
+                 images={captions[n]: n for n in written}), encoding="utf-8")
     written.append("report.md")
-    if args.html:
-        pngs = {captions[n]: (args.out / n).read_bytes() for n in written if n in captions}
-        (args.out / "report.html").write_text(html_report(records, title=title, images=pngs),
-                                              encoding="utf-8")
+    if html:
+        pngs = {captions[n]: (out / n).read_bytes() for n in written if n in captions}
+        (out / "report.html").write_text(
+            _guarded(html_report, records, title=title, header=run.header, images=pngs),
+            encoding="utf-8")
         written.append("report.html")
-    print(f"{len(records)} records from {args.log} -> {args.out}/: {', '.join(written)}")
+    return written
+
+
+def _report(args: argparse.Namespace) -> int:
+    for name in ("vanishing", "exploding"):
+        v = getattr(args, name)
+        if v is not None and (math.isnan(v) or v < 0):
+            raise CliError(f"--{name} must be a norm >= 0 (0 or inf: no band), but got {v!r}.")
+    progress = not args.no_progress and sys.stderr.isatty()
+    scan = _scan(args.log, progress=progress, skip_bad=args.skip_bad_lines)
+    runs = scan.runs
+    if args.list:
+        return _list(scan)
+    if args.all:
+        chosen = list(runs)
+    elif args.run is not None:
+        chosen = [_pick(runs, args.run)]
+    else:
+        chosen = [runs[-1]]
+        if len(runs) > 1:
+            _warn(f"{args.log} holds {len(runs)} runs; reporting the last ({runs[-1].describe()})"
+                  f". --list shows them; --run ID_OR_INDEX or --all picks others.")
+    empty = [r for r in chosen if not r.records]
+    if len(empty) == len(chosen):
+        raise CliError(f"{args.log}: {empty[0].describe()}: no records yet; --list shows the "
+                       f"runs, --run picks another.")
+    for r in empty:
+        _warn(f"skipped run {r.index}: it has no records.")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise CliError("the report needs matplotlib; pip install 'gradwatch[plot]'.") from None
+    out = args.out if args.out is not None else default_out(args.log)
+    index_lines = [f"# gradwatch report: {args.log.name} ({len(runs)} runs)", ""]
+    for run in (r for r in chosen if r.records):
+        folder = out / f"run-{run.index}" if args.all else out
+        title = f"gradwatch report: {args.log.name}"
+        if len(runs) > 1 or run.run_id:
+            title += f", run {run.index}" + (f" (id {run.run_id[:8]})" if run.run_id else "")
+        written = _render(run, folder, title=title, bounds=_bounds(args, run), html=args.html,
+                          progress=progress)
+        resumed = f", resumed {len(run.resumes)}x" if run.resumes else ""
+        print(f"{len(run.records)} records from {args.log} (run {run.index}{resumed}) -> "
+              f"{folder}/: {', '.join(written)}")
+        index_lines.append(f"- [{run.describe()}](run-{run.index}/report.md)")
+    if args.all:
+        (out / "index.md").write_text("\n".join(index_lines) + "\n", encoding="utf-8")
     return 0
 
 
@@ -118,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``gradwatch`` command line and returns its exit status (0 ok, 1 error, 2 usage)."""
     try:
         args = build_parser().parse_args(argv)
-    except SystemExit as exit_:  # --help (0) or a usage error (2), already printed by argparse
+    except SystemExit as exit_:  # --help/--version (0) or a usage error (2), already printed
         return int(exit_.code or 0)
     try:
         return {"report": _report}[args.command](args)

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import base64
+import inspect
+import io
+import json
 import math
 import re
+import shutil
 import statistics
 import subprocess
 import sys
+import warnings
 
 import pytest
+import torch
 
-from gradwatch import JsonlLogger
-from gradwatch.__main__ import main
+import gradwatch
+import gradwatch.plot
+import gradwatch.report
+from gradwatch import GradWatch, JsonlLogger
+from gradwatch.__main__ import DEFAULT_ROOT, main
+from gradwatch.loggers import read_runs
 from gradwatch.records import LayerStat, Status, StepRecord
 from gradwatch.report import findings, html_report, layer_table, markdown_report, run_overview
 
@@ -148,7 +158,9 @@ def test_cli_malformed_log(tmp_path, capsys):
     binary = tmp_path / "bin.jsonl"
     binary.write_bytes(b"\xff\xfe\x00garbage")
     code, err = _run(["report", str(binary), "--out", str(tmp_path / "o")], capsys)
-    assert code == 1 and "not a text file" in err
+    assert code == 1 and err.strip() == (
+        f"gradwatch: error: {binary}: not a UTF-8 text file (1 undecodable line(s)); expected a "
+        f"JSON-lines log written by JsonlLogger.")
 
 
 def test_cli_truncated_last_line_keeps_the_rest(tmp_path, capsys):
@@ -178,10 +190,339 @@ def test_cli_usage(capsys):
 
 
 def test_python_dash_m_entry_point(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "gradwatch", "report", str(tmp_path / "x.jsonl")],
-                         capture_output=True, text=True)
-    assert run.returncode == 1 and "Traceback" not in run.stderr
-    assert run.stderr.startswith("gradwatch: error:")
+    """A schema error in a real process: one line on stderr, no traceback, nothing written."""
+    log = tmp_path / "r.jsonl"
+    log.write_text('{"step": 0, "total_norm": 1.0, "first_nonfinite": [1]}\n', encoding="utf-8")
+    run = subprocess.run([sys.executable, "-m", "gradwatch", "report", str(log)],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.splitlines() == [
+        f"gradwatch: error: {log}:1: not a gradwatch record: `first_nonfinite` must be a layer "
+        f"name (string) or null, but got a list [1]; fix or delete the line, or pass "
+        f"--skip-bad-lines."]
+    assert not (tmp_path / DEFAULT_ROOT).exists()
     run = subprocess.run([sys.executable, "-m", "gradwatch", "--help"], capture_output=True,
                          text=True)
     assert run.returncode == 0 and "report" in run.stdout
+
+
+# ------------------------------------------------------------------- runs, kills and resumes
+def _header(run_id, *, resumed=False, resume_step=None, thresholds=None):
+    return {"run_id": run_id, "started": "2026-01-01T00:00:00+00:00", "gradwatch": "0.1.0",
+            "thresholds": thresholds or {"vanishing": 1e-7, "exploding": 1e4},
+            "layers": ["fc1", "fc2"], "options": {}, "statistics": [], "resumed": resumed,
+            "resume_step": resume_step}
+
+
+def _write_run(path, records, header):
+    with JsonlLogger(path) as log:
+        log.start_run(header)
+        for r in records:
+            log(r)
+
+
+def _cut_last_line(path):
+    data = path.read_bytes()
+    start = data.rindex(b"\n", 0, len(data) - 1) + 1
+    path.write_bytes(data[: (start + len(data)) // 2])
+
+
+def _md(out):
+    return (out / "report.md").read_text(encoding="utf-8")
+
+
+def test_cli_report_after_kill_and_resume(tmp_path, capsys):
+    """Issue 12.1: the resumed record was glued to the cut line and the report exited 1."""
+    pytest.importorskip("matplotlib")
+    log, out = tmp_path / "r.jsonl", tmp_path / "o"
+    recs = _records()
+    _write_run(log, recs[:5], _header("feed01"))
+    _cut_last_line(log)  # killed while writing step 4; checkpoint at step 4
+    _write_run(log, recs[4:], _header("feed01", resumed=True, resume_step=4))
+    code = main(["report", str(log), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.err.startswith(f"gradwatch: warning: {log}:6: skipped a truncated or "
+                                   f"unreadable line (not valid JSON: ")
+    assert len(captured.err.splitlines()) == 1
+    assert captured.out.startswith(f"6 records from {log} (run 0, resumed 1x) -> {out}/")
+    assert "| recorded steps | 6 (steps 0 .. 5) |" in _md(out)
+
+
+def _train(watch, model, opt, steps, seed):
+    for step in steps:
+        torch.manual_seed(seed + step)
+        opt.zero_grad()
+        model(torch.randn(16, 4)).square().mean().backward()
+        opt.step()
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8),
+                               torch.nn.Tanh(), torch.nn.Linear(8, 2))
+
+
+def test_watch_killed_and_resumed_from_a_checkpoint_is_one_run(tmp_path, capsys):
+    """GradWatch + JsonlLogger end to end: checkpoint at step 3, killed writing step 4, resumed.
+
+    Needs GradWatch to call ``start_run`` (same run id, ``resumed=True``, ``resume_step=3``
+    after ``load_state_dict``); the re-done steps 3.. then replace the ones from before.
+    """
+    pytest.importorskip("matplotlib")
+    log = tmp_path / "r.jsonl"
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with GradWatch(model, optimizer=opt, loggers=[JsonlLogger(log)]) as watch:
+        _train(watch, model, opt, range(3), seed=0)
+        ckpt = (watch.state_dict(), {k: v.clone() for k, v in model.state_dict().items()})
+        _train(watch, model, opt, range(3, 5), seed=0)
+    _cut_last_line(log)
+    model.load_state_dict(ckpt[1])
+    with GradWatch(model, optimizer=opt, loggers=[JsonlLogger(log)]) as watch:
+        watch.load_state_dict(ckpt[0])
+        _train(watch, model, opt, range(3, 7), seed=0)
+        resumed = list(watch.history)
+    with pytest.warns(UserWarning, match="skipped a truncated"):
+        runs = read_runs(log)
+    assert len(runs) == 1
+    assert [r.step for r in runs[0].records] == list(range(7))
+    assert list(runs[0].records[3:]) == resumed
+    code = main(["report", str(log), "--out", str(tmp_path / "o")])
+    captured = capsys.readouterr()
+    assert code == 0 and "holds" not in captured.err
+    assert "| recorded steps | 7 (steps 0 .. 6) |" in _md(tmp_path / "o")
+
+
+def test_script_run_twice_reports_the_last_run_and_warns(tmp_path, capsys, monkeypatch):
+    """Issue 12.2: two runs appended to one log were drawn as one, without a warning."""
+    pytest.importorskip("matplotlib")
+    _capture_plots(monkeypatch)
+    log, out = tmp_path / "twice.jsonl", tmp_path / "o"
+    lengths = (4, 3)
+    for n in lengths:
+        model = _mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with GradWatch(model, optimizer=opt, loggers=[JsonlLogger(log)]) as watch:
+            _train(watch, model, opt, range(n), seed=n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # header-less logs: "step 0 follows step 3" is a warning
+        assert [len(r.records) for r in read_runs(log)] == list(lengths)
+    code = main(["report", str(log), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert f"gradwatch: warning: {log} holds 2 runs; reporting the last (run 1" in captured.err
+    assert "| recorded steps | 3 (steps 0 .. 2) |" in _md(out)
+    assert main(["report", str(log), "--out", str(out), "--run", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "holds" not in captured.err and "| recorded steps | 4 (steps 0 .. 3) |" in _md(out)
+    assert main(["report", str(log), "--out", str(out), "--all", "--html"]) == 0
+    assert "4 records" in capsys.readouterr().out
+    for i, n in enumerate(lengths):
+        assert f"| recorded steps | {n} (steps 0 .. {n - 1}) |" in _md(out / f"run-{i}")
+        assert (out / f"run-{i}" / "report.html").exists()
+    index = (out / "index.md").read_text(encoding="utf-8")
+    assert "(run-0/report.md)" in index and "(run-1/report.md)" in index
+
+
+def test_cli_lists_and_picks_runs(tmp_path, capsys):
+    log = tmp_path / "r.jsonl"
+    recs = _records()
+    _write_run(log, recs[:2], _header("aaaa1111"))
+    _write_run(log, recs[:3], _header("bbbb2222"))
+    _write_run(log, [], _header("cccc3333"))
+    assert main(["report", str(log), "--list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0] == f"{log}: 3 runs"
+    assert listed[1] == ("  run 0 · id aaaa1111 · started 2026-01-01T00:00:00+00:00 · "
+                         "2 records, steps 0..1 · gradwatch 0.1.0")
+    assert listed[3].startswith("  run 2 · id cccc3333") and "0 records" in listed[3]
+    code, err = _run(["report", str(log), "--out", str(tmp_path / "o")], capsys)
+    assert code == 1 and "run 2 · id cccc3333" in err and "no records yet" in err
+    for bad, why in (("7", "between -3 and 2, but got 7"), ("dd", "'dd' matches no run id")):
+        code, err = _run(["report", str(log), "--run", bad], capsys)
+        assert code == 1 and why in err and len(err.strip().splitlines()) == 1
+    assert main(["report", str(log), "--list", "--all"]) == 2  # mutually exclusive
+    capsys.readouterr()
+
+
+def test_cli_run_by_id_prefix_and_ambiguity(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    log, out = tmp_path / "r.jsonl", tmp_path / "o"
+    _write_run(log, _records()[:2], _header("1abc"))
+    _write_run(log, _records()[:4], _header("2def"))
+    assert main(["report", str(log), "--run", "1a", "--out", str(out)]) == 0
+    assert "(run 0)" in capsys.readouterr().out
+    code, err = _run(["report", str(log), "--run", "1"], capsys)
+    assert code == 1 and "both a run index and the start of a run id" in err
+
+
+# ------------------------------------------------------------------- thresholds and defaults
+def _capture_plots(monkeypatch):
+    seen = {}
+
+    def fake(name):
+        def draw(records, path=None, **kw):
+            seen[name] = kw
+            path.write_bytes(b"\x89PNG")
+        return draw
+
+    for name in ("plot_flow", "plot_norms", "plot_heatmap"):
+        monkeypatch.setattr(gradwatch.plot, name, fake(name))
+    return seen
+
+
+def test_cli_shades_with_the_logged_thresholds_unless_overridden(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    seen = _capture_plots(monkeypatch)
+    log, out = tmp_path / "r.jsonl", tmp_path / "o"
+    _write_run(log, _records(), _header("t1", thresholds={"vanishing": 1e-5, "exploding": 50.0}))
+    assert main(["report", str(log), "--out", str(out)]) == 0
+    assert seen["plot_flow"] == seen["plot_heatmap"] == {"vanishing": 1e-5, "exploding": 50.0}
+    assert main(["report", str(log), "--out", str(out), "--vanishing", "1e-3"]) == 0
+    assert seen["plot_flow"] == {"vanishing": 1e-3, "exploding": 50.0}
+    code, err = _run(["report", str(log), "--vanishing", "100"], capsys)
+    assert code == 1 and "expected vanishing < exploding, but got 100 >= 50" in err
+    code, err = _run(["report", str(log), "--exploding", "nan"], capsys)
+    assert code == 1 and "--exploding must be a norm >= 0" in err
+    odd = tmp_path / "odd.jsonl"
+    _write_run(odd, _records(), _header("t2", thresholds={"vanishing": "1e-5"}))
+    assert main(["report", str(odd), "--out", str(out)]) == 0
+    assert "ignored the logged threshold vanishing='1e-5'" in capsys.readouterr().err
+    assert seen["plot_flow"] == {"vanishing": None, "exploding": None}
+
+
+def test_cli_passes_the_header_to_report_functions_that_take_it(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    _capture_plots(monkeypatch)
+    got = {}
+
+    def markdown_report(records, *, title="", images=None, header=None):
+        got["header"] = header
+        return "# md\n"
+
+    monkeypatch.setattr(gradwatch.report, "markdown_report", markdown_report)
+    log = tmp_path / "r.jsonl"
+    _write_run(log, _records(), _header("h1"))
+    assert main(["report", str(log), "--out", str(tmp_path / "o")]) == 0
+    assert got["header"] == _header("h1")
+
+
+def test_default_output_folder_sits_in_the_bench_folder(tmp_path, capsys, monkeypatch):
+    """Issue 13: the bench and the report CLI default to the same folder scheme."""
+    pytest.importorskip("matplotlib")
+    from gradwatch.bench import run_bench
+
+    assert DEFAULT_ROOT == inspect.signature(run_bench).parameters["out"].default
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / DEFAULT_ROOT).mkdir()
+    (tmp_path / DEFAULT_ROOT / "report.md").write_text("bench report", encoding="utf-8")
+    _write_log(tmp_path / "mnist_run.jsonl", _records())
+    assert main(["report", "mnist_run.jsonl"]) == 0
+    out = tmp_path / DEFAULT_ROOT / "mnist_run"
+    assert "-> gradwatch-report/mnist_run/" in capsys.readouterr().out
+    assert {"report.md", "flow.png"} <= {p.name for p in out.iterdir()}
+    assert (tmp_path / DEFAULT_ROOT / "report.md").read_text(encoding="utf-8") == "bench report"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bars_only_on_a_terminal(tmp_path, capsys, monkeypatch):
+    """Issue 13: tqdm bars flooded redirected logs."""
+    pytest.importorskip("matplotlib")
+    _capture_plots(monkeypatch)
+    log = tmp_path / "r.jsonl"
+    _write_log(log, _records())
+    assert main(["report", str(log), "--out", str(tmp_path / "o")]) == 0
+    assert capsys.readouterr().err == ""  # pytest's capture is not a terminal
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    assert main(["report", str(log), "--out", str(tmp_path / "o")]) == 0
+    assert "rendering" in term.getvalue() and "reading" in term.getvalue()
+    term.seek(0)
+    term.truncate()
+    assert main(["report", str(log), "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    assert term.getvalue() == ""
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"gradwatch {gradwatch.__version__}\n"
+    run = subprocess.run([sys.executable, "-m", "gradwatch", "--version"], capture_output=True,
+                         text=True)
+    assert run.returncode == 0 and run.stdout == f"gradwatch {gradwatch.__version__}\n"
+
+
+@pytest.mark.skipif(shutil.which("gradwatch") is None, reason="console script not installed")
+def test_console_script_version():
+    run = subprocess.run(["gradwatch", "--version"], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.startswith("gradwatch ")
+
+
+# ------------------------------------------------------------------------------- bad input
+def test_cli_directory_given_as_the_log(tmp_path, capsys):
+    code, err = _run(["report", str(tmp_path)], capsys)
+    assert code == 1
+    assert err == f"gradwatch: error: {tmp_path}: is a directory; pass the .jsonl file " \
+                  f"written by JsonlLogger.\n"
+    _write_log(tmp_path / "run.jsonl", _records())
+    code, err = _run(["report", str(tmp_path)], capsys)
+    assert code == 1 and err.endswith(f"pass the .jsonl file, e.g. {tmp_path / 'run.jsonl'}.\n")
+
+
+@pytest.mark.parametrize("line, why", [
+    ('{"total_norm": 1.0}', "key `step` is missing (keys present: total_norm)"),
+    ('{"step": Infinity, "total_norm": 1.0}',
+     "`step` must be a whole number >= 0, but got Infinity"),
+    ('{"step": 1, "total_norm": 1.0, "first_nonfinite": ["fc1", "fc2"]}',
+     '`first_nonfinite` must be a layer name (string) or null, but got a list ["fc1", "fc2"]'),
+    ('{"step": 1, "total_norm": 1.0, "layers": {"fc1": {"norm": "big"}}}',
+     '`layers["fc1"].norm` must be a number, but got a string "big"'),
+])
+def test_cli_wrong_schema_names_line_and_key(tmp_path, capsys, line, why):
+    """Issue 12.14: "skipped a truncated last line ('step')" and tracebacks."""
+    log = tmp_path / "r.jsonl"
+    _write_log(log, _records()[:1])
+    log.write_text(log.read_text(encoding="utf-8") + line + "\n", encoding="utf-8")
+    code, err = _run(["report", str(log), "--out", str(tmp_path / "o")], capsys)
+    assert code == 1
+    assert err == f"gradwatch: error: {log}:2: not a gradwatch record: {why}; fix or delete " \
+                  f"the line, or pass --skip-bad-lines.\n"
+
+
+def test_cli_skip_bad_lines(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    log = tmp_path / "r.jsonl"
+    _write_log(log, _records())
+    lines = log.read_text(encoding="utf-8").splitlines()
+    lines[2] = '{"step": Infinity, "total_norm": 1.0}'
+    log.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code = main(["report", str(log), "--out", str(tmp_path / "o"), "--skip-bad-lines"])
+    captured = capsys.readouterr()
+    assert code == 0 and "5 records" in captured.out
+    assert captured.err == f"gradwatch: warning: {log}:3: skipped a line that is not a " \
+                           f"gradwatch record: `step` must be a whole number >= 0, but got " \
+                           f"Infinity\n"
+
+
+def test_cli_zero_byte_file(tmp_path, capsys):
+    log = tmp_path / "empty.jsonl"
+    log.write_bytes(b"")
+    code, err = _run(["report", str(log)], capsys)
+    assert code == 1 and err == f"gradwatch: error: {log}: no gradwatch records (it is empty); " \
+                                f"was the run stopped before its first recorded step?\n"
+
+
+def test_cli_without_matplotlib(tmp_path, capsys, monkeypatch):
+    log = tmp_path / "r.jsonl"
+    _write_run(log, _records(), _header("m1"))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    code, err = _run(["report", str(log), "--out", str(tmp_path / "o")], capsys)
+    assert code == 1 and err == "gradwatch: error: the report needs matplotlib; pip install " \
+                                "'gradwatch[plot]'.\n"
+    assert not (tmp_path / "o").exists()
+    assert main(["report", str(log), "--list"]) == 0  # listing needs no matplotlib
+    assert "1 run" in capsys.readouterr().out
