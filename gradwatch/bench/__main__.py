@@ -4,16 +4,62 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
+import os
 import sys
+import time
+from pathlib import Path
 from typing import Sequence
 
 from . import BUDGETS, EXPERIMENTS, run_bench
 
-__all__ = ["main"]
+__all__ = ["main", "needs_mnist", "mnist_problem"]
+
+NO_DATA = frozenset({"tanh_chain", "identity_chain", "clip_reference", "xor"})
+"""Experiments that need no MNIST (fallback when the package declares no ``NEEDS_MNIST``)."""
+GET_MNIST = ("put the four MNIST files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+             "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in DATA/MNIST/raw/ and pass "
+             "--data-dir DATA (or set GRADWATCH_DATA=DATA)")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parses ``argv`` and runs the bench; returns the exit status."""
+def needs_mnist(names: Sequence[str]) -> bool:
+    """Whether any of the experiments ``names`` trains on MNIST."""
+    from importlib import import_module
+
+    declared = getattr(import_module(__package__ or "gradwatch.bench"), "NEEDS_MNIST", None)
+    if declared is not None:
+        return any(n in declared for n in names)
+    return any(n not in NO_DATA for n in names)
+
+
+def _has_files(raw: Path) -> bool:
+    from .data import MNIST_FILES
+
+    return all((raw / f).is_file() or (raw / (f + ".gz")).is_file() for f in MNIST_FILES)
+
+
+def mnist_problem(data_dir: str | None) -> tuple[str | None, str | None]:
+    """Looks MNIST up before anything runs: ``(error, notice)``, each a line or None.
+
+    An explicit ``--data-dir`` or ``$GRADWATCH_DATA`` without the files is an error; with
+    neither, a cache without the files gets a notice that torchvision will try to download
+    them (the caller tries at once, so a failure still stops the run before it starts).
+    """
+    from .data import default_cache_dir
+
+    given = data_dir or os.environ.get("GRADWATCH_DATA")
+    root = Path(given).expanduser() if given else default_cache_dir()
+    raw = root / "MNIST" / "raw"
+    if _has_files(raw):
+        return None, None
+    if given:
+        origin = "--data-dir" if data_dir else "GRADWATCH_DATA"
+        return (f"MNIST is not under {str(raw)!r} (from {origin}); fix by: {GET_MNIST}.", None)
+    return None, (f"MNIST is not in the cache {str(raw)!r}; trying a download through "
+                  f"torchvision (about 12 MB). Offline? {GET_MNIST}.")
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m gradwatch.bench",
         description="Reproduce the documented vanishing/exploding-gradient experiments and write "
@@ -22,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="experiments to run (default: all; see --list)")
     parser.add_argument("--list", action="store_true", help="list the experiments and exit")
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="smoke run of about two minutes")
+    size.add_argument("--quick", action="store_true", help="smoke run of about a minute")
     size.add_argument("--full", action="store_true",
                       help="the documented budgets (10 MNIST epochs, 100,000 XOR epochs): hours")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per random experiment")
@@ -32,11 +78,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: up to 2, on idle cores only)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    bars = parser.add_mutually_exclusive_group()
+    bars.add_argument("--progress", dest="progress", action="store_true", default=None,
+                      help="progress bars even when stderr is not a terminal")
+    bars.add_argument("--no-progress", dest="progress", action="store_false",
+                      help="no progress bars (the default when stderr is not a terminal)")
     parser.add_argument("--xor-epochs", type=int, default=None,
                         help="override the budget's maximum XOR epochs (the source: 100000)")
     parser.add_argument("--xor-depths", default=None,
                         help="override the budget's XOR depths, comma-separated, e.g. 5,10")
+    return parser
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _preflight(args: argparse.Namespace, names: Sequence[str]) -> str | None:
+    """Everything that can fail before an experiment runs; the error line, or None."""
+    if importlib.util.find_spec("matplotlib") is None:
+        return "the bench draws figures with matplotlib, which is not installed; fix by " \
+               "pip install 'gradwatch[bench]'."
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            return ("--device cuda, but torch.cuda.is_available() is False (no GPU or a "
+                    "CPU-only torch); fix by leaving out --device (CPU) or installing a CUDA "
+                    "build of torch.")
+    if needs_mnist(names):
+        if importlib.util.find_spec("torchvision") is None:
+            return "the MNIST experiments read data through torchvision, which is not " \
+                   "installed; fix by pip install 'gradwatch[bench]'."
+        error, notice = mnist_problem(args.data_dir)
+        if error:
+            return error
+        if notice:
+            print(notice, file=sys.stderr, flush=True)
+            from .data import load_mnist
+
+            try:
+                load_mnist(None, train_limit=1, test_limit=1)
+            except (FileNotFoundError, OSError, RuntimeError) as err:
+                return f"could not download MNIST ({type(err).__name__}); fix by: {GET_MNIST}."
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parses ``argv`` and runs the bench; returns the exit status."""
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.list:
         width = max(map(len, EXPERIMENTS))
@@ -64,15 +155,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--xor-depths must be positive integers separated by commas, e.g. "
                          f"5,10; got {args.xor_depths!r}")
         budget = dataclasses.replace(budget, xor_depths=depths)
+    names = list(args.names or EXPERIMENTS)
+    problem = _preflight(args, names)
+    if problem:
+        return _fail(problem)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    start = time.time()
     try:
         md, js = run_bench(args.names or None, budget=budget, out=args.out, device=args.device,
                            data_dir=args.data_dir, seeds=args.seeds, threads=args.threads,
-                           progress=not args.no_progress)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+                           progress=progress)
+    except (FileNotFoundError, ValueError, ImportError) as err:
+        return _fail(_stopped(args.out, start, f"{type(err).__name__}: {err}"))
+    except KeyboardInterrupt:
+        return _fail(_stopped(args.out, start, "interrupted (Ctrl-C)"), 130)
+    except Exception as err:  # a bug: keep the traceback, but never leave an unmarked report
+        _stopped(args.out, start, f"{type(err).__name__}: {err}")
+        raise
     print(f"report: {md}\nnumbers: {js}")
     return 0
+
+
+def _stopped(out: str, start: float, reason: str) -> str:
+    """Marks a report this run already wrote as partial; the one-line message to print."""
+    from .report import mark_partial
+
+    md = Path(out) / "report.md"
+    if md.is_file() and md.stat().st_mtime >= start - 1 and mark_partial(Path(out), reason):
+        return f"{reason} (the report in {out} holds the experiments that finished, marked partial)"
+    return reason
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ class StatusStyle:
     label: str
 
 
-STATUS_MARKERS: dict[str, str] = {"vanishing": "v", "exploding": "^", "nonfinite": "X"}
+STATUS_MARKERS: dict[str, str] = {"vanishing": "v", "exploding": "^", "nonfinite": "X",
+                                  "diverging": ">", "dead": "s", "saturated": "P"}
 """Status value -> marker shape; a status missing here gets the neutral diamond."""
 _FALLBACK_COLORS = {"vanishing": "tab:blue", "exploding": "tab:red", "nonfinite": "black"}
 NEUTRAL_STYLE = StatusStyle("#7f7f7f", "D", "other")
@@ -259,4 +260,4 @@ def bands(ax: Axes, lo: float, hi: float, vanishing: float | None,
                        alpha=0.10, lw=0, label=label)
         else:  # a zero-size proxy: nothing drawn, the legend still says where the band is
             ax.add_patch(Rectangle((0, 0), 0, 0, color=color, alpha=0.10, lw=0,
-                                   label=f"{label}: off the axis, {where}"))
+                                   label=f"{label}, {where} the axis"))
