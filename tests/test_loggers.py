@@ -197,7 +197,7 @@ GOOD = _rec(0).to_dict()
     ({"layers": []}, "`layers` must be an object of layer statistics, but got a list []"),
     ({"layers": {"a.0": {"act_norm": 1.0}}}, "`layers[\"a.0\"]` has no key `norm`"),
     ({"layers": {"a": {"norm": 1.0, "status": "bad"}}},
-     "`layers[\"a\"].status` must be one of ['exploding', 'nonfinite', 'ok', 'vanishing'], "
+     f"`layers[\"a\"].status` must be one of {sorted(s.value for s in Status)}, "
      "but got a string \"bad\""),
     ({"layers": {"a": {"norm": 1.0, "update_ratio": "x"}}},
      "`layers[\"a\"].update_ratio` must be a number or null, but got a string \"x\""),
