@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import gradwatch.bench.__main__ as cli
@@ -282,3 +283,60 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capsys, flag, b
     assert cli.main(argv) == 0  # pytest's captured stderr is not a tty
     err = capsys.readouterr().err
     assert ("it/s" in err or "\r" in err) is bar, err[:300]
+
+
+# ---------------------------------------------------------------------------- bench figures
+def test_curves_panel_names_its_axis_draws_references_and_never_hides_a_line(tmp_path,
+                                                                             monkeypatch):
+    from matplotlib.image import imread
+
+    from gradwatch.bench import figures
+
+    drawn = {}
+    real = figures._draw_panel
+
+    def spy(ax, name, panel, xlabel):
+        real(ax, name, panel, xlabel)
+        drawn[name] = ax
+
+    same = ([25, 50], [0.4, 0.6])
+    panel = figures.Panel({"no clip": same, 'clip="auto"': same, "per-tensor": ([25, 50], [0.3, 0.5]),
+                           "resnet": ([], [])}, ylabel="training accuracy (%)", percent=True,
+                          references=(figures.Reference(0.9, "source: > 90%"),),
+                          points={"test accuracy (end)": (50, 0.55)})
+    loss = figures.Panel({"a": ([1, 2, 3, 4], [0.52, 0.51, 0.5, 0.5])}, ylabel="loss", logy=True,
+                         references=(figures.Reference(1e-7, "criterion 1e-7"),))
+    monkeypatch.setattr(figures, "_draw_panel", spy)
+    rel = figures.plot_curves({}, tmp_path / "c.png", xlabel="step", ylabel="unused",
+                              title="Deep linear MLP", panels={"acc": panel, "loss": loss})
+    assert rel == "figures/c.png" and imread(tmp_path / "c.png").shape[0] > 100
+    acc = drawn["acc"]
+    labels = [ln.get_label() for ln in acc.get_lines()]
+    assert labels == ['no clip = clip="auto" (identical)', "per-tensor",
+                      "resnet (no logged point: shorter than one log interval)", "source: > 90%"]
+    assert acc.get_ylabel() == "training accuracy (%)"
+    assert acc.yaxis.get_major_formatter()(0.9, 0) == "90%"
+    ref = acc.get_lines()[-1]
+    assert list(ref.get_ydata()) == [0.9, 0.9]
+    np.testing.assert_allclose(acc.collections[0].get_offsets(), [[50, 0.55]])
+    low, high = drawn["loss"].get_ylim()
+    assert drawn["loss"].get_yscale() == "log" and low < 1e-7 < 0.5 < high
+
+
+def test_save_records_figure_draws_default_threshold_bands_and_names_the_model(tmp_path):
+    from gradwatch import Thresholds
+    from gradwatch.bench.figures import save_records_figure
+    from gradwatch.records import LayerStat, StepRecord
+
+    recs = [StepRecord(step=0, total_norm=1.0, layers={"a": LayerStat(norm=2e-7),
+                                                       "b": LayerStat(norm=1.0)})]
+    assert save_records_figure("flow", [], tmp_path / "x.png") is None
+    rel = save_records_figure("flow", recs, tmp_path / "f.png", model="Deep sigmoid MLP")
+    assert rel == "figures/f.png" and (tmp_path / "f.png").stat().st_size > 1000
+    from gradwatch.bench.figures import records_figure
+
+    ax = records_figure("flow", recs, model="Deep sigmoid MLP").axes[0]
+    assert ax.get_title() == "Deep sigmoid MLP: gradient flow across 2 layers"
+    assert f"vanishing band (< {Thresholds().vanishing:g})" in [p.get_label() for p in ax.patches]
+    ax = records_figure("flow", recs, thresholds=None, title="own").axes[0]
+    assert ax.get_title() == "own" and not ax.patches  # explicit thresholds=None: no bands

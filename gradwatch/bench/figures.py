@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
 __all__ = ["Reference", "Panel", "plot_layer_profiles", "plot_curves", "save_records_figure",
-           "histogram_figures", "require_matplotlib"]
+           "records_figure", "histogram_figures", "require_matplotlib"]
 
 Lines = Mapping[str, tuple[Sequence[float], Sequence[float]]]
 INSTALL = "pip install 'gradwatch[bench]'"
@@ -162,16 +162,8 @@ def plot_curves(series: Lines, path: Path, *, xlabel: str, ylabel: str, title: s
     return _save(fig, path)
 
 
-def save_records_figure(kind: str, records: Sequence, path: Path, *, model: str | None = None,
-                        **kwargs: Any) -> str | None:
-    """Draws ``gradwatch.plot.plot_<kind>`` for ``records``; None when there is nothing to draw.
-
-    ``flow`` and ``heatmap`` get gradwatch's default `Thresholds` (the ones the bench's runs use)
-    unless ``thresholds=`` is given, so the bands the verdicts read are drawn. ``model`` prefixes
-    the default title ("Deep sigmoid MLP: gradient flow across 12 layers").
-    """
-    if not records:
-        return None
+def records_figure(kind: str, records: Sequence, *, model: str | None = None, **kwargs: Any):
+    """``gradwatch.plot.plot_<kind>(records)`` as the bench draws it (see `save_records_figure`)."""
     require_matplotlib()
     from .. import plot
     from ..thresholds import Thresholds
@@ -183,7 +175,20 @@ def save_records_figure(kind: str, records: Sequence, path: Path, *, model: str 
         ax = fig.axes[0]
         default = ax.get_title()
         ax.set_title(f"{model}: {default[:1].lower()}{default[1:]}")
-    return _save(fig, path)
+    return fig
+
+
+def save_records_figure(kind: str, records: Sequence, path: Path, *, model: str | None = None,
+                        **kwargs: Any) -> str | None:
+    """Draws ``gradwatch.plot.plot_<kind>`` for ``records``; None when there is nothing to draw.
+
+    ``flow`` and ``heatmap`` get gradwatch's default `Thresholds` (the ones the bench's runs use)
+    unless ``thresholds=`` is given, so the bands the verdicts read are drawn. ``model`` prefixes
+    the default title ("Deep sigmoid MLP: gradient flow across 12 layers").
+    """
+    if not records:
+        return None
+    return _save(records_figure(kind, records, model=model, **kwargs), path)
 
 
 def histogram_figures(name: str, hist: Mapping[str, Any], folder: Path) -> list[str]:
