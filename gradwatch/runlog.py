@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
 
-from .records import Status, StepRecord
+from .logschema import HEADER_KEY, check_header, check_record_dict
+from .records import StepRecord
 
 __all__ = ["HEADER_KEY", "LineProblem", "LogFormatError", "LogScan", "Run", "check_record_dict",
            "describe_problem", "read_jsonl", "read_runs", "scan_lines", "scan_log", "select_run"]
 
-HEADER_KEY = "gradwatch_run"
-"""A line ``{"gradwatch_run": {...}}`` starts a run; every other line is one `StepRecord`."""
-
-_STATUSES = {s.value for s in Status}
 _MAX_WARNINGS = 10
 
 
@@ -83,8 +79,9 @@ class Run:
         parts.append(f"{n} record{'s' * (n != 1)}{steps}")
         if self.resumes:
             at = ", ".join(str(r.get("resume_step")) for r in self.resumes)
+            k = len(self.superseded)
             parts.append(f"resumed {len(self.resumes)}x (at step {at}; "
-                         f"{len(self.superseded)} records replaced)")
+                         f"{k} record{'s' * (k != 1)} replaced)")
         return " · ".join(parts)
 
     def __repr__(self) -> str:
@@ -100,76 +97,6 @@ class LogScan:
     problems: list[LineProblem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     lines: int = 0
-
-
-def _show(v: Any) -> str:
-    """A value as it appears in the file, with its JSON type for containers and strings."""
-    text = json.dumps(v)
-    text = text if len(text) <= 40 else text[:37] + "..."
-    kind = {list: "a list ", dict: "an object ", str: "a string "}.get(type(v), "")
-    return f"{kind}{text}"
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _check_layer(name: str, stat: Any) -> str | None:
-    where = f"`layers[{json.dumps(name)}]"
-    if not isinstance(stat, dict):
-        return f"{where}` must be an object of statistics, but got {_show(stat)}"
-    if "norm" not in stat:
-        return f"{where}` has no key `norm`"
-    rules = {"norm": (_is_num, "a number"),
-             "act_norm": (lambda v: v is None or _is_num(v), "a number or null"),
-             "status": (lambda v: v in _STATUSES, f"one of {sorted(_STATUSES)}"),
-             "spike": (lambda v: isinstance(v, bool), "true or false"),
-             "reason": (lambda v: isinstance(v, str), "a string")}
-    for key, value in stat.items():  # extra keys are per-layer statistics: numbers or null
-        ok, what = rules.get(key, (lambda v: v is None or _is_num(v), "a number or null"))
-        if not ok(value):
-            return f"{where}.{key}` must be {what}, but got {_show(value)}"
-    return None
-
-
-def check_record_dict(obj: Any) -> str | None:
-    """Why ``obj`` is not a `StepRecord.to_dict()` (naming the key), or ``None`` when it is."""
-    if not isinstance(obj, dict):
-        return f"expected one JSON object per line, but got {_show(obj)}"
-    for key in ("step", "total_norm"):
-        if key not in obj:
-            return f"key `{key}` is missing (keys present: {', '.join(sorted(obj)) or 'none'})"
-    step = obj["step"]
-    if not (_is_num(step) and math.isfinite(step) and step == int(step) and step >= 0):
-        return f"`step` must be a whole number >= 0, but got {_show(step)}"
-    rules = {"total_norm": (_is_num, "a number"), "clip_coef": (_is_num, "a number"),
-             "first_nonfinite": (lambda v: v is None or isinstance(v, str),
-                                 "a layer name (string) or null"),
-             "spike": (lambda v: isinstance(v, bool), "true or false"),
-             "skipped": (lambda v: isinstance(v, bool), "true or false"),
-             "amp_overflow": (lambda v: isinstance(v, bool), "true or false"),
-             "layers": (lambda v: isinstance(v, dict), "an object of layer statistics")}
-    for key, (ok, what) in rules.items():
-        if key in obj and not ok(obj[key]):
-            return f"`{key}` must be {what}, but got {_show(obj[key])}"
-    for name, stat in obj.get("layers", {}).items():
-        why = _check_layer(name, stat)
-        if why:
-            return why
-    return None
-
-
-def _check_header(h: Any) -> str | None:
-    if not isinstance(h, dict):
-        return f"`{HEADER_KEY}` must be an object (the run header), but got {_show(h)}"
-    rules = {"run_id": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
-             "resumed": (lambda v: isinstance(v, bool), "true or false"),
-             "resume_step": (lambda v: v is None or (isinstance(v, int) and not isinstance(
-                 v, bool) and v >= 0), "a whole number >= 0 or null")}
-    for key, (ok, what) in rules.items():
-        if key in h and not ok(h[key]):
-            return f"header `{key}` must be {what}, but got {_show(h[key])}"
-    return None
 
 
 class _Builder:
@@ -220,7 +147,7 @@ def scan_lines(lines: Iterable[tuple[int, bytes]], path: Path) -> LogScan:
             continue
         if isinstance(obj, dict) and HEADER_KEY in obj:
             header = obj[HEADER_KEY]
-            why = _check_header(header)
+            why = check_header(header)
             if why:
                 scan.problems.append(LineProblem(i, "schema", why))
                 header = header if isinstance(header, dict) else {}

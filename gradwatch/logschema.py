@@ -1,0 +1,87 @@
+"""The schema of a JSON-lines log line: precise messages naming the key that is wrong."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from .records import Status
+
+__all__ = ["HEADER_KEY", "check_header", "check_record_dict"]
+
+HEADER_KEY = "gradwatch_run"
+"""A line ``{"gradwatch_run": {...}}`` starts a run; every other line is one `StepRecord`."""
+
+_STATUSES = {s.value for s in Status}
+
+
+def _show(v: Any) -> str:
+    """A value as it appears in the file, with its JSON type for containers and strings."""
+    text = json.dumps(v)
+    text = text if len(text) <= 40 else text[:37] + "..."
+    kind = {list: "a list ", dict: "an object ", str: "a string "}.get(type(v), "")
+    return f"{kind}{text}"
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_layer(name: str, stat: Any) -> str | None:
+    where = f"`layers[{json.dumps(name)}]"
+    if not isinstance(stat, dict):
+        return f"{where}` must be an object of statistics, but got {_show(stat)}"
+    if "norm" not in stat:
+        return f"{where}` has no key `norm`"
+    rules = {"norm": (_is_num, "a number"),
+             "act_norm": (lambda v: v is None or _is_num(v), "a number or null"),
+             "status": (lambda v: v in _STATUSES, f"one of {sorted(_STATUSES)}"),
+             "spike": (lambda v: isinstance(v, bool), "true or false"),
+             "reason": (lambda v: isinstance(v, str), "a string")}
+    for key, value in stat.items():  # extra keys are per-layer statistics: numbers or null
+        ok, what = rules.get(key, (lambda v: v is None or _is_num(v), "a number or null"))
+        if not ok(value):
+            return f"{where}.{key}` must be {what}, but got {_show(value)}"
+    return None
+
+
+def check_record_dict(obj: Any) -> str | None:
+    """Why ``obj`` is not a `StepRecord.to_dict()` (naming the key), or ``None`` when it is."""
+    if not isinstance(obj, dict):
+        return f"expected one JSON object per line, but got {_show(obj)}"
+    for key in ("step", "total_norm"):
+        if key not in obj:
+            return f"key `{key}` is missing (keys present: {', '.join(sorted(obj)) or 'none'})"
+    step = obj["step"]
+    if not (_is_num(step) and math.isfinite(step) and step == int(step) and step >= 0):
+        return f"`step` must be a whole number >= 0, but got {_show(step)}"
+    rules = {"total_norm": (_is_num, "a number"), "clip_coef": (_is_num, "a number"),
+             "first_nonfinite": (lambda v: v is None or isinstance(v, str),
+                                 "a layer name (string) or null"),
+             "spike": (lambda v: isinstance(v, bool), "true or false"),
+             "skipped": (lambda v: isinstance(v, bool), "true or false"),
+             "amp_overflow": (lambda v: isinstance(v, bool), "true or false"),
+             "layers": (lambda v: isinstance(v, dict), "an object of layer statistics")}
+    for key, (ok, what) in rules.items():
+        if key in obj and not ok(obj[key]):
+            return f"`{key}` must be {what}, but got {_show(obj[key])}"
+    for name, stat in obj.get("layers", {}).items():
+        why = _check_layer(name, stat)
+        if why:
+            return why
+    return None
+
+
+def check_header(h: Any) -> str | None:
+    """Why ``h`` is not a run header (naming the key), or ``None`` when it is."""
+    if not isinstance(h, dict):
+        return f"`{HEADER_KEY}` must be an object (the run header), but got {_show(h)}"
+    rules = {"run_id": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+             "resumed": (lambda v: isinstance(v, bool), "true or false"),
+             "resume_step": (lambda v: v is None or (isinstance(v, int) and not isinstance(
+                 v, bool) and v >= 0), "a whole number >= 0 or null")}
+    for key, (ok, what) in rules.items():
+        if key in h and not ok(h[key]):
+            return f"header `{key}` must be {what}, but got {_show(h[key])}"
+    return None
