@@ -195,8 +195,18 @@ def available(configs: list[str]) -> tuple[list[str], dict[str, str]]:
 
 def run_models(models: list[str], configs: list[str], opts: dict, *, device: str = "cpu",
                group: Callable[[Callable[[], None]], Callable[[], None]] | None = None,
-               block: int = 10) -> dict[str, Any]:
-    """Times every configuration on every model; ``group`` wraps a step (e.g. 10 steps + sync)."""
+               block: int = 10, steps_per_call: int = 1,
+               probe: Callable[[Callable[[], None]], dict[str, Any]] | None = None
+               ) -> dict[str, Any]:
+    """Times every configuration on every model.
+
+    Args:
+        group: Wraps a step into the timed call (on a GPU: 10 steps, then one synchronise).
+        block: Timed calls per configuration per round.
+        steps_per_call: Training steps in one timed call (what ``group`` makes of a step).
+        probe: Called with each configuration's step after timing; its dict is stored as
+            ``"probe"`` (on a GPU: the host synchronisations per step).
+    """
     configs, missing = available(configs)
     run, finish = open_wandb_run() if "wandb_watch" in configs else (None, lambda: None)
     out: dict[str, Any] = {"left_out": missing, "models": {}}
@@ -210,17 +220,23 @@ def run_models(models: list[str], configs: list[str], opts: dict, *, device: str
             samples = interleave(fns, block=block, warmup=opts["warmup"],
                                  min_rounds=opts["min_rounds"], max_rounds=opts["max_rounds"],
                                  budget_s=opts["budget"].get(name, 0.0))
+            probes = {c: probe(s.step) for c, s in steps.items()} if probe else {}
             for s in steps.values():
                 s.close()
             ratios = paired_ratios(samples, "bare")
+            print(f"{name}: {len(samples['bare'])} rounds in {time.perf_counter() - t0:.0f} s",
+                  file=sys.stderr, flush=True)
             out["models"][name] = {
                 "description": workload.description, "rounds": len(samples["bare"]),
-                "steps_per_round": block, "timing_seconds": time.perf_counter() - t0,
+                "steps_per_round": block * steps_per_call,
+                "timing_seconds": time.perf_counter() - t0,
                 "load_average_1min": [load0, os.getloadavg()[0]],
                 "configs": {c: {"what": PEERS[c],
-                                "ms": {k: (v * 1e3 if k != "n" else v)
+                                "ms": {k: (v * 1e3 / steps_per_call if k != "n" else v)
                                        for k, v in summarise(samples[c]).items()},
-                                "ratio": summarise(ratios[c])} for c in configs}}
+                                "ratio": summarise(ratios[c]), **(
+                                    {"probe": probes[c]} if c in probes else {})}
+                            for c in configs}}
     finally:
         finish()
     return out
@@ -241,7 +257,7 @@ def markdown(result: dict[str, Any]) -> str:
             r = m["configs"].get(c, {}).get("ratio")
             cells.append("–" if r is None else
                          f"{r['median']:.3f} [{r['p25']:.3f}–{r['p75']:.3f}]")
-        lines.append(f"| {m['description']} ({bare:.1f} ms; {m['rounds']} rounds, load "
+        lines.append(f"| {m['description']} ({bare:.3g} ms; {m['rounds']} rounds, load "
                      f"{m['load_average_1min'][0]:.1f}–{m['load_average_1min'][1]:.1f}) | "
                      + " | ".join(cells) + " |")
     for c, why in result.get("left_out", {}).items():
