@@ -40,7 +40,6 @@ def test_identity_chain_gradwatch_act_ratio_is_c(c):
     # Each weight gradient is g_k x_{k-1}^T with ‖·‖ = (2 c^(99-k)) (2 c^k) = 4 c^99.
     norms = [s.norm for s in rec.layers.values()]
     np.testing.assert_allclose(norms, 4 * c ** 99, rtol=1e-5)
-    assert rec.flagged  # 4·2^99 and 4·0.5^99 are far outside the default absolute bounds
 
 
 def _numpy_tanh_chain(w: list[float]) -> tuple[list[float], list[float], list[float]]:
@@ -196,3 +195,38 @@ def test_bad_options_raise(bad):
 def test_xor_bad_depths_raise():
     with pytest.raises(ValueError, match="depths"):
         XorNet(3, seeds=[0, 1], depths=[4, 1])
+
+
+def test_keras_inits_match_their_formulas():
+    from gradwatch.bench.models import he_normal_
+
+    torch.manual_seed(0)
+    mlp = DeepMLP(1, width=256)  # Keras Dense defaults: Glorot-uniform kernel, zero bias
+    bound = math.sqrt(6 / (784 + 256))
+    w = mlp.input.weight
+    assert w.abs().max().item() <= bound and w.abs().max().item() > 0.99 * bound
+    assert w.std().item() == pytest.approx(math.sqrt(2 / (784 + 256)), rel=0.02)
+    assert mlp.input.bias.abs().max().item() == 0
+    w = he_normal_(torch.empty(256, 64, 3, 3))  # fan_in 576
+    sigma = math.sqrt(2 / 576)
+    assert w.std().item() == pytest.approx(sigma, rel=0.02)
+    assert w.abs().max().item() <= 2 * sigma / 0.87962566103423978 + 1e-7
+
+
+def test_resnet_follows_the_tutorial():
+    torch.manual_seed(0)
+    model = MnistResNet()
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs[:1]] == [64] and convs[0].kernel_size == (7, 7)
+    assert convs[0].stride == (2, 2) and model.pool.kernel_size == 3 and model.pool.stride == 2
+    assert [b.conv1.out_channels for b in model.blocks] == [64, 64, 128, 128, 256, 256]
+    assert [b.conv1.stride[0] for b in model.blocks] == [1, 1, 2, 1, 2, 1]
+    for c in convs:  # he_normal: truncated at 2σ/0.8796 with σ = √(2/fan_in)
+        sigma = math.sqrt(2 / c.weight[0].numel())
+        assert c.weight.abs().max().item() <= 2 * sigma / 0.87962566103423978 + 1e-7
+        assert c.bias is None or c.bias.abs().max().item() == 0
+    big = model.blocks[5].conv2.weight  # 256·256·9 weights: a tight std estimate
+    assert big.std().item() == pytest.approx(math.sqrt(2 / (256 * 9)), rel=0.02)
+    fan = model.output.in_features + model.output.out_features
+    assert model.output.weight.abs().max().item() <= math.sqrt(6 / fan)
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)

@@ -35,8 +35,16 @@ EXPERIMENTS: dict[str, tuple[str, Callable[[Context], ExperimentResult]]] = {
     "xor": ("XOR, plain vs residual sigmoid nets over depths and seeds", _lazy("xor", "run_xor")),
     "sigmoid_mlp": ("deep sigmoid MLP on MNIST (stalls)", _lazy("mnist", "run_sigmoid_mlp")),
     "fixed_models": ("ReLU+He, +BN, ResNet on MNIST", _lazy("mnist", "run_fixed_models")),
-    "deep_linear": ("deep linear MLP on MNIST, no clip vs clipping variants",
-                    _lazy("mnist", "run_deep_linear")),
+    "deep_linear": ("deep linear MLP on MNIST, no clip vs Keras clipnorm (per-tensor) clipping",
+                    _lazy("linear", "run_deep_linear")),
+    "regularisation": ("deep linear MLP on MNIST with an L2 penalty (weight decay)",
+                       _lazy("regularisation", "run_regularisation")),
+    "learning_rate": ("ReLU MLP on MNIST, SGD at lr 0.01 / 0.1 / 1.0",
+                      _lazy("lr", "run_learning_rate")),
+    "dying_relu": ("ReLU MLP on MNIST, Adam lr 1e-3 vs 0.1: dead units",
+                   _lazy("dying", "run_dying_relu")),
+    "rnn": ("tanh RNN: gradients through time, large recurrent weights, clipping",
+            _lazy("rnn", "run_rnn")),
     "grid": ("mitigation grid: activation × init × BN × residual", _lazy("grid", "run_grid")),
 }
 """name -> (description, runner), in report order."""
@@ -60,8 +68,11 @@ def run_bench(names: Sequence[str] | None = None, *, budget: Budget | str = "def
               out: str | os.PathLike[str] = "gradwatch-report", device: str = "cpu",
               data_dir: str | os.PathLike[str] | None = None, seeds: int | None = None,
               threads: int | None = None, progress: bool = True,
-              cache_dir: str | os.PathLike[str] | None = None) -> tuple[Path, Path]:
+              cache_dir: str | os.PathLike[str] | None = None,
+              figures: bool = True) -> tuple[Path, Path]:
     """Runs the named experiments (all by default) and writes the report; returns its paths.
+
+    ``figures=False`` skips the experiments' figures (the numbers are the same).
 
     Raises:
         ValueError: An unknown experiment or budget name.
@@ -84,14 +95,15 @@ def run_bench(names: Sequence[str] | None = None, *, budget: Budget | str = "def
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     ctx = Context(budget, Path(out), device=dev, data_dir=data_dir, progress=progress,
-                  cache_dir=cache_dir)
+                  cache_dir=cache_dir, figures=figures)
     results: list[ExperimentResult] = []
     start = time.perf_counter()
     try:
         for name in names or list(EXPERIMENTS):
             t0 = time.perf_counter()
             # Tiny per-sample XOR steps are faster on one thread than on two.
-            torch.set_num_threads(1 if name in ("xor", "tanh_chain", "identity_chain") else threads)
+            torch.set_num_threads(1 if name in ("xor", "tanh_chain", "identity_chain", "rnn")
+                                  else threads)
             result = EXPERIMENTS[name][1](ctx)
             result.seconds = time.perf_counter() - t0
             results.append(result)

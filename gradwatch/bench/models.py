@@ -23,6 +23,7 @@ __all__ = [
     "init_linear_",
     "DeepMLP",
     "MnistResNet",
+    "he_normal_",
 ]
 
 Activation = Literal["sigmoid", "tanh", "relu", "linear"]
@@ -267,6 +268,18 @@ class DeepMLP(nn.Module):
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
 
 
+def he_normal_(weight: Tensor) -> Tensor:
+    """Keras' ``he_normal``: a normal truncated at ±2σ, rescaled so its std is √(2 / fan_in).
+
+    Keras' ``VarianceScaling(2.0, "fan_in", "truncated_normal")`` divides the normal's σ by
+    0.87962566103423978 (the std of a standard normal truncated at ±2) before truncating.
+    """
+    fan_in = weight[0].numel()
+    std = math.sqrt(2.0 / fan_in) / 0.87962566103423978
+    with torch.no_grad():
+        return nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+
 class _ResBlock(nn.Module):
     """Two 3x3 convs with BN and ReLU; a 1x1 strided projection when the shape changes."""
 
@@ -288,10 +301,11 @@ class _ResBlock(nn.Module):
 
 
 class MnistResNet(nn.Module):
-    """The reference ResNet for 28x28 digits (He et al., CVPR 2016, shrunk for MNIST).
+    """The Keras tutorial's ResNet for 28x28 digits (He et al., CVPR 2016, shrunk for MNIST).
 
     conv 7x7/64 stride 2 + ReLU + BN, max-pool 3x3 stride 2, residual blocks
-    (64, 64, 128/2, 128, 256/2, 256), flatten, dense logits.
+    (64, 64, 128/2, 128, 256/2, 256), flatten, dense logits. Every conv is ``he_normal``
+    (Keras' truncated normal, zero conv biases); the dense head is Glorot-uniform, zero bias.
 
     Args:
         classes: Number of outputs.
@@ -310,6 +324,12 @@ class MnistResNet(nn.Module):
             cin, size = cout, math.ceil(size / stride)
         self.blocks = nn.Sequential(*blocks)
         self.output = nn.Linear(cin * size * size, classes)
+        init_linear_(self.output, "glorot_uniform")
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                he_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.pool(self.stem_bn(torch.relu(self.stem(x))))
