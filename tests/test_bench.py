@@ -352,3 +352,20 @@ def test_time_ratio_matches_an_unrolled_rnn():
     net.head(h).squeeze(-1).square().sum().backward()
     g = xs.grad.double().norm(dim=(0, 2))
     assert time_ratio(x.grad) == pytest.approx(float(g[0] / g[-1]), rel=1e-5)
+
+
+def test_summarize_records_counts_statuses_and_flags():
+    from gradwatch.bench.common import summarize_records
+    from gradwatch.records import LayerStat, Status, StepRecord
+
+    def rec(step, a, b, spike=False):
+        return StepRecord(step=step, total_norm=1.0, spike=spike,
+                          layers={"a": LayerStat(norm=1.0, status=a), "b": LayerStat(norm=1.0, status=b)})
+
+    ok, van, exp = Status.OK, Status.VANISHING, Status.EXPLODING
+    s = summarize_records([rec(0, ok, ok), rec(1, van, ok), rec(2, van, exp, spike=True),
+                           rec(3, ok, ok)])
+    assert (s.steps, s.flagged_steps, s.first_flag_step, s.spikes) == (4, 2, 1, 1)
+    assert s.layers == {"vanishing": {"a": 2}, "exploding": {"b": 1}}
+    assert s.flagged and "vanishing: a" in s.text()
+    assert summarize_records([]).text() == "none flagged (0 recorded steps)"

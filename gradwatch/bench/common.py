@@ -221,21 +221,29 @@ class RecordSummary:
 
 
 def summarize_records(records: Iterable[StepRecord]) -> RecordSummary:
-    """Condenses gradwatch records into a `RecordSummary`."""
-    steps = flagged_steps = spikes = 0
-    first: int | None = None
+    """Condenses gradwatch records into a `RecordSummary` through `gradwatch.runsummary` (the
+    one reduction the summary and the report use); its own tally where that module is absent."""
+    recs = list(records)
+    flagged = [r for r in recs if r.flagged]
+    first = flagged[0].step if flagged else None
+    try:
+        from ..runsummary import summarize
+    except ImportError:  # an older gradwatch without the shared reduction
+        summarize = None
     layers: dict[str, dict[str, int]] = {}
-    for rec in records:
-        steps += 1
-        spikes += bool(rec.spike)
-        if rec.flagged:
-            flagged_steps += 1
-            first = rec.step if first is None else first
+    if summarize is not None:
+        run = summarize(recs)
+        for layer in run.layers:
+            for status, n in layer.statuses.items():
+                if n and str(status) != Status.OK.value:
+                    layers.setdefault(str(status), {})[layer.name] = int(n)
+        return RecordSummary(run.kept, len(flagged), first, layers, len(run.spike_steps))
+    for rec in recs:
         for name, stat in rec.layers.items():
             if stat.status is not Status.OK:
                 per = layers.setdefault(stat.status.value, {})
                 per[name] = per.get(name, 0) + 1
-    return RecordSummary(steps, flagged_steps, first, layers, spikes)
+    return RecordSummary(len(recs), len(flagged), first, layers, sum(bool(r.spike) for r in recs))
 
 
 def mean_spread(values: Sequence[float]) -> tuple[float, float]:
