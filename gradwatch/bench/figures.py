@@ -33,6 +33,7 @@ class Panel:
     percent: bool = False  # y holds fractions in [0, 1], labelled as percent
     references: tuple[Reference, ...] = ()
     points: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # label -> (x, y)
+    depth_colors: bool = False  # colour lines in order with a sequential map (layers by depth)
 
 
 def require_matplotlib() -> None:
@@ -121,13 +122,23 @@ def _merge_identical(lines: Lines) -> dict[str, tuple[list[float], list[float]]]
 
 
 def _draw_panel(ax, name: str, panel: Panel, xlabel: str) -> None:
-    from matplotlib.ticker import PercentFormatter
+    from matplotlib import colormaps
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-    for label, (x, y) in _merge_identical(panel.lines).items():
+    merged = _merge_identical(panel.lines)
+    shade = colormaps["viridis"]
+    for k, (label, (x, y)) in enumerate(merged.items()):
         if not x:
             label += " (no logged point: shorter than one log interval)"
         ys = _positive(y) if panel.logy else y
-        ax.plot(x, ys, label=label, lw=1.3, marker="o" if len(x) <= 3 else None, ms=4)
+        color = shade(0.9 * k / max(len(merged) - 1, 1)) if panel.depth_colors else None
+        ax.plot(x, ys, label=label, lw=1.3, marker="o" if len(x) <= 3 else None, ms=4,
+                color=color)
+    xs = [v for x, _ in merged.values() for v in x]
+    if xs and all(float(v).is_integer() for v in xs):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if max(xs) - min(xs) < 1:  # one epoch: whole-number ticks around it, not 0.96..1.04
+            ax.set_xlim(min(xs) - 1, max(xs) + 1)
     for label, (x, y) in panel.points.items():
         ax.scatter([x], [y], marker="D", s=36, zorder=5, edgecolors="black", label=label)
     for ref in panel.references:
@@ -214,10 +225,11 @@ def histogram_figures(name: str, hist: Mapping[str, Any], folder: Path) -> list[
     if norms:
         lines = {layer: ([_epoch(e) for e in per], list(per.values()))
                  for layer, per in norms.items()}
-        panel = Panel(lines, ylabel="median weight-gradient L2 norm (log)", logy=True)
+        panel = Panel(lines, ylabel="median weight-gradient L2 norm (log)", logy=True,
+                      depth_colors=True)
         out.append(plot_curves({}, folder / f"{name}_grad_norm_epochs.png", xlabel="epoch",
                                ylabel="", title=f"{run}: gradient norm per layer and epoch",
-                               panels={"per layer (input → output in legend order)": panel}))
+                               panels={"per layer (colour = depth, input → output)": panel}))
     return out
 
 
