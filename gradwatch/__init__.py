@@ -1,11 +1,13 @@
-"""gradwatch: per-layer gradient norms, verdicts and clipping for PyTorch training loops."""
+"""gradwatch: per-layer gradient statistics, verdicts, a diagnosis and clipping for PyTorch."""
 
-from . import clip
-from .loggers import CsvLogger, JsonlLogger, read_jsonl
+from . import clip, statistics
+from .loggers import CsvLogger, JsonlLogger, Run, read_jsonl, read_runs
 from .monitor import GradWatch, NonFiniteGradientError
-from .records import LayerStat, Status, StepRecord
+from .records import Finding, LayerStat, Status, StepRecord
+from .statistics import Statistic
 from .thresholds import Thresholds
 
-__all__ = ["CsvLogger", "GradWatch", "JsonlLogger", "LayerStat", "NonFiniteGradientError",
-           "Status", "StepRecord", "Thresholds", "clip", "read_jsonl"]
-__version__ = "0.1.0"
+__all__ = ["CsvLogger", "Finding", "GradWatch", "JsonlLogger", "LayerStat",
+           "NonFiniteGradientError", "Run", "Statistic", "Status", "StepRecord", "Thresholds",
+           "clip", "read_jsonl", "read_runs", "statistics"]
+__version__ = "0.2.0"

@@ -13,7 +13,7 @@ from .rules import Judge, StepView
 from .spikes import SpikeTracker
 from .thresholds import Thresholds
 
-__all__ = ["Pending", "ForwardOrder", "assemble"]
+__all__ = ["Pending", "ForwardOrder", "layer_norms", "pending_step", "assemble"]
 
 
 class ForwardOrder:
@@ -92,6 +92,37 @@ def layer_norms(order: Sequence[int], slices: Sequence[slice], norms: Sequence[f
             out_order.append(i)
             out.append(combine(vals))
     return out_order, out
+
+
+def pending_step(step: int, watched: Any, data: Any, got: Any, present: list[bool] | None,
+                 statistics: Sequence[Any], coef: float, skipped: bool, overflow: bool
+                 ) -> Pending:
+    """A measured step's per-layer numbers in forward order, and where a NaN was born."""
+    from .measure import layer_values, locate_nonfinite
+
+    w = watched
+    if data is not None:
+        w.forward.learn(data.completed)
+    order, lnorms = layer_norms(w.forward.order, w.slices, got.norms, present)
+    act, values = {}, {}
+    if data is not None:
+        act, values, _ = layer_values(data, got.host, got.act_inv)
+    for s in statistics:
+        per = got.host.get(f"stat:{s.name}")
+        if per is None:  # a forced record of an unrecorded non-finite step
+            continue
+        at = iter(per)
+        by_param = [next(at) if present is None or present[k] else None
+                    for k in range(len(w.params))]
+        for i in order:
+            vals = [v for v in by_param[w.slices[i]] if v is not None]
+            values.setdefault(i, {})[s.name] = s.combine(vals) if vals else None
+    origin = birth = None
+    if not math.isfinite(got.total) and not overflow and data is not None:
+        origin, birth = locate_nonfinite(w.collector, data, got.host, w.names,
+                                         dict(zip(order, lnorms)), order)
+    return Pending(step, order, lnorms, act, values, got.total, coef, skipped, overflow,
+                   origin, birth)
 
 
 def assemble(p: Pending, layers: Sequence[Layer], head: int | None, judge: Judge,

@@ -21,9 +21,17 @@ def _is_optimized(module: nn.Module) -> bool:
     return hasattr(module, "_orig_mod") and type(module).__name__ == "OptimizedModule"
 
 
-def unwrap_compiled(model: nn.Module) -> nn.Module:
+def unwrap_compiled(model: nn.Module, *, warn: bool = False) -> nn.Module:
     """The original module behind ``torch.compile(model)`` (so layer names carry no
-    ``_orig_mod.`` prefix); any other module unchanged. Parameters are shared, never copied."""
+    ``_orig_mod.`` prefix); any other module unchanged. Parameters are shared, never copied.
+    With ``warn``, explains that hooks added to an already compiled model may never run."""
+    if warn and compiled_names(model):
+        import warnings
+
+        from .hooks import user_stacklevel
+
+        warnings.warn(compiled_warning(compiled_names(model)), UserWarning,
+                      stacklevel=user_stacklevel())
     while _is_optimized(model):
         model = model._orig_mod
     return model

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
-    from .records import Finding
+    from .records import Finding, StepRecord
     from .rules import Hit, StepView
 
-__all__ = ["explain", "format_findings"]
+__all__ = ["explain", "format_findings", "nonfinite_message"]
 
 
 def explain(kind: str, view: StepView, hit: Hit) -> tuple[str, str, tuple[str, ...]]:
@@ -93,3 +93,14 @@ def format_findings(findings: Sequence[Finding]) -> str:
         lines.append(f"  likely cause: {f.cause}")
         lines.append(f"  remedy: {f.remedy} [{', '.join(f.remedies)}]")
     return "\n".join(lines)
+
+
+def nonfinite_message(record: StepRecord) -> str:
+    """The warning (or error) text of a step whose gradients went non-finite."""
+    where = {"forward": f"born in the forward pass at {record.first_nonfinite!r}",
+             "loss": "born in the loss"}.get(
+        record.nonfinite_origin or "", f"first in backward order at layer "
+                                       f"{record.first_nonfinite!r}")
+    skipped = "; the optimizer step was skipped" if record.skipped else ""
+    return (f"non-finite gradient at step {record.step}: {where} (total norm "
+            f"{record.total_norm}){skipped}")

@@ -74,7 +74,8 @@ class Collected:
 
     completed: list[int] = field(default_factory=list)  # module ids in forward completion order
     forward_bad: list[tuple[int, Any]] = field(default_factory=list)  # (module, finite flag)
-    events: list[tuple[int, bool, Any, int]] = field(default_factory=list)  # layer, is_output, norm, task
+    events: list[tuple[int, bool, Any, int, int]] = field(default_factory=list)
+    """Backward order: (layer, is_output, norm, graph task, id of the gradient tensor)."""
     units: dict[tuple[int, str], list[Any]] = field(default_factory=dict)  # (layer, stat) -> values
     time: dict[int, list[Any]] = field(default_factory=dict)  # layer -> first/last ratios
     tasks: set[int] = field(default_factory=set)  # graph tasks that accumulated parameter grads
@@ -199,7 +200,8 @@ class Collector:
 
     def on_grad(self, layer: int, is_output: bool, grad: Tensor) -> None:
         if self.armed:
-            self.data.events.append((layer, is_output, tensor_norm(grad.detach()), _task()))
+            self.data.events.append((layer, is_output, tensor_norm(grad.detach()), _task(),
+                                     id(grad)))
 
     def on_accumulate(self, param: Tensor) -> None:
         if self.armed:

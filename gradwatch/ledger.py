@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .records import Status, StepRecord
 
-__all__ = ["Ledger", "COUNTERS"]
+__all__ = ["Ledger", "COUNTERS", "run_header"]
 
 COUNTERS = ("recorded", "clipped", "nonfinite", "skipped", "spikes", "amp_overflow")
 """The run-wide counters the ledger keeps (over every recorded step, not only those kept)."""
@@ -86,3 +86,14 @@ class Ledger:
         self.run = Counter({k: int(v) for k, v in state["run"].items()})
         self.run_id = str(state.get("run_id", self.run_id))
         self._resume_step, self._started = step, False
+
+
+def run_header(thresholds: Any, layers: Sequence[Any], statistics: Sequence[Any],
+               **options: Any) -> dict[str, Any]:
+    """The run header without id and time: version, thresholds, layers and roles, options."""
+    from . import __version__
+
+    return {"gradwatch": __version__, "thresholds": thresholds.to_dict(),
+            "layers": [layer.name for layer in layers],
+            "roles": {layer.name: layer.role for layer in layers}, "options": options,
+            "statistics": [{"name": s.name, "label": s.label} for s in statistics]}

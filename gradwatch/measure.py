@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -14,8 +15,8 @@ from .hooks import Collected, Collector
 from .norms import TINY, combine, per_tensor_norms, repair_norms
 from .statistics import Statistic
 
-__all__ = ["HostBatch", "UpdateTracker", "Measured", "device_total", "locate_nonfinite",
-           "layer_values"]
+__all__ = ["HostBatch", "UpdateTracker", "StepNumbers", "read_step", "device_total",
+           "locate_nonfinite", "layer_values"]
 
 
 class HostBatch:
@@ -95,16 +96,18 @@ class UpdateTracker:
             return
         self._before = torch.cat(self._views).double()
 
-    def after(self) -> Tensor | None:
-        """(n_layers, 2) tensor of estimated ‖Δθ‖² and ‖θ‖² per layer, or None."""
+    def after(self) -> dict[int, float | None] | None:
+        """The estimated ‖Δθ‖/‖θ‖ of each layer, θ before the step (call right after
+        ``optimizer.step()``)."""
         if self._before is None:
             return None
         now = torch.cat(self._views).double()
         out = torch.zeros(self.n_layers, 2, dtype=torch.float64, device=now.device)
         out[:, 0].index_add_(0, self._segs, self._weights * (now - self._before).square())
-        out[:, 1].index_add_(0, self._segs, self._weights * now.square())
+        out[:, 1].index_add_(0, self._segs, self._weights * self._before.square())
         self._before = None
-        return out
+        return {i: math.sqrt(d2 / w2) if w2 > 0 else None
+                for i, (d2, w2) in enumerate(out.tolist())}
 
 
 def device_total(norms_dev: Tensor, grads: Sequence[Tensor]) -> Tensor:
@@ -118,19 +121,6 @@ def device_total(norms_dev: Tensor, grads: Sequence[Tensor]) -> Tensor:
     return torch.where(good, total32.double(), torch.linalg.vector_norm(exact))
 
 
-@dataclass
-class Measured:
-    """The host numbers of one recorded step, before verdicts."""
-
-    total: float
-    norms: list[float]  # per watched parameter with a gradient, unscaled
-    act: dict[int, float] = field(default_factory=dict)  # layer -> output-gradient norm
-    values: dict[int, dict[str, float | None]] = field(default_factory=dict)
-    backward: dict[int, int] = field(default_factory=dict)  # layer -> position in backward
-    origin: str | None = None
-    birth: str | None = None
-
-
 def layer_values(data: Collected, host: dict[str, list[float]], inv_scale: float
                  ) -> tuple[dict[int, float], dict[int, dict[str, float | None]], dict[int, int]]:
     """Output-gradient norms (accumulating backward passes only), unit and time statistics."""
@@ -138,7 +128,7 @@ def layer_values(data: Collected, host: dict[str, list[float]], inv_scale: float
               if not data.tasks or e[3] in data.tasks]
     act: dict[int, list[float]] = {}
     backward: dict[int, int] = {}
-    for (layer, is_output, _, _), v in events:
+    for (layer, is_output, *_), v in events:
         if is_output:
             act.setdefault(layer, []).append(v)
             backward.setdefault(layer, len(backward))
@@ -170,22 +160,20 @@ def locate_nonfinite(collector: Collector, data: Collected, host: dict[str, list
             return "forward", collector.names[module]
     events = [(e, v) for e, v in zip(data.events, host.get("events", []))
               if not data.tasks or e[3] in data.tasks]
-    for k, ((layer, is_output, _, _), v) in enumerate(events):
+    for k, ((layer, is_output, _, _, gid), v) in enumerate(events):
         if math.isfinite(v):
             continue
         if is_output and k == 0:
             return "loss", None
-        return "backward", layer_names[layer]
+        # the same bad gradient reaches a module's input: it went bad inside that module's
+        # backward; reaching only outputs, it went bad between modules (at this output)
+        same = list(itertools.takewhile(lambda e: e[4] == gid, (e for e, _ in events[k:])))
+        inside = next((e[0] for e in same if not e[1]), None)
+        return "backward", layer_names[inside if inside is not None else layer]
     for i in sorted(order, key=lambda i: -order.index(i)):
         if i in norms and not math.isfinite(norms[i]):
             return "backward", layer_names[i]
     return None, None
-
-
-def repaired(host_norms: list[float], grads: Sequence[Tensor]) -> tuple[list[float], bool]:
-    """Per-tensor norms with pathological fp32 values recomputed; whether any was."""
-    fixed = repair_norms(host_norms, grads)
-    return fixed, fixed != host_norms
 
 
 def use_statistics(statistics: Sequence[Statistic], grads: Sequence[Tensor],
@@ -194,3 +182,43 @@ def use_statistics(statistics: Sequence[Statistic], grads: Sequence[Tensor],
     for s in statistics:
         tensors = grads if s.reads == "grad" else [p.detach() for p in params]
         batch.add(f"stat:{s.name}", s.per_tensor(tensors))
+
+
+@dataclass
+class StepNumbers:
+    """The host numbers of a measured step: the copied slots, per-tensor norms, the total."""
+
+    host: dict[str, list[float]]
+    norms: list[float]  # per watched gradient, repaired and unscaled
+    total: float  # the number clipping uses and the record logs
+    act_inv: float  # 1 / the loss scale output gradients carry (1.0 without AMP)
+
+
+def read_step(grads: Sequence[Tensor], params: Sequence[Tensor], norms_dev: Tensor, *,
+              scale: Tensor | None, scaled: bool, data: Collected | None,
+              statistics: Sequence[Statistic], recording: bool) -> StepNumbers:
+    """Copies everything the step needs to the host at once and forms the norms.
+
+    Healthy steps log (and clip with) torch's own fp32 total, so clipping is bit-identical to
+    ``clip_grad_norm_``; steps whose fp32 norms over- or underflow get the exact float64 total.
+    """
+    batch = HostBatch(norms_dev.device)
+    batch.add("norms", norms_dev)
+    batch.add("total32", torch.linalg.vector_norm(norms_dev).reshape(1))
+    batch.add("scale", [scale.double()] if scale is not None else [1.0])
+    if data is not None:
+        batch.add("events", [e[2] for e in data.events])
+        batch.add("forward", [flag for _, flag in data.forward_bad])
+        batch.add("units", [v for vals in data.units.values() for v in vals])
+        batch.add("time", [v for vals in data.time.values() for v in vals])
+    if recording:
+        use_statistics(statistics, grads, params, batch)
+    host = batch.fetch()  # the one device-to-host copy of the step
+    raw = host["norms"]
+    act_inv = 1.0 / host["scale"][0]
+    inv = act_inv if scaled else 1.0
+    fixed = repair_norms(raw, grads)
+    norms = fixed if inv == 1.0 else [n * inv for n in fixed]
+    total32 = host["total32"][0]
+    exact = fixed != raw or not TINY <= total32 < math.inf
+    return StepNumbers(host, norms, combine(norms) if exact else total32 * inv, act_inv)

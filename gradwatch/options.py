@@ -10,7 +10,7 @@ from torch import nn
 
 from .thresholds import Thresholds
 
-__all__ = ["ON_NONFINITE", "validate"]
+__all__ = ["ON_NONFINITE", "validate", "refuse_closure"]
 
 ON_NONFINITE = ("warn", "raise", "skip", "zero")
 
@@ -52,3 +52,14 @@ def validate(model: Any, optimizer: Any, thresholds: Any, activations: Any, ever
     if isinstance(clip, bool) or (isinstance(clip, (int, float)) and not 0 < clip < math.inf):
         raise ValueError(f"Expected `clip` to be a max norm > 0 (finite), \"auto\", a "
                          f"gradwatch.clip policy or None, but got {clip!r}; e.g. clip=1.0.")
+
+
+def refuse_closure(optimizer: Any, args: Any, kwargs: Any) -> None:
+    """Raises when ``optimizer.step`` gets a closure (LBFGS): its gradients only exist inside
+    the closure, after the step pre-hook has run."""
+    closure = args[1] if len(args) > 1 else kwargs.get("closure")  # args[0] is the optimizer
+    if closure is not None:
+        raise RuntimeError(f"GradWatch(optimizer=...) cannot watch {type(optimizer).__name__}"
+                           f".step(closure): the gradients only exist inside the closure. "
+                           f"Construct GradWatch without `optimizer=` and call watch.step() "
+                           f"inside your closure after loss.backward().")

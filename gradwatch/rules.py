@@ -273,15 +273,28 @@ class Judge:
         self.th, self.rules = thresholds, tuple(rules)
         self.windows = {r.kind: deque(maxlen=thresholds.window) for r in self.rules}
         self.findings: dict[str, Finding] = {}
+        self._last: dict[str, tuple[Hit, StepView]] = {}  # each rule's latest hit
 
     def judge(self, view: StepView) -> tuple[list[tuple[Status, str]], list[Finding]]:
         """Per-layer (status, reason) and the findings that became true at this step."""
         statuses: list[tuple[Status, str]] = [(Status.OK, "")] * len(view.names)
         new: list[Finding] = []
+        broke = not view.overflow and (view.origin is not None or not math.isfinite(view.total))
         for rule in self.rules:
             hit = rule.check(view, self.th)
             window = self.windows[rule.kind]
+            if broke and hit is None and rule.persistent and any(window) \
+                    and rule.kind in self._last:
+                # the run went non-finite while this condition was building up: the NaN/Inf is
+                # its outcome, so report it now, with the evidence of its latest step
+                old_hit, old_view = self._last.pop(rule.kind)
+                finding = self._note(rule, old_hit, old_view)
+                if finding is not None:
+                    new.append(finding)
+                continue
             window.append(hit is not None)
+            if hit is not None:
+                self._last[rule.kind] = (hit, view)
             need = len(window) if rule.kind == "amp_overflow" else self.th.persistence
             holds = hit is not None and (not rule.persistent or (
                 len(window) >= need and sum(window) >= need))

@@ -63,10 +63,16 @@ class SpikeTracker:
         self.layers = {name: RunningStats() for name in names}
         self.total = RunningStats()
 
+    def add(self, names: Sequence[str]) -> None:
+        """Starts a history for each layer not seen yet (the watched set grew)."""
+        for name in names:
+            self.layers.setdefault(name, RunningStats())
+
     def observe(self, norms: Mapping[str, float], total: float, th: Thresholds
                 ) -> tuple[dict[str, str], bool]:
         """Spike evidence per layer ("" for none) and whether the total norm spiked."""
-        per_layer = {name: self.layers[name].observe(n, th) for name, n in norms.items()}
+        per_layer = {name: self.layers.setdefault(name, RunningStats()).observe(n, th)
+                     for name, n in norms.items()}
         return per_layer, bool(self.total.observe(total, th))
 
     def state_dict(self) -> dict[str, Any]:

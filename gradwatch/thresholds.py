@@ -48,10 +48,10 @@ class Thresholds:
     dead_units: float | None = 0.5
     """Dead units when at least this share of a layer's units is zeroed by the following
     ReLU-family module for the whole batch (persistent; None: off)."""
-    saturation: float | None = 0.5
+    saturation: float | None = 0.8
     """Saturation when at least this share of a saturating module's outputs sits within 1% of
     its bounds (persistent; None: off)."""
-    time_vanishing: float | None = 1e-4
+    time_vanishing: float | None = 1e-6
     """Vanishing through time when a recurrent module's first/last time-step gradient ratio is
     below this (persistent; None: off)."""
     spike: float | None = 6.0

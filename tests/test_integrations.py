@@ -59,10 +59,13 @@ def test_tensorboard_scalars_read_back_equal_the_records(tmp_path):
         records = watch.history
     scalars = _scalars(tmp_path / "tb")
     names = list(records[0].layers)
+    stats = {(k, n) for r in records for n, s in r.layers.items()
+             for k, v in s.numbers().items() if v is not None}  # every declared statistic
+    assert {("norm", n) for n in names} | {("act_norm", n) for n in names} <= stats
+    assert ("update_ratio", names[0]) in stats  # optimizer= measures it across the step
     assert set(scalars) == ({"gradwatch/total_norm", "gradwatch/clip_coef",
-                             "gradwatch/flagged_layers"}
-                            | {f"gradwatch/norm/{n}" for n in names}
-                            | {f"gradwatch/act_norm/{n}" for n in names})
+                             "gradwatch/flagged_layers", "gradwatch/findings"}
+                            | {f"gradwatch/{k}/{n}" for k, n in stats})
 
     def check(tag, values):
         steps, got = zip(*scalars[tag])
@@ -73,9 +76,8 @@ def test_tensorboard_scalars_read_back_equal_the_records(tmp_path):
     check("gradwatch/clip_coef", [r.clip_coef for r in records])
     assert any(r.clip_coef < 1 for r in records)  # clipping at 0.5 acted
     check("gradwatch/flagged_layers", [len(r.flagged) for r in records])
-    for n in names:
-        check(f"gradwatch/norm/{n}", [r.layers[n].norm for r in records])
-        check(f"gradwatch/act_norm/{n}", [r.layers[n].act_norm for r in records])
+    for k, n in stats:
+        check(f"gradwatch/{k}/{n}", [r.layers[n].numbers()[k] for r in records])
 
 
 def test_tensorboard_borrowed_writer_nonfinite_values_and_no_layers(tmp_path):
@@ -92,7 +94,8 @@ def test_tensorboard_borrowed_writer_nonfinite_values_and_no_layers(tmp_path):
     writer.add_scalar("after", 1.0, 0)  # still open: the logger only flushed it
     writer.close()
     scalars = _scalars(tmp_path)
-    assert set(scalars) == {"gw/total_norm", "gw/clip_coef", "gw/flagged_layers", "after"}
+    assert set(scalars) == {"gw/total_norm", "gw/clip_coef", "gw/flagged_layers", "gw/findings",
+                            "after"}
     assert scalars["gw/total_norm"] == [(7, math.inf)]
     with pytest.raises(TypeError, match="SummaryWriter"):
         TensorBoardLogger(42)

@@ -63,13 +63,16 @@ def run_one(run: Run) -> dict[str, Any]:
     trace, setup, watch = train(run, factory)
     verdict = read_verdict(watch)
     records = [r.to_dict() for r in watch.history]
+    header = watch._ledger.header()  # thresholds, layers and their roles: for offline tuning
+    head = watch.head
     watch.close()
     after_probe(setup, trace, run.steps)
     sanity = {c: bool(CHECKS[c][1](trace)) for c in run.checks}
     return {"name": run.name, "family": run.family, "split": run.split, "note": run.note,
             "steps": run.steps, "label": run.label.__dict__, "checks": sanity,
             "sane": all(sanity.values()), "trace": trace.to_dict(), "verdict": verdict.__dict__,
-            "score": score(run.label, verdict), "records": records}
+            "score": score(run.label, verdict), "roles": header["roles"], "head": head,
+            "records": records}
 
 
 def _mark(ok: bool | None) -> str:

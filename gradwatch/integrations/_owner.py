@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import warnings
+
+from ..diagnosis import format_findings
 from ..loggers import Logger
 from ..monitor import GradWatch
-from ..records import StepRecord
+from ..records import Finding, StepRecord
 from ..thresholds import Thresholds
 
 __all__ = ["WatchOwner"]
@@ -25,13 +28,32 @@ class WatchOwner:
                             every=every, on_nonfinite=on_nonfinite, loggers=tuple(loggers))
         self.watch: GradWatch | None = None
         self.history: tuple[StepRecord, ...] = ()
+        self.diagnosis: list[Finding] = []
 
     def _close(self) -> None:
-        """Closes the running watch (idempotent), keeping its history."""
+        """Closes the running watch (idempotent), keeping its history and diagnosis; warns with
+        the diagnosis when it found something."""
         if self.watch is not None:
             self.history = self.watch.history
+            self.diagnosis = self.watch.diagnose()
             self.watch.close()
             self.watch = None
+            if self.diagnosis:
+                warnings.warn("gradwatch: " + format_findings(self.diagnosis), UserWarning,
+                              stacklevel=3)
+
+    @staticmethod
+    def metrics(record: StepRecord, prefix: str, layers: bool) -> dict[str, float]:
+        """The numbers a trainer logs for one record: step-level values and, with ``layers``,
+        every declared statistic per layer as ``{prefix}/{statistic}/{layer}``."""
+        out = {f"{prefix}/total_norm": record.total_norm, f"{prefix}/clip_coef": record.clip_coef,
+               f"{prefix}/flagged_layers": float(len(record.flagged)),
+               f"{prefix}/findings": float(len(record.findings))}
+        if layers:
+            for name, stat in record.layers.items():
+                out.update({f"{prefix}/{key}/{name}": value
+                            for key, value in stat.numbers().items() if value is not None})
+        return out
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(clip={self.options['clip']!r}, "

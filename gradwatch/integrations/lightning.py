@@ -77,12 +77,7 @@ class GradWatchCallback(WatchOwner, pl.Callback):
         record = self.watch.step()
         if record is None:
             return
-        metrics = {f"{self.prefix}/total_norm": record.total_norm,
-                   f"{self.prefix}/clip_coef": record.clip_coef,
-                   f"{self.prefix}/flagged_layers": float(len(record.flagged))}
-        if self.log_layers:
-            metrics.update({f"{self.prefix}/norm/{name}": stat.norm
-                            for name, stat in record.layers.items()})
+        metrics = self.metrics(record, self.prefix, self.log_layers)
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

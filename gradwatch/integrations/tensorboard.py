@@ -14,8 +14,9 @@ class TensorBoardLogger:
     """Writes scalars for every record to a ``torch.utils.tensorboard.SummaryWriter``.
 
     Tags, all at ``global_step=record.step``: ``{prefix}/total_norm``, ``{prefix}/clip_coef``,
-    ``{prefix}/flagged_layers`` (layers whose status is not ok), ``{prefix}/norm/{layer}`` and
-    ``{prefix}/act_norm/{layer}`` (when measured). Non-finite norms are written as they are
+    ``{prefix}/flagged_layers`` (layers whose status is not ok), ``{prefix}/findings`` (new
+    diagnosis findings) and ``{prefix}/{statistic}/{layer}`` for every declared statistic
+    measured (``norm``, ``act_norm``, ``update_ratio``, ...). Non-finite norms are written as they are
     (TensorBoard shows NaN/Inf points).
 
     Args:
@@ -49,11 +50,12 @@ class TensorBoardLogger:
         add(f"{p}/total_norm", record.total_norm, step)
         add(f"{p}/clip_coef", record.clip_coef, step)
         add(f"{p}/flagged_layers", len(record.flagged), step)
+        add(f"{p}/findings", len(record.findings), step)
         if self.layers:
             for name, stat in record.layers.items():
-                add(f"{p}/norm/{name}", stat.norm, step)
-                if stat.act_norm is not None:
-                    add(f"{p}/act_norm/{name}", stat.act_norm, step)
+                for key, value in stat.numbers().items():  # every declared statistic
+                    if value is not None:
+                        add(f"{p}/{key}/{name}", value, step)
 
     def flush(self) -> None:
         """Writes pending events to disk."""

@@ -1,0 +1,101 @@
+"""The watched set: the layers and parameters a `GradWatch` watches, their hooks, forward order
+and head, rebuilt when the trainable set changes (a layer unfrozen, a param group added)."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable
+
+from torch import nn
+
+from .assemble import ForwardOrder
+from .hooks import Collector
+from .layers import discover_layers
+from .measure import UpdateTracker
+from .statistics import UpdateRatio
+
+__all__ = ["WatchedSet"]
+
+
+class WatchedSet:
+    """Every module of ``model`` that directly owns trainable parameters, kept in step with
+    what is trainable: `refresh` notices a parameter whose ``requires_grad`` changed or an
+    optimizer param group added after the watch was created, and rebuilds the set (hooks,
+    forward order) so gradwatch always watches, measures and clips what the optimizer steps.
+
+    Args:
+        model: The (unwrapped) model.
+        activations: Whether the hooks measure output gradients and unit statistics.
+        optimizer: The optimizer whose parameters must be watched, or None.
+    """
+
+    def __init__(self, model: nn.Module, *, activations: bool, optimizer: Any) -> None:
+        self.model, self.activations, self.optimizer = model, activations, optimizer
+        self.amp_poll: Callable[[], None] | None = None
+        self.collector: Collector | None = None
+        self._build()
+
+    def _build(self) -> None:
+        old = self.collector
+        self.layers = discover_layers(self.model)
+        self.params = [p for layer in self.layers for p in layer.params]
+        ends = list(itertools.accumulate(len(layer.params) for layer in self.layers))
+        self.slices = [slice(e - len(layer.params), e) for layer, e in zip(self.layers, ends)]
+        self.collector = c = Collector(list(self.model.named_modules()), self.layers,
+                                       activations=self.activations)
+        if old is not None:
+            c.amp_poll, c.compiled = old.amp_poll, old.compiled
+            attached = old.attached
+            old.close()
+            if attached:
+                c.attach()
+        self.forward = ForwardOrder(self.layers, c.names, c.owner_of, c.weight_user)
+        self.saturating = any(k == "saturating" for k in c.kinds)
+        layer_of = [i for i, layer in enumerate(self.layers) for _ in layer.params]
+        self.updates = UpdateTracker(self.params, layer_of, len(self.layers),
+                                     UpdateRatio.sample) if self.optimizer is not None else None
+        self._signature = self._current_signature()
+
+    def _current_signature(self) -> tuple[int, int]:
+        trainable = sum(p.requires_grad for p in self.model.parameters())
+        stepped = 0 if self.optimizer is None else sum(
+            len(g["params"]) for g in self.optimizer.param_groups)
+        return trainable, stepped
+
+    def refresh(self) -> bool:
+        """Rebuilds the set when what is trainable changed; returns whether it did."""
+        if self._current_signature() == self._signature:
+            return False
+        self._build()
+        return True
+
+    def sync(self, *, armed: bool, every_step: bool, keep: bool, closed: bool) -> None:
+        """Arms the hooks for the next forward and attaches them only while needed: on
+        recorded forwards (activations, or forward checks every step, or the forward order not
+        learnt yet), always while ``keep`` (the AMP skip detector) or under torch.compile."""
+        c = self.collector
+        wanted = not closed and (keep or c.compiled or (
+            armed and (self.activations or every_step or not self.forward.known)))
+        c.armed = armed and wanted
+        if wanted:
+            c.attach()
+        elif c.attached:
+            c.detach()
+
+    @property
+    def names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    def head_name(self) -> str | None:
+        h = self.forward.head
+        return None if h is None else self.layers[h].name
+
+    def is_output(self, params: list[Any]) -> list[bool]:
+        """For each parameter, whether it belongs to the head (AGC leaves it unclipped)."""
+        head = self.forward.head
+        last = set(map(id, self.layers[head].params)) if head is not None else set()
+        return [id(p) in last for p in params]
+
+    def close(self) -> None:
+        if self.collector is not None:
+            self.collector.close()

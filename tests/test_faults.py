@@ -1,0 +1,282 @@
+"""Promises under faults and odd setups (issue: trustworthy under faults), each against plain
+torch: clipping independent of `every`, skips counted, new parameters watched, closures refused,
+the real head, NaN birth with reused modules, autograd.grad passes, pickling and copying,
+sparse gradients zeroed, one-line errors."""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import pickle
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import batch, loss_of, mlp
+from gradwatch import GradWatch, Status, Thresholds
+from gradwatch.clip import AGC
+
+
+def test_clipping_is_the_same_on_recorded_and_unrecorded_steps():
+    """Finite entries of 1e20 overflow the fp32 norm; every step must still clip to norm 1."""
+    model = nn.Linear(4, 4)
+    with GradWatch(model, clip=1.0, every=2) as watch:
+        norms = []
+        for _ in range(4):
+            for p in model.parameters():
+                p.grad = torch.full_like(p, 1e20)
+            watch.step()
+            g = torch.cat([p.grad.double().flatten() for p in model.parameters()])
+            norms.append(torch.linalg.vector_norm(g).item())
+    assert norms == pytest.approx([1.0] * 4, rel=1e-5)  # recorded (0, 2) and not (1, 3)
+
+
+def test_skip_at_an_unrecorded_step_is_recorded_counted_and_warned():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with GradWatch(model, optimizer=opt, on_nonfinite="skip", every=5) as watch:
+        for step in range(4):
+            opt.zero_grad()
+            loss_of(model, *batch(seed=step)).backward()
+            if step == 2:
+                model[0].weight.grad[0, 0] = math.nan
+                before = copy.deepcopy(model.state_dict())
+                with pytest.warns(RuntimeWarning, match="step 2.*skipped"):
+                    opt.step()
+                for k, v in model.state_dict().items():
+                    assert torch.equal(v, before[k])
+            else:
+                opt.step()
+        assert [r.step for r in watch.history] == [0, 2] and watch.history[1].skipped
+        text = watch.summary()
+    assert "non-finite 1, skipped 1" in text
+
+
+def test_parameter_unfrozen_and_added_later_is_watched_and_skipped():
+    model = mlp()
+    model[4].requires_grad_(False)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    with GradWatch(model, optimizer=opt, on_nonfinite="skip") as watch:
+        assert "4" not in watch.layer_names
+        model[4].requires_grad_(True)
+        opt.add_param_group({"params": list(model[4].parameters())})
+        opt.zero_grad()
+        loss_of(model, *batch()).backward()
+        model[4].weight.grad[0, 0] = math.inf  # only the newly trainable layer goes bad
+        before = model[4].weight.detach().clone()
+        with pytest.warns(RuntimeWarning, match="non-finite"):
+            opt.step()
+        assert torch.equal(model[4].weight, before)  # no NaN/Inf reached the weights
+        rec = watch.history[-1]
+    assert rec.skipped and "4" in rec.layers and rec.layers["4"].status is Status.NONFINITE
+
+
+def test_closure_optimizers_are_refused_with_the_fix():
+    model = mlp()
+    opt = torch.optim.LBFGS(model.parameters(), max_iter=2)
+    x, y = batch()
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_of(model, x, y)
+        loss.backward()
+        return loss
+
+    with GradWatch(model, optimizer=opt):
+        with pytest.raises(RuntimeError, match="closure.*watch.step\\(\\) inside your closure"):
+            opt.step(closure)
+    with GradWatch(model) as watch:  # the documented way: measure inside the closure
+
+        def watched_closure():
+            loss = closure()
+            watch.step()
+            return loss
+
+        opt.step(watched_closure)
+        assert watch.history and all(math.isfinite(r.total_norm) for r in watch.history)
+
+
+class _Attention(nn.Module):
+    """nn.MultiheadAttention applies out_proj's weights without calling out_proj."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.attn(x, x, x, need_weights=False)[0]).mean(1)
+
+
+def test_head_is_the_last_weight_layer_in_forward_order_not_the_last_hook():
+    model = _Attention()
+    x = torch.randn(2, 5, 8)
+    with GradWatch(model, clip=AGC(0.01)) as watch:
+        model(x).sum().backward()
+        untouched = model.head.weight.grad.clone()
+        watch.step()
+        assert watch.head == "head"
+        assert watch.layer_names.index("attn.out_proj") < watch.layer_names.index("head")
+        assert torch.equal(model.head.weight.grad, untouched)  # AGC spares the real head
+
+
+def test_tied_output_head_resolves_to_the_shared_embedding():
+    emb = nn.Embedding(10, 6)
+    body = nn.Linear(6, 6)
+    out = nn.Linear(6, 10, bias=False)
+    out.weight = emb.weight  # GPT-2 style tying: the head owns no parameter
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.body, self.out = emb, body, out
+
+        def forward(self, t):
+            return self.out(torch.tanh(self.body(self.emb(t))))
+
+    model = Tied()
+    with GradWatch(model) as watch:
+        model(torch.randint(0, 10, (4, 3))).sum().backward()
+        watch.step()
+        assert watch.head == "emb"
+
+
+class _Reused(nn.Module):
+    """out(shared(birth(shared(inp(x))))): `shared` runs before and after `birth`."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.shared, self.birth, self.out = (nn.Linear(4, 4) for _ in range(4))
+
+    def forward(self, x):
+        return self.out(self.shared(self.birth(self.shared(self.inp(x)))))
+
+
+class _DivideByZero(nn.Linear):
+    def forward(self, x):
+        return super().forward(x) / 0.0  # inf/NaN born in this module's forward
+
+
+def test_nan_born_in_forward_is_located_even_with_a_reused_module():
+    model = _Reused()
+    model.birth = _DivideByZero(4, 4)
+    with GradWatch(model) as watch:
+        with pytest.warns(RuntimeWarning, match="forward pass at 'birth'"):
+            model(torch.randn(3, 4)).sum().backward()
+            rec = watch.step()
+    assert rec.nonfinite_origin == "forward" and rec.first_nonfinite == "birth"
+    assert [f.kind for f in watch.diagnose()] == ["nonfinite_forward"]
+
+
+class _BadBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * math.nan
+
+
+class _BirthInBackward(nn.Linear):
+    def forward(self, x):
+        return super().forward(_BadBackward.apply(x))
+
+
+def test_nan_born_in_backward_names_the_module_not_the_reused_one():
+    model = _Reused()
+    model.birth = _BirthInBackward(4, 4)
+    with GradWatch(model) as watch:
+        with pytest.warns(RuntimeWarning):
+            model(torch.randn(3, 4)).sum().backward()
+            rec = watch.step()
+    assert rec.nonfinite_origin == "backward" and rec.first_nonfinite == "birth"
+    assert [f.kind for f in watch.diagnose()] == ["nonfinite_backward"]
+
+
+def test_nan_born_in_the_loss_is_said_so():
+    model = mlp()
+    with GradWatch(model) as watch:
+        with pytest.warns(RuntimeWarning, match="born in the loss"):
+            torch.log(model(batch()[0]) * 0.0).sum().backward()  # log(0) -> -inf loss
+            rec = watch.step()
+    assert rec.nonfinite_origin == "loss" and rec.first_nonfinite is None
+
+
+def test_output_gradient_counts_only_the_backward_that_accumulates():
+    """A gradient penalty's autograd.grad pass fires the same tensor hooks; it must not count."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    twin = copy.deepcopy(model)
+    x = torch.randn(5, 3, requires_grad=True)
+
+    def loss_and_penalty(net, keep=None):
+        h = net[0](x)
+        if keep is not None:
+            keep.append(h)
+        out = net[2](net[1](h))
+        (gx,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+        return out.pow(2).mean() + gx.pow(2).sum()
+
+    kept = []
+    (true,) = torch.autograd.grad(loss_and_penalty(twin, kept), kept)  # dLoss/dh, exactly
+    with GradWatch(model) as watch:
+        loss_and_penalty(model).backward()
+        rec = watch.step()
+    assert rec.layers["0"].act_norm == pytest.approx(true.norm().item(), rel=1e-5)
+
+
+def test_watched_model_pickles_saves_and_deep_copies_without_live_hooks():
+    model = mlp()
+    with GradWatch(model) as watch:
+        loss_of(model, *batch()).backward()
+        watch.step()
+        buf = io.BytesIO()
+        torch.save(model, buf)  # inside the `with`: hooks are attached
+        pickle.loads(pickle.dumps(model))
+        twin = copy.deepcopy(model)
+    assert not any(m._forward_hooks for m in model.modules())
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    for m in (loaded, twin):  # copies run, and feed nothing into any watch
+        loss_of(m, *batch()).backward()
+    assert len(watch.history) == 1
+    fresh = GradWatch(twin)
+    loss_of(twin, *batch(seed=1)).backward()
+    rec = fresh.step()
+    fresh.close()
+    assert rec.layers["0"].act_norm is not None and len(watch.history) == 1
+
+
+def test_sparse_embedding_with_zero_policy():
+    emb = nn.Embedding(10, 3, sparse=True)
+    opt = torch.optim.SGD(emb.parameters(), lr=0.1)
+    with GradWatch(emb, optimizer=opt, on_nonfinite="zero") as watch:
+        out = emb(torch.tensor([1, 2, 2]))
+        (out * torch.tensor([[math.nan], [1.0], [1.0]])).sum().backward()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            opt.step()
+        assert torch.isfinite(emb.weight).all()
+        assert watch.history[0].nonfinite
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda: GradWatch(mlp(), loggers=_Callable()), "`loggers`.*list"),
+    (lambda: GradWatch(mlp(), clip=-1.0), "`clip`"),
+    (lambda: GradWatch(mlp(), clip=math.nan), "`clip`"),
+    (lambda: Thresholds(spike="6"), "`Thresholds.spike` to be a number"),
+    (lambda: Thresholds(relative_vanishing="1e-3"), "`Thresholds.relative_vanishing`"),
+    (lambda: Thresholds(window=3, persistence=4), "persistence"),
+    (lambda: GradWatch(mlp(), statistics=[object()]), "Statistic"),
+])
+def test_one_line_errors_name_the_argument(build, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        build()
+
+
+class _Callable:
+    def __call__(self, record):
+        pass
