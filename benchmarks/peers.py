@@ -215,6 +215,12 @@ def run_models(models: list[str], configs: list[str], opts: dict, *, device: str
             workload = peer_workload(name)
             steps = {c: make_peer_step(c, workload, device=device, wandb_run=run)
                      for c in configs}
+            for c in [c for c in ("lightning", "wandb_watch") if c in steps]:
+                try:  # a peer that fails on this device or model is left out, with the error
+                    steps[c].step()
+                except Exception as err:  # noqa: BLE001 - reported in the output
+                    out["left_out"][f"{c} ({name})"] = f"failed: {err!r}"[:300]
+                    steps.pop(c).close()
             fns = {c: (group(s.step) if group else s.step) for c, s in steps.items()}
             load0, t0 = os.getloadavg()[0], time.perf_counter()
             samples = interleave(fns, block=block, warmup=opts["warmup"],
@@ -236,7 +242,7 @@ def run_models(models: list[str], configs: list[str], opts: dict, *, device: str
                                        for k, v in summarise(samples[c]).items()},
                                 "ratio": summarise(ratios[c]), **(
                                     {"probe": probes[c]} if c in probes else {})}
-                            for c in configs}}
+                            for c in steps}}
     finally:
         finish()
     return out
