@@ -1,7 +1,8 @@
 """Multi-process scenarios for tests/test_distributed.py (run as a script, 2 CPU ranks, gloo).
 
 ``python tests/_dist_worker.py {ddp,fsdp} OUT_DIR`` spawns two ranks; each writes
-``OUT_DIR/rank{r}.json`` (plain floats only). The model, data and the single-process reference
+``OUT_DIR/rank{r}.json`` (plain floats only, written atomically), waits for the other one, and
+exits without tearing the process group down (see `_main`). The model, data and the single-process reference
 live here too so the test and the ranks build exactly the same thing.
 """
 
@@ -210,16 +211,30 @@ def run_fsdp(rank: int) -> dict:
     return result
 
 
+def write_result(out_dir: str, rank: int, result: dict) -> None:
+    """Writes ``rank{rank}.json`` atomically: the file is either absent or complete."""
+    path = os.path.join(out_dir, f"rank{rank}.json")
+    with open(path + ".part", "w") as f:
+        json.dump(result, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".part", path)
+
+
 def _main(rank: int, scenario: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank,
                            world_size=WORLD, timeout=timedelta(seconds=60))
-    try:
-        torch.set_num_threads(1)
-        result = run_ddp(rank) if scenario == "ddp" else run_fsdp(rank)
-        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-            json.dump(result, f)
-    finally:
-        dist.destroy_process_group()
+    torch.set_num_threads(1)
+    result = run_ddp(rank) if scenario == "ddp" else run_fsdp(rank)
+    write_result(out_dir, rank, result)
+    dist.barrier()  # both ranks' results are on disk before either one tears anything down
+    # No destroy_process_group() and no interpreter shutdown: DDP and the device mesh keep the
+    # gloo group alive past destroy_process_group(), and its C++ destructor at exit aborts the
+    # process now and then ("terminate called without an active exception", SIGABRT; a plain
+    # DDP script does it too). Nothing is left to clean up in a rank that exits here.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
