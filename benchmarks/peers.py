@@ -48,13 +48,16 @@ PEERS = {
     "lightning": "lightning.pytorch.utilities.grad_norm(model, norm_type=2)",
     "wandb_watch": "wandb.watch(model, log='gradients', log_freq=1), offline, one "
                    "wandb.log({}) per step to commit the histograms",
+    "gw_wandb": "GradWatch(model, optimizer=opt, loggers=[WandbLogger(...)]): every record to "
+                "its own offline wandb run",
     "torch_clip": "torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)",
     "gw_clip": "GradWatch(model, optimizer=opt, activations=False, clip=1.0)",
 }
 
 HEADERS = {"gw_param": "gradwatch params", "gw_act": "+ activations", "gw_every10": "every=10",
            "naive": "naive `.item()` loop", "lightning": "Lightning `grad_norm`",
-           "wandb_watch": "`wandb.watch`", "torch_clip": "`clip_grad_norm_`",
+           "wandb_watch": "`wandb.watch`", "gw_wandb": "gradwatch + `WandbLogger`",
+           "torch_clip": "`clip_grad_norm_`",
            "gw_clip": "gradwatch clip=1.0"}
 
 PRESETS = {
@@ -143,6 +146,11 @@ def make_peer_step(config: str, workload: Workload, *, device: str = "cpu",
     elif config == "torch_clip":
         def after():
             return torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    elif config == "gw_wandb":
+        from gradwatch.integrations.wandb import WandbLogger
+
+        logger = WandbLogger(**_wandb_init_kwargs(), reinit="create_new")
+        close = GradWatch(model, optimizer=opt, activations=False, loggers=[logger]).close
     elif config == "wandb_watch":
         if wandb_run is None:
             raise ValueError("Expected `wandb_run` for config 'wandb_watch', but got None; "
@@ -165,18 +173,29 @@ def make_peer_step(config: str, workload: Workload, *, device: str = "cpu",
     return PeerStep(step, close)
 
 
-def open_wandb_run() -> tuple[Any, Callable[[], None]]:
-    """An offline wandb run in a temporary folder and a function that finishes and removes it."""
+_WANDB_DIR: list[str] = []  # the temporary folder of this process's offline runs
+
+
+def _wandb_init_kwargs() -> dict[str, Any]:
     os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
 
-    folder = tempfile.mkdtemp(prefix="gradwatch-peers-wandb-")
-    run = wandb.init(mode="offline", dir=folder, project="gradwatch-peers",
-                     settings=wandb.Settings(console="off", x_disable_stats=True))
+    if not _WANDB_DIR:
+        _WANDB_DIR.append(tempfile.mkdtemp(prefix="gradwatch-peers-wandb-"))
+    return dict(mode="offline", dir=_WANDB_DIR[0], project="gradwatch-peers",
+                settings=wandb.Settings(console="off", x_disable_stats=True))
+
+
+def open_wandb_run() -> tuple[Any, Callable[[], None]]:
+    """An offline wandb run in a temporary folder and a function that finishes it and removes
+    the folder (with the runs of `WandbLogger` configurations)."""
+    import wandb
+
+    run = wandb.init(**_wandb_init_kwargs())
 
     def finish() -> None:
         run.finish()
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(_WANDB_DIR.pop(), ignore_errors=True)
 
     return run, finish
 
@@ -184,7 +203,8 @@ def open_wandb_run() -> tuple[Any, Callable[[], None]]:
 def available(configs: list[str]) -> tuple[list[str], dict[str, str]]:
     """The configs whose library is installed, and why the others were left out."""
     missing = {}
-    for config, module in (("lightning", "lightning"), ("wandb_watch", "wandb")):
+    for config, module in (("lightning", "lightning"), ("wandb_watch", "wandb"),
+                           ("gw_wandb", "wandb")):
         if config in configs:
             try:
                 __import__(module)
@@ -208,14 +228,15 @@ def run_models(models: list[str], configs: list[str], opts: dict, *, device: str
             ``"probe"`` (on a GPU: the host synchronisations per step).
     """
     configs, missing = available(configs)
-    run, finish = open_wandb_run() if "wandb_watch" in configs else (None, lambda: None)
+    wants_wandb = {"wandb_watch", "gw_wandb"} & set(configs)
+    run, finish = open_wandb_run() if wants_wandb else (None, lambda: None)
     out: dict[str, Any] = {"left_out": missing, "models": {}}
     try:
         for name in models:
             workload = peer_workload(name)
             steps = {c: make_peer_step(c, workload, device=device, wandb_run=run)
                      for c in configs}
-            for c in [c for c in ("lightning", "wandb_watch") if c in steps]:
+            for c in [c for c in ("lightning", "wandb_watch", "gw_wandb") if c in steps]:
                 try:  # a peer that fails on this device or model is left out, with the error
                     steps[c].step()
                 except Exception as err:  # noqa: BLE001 - reported in the output
