@@ -11,6 +11,8 @@ from ._base import ClipPolicy, by_device_and_dtype, check_positive, clip_with_no
 
 __all__ = ["GlobalNorm", "Value", "PerTensorNorm"]
 
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
 
 class GlobalNorm(ClipPolicy):
     """Global-norm clipping (Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent
@@ -82,7 +84,10 @@ class PerTensorNorm(ClipPolicy):
             factors = (limit / torch.maximum(norms, limit)).to(  # true division: c / c == 1
                 torch.float64 if dtype == torch.float64 else torch.float32)
             for g, factor in zip(group, factors.unbind()):
-                g.mul_(factor)
+                if dtype in _LOW_PRECISION:  # product in float32, rounded once, on any device
+                    g.copy_(g.float().mul_(factor))
+                else:
+                    g.mul_(factor)
         return None
 
     def __repr__(self) -> str:
