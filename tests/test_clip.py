@@ -436,6 +436,7 @@ def test_make_policy_and_errors():
     assert isinstance(make_policy(1.0), GlobalNorm)
     policy = PerTensorNorm(2.0)
     assert make_policy(policy) is policy
+    assert GlobalNorm(np.float32(0.5)).max_norm == 0.5 and Value(np.int64(2)).limit == 2.0
     with pytest.raises(ValueError, match="auto"):
         make_policy("global")
     with pytest.raises(TypeError, match="clip"):

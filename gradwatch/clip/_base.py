@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections import defaultdict
 from typing import Any, Sequence
 
@@ -17,7 +18,7 @@ EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
 
 def check_positive(name: str, value: Any, *, fix: str = "") -> float:
     """``float(value)`` if it is a finite real number > 0, else a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
         raise ValueError(f"Expected `{name}` to be a finite number > 0, but got {value!r}"
                          f"{'; ' + fix if fix else ''}.")
     return float(value)
