@@ -73,7 +73,7 @@ class Collected:
     """What the hooks gathered since the last measurement (a recorded step's forward/backward)."""
 
     completed: list[int] = field(default_factory=list)  # module ids in forward completion order
-    forward_bad: list[tuple[int, Any]] = field(default_factory=list)  # (module, finite flag)
+    forward_bad: list[tuple[int, Tensor]] = field(default_factory=list)  # (module, output sum)
     events: list[tuple[int, bool, Any, int, int]] = field(default_factory=list)
     """Backward order: (layer, is_output, norm, graph task, id of the gradient tensor)."""
     units: dict[tuple[int, str], list[Any]] = field(default_factory=dict)  # (layer, stat) -> values
@@ -83,11 +83,6 @@ class Collected:
 
 def _task() -> int:
     return torch._C._current_graph_task_id()
-
-
-def _value(t: Tensor) -> Any:
-    """A 0-d result as a float on the CPU (no device to wait for), else left on the device."""
-    return t.item() if t.device.type == "cpu" else t
 
 
 class Collector:
@@ -178,10 +173,9 @@ class Collector:
         data = self.data
         data.completed.append(index)
         tensors = [t for t in iter_tensors(output) if t.is_floating_point() or t.is_complex()]
-        if not data.forward_bad or data.forward_bad[-1][1] is not False:
-            for t in tensors:
-                if t.numel():
-                    data.forward_bad.append((index, _finite(t, compiling)))
+        for t in tensors:  # NaN/Inf anywhere makes the float64 sum non-finite; read at measure
+            if t.numel():
+                data.forward_bad.append((index, t.detach().sum(dtype=torch.float64)))
         layer = self.owner_of[index]
         grad_on = torch.is_grad_enabled()
         kind = self.kinds[index]
@@ -226,7 +220,7 @@ class Collector:
         first = torch.linalg.vector_norm(g.select(dim, 0), dtype=torch.float64)
         last = torch.linalg.vector_norm(g.select(dim, -1), dtype=torch.float64)
         ratio = torch.where(last > 0, first / last, torch.zeros_like(first))
-        self.data.time.setdefault(layer, []).append(_value(ratio))
+        self.data.time.setdefault(layer, []).append(ratio)
 
     # ---------------------------------------------------------------- helpers
 
@@ -238,36 +232,23 @@ class Collector:
             unit_dim = 1 if y.dim() >= 3 and self.conv_like[self._last_index()] else y.dim() - 1
             other = tuple(d for d in range(y.dim()) if d != unit_dim)
             alive = y.amax(dim=other) > 0 if other else y > 0
-            value = 1.0 - alive.double().mean()
+            value = 1.0 - alive.sum(dtype=torch.float64) / alive.numel()
             key = (self._last_layer, "dead_frac")
         else:
             lo, hi = _bounds(module)
-            span = hi - lo
             if lo == -math.inf:  # softmax-like: near one-hot
                 sat = y > 0.99
-            else:
-                sat = (y <= lo + 0.01 * span) | (y >= hi - 0.01 * span)
-            value = sat.double().mean()
+            else:  # within 1% of either bound: |y - mid| >= 0.49 (hi - lo)
+                sat = (y - (lo + hi) / 2).abs_() >= 0.49 * (hi - lo)
+            value = sat.sum(dtype=torch.float64) / sat.numel()
             key = (self._last_layer, "sat_frac")
-        self.data.units.setdefault(key, []).append(_value(value))
+        self.data.units.setdefault(key, []).append(value)
 
     def _last_index(self) -> int:
         for index in reversed(self.data.completed):
             if self.owner_of[index] == self._last_layer:
                 return index
         return 0
-
-
-def _finite(t: Tensor, compiling: bool = False) -> Any:
-    """Whether every entry of ``t`` is finite: a bool on the CPU, a 0-d bool tensor elsewhere
-    (and inside a graph torch.compile traces)."""
-    if compiling:
-        return torch.isfinite(t.detach()).all()
-    s = t.detach().sum()
-    if t.device.type == "cpu":
-        v = s.item()
-        return True if math.isfinite(abs(v)) else bool(torch.isfinite(t.detach()).all())
-    return torch.isfinite(t.detach()).all()
 
 
 def _bounds(module: nn.Module) -> tuple[float, float]:

@@ -59,7 +59,8 @@ class HostBatch:
 
 class UpdateTracker:
     """‖Δθ‖/‖θ‖ per layer across ``optimizer.step()`` from fixed strided samples (see
-    `gradwatch.statistics.UpdateRatio`): one copy before the step, one after."""
+    `gradwatch.statistics.UpdateRatio`): one copy before the step, one after, and two segment
+    sums, whatever the number of layers."""
 
     def __init__(self, params: Sequence[Tensor], layer_of: Sequence[int], n_layers: int,
                  sample: int) -> None:
@@ -68,46 +69,54 @@ class UpdateTracker:
         self._ptrs: list[int] = []
         self._before: Tensor | None = None
 
+    def _usable(self, p: Tensor) -> bool:
+        return not is_dtensor(p) and p.is_contiguous() and p.numel() > 0
+
     def _build(self) -> None:
-        views, weights, segs, self._ptrs = [], [], [], []
+        views, weights, lengths, self._layers, self._ptrs = [], [], [], [], []
         for p, layer in zip(self.params, self.layer_of):
-            if is_dtensor(p) or not p.is_contiguous() or p.numel() == 0:
+            if not self._usable(p):
                 continue
             flat = p.detach().view(-1)
             stride = max(1, math.ceil(flat.numel() / self.sample))
             v = flat[::stride]
             views.append(v)
-            weights.append(torch.full((v.numel(),), flat.numel() / v.numel(),
-                                      dtype=torch.float64, device=p.device))
-            segs.append(torch.full((v.numel(),), layer, dtype=torch.long, device=p.device))
+            weights.append(flat.numel() / v.numel())
+            lengths.append(v.numel())
+            self._layers.append(layer)
             self._ptrs.append(p.data_ptr())
         self._views = views
-        self._weights = torch.cat(weights) if weights else None
-        self._segs = torch.cat(segs) if segs else None
+        if views:
+            device = views[0].device
+            self._weights = torch.tensor(weights, dtype=torch.float32, device=device)
+            self._lengths = torch.tensor(lengths, device=device)
 
     def before(self) -> None:
         """Snapshot the sampled entries (call right before ``optimizer.step()``)."""
-        live = [p.data_ptr() for p in self.params if not is_dtensor(p) and p.is_contiguous()
-                and p.numel()]
+        live = [p.data_ptr() for p in self.params if self._usable(p)]
         if self._views is None or live != self._ptrs:
             self._build()
-        if not self._views or len({v.device for v in self._views}) > 1:
+        if not self._views or len({(v.device, v.dtype) for v in self._views}) > 1:
             self._before = None
             return
-        self._before = torch.cat(self._views).double()
+        self._before = torch.cat(self._views).float()
 
     def after(self) -> dict[int, float | None] | None:
         """The estimated ‖Δθ‖/‖θ‖ of each layer, θ before the step (call right after
         ``optimizer.step()``)."""
         if self._before is None:
             return None
-        now = torch.cat(self._views).double()
-        out = torch.zeros(self.n_layers, 2, dtype=torch.float64, device=now.device)
-        out[:, 0].index_add_(0, self._segs, self._weights * (now - self._before).square())
-        out[:, 1].index_add_(0, self._segs, self._weights * self._before.square())
-        self._before = None
-        return {i: math.sqrt(d2 / w2) if w2 > 0 else None
-                for i, (d2, w2) in enumerate(out.tolist())}
+        before, self._before = self._before, None
+        delta = torch.cat(self._views).float().sub_(before)
+        sums = torch.stack([torch.segment_reduce(delta.square_(), "sum", lengths=self._lengths),
+                            torch.segment_reduce(before.square_(), "sum", lengths=self._lengths)])
+        d2, w2 = (sums * self._weights).tolist()
+        per_layer: dict[int, list[float]] = {}
+        for layer, a, b in zip(self._layers, d2, w2):
+            acc = per_layer.setdefault(layer, [0.0, 0.0])
+            acc[0] += a
+            acc[1] += b
+        return {i: math.sqrt(a / b) if b > 0 else None for i, (a, b) in per_layer.items()}
 
 
 def device_total(norms_dev: Tensor, grads: Sequence[Tensor]) -> Tensor:
@@ -155,8 +164,8 @@ def locate_nonfinite(collector: Collector, data: Collected, host: dict[str, list
     went non-finite; else in backward order the first output gradient that went non-finite
     (the gradient entering the model: the loss) or a module whose input gradient went
     non-finite while its output gradient was finite; else the parameter gradients."""
-    for (module, _), ok in zip(data.forward_bad, host.get("forward", [])):
-        if not ok:
+    for (module, _), total in zip(data.forward_bad, host.get("forward", [])):
+        if not math.isfinite(total):
             return "forward", collector.names[module]
     events = [(e, v) for e, v in zip(data.events, host.get("events", []))
               if not data.tasks or e[3] in data.tasks]

@@ -81,14 +81,16 @@ def depth_trend(view: StepView) -> list[tuple[str, float, list[int], list[float]
 
 
 class Rule:
-    """Base class: ``check`` returns a `Hit` when the rule's condition holds at a step."""
+    """Base class: ``check`` returns a `Hit` when the rule's condition holds at a step.
+
+    ``state`` is the rule's own memory across steps (saved with the watch's state_dict)."""
 
     kind: str = ""
     status: Status | None = None
     persistent: bool = True
     reads: tuple[str, ...] = ("norm",)
 
-    def check(self, view: StepView, th: Thresholds) -> Hit | None:
+    def check(self, view: StepView, th: Thresholds, state: dict[str, Any]) -> Hit | None:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -100,7 +102,7 @@ class NonFinite(Rule):
 
     kind, status, persistent, reads = "nonfinite", Status.NONFINITE, False, ("norm", "act_norm")
 
-    def check(self, view, th):
+    def check(self, view, th, state):
         if view.overflow or (view.origin is None and math.isfinite(view.total)):
             return None
         bad = {i: f"gradient norm {view.norms[i]}" for i, n in enumerate(view.norms)
@@ -121,7 +123,7 @@ class AmpOverflow(Rule):
 
     kind, reads = "amp_overflow", ("total_norm",)
 
-    def check(self, view, th):
+    def check(self, view, th, state):
         return Hit({}, f"AMP loss-scale overflow at step {view.step}") if view.overflow else None
 
 
@@ -130,7 +132,7 @@ class Divergence(Rule):
 
     kind, status, persistent, reads = "divergence", Status.DIVERGING, False, ("update_ratio",)
 
-    def check(self, view, th):
+    def check(self, view, th, state):
         bound = th.divergence_update_ratio
         if bound is None:
             return None
@@ -148,22 +150,31 @@ class Divergence(Rule):
 
 class DepthVanishing(Rule):
     """The gradient shrinks across depth: the input-side third of the weight layers gets orders
-    of magnitude less than the output-side third (on parameter or output gradients)."""
+    of magnitude less than the output-side third (on parameter or output gradients), and the
+    net is not escaping that state: a ratio that has grown `Thresholds.recovery`-fold since its
+    lowest, or √recovery-fold within the window (LayerScale-style γ ≈ 0 at init, growing as
+    it trains), is no verdict."""
 
     kind, status, reads = "vanishing", Status.VANISHING, ("norm", "act_norm")
 
-    def check(self, view, th):
+    def check(self, view, th, state):
         bound = th.relative_vanishing
         if bound is None or view.head is None or not _has_signal(view, th):
             return None
-        for what, ratio, idx, rel in depth_trend(view):
-            if ratio < bound:
-                return Hit({i: f"{what} norm {r:.2g}x the output side's" for i, r in
-                            zip(idx, rel) if r < bound},
-                           f"the input-side weight layers' {what} norm is {ratio:.2g}x the "
-                           f"output side's (bound relative_vanishing={bound:g})",
-                           {"ratio": ratio})
-        return None
+        found = None
+        for what, ratio, idx, rel in depth_trend(view):  # every trend updates its memory
+            lowest = state[what] = min(state.get(what, math.inf), ratio)
+            recent = state.setdefault(f"{what}:recent", [])  # the last `window` ratios
+            earlier = recent[0] if recent else ratio
+            recent[:] = (recent + [ratio])[-th.window:]
+            escaping = ratio >= th.recovery * lowest or ratio >= th.recovery ** 0.5 * earlier
+            if found is None and ratio < bound and not escaping:
+                found = Hit({i: f"{what} norm {r:.2g}x the output side's" for i, r in
+                             zip(idx, rel) if r < bound},
+                            f"the input-side weight layers' {what} norm is {ratio:.2g}x the "
+                            f"output side's (bound relative_vanishing={bound:g})",
+                            {"ratio": ratio})
+        return found
 
 
 class DepthExploding(Rule):
@@ -172,7 +183,7 @@ class DepthExploding(Rule):
 
     kind, status, reads = "exploding", Status.EXPLODING, ("norm", "act_norm", "total_norm")
 
-    def check(self, view, th):
+    def check(self, view, th, state):
         bound = th.relative_exploding
         for what, ratio, idx, rel in (depth_trend(view) if bound is not None else []):
             if ratio > bound:
@@ -203,7 +214,7 @@ class DeadUnits(Rule):
 
     kind, status, reads = "dead_units", Status.DEAD, ("dead_frac", "norm")
 
-    def check(self, view, th):
+    def check(self, view, th, state):
         if th.dead_units is None:
             return None
         hits = {i: f"{100 * v['dead_frac']:.0f}% of its units are dead"
@@ -224,7 +235,7 @@ class Saturation(Rule):
 
     kind, status, reads = "saturation", Status.SATURATED, ("sat_frac",)
 
-    def check(self, view, th):
+    def check(self, view, th, state):
         if th.saturation is None:
             return None
         hits = {i: f"{100 * v['sat_frac']:.0f}% of its activations saturated"
@@ -243,7 +254,7 @@ class ThroughTime(Rule):
 
     kind, status, reads = "vanishing_through_time", Status.VANISHING, ("time_ratio",)
 
-    def check(self, view, th):
+    def check(self, view, th, state):
         if th.time_vanishing is None:
             return None
         hits = {i: f"first/last time-step gradient ratio {v['time_ratio']:.2g}"
@@ -274,6 +285,7 @@ class Judge:
         self.windows = {r.kind: deque(maxlen=thresholds.window) for r in self.rules}
         self.findings: dict[str, Finding] = {}
         self._last: dict[str, tuple[Hit, StepView]] = {}  # each rule's latest hit
+        self.states: dict[str, dict[str, Any]] = {r.kind: {} for r in self.rules}
 
     def judge(self, view: StepView) -> tuple[list[tuple[Status, str]], list[Finding]]:
         """Per-layer (status, reason) and the findings that became true at this step."""
@@ -281,7 +293,7 @@ class Judge:
         new: list[Finding] = []
         broke = not view.overflow and (view.origin is not None or not math.isfinite(view.total))
         for rule in self.rules:
-            hit = rule.check(view, self.th)
+            hit = rule.check(view, self.th, self.states[rule.kind])
             window = self.windows[rule.kind]
             if broke and hit is None and rule.persistent and any(window) \
                     and rule.kind in self._last:
@@ -337,6 +349,7 @@ class Judge:
 
     def state_dict(self) -> dict[str, Any]:
         return {"windows": {k: list(w) for k, w in self.windows.items()},
+                "states": {k: dict(v) for k, v in self.states.items()},
                 "findings": [f.to_dict() for f in self.findings.values()]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -344,4 +357,8 @@ class Judge:
             if kind in self.windows:
                 self.windows[kind].clear()
                 self.windows[kind].extend(bool(v) for v in values)
+        for kind, values in state.get("states", {}).items():
+            if kind in self.states:
+                self.states[kind] = {k: list(map(float, v)) if isinstance(v, list) else float(v)
+                                     for k, v in values.items()}
         self.findings = {f["kind"]: Finding.from_dict(f) for f in state.get("findings", ())}

@@ -82,14 +82,14 @@ class OutputGradNorm(Statistic):
 class UpdateRatio(Statistic):
     """‖Δθ‖/‖θ‖ of a layer across ``optimizer.step()`` (needs ``optimizer=``).
 
-    Estimated from a fixed, evenly strided sample of at most `sample` entries per tensor
+    Estimated from a fixed, evenly strided sample of about `sample` entries per tensor
     (exact for smaller tensors), so it costs two small copies per recorded step whatever the
     model size. About 1e-3 is the classic healthy range; orders above means the learning rate
     is too high.
     """
 
     name, label, reads = "update_ratio", "update/weight ratio", "update"
-    sample: int = 4096
+    sample: int = 1024
 
 
 class WeightNorm(Statistic):

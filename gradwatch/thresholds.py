@@ -12,7 +12,7 @@ from .spikes import RunningStats
 __all__ = ["Thresholds", "RunningStats", "layer_verdicts"]
 
 _NUMBER_FIELDS = ("vanishing", "exploding", "relative_vanishing", "relative_exploding", "spike",
-                  "spike_min_ratio", "spike_momentum", "spike_warmup", "window", "persistence",
+                  "spike_min_ratio", "spike_momentum", "spike_warmup", "window", "persistence", "recovery",
                   "divergence_update_ratio", "dead_units", "saturation", "time_vanishing")
 
 
@@ -38,6 +38,10 @@ class Thresholds:
     relative_exploding: float | None = 1e3
     """Exploding when the input-side weight layers' median norm is above this times the head's
     (None: off)."""
+    recovery: float = 100.0
+    """A vanishing depth ratio that has grown this many times since its lowest (or the square
+    root of it within the window) is a net escaping a transient state (small-by-design scales
+    at init), not a verdict."""
     window: int = 5
     """Recorded steps a persistent verdict looks back over."""
     persistence: int = 4
@@ -69,7 +73,7 @@ class Thresholds:
             value = getattr(self, name)
             if value is None and name not in ("vanishing", "exploding", "spike_min_ratio",
                                               "spike_momentum", "spike_warmup", "window",
-                                              "persistence"):
+                                              "persistence", "recovery"):
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"Expected `Thresholds.{name}` to be a number, but got "
@@ -99,6 +103,9 @@ class Thresholds:
         if not isinstance(self.spike_warmup, int) or self.spike_warmup < 1:
             raise ValueError(f"Expected `Thresholds.spike_warmup` to be an int >= 1, "
                              f"but got {self.spike_warmup!r}.")
+        if not 1 < self.recovery < math.inf:
+            raise ValueError(f"Expected `Thresholds.recovery` > 1 and finite, but got "
+                             f"{self.recovery!r}.")
         for name in ("window", "persistence"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"Expected `Thresholds.{name}` to be an int >= 1, but got "
