@@ -9,33 +9,54 @@ import torch
 from .models import IdentityChain, TanhChain
 from ..monitor import GradWatch
 from ..records import StepRecord
+from ..thresholds import Thresholds
 from .common import Claim, Context, ExperimentResult, LabelledRun, fmt, summarize_records
 from .figures import plot_layer_profiles
 
-__all__ = ["tanh_chain_record", "identity_chain_record", "run_tanh_chain", "run_identity_chain"]
+__all__ = ["tanh_chain_record", "identity_chain_record", "run_tanh_chain", "run_identity_chain",
+           "verdict_window"]
 
 TANH_SCALES = (0.5, 1.0, 1.5)
 IDENTITY_CS = (2.0, 0.5)
 
 
+def verdict_window() -> int:
+    """Recorded steps gradwatch's persistent verdicts look back over (1 for older versions)."""
+    return int(getattr(Thresholds(), "window", 1))
+
+
+def _passes(watch: GradWatch, backward, steps: int) -> StepRecord | None:
+    """The same backward pass ``steps`` times (no update: the gradient state persists, so
+    gradwatch's window-based verdicts see it); returns the last record."""
+    record = None
+    for _ in range(steps):
+        backward()
+        record = watch.step()
+    return record
+
+
 def tanh_chain_record(scale: float, seed: int, depth: int = 20, *,
-                      dtype: torch.dtype = torch.float32) -> tuple[TanhChain, StepRecord]:
-    """One backward pass of ``d tanh-chain(1.0) / d w_i`` through a `GradWatch` (manual step)."""
+                      dtype: torch.dtype = torch.float32,
+                      steps: int = 1) -> tuple[TanhChain, StepRecord]:
+    """``d tanh-chain(1.0) / d w_i`` through a `GradWatch` (manual steps; the same pass
+    ``steps`` times, see `verdict_window`); returns the last record."""
     model = TanhChain(depth, scale=scale, generator=torch.Generator().manual_seed(seed)).to(dtype)
     with GradWatch(model) as watch:
-        model(torch.ones(1, 1, dtype=dtype)).sum().backward()
-        record = watch.step()
+        record = _passes(watch, lambda: (model.zero_grad(), model(torch.ones(
+            1, 1, dtype=dtype)).sum().backward()), steps)
     if record is None:
         raise RuntimeError("GradWatch returned no record for a recorded step.")
     return model, record
 
 
-def identity_chain_record(c: float, depth: int = 100, width: int = 4) -> StepRecord:
-    """One backward pass of ``sum(chain(ones))`` through a `GradWatch`, activations on."""
+def identity_chain_record(c: float, depth: int = 100, width: int = 4, *,
+                          steps: int = 1) -> StepRecord:
+    """``sum(chain(ones))`` through a `GradWatch`, activations on (the same pass ``steps``
+    times); returns the last record."""
     model = IdentityChain(depth, width=width, c=c)
     with GradWatch(model, activations=True) as watch:
-        model(torch.ones(1, width)).sum().backward()
-        record = watch.step()
+        record = _passes(watch, lambda: (model.zero_grad(), model(torch.ones(
+            1, width)).sum().backward()), steps)
     if record is None:
         raise RuntimeError("GradWatch returned no record for a recorded step.")
     return record
@@ -56,7 +77,7 @@ def run_tanh_chain(ctx: Context) -> ExperimentResult:
     ratios: dict[float, list[float]] = {}
     for scale in TANH_SCALES:
         for seed in seeds:
-            model, rec = tanh_chain_record(scale, seed)
+            model, rec = tanh_chain_record(scale, seed, steps=verdict_window())
             acts = [math.nan if s.act_norm is None else s.act_norm for s in rec.layers.values()]
             norms = [s.norm for s in rec.layers.values()]
             act_profiles.setdefault(f"scale {scale}", []).append(acts)
@@ -107,7 +128,7 @@ def run_identity_chain(ctx: Context) -> ExperimentResult:
     del ctx
     res = ExperimentResult("identity_chain", "Identity chain: 100 linear layers W = c·I, width 4")
     for c in IDENTITY_CS:
-        rec = identity_chain_record(c)
+        rec = identity_chain_record(c, steps=verdict_window())
         acts = [s.act_norm for s in rec.layers.values()]
         ratios = [a / b for a, b in zip(acts[:-1], acts[1:]) if a is not None and b is not None]
         worst = max(abs(r / c - 1) for r in ratios)
