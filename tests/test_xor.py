@@ -1,4 +1,4 @@
-"""The bench's XOR trainer against straightforward references: numpy per seed, and torch.autograd."""
+"""The bench's XOR trainer against plain references: numpy per seed, and torch.autograd."""
 
 from __future__ import annotations
 

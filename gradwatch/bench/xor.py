@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Sequence
 
 import numpy as np
 
 from .common import Context, ExperimentResult
-from .xor_claims import depth_claim, plain_claim, residual_claim, labelled_runs, make_claim
+from .xor_claims import depth_claim, labelled_runs, plain_claim, residual_claim
 from .xor_core import XorBatch, XorTrial
 from .xor_legacy import XOR_INPUTS, XOR_TARGETS, XorTrace, slice_layer_norms, train_xor
 from .xor_plot import plot_depth_sweep, plot_loss_spread
@@ -27,7 +28,7 @@ LR = 1e-3
 KINDS: dict[str, tuple[bool, tuple[float, float]]] = {
     "plain": (False, (0.9, 0.999)), "residual": (True, (0.99, 0.9999))}
 """kind -> (residual hidden blocks, the source's Adam betas for it)."""
-REPLAY_POINTS = 20  # log-spaced and as many evenly spaced replayed updates per deepest run
+REPLAY_POINTS = 20  # at most this many log-spaced and as many evenly spaced replayed updates
 SWEEP_REPLAYS = 8  # replayed snapshots per run of the sweep's other depths
 
 
@@ -96,10 +97,11 @@ def run_xor(ctx: Context) -> ExperimentResult:
     depths = sorted(set(b.xor_depths))
     deep, epochs = depths[-1], b.xor_epochs
     deep_seeds = max(getattr(b, "xor_seeds", CLAIM_SEEDS), b.seeds)
-    res = ExperimentResult("xor", "XOR (seed 004): sigmoid nets 2→4→(4→4)×N→1, U[0,1) init, "
-                                  "the source's per-pattern Adam")
+    res = ExperimentResult("xor", "XOR (seed 004): sigmoid nets 2→4→(4→4)×N→1, U[0,1) "
+                                  "init, the source's per-pattern Adam")
     curve_epochs = _curve_epochs(epochs)
-    samples = sample_updates(epochs, log_points=REPLAY_POINTS, linear_points=REPLAY_POINTS)
+    points = min(REPLAY_POINTS, max(3, round(4 * math.log10(epochs))))  # ~4 per decade
+    samples = sample_updates(epochs, log_points=points, linear_points=points)
     table: dict[str, dict[str, Any]] = {}
     results: dict[str, list[TrialResult]] = {}
     replays: dict[str, list[dict[str, Replay]]] = {}
@@ -125,7 +127,7 @@ def run_xor(ctx: Context) -> ExperimentResult:
                 "converged_epoch": [r.converged_epoch for r in rows],
                 "converged_fraction": sum(r.converged_epoch is not None for r in rows) / len(rows),
                 "plateau_end": [r.plateau_end for r in rows],
-                "first_drop": [r.first_drop for r in rows],
+                "first_change": [r.first_change for r in rows],
                 "prints_zero": [r.prints_zero for r in rows],
                 "final_loss": [r.final_loss for r in rows],
                 "outputs": [r.outputs for r in rows],
@@ -155,14 +157,18 @@ def _figures(res: ExperimentResult, ctx: Context, results: dict[str, list[TrialR
         b1, b2 = KINDS[kind][1]
         panels[f"{kind}, {deep} hidden layers, Adam β=({b1}, {b2})"] = (
             res.data[f"{kind}_curves"]["epochs"], [r.curve for r in runs])
+    residual_panel = next(k for k in panels if k.startswith("residual"))
     res.figures.append(plot_loss_spread(
         panels, ctx.figure("xor_loss.png"), tol=TOL,
+        marks={residual_panel: [(4_000, "source: falls from epoch 4,000"),
+                                (13_000, "source: 0.000000 by epoch 13,000")]},
         title=f"XOR, 2→4→({deep}×4)→1 sigmoid nets: summed loss per epoch (a run that "
               f"stopped holds its last loss)"))
     sweep = {kind: {d: [r.converged_epoch for r in out if r.trial.depth == d] for d in depths}
              for kind, out in results.items()}
     res.figures.append(plot_depth_sweep(
         sweep, ctx.figure("xor_depth.png"), epochs=epochs,
+        marks=[(13_000, "source's residual run: 0.000000 by epoch 13,000")],
         title="XOR: epochs to converge by depth (one marker per seed)"))
 
 
@@ -171,8 +177,8 @@ def _notes(deep_seeds: int, seeds: int, depths: Sequence[int], epochs: int,
     return [
         f"Setup as the source: per epoch the four patterns in fixed order, one Adam update "
         f"each (lr 1e-3; β=(0.9, 0.999) plain, (0.99, 0.9999) residual; "
-        f"lr_t = lr·√(1−β2^t)/(1−β1^t), θ −= lr_t·m/(√v + 1e-7) with ε on √v of the raw second "
-        f"moment); every W and b from U[0, 1); sigmoid everywhere; residual hidden blocks "
+        f"lr_t = lr·√(1−β2^t)/(1−β1^t), θ −= lr_t·m/(√v + 1e-7) with ε on √v of the raw "
+        f"second moment); every W and b from U[0, 1); sigmoid everywhere; residual hidden blocks "
         f"x + sigmoid(Wx + b); float64; a run stops after the first epoch whose summed loss "
         f"Σ½(y−t)² (each pattern's loss taken before its own update, as the source sums it) "
         f"is ≤ 1e-7; at most {epochs:,} epochs (the source: 100,000).",

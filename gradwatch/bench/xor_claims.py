@@ -30,8 +30,9 @@ def spread(values: Sequence[float | None], spec: str = ",.0f") -> str:
     if not vals:
         return f"none (n={len(values)})"
     miss = len(values) - len(vals)
+    tail = f", {miss} of {len(values)} none" if miss else ""
     return (f"median {statistics.median(vals):{spec}} (range {min(vals):{spec}}–"
-            f"{max(vals):{spec}}, n={len(vals)}{f', {miss} of {len(values)} none' if miss else ''})")
+            f"{max(vals):{spec}}, n={len(vals)}{tail})")
 
 
 def decide(behaved: Sequence[bool], *, decidable: bool = True) -> bool | None:
@@ -68,7 +69,8 @@ def _gw(row: Mapping[str, Any]) -> str:
         text = f"{ph}: {g['flagged']}/{g['runs']} runs flagged"
         for status, per in g["layers"].items():
             names = sorted(per, key=lambda n: -per[n])
-            text += f"; {status}: {', '.join(names[:3])}{f' +{len(names) - 3}' if len(names) > 3 else ''}"
+            more = f" +{len(names) - 3}" if len(names) > 3 else ""
+            text += f"; {status}: {', '.join(names[:3])}{more}"
         firsts = [u for u in g["first_flag_update"] if u is not None]
         if firsts:
             text += f" (first at update {min(firsts):,})"
@@ -80,7 +82,7 @@ def _gw(row: Mapping[str, Any]) -> str:
 
 def plain_claim(row: Mapping[str, Any], depth: int, epochs: int,
                 _replays: Sequence[Mapping[str, Replay]] = ()) -> list[Claim]:
-    """10 plain sigmoid layers stay on the 0.5 plateau (qualitative) at 0.5001 / 0.5000 (numbers)."""
+    """10 plain sigmoid layers stay on the 0.5 plateau (qualitative), at 0.5001 / 0.5000."""
     n = len(row["seeds"])
     full = epochs >= SOURCE_EPOCHS and depth == SOURCE_DEPTH
     left = [end is not None for end in row["plateau_end"]]
@@ -92,7 +94,8 @@ def plain_claim(row: Mapping[str, Any], depth: int, epochs: int,
     losses = spread(row["final_loss"], ".6f")
     measured = (f"{sum(stayed)}/{n} seeds stayed at loss ≥ {PLATEAU} (no better than a constant "
                 f"output) for all {epochs:,} epochs; final summed loss {losses}; outputs "
-                f"{_outputs(row['outputs'])}; converged {sum(e is not None for e in row['converged_epoch'])}/{n}")
+                f"{_outputs(row['outputs'])}; converged "
+                f"{sum(e is not None for e in row['converged_epoch'])}/{n}")
     return [make_claim(
         claim=f"{depth} plain sigmoid hidden layers: the loss stays ≈0.5, every output 0.5000, "
               f"for 100,000 epochs (vanishing gradients)",
@@ -122,8 +125,9 @@ def residual_claim(row: Mapping[str, Any], depth: int, epochs: int) -> list[Clai
     verdict = decided if full or decided else None
     eps = spread(conv)
     measured = (f"{sum(ok)}/{n} seeds converged (loss ≤ 1e-7) within {epochs:,} epochs, epochs "
-                f"{eps}; loss first below 99.9% of its start at epoch "
-                f"{spread(row['first_drop'])}, below 0.49 at {spread(row['plateau_end'])}; "
+                f"{eps}; the printed (6-decimal) loss first changed from its start at epoch "
+                f"{spread(row['first_change'])}, fell below {PLATEAU} at "
+                f"{spread(row['plateau_end'])}; "
                 f"final loss of the others "
                 f"{spread([v for v, e in zip(row['final_loss'], conv) if e is None], '.3g')}; "
                 f"outputs of the converged: "
@@ -179,12 +183,13 @@ def depth_claim(table: Mapping[str, Mapping[str, Any]], depths: Sequence[int],
         mine = [a or b for a, b in zip(stalled, slow)]
         behaved += mine
         per_depth.append(decide(mine))
-        fast_depth.append(decide([e is not None and not b for e, b in zip(r["converged_epoch"], slow)]))
+        fast_depth.append(decide([e is not None and not late
+                                  for e, late in zip(r["converged_epoch"], slow)]))
         stuck = sum(e is None and not a for e, a in zip(r["converged_epoch"], stalled))
         parts.append(f"depth {d}: {sum(mine)}/{len(mine)} as claimed ({sum(stalled)} stalled "
                      f"at 0.5, {sum(slow)} ≥{SLOWER:g}× slower; {stuck} in a local minimum); "
                      f"converged epochs {spread(r['converged_epoch'])}; input/output-layer "
-                     f"gradient ratio at init (4-pattern loss) {spread(r['init_grad_ratio'], '.1e')}")
+                     f"gradient ratio at init {spread(r['init_grad_ratio'], '.1e')}")
     measured = (f"depth {', '.join(map(str, shallow))} (baseline): converged {sum(base_ok)}/"
                 f"{len(base)}, epochs {spread(base)}, input/output-layer gradient ratio at init "
                 f"{spread([g for d in shallow for g in rows[d]['init_grad_ratio']], '.1e')}; "
@@ -205,17 +210,17 @@ def depth_claim(table: Mapping[str, Mapping[str, Any]], depths: Sequence[int],
 
 def labelled_runs(results: Sequence[TrialResult],
                   replays: Sequence[Mapping[str, Replay]]) -> list[LabelledRun]:
-    """One labelled run per trial and phase: stalled -> pathological, converging -> healthy."""
+    """Labelled runs whose outcome confirms the label: a run that never left the plateau
+    (pathological) and, of a run that converged, its updates after the plateau (healthy)."""
     known = {f.name for f in dataclasses.fields(LabelledRun)}
     out = []
     for res, reps in zip(results, replays):
         for ph, label in (("stalled", "pathological"), ("converging", "healthy")):
             rep = reps.get(ph)
-            if rep is None:
-                continue
+            if rep is None or (ph == "stalled" and res.plateau_end is not None):
+                continue  # a plateau the run later left is reported, not labelled
             if ph == "stalled":
-                evidence = (f"summed loss ≥ {PLATEAU} from epoch 1 to "
-                            f"{res.plateau_end - 1 if res.plateau_end else res.epochs_run:,}")
+                evidence = f"summed loss ≥ {PLATEAU} for all {res.epochs_run:,} epochs"
             else:
                 evidence = (f"left the plateau at epoch {res.plateau_end:,}, loss ≤ 1e-7 at "
                             f"epoch {res.converged_epoch:,}")

@@ -32,7 +32,7 @@ WIDTH = 4
 
 @dataclass(frozen=True)
 class XorTrial:
-    """One training run: ``depth`` hidden 4->4 layers, plain or residual, initialised from ``seed``."""
+    """One run: ``depth`` hidden 4->4 layers, plain or residual, initialised from ``seed``."""
 
     depth: int
     residual: bool

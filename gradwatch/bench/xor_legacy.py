@@ -68,7 +68,8 @@ def train_xor(model: XorNet, *, epochs: int, betas: tuple[float, float] = PLAIN_
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=betas, fused=True)
     xs = [torch.tensor([p]) for p in XOR_INPUTS]
     log_every = max(1, epochs // points)
-    check_at = {0} | {int(round(math.exp(k * math.log(epochs) / checks))) - 1 for k in range(checks + 1)}
+    check_at = {0} | {int(round(math.exp(k * math.log(epochs) / checks))) - 1
+                      for k in range(checks + 1)}
     trace = XorTrace([None] * n, [], [], first_flag_step=[None] * n, flagged_checks=[0] * n,
                      flagged_layers=[{} for _ in range(n)])
     conv = torch.full((n,), -1, dtype=torch.long)

@@ -11,6 +11,9 @@ import numpy as np
 __all__ = ["plot_loss_spread", "plot_depth_sweep"]
 
 
+_MARK_STYLES = ({"ls": "-."}, {"ls": (0, (1, 2))}, {"ls": "--"})
+
+
 def _figure(width: float, panels: int):
     from matplotlib.figure import Figure  # no pyplot: no backend or global figure state
 
@@ -36,26 +39,32 @@ def _held(curve: Sequence[float]) -> np.ndarray:
 
 
 def plot_loss_spread(panels: Mapping[str, tuple[Sequence[int], Sequence[Sequence[float]]]],
-                     path: Path, *, title: str, tol: float) -> str:
-    """One panel per setting: median summed epoch loss over seeds and its min–max band.
+                     path: Path, *, title: str, tol: float,
+                     marks: Mapping[str, Sequence[tuple[float, str]]] | None = None) -> str:
+    """One panel per setting: median summed epoch loss over seeds, quartile and min–max bands.
 
     ``panels`` maps a title to ``(epochs, curves)``, one curve per seed (NaN once the run
-    stopped; a stopped run holds its last loss). Returns the path relative to the report.
+    stopped; a stopped run holds its last loss). ``marks`` adds labelled vertical lines (the
+    source's epochs) per panel. Returns the path relative to the report folder.
     """
-    fig, axes = _figure(5.4, len(panels))
+    fig, axes = _figure(5.6, len(panels))
     for ax, (name, (epochs, curves)) in zip(axes, panels.items()):
         x = np.asarray(epochs)
         held = np.array([_held(c) for c in curves]).reshape(len(curves), len(x))
         ok = ~np.isnan(held).all(0)
-        lo, hi = np.nanmin(held[:, ok], 0), np.nanmax(held[:, ok], 0)
-        med = np.nanmedian(held[:, ok], 0)
-        ax.fill_between(x[ok], lo, hi, color="tab:blue", alpha=0.2,
+        x, held = x[ok], held[:, ok]
+        q0, q1, q2, q3, q4 = np.nanpercentile(held, [0, 25, 50, 75, 100], axis=0)
+        ax.fill_between(x, q0, q4, color="tab:blue", alpha=0.12,
                         label=f"min–max over {len(curves)} seeds")
-        ax.plot(x[ok], med, color="tab:blue", lw=1.6, label="median over seeds")
+        ax.fill_between(x, q1, q3, color="tab:blue", alpha=0.3, label="quartiles")
+        ax.plot(x, q2, color="tab:blue", lw=1.6, label="median")
         ax.axhline(tol, color="tab:green", ls="--", lw=1, label=f"stopping criterion {tol:g}")
         ax.axhline(0.5, color="tab:red", ls=":", lw=1, label="0.5: every output 0.5")
+        for (epoch, label), style in zip((marks or {}).get(name, ()), _MARK_STYLES):
+            ax.axvline(epoch, color="black", lw=0.9, label=label, **style)
+        ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("epoch (4 Adam updates each)")
+        ax.set_xlabel("epoch (4 Adam updates each; log scale)")
         ax.set_ylabel("summed loss Σ½(y−t)² over the 4 patterns")
         ax.set_title(name, fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
@@ -65,34 +74,45 @@ def plot_loss_spread(panels: Mapping[str, tuple[Sequence[int], Sequence[Sequence
 
 
 def plot_depth_sweep(rows: Mapping[str, Mapping[int, Sequence[int | None]]], path: Path, *,
-                     epochs: int, title: str) -> str:
+                     epochs: int, title: str,
+                     marks: Sequence[tuple[float, str]] = ()) -> str:
     """Epochs to converge per seed against depth, one colour per kind.
 
     ``rows`` maps a kind to ``{depth: [epochs or None per seed]}``; seeds that did not converge
-    within ``epochs`` are drawn as open markers on the budget line.
+    within ``epochs`` are drawn as open markers on the budget line with their count beside
+    them. ``marks`` adds labelled horizontal lines (the source's epochs).
     """
     fig, (ax,) = _figure(7.0, 1)
+    fig.set_figheight(4.8)
     colors = {"plain": "tab:red", "residual": "tab:blue"}
-    shift = {kind: 0.12 * (k - (len(rows) - 1) / 2) for k, kind in enumerate(rows)}
-    for kind, by_depth in rows.items():
+    shift = {kind: 0.25 * (k - (len(rows) - 1) / 2) for k, kind in enumerate(rows)}
+    for k, (kind, by_depth) in enumerate(rows.items()):
         color = colors.get(kind, "tab:gray")
-        xs, ys, fx = [], [], []
+        xs, ys, failed = [], [], []
         for depth, values in by_depth.items():
-            for v in values:
-                (xs if v is not None else fx).append(depth + shift[kind])
-                if v is not None:
-                    ys.append(v)
+            got = [v for v in values if v is not None]
+            xs += [depth + shift[kind]] * len(got)
+            ys += got
+            if len(got) < len(values):
+                failed.append((depth + shift[kind], len(values) - len(got), len(values)))
         ax.scatter(xs, ys, color=color, s=18, alpha=0.8, label=f"{kind}: converged")
-        if fx:
-            ax.scatter(fx, [epochs] * len(fx), facecolors="none", edgecolors=color, s=30,
-                       label=f"{kind}: not converged in {epochs:,} epochs")
-    ax.axhline(epochs, color="gray", lw=0.8, ls=":")
+        if failed:
+            ax.scatter([f[0] for f in failed], [epochs] * len(failed), facecolors="none",
+                       edgecolors=color, s=34,
+                       label=f"{kind}: not converged in {epochs:,} epochs (count of seeds)")
+            for x, k, n in failed:
+                ax.annotate(f"{k}/{n}", (x, epochs), textcoords="offset points",
+                            xytext=(12 * (k - (len(rows) - 1) / 2), 7),
+                            ha="center", fontsize=7, color=color)
+    for (epoch, label), style in zip(marks, _MARK_STYLES):
+        ax.axhline(epoch, color="black", lw=0.9, label=label, **style)
     ax.set_yscale("log")
+    ax.set_ylim(top=epochs * 1.8)
     ax.set_xlabel("hidden 4→4 layers")
-    ax.set_ylabel("epochs to summed loss ≤ 1e-7")
+    ax.set_ylabel("epochs until the summed loss ≤ 1e-7")
     depths = sorted({d for by_depth in rows.values() for d in by_depth})
     ax.set_xticks(depths)
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7)
+    fig.legend(fontsize=7, loc="outside lower center", ncols=2)
     return _save(fig, path)

@@ -11,14 +11,14 @@ from tqdm.auto import tqdm
 
 from .xor_core import XorBatch, XorTrial
 
-__all__ = ["PLATEAU", "DROP", "PRINTS_ZERO", "Snapshot", "TrialResult", "train_trials", "sample_updates"]
+__all__ = ["PLATEAU", "PRINTS_ZERO", "Snapshot", "TrialResult", "train_trials",
+           "sample_updates"]
 
 PLATEAU = 0.49
 """A summed XOR loss at or above this is no better than a constant output (whose best is 0.5)."""
-DROP = 0.999
-"""A run's loss has started to fall once it is below this fraction of its first epoch's."""
 PRINTS_ZERO = 5e-7
-"""Below this the source's ``%f`` log prints the loss as 0.000000."""
+"""Below this the source's six-decimal log prints the loss as 0.000000; a change of more than
+this is a change of the printed value."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class TrialResult:
     final_loss: float  # summed loss of the last epoch run
     outputs: list[float]  # on the four patterns, with the final weights
     plateau_end: int | None  # first epoch whose summed loss < PLATEAU; None: never
-    first_drop: int | None  # first epoch whose loss < DROP × the first epoch's; None: never
+    first_change: int | None  # first epoch whose loss differs from epoch 1's by > PRINTS_ZERO
     prints_zero: int | None  # first epoch whose summed loss < PRINTS_ZERO; None: never
     curve: list[float]  # summed epoch loss at the batch's curve epochs (NaN once stopped)
     snapshots: list[Snapshot] = field(default_factory=list)
@@ -97,7 +97,7 @@ def train_trials(trials: Sequence[XorTrial], *, epochs: int, tol: float = 1e-7,
     curve_col = {e: i for i, e in enumerate(sorted(set(curve_epochs)))}
     curves = np.full((n, len(curve_col)), np.nan)
     plateau_end = np.full(n, -1)
-    first_drop = np.full(n, -1)
+    first_change = np.full(n, -1)
     zero = np.full(n, -1)
     first_loss = np.full(n, np.nan)
     last_loss = np.full(n, np.nan)
@@ -138,11 +138,12 @@ def train_trials(trials: Sequence[XorTrial], *, epochs: int, tol: float = 1e-7,
         last_loss[idx] = loss
         if epoch == 1:
             first_loss[idx] = loss
-        for mark, level in ((plateau_end, PLATEAU), (first_drop, DROP * first_loss[idx]),
-                            (zero, PRINTS_ZERO)):
-            below = (loss < level) & (mark[idx] < 0)
-            if below.any():
-                mark[idx[below]] = epoch
+        changed = np.abs(loss - first_loss[idx]) > PRINTS_ZERO
+        for mark, hit in ((plateau_end, loss < PLATEAU), (first_change, changed),
+                          (zero, loss < PRINTS_ZERO)):
+            new = hit & (mark[idx] < 0)
+            if new.any():
+                mark[idx[new]] = epoch
         col = curve_col.get(epoch)
         if col is not None:
             curves[idx, col] = loss
@@ -158,7 +159,7 @@ def train_trials(trials: Sequence[XorTrial], *, epochs: int, tol: float = 1e-7,
     return [TrialResult(t, int(converged[i]) if converged[i] > 0 else None, int(epochs_run[i]),
                         float(last_loss[i]), outputs[i].tolist(),
                         int(plateau_end[i]) if plateau_end[i] > 0 else None,
-                        int(first_drop[i]) if first_drop[i] > 0 else None,
+                        int(first_change[i]) if first_change[i] > 0 else None,
                         int(zero[i]) if zero[i] > 0 else None,
                         curves[i].tolist(), snaps[i])
             for i, t in enumerate(trials)]

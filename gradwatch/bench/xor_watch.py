@@ -33,7 +33,7 @@ STALL_EPOCHS = 1000
 
 
 class SourceAdam(torch.optim.Optimizer):
-    """The source's Adam: ``lr_t = lr·√(1−β2^t)/(1−β1^t)``, ``θ −= lr_t·m/(√v + eps)``.
+    """The source's Adam: ``lr_t = lr·√(1−β2^t)/(1−β1^t)``; ``θ −= lr_t·m/(√v + eps)``.
 
     Unlike `torch.optim.Adam`, ``eps`` is added to the square root of the raw (not the
     bias-corrected) second moment. State per parameter: ``step``, ``m``, ``v``.
