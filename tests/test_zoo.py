@@ -1,8 +1,9 @@
 """The labelled zoo (benchmarks/zoo): its reduced set really trains or really fails as labelled.
 
 These tests check the zoo's own sanity (healthy runs train, pathological runs fail the way their
-label says, measured in plain torch), its split and its bookkeeping -- not gradwatch's verdicts,
-which the zoo reports and which are asserted elsewhere.
+label says, measured in plain torch), its split and its bookkeeping, and gradwatch's verdicts on
+the reduced set with the default thresholds: no alarm on a healthy run, the right kind on a
+broken one, the right NaN origin.
 """
 
 from __future__ import annotations
@@ -82,6 +83,14 @@ def test_quick_run_is_sane(run):
     assert back.step == 0 and set(back.layers) == set(records[0]["layers"])
     first = trace["grad_norms"][0]
     assert math.isnan(back.total_norm) == math.isnan(first) or run.label.kind == "amp_overflow"
+    # gradwatch's verdict with the default thresholds (the zoo's targets)
+    got, said = result["score"], result["verdict"]
+    if run.label.healthy:
+        assert got["alarm"] is False, f"{run.name}: false alarm {said}"
+    else:
+        assert got["found"] and got["kind_right"], f"{run.name}: expected {run.label.kind}, {said}"
+        if run.label.birth is not None:
+            assert got["origin_right"], f"{run.name}: NaN born at {run.label.birth}, {said}"
 
 
 def test_cli_only_writes_jsonl(tmp_path, capsys):
