@@ -1,4 +1,4 @@
-"""Shared fixtures: small seeded models and a plain-torch training step."""
+"""Shared fixtures and small seeded models and batches (plain-torch references: reference.py)."""
 
 from __future__ import annotations
 
@@ -29,3 +29,18 @@ def batch(n: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 def loss_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(model(x), y)
+
+
+def tanh_net(*widths: int, seed: int = 0) -> nn.Sequential:
+    """Linear layers of the given widths with Tanh between them, seeded (twins are equal)."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for k, (a, b) in enumerate(zip(widths, widths[1:])):
+        layers += [nn.Linear(a, b)] + ([nn.Tanh()] if k < len(widths) - 2 else [])
+    return nn.Sequential(*layers)
+
+
+def regression_batch(seed: int = 0, n: int = 8, features: int = 6, targets: int = 3
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, features, generator=g), torch.randn(n, targets, generator=g)

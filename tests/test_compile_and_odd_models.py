@@ -3,6 +3,7 @@ takes ~40 s per model on a 2-core CPU) and odd models, each against a plain-torc
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -10,29 +11,15 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import regression_batch, tanh_net
 from gradwatch import GradWatch
+from reference import grad_norm, norm, output_grads, param_grad_norms
 
 BACKEND = "aot_eager"
 
 
 def _net() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
-
-
-def _data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(8, 6, generator=g), torch.randn(8, 3, generator=g)
-
-
-def _norm(tensors) -> float:
-    flat = [(t.to_dense() if t.is_sparse else t).double().flatten() for t in tensors]
-    return torch.linalg.vector_norm(torch.cat(flat)).item() if flat else 0.0
-
-
-def _gnorm(params) -> float:
-    """Reference: L2 norm of the gradients of ``params``, in float64."""
-    return _norm([p.grad for p in params])
+    return tanh_net(6, 16, 3)
 
 
 def _no_act_warnings(caught) -> list:
@@ -58,7 +45,7 @@ def test_compiled_model_gets_correct_norms_and_clipping():
     watch = GradWatch(model, optimizer=opt, clip=0.1)
     compiled = torch.compile(model, backend=BACKEND)
     for step in range(2):
-        x, y = _data(step)
+        x, y = regression_batch(step)
         opt.zero_grad()
         nn.functional.mse_loss(compiled(x), y).backward()
         opt.step()
@@ -66,14 +53,14 @@ def test_compiled_model_gets_correct_norms_and_clipping():
         h = twin[0](x)
         h.retain_grad()
         nn.functional.mse_loss(twin[2](twin[1](h)), y).backward()
-        expected = {n: _gnorm(twin.get_submodule(n).parameters()) for n in ("0", "2")}
+        expected = param_grad_norms(twin)
         total = torch.nn.utils.clip_grad_norm_(twin.parameters(), 0.1)
         opt_twin.step()
         rec = watch.history[-1]
         assert rec.total_norm == pytest.approx(total.item(), rel=1e-6) and rec.clip_coef < 1
-        for name, norm in expected.items():
-            assert rec.layers[name].norm == pytest.approx(norm, rel=1e-6)
-        assert rec.layers["0"].act_norm == pytest.approx(_norm([h.grad]), rel=1e-6)
+        for name, value in expected.items():
+            assert rec.layers[name].norm == pytest.approx(value, rel=1e-6)
+        assert rec.layers["0"].act_norm == pytest.approx(norm([h.grad]), rel=1e-6)
     for p, q in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
     watch.close()
@@ -89,9 +76,10 @@ def test_fullgraph_compile_with_parameter_norms_only():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for step in range(2):
+            x, y = regression_batch(step)
             for m, fn in ((model, compiled), (twin, twin)):
                 m.zero_grad()
-                nn.functional.mse_loss(fn(_data(step)[0]), _data(step)[1]).backward()
+                nn.functional.mse_loss(fn(x), y).backward()
             rec = watch.step()
             total = torch.nn.utils.clip_grad_norm_(twin.parameters(), 0.1)
             assert rec.total_norm == pytest.approx(total.item(), rel=1e-6)
@@ -103,7 +91,7 @@ def test_fullgraph_compile_with_parameter_norms_only():
 def test_attaching_to_an_optimized_module_is_detected_and_unwrapped():
     model = _net()
     compiled = torch.compile(model, backend=BACKEND)
-    compiled(_data()[0])  # it has run: hooks added from now on are ignored
+    compiled(regression_batch()[0])  # it has run: hooks added from now on are ignored
     with pytest.warns(UserWarning, match="compiled with torch.compile"):
         watch = GradWatch(compiled)
     assert set(watch.layer_names) == {"0", "2"}  # no "_orig_mod." prefix
@@ -111,10 +99,11 @@ def test_attaching_to_an_optimized_module_is_detected_and_unwrapped():
         warnings.simplefilter("always")
         for step in range(3):  # warned once, not at every step
             model.zero_grad()
-            nn.functional.mse_loss(compiled(_data(step)[0]), _data(step)[1]).backward()
+            x, y = regression_batch(step)
+            nn.functional.mse_loss(compiled(x), y).backward()
             rec = watch.step()
     assert len(_no_act_warnings(caught)) == 1
-    assert rec.layers["0"].norm == pytest.approx(_gnorm(model[0].parameters()), rel=1e-6)
+    assert rec.layers["0"].norm == pytest.approx(grad_norm(model[0].parameters()), rel=1e-6)
 
 
 def test_attaching_to_the_inner_model_after_its_compiled_wrapper_ran_warns_at_first_step():
@@ -122,13 +111,14 @@ def test_attaching_to_the_inner_model_after_its_compiled_wrapper_ran_warns_at_fi
     first recorded step."""
     model = _net()
     compiled = torch.compile(model, backend=BACKEND)
-    compiled(_data()[0])
+    compiled(regression_batch()[0])
     watch = GradWatch(model)
-    nn.functional.mse_loss(compiled(_data()[0]), _data()[1]).backward()
+    x, y = regression_batch()
+    nn.functional.mse_loss(compiled(x), y).backward()
     with pytest.warns(UserWarning, match="activation hooks did not run"):
         rec = watch.step()
     assert rec.layers["2"].act_norm is None
-    assert rec.layers["2"].norm == pytest.approx(_gnorm(model[2].parameters()), rel=1e-6)
+    assert rec.layers["2"].norm == pytest.approx(grad_norm(model[2].parameters()), rel=1e-6)
 
 
 def test_module_compiled_in_place_is_detected():
@@ -141,26 +131,35 @@ def test_module_compiled_in_place_is_detected():
 # ----------------------------------------------------------------------------- odd models
 
 
-def _tied() -> nn.ModuleDict:
+def _tied(bias: bool) -> nn.ModuleDict:
     torch.manual_seed(0)
-    emb, head = nn.Embedding(10, 4), nn.Linear(4, 10)
+    emb, head = nn.Embedding(10, 4), nn.Linear(4, 10, bias=bias)
     head.weight = emb.weight  # tied, as in language models
     return nn.ModuleDict({"emb": emb, "head": head})
 
 
-def test_tied_weights_count_once():
-    model, twin = _tied(), _tied()
+@pytest.mark.parametrize("bias", [False, True], ids=["head-owns-nothing", "head-owns-bias"])
+def test_tied_weights_count_once(bias):
+    """The shared weight belongs to its first owner, with the gradient of both uses summed; a
+    tied head without a bias owns nothing new and is no layer; clipping equals clip_grad_norm_
+    over the deduplicated parameters."""
+    model, twin = _tied(bias), _tied(bias)
     watch = GradWatch(model, clip=0.5)
+    assert watch.layer_names == (("emb", "head") if bias else ("emb",))
     idx = torch.tensor([1, 2, 2, 7])
     for m in (model, twin):
         nn.functional.cross_entropy(m["head"](m["emb"](idx)), idx).backward()
-    assert len(list(model.parameters())) == 2  # emb.weight (= head.weight) and head.bias
-    expected_emb, expected_head = _gnorm([twin["emb"].weight]), _gnorm([twin["head"].bias])
+    assert len(list(model.parameters())) == 1 + bias  # emb.weight (= head.weight), head.bias
+    expected = param_grad_norms(twin)
+    assert expected["emb"] == pytest.approx(twin["emb"].weight.grad.norm().item(), rel=1e-6)
+    head_bias = grad_norm([twin["head"].bias]) if bias else None
     rec = watch.step()
     total = torch.nn.utils.clip_grad_norm_(twin.parameters(), 0.5)  # parameters() dedups
+    assert list(rec.layers) == list(expected) == list(watch.layer_names)
     assert rec.total_norm == pytest.approx(total.item(), rel=1e-6) and rec.clip_coef < 1
-    assert rec.layers["emb"].norm == pytest.approx(expected_emb, rel=1e-6)  # both uses summed
-    assert rec.layers["head"].norm == pytest.approx(expected_head, rel=1e-6)  # its bias only
+    assert rec.layers["emb"].norm == pytest.approx(expected["emb"], rel=1e-6)  # both uses
+    if bias:
+        assert rec.layers["head"].norm == pytest.approx(head_bias, rel=1e-6)  # its bias only
     for p, q in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=0)
 
@@ -180,15 +179,17 @@ def test_frozen_and_unused_layers_are_left_out():
     model = Branchy()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with GradWatch(model, optimizer=opt) as watch:
-        assert "frozen" not in watch.layer_names
+        assert watch.layer_names == ("a", "b")  # frozen is not watched; b, unused yet, is
         for use_b in (False, True):
             opt.zero_grad()  # set_to_none: the unused layer has no gradient at all
-            x, y = _data()
+            x, y = regression_batch()
             nn.functional.mse_loss(model(x, use_b), y).backward()
-            expected = _norm([p.grad for p in model.parameters() if p.grad is not None])
+            expected = grad_norm(model.parameters())
+            used = grad_norm((model.b if use_b else model.a).parameters())
             opt.step()
             rec = watch.history[-1]
-            assert list(rec.layers) == (["b"] if use_b else ["a"])
+            assert list(rec.layers) == (["b"] if use_b else ["a"])  # no gradient: left out
+            assert rec.layers["b" if use_b else "a"].norm == pytest.approx(used, rel=1e-6)
             assert rec.total_norm == pytest.approx(expected, rel=1e-6)
             assert rec.flagged == ()
 
@@ -205,7 +206,7 @@ def test_sparse_embedding_gradients():
         m(idx).pow(2).mean().backward()
     assert emb.weight.grad.is_sparse
     rec = watch.step()
-    assert rec.layers["0"].norm == pytest.approx(_norm([twin[0].weight.grad]), rel=1e-6)
+    assert rec.layers["0"].norm == pytest.approx(norm([twin[0].weight.grad]), rel=1e-6)
     total = torch.nn.utils.clip_grad_norm_(twin.parameters(), 0.01)
     assert rec.total_norm == pytest.approx(total.item(), rel=1e-6)
     for p, q in zip(model.parameters(), twin.parameters()):
@@ -226,62 +227,111 @@ def test_zero_size_parameters():
     torch.manual_seed(0)
     model = WithEmpty()
     watch = GradWatch(model, clip=0.1)
-    x, y = _data()
+    x, y = regression_batch()
     nn.functional.mse_loss(model(x)[:, :3], y).backward()
-    expected = {"empty": _gnorm(model.empty.parameters()), "fc": _gnorm(model.fc.parameters())}
-    total = _norm([p.grad for p in model.parameters()])
+    expected = param_grad_norms(model)  # "(root)" owns the empty `nothing`
+    total = norm([p.grad for p in model.parameters()])
     rec = watch.step()
     assert rec.layers["(root)"].norm == 0.0
-    for name, norm in expected.items():
-        assert rec.layers[name].norm == pytest.approx(norm, rel=1e-6)
+    for name, value in expected.items():
+        assert rec.layers[name].norm == pytest.approx(value, rel=1e-6)
     assert rec.total_norm == pytest.approx(total, rel=1e-6)
     assert math.isfinite(rec.clip_coef) and rec.clip_coef < 1
 
 
 class _Pair(nn.Module):
-    """Owns its parameter directly (a layer) and returns two tensors."""
+    """Owns its parameter directly (a layer) and returns two tensors: a tuple, a dict, or a dict
+    holding a tuple."""
 
-    def __init__(self, as_dict: bool):
+    def __init__(self, form: str):
         super().__init__()
-        self.as_dict, self.weight = as_dict, nn.Parameter(torch.randn(6, 8) / 3)
+        self.form, self.weight = form, nn.Parameter(torch.randn(6, 8) / 3)
 
     def forward(self, x):
         h = x @ self.weight
         a, b = torch.tanh(h), h * 2
-        return {"a": a, "b": b} if self.as_dict else (a, b)
+        return {"tuple": (a, b), "dict": {"a": a, "b": b}, "nested": {"a": a, "b": (b,)}}[self.form]
 
 
-@pytest.mark.parametrize("as_dict", [False, True], ids=["tuple", "dict"])
-def test_modules_returning_tuples_or_dicts(as_dict):
-    """act_norm of a multi-output module is the L2 norm over all its output tensors' grads."""
+def _unpack(out) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(out, tuple):
+        return out
+    return out["a"], out["b"][0] if isinstance(out["b"], tuple) else out["b"]
+
+
+@pytest.mark.parametrize("form", ["tuple", "dict", "nested"])
+def test_modules_returning_tuples_or_dicts(form):
+    """act_norm of a multi-output module is the L2 norm over all its output tensors' grads
+    (the head, called on both outputs, over both calls); a root module owning parameters is the
+    layer "(root)"."""
     torch.manual_seed(0)
-    pair, head = _Pair(as_dict), nn.Linear(8, 3)
-    model = nn.ModuleDict({"pair": pair, "head": head})
-    watch = GradWatch(model)
-    x, y = _data()
-    out = pair(x)
-    a, b = (out["a"], out["b"]) if as_dict else out
-    a.retain_grad()
-    b.retain_grad()
-    nn.functional.mse_loss(head(a) + head(b) ** 2, y).backward()
-    rec = watch.step()
-    assert rec.layers["pair"].act_norm == pytest.approx(_norm([a.grad, b.grad]), rel=1e-6)
-    assert rec.layers["pair"].norm == pytest.approx(_gnorm(pair.parameters()), rel=1e-6)
+    model = nn.ModuleDict({"pair": _Pair(form), "head": nn.Linear(8, 3)})
+    twin = copy.deepcopy(model)
+    x, y = regression_batch()
+
+    def loss(m: nn.Module) -> torch.Tensor:
+        a, b = _unpack(m["pair"](x))
+        return nn.functional.mse_loss(m["head"](a) + m["head"](b) ** 2, y)
+
+    grads = output_grads(twin, lambda: loss(twin).backward())
+    assert [len(grads[n]) for n in ("pair", "head")] == [2, 2]
+    with GradWatch(model) as watch:
+        loss(model).backward()
+        rec = watch.step()
+    assert list(rec.layers) == ["pair", "head"]
+    for name in ("pair", "head"):
+        assert rec.layers[name].act_norm == pytest.approx(norm(grads[name]), rel=1e-6)
+        assert rec.layers[name].norm == pytest.approx(
+            grad_norm(twin[name].parameters()), rel=1e-6)
+    root, root_twin = _Pair(form), copy.deepcopy(model["pair"])
+    root.load_state_dict(root_twin.state_dict())
+
+    def run(m: nn.Module):
+        def backward() -> None:
+            a, b = _unpack(m(x))
+            (a.pow(2).sum() + 3 * b.sum()).backward()
+        return backward
+
+    expected = output_grads(root_twin, run(root_twin))
+    with GradWatch(root) as watch:
+        run(root)()
+        rec = watch.step()
+    assert list(rec.layers) == list(expected) == ["(root)"]
+    assert rec.layers["(root)"].act_norm == pytest.approx(norm(expected["(root)"]), rel=1e-6)
+    assert rec.layers["(root)"].norm == pytest.approx(grad_norm(root_twin.parameters()),
+                                                      rel=1e-6)
 
 
-def test_module_called_twice_per_forward():
-    """The parameter norm is that of the summed gradient; act_norm covers both calls."""
+class _Reordered(nn.Module):
+    """Registered in one order, called in another; `shared` runs twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(4, 2)
+        self.shared = nn.Linear(4, 4)
+        self.stem = nn.Linear(3, 4)
+
+    def forward(self, x):
+        return self.head(self.shared(torch.tanh(self.shared(self.stem(x)))))
+
+
+def test_forward_order_and_module_called_twice():
+    """Layers come in forward order, not definition order; a module called twice has the norm
+    of its summed parameter gradient and an act_norm over both calls' output gradients."""
     torch.manual_seed(0)
-    shared, head = nn.Linear(6, 6), nn.Linear(6, 3)
-    model = nn.ModuleDict({"shared": shared, "head": head})
+    model = _Reordered()
+    twin = copy.deepcopy(model)
+    x = torch.randn(5, 3)
     watch = GradWatch(model)
-    x, y = _data()
-    h1 = shared(x)
-    h1.retain_grad()
-    h2 = shared(torch.tanh(h1))
-    h2.retain_grad()
-    nn.functional.mse_loss(head(h2), y).backward()
+    assert watch.layer_names == ("head", "shared", "stem")  # nothing has run yet
+    grads = output_grads(twin, lambda: twin(x).pow(2).sum().backward())
+    assert len(grads["shared"]) == 2
+    model(x).pow(2).sum().backward()
     rec = watch.step()
-    assert rec.layers["shared"].norm == pytest.approx(_gnorm(shared.parameters()), rel=1e-6)
-    assert rec.layers["shared"].act_norm == pytest.approx(_norm([h1.grad, h2.grad]), rel=1e-6)
-    assert list(rec.layers) == ["shared", "head"]
+    assert list(rec.layers) == ["stem", "shared", "head"]
+    assert watch.layer_names == ("stem", "shared", "head")
+    for name, stat in rec.layers.items():
+        assert stat.norm == pytest.approx(grad_norm(twin.get_submodule(name).parameters()),
+                                          rel=1e-6)
+        assert stat.act_norm == pytest.approx(norm(grads[name]), rel=1e-6)
+    watch.close()

@@ -10,23 +10,7 @@ from torch import nn
 
 from conftest import batch, loss_of, mlp
 from gradwatch import GradWatch, Status
-
-
-def _param_norm(module: nn.Module) -> float:
-    grads = [p.grad.double().flatten() for p in module.parameters(recurse=False)]
-    return torch.linalg.vector_norm(torch.cat(grads)).item()
-
-
-def _output_grad_norms(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    """Plain torch: the norm of the gradient w.r.t. each Linear's output, via retain_grad."""
-    h, outs = x, {}
-    for name, module in model.named_children():
-        h = module(h)
-        if isinstance(module, nn.Linear):
-            h.retain_grad()
-            outs[name] = h
-    nn.functional.cross_entropy(h, y).backward()
-    return {name: out.grad.norm().item() for name, out in outs.items()}
+from reference import output_grad_norms, param_grad_norms, train_step
 
 
 def test_layer_and_total_norms_match_vector_norm():
@@ -35,12 +19,13 @@ def test_layer_and_total_norms_match_vector_norm():
     x, y = batch()
     loss_of(model, x, y).backward()
     rec = watch.step()
-    assert list(rec.layers) == ["0", "2", "4"]
+    expected = param_grad_norms(model)
+    assert list(rec.layers) == list(expected) == ["0", "2", "4"]
     for name, stat in rec.layers.items():
-        assert stat.norm == pytest.approx(_param_norm(model.get_submodule(name)), rel=1e-6)
+        assert stat.norm == pytest.approx(expected[name], rel=1e-6)
         assert stat.status is Status.OK
-    expected = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
-    assert rec.total_norm == pytest.approx(expected.item(), rel=1e-6)
+    total = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
+    assert rec.total_norm == pytest.approx(total.item(), rel=1e-6)
     assert rec.clip_coef == 1.0 and rec.first_nonfinite is None and rec.flagged == ()
     watch.close()
 
@@ -51,84 +36,13 @@ def test_activation_norms_match_retain_grad_reference(inplace):
     reference = mlp()
     reference.load_state_dict(model.state_dict())
     x, y = batch()
-    expected = _output_grad_norms(reference, x, y)
+    expected = output_grad_norms(reference, lambda: loss_of(reference, x, y).backward())
+    assert list(expected) == ["0", "2", "4"]
     with GradWatch(model) as watch:
         loss_of(model, x, y).backward()
         rec = watch.step()
     for name, norm in expected.items():
         assert rec.layers[name].act_norm == pytest.approx(norm, rel=1e-6)
-
-
-class _Reordered(nn.Module):
-    """Registered in one order, called in another; `shared` runs twice; `pair` returns a tuple."""
-
-    def __init__(self):
-        super().__init__()
-        self.head = nn.Linear(4, 2)
-        self.shared = nn.Linear(4, 4)
-        self.stem = nn.Linear(3, 4)
-
-    def forward(self, x):
-        h = self.stem(x)
-        a = self.shared(h)
-        b = self.shared(torch.tanh(a))
-        self.a, self.b = a, b
-        a.retain_grad()
-        b.retain_grad()
-        return self.head(b)
-
-
-def test_forward_order_and_module_called_twice():
-    model = _Reordered()
-    watch = GradWatch(model)
-    model(torch.randn(5, 3)).pow(2).sum().backward()
-    rec = watch.step()
-    assert list(rec.layers) == ["stem", "shared", "head"]
-    assert watch.layer_names == ("stem", "shared", "head")
-    both = torch.cat([model.a.grad.flatten(), model.b.grad.flatten()])
-    assert rec.layers["shared"].act_norm == pytest.approx(both.norm().item(), rel=1e-6)
-
-
-class _DictOut(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.w = nn.Parameter(torch.randn(3, 3))
-
-    def forward(self, x):
-        return {"left": x @ self.w, "right": (x @ self.w.t(),)}
-
-
-def test_dict_and_tuple_outputs_and_root_parameters():
-    model = nn.Sequential(_DictOut())
-    with GradWatch(model) as watch:
-        out = model(torch.randn(2, 3))
-        out["left"].retain_grad()
-        out["right"][0].retain_grad()
-        (out["left"].pow(2).sum() + 3 * out["right"][0].sum()).backward()
-        rec = watch.step()
-    expected = torch.cat([out["left"].grad.flatten(), out["right"][0].grad.flatten()]).norm()
-    assert rec.layers["0"].act_norm == pytest.approx(expected.item(), rel=1e-6)
-    root = _DictOut()
-    with GradWatch(root) as watch:
-        root(torch.randn(2, 3))["left"].sum().backward()
-        assert list(watch.step().layers) == ["(root)"]
-
-
-def test_tied_weights_count_once_and_frozen_or_unused_layers_are_skipped():
-    emb = nn.Embedding(10, 4)
-    head = nn.Linear(4, 10, bias=False)
-    head.weight = emb.weight
-    frozen = nn.Linear(4, 4)
-    frozen.requires_grad_(False)
-    unused = nn.Linear(4, 4)
-    model = nn.ModuleDict({"emb": emb, "frozen": frozen, "head": head, "unused": unused})
-    watch = GradWatch(model)
-    assert watch.layer_names == ("emb", "unused")  # head owns nothing new; frozen is not watched
-    logits = head(frozen(emb(torch.tensor([1, 2, 3]))))
-    logits.logsumexp(-1).sum().backward()
-    rec = watch.step()
-    assert list(rec.layers) == ["emb"]  # unused has no gradient at this step
-    assert rec.layers["emb"].norm == pytest.approx(emb.weight.grad.norm().item(), rel=1e-6)
 
 
 def test_monitoring_without_clipping_leaves_training_bit_identical():
@@ -140,37 +54,9 @@ def test_monitoring_without_clipping_leaves_training_bit_identical():
         for step in range(6):
             x, y = batch(seed=step)
             for model, opt in ((plain, opt_a), (watched, opt_b)):
-                opt.zero_grad(set_to_none=True)
-                loss_of(model, x, y).backward()
-                opt.step()
+                train_step(model, opt, lambda m: loss_of(m, x, y))
     for a, b in zip(plain.parameters(), watched.parameters()):
         assert torch.equal(a, b)
-
-
-def test_clipping_through_watch_equals_clip_grad_norm_on_every_step():
-    plain = mlp()
-    watched = copy.deepcopy(plain)
-    opt_a = torch.optim.SGD(plain.parameters(), lr=0.5)
-    opt_b = torch.optim.SGD(watched.parameters(), lr=0.5)
-    with GradWatch(watched, optimizer=opt_b, clip=0.05, every=2) as watch:
-        for step in range(6):
-            x, y = batch(seed=step)
-            opt_a.zero_grad()
-            loss_of(plain, x, y).backward()
-            ref_total = torch.nn.utils.clip_grad_norm_(plain.parameters(), 0.05)
-            opt_a.step()
-            opt_b.zero_grad()
-            loss_of(watched, x, y).backward()
-            opt_b.step()
-            if step % 2 == 0:
-                rec = watch.history[-1]
-                assert rec.step == step
-                assert rec.total_norm == ref_total.item()
-                assert rec.clip_coef == pytest.approx(0.05 / (ref_total.item() + 1e-6), rel=1e-6)
-                assert rec.clipped
-    for a, b in zip(plain.parameters(), watched.parameters()):
-        assert torch.equal(a, b)
-    assert len(watch.history) == 3
 
 
 def test_every_records_only_every_nth_step_and_history_is_bounded():
@@ -203,7 +89,8 @@ def test_unrecorded_steps_run_without_forward_hooks_and_recorded_ones_are_exact(
         rec = watch.step()
         if rec is None:
             continue
-        for name, norm in _output_grad_norms(reference, x, y).items():
+        expected = output_grad_norms(reference, lambda: loss_of(reference, x, y).backward())
+        for name, norm in expected.items():
             assert rec.layers[name].act_norm == pytest.approx(norm, rel=1e-6)
     assert hooked == [True, False, False, True, False, False, True]
     watch.close()
@@ -241,15 +128,6 @@ def test_forgotten_watch_is_collected_and_unhooks():
     model = mlp()
     GradWatch(model)
     gc.collect()
-    assert not any(m._forward_hooks for m in model.modules())
-
-
-def test_activations_off_reports_none_and_drops_forward_hooks():
-    model = mlp()
-    watch = GradWatch(model, activations=False)
-    loss_of(model, *batch()).backward()
-    rec = watch.step()
-    assert all(s.act_norm is None for s in rec.layers.values())
     assert not any(m._forward_hooks for m in model.modules())
 
 
