@@ -12,20 +12,15 @@ import torch
 import torch.utils.checkpoint as ckpt
 from torch import nn
 
+from conftest import regression_batch, tanh_net
 from gradwatch import GradWatch
+from reference import norm, output_grads, param_grad_norms
 
 SCALE = 2.0 ** 10  # small enough that fp16 autocast never overflows on these models
 
 
 def _net() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(),
-                         nn.Linear(16, 3))
-
-
-def _data(seed: int = 0, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 6, generator=g), torch.randn(n, 3, generator=g)
+    return tanh_net(6, 16, 16, 3)
 
 
 def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -34,32 +29,16 @@ def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         return nn.functional.mse_loss(model(x).float(), y)
 
 
-def _layer_norms(model: nn.Module, divide: float = 1.0) -> dict[str, float]:
-    return {name: torch.linalg.vector_norm(torch.cat(
-        [p.grad.double().flatten() / divide for p in m.parameters(recurse=False)])).item()
-        for name, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
-
-
 def _output_grads(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0,
                   dtype: torch.dtype | None = torch.float16,
                   scaler: torch.amp.GradScaler | None = None) -> dict[str, torch.Tensor]:
     """Plain-torch gradient w.r.t. each Linear's output (loss times ``scale``, or scaled by
-    ``scaler``), via retain_grad."""
-    outs = {}
-    with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-        h = x
-        for name, layer in model.named_children():
-            h = layer(h)
-            if isinstance(layer, nn.Linear):
-                h.retain_grad()
-                outs[name] = h
-        loss = nn.functional.mse_loss(h.float(), y)
-    (scaler.scale(loss) if scaler is not None else loss * scale).backward()
-    return {name: t.grad.detach() for name, t in outs.items()}
+    ``scaler``), via `reference.output_grads`."""
+    def backward() -> None:
+        loss = _loss(model, x, y, dtype)
+        (scaler.scale(loss) if scaler is not None else loss * scale).backward()
 
-
-def _norm(t: torch.Tensor) -> float:
-    return torch.linalg.vector_norm(t.double()).item()
+    return {name: g for name, (g,) in output_grads(model, backward).items()}
 
 
 # ----------------------------------------------------------------------------- AMP
@@ -69,17 +48,17 @@ def test_manual_step_on_scaled_grads_reports_unscaled_norms():
     model = _net()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu", init_scale=SCALE)
-    x, y = _data()
+    x, y = regression_batch()
     watch = GradWatch(model, scaler=scaler)
     scaler.scale(_loss(model, x, y)).backward()
     rec = watch.step()  # grads are still scaled here
-    expected = _layer_norms(model, divide=SCALE)
-    for name, norm in expected.items():
-        assert rec.layers[name].norm == pytest.approx(norm, rel=1e-6)
+    expected = param_grad_norms(model, divide=SCALE)
+    for name, value in expected.items():
+        assert rec.layers[name].norm == pytest.approx(value, rel=1e-6)
     assert rec.total_norm == pytest.approx(math.hypot(*expected.values()), rel=1e-6)
     ref = _output_grads(_net(), x, y, scale=SCALE)
     for name, g in ref.items():
-        assert rec.layers[name].act_norm == pytest.approx(_norm(g) / SCALE, rel=1e-5)
+        assert rec.layers[name].act_norm == pytest.approx(norm([g]) / SCALE, rel=1e-5)
     assert not rec.amp_overflow and rec.flagged == ()
     scaler.step(opt)
     scaler.update()
@@ -89,18 +68,18 @@ def test_manual_step_after_unscale_clips_unscaled_grads_once():
     model, twin = _net(), _net()
     opt, opt_twin = (torch.optim.SGD(m.parameters(), lr=0.1) for m in (model, twin))
     scaler, scaler_twin = (torch.amp.GradScaler("cpu", init_scale=SCALE) for _ in range(2))
-    x, y = _data()
+    x, y = regression_batch()
     watch = GradWatch(model, scaler=scaler, clip=0.1)
     scaler.scale(_loss(model, x, y)).backward()
     scaler.unscale_(opt)
     rec = watch.step()  # grads already unscaled: must not be divided again
     scaler_twin.scale(_loss(twin, x, y)).backward()
     scaler_twin.unscale_(opt_twin)
-    expected = _layer_norms(twin)
+    expected = param_grad_norms(twin)
     total = torch.nn.utils.clip_grad_norm_(twin.parameters(), 0.1)
     assert rec.total_norm == pytest.approx(total.item(), rel=1e-6)
-    for name, norm in expected.items():
-        assert rec.layers[name].norm == pytest.approx(norm, rel=1e-6)
+    for name, value in expected.items():
+        assert rec.layers[name].norm == pytest.approx(value, rel=1e-6)
     assert rec.clip_coef < 1
     for p, q in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=0)
@@ -110,7 +89,7 @@ def test_manual_step_cannot_clip_scaled_grads_without_the_optimizer():
     model = _net()
     scaler = torch.amp.GradScaler("cpu", init_scale=SCALE)
     watch = GradWatch(model, scaler=scaler, clip=1.0)
-    scaler.scale(_loss(model, *_data())).backward()
+    scaler.scale(_loss(model, *regression_batch())).backward()
     with pytest.raises(RuntimeError, match="unscale_"):
         watch.step()
 
@@ -121,7 +100,7 @@ def test_optimizer_path_inside_scaler_step_is_unscaled_and_clipped_like_torch():
     scaler, scaler_twin = (torch.amp.GradScaler("cpu", init_scale=SCALE) for _ in range(2))
     watch = GradWatch(model, optimizer=opt, scaler=scaler, clip=0.1)
     for step in range(3):
-        x, y = _data(step)
+        x, y = regression_batch(step)
         opt.zero_grad()
         scaler.scale(_loss(model, x, y)).backward()
         scaler.step(opt)  # unscale_ then optimizer.step(): gradwatch measures in between
@@ -129,18 +108,18 @@ def test_optimizer_path_inside_scaler_step_is_unscaled_and_clipped_like_torch():
         opt_twin.zero_grad()
         acts = _output_grads(twin, x, y, scaler=scaler_twin)
         scaler_twin.unscale_(opt_twin)
-        expected = _layer_norms(twin)
+        expected = param_grad_norms(twin)
         total = torch.nn.utils.clip_grad_norm_(twin.parameters(), 0.1)
         scaler_twin.step(opt_twin)
         scaler_twin.update()
         rec = watch.history[-1]
         assert rec.step == step
         assert rec.total_norm == pytest.approx(total.item(), rel=1e-6)
-        for name, norm in expected.items():
-            assert rec.layers[name].norm == pytest.approx(norm, rel=1e-6)
+        for name, value in expected.items():
+            assert rec.layers[name].norm == pytest.approx(value, rel=1e-6)
             # output gradients carry the loss scale even after unscale_: divided exactly once
             assert rec.layers[name].act_norm == pytest.approx(
-                _norm(acts[name]) / SCALE, rel=1e-5)
+                norm([acts[name]]) / SCALE, rel=1e-5)
     for p, q in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
@@ -157,7 +136,7 @@ def _overflowing_run(optimizer_path: bool, steps: int = 3):
         with GradWatch(model, scaler=scaler, **kw) as watch:
             for step in range(steps):
                 opt.zero_grad()
-                scaler.scale(_loss(model, *_data(step))).backward()
+                scaler.scale(_loss(model, *regression_batch(step))).backward()
                 if not optimizer_path:
                     watch.step()
                 scaler.step(opt)
@@ -190,7 +169,7 @@ def test_overflow_then_recovery_in_optimizer_path():
     with GradWatch(model, optimizer=opt, scaler=scaler) as watch:
         for step in range(3):
             opt.zero_grad()
-            scaler.scale(_loss(model, *_data(step))).backward()
+            scaler.scale(_loss(model, *regression_batch(step))).backward()
             scaler.step(opt)
             scaler.update()
     flags = [r.amp_overflow for r in watch.history]
@@ -211,27 +190,19 @@ def test_bf16_norms_agree_with_float64_reference(where):
     if where == "bf16-model":
         model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
     watch = GradWatch(model)
-    outs: dict[str, torch.Tensor] = {}
 
-    def keep(name: str):
-        def hook(module, args, out):
-            out.retain_grad()
-            outs[name] = out
-        return hook
+    def backward() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=where == "autocast"):
+            loss = nn.functional.mse_loss(model(x).float(), y)
+        loss.backward()
 
-    hooks = [m.register_forward_hook(keep(n))
-             for n, m in model.named_children() if isinstance(m, nn.Linear)]
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=where == "autocast"):
-        loss = nn.functional.mse_loss(model(x).float(), y)
-    loss.backward()
-    for h in hooks:
-        h.remove()
+    outs = output_grads(model, backward)
     rec = watch.step()
     if where == "bf16-model":
         assert all(p.grad.dtype == torch.bfloat16 for p in model.parameters())
-    for name, norm in _layer_norms(model).items():
-        assert rec.layers[name].norm == pytest.approx(norm, rel=1e-3)
-        assert rec.layers[name].act_norm == pytest.approx(_norm(outs[name].grad), rel=1e-3)
+    for name, value in param_grad_norms(model).items():
+        assert rec.layers[name].norm == pytest.approx(value, rel=1e-3)
+        assert rec.layers[name].act_norm == pytest.approx(norm(outs[name]), rel=1e-3)
 
 
 # ----------------------------------------------------------------------------- accumulation
@@ -248,14 +219,14 @@ def test_accumulation_gives_one_record_of_the_accumulated_gradient():
         opt.zero_grad()
         sq: dict[str, float] = {}
         for k in range(n_micro):
-            x, y = _data(k)
+            x, y = regression_batch(k)
             (_loss(model, x, y, dtype=None) / n_micro).backward()
             for name, g in _output_grads(twin, x, y, scale=1 / n_micro, dtype=None).items():
-                sq[name] = sq.get(name, 0.0) + _norm(g) ** 2
+                sq[name] = sq.get(name, 0.0) + norm([g]) ** 2
         opt.step()
     (rec,) = watch.history
-    for name, norm in _layer_norms(twin).items():  # twin accumulated the same micro-batches
-        assert rec.layers[name].norm == pytest.approx(norm, rel=1e-6)
+    for name, value in param_grad_norms(twin).items():  # twin accumulated the same micro-batches
+        assert rec.layers[name].norm == pytest.approx(value, rel=1e-6)
         assert rec.layers[name].act_norm == pytest.approx(math.sqrt(sq[name]), rel=1e-6)
 
 
@@ -292,7 +263,8 @@ def test_activation_checkpointing_counts_nothing_twice(mode):
         with GradWatch(model, optimizer=opt) as watch:
             for step in range(2):
                 opt.zero_grad()
-                nn.functional.mse_loss(model(_data(step)[0]), _data(step)[1]).backward()
+                x, y = regression_batch(step)
+                nn.functional.mse_loss(model(x), y).backward()
                 opt.step()
         records[m] = watch.history
     for plain, checked in zip(records["none"], records[mode]):
