@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -10,9 +11,12 @@ import pytest
 import torch
 
 from gradwatch.bench.__main__ import main
+from gradwatch.bench.common import BUDGETS
+from gradwatch.bench.xor import claim_seeds
 from gradwatch.bench.xor_core import XOR_T, XOR_X, XorBatch, XorTrial, init_params
 from gradwatch.bench.xor_train import train_trials
-from gradwatch.bench.xor_watch import SourceAdam, load_snapshot, phase
+from gradwatch.bench.xor_watch import (SourceAdam, SourceXorNet, load_snapshot, phase,
+                                       snapshot_row)
 
 PLAIN, RESID = (0.9, 0.999), (0.99, 0.9999)
 
@@ -164,22 +168,26 @@ def test_a_converged_trial_stops_and_leaves_the_others_unchanged():
     np.testing.assert_allclose(s.outputs, s_alone.outputs, rtol=1e-14)
 
 
-def test_source_adam_replay_matches_the_numpy_update():
+def test_replay_model_and_source_adam_match_the_numpy_update():
     trial = XorTrial(3, True, 2, betas=RESID)
     res = train_trials([trial], epochs=3, snapshot_at=[5, 6])[0]
     before, after = res.snapshots[0], res.snapshots[1]
-    from gradwatch.bench.models import XorNet
-
-    model = XorNet(3, residual=True, seeds=[0]).double()
-    params = [p for layer in [model.input, *model.hidden, model.output]
-              for p in (layer.weight, layer.bias)]
-    opt = SourceAdam(params, lr=trial.lr, betas=trial.betas)
+    model = SourceXorNet(3, residual=True).double()
+    opt = SourceAdam(model.parameters(), lr=trial.lr, betas=trial.betas)
     load_snapshot(model, opt, trial, before, 3)
-    x = torch.from_numpy(XOR_X[before.update % 4]).reshape(1, 2)
-    (0.5 * (model(x).reshape(()) - float(XOR_T[before.update % 4])) ** 2).backward()
+    np.testing.assert_array_equal(snapshot_row(model, trial, 3), before.theta)
+    p = before.update % 4
+    batch = XorBatch([trial])
+    batch.theta[0] = before.theta
+    batch.forward_backward(p)  # the numpy gradient at the snapshot
+    y = model(torch.from_numpy(XOR_X[p]).reshape(1, 2))
+    (0.5 * (y.reshape(()) - float(XOR_T[p])) ** 2).backward()
+    grads = SourceXorNet(3, residual=True).double()
+    for g, m in zip(grads.linears(), model.linears()):
+        g.weight.data, g.bias.data = m.weight.grad, m.bias.grad
+    np.testing.assert_allclose(snapshot_row(grads, trial, 3), batch.grad[0], rtol=1e-11)
     opt.step()
-    flat = torch.cat([p.detach().flatten() for p in params]).numpy()
-    np.testing.assert_allclose(flat, after.theta, rtol=1e-12)
+    np.testing.assert_allclose(snapshot_row(model, trial, 3), after.theta, rtol=1e-12)
 
 
 def test_phase_labels_come_from_the_loss_trajectory():
@@ -213,10 +221,17 @@ def test_cli_xor_budget_flags_and_a_short_budget_never_says_no(tmp_path):
     xor = payload["experiments"]["xor"]
     table = xor["data"]["table"]
     assert set(table) == {f"{k} {d}" for k in ("plain", "residual") for d in (1, 5, 10)}
-    assert len(table["plain 10"]["seeds"]) >= 16 and len(table["plain 5"]["seeds"]) == 1
+    assert len(table["plain 10"]["seeds"]) == 4 and len(table["plain 5"]["seeds"]) == 1
     assert all(max(row["epochs_run"]) <= 40 for row in table.values())
     assert len(xor["claims"]) == 3
     assert all(c["reproduced"] is None for c in xor["claims"])  # 40 epochs decide nothing
     assert all(c.get("quantitative_reproduced") is None for c in xor["claims"])
     stalled = table["plain 10"]["gradwatch"]["stalled"]
     assert stalled["runs"] == 0 or stalled["replayed_updates"] > 0
+
+
+def test_claim_seeds_follow_the_budget():
+    assert claim_seeds(BUDGETS["default"]) >= 16 and BUDGETS["default"].xor_epochs == 100_000
+    assert claim_seeds(BUDGETS["default"].with_seeds(20)) == 20
+    short = dataclasses.replace(BUDGETS["default"], xor_epochs=200)
+    assert claim_seeds(short) == max(4, short.seeds)

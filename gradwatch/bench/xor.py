@@ -17,12 +17,13 @@ from .xor_train import TrialResult, sample_updates, train_trials
 from .xor_watch import Replay, replay_trial
 
 __all__ = ["KINDS", "SOURCE_EPOCHS", "SOURCE_DEPTH", "CLAIM_SEEDS", "TOL", "run_xor",
-           "xor_trials", "XOR_INPUTS", "XOR_TARGETS", "XorTrace", "slice_layer_norms",
+           "claim_seeds", "xor_trials", "XOR_INPUTS", "XOR_TARGETS", "XorTrace", "slice_layer_norms",
            "train_xor"]  # the last four: the earlier torch trainer, kept for tests/test_models.py
 
 SOURCE_EPOCHS = 100_000  # the source's epoch budget
 SOURCE_DEPTH = 10  # the source's deep nets: 10 hidden 4->4 layers
 CLAIM_SEEDS = 16  # seeds of the two depth-10 claims (the sweep's other depths: `Budget.seeds`)
+DECIDING_EPOCHS = 10_000  # shorter XOR budgets are smoke runs: no claim converges in them
 TOL = 1e-7  # the source's stopping criterion on the summed epoch loss
 LR = 1e-3
 KINDS: dict[str, tuple[bool, tuple[float, float]]] = {
@@ -30,6 +31,16 @@ KINDS: dict[str, tuple[bool, tuple[float, float]]] = {
 """kind -> (residual hidden blocks, the source's Adam betas for it)."""
 REPLAY_POINTS = 20  # at most this many log-spaced and as many evenly spaced replayed updates
 SWEEP_REPLAYS = 8  # replayed snapshots per run of the sweep's other depths
+
+
+def claim_seeds(budget: Any) -> int:
+    """Seeds at the deepest depth: `Budget.xor_seeds` where the budget has it, else
+    `CLAIM_SEEDS` for a budget long enough to decide claims and ``max(4, seeds)`` for a smoke
+    budget (never fewer than `Budget.seeds`)."""
+    own = getattr(budget, "xor_seeds", None)
+    if own is None:
+        own = CLAIM_SEEDS if budget.xor_epochs >= DECIDING_EPOCHS else 4
+    return max(int(own), budget.seeds)
 
 
 def xor_trials(kind: str, depths: Sequence[int], *, deep_seeds: int,
@@ -96,7 +107,7 @@ def run_xor(ctx: Context) -> ExperimentResult:
     b = ctx.budget
     depths = sorted(set(b.xor_depths))
     deep, epochs = depths[-1], b.xor_epochs
-    deep_seeds = max(getattr(b, "xor_seeds", CLAIM_SEEDS), b.seeds)
+    deep_seeds = claim_seeds(b)
     res = ExperimentResult("xor", "XOR (seed 004): sigmoid nets 2→4→(4→4)×N→1, U[0,1) "
                                   "init, the source's per-pattern Adam")
     curve_epochs = _curve_epochs(epochs)

@@ -2,7 +2,8 @@
 
 The batched numpy trainer (`xor_core`) has no autograd and no modules, so gradwatch cannot hook
 it. Instead the trainer keeps `Snapshot`s (weights and Adam state right before an update) and
-each one is replayed here on a float64 `XorNet` with the same weights: forward on the update's
+each one is replayed here on a float64 `SourceXorNet` (plain ``nn.Linear`` and ``nn.Sigmoid``
+modules) with the same weights: forward on the update's
 pattern, backward, and the source's Adam step through `SourceAdam`, with a `GradWatch`
 attached to the optimizer as a user would attach it. Snapshots are grouped by the run's state
 at that time (its `phase`), one `GradWatch` per group, so each group gets its own verdict.
@@ -16,20 +17,47 @@ from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..monitor import GradWatch
 from ..records import StepRecord
 from .common import RecordSummary, summarize_records
-from .models import XorNet
 from .xor_core import EPS, XOR_T, XOR_X, XorTrial, _layout
 from .xor_train import Snapshot, TrialResult
 
-__all__ = ["SourceAdam", "Phase", "phase", "Replay", "replay_trial", "load_snapshot"]
+__all__ = ["SourceXorNet", "SourceAdam", "Phase", "phase", "Replay", "replay_trial",
+           "load_snapshot", "snapshot_row"]
 
 Phase = Literal["stalled", "converging", "other"]
 
 STALL_EPOCHS = 1000
 """A run is stalled at epoch e when its loss is >= `PLATEAU` and stays so at least this long."""
+
+
+class SourceXorNet(nn.Module):
+    """The source's XOR net as a user would write it in torch: 2→4, ``depth`` × 4→4, 4→1.
+
+    ``nn.Linear`` layers named ``input``, ``hidden.<i>``, ``output``, each followed by an
+    ``nn.Sigmoid``; a residual hidden block adds its input back: ``x + sigmoid(W x + b)``.
+    """
+
+    def __init__(self, depth: int, *, residual: bool = False, width: int = 4) -> None:
+        super().__init__()
+        self.residual = bool(residual)
+        self.input = nn.Linear(2, width)
+        self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        self.output = nn.Linear(width, 1)
+        self.sigmoids = nn.ModuleList(nn.Sigmoid() for _ in range(depth + 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.sigmoids[0](self.input(x))
+        for layer, sigmoid in zip(self.hidden, self.sigmoids[1:]):
+            y = sigmoid(layer(x))
+            x = x + y if self.residual else y
+        return self.sigmoids[-1](self.output(x))
+
+    def linears(self) -> list[nn.Linear]:
+        return [self.input, *self.hidden, self.output]
 
 
 class SourceAdam(torch.optim.Optimizer):
@@ -96,28 +124,45 @@ def phase(result: TrialResult, epoch: int) -> Phase:
     return "other"
 
 
-def _params(model: XorNet) -> list[torch.Tensor]:
-    """The parameters in `XorBatch` row order: input, hidden..., output; W then b."""
-    layers = [model.input, *model.hidden, model.output]
-    return [p for layer in layers for p in (layer.weight, layer.bias)]
-
-
-def load_snapshot(model: XorNet, opt: SourceAdam | None, trial: XorTrial, snap: Snapshot,
-                  batch_depth: int) -> None:
-    """Copies a snapshot's weights (and Adam state) into a single-trial float64 `XorNet`."""
+def _blocks(trial: XorTrial, batch_depth: int) -> list[tuple[int, int, int, int]]:
+    """Per layer of the trial: ``(w_lo, w_hi, b_hi, fan_out)`` of its slice of a batch row."""
     layout = _layout(batch_depth)
-    used = list(range(trial.depth + 1)) + [batch_depth + 1]
-    params = _params(model)
+    out = []
+    for k in list(range(trial.depth + 1)) + [batch_depth + 1]:
+        off, fan_in, fan_out = layout[k]
+        out.append((off, off + fan_in * fan_out, off + (fan_in + 1) * fan_out, fan_out))
+    return out
+
+
+def load_snapshot(model: SourceXorNet, opt: SourceAdam | None, trial: XorTrial,
+                  snap: Snapshot, batch_depth: int) -> None:
+    """Copies a snapshot's weights (and Adam state) into a float64 `SourceXorNet`.
+
+    The batch keeps ``W`` as ``(in, out)`` (``x @ W + b``); ``nn.Linear`` holds its transpose.
+    """
     theta, m, v = (torch.from_numpy(a) for a in (snap.theta, snap.m, snap.v))
     with torch.no_grad():
-        for k, w, b in zip(used, params[::2], params[1::2]):
-            off, fan_in, fan_out = layout[k]
-            cut = off + fan_in * fan_out
-            for p, lo, hi in ((w, off, cut), (b, cut, cut + fan_out)):
-                p.copy_(theta[lo:hi].view(p.shape))
+        for layer, (lo, mid, hi, fan_out) in zip(model.linears(), _blocks(trial, batch_depth)):
+            for p, sl, transposed in ((layer.weight, slice(lo, mid), True),
+                                      (layer.bias, slice(mid, hi), False)):
+                def shaped(arr: torch.Tensor) -> torch.Tensor:
+                    flat = arr[sl]
+                    return flat.view(-1, fan_out).T if transposed else flat
+
+                p.copy_(shaped(theta))
                 if opt is not None:  # SourceAdam replaces m and v, never writes into them
-                    opt.state[p].update(step=snap.update, m=m[lo:hi].view(p.shape),
-                                        v=v[lo:hi].view(p.shape))
+                    opt.state[p].update(step=snap.update, m=shaped(m), v=shaped(v))
+
+
+def snapshot_row(model: SourceXorNet, trial: XorTrial, batch_depth: int) -> np.ndarray:
+    """The model's weights as a batch row (zeros where the trial has no layer): the inverse of
+    `load_snapshot`'s weight copy."""
+    blocks = _blocks(trial, batch_depth)
+    row = np.zeros(_layout(batch_depth)[-1][0] + 5)
+    for layer, (lo, mid, hi, _) in zip(model.linears(), blocks):
+        row[lo:mid] = layer.weight.detach().T.reshape(-1).numpy()
+        row[mid:hi] = layer.bias.detach().numpy()
+    return row
 
 
 @dataclass
@@ -143,21 +188,22 @@ def replay_trial(result: TrialResult, batch_depth: int,
                  snapshots: Sequence[Snapshot] | None = None) -> dict[Phase, Replay]:
     """Replays a trial's snapshots through `GradWatch`, one watch per `phase`."""
     trial = result.trial
-    model = XorNet(trial.depth, residual=trial.residual, seeds=[0]).double()
+    with torch.random.fork_rng(devices=[]):  # its random init is overwritten: leave the RNG be
+        model = SourceXorNet(trial.depth, residual=trial.residual).double()
     groups: dict[Phase, list[Snapshot]] = {}
     for snap in snapshots if snapshots is not None else result.snapshots:
         groups.setdefault(phase(result, snap.epoch), []).append(snap)
     out: dict[Phase, Replay] = {}
     for name, snaps in groups.items():
-        opt = SourceAdam(_params(model), lr=trial.lr, betas=trial.betas)
+        opt = SourceAdam(model.parameters(), lr=trial.lr, betas=trial.betas)
         watch = GradWatch(model, optimizer=opt)
         try:
             for snap in snaps:
                 load_snapshot(model, opt, trial, snap, batch_depth)
                 p = snap.update % 4
                 opt.zero_grad()
-                x = torch.from_numpy(XOR_X[p]).reshape(1, 2)
-                (0.5 * (model(x).reshape(()) - float(XOR_T[p])) ** 2).backward()
+                y = model(torch.from_numpy(XOR_X[p]).reshape(1, 2))
+                (0.5 * (y.reshape(()) - float(XOR_T[p])) ** 2).backward()
                 opt.step()
             records = list(watch.history)
             diagnose = getattr(watch, "diagnose", None)
@@ -167,11 +213,3 @@ def replay_trial(result: TrialResult, batch_depth: int,
         out[name] = Replay(name, [s.update for s in snaps], records, summarize_records(records),
                            findings)
     return out
-
-
-def layer_norms(model: XorNet) -> list[float]:
-    """Per layer (forward order) the L2 norm of its weight and bias gradients (for tests)."""
-    params = _params(model)
-    return [float(np.hypot(torch.linalg.vector_norm(w.grad).item(),
-                           torch.linalg.vector_norm(b.grad).item()))
-            for w, b in zip(params[::2], params[1::2])]
