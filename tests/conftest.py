@@ -9,7 +9,8 @@ from torch import nn
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "multiprocess: spawns 2 gloo ranks on CPU; bounded by a "
-                            "timeout (select with -m multiprocess, skip with -m 'not multiprocess')")
+                            "timeout (select with -m multiprocess, skip with "
+                            "-m 'not multiprocess')")
 
 
 @pytest.fixture(autouse=True)

@@ -97,17 +97,21 @@ def test_unrecorded_steps_run_without_forward_hooks_and_recorded_ones_are_exact(
     assert not any(m._forward_hooks for m in model.modules())
 
 
+def _hooks(model: nn.Module) -> dict[str, tuple[dict, dict]]:
+    return {name: (dict(m._forward_hooks), dict(m._backward_hooks))
+            for name, m in model.named_modules()}
+
+
 def test_close_removes_every_hook_and_is_idempotent():
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    before = {name: (dict(m._forward_hooks), dict(m._backward_hooks)) for name, m in model.named_modules()}
+    before = _hooks(model)
     watch = GradWatch(model, optimizer=opt)
     assert any(m._forward_hooks for m in model.modules())
     assert opt._optimizer_step_pre_hooks
     watch.close()
     watch.close()
-    after = {name: (dict(m._forward_hooks), dict(m._backward_hooks)) for name, m in model.named_modules()}
-    assert after == before
+    assert _hooks(model) == before
     assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
     with pytest.raises(RuntimeError, match="after close"):
         watch.step()
