@@ -80,7 +80,7 @@ def test_a_user_statistic_reaches_records_logs_summary_and_report(tmp_path):
 
 def _layer_update_ratio(before: list[torch.Tensor], after: list[torch.Tensor],
                         sample: int | None = None) -> float:
-    """‖Δθ‖/‖θ‖ over a layer in float64; with ``sample``, a tensor of more entries is read
+    """‖Δθ‖/‖θ‖ over a layer in float64; with ``sample`` a tensor of more entries is read
     at an even stride of ceil(n / sample), each read entry standing for n / (entries read)."""
     num = den = 0.0
     for b, a in zip(before, after):
