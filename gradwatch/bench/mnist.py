@@ -27,11 +27,11 @@ def verdicts(runs: list[TrainRun]) -> str:
 
 
 def runs_budget(runs: list[TrainRun]) -> str:
-    """What a claim's runs cost: steps and images per run, seeds, seconds."""
+    """What a claim's runs cost: steps and images per run, runs (seeds × settings), seconds."""
     steps = sorted({r.steps for r in runs})
     images = sorted({r.images for r in runs})
     return (f"{'/'.join(f'{s:,}' for s in steps)} steps of batch 32 on {'/'.join(f'{i:,}' for i in images)} "
-            f"training images, {len(runs)} seed(s), {sum(r.seconds for r in runs):.0f} s")
+            f"training images, {len(runs)} run(s), {sum(r.seconds for r in runs):.0f} s")
 
 
 def label_run(res: ExperimentResult, run: TrainRun, label: str, confirmed: bool,
