@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from conftest import batch, loss_of, mlp
-from gradwatch import GradWatch, LayerStat, Status, StepRecord, Thresholds
+from gradwatch import Finding, GradWatch, LayerStat, Status, StepRecord, Thresholds
 
 wandb = pytest.importorskip("wandb")
 pb = pytest.importorskip("wandb.proto.wandb_internal_pb2")
@@ -132,8 +132,11 @@ def _train(logger: WandbLogger, *, steps: int = 6, every: int = 1,
 def test_every_number_of_every_record_is_logged_exactly(tmp_path):
     logger = WandbLogger(project="gw-test")
     watch = _train(logger, nan_at=3)
-    history, _, _ = _run_log(tmp_path)
+    history, config, _ = _run_log(tmp_path)
     records = watch.history
+    # GradWatch hands its run header to start_run before the first record
+    assert config["grad"]["layers"] == list(watch.layer_names) == ["0", "2", "4"]
+    assert config["grad"]["thresholds"]["vanishing"] == watch.thresholds.vanishing
     assert sorted(history) == [r.step for r in records] == list(range(6))
     assert any(r.clip_coef < 1.0 for r in records)  # clipping was exercised
     codes = {s.value: i for i, s in enumerate(Status)}
@@ -180,39 +183,21 @@ def test_start_run_puts_the_header_into_the_config(tmp_path):
                               "options": {"clip": 1.0, "every": 1, "activations": True}}
 
 
-@dataclasses.dataclass(frozen=True)
-class _FutureStat(LayerStat):
-    """A layer statistic gradwatch may add later: it appears only through to_dict()."""
-
-    update_ratio: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "update_ratio": self.update_ratio}
-
-
-@dataclasses.dataclass(frozen=True)
-class _WithFindings(StepRecord):
-    """A record whose to_dict() holds a list of findings, as gradwatch's records may."""
-
-    found: tuple[dict[str, Any], ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "findings": [dict(f) for f in self.found]}
-
-
 def _table(files: Path, ref: dict[str, Any]) -> dict[str, Any]:
     assert ref["_type"] == "table-file"
     return json.loads((files / ref["path"]).read_text())
 
 
-def test_new_statistics_findings_and_status_table_are_logged_generically(tmp_path):
-    finding = {"kind": "vanishing", "layers": ("hidden.0", "hidden.1"), "evidence": "1e-9 < 1e-7",
-               "remedies": ("relu", "he_init"), "first_step": 4, "steps": 2}
-    layers = {"hidden.0": _FutureStat(norm=1e-9, act_norm=2e-9, status=Status.VANISHING,
-                                      reason="below 1e-7", update_ratio=3e-4),
-              "hidden.1": _FutureStat(norm=0.5, spike=True, reason="spike", update_ratio=0.25)}
-    record = _WithFindings(step=4, total_norm=0.5, clip_coef=0.75, layers=layers,
-                           found=(finding,))
+def test_statistics_findings_and_status_table_are_logged_generically(tmp_path):
+    finding = Finding(kind="vanishing", layers=("hidden.0", "hidden.1"), evidence="1e-9 < 1e-7",
+                      cause="saturating sigmoids", remedy="use ReLU",
+                      remedies=("relu", "he_init"), first_step=4, steps=2)
+    layers = {"hidden.0": LayerStat(norm=1e-9, act_norm=2e-9, status=Status.VANISHING,
+                                    reason="below 1e-7", values={"update_ratio": 3e-4}),
+              "hidden.1": LayerStat(norm=0.5, spike=True, reason="spike",
+                                    values={"update_ratio": 0.25, "dead_frac": None})}
+    record = StepRecord(step=4, total_norm=0.5, clip_coef=0.75, layers=layers,
+                        findings=(finding,))
     logger = WandbLogger(project="gw-test", statuses="table")
     logger(record)
     logger.close()
@@ -220,15 +205,15 @@ def test_new_statistics_findings_and_status_table_are_logged_generically(tmp_pat
     row = history[4]
     assert row["grad/hidden.0/update_ratio"] == 3e-4 and row["grad/hidden.1/update_ratio"] == 0.25
     assert row["grad/hidden.0/norm"] == 1e-9 and row["grad/hidden.0/act_norm"] == 2e-9
-    assert "grad/hidden.1/act_norm" not in row  # None is left out
+    assert "grad/hidden.1/act_norm" not in row and "grad/hidden.1/dead_frac" not in row  # None
     assert "grad/hidden.0/status" not in row  # statuses go to the table instead
     assert row["grad/clip_coef"] == 0.75 and row["grad/spike_layers"] == 1
     assert row["grad/flagged_layers"] == 1 and row["grad/findings/count"] == 1
     findings = _table(files, {k.split("/", 2)[2]: v for k, v in row.items()
                               if k.startswith("grad/findings/") and k != "grad/findings/count"})
-    assert findings["columns"] == list(finding)
-    assert findings["data"] == [["vanishing", "hidden.0, hidden.1", "1e-9 < 1e-7", "relu, he_init",
-                                 4, 2]]
+    assert findings["columns"] == list(finding.to_dict())
+    assert findings["data"] == [["vanishing", "hidden.0, hidden.1", "1e-9 < 1e-7",
+                                 "saturating sigmoids", "use ReLU", "relu, he_init", 4, 2]]
     statuses = _table(files, {k.split("/", 2)[2]: v for k, v in row.items()
                               if k.startswith("grad/statuses/")})
     assert statuses["columns"] == ["layer", "status", "spike", "reason"]
