@@ -71,8 +71,9 @@ def sync_table(result: dict[str, Any]) -> str:
     lines = ["| model | " + " | ".join(HEADERS.get(c, "bare") for c in configs) + " |",
              "|---|" + "---:|" * len(configs)]
     for name, m in result["models"].items():
-        cells = [str(m["configs"][c].get("probe", {}).get("syncs_per_10_steps", "–"))
-                 if c in m["configs"] else "–" for c in configs]
+        counts = [m["configs"][c].get("probe", {}).get("syncs_per_10_steps")
+                  if c in m["configs"] else None for c in configs]
+        cells = ["–" if n is None else str(n) for n in counts]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
