@@ -78,6 +78,7 @@ class AmpState:
         self.scaler, self.optimizer = scaler, optimizer
         self.skips = (SkippedStepDetector(scaler, optimizer)
                       if scaler is not None and optimizer is not None else None)
+        self.pending = 0  # skipped iterations noticed but not recorded yet
 
     @property
     def enabled(self) -> bool:
@@ -121,3 +122,17 @@ class AmpState:
         if self.skips is None:
             return False
         return self.skips.mark_measured() if measuring else self.skips.poll()
+
+    def note_skip(self, watched: Any) -> None:
+        """Called at the start of every hooked forward: notices a skipped iteration and drops
+        the output gradients of its backward (scaled inf/NaN)."""
+        if self.poll_skipped():
+            self.pending += 1
+            watched.collector.take()
+
+    def drain_skips(self, measuring: bool = False) -> int:
+        """How many skipped iterations to record now (counted since the last call)."""
+        if self.skips is None:
+            return 0
+        n, self.pending = self.pending + self.poll_skipped(measuring), 0
+        return n

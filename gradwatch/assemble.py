@@ -44,6 +44,7 @@ class ForwardOrder:
         for k, mid in enumerate(seq):
             first.setdefault(self.module_names[mid], k)
         pos: dict[int, float] = {}
+        uncalled: dict[str, list[int]] = {}  # module -> its layers that never ran themselves
         for i, layer in enumerate(self.layers):
             if layer.name in first:
                 pos[i] = first[layer.name]
@@ -51,11 +52,17 @@ class ForwardOrder:
             parts = layer.name.split(".")
             for cut in range(len(parts) - 1, -1, -1):
                 parent = ".".join(parts[:cut]) or "(root)"
-                if parent in first:
-                    pos[i] = first[parent] - 0.5
+                if parent in first:  # applied inside the parent's forward, after it started
+                    pos[i] = first[parent] + 0.5
+                    uncalled.setdefault(parent, []).append(i)
                     break
         self.order = sorted(range(len(self.layers)), key=lambda i: (pos.get(i, math.inf), i))
-        users = [self.weight_user[mid] for mid in seq if self.weight_user[mid] >= 0]
+        users = []
+        for mid in seq:
+            if self.weight_user[mid] >= 0:
+                users.append(self.weight_user[mid])
+            users += [i for i in uncalled.pop(self.module_names[mid], ())
+                      if self.layers[i].role == "weight"]
         if users:
             self.head = users[-1]
 
@@ -101,8 +108,6 @@ def pending_step(step: int, watched: Any, data: Any, got: Any, present: list[boo
     from .measure import layer_values, locate_nonfinite
 
     w = watched
-    if data is not None:
-        w.forward.learn(data.completed)
     order, lnorms = layer_norms(w.forward.order, w.slices, got.norms, present)
     act, values = {}, {}
     if data is not None:
@@ -111,7 +116,9 @@ def pending_step(step: int, watched: Any, data: Any, got: Any, present: list[boo
         per = got.host.get(f"stat:{s.name}")
         if per is None:  # a forced record of an unrecorded non-finite step
             continue
-        at = iter(per)
+        n = sum(present) if present is not None else len(w.params)
+        k = len(per) // max(n, 1)  # columns per tensor: (n,) or (n, k) results
+        at = iter(per if k == 1 else [tuple(per[j:j + k]) for j in range(0, len(per), k)])
         by_param = [next(at) if present is None or present[k] else None
                     for k in range(len(w.params))]
         for i in order:

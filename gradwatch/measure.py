@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -12,10 +12,11 @@ from torch import Tensor
 
 from .distributed import is_dtensor
 from .hooks import Collected, Collector
-from .norms import TINY, combine, per_tensor_norms, repair_norms
+from .norms import TINY, combine, repair_norms
 from .statistics import Statistic
 
-__all__ = ["HostBatch", "UpdateTracker", "StepNumbers", "read_step", "device_total",
+__all__ = ["HostBatch", "InFlight", "UpdateTracker", "StepNumbers", "start_read", "finish_read",
+           "read_step", "device_total",
            "locate_nonfinite", "layer_values"]
 
 
@@ -47,7 +48,38 @@ class HostBatch:
         self._size += len(where)
 
     def fetch(self) -> dict[str, list[float]]:
-        host = torch.cat(self._parts).tolist() if self._parts else []
+        """Copies and waits (one blocking device-to-host copy)."""
+        return self.start(blocking=True).result()
+
+    def start(self, *, blocking: bool = False) -> InFlight:
+        """Starts the copy. On CUDA without ``blocking`` it goes ``non_blocking`` into pinned
+        memory and returns at once; `InFlight.result` waits for it (the next step, normally
+        long done)."""
+        dev = torch.cat(self._parts) if self._parts else None
+        event = None
+        if dev is None:
+            host = None
+        elif dev.device.type == "cuda" and not blocking:
+            host = torch.empty(dev.shape, dtype=dev.dtype, pin_memory=True)
+            host.copy_(dev, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        else:
+            host = dev.cpu() if blocking else dev.to("cpu", copy=True)
+        return InFlight(self._slots, host, event)
+
+
+class InFlight:
+    """A started device-to-host copy of a `HostBatch`; `result` gives the named values."""
+
+    def __init__(self, slots: dict[str, tuple[list[Any], list[int], int]], host: Tensor | None,
+                 event: Any) -> None:
+        self._slots, self._host, self._event = slots, host, event
+
+    def result(self) -> dict[str, list[float]]:
+        if self._event is not None:
+            self._event.synchronize()
+        host = self._host.tolist() if self._host is not None else []
         out = {}
         for name, (items, where, start) in self._slots.items():
             values = list(items)
@@ -104,13 +136,22 @@ class UpdateTracker:
     def after(self) -> dict[int, float | None] | None:
         """The estimated ‖Δθ‖/‖θ‖ of each layer, θ before the step (call right after
         ``optimizer.step()``)."""
+        sums = self.after_device()
+        return None if sums is None else self.ratios(sums.tolist())
+
+    def after_device(self) -> Tensor | None:
+        """The same sums as `after`, left on the device (for a deferred record)."""
         if self._before is None:
             return None
         before, self._before = self._before, None
         delta = torch.cat(self._views).float().sub_(before)
-        sums = torch.stack([torch.segment_reduce(delta.square_(), "sum", lengths=self._lengths),
-                            torch.segment_reduce(before.square_(), "sum", lengths=self._lengths)])
-        d2, w2 = (sums * self._weights).tolist()
+        return torch.stack([torch.segment_reduce(delta.square_(), "sum", lengths=self._lengths),
+                            torch.segment_reduce(before.square_(), "sum", lengths=self._lengths)]
+                           ) * self._weights
+
+    def ratios(self, sums: Sequence[Sequence[float]]) -> dict[int, float | None]:
+        """Per-layer ‖Δθ‖/‖θ‖ from per-tensor (‖Δθ‖², ‖θ‖²) sums."""
+        d2, w2 = sums
         per_layer: dict[int, list[float]] = {}
         for layer, a, b in zip(self._layers, d2, w2):
             acc = per_layer.setdefault(layer, [0.0, 0.0])
@@ -119,15 +160,19 @@ class UpdateTracker:
         return {i: math.sqrt(a / b) if b > 0 else None for i, (a, b) in per_layer.items()}
 
 
-def device_total(norms_dev: Tensor, grads: Sequence[Tensor]) -> Tensor:
+def device_total(norms_dev: Tensor, grads: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     """The total norm on the device, with the float64 repair `repair_norms` does on the host
-    (so clipping gives the same result whether or not a step is recorded); no host sync."""
+    (so clipping gives the same result whether or not a step is recorded), and the exact
+    float64 per-tensor norms; no host sync (one extra pass over the gradients)."""
     total32 = torch.linalg.vector_norm(norms_dev)
-    exact = torch.stack(torch._foreach_norm([g for g in grads], 2, dtype=torch.float64)) \
-        if all(not g.is_sparse and g.numel() for g in grads) else per_tensor_norms(
-            [g.double() for g in grads]).double()
+    dense = [g.coalesce()._values() if g.is_sparse else g for g in grads]
+    if all(g.numel() for g in dense):
+        exact = torch.stack(torch._foreach_norm(dense, 2, dtype=torch.float64))
+    else:
+        exact = torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64) for g in dense])
+    exact = exact.to(norms_dev.device)
     good = torch.isfinite(norms_dev).all() & (norms_dev.min() >= TINY)
-    return torch.where(good, total32.double(), torch.linalg.vector_norm(exact))
+    return torch.where(good, total32.double(), torch.linalg.vector_norm(exact)), exact
 
 
 def layer_values(data: Collected, host: dict[str, list[float]], inv_scale: float
@@ -203,14 +248,10 @@ class StepNumbers:
     act_inv: float  # 1 / the loss scale output gradients carry (1.0 without AMP)
 
 
-def read_step(grads: Sequence[Tensor], params: Sequence[Tensor], norms_dev: Tensor, *,
-              scale: Tensor | None, scaled: bool, data: Collected | None,
-              statistics: Sequence[Statistic], recording: bool) -> StepNumbers:
-    """Copies everything the step needs to the host at once and forms the norms.
-
-    Healthy steps log (and clip with) torch's own fp32 total, so clipping is bit-identical to
-    ``clip_grad_norm_``; steps whose fp32 norms over- or underflow get the exact float64 total.
-    """
+def start_read(grads: Sequence[Tensor], params: Sequence[Tensor], norms_dev: Tensor, *,
+               scale: Tensor | None, data: Collected | None, statistics: Sequence[Statistic],
+               recording: bool, extra: dict[str, Any] | None = None) -> HostBatch:
+    """Gathers everything a step's record needs into one `HostBatch` (nothing copied yet)."""
     batch = HostBatch(norms_dev.device)
     batch.add("norms", norms_dev)
     batch.add("total32", torch.linalg.vector_norm(norms_dev).reshape(1))
@@ -222,12 +263,34 @@ def read_step(grads: Sequence[Tensor], params: Sequence[Tensor], norms_dev: Tens
         batch.add("time", [v for vals in data.time.values() for v in vals])
     if recording:
         use_statistics(statistics, grads, params, batch)
-    host = batch.fetch()  # the one device-to-host copy of the step
+    for name, values in (extra or {}).items():
+        batch.add(name, values)
+    return batch
+
+
+def finish_read(host: dict[str, list[float]], scaled: bool,
+                grads: Sequence[Tensor] | None = None) -> StepNumbers:
+    """Forms the norms from the copied values. Healthy steps log (and clip with) torch's own
+    fp32 total, so clipping is bit-identical to ``clip_grad_norm_``; steps whose fp32 norms
+    over- or underflow get exact float64 norms: recomputed from ``grads``, or copied along
+    (``"exact"``) when the record is formed a step later."""
     raw = host["norms"]
     act_inv = 1.0 / host["scale"][0]
     inv = act_inv if scaled else 1.0
-    fixed = repair_norms(raw, grads)
+    if "exact" in host:
+        fixed = [n if TINY <= n < math.inf else e for n, e in zip(raw, host["exact"])]
+    else:
+        fixed = repair_norms(raw, grads)
     norms = fixed if inv == 1.0 else [n * inv for n in fixed]
     total32 = host["total32"][0]
     exact = fixed != raw or not TINY <= total32 < math.inf
     return StepNumbers(host, norms, combine(norms) if exact else total32 * inv, act_inv)
+
+
+def read_step(grads: Sequence[Tensor], params: Sequence[Tensor], norms_dev: Tensor, *,
+              scale: Tensor | None, scaled: bool, data: Collected | None,
+              statistics: Sequence[Statistic], recording: bool) -> StepNumbers:
+    """`start_read` and `finish_read` with one blocking copy in between."""
+    batch = start_read(grads, params, norms_dev, scale=scale, data=data, statistics=statistics,
+                       recording=recording)
+    return finish_read(batch.fetch(), scaled, grads)

@@ -3,27 +3,23 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 import weakref
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from . import compile_support as cs
 from .amp import AmpState
-from .assemble import Pending, assemble, pending_step
 from .clip import ClipPolicy, make_policy
 from .hooks import Hook, user_stacklevel
-from .layers import remove_all
 from .ledger import Ledger, run_header
 from .diagnosis import nonfinite_message
-from .options import refuse_closure, validate
+from .options import NonFiniteGradientError, OnNonFinite, check_manual_step, refuse_closure, \
+    validate
+from .recorder import Recorder
 from .records import Finding, StepRecord
-from .rules import Judge
-from .runsummary import summarize
-from .spikes import SpikeTracker
 from .step import GradStash, measure_step
 from .statistics import Statistic, check_statistics
 from .summary import format_summary
@@ -31,13 +27,6 @@ from .thresholds import Thresholds
 from .watched import WatchedSet
 
 __all__ = ["GradWatch", "NonFiniteGradientError"]
-
-OnNonFinite = Literal["warn", "raise", "skip", "zero"]
-
-
-class NonFiniteGradientError(FloatingPointError):
-    """Raised by ``on_nonfinite="raise"`` when a watched gradient holds NaN or Inf."""
-
 
 class GradWatch:
     """Measures per-layer gradient statistics, judges them, and optionally clips, at every step.
@@ -65,6 +54,12 @@ class GradWatch:
         loggers: A list of callables receiving every `StepRecord` (see `gradwatch.loggers`).
         history: How many records stay in `history` (loggers still see every record).
         statistics: Extra per-layer `gradwatch.statistics.Statistic` declarations.
+        sync_records: ``None`` (default): on accelerators a recorded step's numbers are copied
+            with ``non_blocking=True`` and become its record at the next step (loggers see it
+            one step late; the loop never waits); on the CPU records are immediate. ``True``:
+            always immediate (one blocking copy per recorded step). ``False``: always deferred.
+            AMP scalers, ``on_nonfinite`` "raise"/"skip" and AutoClip/ZClip read the host at
+            once whatever this says.
     """
 
     def __init__(self, model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None,
@@ -72,37 +67,34 @@ class GradWatch:
                  clip: float | str | ClipPolicy | None = None, activations: bool = True,
                  every: int = 1, on_nonfinite: OnNonFinite = "warn", scaler: Any = None,
                  loggers: Sequence[Any] = (), history: int = 10_000,
-                 statistics: Sequence[Statistic] = ()) -> None:
+                 statistics: Sequence[Statistic] = (), sync_records: bool | None = None) -> None:
         validate(model, optimizer, thresholds, activations, every, on_nonfinite, scaler,
                  loggers, history, clip)
         self.thresholds = thresholds if thresholds is not None else Thresholds()
         self.policy = make_policy(clip)
         self.statistics = check_statistics(statistics)
         self.every, self.on_nonfinite, self.activations = every, on_nonfinite, activations
-        self.optimizer, self.scaler = optimizer, scaler
+        self.optimizer, self.scaler, self.sync_records = optimizer, scaler, sync_records
         self._watched = w = WatchedSet(cs.unwrap_compiled(model, warn=True),
                                        activations=activations, optimizer=optimizer)
         self._amp = AmpState(scaler, optimizer)
-        self._amp_pending = 0
         if self._amp.skips is not None:
-            w.collector.amp_poll = Hook(self, "_note_amp_skip")
-        self._judge = Judge(self.thresholds)
-        self._spikes = SpikeTracker(w.names)
+            w.collector.amp_poll = Hook(self._amp, "note_skip", w)
         self._ledger = Ledger(loggers, history, run_header(
             self.thresholds, w.layers, self.statistics, every=every,
             clip=repr(self.policy) if self.policy is not None else None,
             activations=activations, on_nonfinite=on_nonfinite, optimizer=type(
                 optimizer).__name__ if optimizer is not None else None, amp=scaler is not None))
         self.loggers = self._ledger.loggers
-        self._pending: Pending | None = None
+        self._recorder = Recorder(w, self._ledger, self.thresholds, self.statistics)
         self._stash = GradStash()
-        self._step, self._closed, self._warned_no_act = 0, False, False
+        self._step, self._closed = 0, False
         self._optimizer_handles: list[Any] = []
         if optimizer is not None:
             self._optimizer_handles += [
                 optimizer.register_step_pre_hook(Hook(self, "_before_optimizer_step")),
                 optimizer.register_step_post_hook(Hook(self, "_after_optimizer_step"))]
-        self._finalizer = weakref.finalize(self, _release, self._optimizer_handles, w)
+        self._finalizer = weakref.finalize(self, w.close, self._optimizer_handles)
         self._sync_hooks()
 
     # ------------------------------------------------------------------ public API
@@ -116,8 +108,7 @@ class GradWatch:
     @property
     def layer_names(self) -> tuple[str, ...]:
         """The watched layers, in forward order once a recorded forward pass has run."""
-        w = self._watched
-        return tuple(w.layers[i].name for i in w.forward.order)
+        return tuple(self._watched.layers[i].name for i in self._watched.forward.order)
 
     @property
     def head(self) -> str | None:
@@ -136,27 +127,19 @@ class GradWatch:
         Raises:
             RuntimeError: The watch is closed, or it was given ``optimizer=``.
         """
-        if self._closed:
-            raise RuntimeError("GradWatch.step() was called after close(); create a new "
-                               "GradWatch to keep monitoring.")
-        if self.optimizer is not None:
-            raise RuntimeError("GradWatch.step() is called for you before every optimizer.step() "
-                               "because `optimizer=` was given; remove your call to watch.step() "
-                               "or construct GradWatch without `optimizer=`.")
+        check_manual_step(self._closed, self.optimizer)
         record = self._measure()
         return record if record is not None else self._flush()
 
     def diagnose(self) -> list[Finding]:
         """What is wrong with this run so far, most severe first (empty when nothing is)."""
         self._flush()
-        return self._judge.diagnose()
+        return self._recorder.judge.diagnose()
 
     def summary(self) -> str:
         """The diagnosis and a per-layer table a person can read."""
         self._flush()
-        return format_summary(summarize(self._ledger.records, steps=self._step,
-                                        run=self._ledger.run, flags=self._ledger.flags,
-                                        findings=self._judge.diagnose()))
+        return format_summary(self._recorder.summarize(self._step))
 
     def close(self) -> None:
         """Removes every hook gradwatch added and closes the loggers; safe to call twice."""
@@ -172,16 +155,13 @@ class GradWatch:
     def state_dict(self) -> dict[str, Any]:
         """Step counter, spike statistics, rule windows, findings, counters, clip state."""
         self._flush()
-        return {"step": self._step, **self._spikes.state_dict(), **self._ledger.state_dict(),
-                "judge": self._judge.state_dict(),
+        return {"step": self._step, **self._recorder.state_dict(),
                 "clip": self.policy.state_dict() if self.policy is not None else None}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restores what `state_dict` saved, so a resumed run behaves as if never interrupted."""
-        self._spikes.load_state_dict(state)
         self._step = int(state["step"])
-        self._ledger.load_state_dict(state, self._step)
-        self._judge.load_state_dict(state.get("judge", {}))
+        self._recorder.load_state_dict(state, self._step)
         if self.policy is not None and state.get("clip") is not None:
             self.policy.load_state_dict(state["clip"])
         self._sync_hooks()
@@ -195,7 +175,8 @@ class GradWatch:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"step={self._step}"
         return (f"GradWatch(layers={len(self._watched.layers)}, every={self.every}, "
-                f"clip={self.policy!r}, activations={self.activations}, on_nonfinite={self.on_nonfinite!r}, {state}, "
+                f"clip={self.policy!r}, activations={self.activations}, "
+                f"on_nonfinite={self.on_nonfinite!r}, {state}, "
                 f"recorded={self._ledger.run['recorded']})")
 
     # ------------------------------------------------------------------ the step
@@ -205,13 +186,12 @@ class GradWatch:
             return
         refuse_closure(optimizer, args, kwargs)
         self._measure()
-        if self._pending is not None and self._watched.updates is not None:
-            self._watched.updates.before()
+        self._recorder.before_optimizer_step()
 
     def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._stash.restore()
-        if self._pending is not None and self._watched.updates is not None:
-            self._flush(self._watched.updates.after())
+        if self._recorder.after_optimizer_step():
+            self._flush()
 
     def _measure(self) -> StepRecord | None:
         self._flush()
@@ -222,56 +202,35 @@ class GradWatch:
             return None
         w = self._watched
         if w.refresh():
-            self._spikes.add(w.names)
+            self._recorder.spikes.add(w.names)
             self._sync_hooks()
         out = measure_step(w, self._amp, self.policy, self.statistics, stash=self._stash,
                            on_nonfinite=self.on_nonfinite, optimizer=self.optimizer,
-                           recording=recording)
+                           recording=recording, defer=self.sync_records is False or (
+                               self.sync_records is None and w.params[0].device.type != "cpu"))
         if out is None:
             self._advance()
             return None
-        if out.data is not None and self.activations and not out.data.events \
-                and not self._warned_no_act:
-            self._warned_no_act = True
-            warnings.warn(cs.NO_ACTIVATION_GRADS, UserWarning, stacklevel=user_stacklevel())
-        self._pending = pending_step(self._step, w, out.data, out.got, out.present,
-                                     self.statistics, out.coef, out.skipped, out.overflow)
+        w.check_activation_grads(out.data)
+        now = self._recorder.hold(self._step, out)
         self._advance()
-        return self._flush() if not math.isfinite(out.got.total) else None
+        return self._flush() if now else None
 
-    def _flush(self, updates: dict[int, float | None] | None = None) -> StepRecord | None:
-        p, self._pending = self._pending, None
-        if p is None:
-            return None
-        for i, ratio in (updates or {}).items():
-            if i in p.order:
-                p.values.setdefault(i, {})["update_ratio"] = ratio
-        w = self._watched
-        record = assemble(p, w.layers, w.forward.head, self._judge, self._spikes,
-                          self.thresholds, w.saturating)
-        self._ledger.publish(record)
-        if record.nonfinite and self.on_nonfinite == "raise":
-            raise NonFiniteGradientError(nonfinite_message(record) + "; pass "
-                                         "on_nonfinite='skip' to skip such steps.")
-        if record.nonfinite:
-            warnings.warn(nonfinite_message(record), RuntimeWarning, stacklevel=user_stacklevel())
+    def _flush(self) -> StepRecord | None:
+        record = self._recorder.flush()
+        if record is not None and record.nonfinite:
+            message = nonfinite_message(record)
+            if self.on_nonfinite == "raise":
+                raise NonFiniteGradientError(message + "; pass on_nonfinite='skip' to skip.")
+            warnings.warn(message, RuntimeWarning, stacklevel=user_stacklevel())
         return record
 
     # ------------------------------------------------------------------ helpers
 
-    def _note_amp_skip(self) -> None:
-        if not self._closed and self._amp.poll_skipped():
-            self._amp_pending += 1
-            self._watched.collector.take()  # output gradients of the skipped backward: scaled inf/NaN
-
     def _flush_amp_skips(self, measuring: bool = False) -> None:
-        if self._closed or self._amp.skips is None:
-            return
-        self._amp_pending += self._amp.poll_skipped(measuring)
-        while self._amp_pending:
-            self._amp_pending -= 1
+        for _ in range(0 if self._closed else self._amp.drain_skips(measuring)):
             if self._step % self.every == 0:
-                self._pending = Pending(self._step, [], [], {}, {}, math.inf, 1.0, False, True)
+                self._recorder.hold_overflow(self._step)
                 self._flush()
             self._advance()
 
@@ -285,8 +244,3 @@ class GradWatch:
         self._watched.sync(armed=not self._closed and (self._step % self.every == 0 or every_step),
                            every_step=every_step, keep=self._amp.skips is not None,
                            closed=self._closed)
-
-
-def _release(handles: list[Any], watched: WatchedSet) -> None:
-    remove_all(handles)
-    watched.close()

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from .thresholds import Thresholds
 
-__all__ = ["ON_NONFINITE", "validate", "refuse_closure"]
+__all__ = ["ON_NONFINITE", "OnNonFinite", "NonFiniteGradientError", "validate", "refuse_closure",
+           "check_manual_step"]
 
 ON_NONFINITE = ("warn", "raise", "skip", "zero")
+OnNonFinite = Literal["warn", "raise", "skip", "zero"]
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """Raised by ``on_nonfinite="raise"`` when a watched gradient holds NaN or Inf."""
 
 
 def validate(model: Any, optimizer: Any, thresholds: Any, activations: Any, every: Any,
@@ -63,3 +69,14 @@ def refuse_closure(optimizer: Any, args: Any, kwargs: Any) -> None:
                            f".step(closure): the gradients only exist inside the closure. "
                            f"Construct GradWatch without `optimizer=` and call watch.step() "
                            f"inside your closure after loss.backward().")
+
+
+def check_manual_step(closed: bool, optimizer: Any) -> None:
+    """Raises when ``watch.step()`` is called on a closed watch or one that steps itself."""
+    if closed:
+        raise RuntimeError("GradWatch.step() was called after close(); create a new GradWatch "
+                           "to keep monitoring.")
+    if optimizer is not None:
+        raise RuntimeError("GradWatch.step() is called for you before every optimizer.step() "
+                           "because `optimizer=` was given; remove your call to watch.step() or "
+                           "construct GradWatch without `optimizer=`.")

@@ -38,7 +38,8 @@ class Statistic:
     Subclasses set `name` (the key in records and logs) and `label` (for people). A statistic
     that ``reads`` ``"grad"`` (the default) or ``"param"`` implements `per_tensor`, which gets
     the watched gradients (or parameters) of one step as a list and returns one value per
-    tensor as a 1-d tensor on their device (one batched computation, no host sync); gradwatch
+    tensor as a 1-d tensor on their device, or k of them as an (n, k) tensor (one batched
+    computation, no host sync); gradwatch
     copies it to the host together with everything else of the step and combines each layer's
     values with `combine`. The other kinds are measured by gradwatch's hooks.
     """
@@ -108,14 +109,14 @@ class ZeroFraction(Statistic):
     name, label, log_scale = "zero_frac", "zero-gradient share", False
 
     def per_tensor(self, tensors: Sequence[Tensor]) -> Tensor:
-        shares = [(t == 0).sum().double() / max(t.numel(), 1) if not t.is_sparse
-                  else torch.tensor(1 - t.coalesce()._nnz() / max(t.numel(), 1),
-                                    dtype=torch.float64, device=t.device)
-                  for t in tensors]
-        return torch.stack(shares)
+        rows = [torch.stack([(t == 0).sum() if not t.is_sparse else
+                             t.new_tensor(t.numel() - t.coalesce()._values().count_nonzero()),
+                             t.new_tensor(t.numel())]).double() for t in tensors]
+        return torch.stack(rows)  # (zeros, entries) per tensor
 
-    def combine(self, values: Sequence[float]) -> float | None:
-        return sum(values) / len(values) if values else None
+    def combine(self, values: Sequence[tuple[float, float]]) -> float | None:
+        entries = sum(n for _, n in values)
+        return sum(z for z, _ in values) / entries if entries else None
 
 
 class DeadUnits(Statistic):

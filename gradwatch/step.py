@@ -7,10 +7,11 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import torch
 from torch import Tensor
 
 from .hooks import user_stacklevel
-from .measure import StepNumbers, device_total, read_step
+from .measure import InFlight, StepNumbers, device_total, finish_read, read_step, start_read
 from .norms import combine, per_tensor_norms, repair_norms
 
 __all__ = ["Outcome", "measure_step", "clip_step", "clip_coef", "zero_nonfinite_", "GradStash"]
@@ -21,18 +22,30 @@ class Outcome:
     """What a measured step leaves for its record."""
 
     data: Any  # the hooks' `Collected`, or None when they were not armed
-    got: StepNumbers
+    got: StepNumbers | None  # None while the copy is in flight (`inflight`)
     present: list[bool] | None  # which watched parameters had a gradient (None: all)
     coef: float
     skipped: bool
     overflow: bool
+    inflight: InFlight | None = None
+
+    def finish(self) -> StepNumbers:
+        """The step's numbers (waits for a deferred copy; normally long done)."""
+        if self.got is None:
+            host = self.inflight.result()
+            self.got = finish_read(host, False)
+            self.coef = host["coef"][0]
+            self.inflight = None
+        return self.got
 
 
 def measure_step(watched: Any, amp: Any, policy: Any, statistics: Sequence[Any], *,
-                 on_nonfinite: str, optimizer: Any, stash: GradStash, recording: bool
-                 ) -> Outcome | None:
+                 on_nonfinite: str, optimizer: Any, stash: GradStash, recording: bool,
+                 defer: bool = False) -> Outcome | None:
     """Measures and clips the current gradients; None when the step needs no record (or has
-    no gradient). Non-finite steps are always recorded once measured."""
+    no gradient). Non-finite steps are always recorded once measured. With ``defer`` (and no
+    option that needs the host now: AMP, "raise"/"skip", a policy reading the norm), the copy
+    is started without waiting and `Outcome.inflight` is finished at the next step."""
     w = watched
     params = [p for p in w.params if p.grad is not None]
     if not params:
@@ -49,11 +62,17 @@ def measure_step(watched: Any, amp: Any, policy: Any, statistics: Sequence[Any],
     checking = on_nonfinite in ("skip", "zero")
     if not (recording or checking or policy.needs_host_norm
             or norms_dev.device.type == "cpu"):  # clip on the device: no host sync
-        policy.clip_(grads, device_total(norms_dev, grads), params=params,
+        policy.clip_(grads, device_total(norms_dev, grads)[0], params=params,
                      is_output=w.is_output(params))
         return None
     c = w.collector
     data = c.take() if c.armed else None
+    if data is not None:  # the head (AGC's final layer) is known before clipping
+        w.forward.learn(data.completed)
+    if defer and not scaled and amp.scaler is None and on_nonfinite in ("warn", "zero") and (
+            policy is None or not policy.needs_host_norm):
+        return _deferred(w, policy, statistics, grads, params, norms_dev, present, data,
+                         zero=on_nonfinite == "zero", recording=recording)
     got = read_step(grads, params, norms_dev, scale=amp.loss_scale(), scaled=scaled,
                     data=data, statistics=statistics, recording=recording)
     overflow = amp.overflow(scaled, got.total)
@@ -119,3 +138,26 @@ class GradStash:
             for p, g in self._stashed:
                 p.grad = g
             self._stashed = None
+
+
+def _deferred(w: Any, policy: Any, statistics: Sequence[Any], grads: list[Tensor],
+              params: list[Tensor], norms_dev: Tensor, present: list[bool] | None, data: Any, *,
+              zero: bool, recording: bool) -> Outcome | None:
+    """The sync-free path: clip with the device total, zero NaN/Inf on the device, and start
+    the record's copy without waiting."""
+    total, exact = device_total(norms_dev, grads)
+    if zero:  # cannot ask the host whether NaN is there: replace it unconditionally
+        zero_nonfinite_(grads)
+    coef = torch.ones((), dtype=torch.float64, device=norms_dev.device)
+    if policy is not None:
+        result = policy.clip_(grads, total, params=params, is_output=w.is_output(params))
+        if isinstance(result, Tensor):
+            coef = result.double().reshape(())
+        else:  # element- or unit-wise: post-clip over pre-clip total, on the device
+            after = torch.linalg.vector_norm(per_tensor_norms(grads).double())
+            coef = torch.where(total > 0, after / total, coef)
+    if not recording:
+        return None
+    batch = start_read(grads, params, norms_dev, scale=None, data=data, statistics=statistics,
+                       recording=recording, extra={"exact": exact, "coef": [coef]})
+    return Outcome(data, None, present, 1.0, False, False, inflight=batch.start())

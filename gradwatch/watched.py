@@ -4,12 +4,14 @@ and head, rebuilt when the trainable set changes (a layer unfrozen, a param grou
 from __future__ import annotations
 
 import itertools
+import warnings
 from typing import Any, Callable
 
 from torch import nn
 
 from .assemble import ForwardOrder
-from .hooks import Collector
+from .compile_support import NO_ACTIVATION_GRADS
+from .hooks import Collector, user_stacklevel
 from .layers import discover_layers
 from .measure import UpdateTracker
 from .statistics import UpdateRatio
@@ -33,6 +35,7 @@ class WatchedSet:
         self.model, self.activations, self.optimizer = model, activations, optimizer
         self.amp_poll: Callable[[], None] | None = None
         self.collector: Collector | None = None
+        self._warned_no_act = False
         self._build()
 
     def _build(self) -> None:
@@ -82,6 +85,13 @@ class WatchedSet:
         elif c.attached:
             c.detach()
 
+    def check_activation_grads(self, data: Any) -> None:
+        """Warns once when activation hooks ran no backward (created after the forward, or
+        torch.compile ignored hooks added after its first call)."""
+        if data is not None and self.activations and not data.events and not self._warned_no_act:
+            self._warned_no_act = True
+            warnings.warn(NO_ACTIVATION_GRADS, UserWarning, stacklevel=user_stacklevel())
+
     @property
     def names(self) -> list[str]:
         return [layer.name for layer in self.layers]
@@ -96,6 +106,9 @@ class WatchedSet:
         last = set(map(id, self.layers[head].params)) if head is not None else set()
         return [id(p) in last for p in params]
 
-    def close(self) -> None:
+    def close(self, handles: list[Any] = ()) -> None:
+        """Removes the model's hooks and the given (optimizer) hook handles."""
+        for handle in handles:
+            handle.remove()
         if self.collector is not None:
             self.collector.close()

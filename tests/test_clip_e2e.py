@@ -68,7 +68,7 @@ class _HeadFirst(nn.Module):
 _AGC_MODELS = {  # model, input, head, clipping (some units clipped, some kept)
     "sequential": (lambda: mlp(), lambda: batch()[0] * 4, "4", 0.05),
     "attention": (_Attention, lambda: torch.randn(2, 5, 8), "head", 0.1),
-    "head-first": (_HeadFirst, lambda: torch.randn(2, 2, 6, 6) * 4, "head", 0.05)}
+    "head-first": (_HeadFirst, lambda: torch.randn(2, 2, 6, 6) * 4, "head", 0.2)}
 
 
 def _check_agc(name: str, skip_output: bool, steps: int = 3) -> None:
@@ -109,11 +109,8 @@ def test_agc_is_the_unitwise_formula_and_skips_the_head(name, skip_output):
     _check_agc(name, skip_output)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: on the first recorded step AGC spares the last "
-                   "weight layer in definition order (`fc`), because the forward order and "
-                   "head are learnt (ForwardOrder.learn in assemble.pending_step) only after "
-                   "measure_step has clipped with WatchedSet.is_output; from step 1 on it is right")
 def test_agc_spares_a_head_defined_first_from_the_first_step():
+    """The forward order (and so the head) is learnt before the first step is clipped."""
     _check_agc("head-first", skip_output=True)
 
 

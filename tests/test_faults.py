@@ -280,3 +280,34 @@ def test_one_line_errors_name_the_argument(build, match):
 class _Callable:
     def __call__(self, record):
         pass
+
+
+@pytest.mark.parametrize("clip", [None, 1e-3, "value"])
+def test_deferred_records_equal_immediate_ones(clip):
+    """sync_records=False takes the accelerator path (copy started, record formed one step
+    later) on the CPU: the records must be the same numbers, and nothing is lost at close."""
+    from gradwatch.clip import Value
+
+    policy = Value(1e-3) if clip == "value" else clip
+    runs = []
+    for sync in (True, False):
+        torch.manual_seed(0)
+        model = mlp()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        with GradWatch(model, optimizer=opt, clip=policy, sync_records=sync) as watch:
+            seen = []
+            for step in range(6):
+                opt.zero_grad()
+                loss_of(model, *batch(seed=step)).backward()
+                opt.step()
+                seen.append(len(watch._ledger.records))  # what loggers have been given so far
+        runs.append(([r.to_dict() for r in watch.history], seen,
+                     [p.detach().clone() for p in model.parameters()]))
+    (sync_recs, sync_seen, sync_params), (late_recs, late_seen, late_params) = runs
+    coefs = [[r.pop("clip_coef") for r in recs] for recs in (sync_recs, late_recs)]
+    assert late_recs == sync_recs  # same numbers, same verdicts
+    assert coefs[1] == pytest.approx(coefs[0], rel=1e-12)  # element-wise: post/pre on the device
+    assert sync_seen == [1, 2, 3, 4, 5, 6] and late_seen == [0, 1, 2, 3, 4, 5]  # one step late
+    for a, b in zip(sync_params, late_params):
+        assert torch.equal(a, b)  # clipping with the device total changed nothing
+    assert "update_ratio" in late_recs[0]["layers"]["0"]

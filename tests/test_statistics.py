@@ -246,23 +246,6 @@ def _zero_share(tensors: list[torch.Tensor]) -> float:
     return sum((t == 0).sum().item() for t in tensors) / sum(t.numel() for t in tensors)
 
 
-def test_zero_fraction_per_tensor_shares():
-    """What ZeroFraction computes today: the mean of each tensor's share of exact zeros."""
-    model = _relu_net()
-    with GradWatch(model, statistics=[ZeroFraction()]) as watch:
-        loss_of(model, *batch()).backward()
-        rec = watch.step()
-    for name in ("0", "2", "4"):
-        shares = [_zero_share([g]) for g in _grads_of(model, name)]
-        assert rec.layers[name].values["zero_frac"] == pytest.approx(
-            sum(shares) / len(shares), abs=1e-15)
-    assert rec.layers["0"].values["zero_frac"] >= 3 / 8
-
-
-@pytest.mark.xfail(strict=True, reason="bug: ZeroFraction documents 'share of exactly-zero "
-                   "entries in a layer's gradients' but combine() averages the per-tensor shares "
-                   "unweighted: layer '2' here reports 0.53125 where 47 of its 72 gradient "
-                   "entries (0.6528) are zero")
 def test_zero_fraction_is_the_share_of_zero_entries_over_the_layer():
     model = _relu_net()
     with GradWatch(model, statistics=[ZeroFraction()]) as watch:
