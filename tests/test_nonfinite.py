@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from gradwatch import GradWatch, NonFiniteGradientError, Status
+from gradwatch.bench.models import IdentityChain
 
 
 class _SqrtNet(nn.Module):
@@ -104,25 +105,9 @@ def test_zero_replaces_nonfinite_entries_and_keeps_finite_ones():
     assert rec.first_nonfinite == "b" and rec.clip_coef == 1.0
 
 
-class _Chain(nn.Module):
-    """100 linear layers W = c·I: output c^100·x; the output gradient grows by c per layer."""
-
-    def __init__(self, c: float, width: int = 3, depth: int = 100):
-        super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(width, width, bias=False) for _ in range(depth))
-        for layer in self.layers:
-            with torch.no_grad():
-                nn.init.eye_(layer.weight).mul_(c)
-
-    def forward(self, x):
-        for layer in self.layers:
-            x = layer(x)
-        return x
-
-
 @pytest.mark.parametrize("c", [2.0, 0.5])
 def test_norms_stay_right_where_fp32_squares_overflow_or_underflow(c):
-    model = _Chain(c)
+    model = IdentityChain(100, width=3, c=c)  # output c^100 x; output gradient grows by c/layer
     reference = copy.deepcopy(model).double()
     x = torch.ones(1, 3)
     reference(x.double()).sum().backward()
