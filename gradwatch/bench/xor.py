@@ -205,8 +205,11 @@ def _notes(deep_seeds: int, seeds: int, depths: Sequence[int], epochs: int,
         f"{max(depths)} run ({SWEEP_REPLAYS} per other run), log-spaced from the first "
         f"update plus evenly spaced, and the state at the end, are replayed on a float64 "
         f"torch copy with the same weights and Adam state (GradWatch(model, "
-        f"optimizer=SourceAdam)). Runs are labelled by their state at that update, from the "
-        f"loss alone: 'stalled' (summed loss ≥ 0.49, no better than a constant output, for "
-        f"≥ 1,000 more epochs: pathological) and 'converging' (after leaving that plateau, in "
-        f"a run that reached 1e-7: healthy); other updates are reported but not labelled.",
+        f"optimizer=SourceAdam)) on a torch net of plain nn.Linear and nn.Sigmoid modules. "
+        f"Each replayed update gets the run's state then, from the loss alone: 'stalled' "
+        f"(summed loss ≥ 0.49, no better than a constant output, for ≥ 1,000 more epochs), "
+        f"'converging' (after leaving that plateau, in a run that reached 1e-7) or 'other'. "
+        f"Labelled for the calibration: a run that never left the plateau (pathological) and "
+        f"the converging updates of a run that converged (healthy); a plateau a run later "
+        f"left (the residual nets' saturated start) is reported per row, not labelled.",
     ]

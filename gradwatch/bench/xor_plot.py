@@ -86,7 +86,7 @@ def plot_depth_sweep(rows: Mapping[str, Mapping[int, Sequence[int | None]]], pat
     fig.set_figheight(4.8)
     colors = {"plain": "tab:red", "residual": "tab:blue"}
     shift = {kind: 0.25 * (k - (len(rows) - 1) / 2) for k, kind in enumerate(rows)}
-    for k, (kind, by_depth) in enumerate(rows.items()):
+    for pos, (kind, by_depth) in enumerate(rows.items()):
         color = colors.get(kind, "tab:gray")
         xs, ys, failed = [], [], []
         for depth, values in by_depth.items():
@@ -102,7 +102,7 @@ def plot_depth_sweep(rows: Mapping[str, Mapping[int, Sequence[int | None]]], pat
                        label=f"{kind}: not converged in {epochs:,} epochs (count of seeds)")
             for x, k, n in failed:
                 ax.annotate(f"{k}/{n}", (x, epochs), textcoords="offset points",
-                            xytext=(12 * (k - (len(rows) - 1) / 2), 7),
+                            xytext=(12 * (pos - (len(rows) - 1) / 2), 7),
                             ha="center", fontsize=7, color=color)
     for (epoch, label), style in zip(marks, _MARK_STYLES):
         ax.axhline(epoch, color="black", lw=0.9, label=label, **style)
