@@ -106,6 +106,7 @@ class UpdateTracker:
 
     def _build(self) -> None:
         views, weights, lengths, self._layers, self._ptrs = [], [], [], [], []
+        self._sampled = [p for p in self.params if self._usable(p)]
         for p, layer in zip(self.params, self.layer_of):
             if not self._usable(p):
                 continue
@@ -125,9 +126,8 @@ class UpdateTracker:
 
     def before(self) -> None:
         """Snapshot the sampled entries (call right before ``optimizer.step()``)."""
-        live = [p.data_ptr() for p in self.params if self._usable(p)]
-        if self._views is None or live != self._ptrs:
-            self._build()
+        if self._views is None or [p.data_ptr() for p in self._sampled] != self._ptrs:
+            self._build()  # first use, or a parameter's storage was replaced
         if not self._views or len({(v.device, v.dtype) for v in self._views}) > 1:
             self._before = None
             return

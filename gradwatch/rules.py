@@ -37,6 +37,7 @@ class StepView:
     birth: str | None = None
     recurrent: list[bool] = field(default_factory=list)
     saturating: bool = False
+    cache: dict[str, Any] = field(default_factory=dict)  # shared by the rules of one step
 
 
 @dataclass
@@ -61,14 +62,17 @@ def depth_trend(view: StepView) -> list[tuple[str, float, list[int], list[float]
     (the head included), so a net whose layers are all small alike (LayerScale γ near 0 at
     init) shows no trend, while a gradient that shrinks or grows layer after layer does.
     """
+    cached = view.cache.get("trend")
+    if cached is not None:
+        return cached
+    view.cache["trend"] = out = []
     h = view.head
     if h is None:
-        return []
+        return out
     idx = [i for i in range(h + 1) if view.roles[i] == "weight"]
     if len(idx) < 3:
-        return []
+        return out
     k = max(1, len(idx) // 3)
-    out = []
     for what, values in (("gradient", view.norms), ("output-gradient", view.act)):
         vals = [values[i] for i in idx]
         if any(v is None or not math.isfinite(v) for v in vals):
@@ -231,16 +235,17 @@ class DeadUnits(Rule):
 
 
 class Saturation(Rule):
-    """Most outputs of a saturating activation sit at its bounds, where its slope is ~0."""
+    """Most outputs of a hidden saturating activation sit at its bounds, where its slope is ~0
+    (the output activation after the head is meant to saturate on confident predictions)."""
 
     kind, status, reads = "saturation", Status.SATURATED, ("sat_frac",)
 
     def check(self, view, th, state):
-        if th.saturation is None:
-            return None
+        if th.saturation is None or view.head is None or not _has_signal(view, th):
+            return None  # a converged net's outputs may sit at their bounds
         hits = {i: f"{100 * v['sat_frac']:.0f}% of its activations saturated"
                 for i, v in enumerate(view.values)
-                if (v.get("sat_frac") or 0.0) >= th.saturation}
+                if (v.get("sat_frac") or 0.0) >= th.saturation and i != view.head}
         if not hits:
             return None
         worst = max(view.values[i]["sat_frac"] for i in hits)

@@ -24,6 +24,8 @@ class WatchedSet:
     what is trainable: `refresh` notices a parameter whose ``requires_grad`` changed or an
     optimizer param group added after the watch was created, and rebuilds the set (hooks,
     forward order) so gradwatch always watches, measures and clips what the optimizer steps.
+    (Parameters registered on the model after the watch was created are seen once they join
+    the optimizer.)
 
     Args:
         model: The (unwrapped) model.
@@ -40,6 +42,7 @@ class WatchedSet:
 
     def _build(self) -> None:
         old = self.collector
+        self._all_params = list(self.model.parameters())
         self.layers = discover_layers(self.model)
         self.params = [p for layer in self.layers for p in layer.params]
         ends = list(itertools.accumulate(len(layer.params) for layer in self.layers))
@@ -60,7 +63,7 @@ class WatchedSet:
         self._signature = self._current_signature()
 
     def _current_signature(self) -> tuple[int, int]:
-        trainable = sum(p.requires_grad for p in self.model.parameters())
+        trainable = sum(p.requires_grad for p in self._all_params)
         stepped = 0 if self.optimizer is None else sum(
             len(g["params"]) for g in self.optimizer.param_groups)
         return trainable, stepped
