@@ -369,3 +369,27 @@ def test_summarize_records_counts_statuses_and_flags():
     assert s.layers == {"vanishing": {"a": 2}, "exploding": {"b": 1}}
     assert s.flagged and "vanishing: a" in s.text()
     assert summarize_records([]).text() == "none flagged (0 recorded steps)"
+
+
+def test_closed_loop_follows_the_diagnosis_round_by_round(monkeypatch):
+    import gradwatch.bench.grid as grid
+
+    def fake_train(cell, ctx):  # ReLU + He trains; everything else stays broken
+        good = cell.activation == "relu" and cell.init == "he"
+        remedies = [] if good else (["relu", "he_init"] if cell.activation != "relu" else ["he_init"])
+        return TrainRun(f"grid {cell.name}", test_acc=0.9 if good else 0.1, diagnosed=True,
+                        findings=[] if good else [{"kind": "vanishing", "layers": ["input"],
+                                                   "remedies": remedies}])
+
+    monkeypatch.setattr(grid, "_train", fake_train)
+    broken = {c.name: (c, fake_train(c, None)) for c in (Cell("sigmoid", "small_normal"),
+                                                         Cell("sigmoid", "he"))}
+    loop = grid._closed_loop(broken, None)
+    assert (loop["broken"], loop["fixed_and_quiet"], loop["fixed_first_round"]) == (2, 2, 1)
+    first, second = loop["rows"]
+    assert first[3] == "relu → relu/small_normal: 10.0%; he_init → relu/he: 90.0%"
+    assert first[4:] == ["yes", "yes", 2] and second[3] == "relu → relu/he: 90.0%"
+    stuck = grid._closed_loop({"x": (Cell("relu", "he", lr=1e-3), TrainRun(
+        "x", test_acc=0.1, diagnosed=True, findings=[{"kind": "k", "layers": [],
+                                                      "remedies": ["fix_op"]}]))}, None)
+    assert stuck["fixed_and_quiet"] == 0 and stuck["rows"][0][3].startswith("no applicable remedy")
