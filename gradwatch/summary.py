@@ -21,7 +21,9 @@ def format_summary(s: RunSummary) -> str:
         lines.append(f"total norm: last {fmt(s.total_last)}, median {fmt(s.total_median)}, "
                      f"max {fmt(s.total_max)}")
     lines.append(format_findings(s.findings))
-    flags = [st for st in STATUSES if st is not Status.OK]
+    fired = {k for layer in s.layers for k, n in layer.statuses.items() if n}
+    core = (Status.VANISHING, Status.EXPLODING, Status.NONFINITE)
+    flags = [st for st in STATUSES if st in core or (st is not Status.OK and st.value in fired)]
     extra = [k for k in s.statistics if k not in ("norm", "act_norm")]
     rows = [("layer", "norm", "median", "act_norm", *extra, "status",
              *(STATUSES[f].label for f in flags), "spike")]
