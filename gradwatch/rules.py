@@ -298,7 +298,10 @@ class Judge:
         new: list[Finding] = []
         broke = not view.overflow and (view.origin is not None or not math.isfinite(view.total))
         for rule in self.rules:
-            hit = rule.check(view, self.th, self.states[rule.kind])
+            # on a non-finite step only the rules that say so run: the others' statistics are
+            # NaN-polluted consequences (e.g. relu(NaN) reads as dead units)
+            skip = broke and rule.persistent and rule.kind != "amp_overflow"
+            hit = None if skip else rule.check(view, self.th, self.states[rule.kind])
             window = self.windows[rule.kind]
             if broke and hit is None and rule.persistent and any(window) \
                     and rule.kind in self._last:
@@ -330,6 +333,9 @@ class Judge:
         kind = rule.kind
         if kind == "nonfinite":
             kind = f"nonfinite_{view.origin or 'backward'}"
+            born = next((k for k in self.findings if k.startswith("nonfinite")), None)
+            if born is not None:  # later NaN steps are its consequences (NaN weights...)
+                kind = born
         layers = tuple(view.names[i] for i in sorted(hit.layers))
         if kind.startswith("nonfinite") and view.birth is not None:
             layers = (view.birth,)
@@ -346,11 +352,12 @@ class Judge:
         return None
 
     def diagnose(self) -> list[Finding]:
-        """Every finding so far, most severe first."""
+        """Every finding so far, the earliest first (the first is usually the cause of the
+        others: gradients that explode, then NaN), most severe first among those of a step."""
         order = {r.kind: k for k, r in enumerate(self.rules)}
         return sorted(self.findings.values(), key=lambda f: (
-            order.get(f.kind.split("_")[0] if f.kind.startswith("nonfinite") else f.kind, 99),
-            f.first_step))
+            f.first_step,
+            order.get(f.kind.split("_")[0] if f.kind.startswith("nonfinite") else f.kind, 99)))
 
     def state_dict(self) -> dict[str, Any]:
         return {"windows": {k: list(w) for k, w in self.windows.items()},
