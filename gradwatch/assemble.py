@@ -9,7 +9,8 @@ from typing import Any, Sequence
 from .layers import Layer
 from .norms import combine
 from .records import LayerStat, Status, StepRecord
-from .rules import Judge, StepView
+from .judge import Judge
+from .rules import StepView
 from .spikes import SpikeTracker
 from .thresholds import Thresholds
 

@@ -11,7 +11,7 @@ from .assemble import Pending, assemble, pending_step
 from .ledger import Ledger
 from .measure import HostBatch
 from .records import StepRecord
-from .rules import Judge
+from .judge import Judge
 from .runsummary import RunSummary, summarize
 from .spikes import SpikeTracker
 from .thresholds import Thresholds

@@ -1,19 +1,17 @@
 """Verdict rules, each declared once: the statistics it reads, when it holds, the status and
-evidence it writes. The `Judge` runs them over a window of recorded steps."""
+evidence it writes. `gradwatch.judge.Judge` runs them over a window of recorded steps."""
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-from .diagnosis import explain
-from .records import Finding, Status
+from .records import Status
 from .thresholds import Thresholds
 
-__all__ = ["StepView", "Hit", "Rule", "RULES", "REMEDIES", "Judge", "depth_trend"]
+__all__ = ["StepView", "Hit", "Rule", "RULES", "REMEDIES", "depth_trend"]
 
 REMEDIES = ("relu", "he_init", "xavier_init", "normalization", "residual", "lower_lr", "warmup",
             "clip", "weight_decay", "loss_scaling", "fix_op", "gated_rnn")
@@ -276,101 +274,3 @@ class ThroughTime(Rule):
 RULES: tuple[Rule, ...] = (NonFinite(), AmpOverflow(), Divergence(), DepthExploding(),
                            DepthVanishing(), ThroughTime(), DeadUnits(), Saturation())
 """Every verdict rule, most severe first: the first rule that gives a layer a status wins."""
-
-
-class Judge:
-    """Runs the rules on each recorded step; owns their windows and the findings so far.
-
-    Persistent rules hold once their condition held on `Thresholds.persistence` of the last
-    `Thresholds.window` recorded steps (AMP overflow: on all of them); the others at once.
-    """
-
-    def __init__(self, thresholds: Thresholds, rules: Sequence[Rule] = RULES) -> None:
-        self.th, self.rules = thresholds, tuple(rules)
-        self.windows = {r.kind: deque(maxlen=thresholds.window) for r in self.rules}
-        self.findings: dict[str, Finding] = {}
-        self._last: dict[str, tuple[Hit, StepView]] = {}  # each rule's latest hit
-        self.states: dict[str, dict[str, Any]] = {r.kind: {} for r in self.rules}
-
-    def judge(self, view: StepView) -> tuple[list[tuple[Status, str]], list[Finding]]:
-        """Per-layer (status, reason) and the findings that became true at this step."""
-        statuses: list[tuple[Status, str]] = [(Status.OK, "")] * len(view.names)
-        new: list[Finding] = []
-        broke = not view.overflow and (view.origin is not None or not math.isfinite(view.total))
-        for rule in self.rules:
-            # on a non-finite step only the rules that say so run: the others' statistics are
-            # NaN-polluted consequences (e.g. relu(NaN) reads as dead units)
-            skip = broke and rule.persistent and rule.kind != "amp_overflow"
-            hit = None if skip else rule.check(view, self.th, self.states[rule.kind])
-            window = self.windows[rule.kind]
-            if broke and hit is None and rule.persistent and any(window) \
-                    and rule.kind in self._last:
-                # the run went non-finite while this condition was building up: the NaN/Inf is
-                # its outcome, so report it now, with the evidence of its latest step
-                old_hit, old_view = self._last.pop(rule.kind)
-                finding = self._note(rule, old_hit, old_view)
-                if finding is not None:
-                    new.append(finding)
-                continue
-            window.append(hit is not None)
-            if hit is not None:
-                self._last[rule.kind] = (hit, view)
-            need = len(window) if rule.kind == "amp_overflow" else self.th.persistence
-            holds = hit is not None and (not rule.persistent or (
-                len(window) >= need and sum(window) >= need))
-            if not holds:
-                continue
-            if rule.status is not None:
-                for i, why in hit.layers.items():
-                    if statuses[i][0] is Status.OK:
-                        statuses[i] = (rule.status, why)
-            finding = self._note(rule, hit, view)
-            if finding is not None:
-                new.append(finding)
-        return statuses, new
-
-    def _note(self, rule: Rule, hit: Hit, view: StepView) -> Finding | None:
-        kind = rule.kind
-        if kind == "nonfinite":
-            kind = f"nonfinite_{view.origin or 'backward'}"
-            born = next((k for k in self.findings if k.startswith("nonfinite")), None)
-            if born is not None:  # later NaN steps are its consequences (NaN weights...)
-                kind = born
-        layers = tuple(view.names[i] for i in sorted(hit.layers))
-        if kind.startswith("nonfinite") and view.birth is not None:
-            layers = (view.birth,)
-        old = self.findings.get(kind)
-        cause, remedy, codes = explain(kind, view, hit)
-        if old is None:
-            self.findings[kind] = Finding(kind, layers, hit.evidence, cause, remedy, codes,
-                                          first_step=view.step, steps=1)
-            return self.findings[kind]
-        merged = old.layers if kind.startswith("nonfinite") else tuple(
-            dict.fromkeys(old.layers + layers))
-        self.findings[kind] = Finding(kind, merged, old.evidence, old.cause, old.remedy,
-                                      old.remedies, old.first_step, old.steps + 1)
-        return None
-
-    def diagnose(self) -> list[Finding]:
-        """Every finding so far, the earliest first (the first is usually the cause of the
-        others: gradients that explode, then NaN), most severe first among those of a step."""
-        order = {r.kind: k for k, r in enumerate(self.rules)}
-        return sorted(self.findings.values(), key=lambda f: (
-            f.first_step,
-            order.get(f.kind.split("_")[0] if f.kind.startswith("nonfinite") else f.kind, 99)))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"windows": {k: list(w) for k, w in self.windows.items()},
-                "states": {k: dict(v) for k, v in self.states.items()},
-                "findings": [f.to_dict() for f in self.findings.values()]}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        for kind, values in state.get("windows", {}).items():
-            if kind in self.windows:
-                self.windows[kind].clear()
-                self.windows[kind].extend(bool(v) for v in values)
-        for kind, values in state.get("states", {}).items():
-            if kind in self.states:
-                self.states[kind] = {k: list(map(float, v)) if isinstance(v, list) else float(v)
-                                     for k, v in values.items()}
-        self.findings = {f["kind"]: Finding.from_dict(f) for f in state.get("findings", ())}
