@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from gradwatch import GradWatch
+from gradwatch.diagnosis import format_findings
 
 torch.manual_seed(0)
 layers = []
@@ -22,5 +23,4 @@ with GradWatch(model, optimizer=opt) as watch:
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
 
-for finding in watch.diagnose():
-    print(finding)
+print(format_findings(watch.diagnose()))  # the same text opens watch.summary()
