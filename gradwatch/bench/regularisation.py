@@ -2,7 +2,7 @@
 
 The exploding case is the Keras tutorial's deep linear MLP without clipping (`linear`): its
 weights grow until loss and gradients blow up. The same runs, same seeds, with an L2 penalty
-``(λ/2)·‖θ‖²`` on every parameter (``weight_decay=λ`` in Adam, coupled as Keras' ``l2``
+``(λ/2)·‖W‖²`` on every kernel (``weight_decay=λ`` in Adam, coupled as Keras' ``l2``
 regulariser is, not AdamW's decoupled decay).
 """
 
@@ -52,5 +52,6 @@ def run_regularisation(ctx: Context) -> ExperimentResult:
                          "cannot be judged: undecided.")
     res.notes.append(f"Same model, data order and seeds as the unclipped deep linear runs "
                      f"(shared with `deep_linear` when both run); λ = {WEIGHT_DECAY:g} on every "
-                     f"parameter. {len(reg)} seed(s).")
+                     f"kernel (biases not penalised, as Keras' kernel_regularizer). {len(reg)} seed(s); the "
+                     f"budget allows no second one.")
     return res
