@@ -52,6 +52,6 @@ def run_regularisation(ctx: Context) -> ExperimentResult:
                          "cannot be judged: undecided.")
     res.notes.append(f"Same model, data order and seeds as the unclipped deep linear runs "
                      f"(shared with `deep_linear` when both run); λ = {WEIGHT_DECAY:g} on every "
-                     f"kernel (biases not penalised, as Keras' kernel_regularizer). {len(reg)} seed(s); the "
-                     f"budget allows no second one.")
+                     f"kernel (biases not penalised, as Keras' kernel_regularizer); {len(reg)} "
+                     f"seed(s)" + ("; this budget allows no second one." if len(reg) == 1 else "."))
     return res
