@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from .layers import Layer, activation_kind
 from .norms import tensor_norm
 
-__all__ = ["iter_tensors", "inert", "Hook", "Collected", "Collector", "user_stacklevel"]
+__all__ = ["iter_tensors", "inert", "Hook", "Collected", "Collector", "user_stacklevel",
+           "UNIT_EVERY"]
 
 
 def iter_tensors(output: Any) -> Iterator[Tensor]:
@@ -76,7 +77,9 @@ class Collected:
     forward_bad: list[tuple[int, Tensor]] = field(default_factory=list)  # (module, output sum)
     events: list[tuple[int, bool, Any, int, int]] = field(default_factory=list)
     """Backward order: (layer, is_output, norm, graph task, id of the gradient tensor)."""
-    units: dict[tuple[int, str], list[Any]] = field(default_factory=dict)  # (layer, stat) -> values
+    units: list[tuple[int, str, Tensor, int]] = field(default_factory=list)
+    """(layer, statistic, count as a device tensor, of how many): alive units, saturated
+    outputs."""
     time: dict[int, list[Any]] = field(default_factory=dict)  # layer -> first/last ratios
     tasks: set[int] = field(default_factory=set)  # graph tasks that accumulated parameter grads
 
@@ -109,12 +112,17 @@ class Collector:
                                     else (used[0] if used and layers[used[0]].role in
                                           ("weight", "embedding") and own < 0 else -1))
         self.kinds = [activation_kind(m) for m in self.modules]
+        self.elementwise = [isinstance(m, _ELEMENTWISE) for m in self.modules]
+        self._grad_hooks: dict[tuple[int, bool, int], Hook] = {
+            (i, out, -1): Hook(self, "on_grad", i, out) for i in range(len(layers))
+            for out in (True, False)}
         self.conv_like = [isinstance(m, nn.modules.conv._ConvNd) for m in self.modules]
         self.activations = activations
         self.armed = False
         self.compiled = False  # a forward hook was traced by torch.compile: keep hooks attached
         self.data = Collected()
         self._last_layer = -1
+        self.units_on = True  # measure dead/saturated units in this forward (set per step)
         self._forward_handles: list[Any] = []
         self._persistent: list[Any] = []
         if activations:  # which backward passes accumulate into .grad (not autograd.grad ones)
@@ -173,13 +181,15 @@ class Collector:
         data = self.data
         data.completed.append(index)
         tensors = [t for t in iter_tensors(output) if t.is_floating_point() or t.is_complex()]
-        for t in tensors:  # NaN/Inf anywhere makes the float64 sum non-finite; read at measure
-            if t.numel():
-                data.forward_bad.append((index, t.detach().sum(dtype=torch.float64)))
+        if not self.elementwise[index]:  # these turn finite inputs into finite outputs
+            for t in tensors:  # NaN/Inf anywhere makes the float64 sum non-finite
+                if t.numel():
+                    data.forward_bad.append((index, t.detach().sum(dtype=torch.float64)))
         layer = self.owner_of[index]
         grad_on = torch.is_grad_enabled()
         kind = self.kinds[index]
-        if kind is not None and self._last_layer >= 0 and tensors and self.activations:
+        if kind is not None and self._last_layer >= 0 and tensors and self.activations \
+                and self.units_on:
             self._unit_stats(kind, tensors[0], module)
         if layer < 0:
             return
@@ -187,15 +197,35 @@ class Collector:
         if self.activations and grad_on:
             for t in tensors:
                 if t.requires_grad:
-                    t.register_hook(Hook(self, "on_grad", layer, True))
+                    self._hook_grad(t, layer, True)
             for t in iter_tensors(args):
                 if t.requires_grad and t.is_floating_point():
-                    t.register_hook(Hook(self, "on_grad", layer, False))
+                    self._hook_grad(t, layer, False)
+
+    def _hook_grad(self, t: Tensor, layer: int, is_output: bool) -> None:
+        """Hands the gradient w.r.t. ``t`` to `on_grad`: a pre-hook on ``t``'s autograd node
+        (half the cost of ``Tensor.register_hook``, the same gradient: before any in-place op
+        that follows), or a tensor hook on a leaf."""
+        node = t.grad_fn
+        if node is None:
+            t.register_hook(self._grad_hooks[(layer, is_output, -1)])
+            return
+        key = (layer, is_output, t.output_nr)
+        hook = self._grad_hooks.get(key)
+        if hook is None:
+            hook = self._grad_hooks[key] = Hook(self, "on_node_grad", layer, is_output,
+                                                t.output_nr)
+        node.register_prehook(hook)
 
     def on_grad(self, layer: int, is_output: bool, grad: Tensor) -> None:
         if self.armed:
             self.data.events.append((layer, is_output, tensor_norm(grad.detach()), _task(),
                                      id(grad)))
+
+    def on_node_grad(self, layer: int, is_output: bool, nr: int, grads: tuple[Any, ...]) -> None:
+        grad = grads[nr] if nr < len(grads) else None
+        if grad is not None:
+            self.on_grad(layer, is_output, grad)
 
     def on_accumulate(self, param: Tensor) -> None:
         if self.armed:
@@ -225,30 +255,45 @@ class Collector:
     # ---------------------------------------------------------------- helpers
 
     def _unit_stats(self, kind: str, y: Tensor, module: nn.Module) -> None:
+        """One small reduction per activation: the count of units alive anywhere in the batch
+        (rectifiers), or of outputs within 1% of a bound (saturating modules)."""
         y = y.detach()
-        if y.dim() == 0:
+        if y.dim() == 0 or not y.numel():
             return
         if kind == "rectifier":
             unit_dim = 1 if y.dim() >= 3 and self.conv_like[self._last_index()] else y.dim() - 1
             other = tuple(d for d in range(y.dim()) if d != unit_dim)
-            alive = y.amax(dim=other) > 0 if other else y > 0
-            value = 1.0 - alive.sum(dtype=torch.float64) / alive.numel()
-            key = (self._last_layer, "dead_frac")
-        else:
+            top = y.amax(dim=other) if other else y
+            entry = (self._last_layer, "dead_frac", torch.count_nonzero(top > 0), top.numel())
+        else:  # within 1% of a bound, on an evenly strided sample of <= 4096 outputs
             lo, hi = _bounds(module)
+            flat = y.reshape(-1)
+            flat = flat[::-(-flat.numel() // 4096)]
             if lo == -math.inf:  # softmax-like: near one-hot
-                sat = y > 0.99
-            else:  # within 1% of either bound: |y - mid| >= 0.49 (hi - lo)
-                sat = (y - (lo + hi) / 2).abs_() >= 0.49 * (hi - lo)
-            value = sat.sum(dtype=torch.float64) / sat.numel()
-            key = (self._last_layer, "sat_frac")
-        self.data.units.setdefault(key, []).append(value)
+                sat = flat >= 0.99
+            else:
+                sat = (flat - (lo + hi) / 2).abs_() >= 0.49 * (hi - lo)
+            entry = (self._last_layer, "sat_frac", torch.count_nonzero(sat), flat.numel())
+        self.data.units.append(entry)
 
     def _last_index(self) -> int:
         for index in reversed(self.data.completed):
             if self.owner_of[index] == self._last_layer:
                 return index
         return 0
+
+
+UNIT_EVERY = 4
+"""Dead and saturated units are measured on every 4th recorded step (step // every % 4 == 0:
+a reduction per activation module; the rules that read them judge over the steps they were
+measured on)."""
+
+_ELEMENTWISE = tuple(getattr(nn, n) for n in (
+    "ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish",
+    "Sigmoid", "Tanh", "Hardtanh", "Hardsigmoid", "Hardswish", "Softsign", "Softplus",
+    "Tanhshrink", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "Identity")
+    if hasattr(nn, n))
+"""Modules whose finite inputs give finite outputs: their outputs are not checked for NaN."""
 
 
 def _bounds(module: nn.Module) -> tuple[float, float]:

@@ -34,7 +34,10 @@ class Judge:
         statuses: list[tuple[Status, str]] = [(Status.OK, "")] * len(view.names)
         new: list[Finding] = []
         broke = not view.overflow and (view.origin is not None or not math.isfinite(view.total))
+        present = {k for v in view.values for k in v}
         for rule in self.rules:
+            if rule.optional and not present.intersection(rule.reads):
+                continue  # not measured this step: its window spans the steps it was
             # on a non-finite step only the rules that say so run: the others' statistics are
             # NaN-polluted consequences (e.g. relu(NaN) reads as dead units)
             skip = broke and rule.persistent and rule.kind != "amp_overflow"

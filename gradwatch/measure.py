@@ -41,7 +41,8 @@ class HostBatch:
         else:
             items = list(values)
             where = [k for k, v in enumerate(items) if isinstance(v, Tensor)]
-            tensors = [torch.stack([items[k].reshape(()) for k in where])] if where else []
+            tensors = [torch.stack([items[k] if items[k].dim() == 0 else items[k].reshape(())
+                                    for k in where])] if where else []
         if tensors:
             self._parts.append(tensors[0].to(self.device, torch.float64))
         self._slots[name] = (items, where, self._size)
@@ -187,8 +188,11 @@ def layer_values(data: Collected, host: dict[str, list[float]], inv_scale: float
             act.setdefault(layer, []).append(v)
             backward.setdefault(layer, len(backward))
     values: dict[int, dict[str, float | None]] = {}
-    for (layer, stat), vals in zip(data.units, _chunks(host.get("units", []), data.units)):
-        values.setdefault(layer, {})[stat] = max(vals)
+    for k, (layer, stat, _, n) in enumerate(data.units):
+        count = host["units"][k]
+        share = 1.0 - count / n if stat == "dead_frac" else count / n  # alive / saturated
+        row = values.setdefault(layer, {})
+        row[stat] = max(share, row.get(stat, 0.0))
     for layer, vals in zip(data.time, _chunks(host.get("time", []), data.time)):
         values.setdefault(layer, {})["time_ratio"] = min(vals)
     return ({i: combine(v) * inv_scale for i, v in act.items()}, values, backward)
@@ -259,7 +263,7 @@ def start_read(grads: Sequence[Tensor], params: Sequence[Tensor], norms_dev: Ten
     if data is not None:
         batch.add("events", [e[2] for e in data.events])
         batch.add("forward", [flag for _, flag in data.forward_bad])
-        batch.add("units", [v for vals in data.units.values() for v in vals])
+        batch.add("units", [t for _, _, t, _ in data.units])
         batch.add("time", [v for vals in data.time.values() for v in vals])
     if recording:
         use_statistics(statistics, grads, params, batch)

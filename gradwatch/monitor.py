@@ -13,7 +13,7 @@ from torch import nn
 from . import compile_support as cs
 from .amp import AmpState
 from .clip import ClipPolicy, make_policy
-from .hooks import Hook, user_stacklevel
+from .hooks import UNIT_EVERY, Hook, user_stacklevel
 from .ledger import Ledger, run_header
 from .diagnosis import nonfinite_message
 from .options import NonFiniteGradientError, OnNonFinite, check_manual_step, refuse_closure, \
@@ -243,4 +243,4 @@ class GradWatch:
         every_step = self.on_nonfinite in ("raise", "skip", "zero")
         self._watched.sync(armed=not self._closed and (self._step % self.every == 0 or every_step),
                            every_step=every_step, keep=self._amp.skips is not None,
-                           closed=self._closed)
+                           closed=self._closed, units=self._step // self.every % UNIT_EVERY == 0)

@@ -89,9 +89,9 @@ class Recorder:
         self.ledger.publish(record)
         return record
 
-    def before_optimizer_step(self) -> None:
+    def before_optimizer_step(self, measure_updates: bool = True) -> None:
         """Snapshots the sampled weights when a step is held (for its update ratios)."""
-        if self._held is not None and self.watched.updates is not None:
+        if self._held is not None and self.watched.updates is not None and measure_updates:
             self.watched.updates.before()
 
     def summarize(self, steps: int) -> RunSummary:

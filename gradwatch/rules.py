@@ -91,6 +91,8 @@ class Rule:
     status: Status | None = None
     persistent: bool = True
     reads: tuple[str, ...] = ("norm",)
+    optional: bool = False
+    """Whether the statistics it reads may be missing (then the rule is skipped that step)."""
 
     def check(self, view: StepView, th: Thresholds, state: dict[str, Any]) -> Hit | None:
         raise NotImplementedError
@@ -133,6 +135,7 @@ class Divergence(Rule):
     """One optimizer step moved the weight layers by more than their own size."""
 
     kind, status, persistent, reads = "divergence", Status.DIVERGING, False, ("update_ratio",)
+    optional = True
 
     def check(self, view, th, state):
         bound = th.divergence_update_ratio
@@ -211,10 +214,10 @@ def _has_signal(view: StepView, th: Thresholds) -> bool:
 
 
 class DeadUnits(Rule):
-    """Most units of a layer output exactly 0 after its ReLU for the whole batch, or a weight
-    layer's gradient is exactly 0."""
+    """Most units of a layer output exactly 0 after its ReLU for the whole batch (on the steps
+    dead units are measured), and weight layers whose gradient is then exactly 0."""
 
-    kind, status, reads = "dead_units", Status.DEAD, ("dead_frac", "norm")
+    kind, status, reads, optional = "dead_units", Status.DEAD, ("dead_frac",), True
 
     def check(self, view, th, state):
         if th.dead_units is None:
@@ -236,7 +239,7 @@ class Saturation(Rule):
     """Most outputs of a hidden saturating activation sit at its bounds, where its slope is ~0
     (the output activation after the head is meant to saturate on confident predictions)."""
 
-    kind, status, reads = "saturation", Status.SATURATED, ("sat_frac",)
+    kind, status, reads, optional = "saturation", Status.SATURATED, ("sat_frac",), True
 
     def check(self, view, th, state):
         if th.saturation is None or view.head is None or not _has_signal(view, th):
@@ -255,7 +258,8 @@ class Saturation(Rule):
 class ThroughTime(Rule):
     """The gradient reaching a recurrent module's first time step is orders below the last's."""
 
-    kind, status, reads = "vanishing_through_time", Status.VANISHING, ("time_ratio",)
+    kind, status, reads, optional = ("vanishing_through_time", Status.VANISHING,
+                                     ("time_ratio",), True)
 
     def check(self, view, th, state):
         if th.time_vanishing is None:

@@ -90,7 +90,7 @@ class UpdateRatio(Statistic):
     """
 
     name, label, reads = "update_ratio", "update/weight ratio", "update"
-    sample: int = 1024
+    sample: int = 256
 
 
 class WeightNorm(Statistic):
@@ -121,7 +121,8 @@ class ZeroFraction(Statistic):
 
 class DeadUnits(Statistic):
     """Share of a layer's units that a following ReLU-family module zeroes for the whole batch
-    (dead units), from the forward outputs of recorded steps."""
+    (dead units), from the forward outputs of every 4th recorded step
+    (`gradwatch.hooks.UNIT_EVERY`, the first included)."""
 
     name, label, reads, log_scale = "dead_frac", "dead-unit share", "forward", False
 
@@ -131,7 +132,8 @@ class DeadUnits(Statistic):
 
 class Saturation(Statistic):
     """Share of the outputs of a following saturating module (sigmoid, tanh, hardtanh,
-    softmax-like) within 1% of its bounds, from the forward outputs of recorded steps."""
+    softmax-like) within 1% of its range from a bound, from the forward outputs of every 4th
+    recorded step (an evenly strided sample of at most 4096 outputs)."""
 
     name, label, reads, log_scale = "sat_frac", "saturated share", "forward", False
 

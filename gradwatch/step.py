@@ -47,17 +47,22 @@ def measure_step(watched: Any, amp: Any, policy: Any, statistics: Sequence[Any],
     option that needs the host now: AMP, "raise"/"skip", a policy reading the norm), the copy
     is started without waiting and `Outcome.inflight` is finished at the next step."""
     w = watched
-    params = [p for p in w.params if p.grad is not None]
+    grads = [p.grad for p in w.params]  # one read of each .grad (a property: not free)
+    present = None
+    params = w.params
+    if any(g is None for g in grads):  # frozen since, unused in this step, or no backward
+        present = [g is not None for g in grads]
+        params = [p for p, g in zip(w.params, grads) if g is not None]
+        grads = [g for g in grads if g is not None]
     if not params:
         warnings.warn("GradWatch found no gradients to measure: call it after backward().",
                       RuntimeWarning, stacklevel=user_stacklevel())
         return None
-    present = None if len(params) == len(w.params) else [p.grad is not None for p in w.params]
     scaled = amp.grads_scaled()
     if scaled and policy is not None:
         amp.unscale_for_clipping()
         scaled = False
-    grads = [p.grad for p in params]
+        grads = [p.grad for p in params]
     norms_dev = per_tensor_norms(grads)
     checking = on_nonfinite in ("skip", "zero")
     if not (recording or checking or policy.needs_host_norm

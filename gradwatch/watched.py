@@ -75,7 +75,8 @@ class WatchedSet:
         self._build()
         return True
 
-    def sync(self, *, armed: bool, every_step: bool, keep: bool, closed: bool) -> None:
+    def sync(self, *, armed: bool, every_step: bool, keep: bool, closed: bool,
+             units: bool = True) -> None:
         """Arms the hooks for the next forward and attaches them only while needed: on
         recorded forwards (activations, or forward checks every step, or the forward order not
         learnt yet), always while ``keep`` (the AMP skip detector) or under torch.compile."""
@@ -83,6 +84,7 @@ class WatchedSet:
         wanted = not closed and (keep or c.compiled or (
             armed and (self.activations or every_step or not self.forward.known)))
         c.armed = armed and wanted
+        c.units_on = units
         if wanted:
             c.attach()
         elif c.attached:
