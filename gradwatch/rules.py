@@ -236,8 +236,10 @@ class DeadUnits(Rule):
 
 
 class Saturation(Rule):
-    """Most outputs of a hidden saturating activation sit at its bounds, where its slope is ~0
-    (the output activation after the head is meant to saturate on confident predictions)."""
+    """Most outputs of a hidden saturating activation sit at its bounds, where its slope is ~0,
+    and it costs the gradient: the input side gets less than 1e-2 of the output side's (a net
+    whose skip connections carry the gradient past saturated blocks is not held back by them;
+    the output activation is meant to saturate on confident predictions)."""
 
     kind, status, reads, optional = "saturation", Status.SATURATED, ("sat_frac",), True
 
@@ -247,7 +249,8 @@ class Saturation(Rule):
         hits = {i: f"{100 * v['sat_frac']:.0f}% of its activations saturated"
                 for i, v in enumerate(view.values)
                 if (v.get("sat_frac") or 0.0) >= th.saturation and i != view.head}
-        if not hits:
+        trend = depth_trend(view)
+        if not hits or (trend and min(ratio for _, ratio, _, _ in trend) >= 1e-2):
             return None
         worst = max(view.values[i]["sat_frac"] for i in hits)
         return Hit(hits, f"{len(hits)} layer(s) whose following sigmoid/tanh outputs are at "
