@@ -146,7 +146,9 @@ def _draw_panel(ax, name: str, panel: Panel, xlabel: str) -> None:
     if panel.logy:
         _log_axis(ax)
     if panel.percent:
-        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+        lo, hi = ax.get_ylim()  # enough decimals that neighbouring ticks read differently
+        ax.yaxis.set_major_formatter(PercentFormatter(
+            xmax=1.0, decimals=0 if hi - lo >= 0.1 else 1 if hi - lo >= 0.01 else 2))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(panel.ylabel)
     ax.set_title(name, fontsize=10)
