@@ -7,7 +7,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["norm", "grad_norm", "param_grad_norms", "output_grads", "output_grad_norms",
+__all__ = ["AttentionNet", "norm", "grad_norm", "param_grad_norms", "output_grads", "output_grad_norms",
            "train_step", "agc_", "keras_clipnorm"]
 
 
@@ -112,3 +112,16 @@ def keras_clipnorm(g: Tensor, c: float) -> Tensor:
     """keras.ops.clip_by_norm's g·c / max(‖g‖, c) in float64 (returned in float64)."""
     g64 = g.detach().double()
     return g64 * c / torch.clamp(torch.linalg.vector_norm(g64), min=c)
+
+
+class AttentionNet(nn.Module):
+    """nn.MultiheadAttention applies out_proj's weights without calling out_proj; the head is
+    the Linear after it."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.attn(x, x, x, need_weights=False)[0]).mean(1)

@@ -13,7 +13,7 @@ from torch import nn
 from conftest import batch, loss_of, mlp, regression_batch
 from gradwatch import GradWatch
 from gradwatch.clip import AGC, AutoClip, GlobalNorm, PerTensorNorm, Value, ZClip
-from reference import agc_, keras_clipnorm, train_step
+from reference import AttentionNet, agc_, keras_clipnorm, train_step
 
 
 def test_global_norm_through_watch_equals_clip_grad_norm_on_every_step():
@@ -40,18 +40,6 @@ def test_global_norm_through_watch_equals_clip_grad_norm_on_every_step():
 # ----------------------------------------------------------------------------- AGC
 
 
-class _Attention(nn.Module):
-    """nn.MultiheadAttention applies out_proj's weights without calling out_proj."""
-
-    def __init__(self):
-        super().__init__()
-        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x):
-        return self.head(self.attn(x, x, x, need_weights=False)[0]).mean(1)
-
-
 class _HeadFirst(nn.Module):
     """The head is defined first and runs last; a conv unit is an output channel."""
 
@@ -67,7 +55,7 @@ class _HeadFirst(nn.Module):
 
 _AGC_MODELS = {  # model, input, head, clipping (some units clipped, some kept)
     "sequential": (lambda: mlp(), lambda: batch()[0] * 4, "4", 0.05),
-    "attention": (_Attention, lambda: torch.randn(2, 5, 8), "head", 0.1),
+    "attention": (AttentionNet, lambda: torch.randn(2, 5, 8), "head", 0.1),
     "head-first": (_HeadFirst, lambda: torch.randn(2, 2, 6, 6) * 4, "head", 0.2)}
 
 
@@ -136,7 +124,7 @@ def test_agc_with_optimizer_clips_before_the_update_as_the_hand_formula():
     """optimizer=: the gradients the optimizer steps with are the formula applied to the raw
     gradients and the weights before the step (read by a step pre-hook registered first)."""
     torch.manual_seed(0)
-    model = _Attention()
+    model = AttentionNet()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     raw: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     first = opt.register_step_pre_hook(lambda *_: raw.update(

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from conftest import batch, loss_of, mlp
+from reference import AttentionNet
 from gradwatch import GradWatch, Status, Thresholds
 from gradwatch.clip import AGC
 
@@ -99,20 +100,8 @@ def test_closure_optimizers_are_refused_with_the_fix():
         assert watch.history and all(math.isfinite(r.total_norm) for r in watch.history)
 
 
-class _Attention(nn.Module):
-    """nn.MultiheadAttention applies out_proj's weights without calling out_proj."""
-
-    def __init__(self):
-        super().__init__()
-        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x):
-        return self.head(self.attn(x, x, x, need_weights=False)[0]).mean(1)
-
-
 def test_head_is_the_last_weight_layer_in_forward_order_not_the_last_hook():
-    model = _Attention()
+    model = AttentionNet()
     x = torch.randn(2, 5, 8)
     with GradWatch(model, clip=AGC(0.01)) as watch:
         model(x).sum().backward()
