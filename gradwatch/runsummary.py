@@ -55,6 +55,7 @@ class LayerSummary:
     medians: Mapping[str, float | None]  # every statistic by name, median over records
     statuses: Mapping[str, int]  # status value -> recorded steps (counted over the whole run)
     spikes: int
+    latest: Mapping[str, float | None] = field(default_factory=dict)  # last measured value
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,8 @@ def summarize(records: Iterable[StepRecord], *, steps: int | None = None,
             name=name, last=recs[-1].layers.get(name),
             median_norm=_median(s.norm for s in stats), max_norm=max(finite) if finite else None,
             medians={k: _median(s.numbers().get(k) for s in stats) for k in stat_names},
+            latest={k: next((s.numbers()[k] for s in reversed(stats)
+                             if s.numbers().get(k) is not None), None) for k in stat_names},
             statuses={st.value: flags.get((name, st.value), 0) for st in STATUSES
                       if st is not Status.OK},
             spikes=flags.get((name, "spike"), 0)))

@@ -31,7 +31,9 @@ def format_summary(s: RunSummary) -> str:
         last = layer.last
         nums = last.numbers() if last else {}
         rows.append((layer.name, fmt(last.norm if last else None), fmt(layer.median_norm),
-                     fmt(last.act_norm if last else None), *(fmt(nums.get(k)) for k in extra),
+                     fmt(last.act_norm if last else None),
+                     *(fmt(nums.get(k) if nums.get(k) is not None else layer.latest.get(k))
+                       for k in extra),
                      last.status.value if last else "-",
                      *(str(layer.statuses.get(f.value, 0)) for f in flags), str(layer.spikes)))
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
@@ -41,6 +43,7 @@ def format_summary(s: RunSummary) -> str:
         lines.append("  ".join(cells).rstrip())
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
-    lines.append(f"(statistics and status: step {s.last_step}; median over the last {s.kept} "
-                 f"records; status columns count recorded steps over the whole run)")
+    lines.append(f"(statistics and status: step {s.last_step}, or the last step a statistic was "
+                 f"measured on; median over the last {s.kept} records; status columns count "
+                 f"recorded steps over the whole run)")
     return "\n".join(lines)
