@@ -46,8 +46,6 @@ STATUSES: dict[Status, StatusInfo] = {
 }
 """The one table of statuses that the summary, the report and the plots read."""
 
-ALARMS: tuple[Status, ...] = tuple(s for s, info in STATUSES.items() if info.alarm)
-
 
 def status_info(status: Status | str) -> StatusInfo:
     """The `StatusInfo` of ``status``; an unknown status gets a neutral grey alarm style."""

@@ -177,10 +177,9 @@ def check_statistics(statistics: object) -> tuple[Statistic, ...]:
         if not isinstance(s, Statistic):
             raise TypeError(f"Expected each of `statistics` to be a Statistic instance, but got "
                             f"{type(s).__name__}; subclass gradwatch.statistics.Statistic.")
-        if isinstance(s, (WeightNorm, ZeroFraction)) or s.reads not in ("grad", "param"):
-            if not isinstance(s, (WeightNorm, ZeroFraction)):
-                raise ValueError(f"Expected statistic {s.name!r} to read 'grad' or 'param', "
-                                 f"but it reads {s.reads!r}; the other kinds are built in.")
+        if s.reads not in ("grad", "param"):
+            raise ValueError(f"Expected statistic {s.name!r} to read 'grad' or 'param', but it "
+                             f"reads {s.reads!r}; the other kinds are built in.")
         if not s.name or not isinstance(s.name, str) or s.name in names:
             raise ValueError(f"Expected each statistic to have a unique `name` other than "
                              f"{sorted(names)}, but got {s.name!r}.")

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from conftest import batch, loss_of, mlp
-from gradwatch import GradWatch, JsonlLogger
+from gradwatch import GradWatch
 from gradwatch.loggers import read_runs
 
 SETTINGS = dict(max_examples=25, deadline=None, derandomize=True,

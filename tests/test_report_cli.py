@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import inspect
 import io
-import json
 import math
 import re
 import shutil

@@ -23,7 +23,7 @@ import torch
 import gradwatch
 from benchmarks.zoo.judge import Verdict, read_verdict, score
 from benchmarks.zoo.spec import Run
-from benchmarks.zoo.train import CHECKS, Trace, after_probe, train
+from benchmarks.zoo.train import CHECKS, after_probe, train
 
 __all__ = ["all_runs", "main", "run_one", "select"]
 

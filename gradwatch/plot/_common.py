@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
 
 import numpy as np
 
-from ..records import Status, StepRecord
+from ..records import StepRecord
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
