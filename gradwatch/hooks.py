@@ -284,9 +284,9 @@ class Collector:
 
 
 UNIT_EVERY = 4
-"""Dead and saturated units are measured on every 4th recorded step (step // every % 4 == 0:
-a reduction per activation module; the rules that read them judge over the steps they were
-measured on)."""
+"""Dead and saturated units and update/weight ratios are measured on every 4th recorded step
+(step // every % 4 == 0; a reduction per activation module, two copies of sampled weights);
+the rules that read them judge over the steps they were measured on."""
 
 _ELEMENTWISE = tuple(getattr(nn, n) for n in (
     "ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish",

@@ -80,8 +80,8 @@ class Judge:
         if kind.startswith("nonfinite") and view.birth is not None:
             layers = (view.birth,)
         old = self.findings.get(kind)
-        cause, remedy, codes = explain(kind, view, hit)
         if old is None:
+            cause, remedy, codes = explain(kind, view, hit)
             self.findings[kind] = Finding(kind, layers, hit.evidence, cause, remedy, codes,
                                           first_step=view.step, steps=1)
             return self.findings[kind]

@@ -91,48 +91,60 @@ class InFlight:
 
 
 class UpdateTracker:
-    """‖Δθ‖/‖θ‖ per layer across ``optimizer.step()`` from fixed strided samples (see
-    `gradwatch.statistics.UpdateRatio`): one copy before the step, one after, and two segment
-    sums, whatever the number of layers."""
+    """‖Δθ‖/‖θ‖ per layer across ``optimizer.step()`` from fixed samples (see
+    `gradwatch.statistics.UpdateRatio`): one batched copy into a flat buffer before the step,
+    one after, and one segment sum, whatever the number of layers.
+
+    A tensor of more than ``sample`` entries is read in 16 evenly spaced runs of
+    ``sample // 16`` consecutive entries (a few cache lines each, not one per entry), each
+    read entry standing for numel / (entries read).
+    """
+
+    RUNS = 16
 
     def __init__(self, params: Sequence[Tensor], layer_of: Sequence[int], n_layers: int,
                  sample: int) -> None:
         self.params, self.layer_of, self.n_layers, self.sample = params, layer_of, n_layers, sample
         self._views: list[Tensor] | None = None
         self._ptrs: list[int] = []
-        self._before: Tensor | None = None
+        self._measured = False
 
     def _usable(self, p: Tensor) -> bool:
         return not is_dtensor(p) and p.is_contiguous() and p.numel() > 0
 
+    def _sample_view(self, p: Tensor) -> Tensor:
+        flat = p.detach().view(-1)
+        if flat.numel() <= self.sample:
+            return flat
+        spacing = flat.numel() // self.RUNS
+        return flat[:spacing * self.RUNS].view(self.RUNS, spacing)[:, :self.sample // self.RUNS]
+
     def _build(self) -> None:
-        views, weights, lengths, self._layers, self._ptrs = [], [], [], [], []
         self._sampled = [p for p in self.params if self._usable(p)]
-        for p, layer in zip(self.params, self.layer_of):
-            if not self._usable(p):
-                continue
-            flat = p.detach().view(-1)
-            stride = max(1, math.ceil(flat.numel() / self.sample))
-            v = flat[::stride]
-            views.append(v)
-            weights.append(flat.numel() / v.numel())
-            lengths.append(v.numel())
-            self._layers.append(layer)
-            self._ptrs.append(p.data_ptr())
+        self._layers = [layer for p, layer in zip(self.params, self.layer_of) if self._usable(p)]
+        self._ptrs = [p.data_ptr() for p in self._sampled]
+        views = [self._sample_view(p) for p in self._sampled]
         self._views = views
-        if views:
-            device = views[0].device
-            self._weights = torch.tensor(weights, dtype=torch.float32, device=device)
-            self._lengths = torch.tensor(lengths, device=device)
+        if not views or len({v.device for v in views}) > 1:
+            self._views = []
+            return
+        device, sizes = views[0].device, [v.numel() for v in views]
+        self._flat = [torch.empty(sum(sizes), dtype=torch.float32, device=device)
+                      for _ in range(2)]  # before, after
+        self._bufs = [list(torch.split(f, sizes)) for f in self._flat]
+        self._bufs = [[b.view(v.shape) for b, v in zip(bufs, views)] for bufs in self._bufs]
+        self._weights = torch.tensor([p.numel() / v.numel() for p, v in zip(self._sampled, views)],
+                                     dtype=torch.float32, device=device)
+        lengths = torch.tensor(sizes, device=device)
+        self._lengths = torch.stack([lengths, lengths])
 
     def before(self) -> None:
         """Snapshot the sampled entries (call right before ``optimizer.step()``)."""
         if self._views is None or [p.data_ptr() for p in self._sampled] != self._ptrs:
             self._build()  # first use, or a parameter's storage was replaced
-        if not self._views or len({(v.device, v.dtype) for v in self._views}) > 1:
-            self._before = None
-            return
-        self._before = torch.cat(self._views).float()
+        self._measured = bool(self._views)
+        if self._measured:
+            torch._foreach_copy_(self._bufs[0], self._views)
 
     def after(self) -> dict[int, float | None] | None:
         """The estimated ‖Δθ‖/‖θ‖ of each layer, θ before the step (call right after
@@ -141,14 +153,15 @@ class UpdateTracker:
         return None if sums is None else self.ratios(sums.tolist())
 
     def after_device(self) -> Tensor | None:
-        """The same sums as `after`, left on the device (for a deferred record)."""
-        if self._before is None:
+        """The per-tensor (‖Δθ‖², ‖θ‖²) sums of `after`, left on the device (for a deferred
+        record)."""
+        if not self._measured:
             return None
-        before, self._before = self._before, None
-        delta = torch.cat(self._views).float().sub_(before)
-        return torch.stack([torch.segment_reduce(delta.square_(), "sum", lengths=self._lengths),
-                            torch.segment_reduce(before.square_(), "sum", lengths=self._lengths)]
-                           ) * self._weights
+        self._measured = False
+        before, now = self._flat
+        torch._foreach_copy_(self._bufs[1], self._views)
+        both = torch.stack([now.sub_(before), before]).square_()
+        return torch.segment_reduce(both, "sum", lengths=self._lengths, axis=1) * self._weights
 
     def ratios(self, sums: Sequence[Sequence[float]]) -> dict[int, float | None]:
         """Per-layer ‖Δθ‖/‖θ‖ from per-tensor (‖Δθ‖², ‖θ‖²) sums."""

@@ -185,8 +185,9 @@ class GradWatch:
         if self._closed:
             return
         refuse_closure(optimizer, args, kwargs)
-        self._measure()
-        self._recorder.before_optimizer_step()
+        self._measure()  # the step measured is now self._step - 1
+        self._recorder.before_optimizer_step(
+            measure_updates=(self._step - 1) // self.every % UNIT_EVERY == 0)
 
     def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._stash.restore()

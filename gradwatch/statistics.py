@@ -83,9 +83,10 @@ class OutputGradNorm(Statistic):
 class UpdateRatio(Statistic):
     """‖Δθ‖/‖θ‖ of a layer across ``optimizer.step()`` (needs ``optimizer=``).
 
-    Estimated from a fixed, evenly strided sample of about `sample` entries per tensor
-    (exact for smaller tensors), so it costs two small copies per recorded step whatever the
-    model size. About 1e-3 is the classic healthy range; orders above means the learning rate
+    Estimated from a fixed sample of `sample` entries per tensor (16 evenly spaced runs)
+    (exact for smaller tensors), so it costs two small copies whatever the model size. Measured
+    on every 4th recorded step (`gradwatch.hooks.UNIT_EVERY`, the first included), like the
+    unit statistics. About 1e-3 is the classic healthy range; orders above means the learning rate
     is too high.
     """
 

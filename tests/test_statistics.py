@@ -15,6 +15,7 @@ from torch import nn
 from conftest import batch, loss_of, mlp
 from gradwatch import CsvLogger, GradWatch, JsonlLogger, read_jsonl
 from gradwatch.report import markdown_report
+from gradwatch.hooks import UNIT_EVERY
 from gradwatch.statistics import Statistic, UpdateRatio, WeightNorm, ZeroFraction
 from reference import norm, train_step
 
@@ -80,16 +81,17 @@ def test_a_user_statistic_reaches_records_logs_summary_and_report(tmp_path):
 
 def _layer_update_ratio(before: list[torch.Tensor], after: list[torch.Tensor],
                         sample: int | None = None) -> float:
-    """‖Δθ‖/‖θ‖ over a layer in float64; with ``sample`` a tensor of more entries is read
-    at an even stride of ceil(n / sample), each read entry standing for n / (entries read)."""
+    """‖Δθ‖/‖θ‖ over a layer in float64; with ``sample`` a tensor of more entries is read in
+    16 runs of sample // 16 consecutive entries starting at k * (n // 16), each read entry
+    standing for n / (entries read)."""
     num = den = 0.0
     for b, a in zip(before, after):
         b, a = b.double().flatten(), a.double().flatten()
         weight = 1.0
         if sample is not None and b.numel() > sample:
-            stride = math.ceil(b.numel() / sample)
             n = b.numel()
-            b, a = b[::stride], a[::stride]
+            at = torch.tensor([k * (n // 16) + j for k in range(16) for j in range(sample // 16)])
+            b, a = b[at], a[at]
             weight = n / b.numel()
         num += weight * (a - b).square().sum().item()
         den += weight * b.square().sum().item()
@@ -106,12 +108,15 @@ def test_update_ratio_is_the_step_over_the_weights_before_it():
                           nn.Linear(80, 80), nn.ReLU(), nn.Linear(80, 3))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     with GradWatch(model, optimizer=opt) as watch:
-        for step in range(3):
+        for step in range(2 * UNIT_EVERY + 1):
             x, y = batch(seed=step)
             before = {n: [p.detach().clone() for p in m.parameters()]
                       for n, m in model.named_children() if isinstance(m, nn.Linear)}
             train_step(model, opt, lambda m: loss_of(m, x, y))
             rec = watch.history[-1]
+            if step % UNIT_EVERY:  # measured on every UNIT_EVERY-th recorded step only
+                assert all("update_ratio" not in s.values for s in rec.layers.values())
+                continue
             for name, b in before.items():
                 a = list(model.get_submodule(name).parameters())
                 ratio = rec.layers[name].values["update_ratio"]
