@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 from .layers import Layer
 from .norms import combine
-from .records import LayerStat, Status, StepRecord
+from .records import LayerTable, Status, StepRecord
 from .judge import Judge
 from .rules import StepView
 from .spikes import SpikeTracker
@@ -133,32 +133,54 @@ def pending_step(step: int, watched: Any, data: Any, got: Any, present: list[boo
                    origin, birth)
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """What stays the same from step to step while the measured layers do."""
+
+    names: list[str]
+    roles: list[str]
+    recurrent: list[bool]
+    head: int | None  # index of the head in the measured order
+
+
+def _layout(order: Sequence[int], layers: Sequence[Layer], head: int | None,
+            cache: dict[Any, _Layout] | None) -> _Layout:
+    key = (tuple(order), head)
+    found = cache.get(key) if cache is not None else None
+    if found is None:
+        found = _Layout([layers[i].name for i in order], [layers[i].role for i in order],
+                        [layers[i].recurrent for i in order],
+                        order.index(head) if head in order else None)
+        if cache is not None:
+            if len(cache) > 64:  # the watched set keeps changing: forget old layouts
+                cache.clear()
+            cache[key] = found
+    return found
+
+
 def assemble(p: Pending, layers: Sequence[Layer], head: int | None, judge: Judge,
-             spikes: SpikeTracker, th: Thresholds, saturating: bool) -> StepRecord:
-    """The record of a measured step: statistics, statuses from the rules, spikes, findings."""
-    names = [layers[i].name for i in p.order]
-    values = [p.values.get(i, {}) for i in p.order]
-    act = [p.act.get(i) for i in p.order]
-    view = StepView(step=p.step, names=names, roles=[layers[i].role for i in p.order],
-                    norms=p.norms, act=act, values=values,
-                    head=p.order.index(head) if head in p.order else None, total=p.total,
-                    overflow=p.overflow, origin=p.origin, birth=p.birth,
-                    recurrent=[layers[i].recurrent for i in p.order], saturating=saturating)
+             spikes: SpikeTracker, th: Thresholds, saturating: bool,
+             cache: dict[Any, Any] | None = None) -> StepRecord:
+    """The record of a measured step: statistics, statuses from the rules, spikes, findings.
+    ``cache`` keeps the per-order layout (names, roles) between calls."""
+    lay = _layout(p.order, layers, head, cache)
+    names = lay.names
+    get = p.values.get
+    values = [get(i) or {} for i in p.order]
+    act = [p.act.get(i) for i in p.order] if p.act else [None] * len(names)
+    view = StepView(step=p.step, names=names, roles=lay.roles, norms=p.norms, act=act,
+                    values=values, head=lay.head, total=p.total, overflow=p.overflow,
+                    origin=p.origin, birth=p.birth, recurrent=lay.recurrent,
+                    saturating=saturating)
     statuses, found = judge.judge(view)
     healthy = math.isfinite(p.total) and not p.overflow
-    layer_spikes, total_spike = spikes.observe(dict(zip(names, p.norms)), p.total, th) \
-        if healthy else ({}, False)
-    stats = {}
-    for k, name in enumerate(names):
-        status, reason = statuses[k]
-        spike = layer_spikes.get(name, "")
-        stats[name] = LayerStat(norm=p.norms[k], act_norm=act[k], status=status,
-                                spike=bool(spike), values=values[k],
-                                reason=f"{reason}; {spike}" if reason and spike
-                                else reason or spike)
+    layer_spikes, total_spike = spikes.observe(names, p.norms, p.total, th) \
+        if healthy else ([""] * len(names), False)
+    table = LayerTable(names, p.norms, act, statuses, layer_spikes, values)
     first = p.birth if p.origin in ("forward", "backward") else None
     if first is None and p.origin is None and not p.overflow and not math.isfinite(p.total):
-        first = next((n for n in reversed(names) if stats[n].status is Status.NONFINITE), None)
-    return StepRecord(step=p.step, total_norm=p.total, clip_coef=p.coef, layers=stats,
+        first = next((n for n, (status, _) in zip(reversed(names), reversed(statuses))
+                      if status is Status.NONFINITE), None)
+    return StepRecord(step=p.step, total_norm=p.total, clip_coef=p.coef, layers=table,
                       first_nonfinite=first, spike=total_spike, skipped=p.skipped,
                       amp_overflow=p.overflow, nonfinite_origin=p.origin, findings=tuple(found))

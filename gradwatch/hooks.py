@@ -7,6 +7,7 @@ hook object pickles and deep-copies as an inert no-op, so ``torch.save(model)``,
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .layers import Layer, activation_kind
-from .norms import tensor_norm
+from .norms import TINY
 
 __all__ = ["iter_tensors", "inert", "Hook", "Collected", "Collector", "user_stacklevel",
            "UNIT_EVERY"]
@@ -74,14 +75,46 @@ class Collected:
     """What the hooks gathered since the last measurement (a recorded step's forward/backward)."""
 
     completed: list[int] = field(default_factory=list)  # module ids in forward completion order
-    forward_bad: list[tuple[int, Tensor]] = field(default_factory=list)  # (module, output sum)
-    events: list[tuple[int, bool, Any, int, int]] = field(default_factory=list)
-    """Backward order: (layer, is_output, norm, graph task, id of the gradient tensor)."""
+    forward_bad: list[int] = field(default_factory=list)  # module of each checked output
+    forward_norms: list[Tensor] = field(default_factory=list)
+    """float64 norms of the checked outputs (NaN/Inf iff the output holds NaN/Inf), in chunks
+    of at most `BATCH`, aligned with ``forward_bad``."""
+    events: list[tuple[int, bool, int, int]] = field(default_factory=list)
+    """Backward order: (layer, is_output, graph task, id of the gradient tensor)."""
+    event_norms: list[Tensor] = field(default_factory=list)  # their float64 norms, in chunks
     units: list[tuple[int, str, Tensor, int]] = field(default_factory=list)
     """(layer, statistic, count as a device tensor, of how many): alive units, saturated
     outputs."""
     time: dict[int, list[Any]] = field(default_factory=dict)  # layer -> first/last ratios
     tasks: set[int] = field(default_factory=set)  # graph tasks that accumulated parameter grads
+
+
+BATCH = {"cpu": 32}
+"""Module outputs and activation gradients are held until this many of them (8 on accelerators,
+32 on the CPU, where a call's fixed cost dominates) are reduced in one batched
+``torch._foreach_norm`` call (and at the end of the step): one call instead of one kernel per
+tensor. An output changed in place before its batch is reduced (an in-place ReLU after it) is
+checked as changed: NaN stays NaN there."""
+
+
+def _batch(t: Tensor) -> int:
+    return BATCH.get(t.device.type, 8)
+
+
+def _norms64(tensors: list[Tensor]) -> Tensor:
+    """The exact float64 L2 norm of each tensor. On accelerators reduced in float64 (no host
+    sync); on the CPU in float32, one batched call, and only a norm outside float32's safe
+    range (below `TINY` or non-finite: underflowed or overflowed squares) redone in float64."""
+    with torch.no_grad():
+        if tensors[0].device.type != "cpu" or any(t.dtype == torch.float64 or t.is_complex()
+                                                   for t in tensors):
+            return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float64))
+        n32 = torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32))
+        values = n32.tolist()
+        if min(values) >= TINY and sum(values) < math.inf:  # NaN fails this too
+            return n32.double()
+        return torch.tensor([v if TINY <= v < math.inf else torch.linalg.vector_norm(
+            t, dtype=torch.float64).item() for v, t in zip(values, tensors)], dtype=torch.float64)
 
 
 def _task() -> int:
@@ -113,14 +146,17 @@ class Collector:
                                           ("weight", "embedding") and own < 0 else -1))
         self.kinds = [activation_kind(m) for m in self.modules]
         self.elementwise = [isinstance(m, _ELEMENTWISE) for m in self.modules]
-        self._grad_hooks: dict[tuple[int, bool, int], Hook] = {
+        self._grad_hooks: dict[tuple[int, bool, int], Callable[..., None]] = {
             (i, out, -1): Hook(self, "on_grad", i, out) for i in range(len(layers))
-            for out in (True, False)}
+            for out in (True, False)}  # leaf tensor hooks (inert when pickled); node pre-hooks
+        # live on the autograd graph only, so they are plain partials (cheaper to call)
         self.conv_like = [isinstance(m, nn.modules.conv._ConvNd) for m in self.modules]
         self.activations = activations
         self.armed = False
         self.compiled = False  # a forward hook was traced by torch.compile: keep hooks attached
         self.data = Collected()
+        self._outputs: list[Tensor] = []  # module outputs waiting for their batched check
+        self._grads: list[Tensor] = []  # activation gradients waiting for their batched norm
         self._last_layer = -1
         self.units_on = True  # measure dead/saturated units in this forward (set per step)
         self._forward_handles: list[Any] = []
@@ -162,8 +198,20 @@ class Collector:
 
     def take(self) -> Collected:
         """Hands over what was collected and starts afresh."""
+        self._flush_outputs()
+        self._flush_grads()
         data, self.data, self._last_layer = self.data, Collected(), -1
         return data
+
+    def _flush_outputs(self) -> None:
+        if self._outputs:
+            self.data.forward_norms.append(_norms64(self._outputs))
+            self._outputs = []
+
+    def _flush_grads(self) -> None:
+        if self._grads:
+            self.data.event_norms.append(_norms64(self._grads))
+            self._grads = []
 
     # ---------------------------------------------------------------- hook interface
 
@@ -173,20 +221,25 @@ class Collector:
     def on_forward(self, index: int, module: nn.Module, args: Any, output: Any) -> None:
         if self.amp_poll is not None:
             self.amp_poll()  # an identity check unless an iteration ended unmeasured
-        compiling = torch.compiler.is_compiling()
-        if compiling:
+        if torch.compiler.is_compiling():
             self.compiled = True
         if not self.armed:
             return
         data = self.data
         data.completed.append(index)
-        tensors = [t for t in iter_tensors(output) if t.is_floating_point() or t.is_complex()]
+        if isinstance(output, Tensor):
+            tensors = [output] if output.is_floating_point() or output.is_complex() else []
+        else:
+            tensors = [t for t in iter_tensors(output) if t.is_floating_point() or t.is_complex()]
         if not self.elementwise[index]:  # these turn finite inputs into finite outputs
-            for t in tensors:  # NaN/Inf anywhere makes the float64 sum non-finite
-                if t.numel():
-                    data.forward_bad.append((index, t.detach().sum(dtype=torch.float64)))
+            held = self._outputs
+            for t in tensors:  # NaN/Inf anywhere makes the float64 norm non-finite
+                if t.numel() and not (held and held[-1] is t):  # a container's = its child's
+                    held.append(t)
+                    data.forward_bad.append(index)
+            if held and len(held) >= _batch(held[0]):
+                self._flush_outputs()
         layer = self.owner_of[index]
-        grad_on = torch.is_grad_enabled()
         kind = self.kinds[index]
         if kind is not None and self._last_layer >= 0 and tensors and self.activations \
                 and self.units_on:
@@ -194,13 +247,17 @@ class Collector:
         if layer < 0:
             return
         self._last_layer = layer
-        if self.activations and grad_on:
+        if self.activations and torch.is_grad_enabled():
             for t in tensors:
                 if t.requires_grad:
                     self._hook_grad(t, layer, True)
-            for t in iter_tensors(args):
-                if t.requires_grad and t.is_floating_point():
+            for t in (args if isinstance(args, tuple) else iter_tensors(args)):
+                if isinstance(t, Tensor) and t.requires_grad and t.is_floating_point():
                     self._hook_grad(t, layer, False)
+                elif not isinstance(t, Tensor) and isinstance(t, (tuple, list, dict)):
+                    for u in iter_tensors(t):
+                        if u.requires_grad and u.is_floating_point():
+                            self._hook_grad(u, layer, False)
 
     def _hook_grad(self, t: Tensor, layer: int, is_output: bool) -> None:
         """Hands the gradient w.r.t. ``t`` to `on_grad`: a pre-hook on ``t``'s autograd node
@@ -213,14 +270,16 @@ class Collector:
         key = (layer, is_output, t.output_nr)
         hook = self._grad_hooks.get(key)
         if hook is None:
-            hook = self._grad_hooks[key] = Hook(self, "on_node_grad", layer, is_output,
-                                                t.output_nr)
+            hook = self._grad_hooks[key] = functools.partial(self.on_node_grad, layer,
+                                                             is_output, t.output_nr)
         node.register_prehook(hook)
 
     def on_grad(self, layer: int, is_output: bool, grad: Tensor) -> None:
         if self.armed:
-            self.data.events.append((layer, is_output, tensor_norm(grad.detach()), _task(),
-                                     id(grad)))
+            self.data.events.append((layer, is_output, _task(), id(grad)))
+            self._grads.append(grad)
+            if len(self._grads) >= _batch(grad):
+                self._flush_grads()
 
     def on_node_grad(self, layer: int, is_output: bool, nr: int, grads: tuple[Any, ...]) -> None:
         grad = grads[nr] if nr < len(grads) else None

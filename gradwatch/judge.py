@@ -3,6 +3,7 @@ findings of the run."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from typing import Any, Mapping, Sequence
@@ -25,7 +26,8 @@ class Judge:
     def __init__(self, thresholds: Thresholds, rules: Sequence[Rule] = RULES) -> None:
         self.th, self.rules = thresholds, tuple(rules)
         self.windows = {r.kind: deque(maxlen=thresholds.window) for r in self.rules}
-        self.findings: dict[str, Finding] = {}
+        self.findings: dict[str, Finding] = {}  # by kind; `steps` counted in `_steps`
+        self._steps: dict[str, int] = {}
         self._last: dict[str, tuple[Hit, StepView]] = {}  # each rule's latest hit
         self.states: dict[str, dict[str, Any]] = {r.kind: {} for r in self.rules}
 
@@ -34,10 +36,13 @@ class Judge:
         statuses: list[tuple[Status, str]] = [(Status.OK, "")] * len(view.names)
         new: list[Finding] = []
         broke = not view.overflow and (view.origin is not None or not math.isfinite(view.total))
-        present = {k for v in view.values for k in v}
+        present: set[str] | None = None
         for rule in self.rules:
-            if rule.optional and not present.intersection(rule.reads):
-                continue  # not measured this step: its window spans the steps it was
+            if rule.optional:
+                if present is None:
+                    present = set().union(*view.values)
+                if present.isdisjoint(rule.reads):
+                    continue  # not measured this step: its window spans the steps it was
             # on a non-finite step only the rules that say so run: the others' statistics are
             # NaN-polluted consequences (e.g. relu(NaN) reads as dead units)
             skip = broke and rule.persistent and rule.kind != "amp_overflow"
@@ -76,33 +81,40 @@ class Judge:
             born = next((k for k in self.findings if k.startswith("nonfinite")), None)
             if born is not None:  # later NaN steps are its consequences (NaN weights...)
                 kind = born
+        old = self.findings.get(kind)
+        if old is not None:  # held again: count it, add the layers not named yet
+            self._steps[kind] += 1
+            if not kind.startswith("nonfinite"):
+                names, known = view.names, old.layers
+                more = [names[i] for i in sorted(hit.layers) if names[i] not in known]
+                if more:
+                    self.findings[kind] = dataclasses.replace(old, layers=known + tuple(more))
+            return None
         layers = tuple(view.names[i] for i in sorted(hit.layers))
         if kind.startswith("nonfinite") and view.birth is not None:
             layers = (view.birth,)
-        old = self.findings.get(kind)
-        if old is None:
-            cause, remedy, codes = explain(kind, view, hit)
-            self.findings[kind] = Finding(kind, layers, hit.evidence, cause, remedy, codes,
-                                          first_step=view.step, steps=1)
-            return self.findings[kind]
-        merged = old.layers if kind.startswith("nonfinite") else tuple(
-            dict.fromkeys(old.layers + layers))
-        self.findings[kind] = Finding(kind, merged, old.evidence, old.cause, old.remedy,
-                                      old.remedies, old.first_step, old.steps + 1)
-        return None
+        cause, remedy, codes = explain(kind, view, hit)
+        self.findings[kind] = Finding(kind, layers, hit.evidence, cause, remedy, codes,
+                                      first_step=view.step, steps=1)
+        self._steps[kind] = 1
+        return self.findings[kind]
+
+    def _current(self) -> list[Finding]:
+        return [f if f.steps == self._steps.get(k, f.steps) else
+                dataclasses.replace(f, steps=self._steps[k]) for k, f in self.findings.items()]
 
     def diagnose(self) -> list[Finding]:
         """Every finding so far, the earliest first (the first is usually the cause of the
         others: gradients that explode, then NaN), most severe first among those of a step."""
         order = {r.kind: k for k, r in enumerate(self.rules)}
-        return sorted(self.findings.values(), key=lambda f: (
+        return sorted(self._current(), key=lambda f: (
             f.first_step,
             order.get(f.kind.split("_")[0] if f.kind.startswith("nonfinite") else f.kind, 99)))
 
     def state_dict(self) -> dict[str, Any]:
         return {"windows": {k: list(w) for k, w in self.windows.items()},
                 "states": {k: dict(v) for k, v in self.states.items()},
-                "findings": [f.to_dict() for f in self.findings.values()]}
+                "findings": [f.to_dict() for f in self._current()]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for kind, values in state.get("windows", {}).items():
@@ -114,3 +126,4 @@ class Judge:
                 self.states[kind] = {k: list(map(float, v)) if isinstance(v, list) else float(v)
                                      for k, v in values.items()}
         self.findings = {f["kind"]: Finding.from_dict(f) for f in state.get("findings", ())}
+        self._steps = {k: f.steps for k, f in self.findings.items()}

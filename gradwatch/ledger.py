@@ -61,10 +61,10 @@ class Ledger:
         run["spikes"] += record.spike
         run["amp_overflow"] += record.amp_overflow
         run["nonfinite"] += record.nonfinite
-        for name, s in record.layers.items():
-            if s.status is not Status.OK:
-                self.flags[(name, s.status.value)] += 1
-            if s.spike:
+        for name, status, spiked in record.marks():
+            if status is not Status.OK:
+                self.flags[(name, status.value)] += 1
+            if spiked:
                 self.flags[(name, "spike")] += 1
         for logger in self.loggers:
             logger(record)

@@ -23,29 +23,33 @@ __all__ = ["HostBatch", "InFlight", "UpdateTracker", "StepNumbers", "start_read"
 class HostBatch:
     """Gathers named device values and copies them to the host in ONE transfer.
 
-    ``add(name, values)`` takes a 1-d tensor or a list of floats and 0-d tensors; `fetch`
+    ``add(name, values)`` takes a tensor or a list of floats and 0-d tensors; `fetch`
     returns ``{name: [float, ...]}``. Python floats never travel.
     """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self._parts: list[Tensor] = []
-        self._slots: dict[str, tuple[list[Any], list[int], int]] = {}
+        self._slots: dict[str, tuple[Any, ...]] = {}
         self._size = 0
+
+    def _part(self, t: Tensor) -> None:
+        if not t.is_floating_point():
+            t = t.double()  # counts: exact, and never promoted to float32 by the others
+        self._parts.append(t if t.device == self.device else t.to(self.device))
 
     def add(self, name: str, values: Tensor | Sequence[Any]) -> None:
         if isinstance(values, Tensor):
-            items: list[Any] = [None] * values.numel()
-            where = list(range(len(items)))
-            tensors = [values.reshape(-1)]
-        else:
-            items = list(values)
-            where = [k for k, v in enumerate(items) if isinstance(v, Tensor)]
-            tensors = [torch.stack([items[k] if items[k].dim() == 0 else items[k].reshape(())
-                                    for k in where])] if where else []
-        if tensors:
-            self._parts.append(tensors[0].to(self.device, torch.float64))
-        self._slots[name] = (items, where, self._size)
+            n = values.numel()
+            self._part(values.reshape(-1))
+            self._slots[name] = (self._size, n)
+            self._size += n
+            return
+        items = list(values)
+        where = [k for k, v in enumerate(items) if isinstance(v, Tensor)]
+        if where:
+            self._part(torch.stack([items[k].reshape(()) for k in where]))
+        self._slots[name] = (self._size, items, where)
         self._size += len(where)
 
     def fetch(self) -> dict[str, list[float]]:
@@ -56,7 +60,8 @@ class HostBatch:
         """Starts the copy. On CUDA without ``blocking`` it goes ``non_blocking`` into pinned
         memory and returns at once; `InFlight.result` waits for it (the next step, normally
         long done)."""
-        dev = torch.cat(self._parts) if self._parts else None
+        parts = self._parts
+        dev = None if not parts else parts[0] if len(parts) == 1 else torch.cat(parts)
         event = None
         if dev is None:
             host = None
@@ -73,7 +78,7 @@ class HostBatch:
 class InFlight:
     """A started device-to-host copy of a `HostBatch`; `result` gives the named values."""
 
-    def __init__(self, slots: dict[str, tuple[list[Any], list[int], int]], host: Tensor | None,
+    def __init__(self, slots: dict[str, tuple[Any, ...]], host: Tensor | None,
                  event: Any) -> None:
         self._slots, self._host, self._event = slots, host, event
 
@@ -82,7 +87,12 @@ class InFlight:
             self._event.synchronize()
         host = self._host.tolist() if self._host is not None else []
         out = {}
-        for name, (items, where, start) in self._slots.items():
+        for name, slot in self._slots.items():
+            if len(slot) == 2:  # a tensor's values
+                start, n = slot
+                out[name] = host[start:start + n]
+                continue
+            start, items, where = slot
             values = list(items)
             for k, pos in enumerate(where):
                 values[pos] = host[start + k]
@@ -193,7 +203,7 @@ def layer_values(data: Collected, host: dict[str, list[float]], inv_scale: float
                  ) -> tuple[dict[int, float], dict[int, dict[str, float | None]], dict[int, int]]:
     """Output-gradient norms (accumulating backward passes only), unit and time statistics."""
     events = [(e, v) for e, v in zip(data.events, host.get("events", []))
-              if not data.tasks or e[3] in data.tasks]
+              if not data.tasks or e[2] in data.tasks]
     act: dict[int, list[float]] = {}
     backward: dict[int, int] = {}
     for (layer, is_output, *_), v in events:
@@ -226,19 +236,19 @@ def locate_nonfinite(collector: Collector, data: Collected, host: dict[str, list
     went non-finite; else in backward order the first output gradient that went non-finite
     (the gradient entering the model: the loss) or a module whose input gradient went
     non-finite while its output gradient was finite; else the parameter gradients."""
-    for (module, _), total in zip(data.forward_bad, host.get("forward", [])):
+    for module, total in zip(data.forward_bad, host.get("forward", [])):
         if not math.isfinite(total):
             return "forward", collector.names[module]
     events = [(e, v) for e, v in zip(data.events, host.get("events", []))
-              if not data.tasks or e[3] in data.tasks]
-    for k, ((layer, is_output, _, _, gid), v) in enumerate(events):
+              if not data.tasks or e[2] in data.tasks]
+    for k, ((layer, is_output, _, gid), v) in enumerate(events):
         if math.isfinite(v):
             continue
         if is_output and k == 0:
             return "loss", None
         # the same bad gradient reaches a module's input: it went bad inside that module's
         # backward; reaching only outputs, it went bad between modules (at this output)
-        same = list(itertools.takewhile(lambda e: e[4] == gid, (e for e, _ in events[k:])))
+        same = list(itertools.takewhile(lambda e: e[3] == gid, (e for e, _ in events[k:])))
         inside = next((e[0] for e in same if not e[1]), None)
         return "backward", layer_names[inside if inside is not None else layer]
     for i in sorted(order, key=lambda i: -order.index(i)):
@@ -274,8 +284,8 @@ def start_read(grads: Sequence[Tensor], params: Sequence[Tensor], norms_dev: Ten
     batch.add("total32", torch.linalg.vector_norm(norms_dev).reshape(1))
     batch.add("scale", [scale.double()] if scale is not None else [1.0])
     if data is not None:
-        batch.add("events", [e[2] for e in data.events])
-        batch.add("forward", [flag for _, flag in data.forward_bad])
+        batch.add("events", _joined(data.event_norms))
+        batch.add("forward", _joined(data.forward_norms))
         batch.add("units", [t for _, _, t, _ in data.units])
         batch.add("time", [v for vals in data.time.values() for v in vals])
     if recording:
@@ -283,6 +293,10 @@ def start_read(grads: Sequence[Tensor], params: Sequence[Tensor], norms_dev: Ten
     for name, values in (extra or {}).items():
         batch.add(name, values)
     return batch
+
+
+def _joined(chunks: list[Tensor]) -> Tensor | list[float]:
+    return torch.cat(chunks) if chunks else []
 
 
 def finish_read(host: dict[str, list[float]], scaled: bool,

@@ -203,7 +203,7 @@ class GradWatch:
             return None
         w = self._watched
         if w.refresh():
-            self._recorder.spikes.add(w.names)
+            self._recorder.watched_changed()
             self._sync_hooks()
         out = measure_step(w, self._amp, self.policy, self.statistics, stash=self._stash,
                            on_nonfinite=self.on_nonfinite, optimizer=self.optimizer,

@@ -35,10 +35,16 @@ class Recorder:
         self.judge, self.spikes = Judge(thresholds), SpikeTracker(watched.names)
         self.thresholds, self.statistics = thresholds, statistics
         self._held: Pending | tuple[Any, ...] | None = None
+        self._layouts: dict[Any, Any] = {}
 
     @property
     def holding(self) -> bool:
         return self._held is not None
+
+    def watched_changed(self) -> None:
+        """The watched set was rebuilt: new layers get a spike history, layouts are redone."""
+        self.spikes.add(self.watched.names)
+        self._layouts.clear()
 
     def hold(self, step: int, out: Any) -> bool:
         """Keeps a measured step; True when its record must be formed at once (non-finite)."""
@@ -85,7 +91,7 @@ class Recorder:
                     (flat[:len(flat) // 2], flat[len(flat) // 2:])))
         w = self.watched
         record = assemble(p, w.layers, w.forward.head, self.judge, self.spikes,
-                          self.thresholds, w.saturating)
+                          self.thresholds, w.saturating, self._layouts)
         self.ledger.publish(record)
         return record
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
-__all__ = ["Status", "StatusInfo", "STATUSES", "status_info", "LayerStat", "Finding",
-           "StepRecord"]
+__all__ = ["Status", "StatusInfo", "STATUSES", "status_info", "LayerStat", "LayerTable",
+           "Finding", "StepRecord"]
 
 
 class Status(str, Enum):
@@ -106,6 +106,74 @@ class LayerStat:
         )
 
 
+class LayerTable(Mapping[str, "LayerStat"]):
+    """A record's layers (name -> `LayerStat`, in forward order), kept as per-layer columns
+    and turned into `LayerStat` objects the first time an entry is read: a monitor whose
+    records nobody reads per layer does not build them. Reads, equality, pickling and copies
+    behave as a plain dict's (a pickled table is a dict)."""
+
+    __slots__ = ("_names", "_cols", "_built")
+
+    def __init__(self, names: list[str], norms: list[float], act: list[float | None],
+                 statuses: list[tuple[Status, str]], spikes: list[str],
+                 values: list[Mapping[str, float | None]]) -> None:
+        self._names = names
+        self._cols: tuple[Any, ...] | None = (norms, act, statuses, spikes, values)
+        self._built: dict[str, LayerStat] | None = None
+
+    def _dict(self) -> dict[str, LayerStat]:
+        if self._built is None:
+            norms, act, statuses, spikes, values = self._cols
+            built = {}
+            for k, name in enumerate(self._names):
+                status, reason = statuses[k]
+                spike = spikes[k]
+                built[name] = LayerStat(norms[k], act[k], status, bool(spike),
+                                        f"{reason}; {spike}" if reason and spike
+                                        else reason or spike, values[k])
+            self._built, self._cols = built, None
+        return self._built
+
+    def marks(self) -> list[tuple[str, Status, bool]]:
+        """(name, status, spiked) of every layer that is not ok or spiked (nothing built)."""
+        if self._built is not None:
+            return [(n, s.status, s.spike) for n, s in self._built.items()
+                    if s.status is not Status.OK or s.spike]
+        _, _, statuses, spikes, _ = self._cols
+        return [(n, statuses[k][0], bool(spikes[k])) for k, n in enumerate(self._names)
+                if statuses[k][0] is not Status.OK or spikes[k]]
+
+    def __getitem__(self, name: str) -> LayerStat:
+        return self._dict()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._dict() if self._built is not None else name in self._names
+
+    def __eq__(self, other: object) -> bool:
+        return self._dict() == (dict(other) if isinstance(other, Mapping) else other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self._dict())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (self._dict(),))
+
+
+def _marks(layers: Mapping[str, LayerStat]) -> list[tuple[str, Status, bool]]:
+    if isinstance(layers, LayerTable):
+        return layers.marks()
+    return [(n, s.status, s.spike) for n, s in layers.items()
+            if s.status is not Status.OK or s.spike]
+
+
 @dataclass(frozen=True)
 class Finding:
     """One diagnosis: what is wrong, the evidence in numbers, the likely cause and the remedy.
@@ -186,15 +254,19 @@ class StepRecord:
     nonfinite_origin: str | None = None
     findings: tuple[Finding, ...] = ()
 
+    def marks(self) -> list[tuple[str, Status, bool]]:
+        """(name, status, spiked) of the layers that are not ok or spiked, in forward order."""
+        return _marks(self.layers)
+
     @property
     def flagged(self) -> tuple[str, ...]:
         """Names of the layers whose status is not ok, in forward order."""
-        return tuple(name for name, s in self.layers.items() if s.status is not Status.OK)
+        return tuple(name for name, status, _ in _marks(self.layers) if status is not Status.OK)
 
     @property
     def spikes(self) -> tuple[str, ...]:
         """Names of the layers whose norm spiked against their own history."""
-        return tuple(name for name, s in self.layers.items() if s.spike)
+        return tuple(name for name, _, spiked in _marks(self.layers) if spiked)
 
     @property
     def clipped(self) -> bool:

@@ -4,7 +4,6 @@ evidence it writes. `gradwatch.judge.Judge` runs them over a window of recorded 
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -51,6 +50,13 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    n = len(ordered)
+    mid = n // 2
+    return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def depth_trend(view: StepView) -> list[tuple[str, float, list[int], list[float]]]:
     """The depth trend of the weight layers up to the head, on the parameter-gradient norms
     and (when measured) on the output-gradient norms: for each, (what, input-side median over
@@ -67,18 +73,20 @@ def depth_trend(view: StepView) -> list[tuple[str, float, list[int], list[float]
     h = view.head
     if h is None:
         return out
-    idx = [i for i in range(h + 1) if view.roles[i] == "weight"]
+    roles = view.roles
+    idx = [i for i in range(h + 1) if roles[i] == "weight"]
     if len(idx) < 3:
         return out
     k = max(1, len(idx) // 3)
+    isfinite = math.isfinite
     for what, values in (("gradient", view.norms), ("output-gradient", view.act)):
         vals = [values[i] for i in idx]
-        if any(v is None or not math.isfinite(v) for v in vals):
+        if None in vals or not all(map(isfinite, vals)):
             continue
-        ref = statistics.median(vals[-k:])
+        ref = _median(vals[-k:])
         if ref <= 0:
             continue
-        out.append((what, statistics.median(vals[:k]) / ref, idx, [v / ref for v in vals]))
+        out.append((what, _median(vals[:k]) / ref, idx, [v / ref for v in vals]))
     return out
 
 
@@ -144,9 +152,11 @@ class Divergence(Rule):
         ratios = {i: v.get("update_ratio") for i, v in enumerate(view.values)
                   if view.roles[i] == "weight"}
         ratios = {i: r for i, r in ratios.items() if r is not None and math.isfinite(r)}
-        if not ratios or statistics.median(ratios.values()) <= bound:
+        if not ratios:
             return None
-        med = statistics.median(ratios.values())
+        med = _median(list(ratios.values()))
+        if med <= bound:
+            return None
         return Hit({i: f"update/weight ratio {_fmt(r)} > {bound:g}" for i, r in ratios.items()
                     if r > bound},
                    f"median update/weight ratio {_fmt(med)} over {len(ratios)} weight layers "

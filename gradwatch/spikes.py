@@ -25,24 +25,28 @@ class RunningStats:
 
     def observe(self, norm: float, th: Thresholds) -> str:
         """Updates with ``norm``; returns the evidence of a spike, or "" for none."""
-        if th.spike is None or not math.isfinite(norm) or norm <= 0:
+        bound = th.spike
+        if bound is None or not 0 < norm < math.inf:  # NaN fails the test too
             return ""
         x = math.log10(norm)
+        mean, count = self.mean, self.count
         std = math.sqrt(self.var)
-        z = (x - self.mean) / std if std > 0 else (math.inf if x > self.mean else 0.0)
-        ratio = 10 ** (x - self.mean)
         evidence = ""
-        if self.count >= th.spike_warmup and z > th.spike and ratio >= th.spike_min_ratio:
-            evidence = f"norm {norm:.3g} is {ratio:.3g}x its running mean (z={z:.1f})"
-            x = self.mean + th.spike * std
-        if self.count == 0:
+        if count >= th.spike_warmup:
+            z = (x - mean) / std if std > 0 else (math.inf if x > mean else 0.0)
+            if z > bound:
+                ratio = 10 ** (x - mean)
+                if ratio >= th.spike_min_ratio:
+                    evidence = f"norm {norm:.3g} is {ratio:.3g}x its running mean (z={z:.1f})"
+                    x = mean + bound * std
+        if count == 0:
             self.mean = x
         else:
-            beta = th.spike_momentum if self.count >= th.spike_warmup else self.count / (self.count + 1)
-            delta = x - self.mean
-            self.mean += (1 - beta) * delta
+            beta = th.spike_momentum if count >= th.spike_warmup else count / (count + 1)
+            delta = x - mean
+            self.mean = mean + (1 - beta) * delta
             self.var = beta * (self.var + (1 - beta) * delta * delta)
-        self.count += 1
+        self.count = count + 1
         return evidence
 
     def state_dict(self) -> dict[str, Any]:
@@ -68,12 +72,18 @@ class SpikeTracker:
         for name in names:
             self.layers.setdefault(name, RunningStats())
 
-    def observe(self, norms: Mapping[str, float], total: float, th: Thresholds
-                ) -> tuple[dict[str, str], bool]:
-        """Spike evidence per layer ("" for none) and whether the total norm spiked."""
-        per_layer = {name: self.layers.setdefault(name, RunningStats()).observe(n, th)
-                     for name, n in norms.items()}
-        return per_layer, bool(self.total.observe(total, th))
+    def observe(self, names: Sequence[str], norms: Sequence[float], total: float,
+                th: Thresholds) -> tuple[list[str], bool]:
+        """Spike evidence per layer, aligned with ``names`` ("" for none), and whether the total
+        norm spiked."""
+        layers = self.layers
+        out = []
+        for name, n in zip(names, norms):
+            stats = layers.get(name)
+            if stats is None:
+                stats = layers[name] = RunningStats()
+            out.append(stats.observe(n, th))
+        return out, bool(self.total.observe(total, th))
 
     def state_dict(self) -> dict[str, Any]:
         return {"stats": {n: s.state_dict() for n, s in self.layers.items()},
