@@ -77,11 +77,12 @@ class Collected:
     completed: list[int] = field(default_factory=list)  # module ids in forward completion order
     forward_bad: list[int] = field(default_factory=list)  # module of each checked output
     forward_norms: list[Tensor] = field(default_factory=list)
-    """float64 norms of the checked outputs (NaN/Inf iff the output holds NaN/Inf), in chunks
-    of at most `BATCH`, aligned with ``forward_bad``."""
+    """float64 norms of the checked outputs (NaN/Inf iff the output holds NaN/Inf), in chunks,
+    aligned with ``forward_bad``."""
     events: list[tuple[int, bool, int, int]] = field(default_factory=list)
     """Backward order: (layer, is_output, graph task, id of the gradient tensor)."""
-    event_norms: list[Tensor] = field(default_factory=list)  # their float64 norms, in chunks
+    out_norms: list[Tensor] = field(default_factory=list)  # output-gradient events' norms
+    in_norms: list[Tensor] = field(default_factory=list)  # input-gradient events' norms
     units: list[tuple[int, str, Tensor, int]] = field(default_factory=list)
     """(layer, statistic, count as a device tensor, of how many): alive units, saturated
     outputs."""
@@ -156,10 +157,17 @@ class Collector:
         self.compiled = False  # a forward hook was traced by torch.compile: keep hooks attached
         self.data = Collected()
         self._outputs: list[Tensor] = []  # module outputs waiting for their batched check
-        self._grads: list[Tensor] = []  # activation gradients waiting for their batched norm
+        self._grads_out: list[Tensor] = []  # output gradients waiting for their batched norm
+        self._grads_in: list[Tensor] = []  # input gradients waiting for their batched norm
+        self._checked = self._in_done = 0  # outputs checked and input gradients reduced so far
         self._last_layer = -1
         self.units_on = True  # measure dead/saturated units in this forward (set per step)
         self._forward_handles: list[Any] = []
+        self._unit_handles: list[Any] = []
+        self._on_forward = [Hook(self, "on_forward", i) for i in range(len(self.modules))]
+        self._unit_only = [i for i, (k, e, o) in enumerate(zip(self.kinds, self.elementwise,
+                                                                self.owner_of))
+                           if k is not None and e and o < 0]  # hooked for unit statistics only
         self._persistent: list[Any] = []
         if activations:  # which backward passes accumulate into .grad (not autograd.grad ones)
             for i, layer in enumerate(layers):
@@ -174,20 +182,35 @@ class Collector:
     def attached(self) -> bool:
         return bool(self._forward_handles)
 
-    def attach(self) -> None:
-        """Adds the forward hooks (recorded forwards only; unrecorded steps run without them)."""
-        if self._forward_handles:
-            return
-        for i, module in enumerate(self.modules):
-            self._forward_handles.append(module.register_forward_hook(Hook(self, "on_forward", i)))
-            if self.activations and isinstance(module, nn.RNNBase) and self.owner_of[i] >= 0:
-                self._forward_handles.append(module.register_forward_pre_hook(
-                    Hook(self, "on_recurrent_input", self.owner_of[i], module)))
+    def attach(self, units: bool = True) -> None:
+        """Adds the forward hooks (recorded forwards only; unrecorded steps run without them):
+        on the layers and every module that is not element-wise (their outputs are checked
+        for NaN), and with ``units`` on the activation modules too (unit statistics)."""
+        if not self._forward_handles:
+            for i, module in enumerate(self.modules):
+                if self.owner_of[i] >= 0 or not self.elementwise[i]:
+                    self._forward_handles.append(
+                        module.register_forward_hook(self._on_forward[i]))
+                if self.activations and isinstance(module, nn.RNNBase) and self.owner_of[i] >= 0:
+                    self._forward_handles.append(module.register_forward_pre_hook(
+                        Hook(self, "on_recurrent_input", self.owner_of[i], module)))
+        units = units and self.activations
+        if units and not self._unit_handles:
+            self._unit_handles = [self.modules[i].register_forward_hook(self._on_forward[i])
+                                  for i in self._unit_only]
+        elif not units and self._unit_handles:
+            self._remove_unit_hooks()
+
+    def _remove_unit_hooks(self) -> None:
+        for handle in self._unit_handles:
+            handle.remove()
+        self._unit_handles = []
 
     def detach(self) -> None:
         for handle in self._forward_handles:
             handle.remove()
         self._forward_handles.clear()
+        self._remove_unit_hooks()
 
     def close(self) -> None:
         self.detach()
@@ -196,22 +219,43 @@ class Collector:
         self._persistent.clear()
         self.armed = False
 
-    def take(self) -> Collected:
-        """Hands over what was collected and starts afresh."""
-        self._flush_outputs()
-        self._flush_grads()
-        data, self.data, self._last_layer = self.data, Collected(), -1
+    def take(self, finite: bool | None = None) -> Collected:
+        """Hands over what was collected and starts afresh. With ``finite=True`` (the step's
+        parameter gradients are known to be finite) the checks that only a non-finite step
+        reads are dropped instead of computed: the module outputs and input gradients still
+        held (their NaN checks locate where a NaN was born)."""
+        data = self.data
+        if finite:
+            del data.forward_bad[self._checked:]
+            self._outputs, self._grads_in = [], []
+        else:
+            self._flush_outputs()
+            self._flush_grads(self._grads_in, data.in_norms)
+        self._flush_grads(self._grads_out, data.out_norms)
+        if finite:  # keep only the input events whose norms were taken
+            kept, seen = [], 0
+            for e in data.events:
+                if not e[1]:
+                    seen += 1
+                    if seen > self._in_done:
+                        continue
+                kept.append(e)
+            data.events = kept
+        self.data, self._last_layer, self._checked, self._in_done = Collected(), -1, 0, 0
         return data
 
     def _flush_outputs(self) -> None:
         if self._outputs:
             self.data.forward_norms.append(_norms64(self._outputs))
+            self._checked += len(self._outputs)
             self._outputs = []
 
-    def _flush_grads(self) -> None:
-        if self._grads:
-            self.data.event_norms.append(_norms64(self._grads))
-            self._grads = []
+    def _flush_grads(self, pending: list[Tensor], into: list[Tensor]) -> None:
+        if pending:
+            into.append(_norms64(pending))
+            if pending is self._grads_in:
+                self._in_done += len(pending)
+            pending.clear()
 
     # ---------------------------------------------------------------- hook interface
 
@@ -226,7 +270,8 @@ class Collector:
         if not self.armed:
             return
         data = self.data
-        data.completed.append(index)
+        if self.owner_of[index] >= 0 or not self.elementwise[index]:
+            data.completed.append(index)  # (unit-only modules: hooked on some steps only)
         if isinstance(output, Tensor):
             tensors = [output] if output.is_floating_point() or output.is_complex() else []
         else:
@@ -277,9 +322,11 @@ class Collector:
     def on_grad(self, layer: int, is_output: bool, grad: Tensor) -> None:
         if self.armed:
             self.data.events.append((layer, is_output, _task(), id(grad)))
-            self._grads.append(grad)
-            if len(self._grads) >= _batch(grad):
-                self._flush_grads()
+            pending = self._grads_out if is_output else self._grads_in
+            pending.append(grad)
+            if len(pending) >= _batch(grad):
+                self._flush_grads(pending, self.data.out_norms if is_output
+                                  else self.data.in_norms)
 
     def on_node_grad(self, layer: int, is_output: bool, nr: int, grads: tuple[Any, ...]) -> None:
         grad = grads[nr] if nr < len(grads) else None

@@ -202,7 +202,7 @@ def device_total(norms_dev: Tensor, grads: Sequence[Tensor]) -> tuple[Tensor, Te
 def layer_values(data: Collected, host: dict[str, list[float]], inv_scale: float
                  ) -> tuple[dict[int, float], dict[int, dict[str, float | None]], dict[int, int]]:
     """Output-gradient norms (accumulating backward passes only), unit and time statistics."""
-    events = [(e, v) for e, v in zip(data.events, host.get("events", []))
+    events = [(e, v) for e, v in _event_values(data, host)
               if not data.tasks or e[2] in data.tasks]
     act: dict[int, list[float]] = {}
     backward: dict[int, int] = {}
@@ -219,6 +219,14 @@ def layer_values(data: Collected, host: dict[str, list[float]], inv_scale: float
     for layer, vals in zip(data.time, _chunks(host.get("time", []), data.time)):
         values.setdefault(layer, {})["time_ratio"] = min(vals)
     return ({i: combine(v) * inv_scale for i, v in act.items()}, values, backward)
+
+
+def _event_values(data: Collected, host: dict[str, list[float]]
+                  ) -> list[tuple[tuple[int, bool, int, int], float]]:
+    """Each backward event with its gradient's norm (output and input events are reduced
+    apart; see `gradwatch.hooks.Collector.take`)."""
+    outs, ins = iter(host.get("act_out", [])), iter(host.get("act_in", []))
+    return [(e, next(outs if e[1] else ins, math.nan)) for e in data.events]
 
 
 def _chunks(flat: list[float], groups: dict[Any, list[Any]]) -> list[list[float]]:
@@ -239,7 +247,7 @@ def locate_nonfinite(collector: Collector, data: Collected, host: dict[str, list
     for module, total in zip(data.forward_bad, host.get("forward", [])):
         if not math.isfinite(total):
             return "forward", collector.names[module]
-    events = [(e, v) for e, v in zip(data.events, host.get("events", []))
+    events = [(e, v) for e, v in _event_values(data, host)
               if not data.tasks or e[2] in data.tasks]
     for k, ((layer, is_output, _, gid), v) in enumerate(events):
         if math.isfinite(v):
@@ -284,7 +292,8 @@ def start_read(grads: Sequence[Tensor], params: Sequence[Tensor], norms_dev: Ten
     batch.add("total32", torch.linalg.vector_norm(norms_dev).reshape(1))
     batch.add("scale", [scale.double()] if scale is not None else [1.0])
     if data is not None:
-        batch.add("events", _joined(data.event_norms))
+        batch.add("act_out", _joined(data.out_norms))
+        batch.add("act_in", _joined(data.in_norms))
         batch.add("forward", _joined(data.forward_norms))
         batch.add("units", [t for _, _, t, _ in data.units])
         batch.add("time", [v for vals in data.time.values() for v in vals])

@@ -71,7 +71,9 @@ def measure_step(watched: Any, amp: Any, policy: Any, statistics: Sequence[Any],
                      is_output=w.is_output(params))
         return None
     c = w.collector
-    data = c.take() if c.armed else None
+    # on the CPU reading the norms costs nothing: a step known finite skips the NaN checks
+    finite = math.isfinite(norms_dev.sum().item()) if norms_dev.device.type == "cpu" else None
+    data = c.take(finite) if c.armed else None
     if data is not None:  # the head (AGC's final layer) is known before clipping
         w.forward.learn(data.completed)
     if defer and not scaled and amp.scaler is None and on_nonfinite in ("warn", "zero") and (

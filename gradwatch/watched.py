@@ -86,7 +86,7 @@ class WatchedSet:
         c.armed = armed and wanted
         c.units_on = units
         if wanted:
-            c.attach()
+            c.attach(units=units or c.compiled)
         elif c.attached:
             c.detach()
 
