@@ -331,6 +331,10 @@ def read_step(grads: Sequence[Tensor], params: Sequence[Tensor], norms_dev: Tens
               scale: Tensor | None, scaled: bool, data: Collected | None,
               statistics: Sequence[Statistic], recording: bool) -> StepNumbers:
     """`start_read` and `finish_read` with one blocking copy in between."""
+    if data is None and not (recording and statistics) and scale is None:  # norms only
+        both = torch.cat((norms_dev, torch.linalg.vector_norm(norms_dev).reshape(1))).tolist()
+        return finish_read({"norms": both[:-1], "total32": both[-1:], "scale": [1.0]}, scaled,
+                           grads)
     batch = start_read(grads, params, norms_dev, scale=scale, data=data, statistics=statistics,
                        recording=recording)
     return finish_read(batch.fetch(), scaled, grads)
