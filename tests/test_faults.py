@@ -300,3 +300,36 @@ def test_deferred_records_equal_immediate_ones(clip):
     for a, b in zip(sync_params, late_params):
         assert torch.equal(a, b)  # clipping with the device total changed nothing
     assert "update_ratio" in late_recs[0]["layers"]["0"]
+
+
+class _LogAt(nn.Module):
+    """log(x + eps): -inf where a ReLU output is 0 once eps is 0 (a forward-born non-finite)."""
+
+    eps = 1.0
+
+    def forward(self, x):
+        return torch.log(x + self.eps)
+
+
+@pytest.mark.parametrize("at", [3, 48])
+@pytest.mark.parametrize("options", [{}, {"activations": False, "on_nonfinite": "zero"}])
+def test_forward_birth_is_located_in_a_deep_net_before_and_after_a_batch_of_checks(at, options):
+    """Module outputs are checked in batches (`gradwatch.hooks.BATCH`: 32 on the CPU): a birth
+    inside a batch reduced during the forward pass (3) and one among the outputs still held at
+    the end of the step (48) are both found; a finite step skips the held checks and says so
+    nothing."""
+    torch.manual_seed(0)
+    blocks = [nn.Sequential(nn.Linear(4, 4), nn.ReLU()) for _ in range(50)]
+    blocks[at] = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), _LogAt())  # log(relu(z)): -inf at 0
+    model = nn.Sequential(*blocks)
+    x = torch.randn(8, 4)
+    with GradWatch(model, **options) as watch:
+        model(x).sum().backward()  # log(relu(z) + 1): finite
+        healthy = watch.step()
+        model.zero_grad()
+        blocks[at][2].eps = 0.0
+        with pytest.warns(RuntimeWarning, match=f"forward pass at '{at}.2'"):
+            model(x).sum().backward()
+            rec = watch.step()
+    assert healthy.first_nonfinite is None and healthy.nonfinite_origin is None
+    assert rec.nonfinite_origin == "forward" and rec.first_nonfinite == f"{at}.2"

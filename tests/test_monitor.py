@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 
 from conftest import batch, loss_of, mlp
 from gradwatch import GradWatch, Status
+from gradwatch.records import LayerStat, LayerTable
 from reference import output_grad_norms, param_grad_norms, train_step
 
 
@@ -167,3 +169,32 @@ def test_summary_and_repr_are_readable():
         assert any(line.startswith(name + " ") for line in text.splitlines())
     assert "GlobalNorm(max_norm=0.001)" in repr(watch) and "recorded=3" in repr(watch)
     assert "nothing recorded" in GradWatch(mlp()).summary()
+
+
+def test_record_layers_read_like_a_dict_and_pickle_as_one():
+    """`StepRecord.layers` is built on first read (`gradwatch.records.LayerTable`): names in
+    forward order, equal to the dict of the same `LayerStat`s, flagged/spikes without building,
+    and a pickled or deep-copied record carries a plain dict."""
+    model = mlp()
+    with GradWatch(model) as watch:
+        loss_of(model, *batch()).backward()
+        rec = watch.step()
+    layers = rec.layers
+    assert isinstance(layers, LayerTable) and list(layers) == list(watch.layer_names)
+    assert rec.flagged == () and rec.spikes == () and layers._built is None  # nothing built
+    plain = {name: layers[name] for name in layers}
+    assert all(isinstance(s, LayerStat) for s in plain.values())
+    assert layers == plain and plain == dict(layers) and len(layers) == len(plain)
+    first = next(iter(plain))
+    assert first in layers and "nope" not in layers
+    assert plain[first].norm == pytest.approx(
+        torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in
+                                              model.get_submodule(first).parameters(
+                                                  recurse=False)])).item(), rel=1e-6)
+    for copied in (pickle.loads(pickle.dumps(rec)), copy.deepcopy(rec)):
+        assert type(copied.layers) is dict and copied == rec
+    table = LayerTable(["a", "b"], [1.0, 2.0], [None, 0.5],
+                       [(Status.OK, ""), (Status.VANISHING, "small")], ["", "spiked"], [{}, {}])
+    assert table.marks() == [("b", Status.VANISHING, True)]
+    assert table["b"].reason == "small; spiked" and table["b"].spike and table.marks() == [
+        ("b", Status.VANISHING, True)]
