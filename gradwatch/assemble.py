@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from .layers import Layer
+from .measure import layer_values, locate_nonfinite
 from .norms import combine
 from .records import LayerTable, Status, StepRecord
 from .judge import Judge
@@ -106,8 +107,6 @@ def pending_step(step: int, watched: Any, data: Any, got: Any, present: list[boo
                  statistics: Sequence[Any], coef: float, skipped: bool, overflow: bool
                  ) -> Pending:
     """A measured step's per-layer numbers in forward order, and where a NaN was born."""
-    from .measure import layer_values, locate_nonfinite
-
     w = watched
     order, lnorms = layer_norms(w.forward.order, w.slices, got.norms, present)
     act, values = {}, {}

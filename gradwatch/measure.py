@@ -143,10 +143,15 @@ class UpdateTracker:
                       for _ in range(2)]  # before, after
         self._bufs = [list(torch.split(f, sizes)) for f in self._flat]
         self._bufs = [[b.view(v.shape) for b, v in zip(bufs, views)] for bufs in self._bufs]
-        self._weights = torch.tensor([p.numel() / v.numel() for p, v in zip(self._sampled, views)],
-                                     dtype=torch.float32, device=device)
-        lengths = torch.tensor(sizes, device=device)
-        self._lengths = torch.stack([lengths, lengths])
+        self._weights = _on(device, [p.numel() / v.numel() for p, v in zip(self._sampled, views)],
+                            torch.float32)
+        if device.type == "cpu":
+            lengths = torch.tensor(sizes)
+            self._lengths = torch.stack([lengths, lengths])
+            self._index = None
+        else:  # segment_reduce may read its lengths on the host there: index_add_ does not
+            self._index = _on(device, [k for k, n in enumerate(sizes) for _ in range(n)],
+                              torch.int64)
 
     def before(self) -> None:
         """Snapshot the sampled entries (call right before ``optimizer.step()``)."""
@@ -171,7 +176,11 @@ class UpdateTracker:
         before, now = self._flat
         torch._foreach_copy_(self._bufs[1], self._views)
         both = torch.stack([now.sub_(before), before]).square_()
-        return torch.segment_reduce(both, "sum", lengths=self._lengths, axis=1) * self._weights
+        if self._index is None:
+            sums = torch.segment_reduce(both, "sum", lengths=self._lengths, axis=1)
+        else:
+            sums = both.new_zeros((2, len(self._views))).index_add_(1, self._index, both)
+        return sums * self._weights
 
     def ratios(self, sums: Sequence[Sequence[float]]) -> dict[int, float | None]:
         """Per-layer ‖Δθ‖/‖θ‖ from per-tensor (‖Δθ‖², ‖θ‖²) sums."""
@@ -182,6 +191,17 @@ class UpdateTracker:
             acc[0] += a
             acc[1] += b
         return {i: math.sqrt(a / b) if b > 0 else None for i, (a, b) in per_layer.items()}
+
+
+def _on(device: torch.device, values: list[Any], dtype: torch.dtype) -> Tensor:
+    """A tensor of ``values`` on ``device`` without a blocking host-to-device copy (on CUDA
+    from pinned memory, ``non_blocking``)."""
+    t = torch.tensor(values, dtype=dtype)
+    if device.type == "cpu":
+        return t
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 def device_total(norms_dev: Tensor, grads: Sequence[Tensor]) -> tuple[Tensor, Tensor]:

@@ -4,6 +4,7 @@ and head, rebuilt when the trainable set changes (a layer unfrozen, a param grou
 from __future__ import annotations
 
 import itertools
+import operator
 import warnings
 from typing import Any, Callable
 
@@ -17,6 +18,8 @@ from .measure import UpdateTracker
 from .statistics import UpdateRatio
 
 __all__ = ["WatchedSet"]
+
+_REQUIRES_GRAD = operator.attrgetter("requires_grad")
 
 
 class WatchedSet:
@@ -63,7 +66,7 @@ class WatchedSet:
         self._signature = self._current_signature()
 
     def _current_signature(self) -> tuple[int, int]:
-        trainable = sum(p.requires_grad for p in self._all_params)
+        trainable = sum(map(_REQUIRES_GRAD, self._all_params))
         stepped = 0 if self.optimizer is None else sum(
             len(g["params"]) for g in self.optimizer.param_groups)
         return trainable, stepped
