@@ -107,9 +107,14 @@ def _norms64(tensors: list[Tensor]) -> Tensor:
     sync); on the CPU in float32, one batched call, and only a norm outside float32's safe
     range (below `TINY` or non-finite: underflowed or overflowed squares) redone in float64."""
     with torch.no_grad():
-        if tensors[0].device.type != "cpu" or any(t.dtype == torch.float64 or t.is_complex()
-                                                   for t in tensors):
-            return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float64))
+        if any(t.is_complex() for t in tensors):  # |z| is the real tensor with the same norm
+            tensors = [t.abs() if t.is_complex() else t for t in tensors]
+        device = tensors[0].device
+        if device.type != "cpu" or any(t.dtype == torch.float64 for t in tensors):
+            norms = torch._foreach_norm(tensors, 2, dtype=torch.float64)
+            if any(t.device != device for t in tensors):  # a model split across devices
+                norms = [n.to(device, non_blocking=True) for n in norms]
+            return torch.stack(norms)
         n32 = torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32))
         values = n32.tolist()
         if min(values) >= TINY and sum(values) < math.inf:  # NaN fails this too
