@@ -259,3 +259,27 @@ def test_zero_fraction_is_the_share_of_zero_entries_over_the_layer():
     for name in ("0", "2", "4"):
         assert rec.layers[name].values["zero_frac"] == pytest.approx(
             _zero_share(_grads_of(model, name)), abs=1e-15)
+
+
+def test_update_sums_on_accelerators_match_the_cpu_segment_sums():
+    """The tracker's accelerator path (index_add_, no host read of the lengths) gives the CPU
+    path's per-tensor sums, checked here on the CPU by forcing it."""
+    from gradwatch.measure import UpdateTracker
+
+    torch.manual_seed(0)
+    params = [torch.randn(300, 20), torch.randn(7), torch.randn(1000), torch.randn(3, 3)]
+    after = [p + 0.01 * torch.randn_like(p) for p in params]
+    sums = []
+    for force_index in (False, True):
+        live = [p.clone() for p in params]
+        tracker = UpdateTracker(live, [0, 0, 1, 2], 3, 256)
+        tracker.before()
+        if force_index:
+            sizes = [v.numel() for v in tracker._views]
+            tracker._index = torch.repeat_interleave(torch.arange(len(sizes)),
+                                                     torch.tensor(sizes))
+        for p, a in zip(live, after):
+            p.copy_(a)
+        sums.append(tracker.after_device())
+    assert sums[0].shape == (2, 4)
+    torch.testing.assert_close(sums[1], sums[0], rtol=1e-6, atol=0)
