@@ -11,6 +11,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import uuid
 import warnings
 
 import pytest
@@ -299,6 +300,10 @@ def test_script_run_twice_reports_the_last_run_and_warns(tmp_path, capsys, monke
     _capture_plots(monkeypatch)
     log, out = tmp_path / "twice.jsonl", tmp_path / "o"
     lengths = (4, 3)
+    # run ids that cannot be read as the run index "0" (a random id starting with 0 would make
+    # `--run 0` ambiguous, which the CLI refuses)
+    letters = iter("abcdef" * 100)
+    monkeypatch.setattr("gradwatch.ledger.uuid.uuid4", lambda: uuid.UUID(next(letters) * 32))
     for n in lengths:
         model = _mlp()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
