@@ -190,8 +190,7 @@ class Collector:
     def attach(self, units: bool = True) -> None:
         """Adds the forward hooks (recorded forwards only; unrecorded steps run without them):
         on the layers and every module that is not element-wise (their outputs are checked
-        for NaN), and from the first ``units`` step on the activation modules too (unit
-        statistics)."""
+        for NaN), and with ``units`` on the activation modules too (unit statistics)."""
         if not self._forward_handles:
             for i, module in enumerate(self.modules):
                 if self.owner_of[i] >= 0 or not self.elementwise[i]:
@@ -200,11 +199,12 @@ class Collector:
                 if self.activations and isinstance(module, nn.RNNBase) and self.owner_of[i] >= 0:
                     self._forward_handles.append(module.register_forward_pre_hook(
                         Hook(self, "on_recurrent_input", self.owner_of[i], module)))
-        if units and self.activations and not self._unit_handles:
-            # once added they stay until `detach` (removing and adding them again every few
-            # steps costs what calling them costs); `units_on` says whether they measure
+        units = units and self.activations
+        if units and not self._unit_handles:
             self._unit_handles = [self.modules[i].register_forward_hook(self._on_forward[i])
                                   for i in self._unit_only]
+        elif not units and self._unit_handles:
+            self._remove_unit_hooks()
 
     def _remove_unit_hooks(self) -> None:
         for handle in self._unit_handles:
