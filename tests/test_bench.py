@@ -393,3 +393,23 @@ def test_closed_loop_follows_the_diagnosis_round_by_round(monkeypatch):
         "x", test_acc=0.1, diagnosed=True, findings=[{"kind": "k", "layers": [],
                                                       "remedies": ["fix_op"]}]))}, None)
     assert stuck["fixed_and_quiet"] == 0 and stuck["rows"][0][3].startswith("no applicable remedy")
+
+
+def test_a_net_stuck_on_a_saturated_output_looks_like_a_converged_one():
+    """The bench's one missed run (a residual XOR net stuck on a saturated sigmoid output)
+    cannot be told from a converged net by its gradients: a 2-4-1 sigmoid net saturated near 1
+    gets gradients within 3x of each other whether its targets are 1 under cross-entropy
+    (converged, loss ~1e-6) or 0 under squared error (stuck, loss 1). The converged one must
+    stay quiet, so the stuck one is not flagged either (`scripts/stalled_vs_converged.py`)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "stalled_vs_converged.py"
+    spec = importlib.util.spec_from_file_location("stalled_vs_converged", path)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    converged, stuck = demo.case(1.0, "bce"), demo.case(0.0, "mse")
+    assert converged["loss"] < 1e-5 and stuck["loss"] == pytest.approx(1.0, abs=1e-5)
+    for key in ("head grad", "head output grad", "first layer grad"):
+        assert 1 / 3 < stuck[key] / converged[key] < 3, key
+    assert converged["findings"] == [] and stuck["findings"] == []
