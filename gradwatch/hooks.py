@@ -270,7 +270,8 @@ class Collector:
     def on_forward(self, index: int, module: nn.Module, args: Any, output: Any) -> None:
         if self.amp_poll is not None:
             self.amp_poll()  # an identity check unless an iteration ended unmeasured
-        if torch.compiler.is_compiling():
+        compiling = torch.compiler.is_compiling()
+        if compiling:
             self.compiled = True
         if not self.armed:
             return
@@ -287,8 +288,8 @@ class Collector:
                 if t.numel() and not (held and held[-1] is t):  # a container's = its child's
                     held.append(t)
                     data.forward_bad.append(index)
-            if held and len(held) >= _batch(held[0]):
-                self._flush_outputs()
+            if held and len(held) >= _batch(held[0]) and not compiling:
+                self._flush_outputs()  # (traced by torch.compile: at the end of the step)
         layer = self.owner_of[index]
         kind = self.kinds[index]
         if kind is not None and self._last_layer >= 0 and tensors and self.activations \
