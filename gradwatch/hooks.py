@@ -164,7 +164,6 @@ class Collector:
         self._outputs: list[Tensor] = []  # module outputs waiting for their batched check
         self._grads_out: list[Tensor] = []  # output gradients waiting for their batched norm
         self._grads_in: list[Tensor] = []  # input gradients waiting for their batched norm
-        self._checked = self._in_done = 0  # outputs checked and input gradients reduced so far
         self._last_layer = -1
         self.units_on = True  # measure dead/saturated units in this forward (set per step)
         self._forward_handles: list[Any] = []
@@ -226,40 +225,30 @@ class Collector:
 
     def take(self, finite: bool | None = None) -> Collected:
         """Hands over what was collected and starts afresh. With ``finite=True`` (the step's
-        parameter gradients are known to be finite) the checks that only a non-finite step
-        reads are dropped instead of computed: the module outputs and input gradients still
-        held (their NaN checks locate where a NaN was born)."""
+        parameter gradients are known to be finite) what only a non-finite step reads is
+        dropped, not computed: the module-output checks and the input-gradient norms (they
+        locate where a NaN was born)."""
         data = self.data
         if finite:
-            del data.forward_bad[self._checked:]
             self._outputs, self._grads_in = [], []
+            data.forward_bad, data.forward_norms, data.in_norms = [], [], []
+            data.events = [e for e in data.events if e[1]]
         else:
             self._flush_outputs()
             self._flush_grads(self._grads_in, data.in_norms)
         self._flush_grads(self._grads_out, data.out_norms)
-        if finite:  # keep only the input events whose norms were taken
-            kept, seen = [], 0
-            for e in data.events:
-                if not e[1]:
-                    seen += 1
-                    if seen > self._in_done:
-                        continue
-                kept.append(e)
-            data.events = kept
-        self.data, self._last_layer, self._checked, self._in_done = Collected(), -1, 0, 0
+        self.data, self._last_layer = Collected(), -1
         return data
 
     def _flush_outputs(self) -> None:
         if self._outputs:
             self.data.forward_norms.append(_norms64(self._outputs))
-            self._checked += len(self._outputs)
             self._outputs = []
 
-    def _flush_grads(self, pending: list[Tensor], into: list[Tensor]) -> None:
+    @staticmethod
+    def _flush_grads(pending: list[Tensor], into: list[Tensor]) -> None:
         if pending:
             into.append(_norms64(pending))
-            if pending is self._grads_in:
-                self._in_done += len(pending)
             pending.clear()
 
     # ---------------------------------------------------------------- hook interface
@@ -302,13 +291,9 @@ class Collector:
             for t in tensors:
                 if t.requires_grad:
                     self._hook_grad(t, layer, True)
-            for t in (args if isinstance(args, tuple) else iter_tensors(args)):
-                if isinstance(t, Tensor) and t.requires_grad and t.is_floating_point():
+            for t in iter_tensors(args):
+                if t.requires_grad and t.is_floating_point():
                     self._hook_grad(t, layer, False)
-                elif not isinstance(t, Tensor) and isinstance(t, (tuple, list, dict)):
-                    for u in iter_tensors(t):
-                        if u.requires_grad and u.is_floating_point():
-                            self._hook_grad(u, layer, False)
 
     def _hook_grad(self, t: Tensor, layer: int, is_output: bool) -> None:
         """Hands the gradient w.r.t. ``t`` to `on_grad`: a pre-hook on ``t``'s autograd node

@@ -118,27 +118,20 @@ class LayerTable(Mapping[str, "LayerStat"]):
                  statuses: list[tuple[Status, str]], spikes: list[str],
                  values: list[Mapping[str, float | None]]) -> None:
         self._names = names
-        self._cols: tuple[Any, ...] | None = (norms, act, statuses, spikes, values)
+        self._cols = (norms, act, statuses, spikes, values)
         self._built: dict[str, LayerStat] | None = None
 
     def _dict(self) -> dict[str, LayerStat]:
         if self._built is None:
             norms, act, statuses, spikes, values = self._cols
-            built = {}
-            for k, name in enumerate(self._names):
-                status, reason = statuses[k]
-                spike = spikes[k]
-                built[name] = LayerStat(norms[k], act[k], status, bool(spike),
-                                        f"{reason}; {spike}" if reason and spike
-                                        else reason or spike, values[k])
-            self._built, self._cols = built, None
+            self._built = {name: LayerStat(norms[k], act[k], statuses[k][0], bool(spikes[k]),
+                                           "; ".join(filter(None, (statuses[k][1], spikes[k]))),
+                                           values[k])
+                           for k, name in enumerate(self._names)}
         return self._built
 
     def marks(self) -> list[tuple[str, Status, bool]]:
         """(name, status, spiked) of every layer that is not ok or spiked (nothing built)."""
-        if self._built is not None:
-            return [(n, s.status, s.spike) for n, s in self._built.items()
-                    if s.status is not Status.OK or s.spike]
         _, _, statuses, spikes, _ = self._cols
         return [(n, statuses[k][0], bool(spikes[k])) for k, n in enumerate(self._names)
                 if statuses[k][0] is not Status.OK or spikes[k]]
@@ -153,7 +146,7 @@ class LayerTable(Mapping[str, "LayerStat"]):
         return len(self._names)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._dict() if self._built is not None else name in self._names
+        return name in self._names
 
     def __eq__(self, other: object) -> bool:
         return self._dict() == (dict(other) if isinstance(other, Mapping) else other)

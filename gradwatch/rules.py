@@ -4,6 +4,7 @@ evidence it writes. `gradwatch.judge.Judge` runs them over a window of recorded 
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -50,13 +51,6 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    n = len(ordered)
-    mid = n // 2
-    return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
 def depth_trend(view: StepView) -> list[tuple[str, float, list[int], list[float]]]:
     """The depth trend of the weight layers up to the head, on the parameter-gradient norms
     and (when measured) on the output-gradient norms: for each, (what, input-side median over
@@ -83,10 +77,10 @@ def depth_trend(view: StepView) -> list[tuple[str, float, list[int], list[float]
         vals = [values[i] for i in idx]
         if None in vals or not all(map(isfinite, vals)):
             continue
-        ref = _median(vals[-k:])
+        ref = statistics.median(vals[-k:])
         if ref <= 0:
             continue
-        out.append((what, _median(vals[:k]) / ref, idx, [v / ref for v in vals]))
+        out.append((what, statistics.median(vals[:k]) / ref, idx, [v / ref for v in vals]))
     return out
 
 
@@ -154,7 +148,7 @@ class Divergence(Rule):
         ratios = {i: r for i, r in ratios.items() if r is not None and math.isfinite(r)}
         if not ratios:
             return None
-        med = _median(list(ratios.values()))
+        med = statistics.median(list(ratios.values()))
         if med <= bound:
             return None
         return Hit({i: f"update/weight ratio {_fmt(r)} > {bound:g}" for i, r in ratios.items()
