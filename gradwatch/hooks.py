@@ -172,13 +172,11 @@ class Collector:
         self._unit_only = [i for i, (k, e, o) in enumerate(zip(self.kinds, self.elementwise,
                                                                 self.owner_of))
                            if k is not None and e and o < 0]  # hooked for unit statistics only
-        self._persistent: list[Any] = []
-        if activations:  # which backward passes accumulate into .grad (not autograd.grad ones)
-            for i, layer in enumerate(layers):
-                p = layer.params[0]
-                if hasattr(p, "register_post_accumulate_grad_hook") and not p.is_sparse:
-                    self._persistent.append(p.register_post_accumulate_grad_hook(
-                        Hook(self, "on_accumulate")))
+        # which backward passes accumulate into .grad (not autograd.grad ones): a hook on each
+        # layer's first parameter, attached with the forward hooks (not on unrecorded steps)
+        self._accumulating = [layer.params[0] for layer in layers if not layer.params[0].is_sparse
+                              and hasattr(layer.params[0], "register_post_accumulate_grad_hook")]
+        self._on_accumulate = Hook(self, "on_accumulate")
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -191,6 +189,9 @@ class Collector:
         on the layers and every module that is not element-wise (their outputs are checked
         for NaN), and with ``units`` on the activation modules too (unit statistics)."""
         if not self._forward_handles:
+            if self.activations:
+                self._forward_handles += [p.register_post_accumulate_grad_hook(
+                    self._on_accumulate) for p in self._accumulating]
             for i, module in enumerate(self.modules):
                 if self.owner_of[i] >= 0 or not self.elementwise[i]:
                     self._forward_handles.append(
@@ -218,9 +219,6 @@ class Collector:
 
     def close(self) -> None:
         self.detach()
-        for handle in self._persistent:
-            handle.remove()
-        self._persistent.clear()
         self.armed = False
 
     def take(self, finite: bool | None = None) -> Collected:

@@ -217,6 +217,30 @@ def test_output_gradient_counts_only_the_backward_that_accumulates():
     assert rec.layers["0"].act_norm == pytest.approx(true.norm().item(), rel=1e-5)
 
 
+def test_a_backward_into_some_parameters_counts_and_autograd_grad_into_them_does_not():
+    """Output gradients come from the passes that accumulate into ``.grad``: one into some
+    parameters only (``backward(inputs=...)``) counts, an ``autograd.grad`` pass asking for a
+    parameter's gradient (a MAML-style inner step) does not. The hooks that tell them apart
+    sit on the parameters on recorded steps only."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    x = torch.randn(5, 3)
+
+    def param_hooks() -> int:
+        return sum(len(getattr(p, "_post_accumulate_grad_hooks", None) or ())
+                   for p in model.parameters())
+
+    with GradWatch(model, every=2) as watch:
+        h = model[0](x)
+        h.retain_grad()
+        model[2](model[1](h)).pow(2).mean().backward(inputs=[model[0].weight])
+        torch.autograd.grad(model(x).sum(), [model[0].weight])  # accumulates into nothing
+        assert param_hooks() > 0
+        rec = watch.step()
+        assert param_hooks() == 0  # step 1 is not recorded
+    assert h.grad is not None and model[2].weight.grad is None
+    assert rec.layers["0"].act_norm == pytest.approx(h.grad.norm().item(), rel=1e-6)
+
+
 def test_watched_model_pickles_saves_and_deep_copies_without_live_hooks():
     model = mlp()
     with GradWatch(model) as watch:
