@@ -35,6 +35,9 @@ class ForwardOrder:
         weights = [i for i, layer in enumerate(layers) if layer.role == "weight"]
         self.head: int | None = weights[-1] if weights else None
         self.known = False
+        self.repeated: frozenset[int] = frozenset()
+        """Layers whose module ran more than once in the forward pass (weights shared across
+        depth): their gradient sums over several depths, so the depth trend leaves them out."""
         self._seq: tuple[int, ...] = ()
 
     def learn(self, completed: Sequence[int]) -> None:
@@ -43,13 +46,19 @@ class ForwardOrder:
             return
         self._seq, self.known = seq, True
         first: dict[str, int] = {}
+        runs: dict[str, int] = {}
         for k, mid in enumerate(seq):
-            first.setdefault(self.module_names[mid], k)
+            name = self.module_names[mid]
+            first.setdefault(name, k)
+            runs[name] = runs.get(name, 0) + 1
         pos: dict[int, float] = {}
         uncalled: dict[str, list[int]] = {}  # module -> its layers that never ran themselves
+        repeated = set()
         for i, layer in enumerate(self.layers):
             if layer.name in first:
                 pos[i] = first[layer.name]
+                if runs[layer.name] > 1:
+                    repeated.add(i)
                 continue
             parts = layer.name.split(".")
             for cut in range(len(parts) - 1, -1, -1):
@@ -57,7 +66,10 @@ class ForwardOrder:
                 if parent in first:  # applied inside the parent's forward, after it started
                     pos[i] = first[parent] + 0.5
                     uncalled.setdefault(parent, []).append(i)
+                    if runs[parent] > 1 and parent != "(root)":
+                        repeated.add(i)
                     break
+        self.repeated = frozenset(repeated)
         self.order = sorted(range(len(self.layers)), key=lambda i: (pos.get(i, math.inf), i))
         users = []
         for mid in seq:
@@ -140,16 +152,19 @@ class _Layout:
     roles: list[str]
     recurrent: list[bool]
     head: int | None  # index of the head in the measured order
+    shared: list[bool]  # ran more than once per forward (`ForwardOrder.repeated`)
 
 
 def _layout(order: Sequence[int], layers: Sequence[Layer], head: int | None,
-            cache: dict[Any, _Layout] | None) -> _Layout:
-    key = (tuple(order), head)
+            cache: dict[Any, _Layout] | None, repeated: frozenset[int] = frozenset()
+            ) -> _Layout:
+    key = (tuple(order), head, repeated)
     found = cache.get(key) if cache is not None else None
     if found is None:
         found = _Layout([layers[i].name for i in order], [layers[i].role for i in order],
                         [layers[i].recurrent for i in order],
-                        order.index(head) if head in order else None)
+                        order.index(head) if head in order else None,
+                        [i in repeated for i in order])
         if cache is not None:
             if len(cache) > 64:  # the watched set keeps changing: forget old layouts
                 cache.clear()
@@ -159,17 +174,19 @@ def _layout(order: Sequence[int], layers: Sequence[Layer], head: int | None,
 
 def assemble(p: Pending, layers: Sequence[Layer], head: int | None, judge: Judge,
              spikes: SpikeTracker, th: Thresholds, saturating: bool,
-             cache: dict[Any, Any] | None = None) -> StepRecord:
+             cache: dict[Any, Any] | None = None,
+             repeated: frozenset[int] = frozenset()) -> StepRecord:
     """The record of a measured step: statistics, statuses from the rules, spikes, findings.
-    ``cache`` keeps the per-order layout (names, roles) between calls."""
-    lay = _layout(p.order, layers, head, cache)
+    ``cache`` keeps the per-order layout (names, roles) between calls; ``repeated``: the
+    layers whose module ran more than once per forward."""
+    lay = _layout(p.order, layers, head, cache, repeated)
     names = lay.names
     get = p.values.get
     values = [get(i) or {} for i in p.order]
     act = [p.act.get(i) for i in p.order] if p.act else [None] * len(names)
     view = StepView(step=p.step, names=names, roles=lay.roles, norms=p.norms, act=act,
                     values=values, head=lay.head, total=p.total, overflow=p.overflow,
-                    origin=p.origin, birth=p.birth, recurrent=lay.recurrent,
+                    origin=p.origin, birth=p.birth, recurrent=lay.recurrent, shared=lay.shared,
                     saturating=saturating)
     statuses, found = judge.judge(view)
     healthy = math.isfinite(p.total) and not p.overflow

@@ -91,7 +91,7 @@ class Recorder:
                     (flat[:len(flat) // 2], flat[len(flat) // 2:])))
         w = self.watched
         record = assemble(p, w.layers, w.forward.head, self.judge, self.spikes,
-                          self.thresholds, w.saturating, self._layouts)
+                          self.thresholds, w.saturating, self._layouts, w.forward.repeated)
         self.ledger.publish(record)
         return record
 

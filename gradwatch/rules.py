@@ -34,6 +34,7 @@ class StepView:
     origin: str | None = None
     birth: str | None = None
     recurrent: list[bool] = field(default_factory=list)
+    shared: list[bool] = field(default_factory=list)  # ran more than once per forward
     saturating: bool = False
     cache: dict[str, Any] = field(default_factory=dict)  # shared by the rules of one step
 
@@ -58,7 +59,9 @@ def depth_trend(view: StepView) -> list[tuple[str, float, list[int], list[float]
 
     The input side is the first third of the weight layers, the output side the last third
     (the head included), so a net whose layers are all small alike (LayerScale γ near 0 at
-    init) shows no trend, while a gradient that shrinks or grows layer after layer does.
+    init) shows no trend, while a gradient that shrinks or grows layer after layer does. A
+    layer whose module ran more than once in the forward pass (weights shared across depth, as
+    in ALBERT) has no single depth: its gradient sums over all of them, and it is left out.
     """
     cached = view.cache.get("trend")
     if cached is not None:
@@ -67,8 +70,8 @@ def depth_trend(view: StepView) -> list[tuple[str, float, list[int], list[float]
     h = view.head
     if h is None:
         return out
-    roles = view.roles
-    idx = [i for i in range(h + 1) if roles[i] == "weight"]
+    roles, shared = view.roles, view.shared or [False] * len(view.roles)
+    idx = [i for i in range(h + 1) if roles[i] == "weight" and not shared[i]]
     if len(idx) < 3:
         return out
     k = max(1, len(idx) // 3)
@@ -219,16 +222,27 @@ def _has_signal(view: StepView, th: Thresholds) -> bool:
 
 class DeadUnits(Rule):
     """Most units of a layer output exactly 0 after its ReLU for the whole batch (on the steps
-    dead units are measured), and weight layers whose gradient is then exactly 0."""
+    dead units are measured), and weight layers whose gradient is then exactly 0.
+
+    A dead unit gets no gradient, so dying is absorbing: a layer whose dead share fell by a
+    quarter or more within the window (`REVIVED`; units came back as the layers before it
+    trained, e.g. a squeeze-excitation layer all negative at init) is no verdict."""
 
     kind, status, reads, optional = "dead_units", Status.DEAD, ("dead_frac",), True
+    REVIVED = 0.75
 
     def check(self, view, th, state):
         if th.dead_units is None:
             return None
-        hits = {i: f"{100 * v['dead_frac']:.0f}% of its units are dead"
-                for i, v in enumerate(view.values)
-                if (v.get("dead_frac") or 0.0) >= th.dead_units}
+        hits = {}
+        for i, v in enumerate(view.values):
+            share = v.get("dead_frac")
+            if share is None:
+                continue
+            recent = state.setdefault(view.names[i], [])  # the last `window` measured shares
+            recent[:] = (recent + [share])[-th.window:]
+            if share >= th.dead_units and share >= self.REVIVED * max(recent):
+                hits[i] = f"{100 * share:.0f}% of its units are dead"
         head_ok = view.head is not None and view.norms[view.head] > 0
         hits.update({i: "gradient exactly 0" for i, n in enumerate(view.norms)
                      if n == 0 and head_ok and view.roles[i] == "weight" and i not in hits})

@@ -1,0 +1,83 @@
+"""Rule logic on hand-made step views (pure functions: no model), and the one fact a rule needs
+from the forward pass (which layers ran more than once) learnt from a real model."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+from torch import nn
+
+from gradwatch import GradWatch
+from gradwatch.judge import Judge
+from gradwatch.rules import StepView, depth_trend
+from gradwatch.thresholds import Thresholds
+
+
+def _view(step: int, norms: list[float], *, shared: list[bool] | None = None,
+          values: list[dict] | None = None) -> StepView:
+    n = len(norms)
+    return StepView(step=step, names=[f"l{i}" for i in range(n)], roles=["weight"] * n,
+                    norms=norms, act=[None] * n, values=values or [{} for _ in range(n)],
+                    head=n - 1, total=sum(v * v for v in norms) ** 0.5, shared=shared or [])
+
+
+def test_depth_trend_leaves_out_layers_shared_across_depth():
+    """A module applied at several depths (ALBERT's one shared layer) has no single depth: its
+    gradient sums over all of them. Left in, two small shared projections make the input side
+    of this net look vanishing; left out, the trend is the other five layers'."""
+    norms = [1e-6, 2e-6, 0.5, 1.0, 2.0, 1.5, 1.0]
+    shared = [True, True, False, False, False, False, False]
+    (what, ratio, idx, _), *_ = depth_trend(_view(0, norms))
+    assert what == "gradient" and idx == list(range(7))
+    assert ratio == statistics.median(norms[:2]) / statistics.median(norms[-2:])  # k = 7 // 3
+    (_, ratio, idx, rel), *_ = depth_trend(_view(0, norms, shared=shared))
+    assert idx == [2, 3, 4, 5, 6] and ratio == 0.5 / 1.0  # k = 5 // 3 = 1
+    assert rel == [v / 1.0 for v in norms[2:]]
+
+
+def _dead_finding(shares: list[float]) -> bool:
+    judge = Judge(Thresholds())
+    for step, share in enumerate(shares):
+        judge.judge(_view(step, [1.0, 1.0, 1.0], values=[{"dead_frac": share}, {}, {}]))
+    return any(f.kind == "dead_units" for f in judge.diagnose())
+
+
+def test_dead_units_hold_while_units_stay_dead_not_when_they_come_back():
+    """Dying is absorbing (a dead unit gets no gradient): a share that stays or grows is a
+    finding after `persistence` measured steps; one that fell by a quarter or more within the
+    window (units came back) is not, even above the bound."""
+    assert _dead_finding([1.0, 1.0, 1.0, 1.0])
+    assert _dead_finding([0.6, 0.7, 0.8, 0.9])
+    assert _dead_finding([0.8, 0.7, 0.65, 0.62])  # within a quarter of the window's worst
+    assert not _dead_finding([0.6, 0.7, 0.8])  # not yet persistent
+    assert not _dead_finding([1.0, 0.5, 0.5, 0.5])  # a test_nfnet squeeze-excitation fc1
+    assert not _dead_finding([0.4, 0.45, 0.3, 0.49])  # below the bound
+    # the memory is the window: a fall older than `window` measured steps no longer vetoes
+    assert not _dead_finding([1.0] + [0.6] * 7) and _dead_finding([1.0] + [0.6] * 8)
+
+
+class _SharedBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.block, self.head = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.inp(x))
+        for _ in range(3):  # one layer applied at three depths
+            h = torch.tanh(self.block(h))
+        return self.head(h)
+
+
+def test_a_module_run_at_several_depths_is_known_as_shared():
+    torch.manual_seed(0)
+    model = _SharedBlock()
+    with GradWatch(model) as watch:
+        model(torch.randn(5, 4)).sum().backward()
+        rec = watch.step()
+        forward = watch._watched.forward
+        names = [watch._watched.layers[i].name for i in forward.repeated]
+    assert names == ["block"]
+    assert rec.layers["block"].norm == pytest.approx(torch.linalg.vector_norm(
+        torch.cat([p.grad.reshape(-1) for p in model.block.parameters()])).item(), rel=1e-6)
