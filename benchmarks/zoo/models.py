@@ -72,10 +72,11 @@ def _tv_convnext() -> Setup:
 
 # ----------------------------------------------------------------- timm
 
-def _timm(name: str, lr: float = 1e-3, **kw: Any) -> Callable[[], Setup]:
+def _timm(name: str, lr: float = 1e-3, size: int = 32, **kw: Any) -> Callable[[], Setup]:
     def build() -> Setup:
         import timm
-        return image(timm.create_model(name, pretrained=False, num_classes=10, **kw), lr=lr)
+        return image(timm.create_model(name, pretrained=False, num_classes=10, **kw), lr=lr,
+                     size=size)
     return build
 
 
@@ -107,13 +108,57 @@ def _hf(kind: str) -> Callable[[], Setup]:
                                 intermediate_size=128, max_position_embeddings=32, **common)
             cfg.num_labels = 4
             model, data = tr.BertForSequenceClassification(cfg), tasks.token_class_task()
-        else:
+        elif kind == "t5":
             cfg = tr.T5Config(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
                               num_heads=4, decoder_start_token_id=0, pad_token_id=0,
                               **common)
             model, data = tr.T5ForConditionalGeneration(cfg), tasks.seq2seq_task()
+        elif kind in _HF_CLASSIFIERS:
+            make_cfg, make_model = _HF_CLASSIFIERS[kind]
+            cfg = make_cfg(tr, common)
+            cfg.num_labels = 4
+            model, data = make_model(tr)(cfg), tasks.token_class_task()
+        elif kind in _HF_LMS:
+            make_cfg, make_model = _HF_LMS[kind]
+            model, data = make_model(tr)(make_cfg(tr, common)), tasks.perm_lm_task()
+        else:
+            cfg = tr.BartConfig(d_model=64, encoder_layers=2, decoder_layers=2,
+                                encoder_attention_heads=4, decoder_attention_heads=4,
+                                encoder_ffn_dim=128, decoder_ffn_dim=128,
+                                max_position_embeddings=32, pad_token_id=1,
+                                decoder_start_token_id=2, forced_eos_token_id=None, **common)
+            model, data = tr.BartForConditionalGeneration(cfg), tasks.seq2seq_task()
         return Setup(model, adamw(model, 3e-3), data, hf_loss)
     return build
+
+
+_HF_CLASSIFIERS: dict[str, tuple[Callable, Callable]] = {  # (config, model class) from configs
+    "albert": (lambda tr, c: tr.AlbertConfig(  # one layer's weights shared by all 3 depths
+        embedding_size=32, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=32, **c),
+        lambda tr: tr.AlbertForSequenceClassification),
+    "distilbert": (lambda tr, c: tr.DistilBertConfig(
+        dim=64, n_layers=2, n_heads=4, hidden_dim=128, max_position_embeddings=32, **c),
+        lambda tr: tr.DistilBertForSequenceClassification),
+    "roberta": (lambda tr, c: tr.RobertaConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        max_position_embeddings=40, pad_token_id=1, **c),
+        lambda tr: tr.RobertaForSequenceClassification),
+}
+_HF_LMS: dict[str, tuple[Callable, Callable]] = {
+    "opt": (lambda tr, c: tr.OPTConfig(
+        hidden_size=64, num_hidden_layers=2, ffn_dim=128, num_attention_heads=4,
+        max_position_embeddings=32, word_embed_proj_dim=64, **c), lambda tr: tr.OPTForCausalLM),
+    "gpt_neox": (lambda tr, c: tr.GPTNeoXConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        max_position_embeddings=32, **c), lambda tr: tr.GPTNeoXForCausalLM),
+    "mistral": (lambda tr, c: tr.MistralConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=32, pad_token_id=0, **c),
+        lambda tr: tr.MistralForCausalLM),
+    "bloom": (lambda tr, c: tr.BloomConfig(hidden_size=64, n_layer=2, n_head=4, **c),
+              lambda tr: tr.BloomForCausalLM),
+}
 
 
 # ----------------------------------------------------------------- RNNs, MLPs, CNNs
@@ -199,6 +244,30 @@ HEALTHY_RUNS: tuple[Run, ...] = (
        note="BERT 2x64 sequence classification"),
     _h("hf_t5_tiny", "transformers", _hf("t5"), requires=("transformers",),
        note="T5 2+2 layers, relative attention bias"),
+    _h("hf_albert_shared", "transformers", _hf("albert"), requires=("transformers",),
+       quick=True, note="ALBERT: one layer's weights at 3 depths, factorised embedding"),
+    _h("hf_distilbert", "transformers", _hf("distilbert"), requires=("transformers",)),
+    _h("hf_roberta", "transformers", _hf("roberta"), requires=("transformers",)),
+    _h("hf_opt", "transformers", _hf("opt"), requires=("transformers",), note="tied lm_head"),
+    _h("hf_gpt_neox", "transformers", _hf("gpt_neox"), requires=("transformers",),
+       note="parallel attention + MLP, rotary"),
+    _h("hf_mistral", "transformers", _hf("mistral"), requires=("transformers",)),
+    _h("hf_bloom", "transformers", _hf("bloom"), requires=("transformers",),
+       note="ALiBi, tied lm_head"),
+    _h("hf_bart", "transformers", _hf("bart"), requires=("transformers",),
+       note="encoder-decoder, shared embeddings"),
+    _h("timm_test_nfnet", "timm", _timm("test_nfnet", size=64), requires=("timm",),
+       note="normaliser-free ResNet: scaled WS, skipinit gain, squeeze-excitation"),
+    _h("timm_test_byobnet", "timm", _timm("test_byobnet", size=64), requires=("timm",)),
+    _h("timm_test_efficientnet_gn", "timm", _timm("test_efficientnet_gn", size=64),
+       requires=("timm",), note="GroupNorm EfficientNet"),
+    _h("timm_test_mambaout", "timm", _timm("test_mambaout", size=64), requires=("timm",),
+       note="gated CNN blocks"),
+    _h("timm_test_vit2", "timm", _timm("test_vit2", size=64, img_size=64), requires=("timm",)),
+    _h("tv_googlenet", "torchvision", _tv("googlenet", aux_logits=False, init_weights=True),
+       note="Inception branches concatenated"),
+    _h("tv_densenet121", "torchvision", _tv("densenet121"), steps=25,
+       note="dense concatenation"),
     _h("rnn_lstm_sum", "rnn", _rnn("LSTM", 20), quick=True, note="sign of a sum over 20 steps"),
     _h("rnn_gru_first_short", "rnn", _rnn("GRU", 8, "first"), note="label at step 0 of 8"),
     _h("rnn_tanh_sum", "rnn", _rnn("RNN", 10), quick=True),

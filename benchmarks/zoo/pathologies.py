@@ -11,7 +11,6 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from . import nets, tasks
 from .models import adamw, ce_loss, hf_loss, image
