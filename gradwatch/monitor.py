@@ -69,7 +69,7 @@ class GradWatch:
                  loggers: Sequence[Any] = (), history: int = 10_000,
                  statistics: Sequence[Statistic] = (), sync_records: bool | None = None) -> None:
         validate(model, optimizer, thresholds, activations, every, on_nonfinite, scaler,
-                 loggers, history, clip)
+                 loggers, history, clip, sync_records)
         self.thresholds = thresholds if thresholds is not None else Thresholds()
         self.policy = make_policy(clip)
         self.statistics = check_statistics(statistics)

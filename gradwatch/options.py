@@ -22,7 +22,8 @@ class NonFiniteGradientError(FloatingPointError):
 
 
 def validate(model: Any, optimizer: Any, thresholds: Any, activations: Any, every: Any,
-             on_nonfinite: Any, scaler: Any, loggers: Any, history: Any, clip: Any) -> None:
+             on_nonfinite: Any, scaler: Any, loggers: Any, history: Any, clip: Any,
+             sync_records: Any = None) -> None:
     """Raises TypeError/ValueError naming the first bad argument and how to fix it."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"Expected `model` to be a torch.nn.Module, but got "
@@ -35,6 +36,10 @@ def validate(model: Any, optimizer: Any, thresholds: Any, activations: Any, ever
                         f"{type(thresholds).__name__}; build one with Thresholds(vanishing=...).")
     if not isinstance(activations, bool):
         raise TypeError(f"Expected `activations` to be a bool, but got {activations!r}.")
+    if sync_records is not None and not isinstance(sync_records, bool):
+        raise TypeError(f"Expected `sync_records` to be None (immediate records on the CPU, "
+                        f"one step late on accelerators), True or False, but got "
+                        f"{sync_records!r}.")
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"Expected `every` to be an int >= 1, but got {every!r}; every=1 "
                          f"records each step, every=10 each tenth.")
@@ -48,11 +53,17 @@ def validate(model: Any, optimizer: Any, thresholds: Any, activations: Any, ever
         raise TypeError(f"Expected `scaler` to be a torch.amp.GradScaler or None, but got "
                         f"{type(scaler).__name__}.")
     if loggers is None or callable(loggers) or isinstance(loggers, (str, bytes)) \
-            or not isinstance(loggers, (list, tuple)) or not all(callable(x) for x in loggers):
+            or not isinstance(loggers, (list, tuple)):
         got = "None" if loggers is None else type(loggers).__name__
         raise TypeError(f"Expected `loggers` to be a list of callables taking a StepRecord, but "
                         f"got {got}; wrap it in a list: loggers=[JsonlLogger('run.jsonl')] "
                         f"(or loggers=[] for none).")
+    bad = next((k for k, x in enumerate(loggers) if not callable(x)), None)
+    if bad is not None:
+        raise TypeError(f"Expected `loggers` to be a list of callables taking a StepRecord, but "
+                        f"loggers[{bad}] is {type(loggers[bad]).__name__} {loggers[bad]!r:.60}, "
+                        f"which is not callable; pass logger objects, e.g. "
+                        f"loggers=[JsonlLogger('run.jsonl')].")
     if isinstance(history, bool) or not isinstance(history, int) or history < 1:
         raise ValueError(f"Expected `history` to be an int >= 1, but got {history!r}.")
     if isinstance(clip, bool) or (isinstance(clip, (int, float)) and not 0 < clip < math.inf):

@@ -76,6 +76,8 @@ def test_load_state_dict_rejects_another_model():
     (dict(history=0), ValueError, "`history`"),
     (dict(loggers="run.jsonl"), TypeError, "`loggers`"),
     (dict(scaler=object()), TypeError, "`scaler`"),
+    (dict(loggers=[print, 1]), TypeError, r"loggers\[1\] is int 1, which is not callable"),
+    (dict(sync_records="no"), TypeError, "`sync_records` to be None .*True or False.*'no'"),
 ])
 def test_bad_input_names_the_argument(kwargs, error, match):
     model = kwargs.pop("model", mlp())
