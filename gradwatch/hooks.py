@@ -262,14 +262,20 @@ class Collector:
             self.compiled = True
         if not self.armed:
             return
+        # activation checkpointing re-runs forwards inside the backward pass: the forward
+        # order, the NaN checks and the unit statistics were taken in the forward; only the
+        # gradient hooks are wanted again (the reentrant variant's gradients flow there)
+        recomputing = not compiling and _task() != -1
         data = self.data
-        if self.owner_of[index] >= 0 or not self.elementwise[index]:
+        if (self.owner_of[index] >= 0 or not self.elementwise[index]) and not recomputing:
             data.completed.append(index)  # (unit-only modules: hooked on some steps only)
         if isinstance(output, Tensor):
             tensors = [output] if output.is_floating_point() or output.is_complex() else []
         else:
             tensors = [t for t in iter_tensors(output) if t.is_floating_point() or t.is_complex()]
-        if not self.elementwise[index]:  # these turn finite inputs into finite outputs
+        if recomputing:
+            pass
+        elif not self.elementwise[index]:  # these turn finite inputs into finite outputs
             held = self._outputs
             for t in tensors:  # NaN/Inf anywhere makes the float64 norm non-finite
                 if t.numel() and not (held and held[-1] is t):  # a container's = its child's
@@ -280,7 +286,7 @@ class Collector:
         layer = self.owner_of[index]
         kind = self.kinds[index]
         if kind is not None and self._last_layer >= 0 and tensors and self.activations \
-                and self.units_on:
+                and self.units_on and not recomputing:
             self._unit_stats(kind, tensors[0], module)
         if layer < 0:
             return

@@ -267,6 +267,9 @@ def test_activation_checkpointing_counts_nothing_twice(mode):
                 nn.functional.mse_loss(model(x), y).backward()
                 opt.step()
         records[m] = watch.history
+        # recomputed forwards (inside the backward) neither move the head nor make a layer
+        # look run twice (a layer shared across depth, left out of the depth trend)
+        assert watch.head == "head" and not watch._watched.forward.repeated
     for plain, checked in zip(records["none"], records[mode]):
         assert list(checked.layers) == list(plain.layers)
         assert checked.total_norm == pytest.approx(plain.total_norm, rel=1e-6)
