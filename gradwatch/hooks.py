@@ -185,9 +185,10 @@ class Collector:
         return bool(self._forward_handles)
 
     def attach(self, units: bool = True) -> None:
-        """Adds the forward hooks (recorded forwards only; unrecorded steps run without them):
-        on the layers and every module that is not element-wise (their outputs are checked
-        for NaN), and with ``units`` on the activation modules too (unit statistics)."""
+        """Adds the hooks of a recorded step (unrecorded steps run without them): forward
+        hooks on the layers and every module that is not element-wise (their outputs are
+        checked for NaN), with ``units`` on the activation modules too (unit statistics), and
+        with activations a post-accumulate hook on each layer's first parameter."""
         if not self._forward_handles:
             if self.activations:
                 self._forward_handles += [p.register_post_accumulate_grad_hook(
@@ -273,9 +274,7 @@ class Collector:
             tensors = [output] if output.is_floating_point() or output.is_complex() else []
         else:
             tensors = [t for t in iter_tensors(output) if t.is_floating_point() or t.is_complex()]
-        if recomputing:
-            pass
-        elif not self.elementwise[index]:  # these turn finite inputs into finite outputs
+        if not (self.elementwise[index] or recomputing):  # element-wise: finite in, finite out
             held = self._outputs
             for t in tensors:  # NaN/Inf anywhere makes the float64 norm non-finite
                 if t.numel() and not (held and held[-1] is t):  # a container's = its child's
