@@ -97,6 +97,7 @@ class Pending:
     origin: str | None = None
     birth: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    loss: float | None = None
 
 
 def layer_norms(order: Sequence[int], slices: Sequence[slice], norms: Sequence[float],
@@ -140,8 +141,9 @@ def pending_step(step: int, watched: Any, data: Any, got: Any, present: list[boo
     if not math.isfinite(got.total) and not overflow and data is not None:
         origin, birth = locate_nonfinite(w.collector, data, got.host, w.names,
                                          dict(zip(order, lnorms)), order)
+    loss = got.host.get("loss")
     return Pending(step, order, lnorms, act, values, got.total, coef, skipped, overflow,
-                   origin, birth)
+                   origin, birth, loss=loss[0] if loss else None)
 
 
 @dataclass(frozen=True)
@@ -184,10 +186,14 @@ def assemble(p: Pending, layers: Sequence[Layer], head: int | None, judge: Judge
     get = p.values.get
     values = [get(i) or {} for i in p.order]
     act = [p.act.get(i) for i in p.order] if p.act else [None] * len(names)
+    origin = p.origin
+    if origin is None and p.loss is not None and not math.isfinite(p.loss) \
+            and math.isfinite(p.total) and not p.overflow:
+        origin = "loss"  # a NaN loss whose gradients stayed finite (a mean over no labels)
     view = StepView(step=p.step, names=names, roles=lay.roles, norms=p.norms, act=act,
                     values=values, head=lay.head, total=p.total, overflow=p.overflow,
-                    origin=p.origin, birth=p.birth, recurrent=lay.recurrent, shared=lay.shared,
-                    saturating=saturating)
+                    origin=origin, birth=p.birth, recurrent=lay.recurrent, shared=lay.shared,
+                    saturating=saturating, loss=p.loss)
     statuses, found = judge.judge(view)
     healthy = math.isfinite(p.total) and not p.overflow
     layer_spikes, total_spike = spikes.observe(names, p.norms, p.total, th) \
@@ -199,4 +205,5 @@ def assemble(p: Pending, layers: Sequence[Layer], head: int | None, judge: Judge
                       if status is Status.NONFINITE), None)
     return StepRecord(step=p.step, total_norm=p.total, clip_coef=p.coef, layers=table,
                       first_nonfinite=first, spike=total_spike, skipped=p.skipped,
-                      amp_overflow=p.overflow, nonfinite_origin=p.origin, findings=tuple(found))
+                      amp_overflow=p.overflow, nonfinite_origin=p.origin, findings=tuple(found),
+                      loss=p.loss)

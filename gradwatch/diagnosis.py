@@ -37,6 +37,15 @@ def explain(kind: str, view: StepView, hit: Hit) -> tuple[str, str, tuple[str, .
                 "their own size",
                 "lower the learning rate (by 10x or more) or add a warm-up, and clip the "
                 "gradient norm", ("lower_lr", "warmup", "clip"))
+    if kind == "stalled":
+        return ("the output units saturated on wrong answers, so the loss is high but its "
+                "gradient is ~0 (a sigmoid/softmax output trained with squared error, or "
+                "probabilities clamped before a log), or the loss does not read the model's "
+                "output (a detach, a constant)",
+                "compute the loss from logits (BCEWithLogitsLoss, cross_entropy) so a wrong, "
+                "confident output still gets a gradient; initialise the output layer smaller "
+                "(Xavier/Glorot) so it does not start saturated; check that the loss depends on "
+                "the output", ("logit_loss", "xavier_init"))
     if kind == "dead_units":
         return ("ReLU units pushed to always-negative inputs (a large step or a bad bias/init) "
                 "output 0 and get no gradient again",
@@ -68,9 +77,11 @@ def explain(kind: str, view: StepView, hit: Hit) -> tuple[str, str, tuple[str, .
                 f"fix the operation's gradient at `{view.birth}` (add an epsilon inside sqrt/"
                 f"pow, check custom autograd Functions)", ("fix_op",))
     if kind == "nonfinite_loss":
-        return ("the loss itself is NaN/Inf (a log of a zero probability, a division by 0)",
+        return ("the loss itself is NaN/Inf (a log of a zero probability, a division by 0, "
+                "a mean over no elements when every label is ignored)",
                 "compute the loss from logits (cross_entropy, BCEWithLogitsLoss), clamp "
-                "probabilities before log, and check the targets", ("fix_op",))
+                "probabilities before log, and check the targets (a batch with no label left "
+                "needs a sum, not a mean)", ("fix_op",))
     if kind == "amp_overflow":
         return ("the AMP loss scale overflows on every step: the scaled gradients do not fit "
                 "in float16",

@@ -40,7 +40,8 @@ class Judge:
         for rule in self.rules:
             if rule.optional:
                 if present is None:
-                    present = set().union(*view.values)
+                    present = set().union(*view.values, ("loss",) if view.loss is not None
+                                          else ())
                 if present.isdisjoint(rule.reads):
                     continue  # not measured this step: its window spans the steps it was
             # on a non-finite step only the rules that say so run: the others' statistics are

@@ -72,6 +72,7 @@ def check_record_dict(obj: Any) -> str | None:
              "spike": (lambda v: isinstance(v, bool), "true or false"),
              "skipped": (lambda v: isinstance(v, bool), "true or false"),
              "amp_overflow": (lambda v: isinstance(v, bool), "true or false"),
+             "loss": (lambda v: v is None or _is_num(v), "a number or null"),
              "layers": (lambda v: isinstance(v, dict), "an object of layer statistics")}
     for key, (ok, what) in rules.items():
         if key in obj and not ok(obj[key]):

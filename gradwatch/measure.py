@@ -349,12 +349,14 @@ def finish_read(host: dict[str, list[float]], scaled: bool,
 
 def read_step(grads: Sequence[Tensor], params: Sequence[Tensor], norms_dev: Tensor, *,
               scale: Tensor | None, scaled: bool, data: Collected | None,
-              statistics: Sequence[Statistic], recording: bool) -> StepNumbers:
-    """`start_read` and `finish_read` with one blocking copy in between."""
-    if data is None and not (recording and statistics) and scale is None:  # norms only
+              statistics: Sequence[Statistic], recording: bool, loss: Any = None) -> StepNumbers:
+    """`start_read` and `finish_read` with one blocking copy in between (``loss``: the
+    user's loss of the step, a 0-d tensor or a float, copied along as ``"loss"``)."""
+    if data is None and not (recording and statistics) and scale is None \
+            and loss is None:  # norms only
         both = torch.cat((norms_dev, torch.linalg.vector_norm(norms_dev).reshape(1))).tolist()
         return finish_read({"norms": both[:-1], "total32": both[-1:], "scale": [1.0]}, scaled,
                            grads)
     batch = start_read(grads, params, norms_dev, scale=scale, data=data, statistics=statistics,
-                       recording=recording)
+                       recording=recording, extra=None if loss is None else {"loss": [loss]})
     return finish_read(batch.fetch(), scaled, grads)

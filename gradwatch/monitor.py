@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 import weakref
 from typing import Any, Mapping, Sequence
@@ -16,8 +17,8 @@ from .clip import ClipPolicy, make_policy
 from .hooks import UNIT_EVERY, Hook, user_stacklevel
 from .ledger import Ledger, run_header
 from .diagnosis import nonfinite_message
-from .options import NonFiniteGradientError, OnNonFinite, check_manual_step, refuse_closure, \
-    validate
+from .options import NonFiniteGradientError, OnNonFinite, check_loss, check_manual_step, \
+    refuse_closure, validate
 from .recorder import Recorder
 from .records import Finding, StepRecord
 from .step import GradStash, measure_step
@@ -89,6 +90,7 @@ class GradWatch:
         self._recorder = Recorder(w, self._ledger, self.thresholds, self.statistics)
         self._stash = GradStash()
         self._step, self._closed = 0, False
+        self._loss: Any = None  # the user's loss for the step being measured
         self._optimizer_handles: list[Any] = []
         if optimizer is not None:
             self._optimizer_handles += [
@@ -120,16 +122,35 @@ class GradWatch:
         """Optimizer steps seen so far (recorded or not)."""
         return self._step
 
-    def step(self) -> StepRecord | None:
+    def step(self, loss: torch.Tensor | float | None = None) -> StepRecord | None:
         """Measures (and clips) the current gradients: call after ``backward()``, before
         ``optimizer.step()``. Returns the record, or None on a step that is not recorded.
 
+        Args:
+            loss: Optional: the loss of this step (the value ``backward()`` was called on).
+                It goes into the record (`StepRecord.loss`) and lets the rules tell a net
+                stalled with no gradient from a converged one (`Thresholds.stalled_loss`)
+                and see a NaN loss whose gradients stayed finite. A tensor is read with
+                the record's numbers (no extra host sync); unrecorded steps never read it.
+
         Raises:
-            RuntimeError: The watch is closed, or it was given ``optimizer=``.
+            RuntimeError: The watch is closed, or it was given ``optimizer=`` (use
+                `note_loss` then).
         """
         check_manual_step(self._closed, self.optimizer)
+        if loss is not None:
+            self.note_loss(loss)
         record = self._measure()
         return record if record is not None else self._flush()
+
+    def note_loss(self, loss: torch.Tensor | float) -> None:
+        """Gives the loss of the step about to be measured (``loss=`` of `step`); with
+        ``optimizer=``, call it after ``backward()`` and before ``optimizer.step()``. The last
+        loss noted before a step is the step's; it is dropped once the step is measured."""
+        if self._closed:
+            raise RuntimeError("GradWatch.note_loss() was called after close(); create a new "
+                               "GradWatch to keep monitoring.")
+        self._loss = check_loss(loss)
 
     def diagnose(self) -> list[Finding]:
         """What is wrong with this run so far, most severe first (empty when nothing is)."""
@@ -197,6 +218,7 @@ class GradWatch:
     def _measure(self) -> StepRecord | None:
         self._flush()
         self._flush_amp_skips(measuring=True)
+        loss, self._loss = self._loss, None
         recording = self._step % self.every == 0
         if not recording and self.policy is None and self.on_nonfinite not in ("skip", "zero"):
             self._advance()
@@ -208,7 +230,8 @@ class GradWatch:
         out = measure_step(w, self._amp, self.policy, self.statistics, stash=self._stash,
                            on_nonfinite=self.on_nonfinite, optimizer=self.optimizer,
                            recording=recording, defer=self.sync_records is False or (
-                               self.sync_records is None and w.params[0].device.type != "cpu"))
+                               self.sync_records is None and w.params[0].device.type != "cpu"),
+                           loss=loss)
         if out is None:
             self._advance()
             return None
@@ -219,6 +242,12 @@ class GradWatch:
 
     def _flush(self) -> StepRecord | None:
         record = self._recorder.flush()
+        if record is not None and not record.nonfinite and record.loss is not None \
+                and not math.isfinite(record.loss):
+            warnings.warn(f"non-finite loss at step {record.step} ({record.loss}) while every "
+                          f"gradient is finite (total norm {record.total_norm:.3g}): e.g. a "
+                          f"mean over a batch whose labels are all ignored",
+                          RuntimeWarning, stacklevel=user_stacklevel())
         if record is not None and record.nonfinite:
             message = nonfinite_message(record)
             if self.on_nonfinite == "raise":

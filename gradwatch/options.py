@@ -11,7 +11,7 @@ from torch import nn
 from .thresholds import Thresholds
 
 __all__ = ["ON_NONFINITE", "OnNonFinite", "NonFiniteGradientError", "validate", "refuse_closure",
-           "check_manual_step"]
+           "check_manual_step", "check_loss"]
 
 ON_NONFINITE = ("warn", "raise", "skip", "zero")
 OnNonFinite = Literal["warn", "raise", "skip", "zero"]
@@ -91,3 +91,21 @@ def check_manual_step(closed: bool, optimizer: Any) -> None:
         raise RuntimeError("GradWatch.step() is called for you before every optimizer.step() "
                            "because `optimizer=` was given; remove your call to watch.step() or "
                            "construct GradWatch without `optimizer=`.")
+
+
+def check_loss(loss: Any) -> Any:
+    """The loss as gradwatch keeps it: a detached one-element tensor (no host sync), or a
+    float; raises TypeError/ValueError for anything else."""
+    if isinstance(loss, torch.Tensor):
+        if loss.numel() != 1:
+            raise ValueError(f"Expected `loss` to be the reduced loss (one element), but got a "
+                             f"tensor of shape {tuple(loss.shape)}; pass loss.mean() or "
+                             f"loss.sum(), the value you call backward() on.")
+        if loss.is_complex():
+            raise TypeError("Expected `loss` to be a real number, but got a complex tensor.")
+        return loss.detach().reshape(())
+    if isinstance(loss, bool) or not isinstance(loss, (int, float)):
+        raise TypeError(f"Expected `loss` to be a 0-d tensor or a number (or None), but got "
+                        f"{type(loss).__name__} {loss!r:.60}; pass the loss you call "
+                        f"backward() on.")
+    return float(loss)

@@ -234,6 +234,8 @@ class StepRecord:
         nonfinite_origin: ``"forward"``, ``"backward"`` or ``"loss"`` on a step whose gradients
             went non-finite (not an AMP overflow); ``None`` otherwise.
         findings: The diagnosis findings that became true at this step (see `Finding`).
+        loss: The loss the user passed for this step (`GradWatch.step` ``loss=`` or
+            `GradWatch.note_loss`), as a float; ``None`` when none was passed.
     """
 
     step: int
@@ -246,6 +248,7 @@ class StepRecord:
     amp_overflow: bool = False
     nonfinite_origin: str | None = None
     findings: tuple[Finding, ...] = ()
+    loss: float | None = None
 
     def marks(self) -> list[tuple[str, Status, bool]]:
         """(name, status, spiked) of the layers that are not ok or spiked, in forward order."""
@@ -284,6 +287,7 @@ class StepRecord:
             "spike": self.spike,
             "skipped": self.skipped,
             "amp_overflow": self.amp_overflow,
+            "loss": self.loss,
             "layers": {name: s.to_dict() for name, s in self.layers.items()},
         }
         if self.findings:
@@ -317,4 +321,5 @@ class StepRecord:
             amp_overflow=bool(data.get("amp_overflow", False)),
             nonfinite_origin=data.get("nonfinite_origin"),
             findings=tuple(Finding.from_dict(f) for f in data.get("findings", ())),
+            loss=None if data.get("loss") is None else float(data["loss"]),
         )

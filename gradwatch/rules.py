@@ -14,7 +14,7 @@ from .thresholds import Thresholds
 __all__ = ["StepView", "Hit", "Rule", "RULES", "REMEDIES", "depth_trend"]
 
 REMEDIES = ("relu", "he_init", "xavier_init", "normalization", "residual", "lower_lr", "warmup",
-            "clip", "weight_decay", "loss_scaling", "fix_op", "gated_rnn")
+            "clip", "weight_decay", "loss_scaling", "fix_op", "gated_rnn", "logit_loss")
 """The machine-readable remedy codes a `Finding` may name."""
 
 
@@ -36,6 +36,7 @@ class StepView:
     recurrent: list[bool] = field(default_factory=list)
     shared: list[bool] = field(default_factory=list)  # ran more than once per forward
     saturating: bool = False
+    loss: float | None = None  # the user's loss of the step, when passed
     cache: dict[str, Any] = field(default_factory=dict)  # shared by the rules of one step
 
 
@@ -119,12 +120,16 @@ class NonFinite(Rule):
         bad.update({i: f"output-gradient norm {a}" for i, a in enumerate(view.act)
                     if a is not None and not math.isfinite(a) and i not in bad})
         origin = view.origin or "backward"
+        numbers = {"origin": {"forward": 0.0, "backward": 1.0, "loss": 2.0}[origin]}
+        if math.isfinite(view.total):  # only the loss the user passed is non-finite
+            return Hit(bad, f"step {view.step}: the loss is {view.loss} while every gradient "
+                            f"is finite (total norm {_fmt(view.total)})", numbers)
         where = {"forward": f"the output of `{view.birth}` in the forward pass",
                  "backward": f"the backward pass at `{view.birth}`",
                  "loss": "the loss (the gradient entering the model)"}[origin]
         return Hit(bad, f"step {view.step}: gradients non-finite (total norm {view.total}); "
                         f"first non-finite value: {where}; {len(bad)} layer(s) affected",
-                   {"origin": {"forward": 0.0, "backward": 1.0, "loss": 2.0}[origin]})
+                   numbers)
 
 
 class AmpOverflow(Rule):
@@ -220,6 +225,33 @@ def _has_signal(view: StepView, th: Thresholds) -> bool:
     return math.isfinite(signal) and signal >= th.vanishing
 
 
+class Stalled(Rule):
+    """No gradient enters the model while the loss is still high: the loss is at least
+    `Thresholds.stalled_loss` times the highest loss of the run and the head's output gradient
+    (or, unmeasured, its parameter gradient) is below `Thresholds.vanishing`. Output units
+    saturated on wrong answers (a sigmoid output trained with squared error, probabilities
+    clamped before a log) or a loss that does not read the model's output do this. It needs
+    the loss (``GradWatch.step(loss=...)`` or `GradWatch.note_loss`): without it a stalled net
+    and a converged one look alike, since neither gets a gradient."""
+
+    kind, status, reads, optional = "stalled", Status.VANISHING, ("loss",), True
+
+    def check(self, view, th, state):
+        loss, h = view.loss, view.head
+        if th.stalled_loss is None or loss is None or h is None or not math.isfinite(loss):
+            return None
+        peak = state["peak"] = max(state.get("peak", loss), loss)
+        if peak <= 0 or loss < th.stalled_loss * peak or _has_signal(view, th):
+            return None
+        signal = view.act[h] if view.act[h] is not None else view.norms[h]
+        what = "output gradient" if view.act[h] is not None else "gradient norm"
+        return Hit({h: f"{what} {_fmt(signal)} < vanishing {th.vanishing:g} at loss {_fmt(loss)}"},
+                   f"no gradient enters the model (the head's {what} is {_fmt(signal)}, below "
+                   f"vanishing={th.vanishing:g}) while the loss, {_fmt(loss)}, is "
+                   f"{loss / peak:.2g}x the run's highest ({_fmt(peak)}; bound "
+                   f"stalled_loss={th.stalled_loss:g})", {"loss": loss, "signal": signal})
+
+
 class DeadUnits(Rule):
     """Most units of a layer output exactly 0 after its ReLU for the whole batch (on the steps
     dead units are measured), and weight layers whose gradient is then exactly 0.
@@ -297,5 +329,5 @@ class ThroughTime(Rule):
 
 
 RULES: tuple[Rule, ...] = (NonFinite(), AmpOverflow(), Divergence(), DepthExploding(),
-                           DepthVanishing(), ThroughTime(), DeadUnits(), Saturation())
+                           DepthVanishing(), Stalled(), ThroughTime(), DeadUnits(), Saturation())
 """Every verdict rule, most severe first: the first rule that gives a layer a status wins."""

@@ -41,11 +41,12 @@ class Outcome:
 
 def measure_step(watched: Any, amp: Any, policy: Any, statistics: Sequence[Any], *,
                  on_nonfinite: str, optimizer: Any, stash: GradStash, recording: bool,
-                 defer: bool = False) -> Outcome | None:
+                 defer: bool = False, loss: Any = None) -> Outcome | None:
     """Measures and clips the current gradients; None when the step needs no record (or has
     no gradient). Non-finite steps are always recorded once measured. With ``defer`` (and no
     option that needs the host now: AMP, "raise"/"skip", a policy reading the norm), the copy
-    is started without waiting and `Outcome.inflight` is finished at the next step."""
+    is started without waiting and `Outcome.inflight` is finished at the next step. ``loss``
+    (the user's loss of the step: a 0-d tensor or a float) travels with the record's numbers."""
     w = watched
     grads = [p.grad for p in w.params]  # one read of each .grad (a property: not free)
     present = None
@@ -79,9 +80,10 @@ def measure_step(watched: Any, amp: Any, policy: Any, statistics: Sequence[Any],
     if defer and not scaled and amp.scaler is None and on_nonfinite in ("warn", "zero") and (
             policy is None or not policy.needs_host_norm):
         return _deferred(w, policy, statistics, grads, params, norms_dev, present, data,
-                         zero=on_nonfinite == "zero", recording=recording)
+                         zero=on_nonfinite == "zero", recording=recording, loss=loss)
     got = read_step(grads, params, norms_dev, scale=amp.loss_scale(), scaled=scaled,
-                    data=data, statistics=statistics, recording=recording)
+                    data=data, statistics=statistics, recording=recording,
+                    loss=loss if recording else None)
     overflow = amp.overflow(scaled, got.total)
     finite = math.isfinite(got.total)
     skipped = False
@@ -149,7 +151,7 @@ class GradStash:
 
 def _deferred(w: Any, policy: Any, statistics: Sequence[Any], grads: list[Tensor],
               params: list[Tensor], norms_dev: Tensor, present: list[bool] | None, data: Any, *,
-              zero: bool, recording: bool) -> Outcome | None:
+              zero: bool, recording: bool, loss: Any = None) -> Outcome | None:
     """The sync-free path: clip with the device total, zero NaN/Inf on the device, and start
     the record's copy without waiting."""
     total, exact = device_total(norms_dev, grads)
@@ -166,5 +168,6 @@ def _deferred(w: Any, policy: Any, statistics: Sequence[Any], grads: list[Tensor
     if not recording:
         return None
     batch = start_read(grads, params, norms_dev, scale=None, data=data, statistics=statistics,
-                       recording=recording, extra={"exact": exact, "coef": [coef]})
+                       recording=recording, extra={"exact": exact, "coef": [coef], **(
+                           {"loss": [loss]} if loss is not None else {})})
     return Outcome(data, None, present, 1.0, False, False, inflight=batch.start())

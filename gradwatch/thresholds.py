@@ -13,7 +13,8 @@ __all__ = ["Thresholds", "RunningStats", "layer_verdicts"]
 
 _NUMBER_FIELDS = ("vanishing", "exploding", "relative_vanishing", "relative_exploding", "spike",
                   "spike_min_ratio", "spike_momentum", "spike_warmup", "window", "persistence", "recovery",
-                  "divergence_update_ratio", "dead_units", "saturation", "time_vanishing")
+                  "divergence_update_ratio", "dead_units", "saturation", "time_vanishing",
+                  "stalled_loss")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,10 @@ class Thresholds:
     time_vanishing: float | None = 1e-6
     """Vanishing through time when a recurrent module's first/last time-step gradient ratio is
     below this (persistent; None: off)."""
+    stalled_loss: float | None = 0.5
+    """Stalled when no gradient enters the model (the head's below `vanishing`) on steps whose
+    loss is at least this times the run's highest (persistent; needs the loss passed to
+    `GradWatch.step` or `GradWatch.note_loss`; None: off)."""
     spike: float | None = 6.0
     """A spike is a log10-norm this many running standard deviations above its running mean
     (None: off); applies to each layer and to the total norm."""
@@ -118,7 +123,7 @@ class Thresholds:
             if value is not None and not 0 < value < math.inf:
                 raise ValueError(f"Expected `Thresholds.{name}` > 0 and finite, or None, but got "
                                  f"{value!r}.")
-        for name in ("dead_units", "saturation"):
+        for name in ("dead_units", "saturation", "stalled_loss"):
             value = getattr(self, name)
             if value is not None and not 0 < value <= 1:
                 raise ValueError(f"Expected `Thresholds.{name}` in (0, 1] or None, but got "

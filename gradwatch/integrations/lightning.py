@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+import torch
+
 try:
     import lightning.pytorch as pl
 except ImportError:  # the standalone package
@@ -69,6 +71,16 @@ class GradWatchCallback(WatchOwner, pl.Callback):
         if self._pending_state is not None:
             self.watch.load_state_dict(self._pending_state)
             self._pending_state = None
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           loss: Any) -> None:
+        """Notes the step's loss for the record and the rules (`GradWatch.note_loss`);
+        Lightning passes it scaled under "16-mixed", so it is unscaled here (on the device)."""
+        if self.watch is None or not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            return
+        scale = getattr(self.watch.scaler, "_scale", None)
+        self.watch.note_loss(loss.detach() / scale.reshape(()) if isinstance(
+            scale, torch.Tensor) and self.watch.scaler.is_enabled() else loss)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                  optimizer: Any) -> None:
