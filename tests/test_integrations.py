@@ -129,18 +129,20 @@ def _reference(model, data, *, steps, accumulate, clip):
     """Plain torch: the same micro-batches, loss / accumulate, clip once, SGD."""
     x, y = data
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    norms, totals = [], []
+    norms, totals, losses = [], [], []
     for s in range(steps):
         opt.zero_grad()
         for m in range(accumulate):
             i = (s * accumulate + m) * 5
-            (loss_of(model, x[i:i + 5], y[i:i + 5]) / accumulate).backward()
+            loss = loss_of(model, x[i:i + 5], y[i:i + 5]) / accumulate
+            loss.backward()
+        losses.append(loss.item())  # the last micro-batch's, as Lightning passes it
         norms.append(_layer_norms(model))
         totals.append(_total(model))
         if clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
-    return norms, totals
+    return norms, totals, losses
 
 
 @pytest.mark.parametrize("where", ["trainer", "gradwatch"])
@@ -163,9 +165,10 @@ def test_lightning_fit_norms_equal_plain_torch_and_clip_once(tmp_path, where):
                          default_root_dir=tmp_path)
     trainer.fit(_lightning_module(model, lr=0.1), loader)
 
-    norms, totals = _reference(ref_model, (x, y), steps=3, accumulate=2, clip=0.1)
+    norms, totals, losses = _reference(ref_model, (x, y), steps=3, accumulate=2, clip=0.1)
     records = callback.history
     assert [r.step for r in records] == [0, 1, 2] and callback.watch is None
+    assert [r.loss for r in records] == pytest.approx(losses, rel=1e-5)  # on_before_backward
     for rec, ref, total in zip(records, norms, totals):
         assert {f"net.{k}": v for k, v in ref.items()} == pytest.approx(
             {k: s.norm for k, s in rec.layers.items()}, rel=1e-5)

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from . import nets, tasks
 from .models import adamw, ce_loss, hf_loss, image
@@ -46,7 +47,7 @@ def _rnn_run(cell: str, length: int, target: str, *, scale: float | None = None,
 
 
 def _gpt2(lr: float = 3e-3, *, temperature: float | None = None,
-          bad_act: bool = False) -> Callable[[], Setup]:
+          bad_act: bool = False, ignore_all: bool = False) -> Callable[[], Setup]:
     def build() -> Setup:
         import transformers as tr
         cfg = tr.GPT2Config(vocab_size=64, n_positions=32, n_embd=64, n_layer=2, n_head=4,
@@ -60,6 +61,10 @@ def _gpt2(lr: float = 3e-3, *, temperature: float | None = None,
                 ids = batch[0]
                 p = torch.softmax(m(input_ids=ids).logits[:, :-1] / t, dim=-1)
                 return -torch.log(p.gather(-1, ids[:, 1:, None])).mean()  # log(0) when p underflows
+        if ignore_all:  # a prompt mask that masks every token: a mean over no label
+            def loss(m: nn.Module, batch: tuple[Any, ...]) -> torch.Tensor:
+                ids = batch[0]
+                return m(input_ids=ids, labels=torch.full_like(ids, -100)).loss
         return Setup(model, adamw(model, lr), tasks.perm_lm_task(), loss)
     return build
 
@@ -120,6 +125,34 @@ def _loss_bce() -> Setup:
         p = torch.sigmoid(m(x)).squeeze(1)
         t = (y % 2).to(p.dtype)
         return -(t * torch.log(p) + (1 - t) * torch.log(1 - p)).mean()  # hand-written BCE
+    return Setup(model, adamw(model), tasks.image_task(size=16), loss)
+
+
+def _stall_mse() -> Setup:
+    # one-hot targets through sigmoid outputs with squared error; output bias +20: every output
+    # is 1.0 in fp32, wrong on 9 of 10 classes, and its slope y(1-y) is exactly 0
+    model = nets.mlp([IMG, 64, 64, 10], nn.Tanh, init="xavier")
+    with torch.no_grad():
+        model[-1].bias.fill_(20.0)
+
+    def loss(m: nn.Module, batch: tuple[Any, ...]) -> torch.Tensor:
+        x, y = batch
+        return F.mse_loss(torch.sigmoid(m(x)), F.one_hot(y, 10).float())
+    return Setup(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                 tasks.image_task(size=16), loss)
+
+
+def _stall_bceloss() -> Setup:
+    # nn.BCELoss on probabilities (clamps log at -100) with an output bias of +50: every
+    # probability is 1.0, the 0-labels cost 100 each and no gradient flows back
+    model = nets.mlp([IMG, 64, 1], nn.ReLU, init="he")
+    with torch.no_grad():
+        model[-1].bias.fill_(50.0)
+
+    def loss(m: nn.Module, batch: tuple[Any, ...]) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.binary_cross_entropy(torch.sigmoid(m(x)).squeeze(1),
+                                                  (y % 2).float())
     return Setup(model, adamw(model), tasks.image_task(size=16), loss)
 
 
@@ -228,6 +261,21 @@ PATHOLOGICAL_RUNS: tuple[Run, ...] = (
              cite="Goodfellow et al. 2016, 4.1 (log-softmax must be computed stably)"),
        _gpt2(temperature=1e-3), ("nonfinite", "finite_forward"), steps=4, requires=TRANS,
        note="log(softmax(logits/1e-3)) by hand"),
+    _p("nan_loss_gpt2_all_ignored", "transformers",
+       Label("nonfinite_loss", birth="loss", cite="PyTorch docs CrossEntropyLoss (ignore_index: "
+             "the mean is over non-ignored targets; none left is 0/0)"),
+       _gpt2(ignore_all=True), ("nonfinite", "finite_grads"), steps=6, requires=TRANS,
+       note="every label -100: loss NaN, gradients exactly 0"),
+    # stalled: no gradient while the loss is high
+    _p("stall_sigmoid_mse_saturated", "mlp", Label("stalled", cite="Rumelhart, Hinton & "
+       "Williams 1986 (flat spots); Glorot & Bengio 2010 sect. 4 (saturated top layer); "
+       "Nielsen 2015 ch. 3 (squared error on saturated sigmoid outputs learns slowly)"),
+       _stall_mse, ("no_fall", "grad_tiny"), steps=12, quick=True,
+       note="sigmoid outputs + MSE, output bias +20"),
+    _p("stall_bceloss_clamped", "mlp", Label("stalled", cite="PyTorch docs BCELoss (log clamped "
+       "at -100); Goodfellow et al. 2016, 6.2.2.2 (saturating sigmoid with a non-log loss)"),
+       _stall_bceloss, ("no_fall", "grad_tiny"), steps=12, quick=True,
+       note="nn.BCELoss on sigmoid, output bias +50"),
     # AMP overflow
     _p("amp_fp16_scale_thrash", "mlp", Label("amp_overflow", cite=MICIKEVICIUS), _amp_fp16,
        ("amp_skips",), quick=True, note="CPU fp16 autocast, GradScaler 2^24, growth every step"),

@@ -81,6 +81,10 @@ CHECKS: dict[str, tuple[str, Callable[[Trace], bool]]] = {
                       lambda t: t.depth_ratio is not None and t.depth_ratio >= 1e3),
     "grad_grows": ("the total gradient norm grows >= 5x over its step-0 value, or goes NaN/Inf",
                    lambda t: not _finite(t) or max(t.grad_norms) >= 5 * t.grad_norms[0]),
+    "grad_tiny": ("every step's total gradient norm is <= 1e-7 (nothing reaches the weights)",
+                  lambda t: max(t.grad_norms) <= 1e-7),
+    "finite_grads": ("every gradient stays finite (only the loss is NaN/Inf)",
+                     lambda t: all(map(math.isfinite, t.grad_norms))),
     "amp_skips": ("the GradScaler skips >= 30% of the steps",
                   lambda t: t.skipped >= 0.3 * len(t.losses)),
     "time_vanish": ("gradient reaching the first time step <= 1e-4 x the last step's",
@@ -179,6 +183,8 @@ def train(run: Run, watch_factory: Callable[[Setup], Any] | None = None
             opt.zero_grad(set_to_none=True)
             loss = _forward_loss(setup, setup.batch(step))
             (scaler.scale(loss) if scaler is not None else loss).backward()
+            if watch is not None:
+                watch.note_loss(loss)  # as the README asks: lets it tell stalled from converged
             grads = [p.grad for p in params if p.grad is not None]
             gnorm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
             if scaler is not None:

@@ -89,7 +89,7 @@ def train_recall(length: int, seed: int, *, steps: int, scale: float | None = No
             loss = (model(x) - y).square().mean()
             opt.zero_grad()
             loss.backward()
-            watch.step()
+            watch.step(loss=loss)
             opt.step()
             losses.append(float(loss))
             ratios.append(time_ratio(x.grad))

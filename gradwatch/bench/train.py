@@ -238,7 +238,7 @@ def train_mnist(name: str, make_model: Callable[[], nn.Module], ctx: Context, *,
                 loss = F.cross_entropy(out, yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                watch.step()
+                watch.step(loss=loss)
                 opt.step()
                 run.steps += 1
                 bar.update()

@@ -203,7 +203,10 @@ def replay_trial(result: TrialResult, batch_depth: int,
                 p = snap.update % 4
                 opt.zero_grad()
                 y = model(torch.from_numpy(XOR_X[p]).reshape(1, 2))
-                (0.5 * (y.reshape(()) - float(XOR_T[p])) ** 2).backward()
+                loss = 0.5 * (y.reshape(()) - float(XOR_T[p])) ** 2
+                loss.backward()
+                if hasattr(watch, "note_loss"):  # gradwatch versions before it: no loss
+                    watch.note_loss(loss)
                 opt.step()
             records = list(watch.history)
             diagnose = getattr(watch, "diagnose", None)
