@@ -396,11 +396,12 @@ def test_closed_loop_follows_the_diagnosis_round_by_round(monkeypatch):
 
 
 def test_a_net_stuck_on_a_saturated_output_looks_like_a_converged_one():
-    """The bench's one missed run (a residual XOR net stuck on a saturated sigmoid output)
-    cannot be told from a converged net by its gradients: a 2-4-1 sigmoid net saturated near 1
-    gets gradients within 3x of each other whether its targets are 1 under cross-entropy
-    (converged, loss ~1e-6) or 0 under squared error (stuck, loss 1). The converged one must
-    stay quiet, so the stuck one is not flagged either (`scripts/stalled_vs_converged.py`)."""
+    """A net stuck on a saturated sigmoid output (the residual XOR nets that never leave the
+    plateau) cannot be told from a converged net by its gradients: a 2-4-1 sigmoid net
+    saturated near 1 gets gradients within 3x of each other whether its targets are 1 under
+    cross-entropy (converged, loss ~1e-6) or 0 under squared error (stuck, loss 1). The
+    converged one must stay quiet, so without the loss the stuck one is not flagged either;
+    with the loss, a stuck net with no gradient left is (`scripts/stalled_vs_converged.py`)."""
     import importlib.util
     from pathlib import Path
 
@@ -413,3 +414,12 @@ def test_a_net_stuck_on_a_saturated_output_looks_like_a_converged_one():
     for key in ("head grad", "head output grad", "first layer grad"):
         assert 1 / 3 < stuck[key] / converged[key] < 3, key
     assert converged["findings"] == [] and stuck["findings"] == []
+    # with the loss: a net with no gradient left at loss 1 is stalled; converged ones are not,
+    # even watched from a converged start (its loss is its own highest, but the gradient is of
+    # the loss's order); at bias 14 the stuck net still gets 1e-6 and is not called stalled
+    assert converged["findings with the loss"] == stuck["findings with the loss"] == []
+    assert demo.case(1.0, "mse")["findings with the loss"] == []
+    dead, done = demo.case(0.0, "mse", bias=40.0), demo.case(1.0, "mse", bias=40.0)
+    assert dead["head output grad"] == done["head output grad"] == 0.0
+    assert dead["findings"] == done["findings"] == done["findings with the loss"] == []
+    assert dead["findings with the loss"] == ["stalled"]

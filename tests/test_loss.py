@@ -61,6 +61,24 @@ def test_a_net_stalled_on_wrong_saturated_outputs_is_found_a_converged_one_is_no
     assert blind.diagnose() == [] and all(r.loss is None for r in blind.history)
 
 
+def test_a_net_watched_from_a_converged_start_is_not_stalled():
+    """Its loss is tiny but its own highest: the gradient, of the loss's order, says converged."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh(),
+                        nn.Linear(4, 1)).double()
+    x = torch.randn(16, 2, dtype=torch.float64)
+    with torch.no_grad():
+        t = net(x) + 1e-8  # targets the net meets to 1e-8
+    watch = GradWatch(net)
+    for _ in range(6):
+        net.zero_grad()
+        loss = ((net(x) - t) ** 2).mean()
+        loss.backward()
+        rec = watch.step(loss=loss)
+    assert loss.item() < 1e-15 and 0 < rec.layers["4"].act_norm < 1e-7  # below `vanishing`
+    assert watch.diagnose() == [] and not rec.flagged
+
+
 def test_a_loss_that_has_halved_is_not_stalled():
     """Same zero gradient, but the loss is below `stalled_loss` x its highest: not judged."""
     net = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 3), nn.Linear(3, 1))
