@@ -15,7 +15,9 @@ with GradWatch(model, optimizer=opt, clip=1.0, thresholds=Thresholds(vanishing=1
                loggers=[JsonlLogger("quickstart.jsonl")]) as watch:
     for x, y in loader:
         opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        watch.note_loss(loss)           # optional: logged, and tells "stalled" from "converged"
         opt.step()                      # gradwatch measures (and clips) right before this
 
 print(watch.summary())

@@ -228,8 +228,9 @@ def _has_signal(view: StepView, th: Thresholds) -> bool:
 class Stalled(Rule):
     """No gradient enters the model while the loss is still high: the loss is at least
     `Thresholds.stalled_loss` times the highest loss of the run, and the head's output gradient
-    (or, unmeasured, its parameter gradient) is below `Thresholds.vanishing` times the loss (a
-    net whose output is not saturated gets a gradient of the loss's order or more). Output units
+    (or, unmeasured, its parameter gradient) is below `Thresholds.vanishing`, and below it times
+    the loss (a net whose output is not saturated gets a gradient of the loss's order or more;
+    a huge loss on logits still gets an O(1) gradient, which is no stall). Output units
     saturated on wrong answers (a sigmoid output trained with squared error, probabilities
     clamped before a log) or a loss that does not read the model's output do this. It needs the
     loss (``GradWatch.step(loss=...)`` or `GradWatch.note_loss`): without it a stalled net and
@@ -245,12 +246,13 @@ class Stalled(Rule):
         if peak <= 0 or loss < th.stalled_loss * peak:
             return None
         signal = view.act[h] if view.act[h] is not None else view.norms[h]
-        if not signal < th.vanishing * loss:
+        if not signal < th.vanishing * min(loss, 1.0):
             return None
         what = "output gradient" if view.act[h] is not None else "gradient norm"
         return Hit({h: f"{what} {_fmt(signal)} at loss {_fmt(loss)}"},
                    f"no gradient enters the model: the head's {what} is {_fmt(signal)}, "
-                   f"below vanishing={th.vanishing:g} times the loss, {_fmt(loss)}, which is "
+                   f"below vanishing={th.vanishing:g} (and it times the loss) while the loss, "
+                   f"{_fmt(loss)}, is "
                    f"{loss / peak:.2g}x the run's highest ({_fmt(peak)}; bound "
                    f"stalled_loss={th.stalled_loss:g})", {"loss": loss, "signal": signal})
 

@@ -60,9 +60,9 @@ class Thresholds:
     """Vanishing through time when a recurrent module's first/last time-step gradient ratio is
     below this (persistent; None: off)."""
     stalled_loss: float | None = 0.5
-    """Stalled when no gradient enters the model (the head's below `vanishing` times the loss)
-    on steps whose loss is at least this times the run's highest (persistent; needs the loss
-    passed to `GradWatch.step` or `GradWatch.note_loss`; None: off)."""
+    """Stalled when no gradient enters the model (the head's below `vanishing` and below it
+    times the loss) on steps whose loss is at least this times the run's highest (persistent;
+    needs the loss passed to `GradWatch.step` or `GradWatch.note_loss`; None: off)."""
     spike: float | None = 6.0
     """A spike is a log10-norm this many running standard deviations above its running mean
     (None: off); applies to each layer and to the total norm."""

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradwatch import GradWatch, JsonlLogger, StepRecord
+from gradwatch import GradWatch, JsonlLogger, StepRecord, Thresholds
 from gradwatch.logschema import check_record_dict
 
 
@@ -77,6 +77,25 @@ def test_a_net_watched_from_a_converged_start_is_not_stalled():
         rec = watch.step(loss=loss)
     assert loss.item() < 1e-15 and 0 < rec.layers["4"].act_norm < 1e-7  # below `vanishing`
     assert watch.diagnose() == [] and not rec.flagged
+
+
+def test_a_huge_loss_on_logits_with_an_order_one_gradient_is_not_stalled():
+    """Cross-entropy on logits blown up to ~1e8 (an exploding net): the loss is huge, its
+    gradient bounded (softmax minus one-hot), tiny next to the loss but no stall."""
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 3))
+    with torch.no_grad():
+        net[2].weight.mul_(1e9)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    watch = GradWatch(net, thresholds=Thresholds(relative_exploding=None, exploding=1e30))
+    for _ in range(6):
+        net.zero_grad()
+        loss = nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        rec = watch.step(loss=loss)
+    signal = rec.layers["2"].act_norm
+    assert loss.item() > 1e7 and 1e-7 * loss.item() > signal > 1e-3
+    assert "stalled" not in [f.kind for f in watch.diagnose()]
 
 
 def test_a_loss_that_has_halved_is_not_stalled():
