@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Literal
 
 import torch
@@ -104,7 +105,7 @@ def check_loss(loss: Any) -> Any:
         if loss.is_complex():
             raise TypeError("Expected `loss` to be a real number, but got a complex tensor.")
         return loss.detach().reshape(())
-    if isinstance(loss, bool) or not isinstance(loss, (int, float)):
+    if isinstance(loss, bool) or not isinstance(loss, numbers.Real):
         raise TypeError(f"Expected `loss` to be a 0-d tensor or a number (or None), but got "
                         f"{type(loss).__name__} {loss!r:.60}; pass the loss you call "
                         f"backward() on.")

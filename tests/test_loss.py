@@ -8,6 +8,7 @@ import json
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -176,7 +177,7 @@ def test_unrecorded_steps_drop_their_loss():
         net.zero_grad()
         loss = net(torch.ones(1, 2)).sum()
         loss.backward()
-        watch.step(loss=float(k))
+        watch.step(loss=float(k) if k < 2 else np.float32(k))  # numpy scalars are numbers
     assert [(r.step, r.loss) for r in watch.history] == [(0, 0.0), (2, 2.0)]
 
 
