@@ -99,15 +99,18 @@ def test_manual_watch_step_never_syncs_and_close_publishes_the_last_record():
     model, opt, x, y = _setup()
     seen: list[StepRecord] = []
     watch = GradWatch(model, loggers=[seen.append])
-    refs = []
+    refs, losses = [], []
     for i in range(STEPS):
         with _no_sync():
             opt.zero_grad(set_to_none=True)
-            loss_of(model, x, y).backward()
+            loss = loss_of(model, x, y)
+            loss.backward()
             refs.append(_reference(model))
-            watch.step()
+            losses.append(loss.detach())
+            watch.step(loss=loss)  # the loss travels with the record's copy: no sync either
             opt.step()
         _arrived_late(seen, i, 1)
     watch.close()
     _check(seen, refs, 1)
     assert [r.step for r in watch.history] == list(range(STEPS))
+    assert [r.loss for r in seen] == pytest.approx([v.item() for v in losses], rel=1e-6)

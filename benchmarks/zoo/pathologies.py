@@ -7,6 +7,7 @@ torch, that each run really fails the way its label says.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import torch
@@ -46,6 +47,17 @@ def _rnn_run(cell: str, length: int, target: str, *, scale: float | None = None,
     return build
 
 
+def _softmax_by_hand(m: nn.Module, batch: tuple[Any, ...], t: float) -> torch.Tensor:
+    ids = batch[0]
+    p = torch.softmax(m(input_ids=ids).logits[:, :-1] / t, dim=-1)
+    return -torch.log(p.gather(-1, ids[:, 1:, None])).mean()  # log(0) when p underflows
+
+
+def _every_label_ignored(m: nn.Module, batch: tuple[Any, ...]) -> torch.Tensor:
+    ids = batch[0]  # a prompt mask that masks every token: a mean over no label
+    return m(input_ids=ids, labels=torch.full_like(ids, -100)).loss
+
+
 def _gpt2(lr: float = 3e-3, *, temperature: float | None = None,
           bad_act: bool = False, ignore_all: bool = False) -> Callable[[], Setup]:
     def build() -> Setup:
@@ -55,16 +67,11 @@ def _gpt2(lr: float = 3e-3, *, temperature: float | None = None,
         model = tr.GPT2LMHeadModel(cfg)
         if bad_act:
             model.transformer.h[1].mlp.act = nets.BadBackward()
-        loss = hf_loss
+        loss: Callable[[nn.Module, tuple[Any, ...]], torch.Tensor] = hf_loss
         if temperature is not None:
-            def loss(m: nn.Module, batch: tuple[Any, ...], t: float = temperature) -> torch.Tensor:
-                ids = batch[0]
-                p = torch.softmax(m(input_ids=ids).logits[:, :-1] / t, dim=-1)
-                return -torch.log(p.gather(-1, ids[:, 1:, None])).mean()  # log(0) when p underflows
-        if ignore_all:  # a prompt mask that masks every token: a mean over no label
-            def loss(m: nn.Module, batch: tuple[Any, ...]) -> torch.Tensor:
-                ids = batch[0]
-                return m(input_ids=ids, labels=torch.full_like(ids, -100)).loss
+            loss = functools.partial(_softmax_by_hand, t=temperature)
+        if ignore_all:
+            loss = _every_label_ignored
         return Setup(model, adamw(model, lr), tasks.perm_lm_task(), loss)
     return build
 
