@@ -194,3 +194,24 @@ def test_a_bad_loss_is_refused_naming_it(bad, error, words):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         watch.close()
+
+
+def test_the_highest_loss_survives_a_resume():
+    """A resumed watch keeps the run's highest loss: a loss at a third of it is no stall."""
+    net = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 3), nn.Linear(3, 1))
+
+    def zero_grad_steps(watch: GradWatch, loss: float, n: int) -> None:
+        for _ in range(n):
+            for p in net.parameters():
+                p.grad = torch.zeros_like(p)
+            watch.step(loss=loss)
+
+    first = GradWatch(net, activations=False)
+    zero_grad_steps(first, 3.0, 1)
+    state = first.state_dict()
+    first.close()
+    resumed, fresh = GradWatch(net, activations=False), GradWatch(net, activations=False)
+    resumed.load_state_dict(json.loads(json.dumps(state)))
+    zero_grad_steps(resumed, 1.0, 5)
+    zero_grad_steps(fresh, 1.0, 5)
+    assert resumed.diagnose() == [] and [f.kind for f in fresh.diagnose()] == ["stalled"]
