@@ -42,6 +42,8 @@ __all__ = ["PEERS", "peer_workload", "make_peer_step", "open_wandb_run", "run_mo
 PEERS = {
     "bare": "training step, no monitoring",
     "gw_param": "GradWatch(model, optimizer=opt, activations=False)",
+    "gw_loss": "GradWatch(model, optimizer=opt, activations=False) and watch.note_loss(loss) "
+               "each step",
     "gw_act": "GradWatch(model, optimizer=opt): + output-gradient norms",
     "gw_every10": "GradWatch(model, optimizer=opt, every=10)",
     "naive": "[p.grad.norm().item() for p in model.parameters()]",
@@ -54,7 +56,8 @@ PEERS = {
     "gw_clip": "GradWatch(model, optimizer=opt, activations=False, clip=1.0)",
 }
 
-HEADERS = {"gw_param": "gradwatch params", "gw_act": "+ activations", "gw_every10": "every=10",
+HEADERS = {"gw_param": "gradwatch params", "gw_loss": "params + `note_loss`",
+           "gw_act": "+ activations", "gw_every10": "every=10",
            "naive": "naive `.item()` loop", "lightning": "Lightning `grad_norm`",
            "wandb_watch": "`wandb.watch`", "gw_wandb": "gradwatch + `WandbLogger`",
            "torch_clip": "`clip_grad_norm_`",
@@ -130,11 +133,15 @@ def make_peer_step(config: str, workload: Workload, *, device: str = "cpu",
     loss_fn = workload.loss
     after: Callable[[], object] | None = None
     commit: Callable[[], object] | None = None
+    note: Callable[[torch.Tensor], object] | None = None
     close: Callable[[], None] = lambda: None  # noqa: E731
     options = {"gw_param": dict(activations=False), "gw_act": {}, "gw_every10": dict(every=10),
                "gw_clip": dict(activations=False, clip=1.0)}
     if config in options:
         close = GradWatch(model, optimizer=opt, **options[config]).close
+    elif config == "gw_loss":
+        watch = GradWatch(model, optimizer=opt, activations=False)
+        note, close = watch.note_loss, watch.close
     elif config == "naive":
         def after():
             return [p.grad.norm().item() for p in model.parameters()]
@@ -163,7 +170,10 @@ def make_peer_step(config: str, workload: Workload, *, device: str = "cpu",
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        if note is not None:
+            note(loss)
         if after is not None:
             after()
         opt.step()
