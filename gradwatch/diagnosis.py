@@ -8,11 +8,16 @@ if TYPE_CHECKING:
     from .records import Finding, StepRecord
     from .rules import Hit, StepView
 
-__all__ = ["explain", "format_findings", "nonfinite_message"]
+__all__ = ["Plans", "explain", "plan_text", "format_findings", "nonfinite_message"]
 
 
-def explain(kind: str, view: StepView, hit: Hit) -> tuple[str, str, tuple[str, ...]]:
-    """(cause, remedy, remedy codes) of a finding of ``kind`` seen at ``view``."""
+Plans = tuple[tuple[str, ...], ...]
+
+
+def explain(kind: str, view: StepView, hit: Hit) -> tuple[str, str, Plans]:
+    """(cause, remedy, remedy plans) of a finding of ``kind`` seen at ``view``: the plans are
+    the remedy's alternatives in the order the words give them, each the remedy codes to apply
+    together ("a ReLU-family activation with He initialisation" is one plan of two codes)."""
     if kind == "vanishing":
         if view.saturating:
             return ("saturating activations (sigmoid/tanh) multiply the gradient by their slope "
@@ -20,23 +25,23 @@ def explain(kind: str, view: StepView, hit: Hit) -> tuple[str, str, tuple[str, .
                     "towards the input",
                     "use a ReLU-family activation with He initialisation, or add batch/layer "
                     "normalisation or residual connections",
-                    ("relu", "he_init", "normalization", "residual"))
+                    (("relu", "he_init"), ("normalization",), ("residual",)))
         return ("the initial weights are too small for the depth: each layer scales the "
                 "gradient down",
                 "initialise with He (ReLU) or Xavier/Glorot (tanh, linear) so each layer keeps "
                 "the gradient's variance, or add normalisation or residual connections",
-                ("he_init", "xavier_init", "normalization", "residual"))
+                (("he_init",), ("xavier_init",), ("normalization",), ("residual",)))
     if kind == "exploding":
         return ("weights too large for the depth (each layer scales the gradient up), or a "
                 "learning rate that lets them grow",
                 "clip the gradient norm (clip=1.0), initialise with Xavier/He, add "
                 "normalisation, or penalise large weights (weight decay / L2)",
-                ("clip", "xavier_init", "normalization", "weight_decay"))
+                (("clip",), ("xavier_init",), ("normalization",), ("weight_decay",)))
     if kind == "divergence":
         return ("the learning rate is too high: one step changes the weights by more than "
                 "their own size",
                 "lower the learning rate (by 10x or more) or add a warm-up, and clip the "
-                "gradient norm", ("lower_lr", "warmup", "clip"))
+                "gradient norm", (("lower_lr", "clip"), ("warmup", "clip")))
     if kind == "stalled":
         return ("the output units saturated on wrong answers, so the loss is high but its "
                 "gradient is ~0 (a sigmoid/softmax output trained with squared error, or "
@@ -45,49 +50,55 @@ def explain(kind: str, view: StepView, hit: Hit) -> tuple[str, str, tuple[str, .
                 "compute the loss from logits (BCEWithLogitsLoss, cross_entropy) so a wrong, "
                 "confident output still gets a gradient; initialise the output layer smaller "
                 "(Xavier/Glorot) so it does not start saturated; check that the loss depends on "
-                "the output", ("logit_loss", "xavier_init"))
+                "the output", (("logit_loss",), ("xavier_init",)))
     if kind == "dead_units":
         return ("ReLU units pushed to always-negative inputs (a large step or a bad bias/init) "
                 "output 0 and get no gradient again",
                 "lower the learning rate, initialise with He, or use a leaky ReLU-family "
                 "activation or normalisation before the ReLU",
-                ("lower_lr", "he_init", "normalization"))
+                (("lower_lr",), ("he_init",), ("normalization",)))
     if kind == "saturation":
         return ("pre-activations too large: sigmoid/tanh outputs pinned at their bounds where "
                 "the slope is ~0",
                 "initialise with Xavier/Glorot, normalise the inputs of the activation "
                 "(batch/layer norm), or use a ReLU-family activation",
-                ("xavier_init", "normalization", "relu"))
+                (("xavier_init",), ("normalization",), ("relu",)))
     if kind == "vanishing_through_time":
         return ("the recurrence multiplies the gradient by its Jacobian at every time step, so "
                 "it fades over a long sequence",
                 "use a gated cell (LSTM/GRU), shorter sequences or truncated backpropagation, "
                 "skip/attention connections over time, and clip the gradient norm",
-                ("gated_rnn", "clip"))
+                (("gated_rnn", "clip"),))
     if kind == "nonfinite_forward":
         return (f"an operation in `{view.birth}` produced NaN/Inf in the forward pass (an "
                 f"overflow, a log of 0, a division by 0, a sqrt of a negative), so every "
                 f"gradient after it is non-finite",
                 f"guard the operation in `{view.birth}` (clamp its input, add an epsilon, use "
                 f"log_softmax/logsumexp); if the weights blew up first, lower the learning rate",
-                ("fix_op", "lower_lr"))
+                (("fix_op",), ("lower_lr",)))
     if kind == "nonfinite_backward":
         return (f"the backward pass of an operation at `{view.birth}` produced NaN/Inf while "
                 f"the forward values were finite (e.g. sqrt or pow at 0, a custom backward)",
                 f"fix the operation's gradient at `{view.birth}` (add an epsilon inside sqrt/"
-                f"pow, check custom autograd Functions)", ("fix_op",))
+                f"pow, check custom autograd Functions)", (("fix_op",),))
     if kind == "nonfinite_loss":
         return ("the loss itself is NaN/Inf (a log of a zero probability, a division by 0, "
                 "a mean over no elements when every label is ignored)",
                 "compute the loss from logits (cross_entropy, BCEWithLogitsLoss), clamp "
                 "probabilities before log, and check the targets (a batch with no label left "
-                "needs a sum, not a mean)", ("fix_op",))
+                "needs a sum, not a mean)", (("fix_op",),))
     if kind == "amp_overflow":
         return ("the AMP loss scale overflows on every step: the scaled gradients do not fit "
                 "in float16",
                 "lower GradScaler's init_scale or growth, use bfloat16 autocast, or find the "
-                "layer whose activations overflow", ("loss_scaling",))
+                "layer whose activations overflow", (("loss_scaling",),))
     return ("", "", ())
+
+
+def plan_text(plans: Plans) -> str:
+    """``relu+he_init, normalization, residual``: alternatives by commas, codes of one plan
+    joined by ``+``."""
+    return ", ".join("+".join(plan) for plan in plans)
 
 
 def format_findings(findings: Sequence[Finding]) -> str:
@@ -102,7 +113,7 @@ def format_findings(findings: Sequence[Finding]) -> str:
                      + f" (first at step {f.first_step}, on {f.steps} recorded step(s))")
         lines.append(f"  evidence: {f.evidence}")
         lines.append(f"  likely cause: {f.cause}")
-        lines.append(f"  remedy: {f.remedy} [{', '.join(f.remedies)}]")
+        lines.append(f"  remedy: {f.remedy} [{plan_text(f.plans)}]")
     return "\n".join(lines)
 
 

@@ -94,9 +94,10 @@ class Judge:
         layers = tuple(view.names[i] for i in sorted(hit.layers))
         if kind.startswith("nonfinite") and view.birth is not None:
             layers = (view.birth,)
-        cause, remedy, codes = explain(kind, view, hit)
+        cause, remedy, plans = explain(kind, view, hit)
+        codes = tuple(dict.fromkeys(c for plan in plans for c in plan))
         self.findings[kind] = Finding(kind, layers, hit.evidence, cause, remedy, codes,
-                                      first_step=view.step, steps=1)
+                                      first_step=view.step, steps=1, plans=plans)
         self._steps[kind] = 1
         return self.findings[kind]
 

@@ -174,14 +174,20 @@ class Finding:
     Attributes:
         kind: The problem: ``"vanishing"``, ``"exploding"``, ``"divergence"``, ``"dead_units"``,
             ``"saturation"``, ``"vanishing_through_time"``, ``"nonfinite_forward"``,
-            ``"nonfinite_backward"``, ``"nonfinite_loss"`` or ``"amp_overflow"``.
+            ``"nonfinite_backward"``, ``"nonfinite_loss"``, ``"amp_overflow"`` or
+            ``"stalled"``.
         layers: The layers that carry the evidence (where a NaN was born, for non-finite kinds).
         evidence: The numbers behind the finding, in words.
         cause: The likely cause.
         remedy: What to do, in words.
-        remedies: Machine-readable remedy codes (see `gradwatch.rules.REMEDIES`).
+        remedies: Machine-readable remedy codes (see `gradwatch.rules.REMEDIES`), every code
+            of `plans` once, in order.
         first_step: The first recorded step at which the finding held.
         steps: On how many recorded steps it held.
+        plans: The remedy's alternatives, in the order the words give them, each the codes to
+            apply together: ``(("relu", "he_init"), ("normalization",), ("residual",))`` is
+            "a ReLU-family activation with He initialisation, or normalisation, or residual
+            connections". Defaults to each of `remedies` alone (records written before plans).
     """
 
     kind: str
@@ -192,10 +198,16 @@ class Finding:
     remedies: tuple[str, ...] = ()
     first_step: int = 0
     steps: int = 1
+    plans: tuple[tuple[str, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.plans and self.remedies:
+            object.__setattr__(self, "plans", tuple((c,) for c in self.remedies))
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "layers": list(self.layers), "evidence": self.evidence,
                 "cause": self.cause, "remedy": self.remedy, "remedies": list(self.remedies),
+                "plans": [list(p) for p in self.plans],
                 "first_step": self.first_step, "steps": self.steps}
 
     @classmethod
@@ -204,7 +216,8 @@ class Finding:
                    evidence=str(data.get("evidence", "")), cause=str(data.get("cause", "")),
                    remedy=str(data.get("remedy", "")),
                    remedies=tuple(str(x) for x in data.get("remedies", ())),
-                   first_step=int(data.get("first_step", 0)), steps=int(data.get("steps", 1)))
+                   first_step=int(data.get("first_step", 0)), steps=int(data.get("steps", 1)),
+                   plans=tuple(tuple(str(c) for c in p) for p in data.get("plans", ())))
 
     def __str__(self) -> str:
         where = f" at {', '.join(self.layers[:4])}" + ("…" if len(self.layers) > 4 else "") \

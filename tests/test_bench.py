@@ -271,11 +271,16 @@ def test_grad_jump_and_norm_growth():
 
 def test_closed_loop_remedy_choice():
     run = TrainRun("r", diagnosed=True, findings=[
-        {"kind": "vanishing", "layers": ["input"], "remedies": ["relu", "normalization"]},
+        {"kind": "vanishing", "layers": ["input"], "remedies": ["relu", "he_init", "residual"],
+         "plans": [["relu", "he_init"], ["residual"]]},
         {"kind": "saturation", "layers": ["input"], "remedies": ["normalization", "he_init"]}])
-    assert named_remedies(run) == (("relu", "normalization", "he_init"), "diagnose()")
+    assert named_remedies(run) == ((("relu", "he_init"), ("residual",), ("normalization",),
+                                    ("he_init",)), "diagnose()")  # old findings: codes alone
     cell = Cell("relu", "small_normal")
     assert apply_remedy(cell, "relu") is None  # already ReLU: changes nothing
+    assert apply_remedy(cell, ("relu", "he_init")) == Cell("relu", "he")  # the rest still applies
+    assert apply_remedy(Cell("sigmoid", "xavier"), ("relu", "he_init")) == Cell("relu", "he")
+    assert apply_remedy(cell, ("warmup", "clip")) is None  # a plan applies whole or not at all
     assert apply_remedy(cell, "normalization") == Cell("relu", "small_normal", batch_norm=True)
     assert apply_remedy(cell, "lower_lr").lr == pytest.approx(1e-4)
     assert apply_remedy(cell, "fix_op") is None
@@ -285,7 +290,7 @@ def test_closed_loop_remedy_choice():
     placeholder = TrainRun("p", summary=RecordSummary(3, 2, 1, {"exploding": {"a": 2},
                                                                "vanishing": {"b": 1}}, 0))
     codes, origin = named_remedies(placeholder)
-    assert codes == ("clip", "lower_lr") and origin.startswith("placeholder")
+    assert codes == (("clip",), ("lower_lr",)) and origin.startswith("placeholder")
     assert named_remedies(TrainRun("q", summary=RecordSummary(3, 0, None, {}, 0)))[0] == ()
 
 
@@ -379,7 +384,13 @@ def test_closed_loop_follows_the_diagnosis_round_by_round(monkeypatch):
         remedies = [] if good else (["relu", "he_init"] if cell.activation != "relu" else ["he_init"])
         return TrainRun(f"grid {cell.name}", test_acc=0.9 if good else 0.1, diagnosed=True,
                         findings=[] if good else [{"kind": "vanishing", "layers": ["input"],
-                                                   "remedies": remedies}])
+                                                   "remedies": remedies}])  # codes alone
+
+    def fake_train_plans(cell, ctx):  # the same, with the plans gradwatch now names
+        run = fake_train(cell, ctx)
+        for f in run.findings:
+            f["plans"] = [f["remedies"]]
+        return run
 
     monkeypatch.setattr(grid, "_train", fake_train)
     broken = {c.name: (c, fake_train(c, None)) for c in (Cell("sigmoid", "small_normal"),
@@ -389,6 +400,10 @@ def test_closed_loop_follows_the_diagnosis_round_by_round(monkeypatch):
     first, second = loop["rows"]
     assert first[3] == "relu → relu/small_normal: 10.0%; he_init → relu/he: 90.0%"
     assert first[4:] == ["yes", "yes", 2] and second[3] == "relu → relu/he: 90.0%"
+    monkeypatch.setattr(grid, "_train", fake_train_plans)  # "ReLU with He init": one round
+    loop = grid._closed_loop({c: (Cell(*c.split("/")), fake_train_plans(Cell(*c.split("/")), None))
+                              for c in ("sigmoid/small_normal",)}, None)
+    assert loop["rows"][0][3] == "relu+he_init → relu/he: 90.0%" and loop["fixed_first_round"] == 1
     stuck = grid._closed_loop({"x": (Cell("relu", "he", lr=1e-3), TrainRun(
         "x", test_acc=0.1, diagnosed=True, findings=[{"kind": "k", "layers": [],
                                                       "remedies": ["fix_op"]}]))}, None)

@@ -81,3 +81,33 @@ def test_a_module_run_at_several_depths_is_known_as_shared():
     assert names == ["block"]
     assert rec.layers["block"].norm == pytest.approx(torch.linalg.vector_norm(
         torch.cat([p.grad.reshape(-1) for p in model.block.parameters()])).item(), rel=1e-6)
+
+
+def test_remedy_plans_keep_what_goes_together():
+    """A deep sigmoid net's vanishing finding names "ReLU with He init" as one plan, and its
+    flat codes are every plan's codes once; the plans survive to_dict/from_dict."""
+    from gradwatch.diagnosis import format_findings
+    from gradwatch.records import Finding
+
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(12):
+        layers += [nn.Linear(16, 16), nn.Sigmoid()]
+    net = nn.Sequential(*layers, nn.Linear(16, 2))
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, nn.Linear):
+                m.weight.normal_(0, 0.1)
+    watch = GradWatch(net)
+    for _ in range(6):
+        net.zero_grad()
+        nn.functional.cross_entropy(net(torch.randn(8, 16)), torch.randint(0, 2, (8,))).backward()
+        watch.step()
+    (found,) = watch.diagnose()
+    assert found.kind == "vanishing"
+    assert found.plans == (("relu", "he_init"), ("normalization",), ("residual",))
+    assert found.remedies == ("relu", "he_init", "normalization", "residual")
+    assert Finding.from_dict(found.to_dict()) == found
+    assert "[relu+he_init, normalization, residual]" in format_findings([found])
+    old = {k: v for k, v in found.to_dict().items() if k != "plans"}  # a record from before
+    assert Finding.from_dict(old).plans == tuple((c,) for c in found.remedies)

@@ -213,7 +213,8 @@ def test_statistics_findings_and_status_table_are_logged_generically(tmp_path):
                               if k.startswith("grad/findings/") and k != "grad/findings/count"})
     assert findings["columns"] == list(finding.to_dict())
     assert findings["data"] == [["vanishing", "hidden.0, hidden.1", "1e-9 < 1e-7",
-                                 "saturating sigmoids", "use ReLU", "relu, he_init", 4, 2]]
+                                 "saturating sigmoids", "use ReLU", "relu, he_init",
+                                 "relu, he_init", 4, 2]]  # plans: each code alone (default)
     statuses = _table(files, {k.split("/", 2)[2]: v for k, v in row.items()
                               if k.startswith("grad/statuses/")})
     assert statuses["columns"] == ["layer", "status", "spike", "reason"]

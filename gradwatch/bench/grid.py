@@ -8,7 +8,7 @@ import math
 import statistics
 from collections import Counter
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Sequence
 
 from ..records import Status
 from .common import Claim, Context, ExperimentResult, LabelledRun
@@ -80,28 +80,38 @@ def first_last_ratio(run: TrainRun) -> float:
     return statistics.median(vals) if vals else math.nan
 
 
-def named_remedies(run: TrainRun) -> tuple[tuple[str, ...], str]:
-    """``(remedy codes, where from)``: the findings' remedies in order, or the placeholder."""
+def named_remedies(run: TrainRun) -> tuple[tuple[tuple[str, ...], ...], str]:
+    """``(remedy plans, where from)``: the findings' plans in order (each the codes to apply
+    together, `gradwatch.records.Finding.plans`), or the placeholder's codes one by one."""
     if run.diagnosed:
-        codes = [c for f in run.findings for c in f.get("remedies", ())]
-        return tuple(dict.fromkeys(codes)), "diagnose()"
+        plans = [tuple(p) for f in run.findings
+                 for p in (f.get("plans") or [[c] for c in f.get("remedies", ())])]
+        return tuple(dict.fromkeys(plans)), "diagnose()"
     counts = Counter({s: sum(c.values()) for s, c in (run.summary.layers if run.summary else {}).items()})
     if not counts:
         return (), "placeholder (no diagnose(); nothing flagged)"
-    return PLACEHOLDER_REMEDIES.get(counts.most_common(1)[0][0], ()), \
+    return tuple((c,) for c in PLACEHOLDER_REMEDIES.get(counts.most_common(1)[0][0], ())), \
         f"placeholder (no diagnose(); most frequent status {counts.most_common(1)[0][0]})"
 
 
-def apply_remedy(cell: Cell, code: str) -> Cell | None:
-    """The cell with remedy ``code`` applied; None when it does not apply or changes nothing."""
-    changes: dict[str, dict[str, Any]] = {
-        "relu": {"activation": "relu"}, "he_init": {"init": "he"},
-        "xavier_init": {"init": "xavier"}, "normalization": {"batch_norm": True},
-        "residual": {"residual": True}, "lower_lr": {"lr": cell.lr / 10},
-        "clip": {"clip": 1.0}, "weight_decay": {"weight_decay": 1e-4}}
-    if code not in changes:
+_CHANGES = {"relu": lambda cell: {"activation": "relu"}, "he_init": lambda cell: {"init": "he"},
+            "xavier_init": lambda cell: {"init": "xavier"},
+            "normalization": lambda cell: {"batch_norm": True},
+            "residual": lambda cell: {"residual": True},
+            "lower_lr": lambda cell: {"lr": cell.lr / 10}, "clip": lambda cell: {"clip": 1.0},
+            "weight_decay": lambda cell: {"weight_decay": 1e-4}}
+
+
+def apply_remedy(cell: Cell, plan: str | Sequence[str]) -> Cell | None:
+    """The cell with a remedy code, or a plan of codes applied together; None when a code does
+    not apply to a grid cell (``fix_op``, ``warmup``, ...) or the plan changes nothing (a code
+    already in effect is fine: ``relu+he_init`` on a ReLU cell changes its init)."""
+    codes = (plan,) if isinstance(plan, str) else tuple(plan)
+    if not codes or any(c not in _CHANGES for c in codes):
         return None
-    fixed = replace(cell, **changes[code])
+    fixed = cell
+    for code in codes:
+        fixed = replace(fixed, **_CHANGES[code](fixed))
     return None if fixed == cell else fixed
 
 
@@ -123,12 +133,13 @@ def _row(cell: Cell, run: TrainRun) -> dict[str, Any]:
 
 
 def _next(cell: Cell, run: TrainRun) -> tuple[Cell | None, str | None, str]:
-    """The first remedy named for ``run`` that changes ``cell``: (remedied cell, code, origin)."""
-    codes, origin = named_remedies(run)
-    for code in codes:
-        fixed = apply_remedy(cell, code)
+    """The first remedy plan named for ``run`` that changes ``cell``: (remedied cell, the plan
+    as ``code+code``, origin)."""
+    plans, origin = named_remedies(run)
+    for plan in plans:
+        fixed = apply_remedy(cell, plan)
         if fixed is not None:
-            return fixed, code, origin
+            return fixed, "+".join(plan), origin
     return None, None, origin
 
 
@@ -164,8 +175,8 @@ def _closed_loop(broken: dict[str, tuple[Cell, TrainRun]], ctx: Context,
             "rows": rows, "fixed_and_quiet": ok, "fixed_first_round": first_round,
             "broken": len(broken),
             "note": f"Broken: test accuracy below {BROKEN_BELOW:.0%} after the cell's budget. "
-                    f"Each round applies the first remedy named by diagnose() that changes the "
-                    f"cell (relu: ReLU activation; he_init / xavier_init: that init; "
+                    f"Each round applies the first remedy plan named by diagnose() that "
+                    f"changes the cell, all its codes together (relu: ReLU activation; he_init / xavier_init: that init; "
                     f"normalization: batch norm; residual: shortcuts; lower_lr: lr/10; clip: "
                     f"global norm 1.0; weight_decay: 1e-4) and retrains; a cell still broken gets "
                     f"the remedy named for its new run (at most {rounds} rounds). Fixed: test "

@@ -36,11 +36,13 @@ def _number(value: Any) -> float | int | None:
 
 
 def _cell(value: Any) -> Any:
-    """A table cell: numbers and strings as they are, sequences joined, anything else as text."""
+    """A table cell: numbers and strings as they are, sequences joined (a sequence of
+    sequences, as remedy plans, ``a+b, c``), anything else as text."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (list, tuple, set, frozenset)):
-        return ", ".join(str(v) for v in value)
+        return ", ".join("+".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+                         for v in value)
     return str(value)
 
 
