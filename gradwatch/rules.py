@@ -228,13 +228,14 @@ def _has_signal(view: StepView, th: Thresholds) -> bool:
 class Stalled(Rule):
     """No gradient enters the model while the loss is still high: the loss is at least
     `Thresholds.stalled_loss` times the highest loss of the run, and the head's output gradient
-    (or, unmeasured, its parameter gradient) is below `Thresholds.vanishing`, and below it times
-    the loss (a net whose output is not saturated gets a gradient of the loss's order or more;
-    a huge loss on logits still gets an O(1) gradient, which is no stall). Output units
-    saturated on wrong answers (a sigmoid output trained with squared error, probabilities
-    clamped before a log) or a loss that does not read the model's output do this. It needs the
-    loss (``GradWatch.step(loss=...)`` or `GradWatch.note_loss`): without it a stalled net and
-    a converged one look alike, since neither gets a gradient."""
+    (or, unmeasured, its parameter gradient) is at most `Thresholds.stalled_gradient` times the
+    loss (times 1 for a loss above 1): far below the rounding floor a converged net sits at
+    (about 1e-7 of the loss in float32, even with a loss floor above 0 as under label
+    smoothing), as when output units are saturated on wrong answers (a sigmoid output trained
+    with squared error, probabilities clamped before a log: exactly 0) or the loss does not
+    read the model's output. A huge loss on logits still gets an O(1) gradient: no stall. It
+    needs the loss (``GradWatch.step(loss=...)`` or `GradWatch.note_loss`): without it a
+    stalled net and a converged one look alike, since neither gets a gradient."""
 
     kind, status, reads, optional = "stalled", Status.VANISHING, ("loss",), True
 
@@ -246,15 +247,15 @@ class Stalled(Rule):
         if peak <= 0 or loss < th.stalled_loss * peak:
             return None
         signal = view.act[h] if view.act[h] is not None else view.norms[h]
-        if not signal < th.vanishing * min(loss, 1.0):
+        bound = th.stalled_gradient * min(loss, 1.0)
+        if not signal <= bound:
             return None
         what = "output gradient" if view.act[h] is not None else "gradient norm"
         return Hit({h: f"{what} {_fmt(signal)} at loss {_fmt(loss)}"},
-                   f"no gradient enters the model: the head's {what} is {_fmt(signal)}, "
-                   f"below vanishing={th.vanishing:g} (and it times the loss) while the loss, "
-                   f"{_fmt(loss)}, is "
-                   f"{loss / peak:.2g}x the run's highest ({_fmt(peak)}; bound "
-                   f"stalled_loss={th.stalled_loss:g})", {"loss": loss, "signal": signal})
+                   f"no gradient enters the model: the head's {what} is {_fmt(signal)} (at "
+                   f"most stalled_gradient={th.stalled_gradient:g} x the loss) while the loss, "
+                   f"{_fmt(loss)}, is {loss / peak:.2g}x the run's highest ({_fmt(peak)}; "
+                   f"bound stalled_loss={th.stalled_loss:g})", {"loss": loss, "signal": signal})
 
 
 class DeadUnits(Rule):

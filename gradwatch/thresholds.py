@@ -14,7 +14,7 @@ __all__ = ["Thresholds", "RunningStats", "layer_verdicts"]
 _NUMBER_FIELDS = ("vanishing", "exploding", "relative_vanishing", "relative_exploding", "spike",
                   "spike_min_ratio", "spike_momentum", "spike_warmup", "window", "persistence", "recovery",
                   "divergence_update_ratio", "dead_units", "saturation", "time_vanishing",
-                  "stalled_loss")
+                  "stalled_loss", "stalled_gradient")
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,13 @@ class Thresholds:
     """Vanishing through time when a recurrent module's first/last time-step gradient ratio is
     below this (persistent; None: off)."""
     stalled_loss: float | None = 0.5
-    """Stalled when no gradient enters the model (the head's below `vanishing` and below it
-    times the loss) on steps whose loss is at least this times the run's highest (persistent;
-    needs the loss passed to `GradWatch.step` or `GradWatch.note_loss`; None: off)."""
+    """Stalled when no gradient enters the model (the head's at most `stalled_gradient` times
+    the loss) on steps whose loss is at least this times the run's highest (persistent; needs
+    the loss passed to `GradWatch.step` or `GradWatch.note_loss`; None: off)."""
+    stalled_gradient: float = 1e-12
+    """The head's gradient, relative to the loss (capped at 1), at or below which no gradient
+    enters the model: converged float32 nets bottom out near 1e-7 of the loss (label smoothing
+    included), stalled ones at exactly 0 or an underflow's 1e-13 and below."""
     spike: float | None = 6.0
     """A spike is a log10-norm this many running standard deviations above its running mean
     (None: off); applies to each layer and to the total norm."""
@@ -78,7 +82,7 @@ class Thresholds:
             value = getattr(self, name)
             if value is None and name not in ("vanishing", "exploding", "spike_min_ratio",
                                               "spike_momentum", "spike_warmup", "window",
-                                              "persistence", "recovery"):
+                                              "persistence", "recovery", "stalled_gradient"):
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"Expected `Thresholds.{name}` to be a number, but got "
@@ -118,6 +122,9 @@ class Thresholds:
         if self.persistence > self.window:
             raise ValueError(f"Expected `Thresholds.persistence` <= `Thresholds.window`, but got "
                              f"persistence={self.persistence}, window={self.window}.")
+        if not 0 <= self.stalled_gradient < 1:
+            raise ValueError(f"Expected `Thresholds.stalled_gradient` in [0, 1), but got "
+                             f"{self.stalled_gradient!r}.")
         for name in ("divergence_update_ratio", "time_vanishing"):
             value = getattr(self, name)
             if value is not None and not 0 < value < math.inf:

@@ -215,3 +215,43 @@ def test_the_highest_loss_survives_a_resume():
     zero_grad_steps(resumed, 1.0, 5)
     zero_grad_steps(fresh, 1.0, 5)
     assert resumed.diagnose() == [] and [f.kind for f in fresh.diagnose()] == ["stalled"]
+
+
+def test_a_converged_net_whose_loss_has_a_floor_is_not_stalled():
+    """Label smoothing 0.7 over 4 classes: the loss cannot fall below 0.89x its start, and a
+    memorised batch drives the head's gradient to float32's rounding floor (below 1e-7 from
+    about step 480): converged, not stalled (the gradient is ~1e-7 of the loss, not ~0)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                        nn.Linear(32, 4))
+    x, y = torch.randn(16, 8), torch.randint(0, 4, (16,))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    watch = GradWatch(net, optimizer=opt, every=10)
+    for _ in range(700):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(net(x), y, label_smoothing=0.7)
+        loss.backward()
+        watch.note_loss(loss)
+        opt.step()
+    last = watch.history[-5:]
+    assert all(r.loss > 0.85 * watch.history[0].loss for r in last)
+    assert all(0 < r.layers["4"].act_norm < 1e-7 for r in last)
+    assert watch.diagnose() == []
+
+
+def test_outputs_pinned_near_zero_are_stalled_though_their_gradient_is_not_exactly_zero():
+    """Sigmoid outputs at sigmoid(-40) ~ 4e-18 (float32 keeps it), targets 1, squared error:
+    the gradient underflows to ~1e-18, not 0, far below a converged net's rounding floor."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 1))
+    with torch.no_grad():
+        net[4].bias.fill_(-40.0)
+    watch = GradWatch(net)
+    x = torch.randn(8, 4)
+    for _ in range(6):
+        net.zero_grad()
+        loss = ((torch.sigmoid(net(x)) - 1.0) ** 2).mean()
+        loss.backward()
+        rec = watch.step(loss=loss)
+    assert 0 < rec.layers["4"].act_norm < 1e-15 and loss.item() == pytest.approx(1.0)
+    assert [f.kind for f in watch.diagnose()] == ["stalled"]
