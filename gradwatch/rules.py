@@ -217,11 +217,19 @@ class DepthExploding(Rule):
         return None
 
 
-def _has_signal(view: StepView, th: Thresholds) -> bool:
-    """Whether a gradient enters the model: the head's output gradient (or, unmeasured, its
-    parameter gradient) is at least `Thresholds.vanishing`. A converged net has none."""
+def _signal(view: StepView) -> tuple[float, str]:
+    """The gradient entering the model and what it is: the head's output gradient, or
+    (unmeasured) its parameter gradient."""
     h = view.head
-    signal = view.act[h] if view.act[h] is not None else view.norms[h]
+    if view.act[h] is not None:
+        return view.act[h], "output gradient"
+    return view.norms[h], "gradient norm"
+
+
+def _has_signal(view: StepView, th: Thresholds) -> bool:
+    """Whether a gradient enters the model (`_signal` at least `Thresholds.vanishing`). A
+    converged net has none."""
+    signal, _ = _signal(view)
     return math.isfinite(signal) and signal >= th.vanishing
 
 
@@ -246,11 +254,9 @@ class Stalled(Rule):
         peak = state["peak"] = max(state.get("peak", loss), loss)
         if peak <= 0 or loss < th.stalled_loss * peak:
             return None
-        signal = view.act[h] if view.act[h] is not None else view.norms[h]
-        bound = th.stalled_gradient * min(loss, 1.0)
-        if not signal <= bound:
+        signal, what = _signal(view)
+        if not signal <= th.stalled_gradient * min(loss, 1.0):
             return None
-        what = "output gradient" if view.act[h] is not None else "gradient norm"
         return Hit({h: f"{what} {_fmt(signal)} at loss {_fmt(loss)}"},
                    f"no gradient enters the model: the head's {what} is {_fmt(signal)} (at "
                    f"most stalled_gradient={th.stalled_gradient:g} x the loss) while the loss, "
