@@ -104,7 +104,8 @@ def check_loss(loss: Any) -> Any:
                              f"loss.sum(), the value you call backward() on.")
         if loss.is_complex():
             raise TypeError("Expected `loss` to be a real number, but got a complex tensor.")
-        return loss.detach().reshape(())
+        loss = loss.detach()
+        return loss if loss.dim() == 0 else loss.reshape(())
     if isinstance(loss, bool) or not isinstance(loss, numbers.Real):
         raise TypeError(f"Expected `loss` to be a 0-d tensor or a number (or None), but got "
                         f"{type(loss).__name__} {loss!r:.60}; pass the loss you call "

@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 from .hooks import user_stacklevel
-from .measure import InFlight, StepNumbers, device_total, finish_read, read_step, start_read
+from .measure import InFlight, StepNumbers, device_total, finish_read, read_norms, read_step, \
+    start_read
 from .norms import combine, per_tensor_norms, repair_norms
 
 __all__ = ["Outcome", "measure_step", "clip_step", "clip_coef", "zero_nonfinite_", "GradStash"]
@@ -73,7 +74,8 @@ def measure_step(watched: Any, amp: Any, policy: Any, statistics: Sequence[Any],
         return None
     c = w.collector
     # on the CPU reading the norms costs nothing: a step known finite skips the NaN checks
-    finite = math.isfinite(norms_dev.sum().item()) if norms_dev.device.type == "cpu" else None
+    host_norms = read_norms(norms_dev) if norms_dev.device.type == "cpu" else None
+    finite = None if host_norms is None else math.isfinite(host_norms[-1])
     data = c.take(finite) if c.armed else None
     if data is not None:  # the head (AGC's final layer) is known before clipping
         w.forward.learn(data.completed)
@@ -83,7 +85,7 @@ def measure_step(watched: Any, amp: Any, policy: Any, statistics: Sequence[Any],
                          zero=on_nonfinite == "zero", recording=recording, loss=loss)
     got = read_step(grads, params, norms_dev, scale=amp.loss_scale(), scaled=scaled,
                     data=data, statistics=statistics, recording=recording,
-                    loss=loss if recording else None)
+                    loss=loss if recording else None, host_norms=host_norms)
     overflow = amp.overflow(scaled, got.total)
     finite = math.isfinite(got.total)
     skipped = False

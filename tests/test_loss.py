@@ -255,3 +255,21 @@ def test_outputs_pinned_near_zero_are_stalled_though_their_gradient_is_not_exact
         rec = watch.step(loss=loss)
     assert 0 < rec.layers["4"].act_norm < 1e-15 and loss.item() == pytest.approx(1.0)
     assert [f.kind for f in watch.diagnose()] == ["stalled"]
+
+
+@pytest.mark.parametrize("activations", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_the_recorded_loss_is_the_loss_tensors_own_value(dtype, activations):
+    """A float32 model's loss in another dtype is recorded exactly (read apart from the
+    float32 norms, never rounded to their dtype), with or without activation hooks."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    watch = GradWatch(net, activations=activations)
+    loss = net(torch.randn(5, 3)).pow(2).mean()
+    loss.backward()
+    value = (loss.detach().double() + 1 / 3).to(dtype)  # 1/3: not a float32 number in float64
+    record = watch.step(loss=value)
+    assert record.loss == value.item()
+    expected = torch.linalg.vector_norm(torch.stack(
+        [torch.linalg.vector_norm(p.grad) for p in net.parameters()])).item()
+    assert record.total_norm == expected
