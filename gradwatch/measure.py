@@ -351,12 +351,10 @@ def read_step(grads: Sequence[Tensor], params: Sequence[Tensor], norms_dev: Tens
               host_norms: list[float] | None = None) -> StepNumbers:
     """`start_read` and `finish_read` with one blocking copy in between (``loss``: the
     user's loss of the step, a 0-d tensor or a float, copied along as ``"loss"``;
-    ``host_norms``: the norms and their fp32 total, already read, as `host_norms` gives)."""
-    simple = data is None and not (recording and statistics) and scale is None
-    if simple and host_norms is None and loss is None:
-        host_norms = read_norms(norms_dev)
-    if simple and host_norms is not None and (
-            not isinstance(loss, Tensor) or loss.device.type == "cpu"):  # nothing to copy
+    ``host_norms``: the norms and their fp32 total, already read, as `read_norms` gives)."""
+    if data is None and not (recording and statistics) and scale is None and (
+            not isinstance(loss, Tensor) or loss.device.type == "cpu"):  # the norms only
+        host_norms = read_norms(norms_dev) if host_norms is None else host_norms
         host = {"norms": host_norms[:-1], "total32": host_norms[-1:], "scale": [1.0]}
         if loss is not None:
             host["loss"] = [float(loss)]
