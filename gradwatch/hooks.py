@@ -92,14 +92,11 @@ class Collected:
 
 BATCH = {"cpu": 32}
 """Module outputs and activation gradients are held until this many of them (8 on accelerators,
-32 on the CPU, where a call's fixed cost dominates) are reduced in one batched
+32 on the CPU, where a call's fixed cost dominates; by the device of the first watched
+parameter, read once per recorded step) are reduced in one batched
 ``torch._foreach_norm`` call (and at the end of the step): one call instead of one kernel per
 tensor. An output changed in place before its batch is reduced (an in-place ReLU after it) is
 checked as changed: NaN stays NaN there."""
-
-
-def _batch(t: Tensor) -> int:
-    return BATCH.get(t.device.type, 8)
 
 
 def _norms64(tensors: list[Tensor]) -> Tensor:
@@ -177,6 +174,8 @@ class Collector:
         self._accumulating = [layer.params[0] for layer in layers if not layer.params[0].is_sparse
                               and hasattr(layer.params[0], "register_post_accumulate_grad_hook")]
         self._on_accumulate = Hook(self, "on_accumulate")
+        self._first = layers[0].params[0] if layers else None
+        self._cap = 8  # the batch size of `BATCH` on the model's device, read in `attach`
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -189,6 +188,8 @@ class Collector:
         hooks on the layers and every module that is not element-wise (their outputs are
         checked for NaN), with ``units`` on the activation modules too (unit statistics), and
         with activations a post-accumulate hook on each layer's first parameter."""
+        if self._first is not None:  # once per recorded step (the model may have moved)
+            self._cap = BATCH.get(self._first.device.type, 8)
         if not self._forward_handles:
             if self.activations:
                 self._forward_handles += [p.register_post_accumulate_grad_hook(
@@ -280,7 +281,7 @@ class Collector:
                 if t.numel() and not (held and held[-1] is t):  # a container's = its child's
                     held.append(t)
                     data.forward_bad.append(index)
-            if held and len(held) >= _batch(held[0]) and not compiling:
+            if len(held) >= self._cap and not compiling:
                 self._flush_outputs()  # (traced by torch.compile: at the end of the step)
         layer = self.owner_of[index]
         kind = self.kinds[index]
@@ -318,7 +319,7 @@ class Collector:
             self.data.events.append((layer, is_output, _task(), id(grad)))
             pending = self._grads_out if is_output else self._grads_in
             pending.append(grad)
-            if len(pending) >= _batch(grad):
+            if len(pending) >= self._cap:
                 self._flush_grads(pending, self.data.out_norms if is_output
                                   else self.data.in_norms)
 
