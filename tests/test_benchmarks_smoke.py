@@ -54,3 +54,36 @@ def test_overhead_benchmark_smoke(tmp_path):
     assert nan["gradwatch_first_nonfinite"] == nan["injected_at_output_of"]
     assert "nan" in nan["detect_anomaly_error"].lower()
     assert result["markdown"].startswith("torch ")
+
+
+def test_sweep_counts_units_that_never_fire_with_plain_torch():
+    sys.path.insert(0, str(SCRIPT.parents[1]))
+    import torch
+    from torch import nn
+
+    from benchmarks.sweep import never_firing
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Conv2d(2, 5, 1), nn.ReLU())
+    with torch.no_grad():  # 3 of 8 features and 2 of 5 channels can never be positive
+        model[0].weight.zero_()
+        model[0].bias.copy_(torch.tensor([-1.0, -2.0, -3.0, 1, 1, 1, 1, 1]))
+        model[2].weight.zero_()
+        model[2].bias.copy_(torch.tensor([-1.0, 1, -1.0, 1, 1]))
+    linear = never_firing(model[:2], ["0"], [torch.randn(6, 4) for _ in range(3)])
+    conv = never_firing(model[2:], ["2"], [torch.randn(3, 2, 4, 4)])  # (a slice keeps names)
+    assert linear == {"0": 3 / 8}
+    assert conv == {"2": 2 / 5}
+
+
+def test_sweep_runs_one_model_and_checks_the_norm_against_torch(tmp_path):
+    out = tmp_path / "sweep.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "sweep.py"), "--only",
+                           "shufflenet_v2_x0_5", "--steps", "6", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| torchvision `shufflenet_v2_x0_5` |" in proc.stdout
+    (r,) = json.loads(out.read_text())["results"]
+    assert "error" not in r, r
+    assert r["steps"] == 6 and r["size"] == 64 and r["total_norm_rel_err"] < 1e-5
+    assert math.isfinite(r["loss_first"]) and math.isfinite(r["loss_last"])
