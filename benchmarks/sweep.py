@@ -1,11 +1,14 @@
 """Architectures the zoo does not have, trained as a user would: is the default watch quiet?
 
 Run ``python benchmarks/sweep.py [--steps 40] [--only NAME ...] [--out sweep.json]`` (1 torch
-thread; timm and torchvision models built from their configs with random weights). Every model
-trains on the zoo's learnable image task (`benchmarks.zoo.tasks.image_task`: class templates plus
+thread; timm, torchvision and Transformers models built from their configs with random weights,
+under ``GradWatch(model, optimizer=opt)``, passing the loss with ``note_loss``). Image models
+train on the zoo's learnable image task (`benchmarks.zoo.tasks.image_task`: class templates plus
 noise, a fresh batch of 16 at 64 px per step; a model that only builds at its own input size
-gets that size) with AdamW (lr 1e-3) under ``GradWatch(model, optimizer=opt)``, passing the loss
-with ``note_loss``. Per model it prints the loss (mean of the first and last five steps), whether
+gets that size) with AdamW (lr 1e-3); Transformers causal LMs (2 layers, width 64, vocabulary
+64, from ``AutoConfig.for_model``) on the zoo's permutation-chain language
+(`benchmarks.zoo.tasks.perm_lm_task`) and sequence classifiers on its token task
+(`token_class_task`), with their own loss and AdamW (lr 3e-3), the zoo's recipe for them. Per model it prints the loss (mean of the first and last five steps), whether
 it trained (the zoo's healthy check: the loss fell by at least 25%), the relative error of the
 last recorded total norm against a float64 plain-torch norm of the same gradients, and what
 gradwatch said (findings, layers flagged). For a ``dead_units`` finding it also measures, with
@@ -48,13 +51,35 @@ TIMM = ("test_byobnet", "test_coatnet", "test_convnext", "test_convnext2", "test
 TORCHVISION = ("mobilenet_v3_small", "mobilenet_v3_large", "regnet_y_400mf", "regnet_x_400mf",
                "efficientnet_b0", "shufflenet_v2_x0_5", "squeezenet1_1", "mnasnet0_5",
                "mobilenet_v2", "resnext50_32x4d", "googlenet")
-MODELS = tuple(("timm", n) for n in TIMM) + tuple(("torchvision", n) for n in TORCHVISION)
+CAUSAL_LMS = ("qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi", "phi3", "mpt",
+              "stablelm", "starcoder2", "olmo", "olmo2", "cohere", "mixtral", "qwen2_moe",
+              "granite", "xglm", "biogpt", "persimmon", "mamba", "rwkv", "gpt_bigcode",
+              "nemotron", "helium", "glm")
+CLASSIFIERS = ("electra", "deberta", "deberta-v2", "xlm-roberta", "mpnet", "convbert",
+               "mobilebert", "ernie", "big_bird", "nystromformer", "fnet", "megatron-bert",
+               "data2vec-text", "canine")
+MODELS = (tuple(("timm", n) for n in TIMM) + tuple(("torchvision", n) for n in TORCHVISION)
+          + tuple(("transformers", n) for n in CAUSAL_LMS + CLASSIFIERS))
 """(library, model name): none of them is in the zoo (`benchmarks.zoo.models`)."""
+
+HF_SMALL = dict(vocab_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=128, max_position_embeddings=64, num_key_value_heads=2,
+                head_dim=16, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                num_experts=8, num_local_experts=8, moe_intermediate_size=32,
+                shared_expert_intermediate_size=64)
+"""The Transformers config: 2 layers of width 64 (a key a model does not know is ignored)."""
 
 
 def build(library: str, name: str) -> nn.Module:
-    """The model with random weights (seed 0) and 10 classes."""
+    """The model with random weights (seed 0): 10 classes for images, 4 for sequences."""
     torch.manual_seed(0)
+    if library == "transformers":
+        import transformers as tr
+        cfg = tr.AutoConfig.for_model(name, **HF_SMALL)
+        if name in CLASSIFIERS:
+            cfg.num_labels = 4
+            return tr.AutoModelForSequenceClassification.from_config(cfg)
+        return tr.AutoModelForCausalLM.from_config(cfg)
     if library == "timm":
         import timm
         return timm.create_model(name, pretrained=False, num_classes=10)
@@ -106,22 +131,34 @@ def never_firing(model: nn.Module, names: list[str], batches: list[torch.Tensor]
     return {n: float((t <= 0).double().mean()) for n, t in tops.items()}
 
 
+def _task(library: str, name: str, model: nn.Module) -> tuple[Callable[[int], tuple], int, float,
+                                                               Callable[..., torch.Tensor]]:
+    """(batches by step, input size, learning rate, loss of a batch) for ``model``."""
+    if library != "transformers":
+        size = _size(model)
+        return (image_task(size=size, batch=16), size, 1e-3,
+                lambda x, y: F.cross_entropy(_logits(model(x)), y))
+    from benchmarks.zoo.tasks import perm_lm_task, token_class_task
+    if name in CLASSIFIERS:
+        return token_class_task(), 0, 3e-3, lambda x, y: model(input_ids=x, labels=y).loss
+    return (perm_lm_task(), 0, 3e-3,
+            lambda x, y=None: model(input_ids=x, labels=x).loss)
+
+
 def train_one(library: str, name: str, steps: int) -> dict[str, Any]:
     """One model's run and what gradwatch said about it."""
     start = time.perf_counter()
     model = build(library, name)
-    size = _size(model)
-    task = image_task(size=size, batch=16)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    task, size, lr, loss_of = _task(library, name, model)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
     watch = GradWatch(model, optimizer=opt)
     losses: list[float] = []
     ref = math.nan
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for step in range(steps):
-            x, y = task(step)
             opt.zero_grad()
-            loss = F.cross_entropy(_logits(model(x)), y)
+            loss = loss_of(*task(step))
             loss.backward()
             if step == steps - 1:  # plain torch: the float64 norm of the same gradients
                 ref = torch.linalg.vector_norm(torch.stack([
@@ -172,7 +209,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
             continue
         err = r["total_norm_rel_err"]
         dead = ", ".join(f"{n} {100 * v:.0f}%" for n, v in r["never_firing"].items())
-        lines.append(f"| {r['library']} `{r['name']}` | {r['size']} | {r['params_m']:.2f} | "
+        lines.append(f"| {r['library']} `{r['name']}` | {r['size'] or '–'} | {r['params_m']:.2f} | "
                      f"{r['loss_first']:.2f} → {r['loss_last']:.2f} | "
                      f"{'yes' if r['trained'] else 'no'} | "
                      f"{'–' if err is None else f'{err:.1e}'} | {_said(r)} | {dead or '–'} |")

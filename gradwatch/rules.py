@@ -53,16 +53,22 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
-def depth_trend(view: StepView) -> list[tuple[str, float, list[int], list[float]]]:
+def depth_trend(view: StepView) -> list[tuple[str, float, float, list[int], list[float]]]:
     """The depth trend of the weight layers up to the head, on the parameter-gradient norms
-    and (when measured) on the output-gradient norms: for each, (what, input-side median over
-    output-side median, the layers, each layer's norm over the output-side median).
+    and (when measured) on the output-gradient norms: for each, (what, the input side's
+    largest norm over the output side's median, the input side's median over the output side's
+    median, the layers, each layer's norm over the output side's median).
 
     The input side is the first third of the weight layers, the output side the last third
     (the head included), so a net whose layers are all small alike (LayerScale γ near 0 at
-    init) shows no trend, while a gradient that shrinks or grows layer after layer does. A
-    layer whose module ran more than once in the forward pass (weights shared across depth, as
-    in ALBERT) has no single depth: its gradient sums over all of them, and it is left out.
+    init) shows no trend, while a gradient that shrinks or grows layer after layer does.
+    Vanishing reads the input side's largest norm: the whole input side must be starved, since
+    layers small by design sit beside big ones at the same depth (attention query/key
+    projections and the layers that only feed attention logits get little gradient while
+    attention is near uniform, and in forward order they can fill most of the first third, as
+    in ConvBERT). Exploding reads the input side's median, which one large layer does not move.
+    A layer whose module ran more than once in the forward pass (weights shared across depth,
+    as in ALBERT) has no single depth: its gradient sums over all of them, and it is left out.
     """
     cached = view.cache.get("trend")
     if cached is not None:
@@ -84,7 +90,9 @@ def depth_trend(view: StepView) -> list[tuple[str, float, list[int], list[float]
         ref = statistics.median(vals[-k:])
         if ref <= 0:
             continue
-        out.append((what, statistics.median(vals[:k]) / ref, idx, [v / ref for v in vals]))
+        first = vals[:k]
+        out.append((what, max(first) / ref, statistics.median(first) / ref, idx,
+                    [v / ref for v in vals]))
     return out
 
 
@@ -166,8 +174,9 @@ class Divergence(Rule):
 
 
 class DepthVanishing(Rule):
-    """The gradient shrinks across depth: the input-side third of the weight layers gets orders
-    of magnitude less than the output-side third (on parameter or output gradients), and the
+    """The gradient shrinks across depth: every layer of the input-side third of the weight
+    layers gets orders of magnitude less than the output-side third's median (on parameter or
+    output gradients), and the
     net is not escaping that state: a ratio that has grown `Thresholds.recovery`-fold since its
     lowest, or √recovery-fold within the window (LayerScale-style γ ≈ 0 at init, growing as
     it trains), is no verdict."""
@@ -179,7 +188,7 @@ class DepthVanishing(Rule):
         if bound is None or view.head is None or not _has_signal(view, th):
             return None
         found = None
-        for what, ratio, idx, rel in depth_trend(view):  # every trend updates its memory
+        for what, ratio, _, idx, rel in depth_trend(view):  # every trend updates its memory
             lowest = state[what] = min(state.get(what, math.inf), ratio)
             recent = state.setdefault(f"{what}:recent", [])  # the last `window` ratios
             earlier = recent[0] if recent else ratio
@@ -188,8 +197,8 @@ class DepthVanishing(Rule):
             if found is None and ratio < bound and not escaping:
                 found = Hit({i: f"{what} norm {r:.2g}x the output side's" for i, r in
                              zip(idx, rel) if r < bound},
-                            f"the input-side weight layers' {what} norm is {ratio:.2g}x the "
-                            f"output side's (bound relative_vanishing={bound:g})",
+                            f"the input-side weight layers' largest {what} norm is {ratio:.2g}x "
+                            f"the output side's median (bound relative_vanishing={bound:g})",
                             {"ratio": ratio})
         return found
 
@@ -202,12 +211,12 @@ class DepthExploding(Rule):
 
     def check(self, view, th, state):
         bound = th.relative_exploding
-        for what, ratio, idx, rel in (depth_trend(view) if bound is not None else []):
+        for what, _, ratio, idx, rel in (depth_trend(view) if bound is not None else []):
             if ratio > bound:
                 return Hit({i: f"{what} norm {r:.2g}x the output side's" for i, r in
                             zip(idx, rel) if r > bound},
-                           f"the input-side weight layers' {what} norm is {ratio:.2g}x the "
-                           f"output side's (bound relative_exploding={bound:g})",
+                           f"the input-side weight layers' median {what} norm is {ratio:.2g}x "
+                           f"the output side's (bound relative_exploding={bound:g})",
                            {"ratio": ratio})
         if math.isfinite(view.total) and view.total > th.exploding:
             return Hit({i: f"norm {_fmt(n)} > exploding {th.exploding:g}" for i, n in
@@ -299,7 +308,8 @@ class DeadUnits(Rule):
 
 class Saturation(Rule):
     """Most outputs of a hidden saturating activation sit at its bounds, where its slope is ~0,
-    and it costs the gradient: the input side gets less than 1e-2 of the output side's (a net
+    and it costs the gradient: even the input side's largest gets less than 1e-2 of the output
+    side's median (a net
     whose skip connections carry the gradient past saturated blocks is not held back by them;
     the output activation is meant to saturate on confident predictions)."""
 
@@ -312,7 +322,7 @@ class Saturation(Rule):
                 for i, v in enumerate(view.values)
                 if (v.get("sat_frac") or 0.0) >= th.saturation and i != view.head}
         trend = depth_trend(view)
-        if not hits or (trend and min(ratio for _, ratio, _, _ in trend) >= 1e-2):
+        if not hits or (trend and min(ratio for _, ratio, _, _, _ in trend) >= 1e-2):
             return None
         worst = max(view.values[i]["sat_frac"] for i in hits)
         return Hit(hits, f"{len(hits)} layer(s) whose following sigmoid/tanh outputs are at "

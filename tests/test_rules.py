@@ -29,12 +29,38 @@ def test_depth_trend_leaves_out_layers_shared_across_depth():
     of this net look vanishing; left out, the trend is the other five layers'."""
     norms = [1e-6, 2e-6, 0.5, 1.0, 2.0, 1.5, 1.0]
     shared = [True, True, False, False, False, False, False]
-    (what, ratio, idx, _), *_ = depth_trend(_view(0, norms))
+    (what, vanish, median, idx, _), *_ = depth_trend(_view(0, norms))
     assert what == "gradient" and idx == list(range(7))
-    assert ratio == statistics.median(norms[:2]) / statistics.median(norms[-2:])  # k = 7 // 3
-    (_, ratio, idx, rel), *_ = depth_trend(_view(0, norms, shared=shared))
-    assert idx == [2, 3, 4, 5, 6] and ratio == 0.5 / 1.0  # k = 5 // 3 = 1
+    ref = statistics.median(norms[-2:])  # k = 7 // 3
+    assert vanish == max(norms[:2]) / ref and median == statistics.median(norms[:2]) / ref
+    (_, vanish, median, idx, rel), *_ = depth_trend(_view(0, norms, shared=shared))
+    assert idx == [2, 3, 4, 5, 6] and vanish == median == 0.5 / 1.0  # k = 5 // 3 = 1
     assert rel == [v / 1.0 for v in norms[2:]]
+
+
+def _vanishing(norms: list[float], steps: int = 5) -> bool:
+    judge = Judge(Thresholds())
+    for step in range(steps):
+        judge.judge(_view(step, norms))
+    return any(f.kind == "vanishing" for f in judge.diagnose())
+
+
+def test_vanishing_needs_the_whole_input_side_starved_not_its_typical_layer():
+    """Layers small by design sit beside big ones at the same depth: in ConvBERT's forward order
+    the first third of the weight layers is an input projection, then the attention query/key
+    projections and the span-based convolution that only feed attention logits (output
+    gradients ~1e-6 to 1e-8 while attention is near uniform) and the value projection. Their
+    median is 2e-4 of the output side's, the projection's 1.8: no vanishing. A chain whose
+    every input-side layer is starved is."""
+    convbert_like = [5.6e-3, 1.2e-6, 1.8e-4, 2.2e-8, 1.4e-7, 1.2e-6, 1.3e-5,  # input third
+                     1.6e-4, 6e-3, 3.7e-4, 3.1e-3, 1.9e-6, 9.7e-5, 3.9e-8,
+                     2.4e-7, 1.6e-6, 1.1e-5, 8.6e-5, 3.1e-3, 3.5e-4, 3.1e-3, 2e-2, 0.22]
+    (_, vanish, median, _, _), = depth_trend(_view(0, convbert_like))
+    assert median < Thresholds().relative_vanishing < vanish
+    assert not _vanishing(convbert_like)
+    chain = [1e-9 * 10 ** i for i in range(10)]  # a gradient shrinking 10x per layer
+    assert depth_trend(_view(0, chain))[0][1] < Thresholds().relative_vanishing
+    assert _vanishing(chain)
 
 
 def _dead_finding(shares: list[float]) -> bool:
