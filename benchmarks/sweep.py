@@ -15,8 +15,9 @@ gradwatch said (findings, layers flagged). For a ``dead_units`` finding it also 
 plain torch, the share of each named layer's units that never fire on 8 fresh batches, so the
 table says whether the units it names are dead.
 
-Nothing here is tuned on: the list was written before any verdict was read, and the rules were
-not changed on what it found (the README's "Architectures outside the zoo" reports the run).
+The list was written before any verdict was read. One rule changed on what it found (ConvBERT's
+false `vanishing`: the trend now reads the input side's largest norm), so ConvBERT is tuning
+evidence; the README's "Architectures outside the zoo" reports the run after that change.
 """
 
 from __future__ import annotations
