@@ -114,15 +114,14 @@ def never_firing(model: nn.Module, names: list[str], batches: list[torch.Tensor]
     modules = dict(model.named_modules())
     tops: dict[str, torch.Tensor] = {}
 
-    def hook(name: str, module: nn.Module) -> Callable[..., None]:
+    def hook(name: str) -> Callable[..., None]:
         def on(mod: nn.Module, args: Any, out: torch.Tensor) -> None:
             dim = 1 if isinstance(mod, nn.modules.conv._ConvNd) else out.dim() - 1
             top = out.transpose(0, dim).reshape(out.shape[dim], -1).amax(1)
             tops[name] = top if name not in tops else torch.maximum(tops[name], top)
         return on
 
-    handles = [modules[n].register_forward_hook(hook(n, modules[n])) for n in names
-               if n in modules]
+    handles = [modules[n].register_forward_hook(hook(n)) for n in names if n in modules]
     try:
         for x in batches:
             model(x)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from .records import Status
 from .thresholds import Thresholds
 
-__all__ = ["StepView", "Hit", "Rule", "RULES", "REMEDIES", "depth_trend"]
+__all__ = ["StepView", "Hit", "Rule", "RULES", "REMEDIES", "Trend", "depth_trend"]
 
 REMEDIES = ("relu", "he_init", "xavier_init", "normalization", "residual", "lower_lr", "warmup",
             "clip", "weight_decay", "loss_scaling", "fix_op", "gated_rnn", "logit_loss")
@@ -53,11 +53,19 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
-def depth_trend(view: StepView) -> list[tuple[str, float, float, list[int], list[float]]]:
+class Trend(NamedTuple):
+    """One depth trend (see `depth_trend`); ratios are over the output side's median norm."""
+
+    what: str  # "gradient" or "output-gradient"
+    starved: float  # the input side's largest norm: vanishing reads it
+    median: float  # the input side's median norm: exploding reads it
+    layers: list[int]  # the weight layers it spans (indices into the view)
+    rel: list[float]  # each of those layers' norm
+
+
+def depth_trend(view: StepView) -> list[Trend]:
     """The depth trend of the weight layers up to the head, on the parameter-gradient norms
-    and (when measured) on the output-gradient norms: for each, (what, the input side's
-    largest norm over the output side's median, the input side's median over the output side's
-    median, the layers, each layer's norm over the output side's median).
+    and (when measured) on the output-gradient norms.
 
     The input side is the first third of the weight layers, the output side the last third
     (the head included), so a net whose layers are all small alike (LayerScale γ near 0 at
@@ -91,8 +99,8 @@ def depth_trend(view: StepView) -> list[tuple[str, float, float, list[int], list
         if ref <= 0:
             continue
         first = vals[:k]
-        out.append((what, max(first) / ref, statistics.median(first) / ref, idx,
-                    [v / ref for v in vals]))
+        out.append(Trend(what, max(first) / ref, statistics.median(first) / ref, idx,
+                         [v / ref for v in vals]))
     return out
 
 
@@ -176,10 +184,9 @@ class Divergence(Rule):
 class DepthVanishing(Rule):
     """The gradient shrinks across depth: every layer of the input-side third of the weight
     layers gets orders of magnitude less than the output-side third's median (on parameter or
-    output gradients), and the
-    net is not escaping that state: a ratio that has grown `Thresholds.recovery`-fold since its
-    lowest, or √recovery-fold within the window (LayerScale-style γ ≈ 0 at init, growing as
-    it trains), is no verdict."""
+    output gradients), and the net is not escaping that state: a ratio that has grown
+    `Thresholds.recovery`-fold since its lowest, or √recovery-fold within the window
+    (LayerScale-style γ ≈ 0 at init, growing as it trains), is no verdict."""
 
     kind, status, reads = "vanishing", Status.VANISHING, ("norm", "act_norm")
 
@@ -188,7 +195,7 @@ class DepthVanishing(Rule):
         if bound is None or view.head is None or not _has_signal(view, th):
             return None
         found = None
-        for what, ratio, _, idx, rel in depth_trend(view):  # every trend updates its memory
+        for what, ratio, _, idx, rel in depth_trend(view):  # each trend updates its memory
             lowest = state[what] = min(state.get(what, math.inf), ratio)
             recent = state.setdefault(f"{what}:recent", [])  # the last `window` ratios
             earlier = recent[0] if recent else ratio
@@ -309,9 +316,8 @@ class DeadUnits(Rule):
 class Saturation(Rule):
     """Most outputs of a hidden saturating activation sit at its bounds, where its slope is ~0,
     and it costs the gradient: even the input side's largest gets less than 1e-2 of the output
-    side's median (a net
-    whose skip connections carry the gradient past saturated blocks is not held back by them;
-    the output activation is meant to saturate on confident predictions)."""
+    side's median (a net whose skip connections carry the gradient past saturated blocks is not
+    held back by them; the output activation is meant to saturate on confident predictions)."""
 
     kind, status, reads, optional = "saturation", Status.SATURATED, ("sat_frac",), True
 
@@ -322,7 +328,7 @@ class Saturation(Rule):
                 for i, v in enumerate(view.values)
                 if (v.get("sat_frac") or 0.0) >= th.saturation and i != view.head}
         trend = depth_trend(view)
-        if not hits or (trend and min(ratio for _, ratio, _, _, _ in trend) >= 1e-2):
+        if not hits or (trend and min(t.starved for t in trend) >= 1e-2):
             return None
         worst = max(view.values[i]["sat_frac"] for i in hits)
         return Hit(hits, f"{len(hits)} layer(s) whose following sigmoid/tanh outputs are at "
