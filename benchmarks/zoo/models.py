@@ -204,6 +204,47 @@ class _ResMLP(nn.Module):
         return self.out(h)
 
 
+def _lora_mlp() -> Setup:
+    base = nets.mlp([3 * 16 * 16, 128, 128, 10], nn.ReLU, init="he")
+    return image(nets.add_lora(base, (nn.Linear,), rank=8), lr=1e-2, size=16)
+
+
+def _lora_gpt2() -> Setup:
+    import transformers as tr
+    from transformers.pytorch_utils import Conv1D
+    cfg = tr.GPT2Config(vocab_size=64, n_positions=32, n_embd=64, n_layer=2, n_head=4,
+                        tie_word_embeddings=True)
+    model = nets.add_lora(tr.GPT2LMHeadModel(cfg), (Conv1D,), rank=16)
+    return Setup(model, adamw(model, 1e-2), tasks.perm_lm_task(), hf_loss)
+
+
+def _gpt2_warmup_cosine() -> Setup:
+    import math
+    setup = _hf("gpt2")()
+
+    def factor(step: int, warm: int = 10, total: int = 40) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / (total - warm)))
+    setup.scheduler = torch.optim.lr_scheduler.LambdaLR(setup.optimizer, factor)
+    return setup
+
+
+def _mlp_sched(kind: str, batch: int = 16) -> Callable[[], Setup]:
+    def build() -> Setup:
+        model = nets.mlp([3 * 16 * 16, 128, 128, 10], nn.ReLU, init="he")
+        setup = image(model, lr=0.01, size=16, opt="sgd", batch=batch)
+        opt = setup.optimizer
+        if kind == "cyclic":  # triangular, 5 steps up, 5 down (Smith 2017)
+            setup.scheduler = torch.optim.lr_scheduler.CyclicLR(
+                opt, base_lr=1e-3, max_lr=0.05, step_size_up=5)
+        elif kind == "onecycle":  # Smith & Topin 2019
+            setup.scheduler = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05,
+                                                                  total_steps=40)
+        return setup
+    return build
+
+
 def _h(name: str, family: str, build: Callable[[], Setup], *, quick: bool = False,
        requires: tuple[str, ...] = (), steps: int = 40, note: str = "") -> Run:
     return Run(name, family, Label(HEALTHY), build, ("falls",), steps, quick, requires, note)
@@ -278,4 +319,19 @@ HEALTHY_RUNS: tuple[Run, ...] = (
        note="6 sigmoid layers with BN"),
     _h("mlp_residual_ln", "mlp", lambda: image(_ResMLP(), size=16), quick=True),
     _h("cnn_bn_small", "cnn", lambda: image(nets.small_cnn()), quick=True),
+    # adapters, schedules and noise (the new rules' healthy counterparts)
+    _h("lora_b_zero_mlp", "mlp", _lora_mlp,
+       note="frozen MLP, LoRA rank 8 standard init (B = 0: A's gradient 0 at step 0 only)"),
+    _h("lora_gpt2_standard", "transformers", _lora_gpt2, requires=("transformers",), steps=80,
+       note="frozen GPT-2 2x64, LoRA rank 16 on every Conv1D, standard init, AdamW 1e-2"),
+    _h("resmlp_zero_last_layerscale", "mlp",
+       lambda: image(nets.ZeroBranchResMLP(gamma0=1e-5), size=16),
+       note="zero-init-last branches with LayerScale 1e-5 (the branch gets a gradient)"),
+    _h("gpt2_warmup_cosine", "transformers", _gpt2_warmup_cosine, requires=("transformers",),
+       note="GPT-2 2x64, linear warm-up 10 steps then cosine"),
+    _h("mlp_cyclic_lr_triangular", "mlp", _mlp_sched("cyclic"),
+       note="SGD momentum, CyclicLR 1e-3..0.05, 5 steps up"),
+    _h("mlp_onecycle", "mlp", _mlp_sched("onecycle"), note="SGD momentum, OneCycleLR 0.05"),
+    _h("mlp_sgd_batch2", "mlp", _mlp_sched("none", batch=2),
+       note="batch of 2: a noisy minibatch loss"),
 )

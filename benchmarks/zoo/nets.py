@@ -8,8 +8,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["BadBackward", "LogFeatures", "LogGain", "RNNClassifier", "STELinear", "act_shares",
-           "mlp", "small_cnn", "time_ratio"]
+__all__ = ["BadBackward", "LoRA", "LogFeatures", "LogGain", "PostActResMLP", "RNNClassifier",
+           "STELinear", "ZeroBranchResMLP", "act_shares", "add_lora", "mlp", "small_cnn",
+           "time_ratio", "zero_grads"]
 
 
 def mlp(sizes: list[int], act: Callable[[], nn.Module], *, std: float | None = None,
@@ -157,3 +158,113 @@ def act_shares(model: nn.Module, batch: tuple[Any, ...]) -> dict[str, float]:
     for h in handles:
         h.remove()
     return {"dead_share": dead / units if units else 0.0, "sat_share": sat / outs if outs else 0.0}
+
+
+class LoRA(nn.Module):
+    """A frozen layer plus a trainable low-rank update, ``base(x) + B(A(x)) * alpha / rank``
+    (Hu et al. 2022). Standard init: A random (Kaiming uniform), B zero, so only A's gradient
+    is 0 at step 0; ``zero_a=True`` also zeroes A, and then neither factor ever gets one."""
+
+    def __init__(self, base: nn.Module, d_in: int, d_out: int, rank: int = 4,
+                 alpha: float = 8.0, zero_a: bool = False) -> None:
+        super().__init__()
+        self.base, self.scale = base, alpha / rank
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.A = nn.Linear(d_in, rank, bias=False)
+        self.B = nn.Linear(rank, d_out, bias=False)
+        nn.init.zeros_(self.B.weight)
+        if zero_a:
+            nn.init.zeros_(self.A.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.B(self.A(x)) * self.scale
+
+
+def add_lora(model: nn.Module, types: tuple[type, ...], rank: int = 4,
+             zero_a: bool = False) -> nn.Module:
+    """Freezes ``model`` and wraps every submodule of one of ``types`` (``nn.Linear``, or
+    Transformers' ``Conv1D``) in a `LoRA`; returns the model."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name, child in list(model.named_children()):
+        if isinstance(child, types):
+            w = child.weight  # Linear: (out, in); Conv1D: (in, out)
+            d_in, d_out = (w.shape[1], w.shape[0]) if isinstance(child, nn.Linear) else w.shape
+            setattr(model, name, LoRA(child, d_in, d_out, rank, zero_a=zero_a))
+        else:
+            add_lora(child, types, rank, zero_a)
+    return model
+
+
+class PostActResMLP(nn.Module):
+    """Residual MLP blocks with the activation after the sum, ``h = act(h + W2 act(W1 h))``, as
+    in the original ResNet's basic block, and no normalisation."""
+
+    def __init__(self, act: Callable[[], nn.Module], dim: int = 64, blocks: int = 8,
+                 d_in: int = 3 * 16 * 16, classes: int = 10) -> None:
+        super().__init__()
+        self.inp = nn.Linear(d_in, dim)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(dim, dim), act(), nn.Linear(dim, dim))
+                                    for _ in range(blocks))
+        self.acts = nn.ModuleList(act() for _ in range(blocks + 1))
+        self.out = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.acts[0](self.inp(x.flatten(1)))
+        for block, act in zip(self.blocks, self.acts[1:]):
+            h = act(h + block(h))
+        return self.out(h)
+
+
+class ZeroBranchResMLP(nn.Module):
+    """Pre-LN residual MLP blocks ``h + gamma * W2 gelu(W1 LN(h))`` whose last layer is
+    zero-initialised (zero-init-last) and whose LayerScale ``gamma`` starts at ``gamma0``: with
+    both at 0 the branch's every gradient is 0 (each factor's gradient is the other's value)."""
+
+    def __init__(self, dim: int = 64, blocks: int = 3, gamma0: float = 0.0,
+                 d_in: int = 3 * 16 * 16, classes: int = 10) -> None:
+        super().__init__()
+        self.inp = nn.Linear(d_in, dim)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2 * dim),
+                                                  nn.GELU(), nn.Linear(2 * dim, dim))
+                                    for _ in range(blocks))
+        for block in self.blocks:
+            nn.init.zeros_(block[-1].weight)
+            nn.init.zeros_(block[-1].bias)
+        self.gamma = nn.ParameterList(nn.Parameter(torch.full((dim,), gamma0))
+                                      for _ in range(blocks))
+        self.out = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x.flatten(1))
+        for block, gamma in zip(self.blocks, self.gamma):
+            h = h + gamma * block(h)
+        return self.out(h)
+
+
+def zero_grads(loss: Callable[[nn.Module, tuple[Any, ...]], torch.Tensor], prefix: str = ""
+               ) -> Callable[[nn.Module, tuple[Any, ...]], dict[str, float]]:
+    """A probe: one backward of ``loss`` in plain autograd; how many trainable tensors get a
+    gradient exactly 0 (or none), and the largest gradient norm w.r.t. a parameter-owning
+    module's output (that a gradient enters the model); keys start with ``prefix``."""
+    def probe(model: nn.Module, batch: tuple[Any, ...]) -> dict[str, float]:
+        outs: list[float] = []
+        handles = []
+
+        def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+            if isinstance(out, torch.Tensor) and out.requires_grad:
+                out.register_hook(lambda g: outs.append(float(g.double().norm())))
+        for m in model.modules():
+            if any(True for _ in m.parameters(recurse=False)):
+                handles.append(m.register_forward_hook(hook))
+        model.zero_grad(set_to_none=True)
+        loss(model, batch).backward()
+        for h in handles:
+            h.remove()
+        params = [p for p in model.parameters() if p.requires_grad]
+        zero = sum(p.grad is None or not bool(p.grad.ne(0).any()) for p in params)
+        return {f"{prefix}zero_tensors": float(zero),
+                f"{prefix}trainable_tensors": float(len(params)),
+                f"{prefix}out_grad": max(outs, default=0.0)}
+    return probe

@@ -172,6 +172,50 @@ def _amp_fp16() -> Setup:
     return setup
 
 
+def _lora_mlp_zero() -> Setup:
+    base = nets.mlp([IMG, 128, 128, 10], nn.ReLU, init="he")
+    model = nets.add_lora(base, (nn.Linear,), rank=8, zero_a=True)  # A and B both at 0
+    return image(model, lr=1e-2, size=16, probe=nets.zero_grads(ce_loss),
+                 after=nets.zero_grads(ce_loss, "after_"))
+
+
+def _lora_gpt2_zero() -> Setup:
+    import transformers as tr
+    from transformers.pytorch_utils import Conv1D
+    cfg = tr.GPT2Config(vocab_size=64, n_positions=32, n_embd=64, n_layer=2, n_head=4,
+                        tie_word_embeddings=True)
+    model = nets.add_lora(tr.GPT2LMHeadModel(cfg), (Conv1D,), rank=4, zero_a=True)
+    return Setup(model, adamw(model, 1e-2), tasks.perm_lm_task(), hf_loss,
+                 probe=nets.zero_grads(hf_loss), after=nets.zero_grads(hf_loss, "after_"))
+
+
+def _double_zero_branch() -> Setup:
+    model = nets.ZeroBranchResMLP(gamma0=0.0)  # LayerScale 0 (meant 1e-5) and zero-init-last
+    return image(model, size=16, probe=nets.zero_grads(ce_loss), after=nets.zero_grads(ce_loss, "after_"))
+
+
+def _no_zero_grad(model: nn.Module, lr: float) -> Setup:
+    setup = image(model, lr=lr, size=16, opt="sgd")
+    setup.zero_grad = False  # gradients accumulate over every step, momentum on top
+    return setup
+
+
+def _maximize() -> Setup:
+    model = nets.mlp([IMG, 128, 128, 10], nn.Tanh, init="xavier")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, maximize=True)  # ascends the loss
+    return Setup(model, opt, tasks.image_task(size=16), ce_loss)
+
+
+def _resnet18_sigmoid_nobn() -> Setup:
+    import torchvision
+    model = torchvision.models.resnet18(weights=None, num_classes=10, norm_layer=nn.Identity)
+    for m in list(model.modules()):
+        for name, child in list(m.named_children()):
+            if isinstance(child, nn.ReLU):
+                setattr(m, name, nn.Sigmoid())
+    return image(model, lr=0.01, opt="sgd")
+
+
 def _p(name: str, family: str, label: Label, build: Callable[[], Setup], checks: tuple[str, ...],
        *, steps: int = 40, quick: bool = False, requires: tuple[str, ...] = (),
        note: str = "") -> Run:
@@ -183,6 +227,11 @@ PASCANU = "Pascanu, Mikolov & Bengio 2013 (ICML): exploding gradients, norm grow
 BENGIO94 = "Bengio, Simard & Frasconi 1994; Hochreiter & Schmidhuber 1997: vanishing through time"
 NAN_FWD = "Goodfellow et al. 2016 (Deep Learning, 4.1): overflow/underflow, log(0), division by 0"
 MICIKEVICIUS = "Micikevicius et al. 2018 (ICLR), Mixed precision training: loss-scale overflow"
+
+ZERO_FACTORS = ("Hu et al. 2022 (LoRA): B = 0 at init, A random; with both 0 the gradient of "
+                "each factor is the other's value times the rest, so 0 forever")
+NO_ZERO_GRAD = ("PyTorch docs, torch.optim (zero_grad before each backward; .grad "
+                "accumulates); Sutskever et al. 2013 (momentum amplifies a growing step)")
 
 TRANS = ("transformers",)
 TV = ("torchvision",)
@@ -283,6 +332,36 @@ PATHOLOGICAL_RUNS: tuple[Run, ...] = (
        "at -100); Goodfellow et al. 2016, 6.2.2.2 (saturating sigmoid with a non-log loss)"),
        _stall_bceloss, ("no_fall", "grad_tiny"), steps=12, quick=True,
        note="nn.BCELoss on sigmoid, output bias +50"),
+    # zero gradient: every gradient of some layers exactly 0 while gradient enters the model
+    _p("lora_both_zero_mlp", "mlp", Label("zero_gradient", cite=ZERO_FACTORS),
+       _lora_mlp_zero, ("no_fall", "grad_tiny", "some_zero"),
+       note="frozen MLP, LoRA rank 8 on every Linear, A and B both zero-initialised"),
+    _p("zero_lora_gpt2", "transformers", Label("zero_gradient", cite=ZERO_FACTORS),
+       _lora_gpt2_zero, ("no_fall", "grad_tiny", "some_zero"), requires=TRANS,
+       note="frozen GPT-2 2x64, LoRA rank 4 on every Conv1D, A and B both zero"),
+    _p("double_zero_residual_branch", "mlp", Label("zero_gradient", cite=ZERO_FACTORS +
+       "; Goyal et al. 2017 (zero-init last) with LayerScale (Touvron et al. 2021) at 0"),
+       _double_zero_branch, ("some_zero",),
+       note="pre-LN residual MLP, branch last layer zero-init and LayerScale 0: branches dead"),
+    # the loss climbs while the gradients stay moderate
+    _p("sgd_momentum_no_zero_grad", "mlp", Label("loss_rising", cite=NO_ZERO_GRAD),
+       lambda: _no_zero_grad(nets.mlp([IMG, 128, 128, 10], nn.ReLU, init="he"), 3e-3),
+       ("rises", "ends_above_start"), note="ReLU MLP, SGD 3e-3 momentum 0.9, no zero_grad()"),
+    _p("forgot_zero_grad_cnn", "cnn", Label("loss_rising", cite=NO_ZERO_GRAD),
+       lambda: _no_zero_grad(nets.small_cnn(), 0.01), ("rises", "ends_above_start"),
+       note="BN CNN, SGD 0.01 momentum 0.9, no zero_grad()"),
+    _p("adam_maximize_by_mistake", "mlp", Label("loss_rising", cite="Goodfellow et al. 2016, "
+       "4.3 (a step along the gradient increases the loss); torch.optim.Adam(maximize=True)"),
+       _maximize, ("rises", "ends_above_start"), note="tanh MLP, Adam 1e-3 with maximize=True"),
+    # vanishing behind skip paths: the activation after each residual sum, no normalisation
+    _p("vanish_resnet18_sigmoid_nobn", "torchvision", Label("vanishing", cite=GLOROT +
+       "; He et al. 2016 (ResNets are trained with BN and ReLU)"), _resnet18_sigmoid_nobn,
+       ("no_fall", "depth_vanish"), steps=25, requires=TV,
+       note="resnet18, sigmoid for every ReLU, no batch norm, SGD 0.01"),
+    _p("vanish_resmlp_postact_sigmoid", "mlp", Label("vanishing", cite=GLOROT +
+       "; He et al. 2016b (Identity mappings: an activation after the sum blocks the skip)"),
+       lambda: image(nets.PostActResMLP(nn.Sigmoid), lr=0.1, size=16, opt="sgd"),
+       ("no_fall", "depth_vanish"), note="8 post-activation sigmoid residual blocks, no norm"),
     # AMP overflow
     _p("amp_fp16_scale_thrash", "mlp", Label("amp_overflow", cite=MICIKEVICIUS), _amp_fp16,
        ("amp_skips",), quick=True, note="CPU fp16 autocast, GradScaler 2^24, growth every step"),

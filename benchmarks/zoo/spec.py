@@ -15,7 +15,7 @@ HEALTHY = "healthy"
 # The finding kinds of `GradWatch.diagnose()` (see /tmp/gw_team.md); a label is one of them or HEALTHY.
 KINDS = ("vanishing", "exploding", "divergence", "dead_units", "saturation",
          "vanishing_through_time", "nonfinite_forward", "nonfinite_backward", "nonfinite_loss",
-         "amp_overflow", "stalled")
+         "amp_overflow", "stalled", "zero_gradient", "loss_rising")
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,9 @@ class Setup:
             training (plain-torch evidence that the label is right, e.g. the gradient reaching
             the first time step).
         after: Optional probe of the same form run on the trained model (e.g. the dead share).
+        zero_grad: Whether the loop calls ``optimizer.zero_grad()`` before each backward (a run
+            that forgets it sets False).
+        scheduler: Optional learning-rate scheduler on ``optimizer``, stepped after each step.
     """
 
     model: nn.Module
@@ -71,6 +74,8 @@ class Setup:
     amp_dtype: torch.dtype | None = None
     probe: Callable[[nn.Module, tuple[Any, ...]], dict[str, float]] | None = None
     after: Callable[[nn.Module, tuple[Any, ...]], dict[str, float]] | None = None
+    zero_grad: bool = True
+    scheduler: Any = None
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,13 @@ CHECKS: dict[str, tuple[str, Callable[[Trace], bool]]] = {
              lambda t: t.evidence.get("dead_share", 0.0) >= 0.9),
     "saturated": (">= 90% of tanh/sigmoid outputs within 1% of their bounds",
                   lambda t: t.evidence.get("sat_share", 0.0) >= 0.9),
+    "some_zero": ("some trainable tensor's gradient is exactly 0 at step 0 and after training "
+                  "while the gradient w.r.t. a layer's output is >= 1e-3 at step 0 (autograd)",
+                  lambda t: min(t.evidence.get("zero_tensors", 0),
+                                t.evidence.get("after_zero_tensors", 0)) >= 1
+                  and t.evidence.get("out_grad", 0.0) >= 1e-3),
+    "ends_above_start": ("the last 5 losses average >= 1.5x the first 5 (the loss climbs)",
+                         lambda t: sum(t.losses[-5:]) >= 1.5 * sum(t.losses[:5])),
 }
 
 
@@ -180,7 +187,8 @@ def train(run: Run, watch_factory: Callable[[Setup], Any] | None = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # gradwatch's NaN warnings: the verdicts are read later
         for step in range(run.steps):
-            opt.zero_grad(set_to_none=True)
+            if setup.zero_grad:
+                opt.zero_grad(set_to_none=True)
             loss = _forward_loss(setup, setup.batch(step))
             (scaler.scale(loss) if scaler is not None else loss).backward()
             if watch is not None:
@@ -202,6 +210,8 @@ def train(run: Run, watch_factory: Callable[[Setup], Any] | None = None
                 trace.skipped += float(scaler.get_scale()) < scale
             else:
                 opt.step()
+                if setup.scheduler is not None:
+                    setup.scheduler.step()
                 if bad and trace.first_nonfinite_step is None:
                     trace.first_nonfinite_step = step
                     trace.forward_birth = fwd.bad
