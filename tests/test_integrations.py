@@ -280,3 +280,55 @@ def test_callbacks_refuse_skip_and_read_well(module, framework):
     assert callback.watch is None and callback.history == ()
     callback._close()  # nothing running: a no-op
     assert callback.watch is None
+
+
+# ------------------------------------------------- the frameworks' optimizer reaches GradWatch
+def _update_ratio_reference(model_before, model_after):
+    """‖Δθ‖/‖θ‖ of each layer (all its parameters) across one step, from two copies."""
+    out = {}
+    for (name, a), (_, b) in zip(model_before.named_modules(), model_after.named_modules()):
+        if list(a.parameters(recurse=False)):
+            before = torch.cat([p.detach().flatten() for p in a.parameters(recurse=False)])
+            after = torch.cat([p.detach().flatten() for p in b.parameters(recurse=False)])
+            out[name] = (torch.linalg.vector_norm(after - before)
+                         / torch.linalg.vector_norm(before)).item()
+    return out
+
+
+def test_lightning_callback_measures_update_ratios_with_the_trainers_optimizer(tmp_path):
+    pl = pytest.importorskip("lightning.pytorch")
+    from gradwatch import JsonlLogger
+    from gradwatch.loggers import read_runs
+    from gradwatch.integrations.lightning import GradWatchCallback
+
+    model = mlp()
+    start = copy.deepcopy(model)
+    log = tmp_path / "pl.jsonl"
+    callback = GradWatchCallback(loggers=[JsonlLogger(log)])
+    x, y = batch(n=10, seed=4)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=5)
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", devices=1, callbacks=[callback],
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(_lightning_module(model, lr=0.5), loader)
+    (record,) = callback.history
+    expected = _update_ratio_reference(start, model)
+    got = {k.removeprefix("net."): s.values.get("update_ratio") for k, s in record.layers.items()}
+    assert set(expected) <= set(got) and all(got[k] is not None for k in expected)
+    assert {k: got[k] for k in expected} == pytest.approx(expected, rel=0.05)
+    assert read_runs(log)[-1].header["options"]["optimizer"] == "SGD"
+
+
+def test_hf_callback_measures_update_ratios_with_the_trainers_optimizer(tmp_path):
+    pytest.importorskip("transformers")
+    from gradwatch import JsonlLogger
+    from gradwatch.loggers import read_runs
+    from gradwatch.integrations.hf import GradWatchCallback
+
+    log = tmp_path / "hf.jsonl"
+    callback = GradWatchCallback(clip=1.0, loggers=[JsonlLogger(log)])
+    _gpt2(tmp_path, [callback], max_grad_norm=0)
+    first = callback.history[0]
+    ratios = [s.values.get("update_ratio") for s in first.layers.values()]
+    assert any(r is not None and r > 0 for r in ratios)
+    assert read_runs(log)[-1].header["options"]["optimizer"] == "AdamW"

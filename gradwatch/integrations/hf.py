@@ -4,7 +4,9 @@ The Trainer calls ``on_pre_optimizer_step`` once per optimizer step, after gradi
 and AMP unscaling but *after* its own clipping (``TrainingArguments.max_grad_norm``, 1.0 by
 default). To record pre-clip norms, set ``max_grad_norm=0`` and let gradwatch clip
 (``GradWatchCallback(clip=1.0)`` is the same global-norm clip); otherwise the recorded norms are
-the already clipped ones, and the callback warns once.
+the already clipped ones, and the callback warns once. The Trainer's optimizer is handed to
+`GradWatch` (through a `StepGate` opened at that event), so update/weight ratios and the
+``divergence`` finding work as in a plain loop.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ except ImportError as err:
 from ..loggers import Logger
 from ..monitor import GradWatch
 from ..thresholds import Thresholds
+from ._gate import StepGate, unwrap_optimizer
 from ._owner import WatchOwner
 
 __all__ = ["GradWatchCallback"]
@@ -50,9 +53,10 @@ class GradWatchCallback(WatchOwner, TrainerCallback):
         super().__init__("the HF Trainer", thresholds=thresholds, clip=clip,
                          activations=activations, every=every, on_nonfinite=on_nonfinite,
                          loggers=loggers)
+        self.gate: StepGate | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None,
-                       **kwargs: Any) -> None:
+                       optimizer: Any = None, **kwargs: Any) -> None:
         if model is None:
             raise ValueError("GradWatchCallback expected the Trainer to pass `model` to "
                              "on_train_begin, but it did not.")
@@ -67,10 +71,20 @@ class GradWatchCallback(WatchOwner, TrainerCallback):
                           f"record pre-clip norms with the same clipping.", UserWarning,
                           stacklevel=2)
         self._close()  # a previous train() that raised left its watch open
-        self.watch = GradWatch(model, **self.options)
+        inner = unwrap_optimizer(optimizer)
+        if inner is None:
+            warnings.warn(f"The Trainer passed no torch optimizer to on_train_begin (got "
+                          f"{type(optimizer).__name__}), so gradwatch measures no update/weight "
+                          f"ratio and cannot find `divergence`.", UserWarning, stacklevel=2)
+        self.gate = StepGate(inner) if inner is not None else None
+        self.watch = GradWatch(model, optimizer=self.gate, **self.options)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.watch is not None:
+        if self.watch is None:
+            return
+        if self.gate is not None:
+            self.gate.open()  # measures (and clips) now; the update ratio spans the real step
+        else:
             self.watch.step()
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

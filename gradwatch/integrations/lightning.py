@@ -2,7 +2,9 @@
 
 Lightning calls ``on_before_optimizer_step`` after the last accumulated micro-batch and after AMP
 unscaling, and clips (``Trainer(gradient_clip_val=...)``) only after it: the point at which
-Lightning's own ``grad_norm`` measures. Works with ``lightning`` and ``pytorch_lightning``.
+Lightning's own ``grad_norm`` measures. The trainer's optimizer is handed to `GradWatch` (through a
+`StepGate` opened at that event), so update/weight ratios and the ``divergence`` finding work as in
+a plain loop. Works with ``lightning`` and ``pytorch_lightning``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ except ImportError:  # the standalone package
 from ..loggers import Logger
 from ..monitor import GradWatch
 from ..thresholds import Thresholds
+from ._gate import StepGate, unwrap_optimizer
 from ._owner import WatchOwner
 
 __all__ = ["GradWatchCallback"]
@@ -60,6 +63,8 @@ class GradWatchCallback(WatchOwner, pl.Callback):
                          every=every, on_nonfinite=on_nonfinite, loggers=loggers)
         self.log_layers, self.prefix = log_layers, prefix
         self._pending_state: Mapping[str, Any] | None = None
+        self.gate: StepGate | None = None
+        self._logged = -1  # the step of the last record logged through Lightning
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.options["clip"] is not None and trainer.gradient_clip_val:
@@ -67,7 +72,9 @@ class GradWatchCallback(WatchOwner, pl.Callback):
                              f"{trainer.gradient_clip_val}) would clip the gradients twice; "
                              f"keep one of them.")
         scaler = getattr(trainer.precision_plugin, "scaler", None)  # "16-mixed": already unscaled
-        self.watch = GradWatch(pl_module, scaler=scaler, **self.options)
+        self.gate = self._gate(trainer, scaler)
+        self.watch = GradWatch(pl_module, optimizer=self.gate, scaler=scaler, **self.options)
+        self._logged = -1
         if self._pending_state is not None:
             self.watch.load_state_dict(self._pending_state)
             self._pending_state = None
@@ -86,11 +93,32 @@ class GradWatchCallback(WatchOwner, pl.Callback):
                                  optimizer: Any) -> None:
         if self.watch is None:
             return
-        record = self.watch.step()
-        if record is None:
+        if self.gate is not None:
+            self.gate.open()  # measures (and clips) now; the update ratio spans the real step
+        else:
+            self.watch.step()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Logs the newest record once it is formed (after the optimizer step, so it carries
+        the update ratios), once per record whatever the accumulation."""
+        if self.watch is None or not self.watch.history:
             return
+        record = self.watch.history[-1]
+        if record.step <= self._logged:
+            return
+        self._logged = record.step
         metrics = self.metrics(record, self.prefix, self.log_layers)
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
+
+    @staticmethod
+    def _gate(trainer: pl.Trainer, scaler: Any) -> StepGate | None:
+        """The gate over the trainer's one optimizer; None (no update ratios) with several
+        optimizers or under a GradScaler, whose per-optimizer state is keyed by the real one."""
+        optimizers = [unwrap_optimizer(o) for o in trainer.optimizers]
+        if len(optimizers) != 1 or optimizers[0] is None or scaler is not None:
+            return None
+        return StepGate(optimizers[0])
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._close()
