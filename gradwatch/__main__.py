@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 from . import __version__
 from .runlog import LogFormatError, LogScan, Run, describe_problem, scan_log, select_run
@@ -19,7 +18,11 @@ DEFAULT_ROOT = "gradwatch-report"
 
 _FIGURES = (("flow.png", "Gradient flow across layers (first, middle and last step)"),
             ("norms.png", "Gradient norms over steps"),
-            ("heatmap.png", "log10 gradient norm per layer and step"))
+            ("heatmap.png", "log10 gradient norm per layer and step"),
+            ("loss.png", "Loss over steps (as passed to gradwatch)"))
+
+
+_MOST_WARNINGS = 10  # bad lines named one by one; the rest are counted
 
 
 class CliError(Exception):
@@ -82,13 +85,20 @@ def _scan(path: Path, *, progress: bool, skip_bad: bool) -> LogScan:
         scan = scan_log(path, progress=progress)
     except LogFormatError as err:
         raise CliError(str(err)) from None
+    if not scan.runs and scan.lines > 1 and scan.problems:  # one line, not one per bad line
+        first = scan.problems[0]
+        raise CliError(f"{path}: not a gradwatch log (none of its {scan.lines} lines is a "
+                       f"gradwatch record or run header; line {first.line}: {first.message}); "
+                       f"pass the JSON-lines file written by JsonlLogger.")
     foreign = [p for p in scan.problems if p.kind == "schema"]
     if foreign and not skip_bad:
         more = f" ({len(foreign) - 1} more such line(s))" if len(foreign) > 1 else ""
         raise CliError(f"{path}:{foreign[0].line}: not a gradwatch record: {foreign[0].message}"
                        f"{more}; fix or delete the line, or pass --skip-bad-lines.")
-    for p in scan.problems:
+    for p in scan.problems[:_MOST_WARNINGS]:
         _warn(f"{path}:{p.line}: {describe_problem(p)}")
+    if len(scan.problems) > _MOST_WARNINGS:
+        _warn(f"{path}: skipped {len(scan.problems) - _MOST_WARNINGS} more bad line(s).")
     for note in scan.notes:
         _warn(note)
     if not scan.runs:
@@ -150,20 +160,27 @@ def _bounds(args: argparse.Namespace, run: Run) -> dict[str, float | None]:
     return out
 
 
-def _guarded(fn: Callable[..., str], records: Sequence[Any], **kwargs: Any) -> str:
-    """Calls a report function with the optional keywords it accepts (e.g. ``header=``)."""
-    params = inspect.signature(fn).parameters
-    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    optional = ("header",)
-    return fn(records, **{k: v for k, v in kwargs.items()
-                          if k not in optional or (v is not None and (takes_all or k in params))})
+def _clip_level(run: Run) -> float | None:
+    """The global max norm of a run that clipped with a number (``clip=1.0``), else None."""
+    clip = ((run.header or {}).get("options") or {}).get("clip")
+    try:
+        return float(clip) if clip is not None and not isinstance(clip, bool) else None
+    except (TypeError, ValueError):  # a policy's repr, e.g. "ZClip(...)"
+        text = str(clip)
+        if text.startswith("GlobalNorm(") and text.endswith(")"):
+            try:
+                return float(text[len("GlobalNorm("):-1].split(",")[0].split("=")[-1])
+            except ValueError:
+                return None
+        return None
 
 
 def _render(run: Run, out: Path, *, title: str, bounds: dict[str, float | None], html: bool,
             progress: bool) -> list[str]:
     from tqdm import tqdm
 
-    from .plot import plot_flow, plot_heatmap, plot_norms
+    from .plot import plot_flow, plot_heatmap, plot_loss, plot_norms
+    from .plot.loss import has_loss
     from .report import html_report, markdown_report
 
     records = list(run.records)
@@ -172,10 +189,12 @@ def _render(run: Run, out: Path, *, title: str, bounds: dict[str, float | None],
     except OSError as err:
         raise CliError(f"{out}: cannot create the output folder ({err.strerror}).") from None
     draw = {"flow.png": lambda p: plot_flow(records, path=p, **bounds),
-            "norms.png": lambda p: plot_norms(records, path=p),
-            "heatmap.png": lambda p: plot_heatmap(records, path=p, **bounds)}
+            "norms.png": lambda p: plot_norms(records, path=p, clip_level=_clip_level(run)),
+            "heatmap.png": lambda p: plot_heatmap(records, path=p, **bounds),
+            "loss.png": lambda p: plot_loss(records, path=p)}
+    figures = [f for f in _FIGURES if f[0] != "loss.png" or has_loss(records)]
     written = []
-    for name, _caption in tqdm(_FIGURES, desc="rendering", unit=" figures", disable=not progress,
+    for name, _caption in tqdm(figures, desc="rendering", unit=" figures", disable=not progress,
                                leave=False):
         try:
             draw[name](out / name)
@@ -185,14 +204,13 @@ def _render(run: Run, out: Path, *, title: str, bounds: dict[str, float | None],
         written.append(name)
     captions = dict(_FIGURES)
     (out / "report.md").write_text(
-        _guarded(markdown_report, records, title=title, header=run.header,
-                 images={captions[n]: n for n in written}), encoding="utf-8")
+        markdown_report(records, title=title, header=run.header,
+                        images={captions[n]: n for n in written}), encoding="utf-8")
     written.append("report.md")
     if html:
         pngs = {captions[n]: (out / n).read_bytes() for n in written if n in captions}
         (out / "report.html").write_text(
-            _guarded(html_report, records, title=title, header=run.header, images=pngs),
-            encoding="utf-8")
+            html_report(records, title=title, header=run.header, images=pngs), encoding="utf-8")
         written.append("report.html")
     return written
 

@@ -8,7 +8,8 @@ if TYPE_CHECKING:
     from .records import Finding, StepRecord
     from .rules import Hit, StepView
 
-__all__ = ["Plans", "explain", "plan_text", "format_findings", "nonfinite_message"]
+__all__ = ["Plans", "NOTHING", "explain", "plan_text", "headline", "details", "format_findings",
+           "nonfinite_message"]
 
 
 Plans = tuple[tuple[str, ...], ...]
@@ -57,6 +58,30 @@ def explain(kind: str, view: StepView, hit: Hit) -> tuple[str, str, Plans]:
                 "lower the learning rate, initialise with He, or use a leaky ReLU-family "
                 "activation or normalisation before the ReLU",
                 (("lower_lr",), ("he_init",), ("normalization",)))
+    if kind == "zero_gradient":
+        if hit.numbers.get("all"):
+            cause = ("every weight layer that gets a gradient gets exactly 0 although gradient "
+                     "enters the model: two factors both initialised at 0 (LoRA's A and B, a "
+                     "LayerScale of 0 times a zero-initialised last layer) give each other a "
+                     "gradient of 0, so neither ever moves")
+        else:
+            cause = ("these layers get exactly 0 while the rest get a gradient: float16 "
+                     "without loss scaling underflows small gradients to 0 (the input side "
+                     "first), or a product of two factors both initialised at 0 (LoRA's A and "
+                     "B, a LayerScale of 0 times a zero-initialised layer) cuts them off")
+        return (cause,
+                "initialise one factor of each product away from 0 (LoRA: A random, B = 0; "
+                "LayerScale 1e-5, not 0); in float16, scale the loss (torch.amp.GradScaler) "
+                "or use bfloat16", (("nonzero_init",), ("loss_scaling",)))
+    if kind == "loss_rising":
+        return ("the optimizer steps make the loss worse: gradients not zeroed between steps "
+                "accumulate (and momentum amplifies them), the step follows the gradient "
+                "instead of opposing it (maximize=True, a sign error), or the learning rate is "
+                "too high for the current curvature",
+                "call optimizer.zero_grad() before each backward (once per optimizer step when "
+                "accumulating), check the loss's sign and maximize=, then lower the learning "
+                "rate or add a warm-up and clipping",
+                (("zero_grad",), ("lower_lr",), ("warmup", "clip")))
     if kind == "saturation":
         return ("pre-activations too large: sigmoid/tanh outputs pinned at their bounds where "
                 "the slope is ~0",
@@ -101,19 +126,38 @@ def plan_text(plans: Plans) -> str:
     return ", ".join("+".join(plan) for plan in plans)
 
 
+def headline(finding: Finding) -> str:
+    """``vanishing at `0`, `2` and 10 more (first at step 3, on 27 recorded step(s))``."""
+    f = finding
+    where = ", ".join(f"`{n}`" for n in f.layers[:4]) + (
+        f" and {len(f.layers) - 4} more" if len(f.layers) > 4 else "")
+    return (f"{f.kind}" + (f" at {where}" if where else "")
+            + f" (first at step {f.first_step}, on {f.steps} recorded step(s))")
+
+
+def details(finding: Finding) -> list[tuple[str, str]]:
+    """(label, text) lines under a finding's headline: evidence, likely cause, remedy."""
+    f = finding
+    return [("evidence", f.evidence), ("likely cause", f.cause),
+            ("remedy", f"{f.remedy} [{plan_text(f.plans)}]")]
+
+
+NOTHING = "Diagnosis: nothing wrong found."
+"""The diagnosis of a run without findings, wherever it is shown."""
+
+
 def format_findings(findings: Sequence[Finding]) -> str:
-    """The diagnosis as text: one paragraph per finding, or one line when there is none."""
+    """The diagnosis as text: one paragraph per finding, or one line when there is none.
+
+    The one wording of a diagnosis: `GradWatch.summary`, the report and the trainer callbacks
+    all show findings through `headline` and `details`.
+    """
     if not findings:
-        return "Diagnosis: nothing wrong found."
+        return NOTHING
     lines = [f"Diagnosis: {len(findings)} finding(s)"]
     for f in findings:
-        where = ", ".join(f"`{n}`" for n in f.layers[:4]) + (
-            f" and {len(f.layers) - 4} more" if len(f.layers) > 4 else "")
-        lines.append(f"- {f.kind}" + (f" at {where}" if where else "")
-                     + f" (first at step {f.first_step}, on {f.steps} recorded step(s))")
-        lines.append(f"  evidence: {f.evidence}")
-        lines.append(f"  likely cause: {f.cause}")
-        lines.append(f"  remedy: {f.remedy} [{plan_text(f.plans)}]")
+        lines.append(f"- {headline(f)}")
+        lines += [f"  {label}: {text}" for label, text in details(f)]
     return "\n".join(lines)
 
 

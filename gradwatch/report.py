@@ -5,14 +5,15 @@ from __future__ import annotations
 import base64
 import html
 from collections import Counter
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
+from .diagnosis import NOTHING, details, headline
 from .records import STATUSES, Finding, Status, StepRecord
 from .runsummary import RunSummary, findings_of, fmt, summarize
 from .statistics import label_of
 
 __all__ = ["findings", "diagnosis_lines", "run_overview", "layer_table", "markdown_report",
-           "html_report"]
+           "html_report", "settings"]
 
 _CORE = (Status.VANISHING, Status.EXPLODING, Status.NONFINITE)
 
@@ -68,6 +69,18 @@ def run_overview(records: Iterable[StepRecord]) -> list[tuple[str, str]]:
     ]
 
 
+def settings(header: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """(setting, value) rows from a run header: the options (clip, every, ...) and thresholds."""
+    if not header:
+        return []
+    rows = [(f"option `{k}`", "none" if v is None else str(v))
+            for k, v in (header.get("options") or {}).items()]
+    rows += [(f"threshold `{k}`", "off" if v is None else f"{v:g}" if isinstance(
+        v, (int, float)) and not isinstance(v, bool) else str(v))
+             for k, v in (header.get("thresholds") or {}).items()]
+    return rows
+
+
 def layer_table(records: Iterable[StepRecord]) -> tuple[list[str], list[list[str]]]:
     """Header and one row per layer (forward order): norms and how often each verdict fired.
 
@@ -120,13 +133,37 @@ def findings(records: Iterable[StepRecord], *, most: int = 3) -> list[str]:
 
 def diagnosis_lines(records: Sequence[StepRecord],
                     diagnosis: Sequence[Finding] | None = None) -> list[str]:
-    """One line per diagnosis finding (default: the findings the records carry)."""
+    """The diagnosis in the words of `GradWatch.summary` (`gradwatch.diagnosis.headline` and
+    `details`): one headline line per finding, each followed by indented detail lines.
+
+    Args:
+        records: The run's records.
+        diagnosis: The findings (default: the log's, as `findings_of` reads them; equal to the
+            live ``diagnose()`` of the run that wrote it).
+    """
     found = list(diagnosis) if diagnosis is not None else findings_of(records)
     if not found:
-        return ["No finding: gradwatch found nothing wrong in this run."]
-    return [f"{f.kind}" + (f" at {', '.join(f'`{x}`' for x in f.layers[:4])}" if f.layers else "")
-            + f" (from step {f.first_step}, {f.steps} step(s)): {f.evidence}. Likely cause: "
-              f"{f.cause}. Remedy: {f.remedy}." for f in found]
+        return [NOTHING]
+    lines = []
+    for f in found:
+        lines.append(headline(f))
+        lines += [f"  {label}: {text}" for label, text in details(f)]
+    return lines
+
+
+def _md_diagnosis(lines: Sequence[str]) -> list[str]:
+    return [f"  - {line.strip()}" if line.startswith("  ") else f"- {line}" for line in lines]
+
+
+def _html_diagnosis(lines: Sequence[str]) -> str:
+    out, open_item = [], False
+    for line in lines:
+        if line.startswith("  "):
+            out.append(f"<br><small>{_inline(line.strip())}</small>")
+            continue
+        out.append(("</li>" if open_item else "") + f"<li>{_inline(line)}")
+        open_item = True
+    return "<ul>" + "".join(out) + ("</li>" if open_item else "") + "</ul>"
 
 
 def _md_cell(text: str) -> str:
@@ -142,25 +179,31 @@ def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]
 
 def markdown_report(records: Iterable[StepRecord], *, title: str = "gradwatch report",
                     images: Mapping[str, str] | None = None,
-                    diagnosis: Sequence[Finding] | None = None) -> str:
-    """A Markdown report: findings, run overview, figures (linked), per-layer table.
+                    diagnosis: Sequence[Finding] | None = None,
+                    header: Mapping[str, Any] | None = None) -> str:
+    """A Markdown report: diagnosis, run overview, settings, figures (linked), per-layer table.
 
     Args:
         records: Recorded steps, e.g. ``watch.history`` or ``list(read_jsonl(path))``.
         title: The report's heading.
         images: Caption -> relative path of a figure to link, in display order.
         diagnosis: The findings to show (default: those the records carry).
+        header: The run header of the log (`gradwatch.loggers.Run.header`): its options and
+            thresholds are listed under "Settings".
 
     Raises:
         ValueError: ``records`` is empty.
     """
     recs = _check(records)
     lines = [f"# {title}", "", "## Diagnosis", ""]
-    lines += [f"- {f}" for f in diagnosis_lines(recs, diagnosis)]
-    lines += ["", "## Findings", ""]
+    lines += _md_diagnosis(diagnosis_lines(recs, diagnosis))
+    lines += ["", "## Layer statuses over the run", ""]
     lines += [f"- {f}" for f in findings(recs)]
     lines += ["", "## Run overview", ""]
-    lines += _md_table(["", ""], run_overview(recs))
+    lines += _md_table(["quantity", "value"], run_overview(recs))
+    if settings(header):
+        lines += ["", "## Settings (from the run header)", ""]
+        lines += _md_table(["setting", "value"], settings(header))
     if images:
         lines += ["", "## Figures", ""]
         for caption, path in images.items():
@@ -192,7 +235,8 @@ def _html_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 def html_report(records: Iterable[StepRecord], *, title: str = "gradwatch report",
                 images: Mapping[str, bytes] | None = None,
-                diagnosis: Sequence[Finding] | None = None) -> str:
+                diagnosis: Sequence[Finding] | None = None,
+                header: Mapping[str, Any] | None = None) -> str:
     """A self-contained HTML report (figures embedded as base64 PNG): same content as Markdown.
 
     Args:
@@ -200,6 +244,7 @@ def html_report(records: Iterable[StepRecord], *, title: str = "gradwatch report
         title: The page title and heading.
         images: Caption -> PNG bytes, in display order.
         diagnosis: The findings to show (default: those the records carry).
+        header: The run header of the log; its options and thresholds are listed.
 
     Raises:
         ValueError: ``records`` is empty.
@@ -207,10 +252,13 @@ def html_report(records: Iterable[StepRecord], *, title: str = "gradwatch report
     recs = _check(records)
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
              f"</title><style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
-             "<h2>Diagnosis</h2><ul>" + "".join(
-                 f"<li>{_inline(f)}</li>" for f in diagnosis_lines(recs, diagnosis)) + "</ul>",
-             "<h2>Findings</h2><ul>" + "".join(f"<li>{_inline(f)}</li>" for f in findings(recs))
-             + "</ul>", "<h2>Run overview</h2>", _html_table(["", ""], run_overview(recs))]
+             "<h2>Diagnosis</h2>" + _html_diagnosis(diagnosis_lines(recs, diagnosis)),
+             "<h2>Layer statuses over the run</h2><ul>" + "".join(f"<li>{_inline(f)}</li>" for f in findings(recs))
+             + "</ul>", "<h2>Run overview</h2>",
+             _html_table(["quantity", "value"], run_overview(recs))]
+    if settings(header):
+        parts += ["<h2>Settings (from the run header)</h2>",
+                  _html_table(["setting", "value"], settings(header))]
     if images:
         parts.append("<h2>Figures</h2>")
         for caption, png in images.items():

@@ -3,6 +3,7 @@ bench, with one number formatter and one layer order."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections import Counter
@@ -84,13 +85,48 @@ class RunSummary:
     findings: tuple[Finding, ...] = field(default=())
 
 
+def _status_of_kind() -> dict[str, Status]:
+    """The status each finding kind writes on its layers (from the declared rules)."""
+    from .rules import RULES  # the rules declare it; imported here, where it is read
+
+    return {r.kind: r.status for r in RULES if r.status is not None}
+
+
 def findings_of(records: Iterable[StepRecord]) -> list[Finding]:
-    """The findings carried by records (each record holds those that became true at it)."""
-    out: dict[str, Finding] = {}
-    for r in records:
+    """The diagnosis a log holds, as the live `GradWatch.diagnose` states it.
+
+    A record carries a finding at the step it became true. Its later steps and the layers it
+    named since are read from the layers' statuses (a layer gets a finding's status on each
+    step the finding holds): ``steps`` counts the records from ``first_step`` on with a layer
+    in that status (with a non-finite gradient, for the non-finite kinds) and ``layers`` grows
+    in the order the live diagnosis adds them. A status two findings of the run share
+    (``vanishing`` and ``stalled``) and a kind without a status keep the recorded numbers.
+    """
+    recs = list(records)
+    first: dict[str, Finding] = {}
+    for r in recs:
         for f in r.findings:
-            out.setdefault(f.kind, f)
-    return list(out.values())
+            first.setdefault(f.kind, f)
+    status_of = _status_of_kind()
+    shared = Counter(status_of.get(k) for k in first)
+    out = []
+    for kind, f in first.items():
+        later = [r for r in recs if r.step >= f.first_step]
+        if kind.startswith("nonfinite"):
+            out.append(dataclasses.replace(f, steps=max(f.steps, sum(
+                r.nonfinite and not r.amp_overflow for r in later))))
+            continue
+        status = status_of.get(kind)
+        if status is None or shared[status] > 1:
+            out.append(f)
+            continue
+        layers, steps = list(f.layers), 0
+        for r in later:
+            hit = [name for name, x in r.layers.items() if x.status is status]
+            steps += bool(hit)
+            layers += [name for name in hit if name not in layers]
+        out.append(dataclasses.replace(f, layers=tuple(layers), steps=max(steps, f.steps)))
+    return out
 
 
 def summarize(records: Iterable[StepRecord], *, steps: int | None = None,

@@ -530,3 +530,62 @@ def test_cli_without_matplotlib(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "o").exists()
     assert main(["report", str(log), "--list"]) == 0  # listing needs no matplotlib
     assert "1 run" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------- what a newcomer meets first
+def test_cli_a_file_that_is_not_a_log_fails_in_one_line(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# a project\n\nsome prose\n\n" + "more prose\n" * 1100, encoding="utf-8")
+    code, err = _run(["report", str(readme), "--out", str(tmp_path / "o")], capsys)
+    assert code == 1
+    assert err.strip().splitlines() == [
+        f"gradwatch: error: {readme}: not a gradwatch log (none of its 1104 lines is a gradwatch "
+        f"record or run header; line 1: not valid JSON: Expecting value: line 1 column 1 (char 0)); "
+        f"pass the JSON-lines file written by JsonlLogger."]
+    assert not (tmp_path / "o").exists()
+
+
+def _diagnose_example(loggers=()):
+    from torch import nn
+
+    """The README's diagnose example: a 20-layer sigmoid MLP at small init, 30 SGD steps."""
+    from gradwatch import GradWatch
+
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(20):
+        layers += [nn.Linear(32, 32), nn.Sigmoid()]
+    model = nn.Sequential(*layers, nn.Linear(32, 2))
+    for m in model:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(256, 32), torch.randint(0, 2, (256,))
+    with GradWatch(model, optimizer=opt, loggers=list(loggers)) as watch:
+        for _ in range(30):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    return watch
+
+
+def test_report_diagnosis_is_the_live_diagnosis(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from gradwatch.diagnosis import format_findings, headline
+    from gradwatch.loggers import read_jsonl
+    from gradwatch.report import diagnosis_lines
+
+    log = tmp_path / "diagnose.jsonl"
+    watch = _diagnose_example([JsonlLogger(log)])
+    live = watch.diagnose()
+    assert live and live[0].kind == "vanishing" and live[0].steps > 1
+    from_log = diagnosis_lines(list(read_jsonl(log)))
+    assert from_log == [line.removeprefix("- ")  # the same words, line for line
+                        for line in format_findings(live).splitlines()[1:]]
+    assert headline(live[0]) in watch.summary()
+    code = main(["report", str(log), "--out", str(tmp_path / "o"), "--html"])
+    assert code == 0
+    md = (tmp_path / "o" / "report.md").read_text(encoding="utf-8")
+    assert f"- {headline(live[0])}" in md
+    html = (tmp_path / "o" / "report.html").read_text(encoding="utf-8")
+    assert "<th>quantity</th><th>value</th>" in html and "threshold <code>vanishing</code>" in html

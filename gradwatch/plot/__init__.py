@@ -14,6 +14,8 @@ from __future__ import annotations
 from .flow import plot_flow
 from .heatmap import plot_heatmap
 from .hist import Histogram, plot_histograms
+from .loss import plot_loss
 from .norms import plot_norms
 
-__all__ = ["Histogram", "plot_flow", "plot_heatmap", "plot_histograms", "plot_norms"]
+__all__ = ["Histogram", "plot_flow", "plot_heatmap", "plot_histograms", "plot_loss",
+           "plot_norms"]

@@ -22,7 +22,8 @@ __all__ = ["plot_norms"]
 
 def plot_norms(records: Iterable[StepRecord], *, layers: Sequence[str] | None = None,
                which: Which = "norm", max_layers: int = 8, ax: Axes | None = None,
-               path: str | os.PathLike[str] | None = None, title: str | None = None) -> Figure:
+               path: str | os.PathLike[str] | None = None, title: str | None = None,
+               clip_level: float | None = None) -> Figure:
     """Per-layer gradient norms over training steps on a log scale, with events marked.
 
     The total norm is the bold black line; where clipping acted, the dashed line is the total
@@ -40,6 +41,8 @@ def plot_norms(records: Iterable[StepRecord], *, layers: Sequence[str] | None = 
         ax: Axes to draw into; a new figure when omitted.
         path: Where to save a PNG.
         title: Figure title; a descriptive default when omitted.
+        clip_level: The global max norm the run clipped at (``GradWatch(clip=1.0)``), drawn as
+            a horizontal line, so the steps whose total crossed it read off the figure.
 
     Returns:
         The figure.
@@ -90,6 +93,10 @@ def plot_norms(records: Iterable[StepRecord], *, layers: Sequence[str] | None = 
         after = total * np.array([r.clip_coef for r in recs])
         ax.plot(x, after, lw=1.2, ls="--", color="black", label="total after clipping")
         _rug(ax, x, clipped, f"clipped ({int(clipped.sum())} of {len(recs)} steps)")
+    if clip_level is not None and 0 < clip_level < math.inf:
+        ax.axhline(clip_level, color="tab:orange", lw=1.2, ls="-.",
+                   label=f"clip level (max norm {clip_level:g})")
+        all_y.append(clip_level)
     spikes = np.array([r.spike for r in recs])
     if spikes.any():
         ax.scatter(x[spikes], np.where(np.isfinite(total[spikes]), total[spikes], np.nan),
