@@ -11,10 +11,11 @@ from typing import Any, Mapping, NamedTuple
 from .records import Status
 from .thresholds import Thresholds
 
-__all__ = ["StepView", "Hit", "Rule", "RULES", "REMEDIES", "Trend", "depth_trend"]
+__all__ = ["StepView", "Hit", "Rule", "RULES", "REMEDIES", "Trend", "depth_trend", "entering"]
 
 REMEDIES = ("relu", "he_init", "xavier_init", "normalization", "residual", "lower_lr", "warmup",
-            "clip", "weight_decay", "loss_scaling", "fix_op", "gated_rnn", "logit_loss")
+            "clip", "weight_decay", "loss_scaling", "fix_op", "gated_rnn", "logit_loss",
+            "nonzero_init", "zero_grad")
 """The machine-readable remedy codes a `Finding` may name."""
 
 
@@ -104,6 +105,23 @@ def depth_trend(view: StepView) -> list[Trend]:
     return out
 
 
+def entering(view: StepView) -> float | None:
+    """The output gradient of the first layer in forward order (the gradient that reaches the
+    input side: an embedding's, a stem's), over the output side's median output gradient (the
+    last third of the weight layers up to the head); None when output gradients are not
+    measured. Layers small by design sit beside the path the gradient takes (attention
+    query/key projections hang off the residual stream), so the stream's own entry reads big
+    in a healthy net however small they are, while a gradient that every block scales down on
+    its way (an activation after each residual sum) arrives orders smaller."""
+    trend = next((t for t in depth_trend(view) if t.what == "output-gradient"), None)
+    first = next((a for a in view.act if a is not None), None)
+    if trend is None or first is None or not math.isfinite(first):
+        return None
+    k = max(1, len(trend.layers) // 3)
+    ref = statistics.median(view.act[i] for i in trend.layers[-k:])
+    return first / ref if ref > 0 else None
+
+
 class Rule:
     """Base class: ``check`` returns a `Hit` when the rule's condition holds at a step.
 
@@ -184,9 +202,13 @@ class Divergence(Rule):
 class DepthVanishing(Rule):
     """The gradient shrinks across depth: every layer of the input-side third of the weight
     layers gets orders of magnitude less than the output-side third's median (on parameter or
-    output gradients), and the net is not escaping that state: a ratio that has grown
-    `Thresholds.recovery`-fold since its lowest, or √recovery-fold within the window
-    (LayerScale-style γ ≈ 0 at init, growing as it trains), is no verdict."""
+    output gradients), or the gradient reaching the first layer does (`entering`: a gradient
+    scaled down by every block on a path that skip connections do not bypass, while layers fed
+    by those skips keep the input third's largest norm up), and the net is not escaping that
+    state: a ratio that has grown `Thresholds.recovery`-fold since its lowest, or
+    √recovery-fold within the window (LayerScale-style γ ≈ 0 at init, growing as it trains),
+    is no verdict. Layers whose own gradient is below the absolute `Thresholds.vanishing`
+    carry the status too."""
 
     kind, status, reads = "vanishing", Status.VANISHING, ("norm", "act_norm")
 
@@ -195,19 +217,45 @@ class DepthVanishing(Rule):
         if bound is None or view.head is None or not _has_signal(view, th):
             return None
         found = None
-        for what, ratio, _, idx, rel in depth_trend(view):  # each trend updates its memory
+        trends = [(t.what, t.starved, t.layers, t.rel) for t in depth_trend(view)]
+        first = entering(view)
+        if first is not None:
+            out = next(t for t in depth_trend(view) if t.what == "output-gradient")
+            trends.append(("entering gradient", first, out.layers, out.rel))
+        for what, ratio, idx, rel in trends:  # each trend updates its memory
             lowest = state[what] = min(state.get(what, math.inf), ratio)
             recent = state.setdefault(f"{what}:recent", [])  # the last `window` ratios
             earlier = recent[0] if recent else ratio
             recent[:] = (recent + [ratio])[-th.window:]
             escaping = ratio >= th.recovery * lowest or ratio >= th.recovery ** 0.5 * earlier
             if found is None and ratio < bound and not escaping:
-                found = Hit({i: f"{what} norm {r:.2g}x the output side's" for i, r in
-                             zip(idx, rel) if r < bound},
-                            f"the input-side weight layers' largest {what} norm is {ratio:.2g}x "
-                            f"the output side's median (bound relative_vanishing={bound:g})",
-                            {"ratio": ratio})
+                kind = "output-gradient" if what == "entering gradient" else what
+                layers = {i: f"{kind} norm {r:.2g}x the output side's" for i, r in
+                          zip(idx, rel) if r < bound}
+                if what == "entering gradient":
+                    head = next(i for i, a in enumerate(view.act) if a is not None)
+                    layers.setdefault(head, f"output-gradient norm {ratio:.2g}x the output "
+                                            f"side's")
+                    evidence = (f"the gradient reaching the first layer (`{view.names[head]}`'s "
+                                f"output gradient) is {ratio:.2g}x the output side's median "
+                                f"output gradient (bound relative_vanishing={bound:g})")
+                else:
+                    evidence = (f"the input-side weight layers' largest {what} norm is "
+                                f"{ratio:.2g}x the output side's median (bound "
+                                f"relative_vanishing={bound:g})")
+                found = Hit(layers, evidence, {"ratio": ratio})
+        if found is not None:
+            _add_absolute(found, view, lambda n: n < th.vanishing,
+                          f"< vanishing {th.vanishing:g}")
         return found
+
+
+def _add_absolute(hit: Hit, view: StepView, beyond: Any, bound: str) -> None:
+    """Names in ``hit`` every layer whose own gradient norm is beyond the user's absolute
+    bound (a finding that holds on the trend sets the status of each of them too)."""
+    for i, n in enumerate(view.norms):
+        if i not in hit.layers and math.isfinite(n) and beyond(n):
+            hit.layers[i] = f"gradient norm {_fmt(n)} {bound}"
 
 
 class DepthExploding(Rule):
@@ -220,11 +268,14 @@ class DepthExploding(Rule):
         bound = th.relative_exploding
         for what, _, ratio, idx, rel in (depth_trend(view) if bound is not None else []):
             if ratio > bound:
-                return Hit({i: f"{what} norm {r:.2g}x the output side's" for i, r in
-                            zip(idx, rel) if r > bound},
-                           f"the input-side weight layers' median {what} norm is {ratio:.2g}x "
-                           f"the output side's (bound relative_exploding={bound:g})",
-                           {"ratio": ratio})
+                hit = Hit({i: f"{what} norm {r:.2g}x the output side's" for i, r in
+                           zip(idx, rel) if r > bound},
+                          f"the input-side weight layers' median {what} norm is {ratio:.2g}x "
+                          f"the output side's (bound relative_exploding={bound:g})",
+                          {"ratio": ratio})
+                _add_absolute(hit, view, lambda n: n > th.exploding,
+                              f"> exploding {th.exploding:g}")
+                return hit
         if math.isfinite(view.total) and view.total > th.exploding:
             return Hit({i: f"norm {_fmt(n)} > exploding {th.exploding:g}" for i, n in
                         enumerate(view.norms) if n > th.exploding},
@@ -313,6 +364,94 @@ class DeadUnits(Rule):
                          f"units (worst {100 * worst:.0f}%)", {"dead_frac": worst})
 
 
+class ZeroGradient(Rule):
+    """Weight layers whose gradient is exactly 0 on `Thresholds.zero_gradient` recorded steps
+    in a row while a gradient enters the model: another layer's output gradient or parameter
+    gradient is above 0. Exact zeros in some entries are normal (ReLU nets), a whole layer at 0
+    step after step is not: two factors both initialised at 0 (LoRA's A and B) give each other
+    a gradient of 0 forever, and float16 without loss scaling underflows the input side's to
+    0. LoRA's A gets 0 at step 0 only (B starts at 0 by design), a zero-initialised head's
+    inputs likewise: the streak is what tells them apart. Dead ReLU units (`DeadUnits`) are
+    left to their own rule."""
+
+    kind, status, reads = "zero_gradient", Status.DEAD, ("norm",)
+
+    def check(self, view, th, state):
+        if th.zero_gradient is None:
+            return None
+        streaks = {}
+        for i, n in enumerate(view.norms):
+            if view.roles[i] == "weight":
+                streaks[i] = state[view.names[i]] = state.get(view.names[i], 0) + 1 if n == 0 \
+                    else 0
+        zero = [i for i, k in streaks.items() if k >= th.zero_gradient]
+        if not zero:
+            return None
+        acts = [a for a in view.act if a is not None and math.isfinite(a)]
+        others = [n for i, n in enumerate(view.norms) if n > 0 and math.isfinite(n)]
+        signal = max(acts + others, default=0.0)
+        if signal < th.vanishing:
+            return None  # nothing enters the model: a converged or stalled net
+        if th.dead_units is not None and any(
+                (v.get("dead_frac") or 0.0) >= th.dead_units for v in view.values):
+            state[":dead"] = 1.0  # dead ReLU units (measured on some steps) explain the zeros
+        if state.get(":dead"):
+            return None
+        weights = len(streaks)
+        every = len(zero) == weights and not others
+        smallest = min(others, default=0.0)
+        return Hit({i: f"gradient exactly 0 on {int(streaks[i])} recorded steps in a row"
+                    for i in zero},
+                   f"{len(zero)} of {weights} weight layers get a gradient of exactly 0 "
+                   f"(on at least zero_gradient={th.zero_gradient} recorded steps in a row) "
+                   f"while gradient enters the model (largest output or parameter gradient "
+                   f"{_fmt(signal)}" + ("" if every else f", smallest nonzero layer gradient "
+                                                        f"{_fmt(smallest)}") + ")",
+                   {"zero_layers": float(len(zero)), "all": float(every),
+                    "signal": signal})
+
+
+class LossRising(Rule):
+    """The loss climbs: its median over the last `Thresholds.window` recorded steps is at least
+    `Thresholds.loss_rising` times its median over the first ones (the run is now worse than
+    at its start). The median ignores minibatch noise; schedules (warm-up, cyclic learning
+    rates) and healthy runs never end that far above where they started. It needs the loss
+    (``GradWatch.step(loss=...)`` or `GradWatch.note_loss`) and a positive one (a loss that
+    goes negative, as a log-likelihood may, has no ratio): the evidence names the total
+    gradient norm and the update/weight ratio beside it."""
+
+    kind, reads, optional = "loss_rising", ("loss",), True
+
+    def check(self, view, th, state):
+        bound, loss = th.loss_rising, view.loss
+        if bound is None or loss is None or not math.isfinite(loss):
+            return None
+        if loss <= 0:
+            state["off"] = 1.0
+        recent = state.setdefault("recent", [])
+        recent[:] = (recent + [loss])[-th.window:]
+        if math.isfinite(view.total):
+            state.setdefault("total0", view.total)
+        if len(recent) < th.window or state.get("off"):
+            return None
+        now = statistics.median(recent)
+        start = state.setdefault("start", now)
+        best = state["best"] = min(state.get("best", now), now)
+        if not now >= bound * start:
+            return None
+        ratios = [v.get("update_ratio") for v, r in zip(view.values, view.roles)
+                  if r == "weight"]
+        ratios = [r for r in ratios if r is not None and math.isfinite(r)]
+        update = (f", median update/weight ratio {_fmt(statistics.median(ratios))}"
+                  if ratios else "")
+        return Hit({}, f"the loss climbs: its median over the last {th.window} recorded steps "
+                       f"is {_fmt(now)}, {now / start:.2g}x its first {th.window} steps' "
+                       f"({_fmt(start)}; bound loss_rising={bound:g}) and {now / best:.2g}x its "
+                       f"best ({_fmt(best)}); total gradient norm {_fmt(view.total)} (at the "
+                       f"start {_fmt(state['total0'])}){update}",
+                   {"loss": now, "start": start, "total": view.total})
+
+
 class Saturation(Rule):
     """Most outputs of a hidden saturating activation sit at its bounds, where its slope is ~0,
     and it costs the gradient: even the input side's largest gets less than 1e-2 of the output
@@ -357,5 +496,6 @@ class ThroughTime(Rule):
 
 
 RULES: tuple[Rule, ...] = (NonFinite(), AmpOverflow(), Divergence(), DepthExploding(),
-                           DepthVanishing(), Stalled(), ThroughTime(), DeadUnits(), Saturation())
+                           DepthVanishing(), Stalled(), ThroughTime(), DeadUnits(),
+                           ZeroGradient(), Saturation(), LossRising())
 """Every verdict rule, most severe first: the first rule that gives a layer a status wins."""

@@ -14,7 +14,7 @@ __all__ = ["Thresholds", "RunningStats", "layer_verdicts"]
 _NUMBER_FIELDS = ("vanishing", "exploding", "relative_vanishing", "relative_exploding", "spike",
                   "spike_min_ratio", "spike_momentum", "spike_warmup", "window", "persistence", "recovery",
                   "divergence_update_ratio", "dead_units", "saturation", "time_vanishing",
-                  "stalled_loss", "stalled_gradient")
+                  "stalled_loss", "stalled_gradient", "zero_gradient", "loss_rising")
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,14 @@ class Thresholds:
     """The head's gradient, relative to the loss (capped at 1), at or below which no gradient
     enters the model: converged float32 nets bottom out near 1e-7 of the loss (label smoothing
     included), stalled ones at exactly 0 or an underflow's 1e-13 and below."""
+    zero_gradient: int | None = 5
+    """Zero gradient when a weight layer's gradient is exactly 0 on this many recorded steps in a
+    row while a gradient enters the model (persistent; LoRA's A is 0 at step 0 only; None:
+    off)."""
+    loss_rising: float | None = 1.5
+    """Loss rising when the median loss of the last `window` recorded steps is at least this
+    times the median of the first `window` (persistent; needs the loss; healthy zoo runs end at
+    most 1.13x above their start; None: off)."""
     spike: float | None = 6.0
     """A spike is a log10-norm this many running standard deviations above its running mean
     (None: off); applies to each layer and to the total norm."""
@@ -125,6 +133,14 @@ class Thresholds:
         if not 0 <= self.stalled_gradient < 1:
             raise ValueError(f"Expected `Thresholds.stalled_gradient` in [0, 1), but got "
                              f"{self.stalled_gradient!r}.")
+        if self.zero_gradient is not None and (isinstance(self.zero_gradient, bool) or not
+                                               isinstance(self.zero_gradient, int)
+                                               or self.zero_gradient < 1):
+            raise ValueError(f"Expected `Thresholds.zero_gradient` to be an int >= 1 or None, "
+                             f"but got {self.zero_gradient!r}.")
+        if self.loss_rising is not None and not 1 < self.loss_rising < math.inf:
+            raise ValueError(f"Expected `Thresholds.loss_rising` > 1 and finite, or None, but "
+                             f"got {self.loss_rising!r}.")
         for name in ("divergence_update_ratio", "time_vanishing"):
             value = getattr(self, name)
             if value is not None and not 0 < value < math.inf:
