@@ -340,3 +340,33 @@ def test_save_records_figure_draws_default_threshold_bands_and_names_the_model(t
     assert f"vanishing band (< {Thresholds().vanishing:g})" in [p.get_label() for p in ax.patches]
     ax = records_figure("flow", recs, thresholds=None, title="own").axes[0]
     assert ax.get_title() == "own" and not ax.patches  # explicit thresholds=None: no bands
+
+
+# ------------------------------------------------------------- what a newcomer meets first
+def test_cuda_without_gpu_names_the_real_cause(monkeypatch):
+    import types
+
+    fake = types.SimpleNamespace(__version__="2.14.1+cu130",
+                                 version=types.SimpleNamespace(cuda="13.0", hip=None))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    text = cli.cuda_problem(fake)
+    assert "CUDA_VISIBLE_DEVICES=''" in text and "the build is not the problem" in text
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr(cli.Path, "exists", lambda self: False)
+    monkeypatch.setattr(cli.sys, "platform", "linux")
+    text = cli.cuda_problem(fake)
+    assert "no NVIDIA GPU driver" in text and "CPU-only" not in text
+    cpu = types.SimpleNamespace(__version__="2.14.1+cpu",
+                                version=types.SimpleNamespace(cuda=None, hip=None))
+    assert "is a CPU-only build" in cli.cuda_problem(cpu)
+
+
+def test_html_report_is_written_beside_the_markdown(tmp_path):
+    md, _ = write_report(tmp_path, _results(), budget=QUICK, seconds=30.0, device="cpu",
+                         threads=1)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and page.count("<table>") >= 2
+    assert "<th>experiment</th>" in page and "<a href='#identity_chain'>identity_chain</a>" in page
+    assert "<h2>Identity chain</h2>" in page and "|" not in page.split("<body>")[1].split(
+        "<h2>Threshold")[0].replace("||", "")
+    assert "<details>" in page or "<details><summary>" in page

@@ -9,7 +9,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from . import BUDGETS, EXPERIMENTS, run_bench
 
@@ -95,6 +95,24 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
+def cuda_problem(torch: Any) -> str:
+    """Why ``--device cuda`` cannot run here, naming the real cause, and the fix."""
+    fix = "fix by leaving out --device (the bench runs on the CPU)"
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        return (f"--device cuda, but this torch ({torch.__version__}) is a CPU-only build; "
+                f"{fix}, or install a CUDA build of torch.")
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if hidden is not None and hidden.strip() in ("", "-1"):
+        cause = f"CUDA_VISIBLE_DEVICES={hidden!r} hides every GPU from this process"
+    elif not Path("/proc/driver/nvidia/version").exists() and sys.platform.startswith("linux"):
+        cause = "this machine has no NVIDIA GPU driver loaded (no GPU, or no driver installed)"
+    else:
+        cause = "torch sees no usable GPU (torch.cuda.device_count() is 0)"
+    return (f"--device cuda, but {cause}; torch {torch.__version__} is a CUDA "
+            f"{torch.version.cuda or torch.version.hip} build, so the build is not the problem; "
+            f"{fix}, or run on a machine with a GPU.")
+
+
 def _preflight(args: argparse.Namespace, names: Sequence[str]) -> str | None:
     """Everything that can fail before an experiment runs; the error line, or None."""
     if importlib.util.find_spec("matplotlib") is None:
@@ -104,9 +122,7 @@ def _preflight(args: argparse.Namespace, names: Sequence[str]) -> str | None:
         import torch
 
         if not torch.cuda.is_available():
-            return ("--device cuda, but torch.cuda.is_available() is False (no GPU or a "
-                    "CPU-only torch); fix by leaving out --device (CPU) or installing a CUDA "
-                    "build of torch.")
+            return cuda_problem(torch)
     if needs_mnist(names):
         if importlib.util.find_spec("torchvision") is None:
             return "the MNIST experiments read data through torchvision, which is not " \
