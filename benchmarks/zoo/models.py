@@ -215,7 +215,8 @@ def _lora_gpt2() -> Setup:
     cfg = tr.GPT2Config(vocab_size=64, n_positions=32, n_embd=64, n_layer=2, n_head=4,
                         tie_word_embeddings=True)
     model = nets.add_lora(tr.GPT2LMHeadModel(cfg), (Conv1D,), rank=16)
-    return Setup(model, adamw(model, 1e-2), tasks.perm_lm_task(), hf_loss)
+    model.transformer.wte.weight.requires_grad_(True)  # the tied embedding trains too (PEFT's
+    return Setup(model, adamw(model, 1e-2), tasks.perm_lm_task(), hf_loss)  # modules_to_save)
 
 
 def _gpt2_warmup_cosine() -> Setup:
@@ -322,8 +323,8 @@ HEALTHY_RUNS: tuple[Run, ...] = (
     # adapters, schedules and noise (the new rules' healthy counterparts)
     _h("lora_b_zero_mlp", "mlp", _lora_mlp,
        note="frozen MLP, LoRA rank 8 standard init (B = 0: A's gradient 0 at step 0 only)"),
-    _h("lora_gpt2_standard", "transformers", _lora_gpt2, requires=("transformers",), steps=80,
-       note="frozen GPT-2 2x64, LoRA rank 16 on every Conv1D, standard init, AdamW 1e-2"),
+    _h("lora_gpt2_standard", "transformers", _lora_gpt2, requires=("transformers",),
+       note="frozen GPT-2 2x64, LoRA rank 16 on every Conv1D, tied embedding trained"),
     _h("resmlp_zero_last_layerscale", "mlp",
        lambda: image(nets.ZeroBranchResMLP(gamma0=1e-5), size=16),
        note="zero-init-last branches with LayerScale 1e-5 (the branch gets a gradient)"),
