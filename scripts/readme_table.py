@@ -1,11 +1,11 @@
-"""Regenerates the README's bench headline table (and its figure) from a run's ``results.json``.
+"""Regenerates the bench headline table on the docs' bench page (and its figure) from ``results.json``.
 
 The README's numbers then come from a run, not from hand: the table goes between the markers
 ``<!-- bench-table:start -->`` and ``<!-- bench-table:end -->``, and the figure is copied from the
 run's ``figures/`` folder. Usage, after a fresh default run::
 
     python -m gradwatch.bench --threads 1 --out gradwatch-report
-    python scripts/readme_table.py gradwatch-report/results.json            # writes README.md
+    python scripts/readme_table.py gradwatch-report/results.json            # writes docs/bench.md
     python scripts/readme_table.py gradwatch-report/results.json --check    # exit 1 if stale
 """
 
@@ -77,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parses ``argv``, rewrites the README block and copies the figure; the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("results", type=Path, help="results.json of a fresh default run")
-    parser.add_argument("--readme", type=Path, default=REPO / "README.md")
+    parser.add_argument("--readme", type=Path, default=REPO / "docs" / "bench.md",
+                        help="the page holding the table markers (default: docs/bench.md)")
     parser.add_argument("--figure", default=FIGURE[0], help="figure of the run to copy ('' none)")
     parser.add_argument("--figure-to", type=Path, default=REPO / FIGURE[1])
     parser.add_argument("--any-budget", action="store_true",

@@ -370,3 +370,9 @@ def test_html_report_is_written_beside_the_markdown(tmp_path):
     assert "<h2>Identity chain</h2>" in page and "|" not in page.split("<body>")[1].split(
         "<h2>Threshold")[0].replace("||", "")
     assert "<details>" in page or "<details><summary>" in page
+
+
+def test_the_bench_table_lives_between_the_markers_of_the_docs_bench_page():
+    page = (REPO / "docs" / "bench.md").read_text(encoding="utf-8")
+    script = _script()
+    assert page.count(script.START) == 1 and page.count(script.END) == 1
