@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .layers import Layer, activation_kind
-from .norms import TINY
+from .norms import TINY, repair_norms
 
 __all__ = ["iter_tensors", "inert", "Hook", "Collected", "Collector", "user_stacklevel",
            "UNIT_EVERY"]
@@ -101,8 +101,9 @@ checked as changed: NaN stays NaN there."""
 
 def _norms64(tensors: list[Tensor]) -> Tensor:
     """The exact float64 L2 norm of each tensor. On accelerators reduced in float64 (no host
-    sync); on the CPU in float32, one batched call, and only a norm outside float32's safe
-    range (below `TINY` or non-finite: underflowed or overflowed squares) redone in float64."""
+    sync); on the CPU in float32, one batched call, and only the norms outside float32's safe
+    range (below `TINY` or non-finite: underflowed or overflowed squares) redone in float64, in
+    one more batched call."""
     with torch.no_grad():
         if any(t.is_complex() for t in tensors):  # |z| is the real tensor with the same norm
             tensors = [t.abs() if t.is_complex() else t for t in tensors]
@@ -116,8 +117,7 @@ def _norms64(tensors: list[Tensor]) -> Tensor:
         values = n32.tolist()
         if min(values) >= TINY and sum(values) < math.inf:  # NaN fails this too
             return n32.double()
-        return torch.tensor([v if TINY <= v < math.inf else torch.linalg.vector_norm(
-            t, dtype=torch.float64).item() for v, t in zip(values, tensors)], dtype=torch.float64)
+        return torch.tensor(repair_norms(values, tensors), dtype=torch.float64)
 
 
 def _task() -> int:

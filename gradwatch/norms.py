@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .distributed import global_norms, has_dtensor, is_dtensor
 
-__all__ = ["TINY", "per_tensor_norms", "exact_norm", "repair_norms", "combine", "tensor_norm"]
+__all__ = ["TINY", "per_tensor_norms", "exact_norm", "exact_norms", "repair_norms", "combine", "tensor_norm"]
 
 TINY = 1e-18
 """Below this an fp32 norm may have lost digits to underflowing squares (and above ~1.8e19 the
@@ -77,16 +77,33 @@ def exact_norm(grad: Tensor) -> float:
     return torch.linalg.vector_norm(_dense(grad), dtype=torch.float64).item()
 
 
+def exact_norms(tensors: Sequence[Tensor]) -> list[float]:
+    """The float64 L2 norm of each tensor (exact over fp32's whole range), as floats, in one
+    batched ``torch._foreach_norm`` call per device (zero-size and sparse tensors aside)."""
+    dense = [_dense(t) for t in tensors]
+    if any(t.is_complex() for t in dense):  # |z| is the real tensor with the same norm
+        dense = [t.abs() if t.is_complex() else t for t in dense]
+    devices = {t.device for t in dense}
+    if len(devices) == 1 and all(t.numel() for t in dense):
+        return torch.stack(torch._foreach_norm(dense, 2, dtype=torch.float64)).tolist()
+    return [torch.linalg.vector_norm(t, dtype=torch.float64).item() for t in dense]
+
+
 def repair_norms(norms: Sequence[float], grads: Sequence[Tensor]) -> list[float]:
     """Recomputes in float64 each fp32 norm that may be wrong (non-finite or below `TINY`).
 
-    Only pathological tensors are touched, so a healthy step costs nothing here.
+    Only pathological tensors are touched (all of them in one batched call), so a healthy step
+    costs nothing here.
     """
     if norms and min(norms) >= TINY and sum(norms) < math.inf:
         return list(norms)  # the healthy case, checked in C (the sum is NaN or inf if any is)
     # DTensor norms come exact from `global_norms`; recomputing one locally would be wrong.
-    return [n if TINY <= n < math.inf or is_dtensor(g) else exact_norm(g)
-            for n, g in zip(norms, grads)]
+    redo = [k for k, (n, g) in enumerate(zip(norms, grads))
+            if not TINY <= n < math.inf and not is_dtensor(g)]
+    out = list(norms)
+    for k, v in zip(redo, exact_norms([grads[k] for k in redo]) if redo else ()):
+        out[k] = v
+    return out
 
 
 def combine(norms: Iterable[float]) -> float:

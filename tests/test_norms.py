@@ -59,3 +59,19 @@ def test_combine_is_l2_of_norms_without_overflow():
     assert math.isnan(combine([math.nan, math.inf]))
     xs = torch.rand(50, dtype=torch.float64)
     assert combine(xs.tolist()) == pytest.approx(torch.linalg.vector_norm(xs).item(), rel=1e-14)
+
+
+def test_exact_norms_and_repair_match_float64_torch_in_one_batch():
+    """Every norm outside fp32's safe range is redone in float64 (one batched call); the
+    healthy ones are kept as given."""
+    from gradwatch.norms import exact_norms, repair_norms
+
+    torch.manual_seed(0)
+    grads = [torch.randn(5, 3) * s for s in (1e-25, 1.0, 1e25, 1e-30, 3.0)]
+    fp32 = torch.stack(torch._foreach_norm(grads, 2)).tolist()
+    ref = [torch.linalg.vector_norm(g.double()).item() for g in grads]
+    assert exact_norms(grads) == pytest.approx(ref, rel=1e-12)
+    fixed = repair_norms(fp32, grads)
+    assert fixed == pytest.approx(ref, rel=1e-6)
+    assert fixed[1] == fp32[1] and fixed[4] == fp32[4]  # healthy: untouched
+    assert fp32[0] < 1e-18 and fp32[2] == float("inf")  # (what needed the repair)
