@@ -32,6 +32,14 @@ def validate(model: Any, optimizer: Any, thresholds: Any, activations: Any, ever
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"Expected `optimizer` to be a torch.optim.Optimizer or None, but got "
                         f"{type(optimizer).__name__}.")
+    if optimizer is not None:
+        mine = {id(p) for p in model.parameters()}
+        stepped = [p for group in optimizer.param_groups for p in group["params"]]
+        if stepped and not any(id(p) in mine for p in stepped):
+            raise ValueError(f"Expected `optimizer` to step the watched model's parameters, but "
+                             f"none of its {len(stepped)} parameter(s) belongs to the "
+                             f"{type(model).__name__} passed as `model`; pass the optimizer "
+                             f"built from model.parameters() (or the model it steps).")
     if thresholds is not None and not isinstance(thresholds, Thresholds):
         raise TypeError(f"Expected `thresholds` to be a gradwatch.Thresholds or None, but got "
                         f"{type(thresholds).__name__}; build one with Thresholds(vanishing=...).")

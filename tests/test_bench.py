@@ -47,10 +47,15 @@ TINY = replace(BUDGETS["quick"], name="tiny", mnist_train=320, mnist_test=100, s
 MINE = [n for n in EXPERIMENTS if n != "xor"]  # XOR has its own tests below
 
 
-def test_bench_end_to_end_tiny(tmp_path):
+def test_bench_end_to_end_tiny(tmp_path, capsys):
     data = _data_dir()
     md, js = run_bench(MINE, budget=TINY, out=tmp_path / "report", data_dir=data, progress=False,
                        cache_dir=tmp_path / "cache", figures=False, threads=1)
+    # progress without bars (output redirected): one line per experiment, n of N and elapsed
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "experiments:" in ln]
+    assert [ln.split(" experiments:")[0] for ln in lines] == [
+        f"[gradwatch.bench] {k} of {len(MINE)}" for k in range(1, len(MINE) + 1)]
+    assert all(f" {name} " in ln and "elapsed" in ln for ln, name in zip(lines, MINE))
     text = md.read_text(encoding="utf-8")
     assert "## Documented claims" in text and "Threshold calibration" in text
     payload = json.loads(js.read_text(encoding="utf-8"))

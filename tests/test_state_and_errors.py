@@ -189,3 +189,12 @@ def test_watch_writes_every_record_to_loggers_and_closes_them(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "r.csv")))
     assert len(rows) == 4 * 3 and rows[0]["layer"] == "0" and rows[-1]["step"] == "3"
     assert float(rows[-1]["norm"]) == pytest.approx(watch.history[-1].layers["4"].norm)
+
+
+def test_optimizer_of_another_model_is_refused_at_once():
+    model, other = nn.Linear(3, 2), nn.Linear(3, 2)
+    with pytest.raises(ValueError, match=r"`optimizer`.*none of its 2 parameter\(s\)"):
+        GradWatch(model, optimizer=torch.optim.SGD(other.parameters(), lr=0.1))
+    # an optimizer stepping part of the model (a frozen backbone) is fine
+    whole = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2))
+    GradWatch(whole, optimizer=torch.optim.SGD(whole[1].parameters(), lr=0.1)).close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -99,7 +100,8 @@ def run_bench(names: Sequence[str] | None = None, *, budget: Budget | str = "def
     results: list[ExperimentResult] = []
     start = time.perf_counter()
     try:
-        for name in names or list(EXPERIMENTS):
+        planned = list(names or EXPERIMENTS)
+        for k, name in enumerate(planned, 1):
             t0 = time.perf_counter()
             # Tiny per-sample XOR steps are faster on one thread than on two.
             torch.set_num_threads(1 if name in ("xor", "tanh_chain", "identity_chain", "rnn")
@@ -111,8 +113,10 @@ def run_bench(names: Sequence[str] | None = None, *, budget: Budget | str = "def
             paths = write_report(ctx.out, results, budget=budget,
                                  seconds=time.perf_counter() - start, device=str(dev),
                                  threads=threads)
-            if progress:
-                print(f"[gradwatch.bench] {name}: {result.seconds:.0f} s", flush=True)
+            # one line per experiment on stderr, bars or not (a redirected run shows it too)
+            print(f"[gradwatch.bench] {k} of {len(planned)} experiments: {name} "
+                  f"{result.seconds:.0f} s, elapsed {time.perf_counter() - start:.0f} s",
+                  file=sys.stderr, flush=True)
     finally:
         torch.set_num_threads(previous)
     return paths
