@@ -87,3 +87,20 @@ def test_sweep_runs_one_model_and_checks_the_norm_against_torch(tmp_path):
     assert "error" not in r, r
     assert r["steps"] == 6 and r["size"] == 64 and r["total_norm_rel_err"] < 1e-5
     assert math.isfinite(r["loss_first"]) and math.isfinite(r["loss_last"])
+
+
+def test_scaling_benchmark_smoke(tmp_path):
+    """The scaling benchmark runs end to end on two tiny depths and writes every configuration
+    (no timing is asserted: only that each figure is there and finite)."""
+    out = tmp_path / "scaling.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "scaling.py"), "--depths", "2,3",
+                           "--budget", "0", "--out", str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())["results"]
+    assert list(results) == ["2", "3"]
+    for per_depth in results.values():
+        assert set(per_depth) == {"bare", "naive", "foreach", "gw_params", "gw_default",
+                                  "gw_every10", "gw_unrecorded"}
+        assert all(math.isfinite(v["median"]) and v["n"] >= 5 for v in per_depth.values())
+    assert "| gw_default |" in proc.stdout
