@@ -215,7 +215,8 @@ def no_run(monkeypatch):
 
 
 def _one_line(err: str) -> str:
-    lines = err.strip().split("\n")
+    # the error is one line; the progress lines of experiments that finished may precede it
+    lines = [ln for ln in err.strip().split("\n") if not ln.startswith("[gradwatch.bench] ")]
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     return lines[0]
 
