@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from gradwatch import GradWatch
-from gradwatch.diagnosis import format_findings
+from gradwatch.verdict.diagnosis import format_findings
 
 torch.manual_seed(0)
 layers = []

@@ -11,21 +11,21 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from . import compile_support as cs
-from .amp import AmpState
+from .capture import compile as cs
+from .capture.amp import AmpState
 from .clip import ClipPolicy, make_policy
-from .hooks import UNIT_EVERY, Hook, user_stacklevel
-from .ledger import Ledger, run_header
-from .diagnosis import nonfinite_message
+from .capture.hooks import UNIT_EVERY, Hook, user_stacklevel
+from .record.ledger import Ledger, run_header
+from .verdict.diagnosis import nonfinite_message
 from .options import NonFiniteGradientError, OnNonFinite, check_loss, check_manual_step, \
     refuse_closure, validate
-from .recorder import Recorder
-from .records import Finding, StepRecord
-from .step import GradStash, measure_step
-from .statistics import Statistic, check_statistics
-from .summary import format_summary
-from .thresholds import Thresholds
-from .watched import WatchedSet
+from .record.recorder import Recorder
+from .record.records import Finding, StepRecord
+from .measure.step import GradStash, measure_step
+from .measure.statistics import Statistic, check_statistics
+from .io.summary import format_summary
+from .verdict.thresholds import Thresholds
+from .capture.watched import WatchedSet
 
 __all__ = ["GradWatch", "NonFiniteGradientError"]
 
@@ -52,9 +52,9 @@ class GradWatch:
             logged), ``"skip"`` (parameters and optimizer state untouched; needs
             ``optimizer``) or ``"zero"``. The last three check every step, forward included.
         scaler: A ``torch.amp.GradScaler``; norms and clipping are then on unscaled gradients.
-        loggers: A list of callables receiving every `StepRecord` (see `gradwatch.loggers`).
+        loggers: A list of callables receiving every `StepRecord` (see `gradwatch.io.loggers`).
         history: How many records stay in `history` (loggers still see every record).
-        statistics: Extra per-layer `gradwatch.statistics.Statistic` declarations.
+        statistics: Extra per-layer `gradwatch.measure.statistics.Statistic` declarations.
         sync_records: ``None`` (default): on accelerators a recorded step's numbers are copied
             with ``non_blocking=True`` and become its record at the next step (loggers see it
             one step late; the loop never waits); on the CPU records are immediate. ``True``:

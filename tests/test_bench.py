@@ -258,7 +258,7 @@ def test_spread_and_decide():
 
 
 def test_grad_jump_and_norm_growth():
-    from gradwatch.records import LayerStat, StepRecord
+    from gradwatch.record.records import LayerStat, StepRecord
 
     def rec(step: int, total: float) -> StepRecord:
         return StepRecord(step=step, total_norm=total, clip_coef=1.0,
@@ -366,7 +366,7 @@ def test_time_ratio_matches_an_unrolled_rnn():
 
 def test_summarize_records_counts_statuses_and_flags():
     from gradwatch.bench.common import summarize_records
-    from gradwatch.records import LayerStat, Status, StepRecord
+    from gradwatch.record.records import LayerStat, Status, StepRecord
 
     def rec(step, a, b, spike=False):
         return StepRecord(step=step, total_norm=1.0, spike=spike,

@@ -327,7 +327,7 @@ def test_curves_panel_names_its_axis_draws_references_and_never_hides_a_line(tmp
 def test_save_records_figure_draws_default_threshold_bands_and_names_the_model(tmp_path):
     from gradwatch import Thresholds
     from gradwatch.bench.figures import save_records_figure
-    from gradwatch.records import LayerStat, StepRecord
+    from gradwatch.record.records import LayerStat, StepRecord
 
     recs = [StepRecord(step=0, total_norm=1.0, layers={"a": LayerStat(norm=2e-7),
                                                        "b": LayerStat(norm=1.0)})]

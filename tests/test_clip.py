@@ -18,7 +18,7 @@ from torch import nn
 from gradwatch import GradWatch
 from gradwatch.clip import (AGC, AutoClip, ClipPolicy, GlobalNorm, PerTensorNorm, Value, ZClip,
                             clip_with_norm_, make_policy)
-from gradwatch.norms import per_tensor_norms
+from gradwatch.measure.norms import per_tensor_norms
 
 PROPERTY = settings(max_examples=50, deadline=None, derandomize=True)
 NO = [False] * 4

@@ -13,7 +13,7 @@ from torch import nn
 
 from conftest import batch, loss_of, mlp
 from gradwatch import GradWatch, StepRecord
-from gradwatch.records import LayerStat
+from gradwatch.record.records import LayerStat
 
 
 def _layer_norms(model: nn.Module) -> dict[str, float]:
@@ -298,7 +298,7 @@ def _update_ratio_reference(model_before, model_after):
 def test_lightning_callback_measures_update_ratios_with_the_trainers_optimizer(tmp_path):
     pl = pytest.importorskip("lightning.pytorch")
     from gradwatch import JsonlLogger
-    from gradwatch.loggers import read_runs
+    from gradwatch.io.loggers import read_runs
     from gradwatch.integrations.lightning import GradWatchCallback
 
     model = mlp()
@@ -322,7 +322,7 @@ def test_lightning_callback_measures_update_ratios_with_the_trainers_optimizer(t
 def test_hf_callback_measures_update_ratios_with_the_trainers_optimizer(tmp_path):
     pytest.importorskip("transformers")
     from gradwatch import JsonlLogger
-    from gradwatch.loggers import read_runs
+    from gradwatch.io.loggers import read_runs
     from gradwatch.integrations.hf import GradWatchCallback
 
     log = tmp_path / "hf.jsonl"

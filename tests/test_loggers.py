@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gradwatch import GradWatch, LayerStat, Status, StepRecord
-from gradwatch.loggers import CsvLogger, JsonlLogger, read_jsonl, read_runs
-from gradwatch.runlog import HEADER_KEY, LogFormatError, Run, check_record_dict, select_run
+from gradwatch.io.loggers import CsvLogger, JsonlLogger, read_jsonl, read_runs
+from gradwatch.io.runlog import HEADER_KEY, LogFormatError, Run, check_record_dict, select_run
 
 
 def _rec(step: int, norm: float = 1.0, **kw) -> StepRecord:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from gradwatch import GradWatch, JsonlLogger, StepRecord, Thresholds
-from gradwatch.logschema import check_record_dict
+from gradwatch.io.logschema import check_record_dict
 
 
 def _saturated_net() -> nn.Sequential:

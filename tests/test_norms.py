@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gradwatch.norms import combine, exact_norm, per_tensor_norms, repair_norms, tensor_norm
+from gradwatch.measure.norms import combine, exact_norm, per_tensor_norms, repair_norms, tensor_norm
 from reference import norm
 
 
@@ -64,7 +64,7 @@ def test_combine_is_l2_of_norms_without_overflow():
 def test_exact_norms_and_repair_match_float64_torch_in_one_batch():
     """Every norm outside fp32's safe range is redone in float64 (one batched call); the
     healthy ones are kept as given."""
-    from gradwatch.norms import exact_norms, repair_norms
+    from gradwatch.measure.norms import exact_norms, repair_norms
 
     torch.manual_seed(0)
     grads = [torch.randn(5, 3) * s for s in (1e-25, 1.0, 1e25, 1e-30, 3.0)]

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.image import AxesImage  # noqa: E402
 
 from gradwatch.plot import plot_flow, plot_heatmap, plot_norms  # noqa: E402
-from gradwatch.records import LayerStat, Status, StepRecord  # noqa: E402
+from gradwatch.record.records import LayerStat, Status, StepRecord  # noqa: E402
 
 NAN, INF = float("nan"), float("inf")
 NAMES = ["embed", "blocks.0.fc", "blocks.1.fc", "head"]
@@ -262,7 +262,7 @@ def test_heatmap_missing_layers_are_masked(tmp_path):
 
 
 def test_importing_gradwatch_and_its_plot_module_does_not_import_matplotlib():
-    code = ("import sys, gradwatch, gradwatch.plot, gradwatch.report; "
+    code = ("import sys, gradwatch, gradwatch.plot, gradwatch.io.report; "
             "sys.exit('matplotlib' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
@@ -270,7 +270,7 @@ def test_importing_gradwatch_and_its_plot_module_does_not_import_matplotlib():
 
 # ------------------------------------------------------------------ statuses, ticks, histograms
 class _NewStatus(str, Enum):
-    """A status gradwatch.records.Status does not declare (yet): plots must not crash on it."""
+    """A status gradwatch.record.records.Status does not declare (yet): plots must not crash on it."""
 
     DEAD = "dead_units"
 

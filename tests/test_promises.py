@@ -24,7 +24,7 @@ from torch import nn
 
 from conftest import batch, loss_of, mlp
 from gradwatch import GradWatch
-from gradwatch.loggers import read_runs
+from gradwatch.io.loggers import read_runs
 
 SETTINGS = dict(max_examples=25, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])

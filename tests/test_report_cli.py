@@ -1,4 +1,4 @@
-"""gradwatch.report text and the ``python -m gradwatch report`` command on good and bad logs."""
+"""gradwatch.io.report text and the ``python -m gradwatch report`` command on good and bad logs."""
 
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ import torch
 
 import gradwatch
 import gradwatch.plot
-import gradwatch.report
+import gradwatch.io.report
 from gradwatch import GradWatch, JsonlLogger
-from gradwatch.__main__ import DEFAULT_ROOT, main
-from gradwatch.loggers import read_runs
-from gradwatch.records import LayerStat, Status, StepRecord
-from gradwatch.report import findings, html_report, layer_table, markdown_report, run_overview
+from gradwatch.io.cli import DEFAULT_ROOT, main
+from gradwatch.io.loggers import read_runs
+from gradwatch.record.records import LayerStat, Status, StepRecord
+from gradwatch.io.report import findings, html_report, layer_table, markdown_report, run_overview
 
 NAN = float("nan")
 TOTALS = [3.0, 0.5, 4.0, NAN, 2.0, 1.0]
@@ -303,7 +303,7 @@ def test_script_run_twice_reports_the_last_run_and_warns(tmp_path, capsys, monke
     # run ids that cannot be read as the run index "0" (a random id starting with 0 would make
     # `--run 0` ambiguous, which the CLI refuses)
     letters = iter("abcdef" * 100)
-    monkeypatch.setattr("gradwatch.ledger.uuid.uuid4", lambda: uuid.UUID(next(letters) * 32))
+    monkeypatch.setattr("gradwatch.record.ledger.uuid.uuid4", lambda: uuid.UUID(next(letters) * 32))
     for n in lengths:
         model = _mlp()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -405,7 +405,7 @@ def test_cli_passes_the_header_to_report_functions_that_take_it(tmp_path, capsys
         got["header"] = header
         return "# md\n"
 
-    monkeypatch.setattr(gradwatch.report, "markdown_report", markdown_report)
+    monkeypatch.setattr(gradwatch.io.report, "markdown_report", markdown_report)
     log = tmp_path / "r.jsonl"
     _write_run(log, _records(), _header("h1"))
     assert main(["report", str(log), "--out", str(tmp_path / "o")]) == 0
@@ -571,9 +571,9 @@ def _diagnose_example(loggers=()):
 
 def test_report_diagnosis_is_the_live_diagnosis(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    from gradwatch.diagnosis import format_findings, headline
-    from gradwatch.loggers import read_jsonl
-    from gradwatch.report import diagnosis_lines
+    from gradwatch.verdict.diagnosis import format_findings, headline
+    from gradwatch.io.loggers import read_jsonl
+    from gradwatch.io.report import diagnosis_lines
 
     log = tmp_path / "diagnose.jsonl"
     watch = _diagnose_example([JsonlLogger(log)])

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from gradwatch import GradWatch
-from gradwatch.judge import Judge
-from gradwatch.rules import StepView, depth_trend
-from gradwatch.thresholds import Thresholds
+from gradwatch.verdict.judge import Judge
+from gradwatch.verdict.rules import StepView, depth_trend
+from gradwatch.verdict.thresholds import Thresholds
 
 
 def _view(step: int, norms: list[float], *, shared: list[bool] | None = None,
@@ -112,8 +112,8 @@ def test_a_module_run_at_several_depths_is_known_as_shared():
 def test_remedy_plans_keep_what_goes_together():
     """A deep sigmoid net's vanishing finding names "ReLU with He init" as one plan, and its
     flat codes are every plan's codes once; the plans survive to_dict/from_dict."""
-    from gradwatch.diagnosis import format_findings
-    from gradwatch.records import Finding
+    from gradwatch.verdict.diagnosis import format_findings
+    from gradwatch.record.records import Finding
 
     torch.manual_seed(0)
     layers = []

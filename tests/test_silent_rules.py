@@ -11,8 +11,8 @@ from torch.nn import functional as F
 
 from gradwatch import GradWatch
 from gradwatch.bench.models import IdentityChain
-from gradwatch.records import Status
-from gradwatch.thresholds import Thresholds
+from gradwatch.record.records import Status
+from gradwatch.verdict.thresholds import Thresholds
 
 
 class _LoRA(nn.Module):
@@ -126,8 +126,8 @@ def test_a_forgotten_zero_grad_makes_the_loss_climb_and_it_is_named():
 def test_noisy_and_scheduled_losses_are_not_rising():
     """Minibatch noise and a cyclic learning rate move the loss up and down, never to 1.5x the
     start's median; a negative loss has no ratio."""
-    from gradwatch.judge import Judge
-    from gradwatch.rules import StepView
+    from gradwatch.verdict.judge import Judge
+    from gradwatch.verdict.rules import StepView
 
     def verdicts(losses):
         judge = Judge(Thresholds())

@@ -15,7 +15,7 @@ from torch import nn
 from conftest import batch, loss_of, mlp
 from gradwatch import (CsvLogger, GradWatch, JsonlLogger, LayerStat, Status, StepRecord,
                        Thresholds, read_jsonl)
-from gradwatch.thresholds import RunningStats, layer_verdicts
+from gradwatch.verdict.thresholds import RunningStats, layer_verdicts
 
 
 def _train(model, opt, watch, steps):

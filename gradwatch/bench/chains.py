@@ -9,8 +9,8 @@ import torch
 
 from .models import IdentityChain, TanhChain
 from ..monitor import GradWatch
-from ..records import StepRecord
-from ..thresholds import Thresholds
+from ..record.records import StepRecord
+from ..verdict.thresholds import Thresholds
 from .common import Claim, Context, ExperimentResult, LabelledRun, decide, spread, summarize_records
 from .figures import plot_layer_profiles
 

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 
 import torch
 
-from ..records import Status, StepRecord
+from ..record.records import Status, StepRecord
 from .data import Mnist, load_mnist
 
 __all__ = ["Budget", "BUDGETS", "Context", "Claim", "LabelledRun", "ExperimentResult",
@@ -221,13 +221,13 @@ class RecordSummary:
 
 
 def summarize_records(records: Iterable[StepRecord]) -> RecordSummary:
-    """Condenses gradwatch records into a `RecordSummary` through `gradwatch.runsummary` (the
+    """Condenses gradwatch records into a `RecordSummary` through `gradwatch.io.runsummary` (the
     one reduction the summary and the report use); its own tally where that module is absent."""
     recs = list(records)
     flagged = [r for r in recs if r.flagged]
     first = flagged[0].step if flagged else None
     try:
-        from ..runsummary import summarize
+        from ..io.runsummary import summarize
     except ImportError:  # an older gradwatch without the shared reduction
         summarize = None
     layers: dict[str, dict[str, int]] = {}

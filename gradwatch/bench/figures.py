@@ -179,7 +179,7 @@ def records_figure(kind: str, records: Sequence, *, model: str | None = None, **
     """``gradwatch.plot.plot_<kind>(records)`` as the bench draws it (see `save_records_figure`)."""
     require_matplotlib()
     from .. import plot
-    from ..thresholds import Thresholds
+    from ..verdict.thresholds import Thresholds
 
     if kind in ("flow", "heatmap") and not {"thresholds", "vanishing", "exploding"} & set(kwargs):
         kwargs["thresholds"] = Thresholds()

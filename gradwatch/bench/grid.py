@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
-from ..records import Status
+from ..record.records import Status
 from .common import Claim, Context, ExperimentResult, LabelledRun
 from .models import DeepMLP
 from .train import TrainRun, train_mnist
@@ -82,7 +82,7 @@ def first_last_ratio(run: TrainRun) -> float:
 
 def named_remedies(run: TrainRun) -> tuple[tuple[tuple[str, ...], ...], str]:
     """``(remedy plans, where from)``: the findings' plans in order (each the codes to apply
-    together, `gradwatch.records.Finding.plans`), or the placeholder's codes one by one."""
+    together, `gradwatch.record.records.Finding.plans`), or the placeholder's codes one by one."""
     if run.diagnosed:
         plans = [tuple(p) for f in run.findings
                  for p in (f.get("plans") or [[c] for c in f.get("remedies", ())])]

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from .. import clip as _clip
 from ..clip import ClipPolicy
 from ..monitor import GradWatch
-from ..records import StepRecord
+from ..record.records import StepRecord
 from .common import Context, RecordSummary, summarize_records
 from .data import iterate_batches
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ..records import Status
-from ..thresholds import Thresholds, layer_verdicts
+from ..record.records import Status
+from ..verdict.thresholds import Thresholds, layer_verdicts
 from .models import XorNet
 
 __all__ = ["XOR_INPUTS", "XOR_TARGETS", "XorTrace", "slice_layer_norms", "train_xor"]

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..monitor import GradWatch
-from ..records import StepRecord
+from ..record.records import StepRecord
 from .common import RecordSummary, summarize_records
 from .xor_core import EPS, XOR_T, XOR_X, XorTrial, _layout
 from .xor_train import Snapshot, TrialResult

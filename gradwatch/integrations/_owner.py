@@ -6,11 +6,11 @@ from typing import Any, Sequence
 
 import warnings
 
-from ..diagnosis import format_findings
-from ..loggers import Logger
+from ..verdict.diagnosis import format_findings
+from ..io.loggers import Logger
 from ..monitor import GradWatch
-from ..records import Finding, StepRecord
-from ..thresholds import Thresholds
+from ..record.records import Finding, StepRecord
+from ..verdict.thresholds import Thresholds
 
 __all__ = ["WatchOwner"]
 

@@ -20,9 +20,9 @@ except ImportError as err:
     raise ImportError("gradwatch.integrations.hf needs transformers; install it with "
                       "pip install 'gradwatch[hf]'.") from err
 
-from ..loggers import Logger
+from ..io.loggers import Logger
 from ..monitor import GradWatch
-from ..thresholds import Thresholds
+from ..verdict.thresholds import Thresholds
 from ._gate import StepGate, unwrap_optimizer
 from ._owner import WatchOwner
 

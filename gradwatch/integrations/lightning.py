@@ -22,9 +22,9 @@ except ImportError:  # the standalone package
         raise ImportError("gradwatch.integrations.lightning needs PyTorch Lightning; install it "
                           "with pip install 'gradwatch[lightning]'.") from err
 
-from ..loggers import Logger
+from ..io.loggers import Logger
 from ..monitor import GradWatch
-from ..thresholds import Thresholds
+from ..verdict.thresholds import Thresholds
 from ._gate import StepGate, unwrap_optimizer
 from ._owner import WatchOwner
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..records import StepRecord
+from ..record.records import StepRecord
 
 __all__ = ["TensorBoardLogger"]
 

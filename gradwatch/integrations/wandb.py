@@ -7,7 +7,7 @@ import enum
 import math
 from typing import Any, Literal, Mapping
 
-from ..records import Status, StepRecord
+from ..record.records import Status, StepRecord
 
 __all__ = ["WandbLogger", "STATUS_CODES", "history_row"]
 

@@ -6,7 +6,7 @@ imported inside the functions, so ``import gradwatch`` never pulls it in. Every 
 `matplotlib.figure.Figure`, draws into ``ax=`` when given and saves a PNG to ``path=`` when given.
 Values a log axis cannot show are drawn at its edges: non-finite norms as a black ``X`` at the top,
 zero norms as a ``0`` at the bottom. Layer statuses take their colour and label from the status
-table of `gradwatch.records`; a status without an entry is drawn in a neutral grey, never an error.
+table of `gradwatch.record.records`; a status without an entry is drawn in a neutral grey, never an error.
 """
 
 from __future__ import annotations

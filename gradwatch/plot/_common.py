@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
 
 import numpy as np
 
-from ..records import StepRecord
+from ..record.records import StepRecord
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -46,10 +46,10 @@ NEUTRAL_STYLE = StatusStyle("#7f7f7f", "D", "other")
 def status_style(status: Any) -> StatusStyle:
     """The style of ``status`` (a `Status` or its value); unknown statuses are drawn neutral.
 
-    Colour and label come from the status table in `gradwatch.records` (``status_info``) when
+    Colour and label come from the status table in `gradwatch.record.records` (``status_info``) when
     it declares one, so plots, summary and report agree; markers from `STATUS_MARKERS`.
     """
-    from .. import records
+    from ..record import records
 
     value = str(getattr(status, "value", status))
     marker = STATUS_MARKERS.get(value, NEUTRAL_STYLE.marker)

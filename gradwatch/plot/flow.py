@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
-from ..records import Status, StepRecord
+from ..record.records import Status, StepRecord
 from ._common import (WHICH_LABEL, bands, edge_marks, finish, layered_records, legend, log_limits,
                       log_ticks, name_ticks, new_axes, short, split, status_style, value, Which)
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
-from ..records import StepRecord
+from ..record.records import StepRecord
 from ._common import (WHICH_LABEL, finish, layered_records, name_ticks, new_axes, plural, split,
                       value, Which)
 

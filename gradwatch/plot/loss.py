@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
-from ..records import StepRecord
+from ..record.records import StepRecord
 from ._common import check_records, finish, new_axes
 
 if TYPE_CHECKING:

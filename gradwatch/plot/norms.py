@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
-from ..records import StepRecord
+from ..record.records import StepRecord
 from ._common import (WHICH_LABEL, Which, check_records, check_which, edge_marks, finish,
                       layer_order, legend, log_limits, log_ticks, new_axes, plural, short, split,
                       value)

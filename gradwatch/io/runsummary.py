@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-from .records import STATUSES, Finding, LayerStat, Status, StepRecord
+from ..record.records import STATUSES, Finding, LayerStat, Status, StepRecord
 
 __all__ = ["fmt", "layer_order", "LayerSummary", "RunSummary", "summarize", "findings_of"]
 
@@ -87,7 +87,7 @@ class RunSummary:
 
 def _status_of_kind() -> dict[str, Status]:
     """The status each finding kind writes on its layers (from the declared rules)."""
-    from .rules import RULES  # the rules declare it; imported here, where it is read
+    from ..verdict.rules import RULES  # the rules declare it; imported here, where it is read
 
     return {r.kind: r.status for r in RULES if r.status is not None}
 
@@ -138,7 +138,7 @@ def summarize(records: Iterable[StepRecord], *, steps: int | None = None,
     Args:
         records: The records, oldest first.
         steps: Optimizer steps seen; defaults to the last record's step + 1.
-        run: Run-wide counters (`gradwatch.ledger.COUNTERS`); default: counted from records.
+        run: Run-wide counters (`gradwatch.record.ledger.COUNTERS`); default: counted from records.
         flags: Steps each (layer, status or "spike") was flagged over the run; default: counted.
         findings: The diagnosis; default: the findings the records carry.
     """

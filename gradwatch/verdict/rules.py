@@ -1,5 +1,5 @@
 """Verdict rules, each declared once: the statistics it reads, when it holds, the status and
-evidence it writes. `gradwatch.judge.Judge` runs them over a window of recorded steps."""
+evidence it writes. `gradwatch.verdict.judge.Judge` runs them over a window of recorded steps."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Mapping, NamedTuple
 
-from .records import Status
+from ..record.records import Status
 from .thresholds import Thresholds
 
 __all__ = ["StepView", "Hit", "Rule", "RULES", "REMEDIES", "Trend", "depth_trend", "entering"]

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .layers import Layer, activation_kind
-from .norms import TINY, repair_norms
+from ..measure.norms import TINY, repair_norms
 
 __all__ = ["iter_tensors", "inert", "Hook", "Collected", "Collector", "user_stacklevel",
            "UNIT_EVERY"]
@@ -407,7 +407,7 @@ def _bounds(module: nn.Module) -> tuple[float, float]:
     return 0.0, 1.0  # sigmoid, hardsigmoid
 
 
-_SKIP_DIRS = (os.path.dirname(__file__), os.path.dirname(torch.__file__))
+_SKIP_DIRS = (os.path.dirname(os.path.dirname(__file__)), os.path.dirname(torch.__file__))
 
 
 def user_stacklevel() -> int:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .diagnosis import format_findings
-from .records import STATUSES, Status
+from ..verdict.diagnosis import format_findings
+from ..record.records import STATUSES, Status
 from .runsummary import RunSummary, fmt
 
 __all__ = ["format_summary"]

@@ -37,7 +37,7 @@ class Ledger:
         self._resume_step: int | None = None
 
     def header(self) -> dict[str, Any]:
-        """The run header a logger receives (see `gradwatch.loggers`)."""
+        """The run header a logger receives (see `gradwatch.io.loggers`)."""
         return {"run_id": self.run_id,
                 "started": datetime.datetime.now(datetime.timezone.utc).isoformat(
                     timespec="seconds"),
@@ -91,7 +91,7 @@ class Ledger:
 def run_header(thresholds: Any, layers: Sequence[Any], statistics: Sequence[Any],
                **options: Any) -> dict[str, Any]:
     """The run header without id and time: version, thresholds, layers and roles, options."""
-    from . import __version__
+    from .. import __version__
 
     return {"gradwatch": __version__, "thresholds": thresholds.to_dict(),
             "layers": [layer.name for layer in layers],

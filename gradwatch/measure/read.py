@@ -10,8 +10,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from .distributed import is_dtensor
-from .hooks import Collected, Collector
+from ..capture.distributed import is_dtensor
+from ..capture.hooks import Collected, Collector
 from .norms import TINY, combine, repair_norms
 from .statistics import Statistic
 
@@ -102,7 +102,7 @@ class InFlight:
 
 class UpdateTracker:
     """‖Δθ‖/‖θ‖ per layer across ``optimizer.step()`` from fixed samples (see
-    `gradwatch.statistics.UpdateRatio`): one batched copy into a flat buffer before the step,
+    `gradwatch.measure.statistics.UpdateRatio`): one batched copy into a flat buffer before the step,
     one after, and one row-wise sum, whatever the number of layers.
 
     A tensor of more than ``sample`` entries is read in 16 evenly spaced runs of
@@ -236,7 +236,7 @@ def layer_values(data: Collected, host: dict[str, list[float]], inv_scale: float
 def _event_values(data: Collected, host: dict[str, list[float]]
                   ) -> list[tuple[tuple[int, bool, int, int], float]]:
     """Each backward event with its gradient's norm (output and input events are reduced
-    apart; see `gradwatch.hooks.Collector.take`)."""
+    apart; see `gradwatch.capture.hooks.Collector.take`)."""
     outs, ins = iter(host.get("act_out", [])), iter(host.get("act_in", []))
     return [(e, next(outs if e[1] else ins, math.nan)) for e in data.events]
 

@@ -6,7 +6,7 @@ import json
 import math
 from typing import Any
 
-from .records import Status
+from ..record.records import Status
 
 __all__ = ["HEADER_KEY", "check_header", "check_record_dict"]
 

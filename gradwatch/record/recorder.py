@@ -9,12 +9,12 @@ from typing import Any, Mapping, Sequence
 
 from .assemble import Pending, assemble, pending_step
 from .ledger import Ledger
-from .measure import HostBatch
+from ..measure.read import HostBatch
 from .records import StepRecord
-from .judge import Judge
-from .runsummary import RunSummary, summarize
-from .spikes import SpikeTracker
-from .thresholds import Thresholds
+from ..verdict.judge import Judge
+from ..io.runsummary import RunSummary, summarize
+from ..verdict.spikes import SpikeTracker
+from ..verdict.thresholds import Thresholds
 
 __all__ = ["Recorder"]
 
@@ -23,7 +23,7 @@ class Recorder:
     """Turns measured steps into published records, in order, one at a time.
 
     Args:
-        watched: The `gradwatch.watched.WatchedSet`.
+        watched: The `gradwatch.capture.watched.WatchedSet`.
         ledger: Where records go (history, counters, loggers).
         thresholds: The watch's thresholds (for the rules' `Judge` and the `SpikeTracker`).
         statistics: The user's statistics.

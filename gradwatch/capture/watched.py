@@ -10,12 +10,12 @@ from typing import Any, Callable
 
 from torch import nn
 
-from .assemble import ForwardOrder
-from .compile_support import NO_ACTIVATION_GRADS
+from ..record.assemble import ForwardOrder
+from .compile import NO_ACTIVATION_GRADS
 from .hooks import Collector, user_stacklevel
 from .layers import discover_layers
-from .measure import UpdateTracker
-from .statistics import UpdateRatio
+from ..measure.read import UpdateTracker
+from ..measure.statistics import UpdateRatio
 
 __all__ = ["WatchedSet"]
 

@@ -64,14 +64,14 @@ def global_norms(grads: Sequence[Tensor]) -> Tensor:
     (that would count it twice). Under DDP gradients are plain, already averaged tensors.
 
     Plain tensors get float64 norms here too (this module imports nothing of gradwatch, so the
-    norm math in `gradwatch.norms` can call it without an import cycle). For DTensors the local squared
+    norm math in `gradwatch.measure.norms` can call it without an import cycle). For DTensors the local squared
     norms (float64) of every tensor sharing a mesh are summed with ONE ``all_reduce`` per sharded
     mesh dimension (one in all for FSDP2's 1-D mesh); replicated dimensions are not reduced.
     Every rank must call this with the same tensors in the same order, like any collective.
 
     Returns:
         A float64 vector on the device of the first gradient's local tensor. Its values are exact
-        over float32's whole range, so `gradwatch.norms.repair_norms` leaves DTensor entries alone.
+        over float32's whole range, so `gradwatch.measure.norms.repair_norms` leaves DTensor entries alone.
 
     Raises:
         ValueError: A gradient has a ``Partial`` placement (not yet reduced).

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
-    from .records import Finding, StepRecord
+    from ..record.records import Finding, StepRecord
     from .rules import Hit, StepView
 
 __all__ = ["Plans", "NOTHING", "explain", "plan_text", "headline", "details", "format_findings",

@@ -9,7 +9,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor
 
-from .distributed import global_norms, has_dtensor, is_dtensor
+from ..capture.distributed import global_norms, has_dtensor, is_dtensor
 
 __all__ = ["TINY", "per_tensor_norms", "exact_norm", "exact_norms", "repair_norms", "combine", "tensor_norm"]
 
@@ -36,7 +36,7 @@ def per_tensor_norms(grads: Sequence[Tensor]) -> Tensor:
     order of ``grads``. It can be inf or 0
     for finite, nonzero entries beyond fp32's range of squares: pass it through `repair_norms`.
     Sharded ``DTensor`` gradients (FSDP2) get their global norms, in float64, from
-    `gradwatch.distributed.global_norms` (one collective).
+    `gradwatch.capture.distributed.global_norms` (one collective).
     """
     if not grads:
         return torch.zeros(0)

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .records import Status
+from ..record.records import Status
 from .spikes import RunningStats
 
 __all__ = ["Thresholds", "RunningStats", "layer_verdicts"]
@@ -19,7 +19,7 @@ _NUMBER_FIELDS = ("vanishing", "exploding", "relative_vanishing", "relative_expl
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The bounds of gradwatch's verdict rules (`gradwatch.rules`).
+    """The bounds of gradwatch's verdict rules (`gradwatch.verdict.rules`).
 
     Vanishing and exploding are whole-network verdicts on the depth trend: the input-side third
     of the weight-bearing layers against the head (the last weight-bearing layer in forward

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Mapping
 
-from .records import StepRecord
+from ..record.records import StepRecord
 from .runlog import HEADER_KEY, Run, read_jsonl, read_runs
 
 __all__ = ["Logger", "JsonlLogger", "CsvLogger", "Run", "read_jsonl", "read_runs"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
 
 from .logschema import HEADER_KEY, check_header, check_record_dict
-from .records import StepRecord
+from ..record.records import StepRecord
 
 __all__ = ["HEADER_KEY", "LineProblem", "LogFormatError", "LogScan", "Run", "check_record_dict",
            "describe_problem", "read_jsonl", "read_runs", "scan_lines", "scan_log", "select_run"]

@@ -6,14 +6,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from .layers import Layer
-from .measure import layer_values, locate_nonfinite
-from .norms import combine
+from ..capture.layers import Layer
+from ..measure.read import layer_values, locate_nonfinite
+from ..measure.norms import combine
 from .records import LayerTable, Status, StepRecord
-from .judge import Judge
-from .rules import StepView
-from .spikes import SpikeTracker
-from .thresholds import Thresholds
+from ..verdict.judge import Judge
+from ..verdict.rules import StepView
+from ..verdict.spikes import SpikeTracker
+from ..verdict.thresholds import Thresholds
 
 __all__ = ["Pending", "ForwardOrder", "layer_norms", "pending_step", "assemble"]
 

@@ -68,10 +68,10 @@ class LayerStat:
         act_norm: L2 norm of the gradient with respect to the module's output(s), over every call
             of the module in the backward pass that produced the parameter gradients; ``None``
             when activation tracking is off or the output did not require grad.
-        status: The verdict (see `gradwatch.rules`).
+        status: The verdict (see `gradwatch.verdict.rules`).
         spike: Whether ``norm`` jumped against this layer's own running history.
         reason: Evidence for a status other than ok, or for a spike (empty when healthy).
-        values: Every other declared statistic (`gradwatch.statistics`) by name, e.g.
+        values: Every other declared statistic (`gradwatch.measure.statistics`) by name, e.g.
             ``update_ratio``; a value is ``None`` when it could not be measured at this step.
     """
 
@@ -180,7 +180,7 @@ class Finding:
         evidence: The numbers behind the finding, in words.
         cause: The likely cause.
         remedy: What to do, in words.
-        remedies: Machine-readable remedy codes (see `gradwatch.rules.REMEDIES`), every code
+        remedies: Machine-readable remedy codes (see `gradwatch.verdict.rules.REMEDIES`), every code
             of `plans` once, in order.
         first_step: The first recorded step at which the finding held.
         steps: On how many recorded steps it held.

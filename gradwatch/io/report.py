@@ -7,10 +7,10 @@ import html
 from collections import Counter
 from typing import Any, Iterable, Mapping, Sequence
 
-from .diagnosis import NOTHING, details, headline
-from .records import STATUSES, Finding, Status, StepRecord
+from ..verdict.diagnosis import NOTHING, details, headline
+from ..record.records import STATUSES, Finding, Status, StepRecord
 from .runsummary import RunSummary, findings_of, fmt, summarize
-from .statistics import label_of
+from ..measure.statistics import label_of
 
 __all__ = ["findings", "diagnosis_lines", "run_overview", "layer_table", "markdown_report",
            "html_report", "settings"]
@@ -133,7 +133,7 @@ def findings(records: Iterable[StepRecord], *, most: int = 3) -> list[str]:
 
 def diagnosis_lines(records: Sequence[StepRecord],
                     diagnosis: Sequence[Finding] | None = None) -> list[str]:
-    """The diagnosis in the words of `GradWatch.summary` (`gradwatch.diagnosis.headline` and
+    """The diagnosis in the words of `GradWatch.summary` (`gradwatch.verdict.diagnosis.headline` and
     `details`): one headline line per finding, each followed by indented detail lines.
 
     Args:
@@ -188,7 +188,7 @@ def markdown_report(records: Iterable[StepRecord], *, title: str = "gradwatch re
         title: The report's heading.
         images: Caption -> relative path of a figure to link, in display order.
         diagnosis: The findings to show (default: those the records carry).
-        header: The run header of the log (`gradwatch.loggers.Run.header`): its options and
+        header: The run header of the log (`gradwatch.io.loggers.Run.header`): its options and
             thresholds are listed under "Settings".
 
     Raises:

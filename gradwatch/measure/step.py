@@ -10,8 +10,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from .hooks import user_stacklevel
-from .measure import InFlight, StepNumbers, device_total, finish_read, read_norms, read_step, \
+from ..capture.hooks import user_stacklevel
+from .read import InFlight, StepNumbers, device_total, finish_read, read_norms, read_step, \
     start_read
 from .norms import combine, per_tensor_norms, repair_norms
 

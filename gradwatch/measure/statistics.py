@@ -85,7 +85,7 @@ class UpdateRatio(Statistic):
 
     Estimated from a fixed sample of `sample` entries per tensor (16 evenly spaced runs)
     (exact for smaller tensors), so it costs two small copies whatever the model size. Measured
-    on every 4th recorded step (`gradwatch.hooks.UNIT_EVERY`, the first included), like the
+    on every 4th recorded step (`gradwatch.capture.hooks.UNIT_EVERY`, the first included), like the
     unit statistics. About 1e-3 is the classic healthy range; orders above means the learning rate
     is too high.
     """
@@ -123,7 +123,7 @@ class ZeroFraction(Statistic):
 class DeadUnits(Statistic):
     """Share of a layer's units that a following ReLU-family module zeroes for the whole batch
     (dead units), from the forward outputs of every 4th recorded step
-    (`gradwatch.hooks.UNIT_EVERY`, the first included)."""
+    (`gradwatch.capture.hooks.UNIT_EVERY`, the first included)."""
 
     name, label, reads, log_scale = "dead_frac", "dead-unit share", "forward", False
 
@@ -171,13 +171,13 @@ def label_of(name: str, statistics: Iterable[Statistic] = ()) -> str:
 def check_statistics(statistics: object) -> tuple[Statistic, ...]:
     """Validates ``GradWatch(statistics=...)``: user statistics read gradients or parameters."""
     if isinstance(statistics, Statistic) or not isinstance(statistics, (list, tuple)):
-        raise TypeError(f"Expected `statistics` to be a list of gradwatch.statistics.Statistic, "
+        raise TypeError(f"Expected `statistics` to be a list of gradwatch.measure.statistics.Statistic, "
                         f"but got {type(statistics).__name__}; wrap it: statistics=[MyStat()].")
     out, names = [], {"norm", "act_norm", "status", "spike", "reason"}
     for s in statistics:
         if not isinstance(s, Statistic):
             raise TypeError(f"Expected each of `statistics` to be a Statistic instance, but got "
-                            f"{type(s).__name__}; subclass gradwatch.statistics.Statistic.")
+                            f"{type(s).__name__}; subclass gradwatch.measure.statistics.Statistic.")
         if s.reads not in ("grad", "param"):
             raise ValueError(f"Expected statistic {s.name!r} to read 'grad' or 'param', but it "
                              f"reads {s.reads!r}; the other kinds are built in.")

@@ -9,7 +9,7 @@ from collections import deque
 from typing import Any, Mapping, Sequence
 
 from .diagnosis import explain
-from .records import Finding, Status
+from ..record.records import Finding, Status
 from .rules import RULES, Hit, Rule, StepView
 from .thresholds import Thresholds
 

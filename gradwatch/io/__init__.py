@@ -1,0 +1,1 @@
+"""I/O: loggers, reading logs back, the report, summaries and the command line."""

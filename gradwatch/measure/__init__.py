@@ -1,0 +1,1 @@
+"""Measure: the batched statistics of a step, their one host transfer, and clipping with them."""

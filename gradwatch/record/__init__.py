@@ -1,0 +1,1 @@
+"""Record: a step's record, the columnar history and the ledger of the run."""
