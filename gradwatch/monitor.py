@@ -14,7 +14,8 @@ from torch import nn
 from .capture import compile as cs
 from .capture.amp import AmpState
 from .clip import ClipPolicy, make_policy
-from .capture.hooks import UNIT_EVERY, Hook, user_stacklevel
+from .capture.collector import UNIT_EVERY
+from .capture.hooks import Hook, user_stacklevel
 from .record.ledger import Ledger, run_header
 from .verdict.diagnosis import nonfinite_message
 from .options import NonFiniteGradientError, OnNonFinite, check_loss, check_manual_step, \

@@ -338,7 +338,7 @@ class _LogAt(nn.Module):
 @pytest.mark.parametrize("at", [3, 48])
 @pytest.mark.parametrize("options", [{}, {"activations": False, "on_nonfinite": "zero"}])
 def test_forward_birth_is_located_in_a_deep_net_before_and_after_a_batch_of_checks(at, options):
-    """Module outputs are checked in batches (`gradwatch.capture.hooks.BATCH`: 32 on the CPU): a birth
+    """Module outputs are checked in batches (`gradwatch.capture.collector.BATCH`: 32 on the CPU): a birth
     inside a batch reduced during the forward pass (3) and one among the outputs still held at
     the end of the step (48) are both found; a finite step skips the held checks and says so
     nothing."""

@@ -15,7 +15,7 @@ from torch import nn
 from conftest import batch, loss_of, mlp
 from gradwatch import CsvLogger, GradWatch, JsonlLogger, read_jsonl
 from gradwatch.io.report import markdown_report
-from gradwatch.capture.hooks import UNIT_EVERY
+from gradwatch.capture.collector import UNIT_EVERY
 from gradwatch.measure.statistics import Statistic, UpdateRatio, WeightNorm, ZeroFraction
 from reference import norm, train_step
 
@@ -264,7 +264,7 @@ def test_zero_fraction_is_the_share_of_zero_entries_over_the_layer():
 def test_update_sums_on_accelerators_match_the_cpu_segment_sums():
     """The tracker's accelerator path (index_add_, no host read of the lengths) gives the CPU
     path's per-tensor sums, checked here on the CPU by forcing it."""
-    from gradwatch.measure.read import UpdateTracker
+    from gradwatch.measure.updates import UpdateTracker
 
     torch.manual_seed(0)
     params = [torch.randn(300, 20), torch.randn(7), torch.randn(1000), torch.randn(3, 3)]

@@ -12,9 +12,10 @@ from torch import nn
 
 from ..record.assemble import ForwardOrder
 from .compile import NO_ACTIVATION_GRADS
-from .hooks import Collector, user_stacklevel
+from .collector import Collector
+from .hooks import user_stacklevel
 from .layers import discover_layers
-from ..measure.read import UpdateTracker
+from ..measure.updates import UpdateTracker
 from ..measure.statistics import UpdateRatio
 
 __all__ = ["WatchedSet"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -10,190 +9,15 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ..capture.distributed import is_dtensor
-from ..capture.hooks import Collected, Collector
+from ..capture.collector import Collected
+from .host import HostBatch
+from .nonfinite import event_values
 from .norms import TINY, combine, repair_norms
 from .statistics import Statistic
 
-__all__ = ["HostBatch", "InFlight", "UpdateTracker", "StepNumbers", "start_read", "finish_read",
+__all__ = ["StepNumbers", "start_read", "finish_read",
            "read_step", "read_norms", "device_total",
-           "locate_nonfinite", "layer_values"]
-
-
-class HostBatch:
-    """Gathers named device values and copies them to the host in ONE transfer.
-
-    ``add(name, values)`` takes a tensor or a list of floats and 0-d tensors; `fetch`
-    returns ``{name: [float, ...]}``. Python floats never travel.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self._parts: list[Tensor] = []
-        self._slots: dict[str, tuple[Any, ...]] = {}
-        self._size = 0
-
-    def _part(self, t: Tensor) -> None:
-        if not t.is_floating_point():
-            t = t.double()  # counts: exact, and never promoted to float32 by the others
-        self._parts.append(t if t.device == self.device else t.to(self.device))
-
-    def add(self, name: str, values: Tensor | Sequence[Any]) -> None:
-        if isinstance(values, Tensor):
-            n = values.numel()
-            self._part(values.reshape(-1))
-            self._slots[name] = (self._size, n)
-            self._size += n
-            return
-        items = list(values)
-        where = [k for k, v in enumerate(items) if isinstance(v, Tensor)]
-        if where:
-            self._part(torch.stack([items[k].reshape(()) for k in where]))
-        self._slots[name] = (self._size, items, where)
-        self._size += len(where)
-
-    def fetch(self) -> dict[str, list[float]]:
-        """Copies and waits (one blocking device-to-host copy)."""
-        return self.start(blocking=True).result()
-
-    def start(self, *, blocking: bool = False) -> InFlight:
-        """Starts the copy. On CUDA without ``blocking`` it goes ``non_blocking`` into pinned
-        memory and returns at once; `InFlight.result` waits for it (the next step, normally
-        long done)."""
-        parts = self._parts
-        dev = None if not parts else parts[0] if len(parts) == 1 else torch.cat(parts)
-        event = None
-        if dev is None:
-            host = None
-        elif dev.device.type == "cuda" and not blocking:
-            host = torch.empty(dev.shape, dtype=dev.dtype, pin_memory=True)
-            host.copy_(dev, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-        else:
-            host = dev.cpu() if blocking else dev.to("cpu", copy=True)
-        return InFlight(self._slots, host, event)
-
-
-class InFlight:
-    """A started device-to-host copy of a `HostBatch`; `result` gives the named values."""
-
-    def __init__(self, slots: dict[str, tuple[Any, ...]], host: Tensor | None,
-                 event: Any) -> None:
-        self._slots, self._host, self._event = slots, host, event
-
-    def result(self) -> dict[str, list[float]]:
-        if self._event is not None:
-            self._event.synchronize()
-        host = self._host.tolist() if self._host is not None else []
-        out = {}
-        for name, slot in self._slots.items():
-            if len(slot) == 2:  # a tensor's values
-                start, n = slot
-                out[name] = host[start:start + n]
-                continue
-            start, items, where = slot
-            values = list(items)
-            for k, pos in enumerate(where):
-                values[pos] = host[start + k]
-            out[name] = values
-        return out
-
-
-class UpdateTracker:
-    """‖Δθ‖/‖θ‖ per layer across ``optimizer.step()`` from fixed samples (see
-    `gradwatch.measure.statistics.UpdateRatio`): one batched copy into a flat buffer before the step,
-    one after, and one row-wise sum, whatever the number of layers.
-
-    A tensor of more than ``sample`` entries is read in 16 evenly spaced runs of
-    ``sample // 16`` consecutive entries (a few cache lines each, not one per entry), each
-    read entry standing for numel / (entries read).
-    """
-
-    RUNS = 16
-
-    def __init__(self, params: Sequence[Tensor], layer_of: Sequence[int], n_layers: int,
-                 sample: int) -> None:
-        self.params, self.layer_of, self.n_layers, self.sample = params, layer_of, n_layers, sample
-        self._views: list[Tensor] | None = None
-        self._ptrs: list[int] = []
-        self._measured = False
-
-    def _usable(self, p: Tensor) -> bool:
-        return not is_dtensor(p) and p.is_contiguous() and p.numel() > 0
-
-    def _sample_view(self, p: Tensor) -> Tensor:
-        flat = p.detach().view(-1)
-        if flat.numel() <= self.sample:
-            return flat
-        spacing = flat.numel() // self.RUNS
-        return flat[:spacing * self.RUNS].view(self.RUNS, spacing)[:, :self.sample // self.RUNS]
-
-    def _build(self) -> None:
-        self._sampled = [p for p in self.params if self._usable(p)]
-        self._layers = [layer for p, layer in zip(self.params, self.layer_of) if self._usable(p)]
-        self._ptrs = [p.data_ptr() for p in self._sampled]
-        views = [self._sample_view(p) for p in self._sampled]
-        self._views = views
-        if not views or len({v.device for v in views}) > 1:
-            self._views = []
-            return
-        device, sizes = views[0].device, [v.numel() for v in views]
-        # each tensor's sample sits in a row of `width` entries, zero-padded: the per-tensor
-        # sums are then one row-wise sum (segment_reduce is ~65 us for 15 K entries on a CPU)
-        width = max(sizes)
-        self._flat = [torch.zeros(len(views), width, dtype=torch.float32, device=device)
-                      for _ in range(2)]  # before, after
-        self._bufs = [[row[:n].view(v.shape) for row, n, v in zip(flat, sizes, views)]
-                      for flat in self._flat]
-        self._weights = _on(device, [p.numel() / v.numel() for p, v in zip(self._sampled, views)],
-                            torch.float32)
-
-    def before(self) -> None:
-        """Snapshot the sampled entries (call right before ``optimizer.step()``)."""
-        if self._views is None or [p.data_ptr() for p in self._sampled] != self._ptrs:
-            self._build()  # first use, or a parameter's storage was replaced
-        self._measured = bool(self._views)
-        if self._measured:
-            torch._foreach_copy_(self._bufs[0], self._views)
-
-    def after(self) -> dict[int, float | None] | None:
-        """The estimated ‖Δθ‖/‖θ‖ of each layer, θ before the step (call right after
-        ``optimizer.step()``)."""
-        sums = self.after_device()
-        return None if sums is None else self.ratios(sums.tolist())
-
-    def after_device(self) -> Tensor | None:
-        """The per-tensor (‖Δθ‖², ‖θ‖²) sums of `after`, left on the device (for a deferred
-        record)."""
-        if not self._measured:
-            return None
-        self._measured = False
-        before, now = self._flat
-        torch._foreach_copy_(self._bufs[1], self._views)
-        sums = torch.stack([now.sub_(before), before]).square_().sum(-1)  # padding adds 0
-        return sums * self._weights
-
-    def ratios(self, sums: Sequence[Sequence[float]]) -> dict[int, float | None]:
-        """Per-layer ‖Δθ‖/‖θ‖ from per-tensor (‖Δθ‖², ‖θ‖²) sums."""
-        d2, w2 = sums
-        per_layer: dict[int, list[float]] = {}
-        for layer, a, b in zip(self._layers, d2, w2):
-            acc = per_layer.setdefault(layer, [0.0, 0.0])
-            acc[0] += a
-            acc[1] += b
-        return {i: math.sqrt(a / b) if b > 0 else None for i, (a, b) in per_layer.items()}
-
-
-def _on(device: torch.device, values: list[Any], dtype: torch.dtype) -> Tensor:
-    """A tensor of ``values`` on ``device`` without a blocking host-to-device copy (on CUDA
-    from pinned memory, ``non_blocking``)."""
-    t = torch.tensor(values, dtype=dtype)
-    if device.type == "cpu":
-        return t
-    if device.type == "cuda":
-        t = t.pin_memory()
-    return t.to(device, non_blocking=True)
+           "layer_values"]
 
 
 def device_total(norms_dev: Tensor, grads: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -214,7 +38,7 @@ def device_total(norms_dev: Tensor, grads: Sequence[Tensor]) -> tuple[Tensor, Te
 def layer_values(data: Collected, host: dict[str, list[float]], inv_scale: float
                  ) -> tuple[dict[int, float], dict[int, dict[str, float | None]], dict[int, int]]:
     """Output-gradient norms (accumulating backward passes only), unit and time statistics."""
-    events = [(e, v) for e, v in _event_values(data, host)
+    events = [(e, v) for e, v in event_values(data, host)
               if not data.tasks or e[2] in data.tasks]
     act: dict[int, list[float]] = {}
     backward: dict[int, int] = {}
@@ -233,48 +57,12 @@ def layer_values(data: Collected, host: dict[str, list[float]], inv_scale: float
     return ({i: combine(v) * inv_scale for i, v in act.items()}, values, backward)
 
 
-def _event_values(data: Collected, host: dict[str, list[float]]
-                  ) -> list[tuple[tuple[int, bool, int, int], float]]:
-    """Each backward event with its gradient's norm (output and input events are reduced
-    apart; see `gradwatch.capture.hooks.Collector.take`)."""
-    outs, ins = iter(host.get("act_out", [])), iter(host.get("act_in", []))
-    return [(e, next(outs if e[1] else ins, math.nan)) for e in data.events]
-
-
 def _chunks(flat: list[float], groups: dict[Any, list[Any]]) -> list[list[float]]:
     out, k = [], 0
     for vals in groups.values():
         out.append(flat[k:k + len(vals)])
         k += len(vals)
     return out
-
-
-def locate_nonfinite(collector: Collector, data: Collected, host: dict[str, list[float]],
-                     layer_names: Sequence[str], norms: dict[int, float],
-                     order: Sequence[int]) -> tuple[str | None, str | None]:
-    """(origin, birth) of a non-finite step: the first module in forward order whose output
-    went non-finite; else in backward order the first output gradient that went non-finite
-    (the gradient entering the model: the loss) or a module whose input gradient went
-    non-finite while its output gradient was finite; else the parameter gradients."""
-    for module, total in zip(data.forward_bad, host.get("forward", [])):
-        if not math.isfinite(total):
-            return "forward", collector.names[module]
-    events = [(e, v) for e, v in _event_values(data, host)
-              if not data.tasks or e[2] in data.tasks]
-    for k, ((layer, is_output, _, gid), v) in enumerate(events):
-        if math.isfinite(v):
-            continue
-        if is_output and k == 0:
-            return "loss", None
-        # the same bad gradient reaches a module's input: it went bad inside that module's
-        # backward; reaching only outputs, it went bad between modules (at this output)
-        same = list(itertools.takewhile(lambda e: e[3] == gid, (e for e, _ in events[k:])))
-        inside = next((e[0] for e in same if not e[1]), None)
-        return "backward", layer_names[inside if inside is not None else layer]
-    for i in sorted(order, key=lambda i: -order.index(i)):
-        if i in norms and not math.isfinite(norms[i]):
-            return "backward", layer_names[i]
-    return None, None
 
 
 def use_statistics(statistics: Sequence[Statistic], grads: Sequence[Tensor],

@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 from ..capture.hooks import user_stacklevel
-from .read import InFlight, StepNumbers, device_total, finish_read, read_norms, read_step, \
+from .host import InFlight
+from .read import StepNumbers, device_total, finish_read, read_norms, read_step, \
     start_read
 from .norms import combine, per_tensor_norms, repair_norms
 

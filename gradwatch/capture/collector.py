@@ -1,0 +1,336 @@
+"""The collector: what the hooks gather during one recorded step, reduced in batches."""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+import torch
+from torch import Tensor, nn
+
+from .hooks import _ELEMENTWISE, Hook, _bounds, iter_tensors
+from .layers import Layer, activation_kind
+from ..measure.norms import TINY, repair_norms
+
+__all__ = ['Collected', 'BATCH', 'Collector', 'UNIT_EVERY']
+
+
+@dataclass
+class Collected:
+    """What the hooks gathered since the last measurement (a recorded step's forward/backward)."""
+
+    completed: list[int] = field(default_factory=list)  # module ids in forward completion order
+    forward_bad: list[int] = field(default_factory=list)  # module of each checked output
+    forward_norms: list[Tensor] = field(default_factory=list)
+    """float64 norms of the checked outputs (NaN/Inf iff the output holds NaN/Inf), in chunks,
+    aligned with ``forward_bad``."""
+    events: list[tuple[int, bool, int, int]] = field(default_factory=list)
+    """Backward order: (layer, is_output, graph task, id of the gradient tensor)."""
+    out_norms: list[Tensor] = field(default_factory=list)  # output-gradient events' norms
+    in_norms: list[Tensor] = field(default_factory=list)  # input-gradient events' norms
+    units: list[tuple[int, str, Tensor, int]] = field(default_factory=list)
+    """(layer, statistic, count as a device tensor, of how many): alive units, saturated
+    outputs."""
+    time: dict[int, list[Any]] = field(default_factory=dict)  # layer -> first/last ratios
+    tasks: set[int] = field(default_factory=set)  # graph tasks that accumulated parameter grads
+
+
+BATCH = {"cpu": 32}
+"""Module outputs and activation gradients are held until this many of them (8 on accelerators,
+32 on the CPU, where a call's fixed cost dominates; by the device of the first watched
+parameter, read once per recorded step) are reduced in one batched
+``torch._foreach_norm`` call (and at the end of the step): one call instead of one kernel per
+tensor. An output changed in place before its batch is reduced (an in-place ReLU after it) is
+checked as changed: NaN stays NaN there."""
+
+
+def _norms64(tensors: list[Tensor]) -> Tensor:
+    """The exact float64 L2 norm of each tensor. On accelerators reduced in float64 (no host
+    sync); on the CPU in float32, one batched call, and only the norms outside float32's safe
+    range (below `TINY` or non-finite: underflowed or overflowed squares) redone in float64, in
+    one more batched call."""
+    with torch.no_grad():
+        if any(t.is_complex() for t in tensors):  # |z| is the real tensor with the same norm
+            tensors = [t.abs() if t.is_complex() else t for t in tensors]
+        device = tensors[0].device
+        if device.type != "cpu" or any(t.dtype == torch.float64 for t in tensors):
+            norms = torch._foreach_norm(tensors, 2, dtype=torch.float64)
+            if any(t.device != device for t in tensors):  # a model split across devices
+                norms = [n.to(device, non_blocking=True) for n in norms]
+            return torch.stack(norms)
+        n32 = torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32))
+        values = n32.tolist()
+        if min(values) >= TINY and sum(values) < math.inf:  # NaN fails this too
+            return n32.double()
+        return torch.tensor(repair_norms(values, tensors), dtype=torch.float64)
+
+
+def _task() -> int:
+    return torch._C._current_graph_task_id()
+
+
+class Collector:
+    """Owns every hook handle on the model and the `Collected` data of the current step.
+
+    Args:
+        modules: ``(name, module)`` pairs of the model, in ``named_modules`` order.
+        layers: The watched layers.
+        activations: Measure output-gradient norms and unit statistics.
+    """
+
+    def __init__(self, modules: list[tuple[str, nn.Module]], layers: list[Layer], *,
+                 activations: bool) -> None:
+        self.names = [name or "(root)" for name, _ in modules]
+        self.modules = [m for _, m in modules]
+        owner = {layer.name: i for i, layer in enumerate(layers)}
+        param_layer = {id(p): i for i, layer in enumerate(layers) for p in layer.params}
+        self.owner_of = [owner.get(n, -1) for n in self.names]  # module -> layer it owns
+        self.weight_user = []  # module -> layer whose weight matrix it applies (tied heads too)
+        for m, own in zip(self.modules, self.owner_of):
+            used = [param_layer[id(p)] for p in m.parameters(recurse=False)
+                    if id(p) in param_layer and p.ndim >= 2]
+            self.weight_user.append(own if own >= 0 and layers[own].role == "weight"
+                                    else (used[0] if used and layers[used[0]].role in
+                                          ("weight", "embedding") and own < 0 else -1))
+        self.kinds = [activation_kind(m) for m in self.modules]
+        self.elementwise = [isinstance(m, _ELEMENTWISE) for m in self.modules]
+        self._grad_hooks: dict[tuple[int, bool, int], Callable[..., None]] = {
+            (i, out, -1): Hook(self, "on_grad", i, out) for i in range(len(layers))
+            for out in (True, False)}  # leaf tensor hooks (inert when pickled); node pre-hooks
+        # live on the autograd graph only, so they are plain partials (cheaper to call)
+        self.conv_like = [isinstance(m, nn.modules.conv._ConvNd) for m in self.modules]
+        self.activations = activations
+        self.armed = False
+        self.compiled = False  # a forward hook was traced by torch.compile: keep hooks attached
+        self.data = Collected()
+        self._outputs: list[Tensor] = []  # module outputs waiting for their batched check
+        self._grads_out: list[Tensor] = []  # output gradients waiting for their batched norm
+        self._grads_in: list[Tensor] = []  # input gradients waiting for their batched norm
+        self._last_layer = -1
+        self.units_on = True  # measure dead/saturated units in this forward (set per step)
+        self._forward_handles: list[Any] = []
+        self._unit_handles: list[Any] = []
+        self._on_forward = [Hook(self, "on_forward", i) for i in range(len(self.modules))]
+        self._unit_only = [i for i, (k, e, o) in enumerate(zip(self.kinds, self.elementwise,
+                                                                self.owner_of))
+                           if k is not None and e and o < 0]  # hooked for unit statistics only
+        # which backward passes accumulate into .grad (not autograd.grad ones): a hook on each
+        # layer's first parameter, attached with the forward hooks (not on unrecorded steps)
+        self._accumulating = [layer.params[0] for layer in layers if not layer.params[0].is_sparse
+                              and hasattr(layer.params[0], "register_post_accumulate_grad_hook")]
+        self._on_accumulate = Hook(self, "on_accumulate")
+        self._first = layers[0].params[0] if layers else None
+        self._cap = 8  # the batch size of `BATCH` on the model's device, read in `attach`
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._forward_handles)
+
+    def attach(self, units: bool = True) -> None:
+        """Adds the hooks of a recorded step (unrecorded steps run without them): forward
+        hooks on the layers and every module that is not element-wise (their outputs are
+        checked for NaN), with ``units`` on the activation modules too (unit statistics), and
+        with activations a post-accumulate hook on each layer's first parameter."""
+        if self._first is not None:  # once per recorded step (the model may have moved)
+            self._cap = BATCH.get(self._first.device.type, 8)
+        if not self._forward_handles:
+            if self.activations:
+                self._forward_handles += [p.register_post_accumulate_grad_hook(
+                    self._on_accumulate) for p in self._accumulating]
+            for i, module in enumerate(self.modules):
+                if self.owner_of[i] >= 0 or not self.elementwise[i]:
+                    self._forward_handles.append(
+                        module.register_forward_hook(self._on_forward[i]))
+                if self.activations and isinstance(module, nn.RNNBase) and self.owner_of[i] >= 0:
+                    self._forward_handles.append(module.register_forward_pre_hook(
+                        Hook(self, "on_recurrent_input", self.owner_of[i], module)))
+        units = units and self.activations
+        if units and not self._unit_handles:
+            self._unit_handles = [self.modules[i].register_forward_hook(self._on_forward[i])
+                                  for i in self._unit_only]
+        elif not units and self._unit_handles:
+            self._remove_unit_hooks()
+
+    def _remove_unit_hooks(self) -> None:
+        for handle in self._unit_handles:
+            handle.remove()
+        self._unit_handles = []
+
+    def detach(self) -> None:
+        for handle in self._forward_handles:
+            handle.remove()
+        self._forward_handles.clear()
+        self._remove_unit_hooks()
+
+    def close(self) -> None:
+        self.detach()
+        self.armed = False
+
+    def take(self, finite: bool | None = None) -> Collected:
+        """Hands over what was collected and starts afresh. With ``finite=True`` (the step's
+        parameter gradients are known to be finite) what only a non-finite step reads is
+        dropped, not computed: the module-output checks and the input-gradient norms (they
+        locate where a NaN was born)."""
+        data = self.data
+        if finite:
+            self._outputs, self._grads_in = [], []
+            data.forward_bad, data.forward_norms, data.in_norms = [], [], []
+            data.events = [e for e in data.events if e[1]]
+        else:
+            self._flush_outputs()
+            self._flush_grads(self._grads_in, data.in_norms)
+        self._flush_grads(self._grads_out, data.out_norms)
+        self.data, self._last_layer = Collected(), -1
+        return data
+
+    def _flush_outputs(self) -> None:
+        if self._outputs:
+            self.data.forward_norms.append(_norms64(self._outputs))
+            self._outputs = []
+
+    @staticmethod
+    def _flush_grads(pending: list[Tensor], into: list[Tensor]) -> None:
+        if pending:
+            into.append(_norms64(pending))
+            pending.clear()
+
+    # ---------------------------------------------------------------- hook interface
+
+    amp_poll: Callable[[], None] | None = None
+    """Called at the start of every hooked forward pass (the AMP skip detector polls there)."""
+
+    def on_forward(self, index: int, module: nn.Module, args: Any, output: Any) -> None:
+        if self.amp_poll is not None:
+            self.amp_poll()  # an identity check unless an iteration ended unmeasured
+        compiling = torch.compiler.is_compiling()
+        if compiling:
+            self.compiled = True
+        if not self.armed:
+            return
+        # activation checkpointing re-runs forwards inside the backward pass: the forward
+        # order, the NaN checks and the unit statistics were taken in the forward; only the
+        # gradient hooks are wanted again (the reentrant variant's gradients flow there)
+        recomputing = not compiling and _task() != -1
+        data = self.data
+        if (self.owner_of[index] >= 0 or not self.elementwise[index]) and not recomputing:
+            data.completed.append(index)  # (unit-only modules: hooked on some steps only)
+        if isinstance(output, Tensor):
+            tensors = [output] if output.is_floating_point() or output.is_complex() else []
+        else:
+            tensors = [t for t in iter_tensors(output) if t.is_floating_point() or t.is_complex()]
+        if not (self.elementwise[index] or recomputing):  # element-wise: finite in, finite out
+            held = self._outputs
+            for t in tensors:  # NaN/Inf anywhere makes the float64 norm non-finite
+                if t.numel() and not (held and held[-1] is t):  # a container's = its child's
+                    held.append(t)
+                    data.forward_bad.append(index)
+            if len(held) >= self._cap and not compiling:
+                self._flush_outputs()  # (traced by torch.compile: at the end of the step)
+        layer = self.owner_of[index]
+        kind = self.kinds[index]
+        if kind is not None and self._last_layer >= 0 and tensors and self.activations \
+                and self.units_on and not recomputing:
+            self._unit_stats(kind, tensors[0], module)
+        if layer < 0:
+            return
+        self._last_layer = layer
+        if self.activations and torch.is_grad_enabled():
+            for t in tensors:
+                if t.requires_grad:
+                    self._hook_grad(t, layer, True)
+            for t in iter_tensors(args):
+                if t.requires_grad and t.is_floating_point():
+                    self._hook_grad(t, layer, False)
+
+    def _hook_grad(self, t: Tensor, layer: int, is_output: bool) -> None:
+        """Hands the gradient w.r.t. ``t`` to `on_grad`: a pre-hook on ``t``'s autograd node
+        (half the cost of ``Tensor.register_hook``, the same gradient: before any in-place op
+        that follows), or a tensor hook on a leaf."""
+        node = t.grad_fn
+        if node is None:
+            t.register_hook(self._grad_hooks[(layer, is_output, -1)])
+            return
+        key = (layer, is_output, t.output_nr)
+        hook = self._grad_hooks.get(key)
+        if hook is None:
+            hook = self._grad_hooks[key] = functools.partial(self.on_node_grad, layer,
+                                                             is_output, t.output_nr)
+        node.register_prehook(hook)
+
+    def on_grad(self, layer: int, is_output: bool, grad: Tensor) -> None:
+        if self.armed:
+            self.data.events.append((layer, is_output, _task(), id(grad)))
+            pending = self._grads_out if is_output else self._grads_in
+            pending.append(grad)
+            if len(pending) >= self._cap:
+                self._flush_grads(pending, self.data.out_norms if is_output
+                                  else self.data.in_norms)
+
+    def on_node_grad(self, layer: int, is_output: bool, nr: int, grads: tuple[Any, ...]) -> None:
+        grad = grads[nr] if nr < len(grads) else None
+        if grad is not None:
+            self.on_grad(layer, is_output, grad)
+
+    def on_accumulate(self, param: Tensor) -> None:
+        if self.armed:
+            self.data.tasks.add(_task())
+
+    def on_recurrent_input(self, layer: int, rnn: nn.RNNBase, module: nn.Module,
+                           args: Any) -> Any:
+        if not (self.armed and args and isinstance(args[0], Tensor) and args[0].dim() == 3
+                and args[0].is_floating_point() and torch.is_grad_enabled()):
+            return None
+        x = args[0]
+        if not x.requires_grad:  # a leaf copy: only adds dL/dx to this backward
+            x = x.detach().requires_grad_()
+        dim = 1 if rnn.batch_first else 0
+        x.register_hook(Hook(self, "on_time_grad", layer, dim))
+        return (x, *args[1:]) if x is not args[0] else None
+
+    def on_time_grad(self, layer: int, dim: int, grad: Tensor) -> None:
+        if not self.armed:
+            return
+        g = grad.detach()
+        first = torch.linalg.vector_norm(g.select(dim, 0), dtype=torch.float64)
+        last = torch.linalg.vector_norm(g.select(dim, -1), dtype=torch.float64)
+        ratio = torch.where(last > 0, first / last, torch.zeros_like(first))
+        self.data.time.setdefault(layer, []).append(ratio)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _unit_stats(self, kind: str, y: Tensor, module: nn.Module) -> None:
+        """One small reduction per activation: the count of units alive anywhere in the batch
+        (rectifiers), or of outputs within 1% of a bound (saturating modules)."""
+        y = y.detach()
+        if y.dim() == 0 or not y.numel():
+            return
+        if kind == "rectifier":
+            unit_dim = 1 if y.dim() >= 3 and self.conv_like[self._last_index()] else y.dim() - 1
+            other = tuple(d for d in range(y.dim()) if d != unit_dim)
+            top = y.amax(dim=other) if other else y
+            entry = (self._last_layer, "dead_frac", torch.count_nonzero(top > 0), top.numel())
+        else:  # within 1% of a bound, on an evenly strided sample of <= 4096 outputs
+            lo, hi = _bounds(module)
+            flat = y.reshape(-1)
+            flat = flat[::-(-flat.numel() // 4096)]
+            if lo == -math.inf:  # softmax-like: near one-hot
+                sat = flat >= 0.99
+            else:
+                sat = (flat - (lo + hi) / 2).abs_() >= 0.49 * (hi - lo)
+            entry = (self._last_layer, "sat_frac", torch.count_nonzero(sat), flat.numel())
+        self.data.units.append(entry)
+
+    def _last_index(self) -> int:
+        for index in reversed(self.data.completed):
+            if self.owner_of[index] == self._last_layer:
+                return index
+        return 0
+
+
+UNIT_EVERY = 4
+"""Dead and saturated units and update/weight ratios are measured on every 4th recorded step
+(step // every % 4 == 0; a reduction per activation module, two copies of sampled weights);
+the rules that read them judge over the steps they were measured on."""

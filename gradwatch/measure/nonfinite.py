@@ -1,0 +1,47 @@
+"""Where a NaN/Inf was born: the forward pass, the backward pass, or the loss."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Sequence
+
+from ..capture.collector import Collected, Collector
+
+__all__ = ["locate_nonfinite", "event_values"]
+
+
+def locate_nonfinite(collector: Collector, data: Collected, host: dict[str, list[float]],
+                     layer_names: Sequence[str], norms: dict[int, float],
+                     order: Sequence[int]) -> tuple[str | None, str | None]:
+    """(origin, birth) of a non-finite step: the first module in forward order whose output
+    went non-finite; else in backward order the first output gradient that went non-finite
+    (the gradient entering the model: the loss) or a module whose input gradient went
+    non-finite while its output gradient was finite; else the parameter gradients."""
+    for module, total in zip(data.forward_bad, host.get("forward", [])):
+        if not math.isfinite(total):
+            return "forward", collector.names[module]
+    events = [(e, v) for e, v in event_values(data, host)
+              if not data.tasks or e[2] in data.tasks]
+    for k, ((layer, is_output, _, gid), v) in enumerate(events):
+        if math.isfinite(v):
+            continue
+        if is_output and k == 0:
+            return "loss", None
+        # the same bad gradient reaches a module's input: it went bad inside that module's
+        # backward; reaching only outputs, it went bad between modules (at this output)
+        same = list(itertools.takewhile(lambda e: e[3] == gid, (e for e, _ in events[k:])))
+        inside = next((e[0] for e in same if not e[1]), None)
+        return "backward", layer_names[inside if inside is not None else layer]
+    for i in sorted(order, key=lambda i: -order.index(i)):
+        if i in norms and not math.isfinite(norms[i]):
+            return "backward", layer_names[i]
+    return None, None
+
+
+def event_values(data: Collected, host: dict[str, list[float]]
+                  ) -> list[tuple[tuple[int, bool, int, int], float]]:
+    """Each backward event with its gradient's norm (output and input events are reduced
+    apart; see `gradwatch.capture.hooks.Collector.take`)."""
+    outs, ins = iter(host.get("act_out", [])), iter(host.get("act_in", []))
+    return [(e, next(outs if e[1] else ins, math.nan)) for e in data.events]
