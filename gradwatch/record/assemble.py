@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..capture.layers import Layer
-from ..measure.read import layer_values, locate_nonfinite
+from ..measure.nonfinite import locate_nonfinite
+from ..measure.read import layer_values
 from ..measure.norms import combine
 from .records import LayerTable, Status, StepRecord
 from ..verdict.judge import Judge

@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 
 from .assemble import Pending, assemble, pending_step
 from .ledger import Ledger
-from ..measure.read import HostBatch
+from ..measure.host import HostBatch
 from .records import StepRecord
 from ..verdict.judge import Judge
 from ..io.runsummary import RunSummary, summarize
