@@ -21,6 +21,7 @@ from .verdict.diagnosis import nonfinite_message
 from .options import NonFiniteGradientError, OnNonFinite, check_loss, check_manual_step, \
     refuse_closure, validate
 from .record.recorder import Recorder
+from .record.history import History
 from .record.records import Finding, StepRecord
 from .measure.step import GradStash, measure_step
 from .measure.statistics import Statistic, check_statistics
@@ -103,10 +104,11 @@ class GradWatch:
     # ------------------------------------------------------------------ public API
 
     @property
-    def history(self) -> tuple[StepRecord, ...]:
-        """The most recent records, oldest first (at most ``history`` of them)."""
+    def history(self) -> History:
+        """The most recent records, oldest first (at most ``history`` of them): a sequence
+        kept as columns, whose `StepRecord` entries are built when read."""
         self._flush()
-        return tuple(self._ledger.records)
+        return self._ledger.records
 
     @property
     def layer_names(self) -> tuple[str, ...]:

@@ -6,12 +6,13 @@ import copy
 import pickle
 
 import pytest
+import numpy as np
 import torch
 from torch import nn
 
 from conftest import batch, loss_of, mlp
 from gradwatch import GradWatch, Status
-from gradwatch.record.records import LayerStat, LayerTable
+from gradwatch.record.records import STATUS_CODES, LayerColumns, LayerStat, LayerTable
 from reference import output_grad_norms, param_grad_norms, train_step
 
 
@@ -193,8 +194,13 @@ def test_record_layers_read_like_a_dict_and_pickle_as_one():
                                                   recurse=False)])).item(), rel=1e-6)
     for copied in (pickle.loads(pickle.dumps(rec)), copy.deepcopy(rec)):
         assert type(copied.layers) is dict and copied == rec
-    table = LayerTable(["a", "b"], [1.0, 2.0], [None, 0.5],
-                       [(Status.OK, ""), (Status.VANISHING, "small")], ["", "spiked"], [{}, {}])
-    assert table.marks() == [("b", Status.VANISHING, True)]
-    assert table["b"].reason == "small; spiked" and table["b"].spike and table.marks() == [
-        ("b", Status.VANISHING, True)]
+    vanishing = STATUS_CODES.index(Status.VANISHING)
+    table = LayerTable(LayerColumns(
+        ("a", "b"), np.array([1.0, 2.0]), np.array([np.nan, 0.5]), np.array([False, True]),
+        np.array([0, vanishing], dtype=np.int8), np.array([-1, 0], dtype=np.int8),
+        np.array([0.0, 1e-9]), ("small: {:.2g}",), np.array([0.0, 3.0]), np.array([0.0, 7.5]),
+        {"update_ratio": np.array([np.nan, 0.25])}))
+    assert table.marks() == [("b", Status.VANISHING, True)] and table._built is None
+    assert table["b"].reason == "small: 1e-09; norm 2 is 3x its running mean (z=7.5)"
+    assert table["b"].spike and table["b"].act_norm == 0.5 and table["a"].act_norm is None
+    assert table["a"].values == {} and table["b"].values == {"update_ratio": 0.25}

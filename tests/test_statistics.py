@@ -175,10 +175,11 @@ def test_dead_and_saturated_units_match_plain_torch():
     sat_sigmoid = ((s2 <= 0.01) | (s2 >= 0.99)).double().mean().item()  # 1% of (0, 1)
     sat_tanh = ((t3 <= -1 + 0.02) | (t3 >= 1 - 0.02)).double().mean().item()  # 1% of (-1, 1)
     assert dead_conv >= 2 / 6 and dead_fc >= 3 / 10 and 0 < sat_sigmoid < 1 and 0 < sat_tanh < 1
-    assert rec.layers["conv"].values["dead_frac"] == pytest.approx(dead_conv, abs=1e-15)
-    assert rec.layers["fc1"].values["dead_frac"] == pytest.approx(dead_fc, abs=1e-15)
-    assert rec.layers["fc2"].values["sat_frac"] == pytest.approx(sat_sigmoid, abs=1e-15)
-    assert rec.layers["fc3"].values["sat_frac"] == pytest.approx(sat_tanh, abs=1e-15)
+    # statistics other than the norms are float32 columns: equal to float32 precision
+    assert rec.layers["conv"].values["dead_frac"] == pytest.approx(dead_conv, rel=1e-7)
+    assert rec.layers["fc1"].values["dead_frac"] == pytest.approx(dead_fc, rel=1e-7)
+    assert rec.layers["fc2"].values["sat_frac"] == pytest.approx(sat_sigmoid, rel=1e-7)
+    assert rec.layers["fc3"].values["sat_frac"] == pytest.approx(sat_tanh, rel=1e-7)
     assert "sat_frac" not in rec.layers["fc1"].values
     assert "dead_frac" not in rec.layers["fc2"].values
 
@@ -258,7 +259,7 @@ def test_zero_fraction_is_the_share_of_zero_entries_over_the_layer():
         rec = watch.step()
     for name in ("0", "2", "4"):
         assert rec.layers[name].values["zero_frac"] == pytest.approx(
-            _zero_share(_grads_of(model, name)), abs=1e-15)
+            _zero_share(_grads_of(model, name)), rel=1e-7)  # a float32 column
 
 
 def test_update_sums_on_accelerators_match_the_cpu_segment_sums():

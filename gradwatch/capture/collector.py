@@ -13,7 +13,22 @@ from .hooks import _ELEMENTWISE, Hook, _bounds, iter_tensors
 from .layers import Layer, activation_kind
 from ..measure.norms import TINY, repair_norms
 
-__all__ = ['Collected', 'BATCH', 'Collector', 'UNIT_EVERY']
+__all__ = ["Events", "Collected", "BATCH", "Collector", "UNIT_EVERY"]
+
+
+@dataclass
+class Events:
+    """Gradient events of one direction as parallel lists: the layer, the autograd graph task
+    (which backward pass), the id of the gradient tensor and the event's place in the
+    backward order (shared by both directions)."""
+
+    layer: list[int] = field(default_factory=list)
+    task: list[int] = field(default_factory=list)
+    gid: list[int] = field(default_factory=list)
+    seq: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.layer)
 
 
 @dataclass
@@ -25,8 +40,10 @@ class Collected:
     forward_norms: list[Tensor] = field(default_factory=list)
     """float64 norms of the checked outputs (NaN/Inf iff the output holds NaN/Inf), in chunks,
     aligned with ``forward_bad``."""
-    events: list[tuple[int, bool, int, int]] = field(default_factory=list)
-    """Backward order: (layer, is_output, graph task, id of the gradient tensor)."""
+    out: Events = field(default_factory=lambda: Events())
+    """Output-gradient events (the gradient w.r.t. a layer's output), in backward order."""
+    inp: Events = field(default_factory=lambda: Events())
+    """Input-gradient events (w.r.t. a layer's input): read only on a non-finite step."""
     out_norms: list[Tensor] = field(default_factory=list)  # output-gradient events' norms
     in_norms: list[Tensor] = field(default_factory=list)  # input-gradient events' norms
     units: list[tuple[int, str, Tensor, int]] = field(default_factory=list)
@@ -178,7 +195,7 @@ class Collector:
         if finite:
             self._outputs, self._grads_in = [], []
             data.forward_bad, data.forward_norms, data.in_norms = [], [], []
-            data.events = [e for e in data.events if e[1]]
+            data.inp = Events()
         else:
             self._flush_outputs()
             self._flush_grads(self._grads_in, data.in_norms)
@@ -262,7 +279,12 @@ class Collector:
 
     def on_grad(self, layer: int, is_output: bool, grad: Tensor) -> None:
         if self.armed:
-            self.data.events.append((layer, is_output, _task(), id(grad)))
+            data = self.data
+            ev = data.out if is_output else data.inp
+            ev.layer.append(layer)
+            ev.task.append(_task())
+            ev.gid.append(id(grad))
+            ev.seq.append(len(data.out.seq) + len(data.inp.seq))
             pending = self._grads_out if is_output else self._grads_in
             pending.append(grad)
             if len(pending) >= self._cap:

@@ -8,9 +8,10 @@ import operator
 import warnings
 from typing import Any, Callable
 
+import numpy as np
 from torch import nn
 
-from ..record.assemble import ForwardOrder
+from .forward import ForwardOrder
 from .compile import NO_ACTIVATION_GRADS
 from .collector import Collector
 from .hooks import user_stacklevel
@@ -62,6 +63,7 @@ class WatchedSet:
         self.forward = ForwardOrder(self.layers, c.names, c.owner_of, c.weight_user)
         self.saturating = any(k == "saturating" for k in c.kinds)
         layer_of = [i for i, layer in enumerate(self.layers) for _ in layer.params]
+        self.param_layer = np.asarray(layer_of, dtype=np.int64)  # the layer of each param
         self.updates = UpdateTracker(self.params, layer_of, len(self.layers),
                                      UpdateRatio.sample) if self.optimizer is not None else None
         self._signature = self._current_signature()
@@ -97,7 +99,7 @@ class WatchedSet:
     def check_activation_grads(self, data: Any) -> None:
         """Warns once when activation hooks ran no backward (created after the forward, or
         torch.compile ignored hooks added after its first call)."""
-        if data is not None and self.activations and not data.events and not self._warned_no_act:
+        if data is not None and self.activations and not (len(data.out) or len(data.inp)) and not self._warned_no_act:
             self._warned_no_act = True
             warnings.warn(NO_ACTIVATION_GRADS, UserWarning, stacklevel=user_stacklevel())
 

@@ -6,12 +6,14 @@ import math
 from collections import defaultdict
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..capture.distributed import global_norms, has_dtensor, is_dtensor
 
-__all__ = ["TINY", "per_tensor_norms", "exact_norm", "exact_norms", "repair_norms", "combine", "tensor_norm"]
+__all__ = ["TINY", "per_tensor_norms", "exact_norm", "exact_norms", "repair_norms", "combine", "tensor_norm",
+           "layer_norms"]
 
 TINY = 1e-18
 """Below this an fp32 norm may have lost digits to underflowing squares (and above ~1.8e19 the
@@ -133,3 +135,24 @@ def tensor_norm(t: Tensor) -> Tensor | float:
     if TINY <= value < math.inf:
         return value
     return torch.linalg.vector_norm(t, dtype=torch.float64).item()
+
+
+def layer_norms(param_layer: np.ndarray, norms: np.ndarray, n_layers: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Each layer's L2 norm from its tensors' norms (``param_layer``: the layer of each
+    tensor, grouped by layer), scaled by the layer's largest so no square over- or underflows,
+    NaN if one is NaN: (norm per layer, whether the layer had any tensor)."""
+    out = np.full(n_layers, math.nan)
+    if not len(norms):
+        return out, np.zeros(n_layers, dtype=bool)
+    starts = np.flatnonzero(np.r_[True, param_layer[1:] != param_layer[:-1]])
+    layers = param_layer[starts]
+    peak = np.maximum.reduceat(norms, starts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scaled = norms / np.repeat(peak, np.diff(np.r_[starts, len(norms)]))
+        combined = np.sqrt(np.add.reduceat(scaled * scaled, starts)) * peak
+    combined = np.where(peak == 0, 0.0, np.where(peak == math.inf, math.inf, combined))
+    out[layers] = combined
+    has = np.zeros(n_layers, dtype=bool)
+    has[layers] = True
+    return out, has

@@ -6,12 +6,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..capture.collector import Collected
 from .host import HostBatch
-from .nonfinite import event_values
+from .norms import layer_norms
 from .norms import TINY, combine, repair_norms
 from .statistics import Statistic
 
@@ -35,26 +36,34 @@ def device_total(norms_dev: Tensor, grads: Sequence[Tensor]) -> tuple[Tensor, Te
     return torch.where(good, total32.double(), torch.linalg.vector_norm(exact)), exact
 
 
-def layer_values(data: Collected, host: dict[str, list[float]], inv_scale: float
-                 ) -> tuple[dict[int, float], dict[int, dict[str, float | None]], dict[int, int]]:
-    """Output-gradient norms (accumulating backward passes only), unit and time statistics."""
-    events = [(e, v) for e, v in event_values(data, host)
-              if not data.tasks or e[2] in data.tasks]
-    act: dict[int, list[float]] = {}
-    backward: dict[int, int] = {}
-    for (layer, is_output, *_), v in events:
-        if is_output:
-            act.setdefault(layer, []).append(v)
-            backward.setdefault(layer, len(backward))
-    values: dict[int, dict[str, float | None]] = {}
-    for k, (layer, stat, _, n) in enumerate(data.units):
+def layer_values(data: Collected, host: dict[str, list[float]], inv_scale: float,
+                 n_layers: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Output-gradient norms (accumulating backward passes only: over every call of a layer in
+    them), unit and time statistics, as arrays over the watched layers (NaN: not measured):
+    (act, act_on, statistic -> values)."""
+    act, act_on = np.full(n_layers, math.nan), np.zeros(n_layers, dtype=bool)
+    ev = data.out
+    if ev.layer:
+        layer = np.asarray(ev.layer, dtype=np.int64)
+        norms = np.asarray(host.get("act_out", []), dtype=np.float64)
+        if data.tasks and not data.tasks.issuperset(ev.task):  # a non-accumulating pass ran
+            keep = np.isin(np.asarray(ev.task, dtype=np.int64), list(data.tasks))
+            layer, norms = layer[keep], norms[keep]
+        lay = layer
+        if len(lay):
+            order = np.argsort(lay, kind="stable")
+            norm, has = layer_norms(lay[order], norms[order], n_layers)
+            act[has] = norm[has] * inv_scale
+            act_on = has
+    values: dict[str, np.ndarray] = {}
+    for k, (layer_i, stat, _, n) in enumerate(data.units):
         count = host["units"][k]
         share = 1.0 - count / n if stat == "dead_frac" else count / n  # alive / saturated
-        row = values.setdefault(layer, {})
-        row[stat] = max(share, row.get(stat, 0.0))
-    for layer, vals in zip(data.time, _chunks(host.get("time", []), data.time)):
-        values.setdefault(layer, {})["time_ratio"] = min(vals)
-    return ({i: combine(v) * inv_scale for i, v in act.items()}, values, backward)
+        col = values.setdefault(stat, np.full(n_layers, math.nan))
+        col[layer_i] = share if math.isnan(col[layer_i]) else max(share, col[layer_i])
+    for layer_i, vals in zip(data.time, _chunks(host.get("time", []), data.time)):
+        values.setdefault("time_ratio", np.full(n_layers, math.nan))[layer_i] = min(vals)
+    return act, act_on, values
 
 
 def _chunks(flat: list[float], groups: dict[Any, list[Any]]) -> list[list[float]]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
+import numpy as np
 import torch
 from torch import Tensor
 from ..capture.distributed import is_dtensor
@@ -68,7 +68,7 @@ class UpdateTracker:
         if self._measured:
             torch._foreach_copy_(self._bufs[0], self._views)
 
-    def after(self) -> dict[int, float | None] | None:
+    def after(self) -> np.ndarray | None:
         """The estimated ‖Δθ‖/‖θ‖ of each layer, θ before the step (call right after
         ``optimizer.step()``)."""
         sums = self.after_device()
@@ -85,15 +85,17 @@ class UpdateTracker:
         sums = torch.stack([now.sub_(before), before]).square_().sum(-1)  # padding adds 0
         return sums * self._weights
 
-    def ratios(self, sums: Sequence[Sequence[float]]) -> dict[int, float | None]:
-        """Per-layer ‖Δθ‖/‖θ‖ from per-tensor (‖Δθ‖², ‖θ‖²) sums."""
-        d2, w2 = sums
-        per_layer: dict[int, list[float]] = {}
-        for layer, a, b in zip(self._layers, d2, w2):
-            acc = per_layer.setdefault(layer, [0.0, 0.0])
-            acc[0] += a
-            acc[1] += b
-        return {i: math.sqrt(a / b) if b > 0 else None for i, (a, b) in per_layer.items()}
+    def ratios(self, sums: Any) -> np.ndarray:
+        """Per-layer ‖Δθ‖/‖θ‖ from per-tensor (‖Δθ‖², ‖θ‖²) sums: an array over the watched
+        layers, NaN where no tensor was sampled or the weights are all 0."""
+        d2, w2 = (np.asarray(s, dtype=np.float64) for s in sums)
+        layers = np.asarray(self._layers, dtype=np.int64)
+        a = np.bincount(layers, d2, minlength=self.n_layers)
+        b = np.bincount(layers, w2, minlength=self.n_layers)
+        ok = (np.bincount(layers, minlength=self.n_layers) > 0) & (b > 0)
+        out = np.full(self.n_layers, np.nan)
+        out[ok] = np.sqrt(a[ok] / b[ok])
+        return out
 
 
 def _on(device: torch.device, values: list[Any], dtype: torch.dtype) -> Tensor:

@@ -1,4 +1,6 @@
-"""Turning one step's host numbers into a `StepRecord`: layer order, head, verdicts, spikes."""
+"""Turning one step's host numbers into a record: per-layer columns in forward order, the
+verdicts over them, spikes, and the row the history keeps. Every per-layer operation here is
+an array operation; no step walks the layers in Python."""
 
 from __future__ import annotations
 
@@ -6,205 +8,155 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ..capture.layers import Layer
+import numpy as np
+
 from ..measure.nonfinite import locate_nonfinite
+from ..measure.norms import layer_norms
 from ..measure.read import layer_values
-from ..measure.norms import combine
-from .records import LayerTable, Status, StepRecord
 from ..verdict.judge import Judge
-from ..verdict.rules import StepView
 from ..verdict.spikes import SpikeTracker
 from ..verdict.thresholds import Thresholds
+from ..verdict.view import StepView
+from .history import Layout, RecordRow
+from .records import STATUS_CODES, LayerColumns, Status
 
-__all__ = ["Pending", "ForwardOrder", "layer_norms", "pending_step", "assemble"]
-
-
-class ForwardOrder:
-    """The layers in forward order and the head, learnt from recorded forward passes.
-
-    A layer whose module never ran (``nn.MultiheadAttention`` applies ``out_proj``'s weights
-    without calling it) sits where its nearest ancestor that ran completed; the head is the
-    layer whose weight matrix the last weight-applying module used (a tied output head resolves
-    to the embedding it shares).
-    """
-
-    def __init__(self, layers: Sequence[Layer], module_names: Sequence[str],
-                 owner_of: Sequence[int], weight_user: Sequence[int]) -> None:
-        self.layers, self.module_names = layers, module_names
-        self.owner_of, self.weight_user = owner_of, weight_user
-        self.order = list(range(len(layers)))
-        weights = [i for i, layer in enumerate(layers) if layer.role == "weight"]
-        self.head: int | None = weights[-1] if weights else None
-        self.known = False
-        self.repeated: frozenset[int] = frozenset()
-        """Layers whose module ran more than once in the forward pass (weights shared across
-        depth): their gradient sums over several depths, so the depth trend leaves them out."""
-        self._seq: tuple[int, ...] = ()
-
-    def learn(self, completed: Sequence[int]) -> None:
-        seq = tuple(completed)
-        if not seq or seq == self._seq:
-            return
-        self._seq, self.known = seq, True
-        first: dict[str, int] = {}
-        runs: dict[str, int] = {}
-        for k, mid in enumerate(seq):
-            name = self.module_names[mid]
-            first.setdefault(name, k)
-            runs[name] = runs.get(name, 0) + 1
-        pos: dict[int, float] = {}
-        uncalled: dict[str, list[int]] = {}  # module -> its layers that never ran themselves
-        repeated = set()
-        for i, layer in enumerate(self.layers):
-            if layer.name in first:
-                pos[i] = first[layer.name]
-                if runs[layer.name] > 1:
-                    repeated.add(i)
-                continue
-            parts = layer.name.split(".")
-            for cut in range(len(parts) - 1, -1, -1):
-                parent = ".".join(parts[:cut]) or "(root)"
-                if parent in first:  # applied inside the parent's forward, after it started
-                    pos[i] = first[parent] + 0.5
-                    uncalled.setdefault(parent, []).append(i)
-                    if runs[parent] > 1 and parent != "(root)":
-                        repeated.add(i)
-                    break
-        self.repeated = frozenset(repeated)
-        self.order = sorted(range(len(self.layers)), key=lambda i: (pos.get(i, math.inf), i))
-        users = []
-        for mid in seq:
-            if self.weight_user[mid] >= 0:
-                users.append(self.weight_user[mid])
-            users += [i for i in uncalled.pop(self.module_names[mid], ())
-                      if self.layers[i].role == "weight"]
-        if users:
-            self.head = users[-1]
+__all__ = ["StepColumns", "pending_step", "assemble"]
 
 
 @dataclass
-class Pending:
-    """A measured step waiting for its update/weight ratios (known after optimizer.step())."""
+class StepColumns:
+    """A measured step's numbers over the watched layers (index = watched layer), waiting for
+    its update/weight ratios (known after ``optimizer.step()``)."""
 
     step: int
-    order: list[int]  # layer indices with a gradient, forward order
-    norms: list[float]
-    act: dict[int, float]
-    values: dict[int, dict[str, float | None]]
+    has_grad: np.ndarray  # bool: the layer had a gradient at this step
+    norms: np.ndarray  # float64, each layer's gradient norm (NaN where it had none)
+    act: np.ndarray  # float64 output-gradient norms (NaN where not measured)
+    act_on: np.ndarray  # bool: the output gradient was measured
+    values: dict[str, np.ndarray]  # statistic -> float64 per layer (NaN: not measured)
     total: float
     coef: float
     skipped: bool
     overflow: bool
     origin: str | None = None
     birth: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
     loss: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
-
-def layer_norms(order: Sequence[int], slices: Sequence[slice], norms: Sequence[float],
-                present: Sequence[bool] | None) -> tuple[list[int], list[float]]:
-    """Each layer's gradient norm from its parameters' norms (layers without any gradient out)."""
-    if present is None:
-        return list(order), [combine(norms[slices[i]]) for i in order]
-    out_order, out = [], []
-    it = iter(norms)
-    per_param = [next(it) if p else None for p in present]
-    for i in order:
-        vals = [v for v in per_param[slices[i]] if v is not None]
-        if vals:
-            out_order.append(i)
-            out.append(combine(vals))
-    return out_order, out
+    @classmethod
+    def overflowed(cls, step: int, n_layers: int) -> StepColumns:
+        """An iteration GradScaler skipped on overflow: a record with no layers."""
+        nan = np.full(n_layers, math.nan)
+        return cls(step, np.zeros(n_layers, dtype=bool), nan, nan.copy(),
+                   np.zeros(n_layers, dtype=bool), {}, math.inf, 1.0, False, True)
 
 
 def pending_step(step: int, watched: Any, data: Any, got: Any, present: list[bool] | None,
                  statistics: Sequence[Any], coef: float, skipped: bool, overflow: bool
-                 ) -> Pending:
-    """A measured step's per-layer numbers in forward order, and where a NaN was born."""
+                 ) -> StepColumns:
+    """A measured step's per-layer numbers, and where a NaN was born."""
     w = watched
-    order, lnorms = layer_norms(w.forward.order, w.slices, got.norms, present)
-    act, values = {}, {}
+    n = len(w.layers)
+    param_layer = w.param_layer if present is None else w.param_layer[np.asarray(present)]
+    norms, has = layer_norms(param_layer, np.asarray(got.norms, dtype=np.float64), n)
+    act, act_on = np.full(n, math.nan), np.zeros(n, dtype=bool)
+    values: dict[str, np.ndarray] = {}
     if data is not None:
-        act, values, _ = layer_values(data, got.host, got.act_inv)
+        act, act_on, values = layer_values(data, got.host, got.act_inv, n)
     for s in statistics:
         per = got.host.get(f"stat:{s.name}")
         if per is None:  # a forced record of an unrecorded non-finite step
             continue
-        n = sum(present) if present is not None else len(w.params)
-        k = len(per) // max(n, 1)  # columns per tensor: (n,) or (n, k) results
+        count = sum(present) if present is not None else len(w.params)
+        k = len(per) // max(count, 1)  # columns per tensor: (n,) or (n, k) results
         at = iter(per if k == 1 else [tuple(per[j:j + k]) for j in range(0, len(per), k)])
-        by_param = [next(at) if present is None or present[k] else None
-                    for k in range(len(w.params))]
-        for i in order:
+        by_param = [next(at) if present is None or present[j] else None
+                    for j in range(len(w.params))]
+        col = values[s.name] = np.full(n, math.nan)
+        for i in np.flatnonzero(has).tolist():
             vals = [v for v in by_param[w.slices[i]] if v is not None]
-            values.setdefault(i, {})[s.name] = s.combine(vals) if vals else None
+            value = s.combine(vals) if vals else None
+            col[i] = math.nan if value is None else value
     origin = birth = None
     if not math.isfinite(got.total) and not overflow and data is not None:
+        order = [i for i in w.forward.order if has[i]]
         origin, birth = locate_nonfinite(w.collector, data, got.host, w.names,
-                                         dict(zip(order, lnorms)), order)
+                                         {i: float(norms[i]) for i in order}, order)
     loss = got.host.get("loss")
-    return Pending(step, order, lnorms, act, values, got.total, coef, skipped, overflow,
-                   origin, birth, loss=loss[0] if loss else None)
+    return StepColumns(step, has, norms, act, act_on, values, got.total, coef, skipped,
+                       overflow, origin, birth, loss=loss[0] if loss else None)
 
 
 @dataclass(frozen=True)
-class _Layout:
+class _Shape:
     """What stays the same from step to step while the measured layers do."""
 
-    names: list[str]
+    index: np.ndarray  # watched layer of each position, forward order
+    layout: Layout
     roles: list[str]
+    weight: np.ndarray
     recurrent: list[bool]
-    head: int | None  # index of the head in the measured order
-    shared: list[bool]  # ran more than once per forward (`ForwardOrder.repeated`)
+    shared: list[bool]
+    head: int | None  # position of the head
 
 
-def _layout(order: Sequence[int], layers: Sequence[Layer], head: int | None,
-            cache: dict[Any, _Layout] | None, repeated: frozenset[int] = frozenset()
-            ) -> _Layout:
-    key = (tuple(order), head, repeated)
-    found = cache.get(key) if cache is not None else None
+def _shape(cols: StepColumns, watched: Any, judge: Judge, cache: dict[Any, _Shape]) -> _Shape:
+    fwd = watched.forward
+    key = (fwd.order_key, cols.has_grad.tobytes(), fwd.head, fwd.repeated)
+    found = cache.get(key)
     if found is None:
-        found = _Layout([layers[i].name for i in order], [layers[i].role for i in order],
-                        [layers[i].recurrent for i in order],
-                        order.index(head) if head in order else None,
-                        [i in repeated for i in order])
-        if cache is not None:
-            if len(cache) > 64:  # the watched set keeps changing: forget old layouts
-                cache.clear()
-            cache[key] = found
+        order = np.asarray(fwd.order, dtype=np.int64)
+        index = order[cols.has_grad[order]]
+        layers = watched.layers
+        names = tuple(layers[i].name for i in index.tolist())
+        roles = [layers[i].role for i in index.tolist()]
+        head = np.flatnonzero(index == fwd.head) if fwd.head is not None else ()
+        found = _Shape(index, Layout(names, judge.uids(names)), roles,
+                       np.array([r == "weight" for r in roles], dtype=bool),
+                       [layers[i].recurrent for i in index.tolist()],
+                       [i in fwd.repeated for i in index.tolist()],
+                       int(head[0]) if len(head) else None)
+        if len(cache) > 64:  # the watched set keeps changing: forget old shapes
+            cache.clear()
+        cache[key] = found
     return found
 
 
-def assemble(p: Pending, layers: Sequence[Layer], head: int | None, judge: Judge,
-             spikes: SpikeTracker, th: Thresholds, saturating: bool,
-             cache: dict[Any, Any] | None = None,
-             repeated: frozenset[int] = frozenset()) -> StepRecord:
-    """The record of a measured step: statistics, statuses from the rules, spikes, findings.
-    ``cache`` keeps the per-order layout (names, roles) between calls; ``repeated``: the
-    layers whose module ran more than once per forward."""
-    lay = _layout(p.order, layers, head, cache, repeated)
-    names = lay.names
-    get = p.values.get
-    values = [get(i) or {} for i in p.order]
-    act = [p.act.get(i) for i in p.order] if p.act else [None] * len(names)
-    origin = p.origin
-    if origin is None and p.loss is not None and not math.isfinite(p.loss) \
-            and math.isfinite(p.total) and not p.overflow:
+def assemble(cols: StepColumns, watched: Any, judge: Judge, spikes: SpikeTracker,
+             th: Thresholds, cache: dict[Any, Any]) -> RecordRow:
+    """The record of a measured step: statistics in forward order, statuses from the rules,
+    spikes, findings. ``cache`` keeps the per-order layout between calls."""
+    shape = _shape(cols, watched, judge, cache)
+    idx = shape.index
+    norms, act, act_on = cols.norms[idx], cols.act[idx], cols.act_on[idx]
+    values = {k: v[idx] for k, v in cols.values.items()}
+    values = {k: v for k, v in values.items() if not np.isnan(v).all()}
+    origin = cols.origin
+    if origin is None and cols.loss is not None and not math.isfinite(cols.loss) \
+            and math.isfinite(cols.total) and not cols.overflow:
         origin = "loss"  # a NaN loss whose gradients stayed finite (a mean over no labels)
-    view = StepView(step=p.step, names=names, roles=lay.roles, norms=p.norms, act=act,
-                    values=values, head=lay.head, total=p.total, overflow=p.overflow,
-                    origin=origin, birth=p.birth, recurrent=lay.recurrent, shared=lay.shared,
-                    saturating=saturating, loss=p.loss)
-    statuses, found = judge.judge(view)
-    healthy = math.isfinite(p.total) and not p.overflow
-    layer_spikes, total_spike = spikes.observe(names, p.norms, p.total, th) \
-        if healthy else ([""] * len(names), False)
-    table = LayerTable(names, p.norms, act, statuses, layer_spikes, values)
-    first = p.birth if p.origin in ("forward", "backward") else None
-    if first is None and p.origin is None and not p.overflow and not math.isfinite(p.total):
-        first = next((n for n, (status, _) in zip(reversed(names), reversed(statuses))
-                      if status is Status.NONFINITE), None)
-    return StepRecord(step=p.step, total_norm=p.total, clip_coef=p.coef, layers=table,
-                      first_nonfinite=first, spike=total_spike, skipped=p.skipped,
-                      amp_overflow=p.overflow, nonfinite_origin=p.origin, findings=tuple(found),
-                      loss=p.loss)
+    view = StepView(step=cols.step, names=list(shape.layout.names), roles=shape.roles,
+                    norms=norms, act=act, values=values, head=shape.head, total=cols.total,
+                    overflow=cols.overflow, origin=origin, birth=cols.birth,
+                    recurrent=shape.recurrent, shared=shape.shared,
+                    saturating=watched.saturating, loss=cols.loss, act_on=act_on,
+                    weight=shape.weight, uid=shape.layout.columns)
+    verdicts = judge.judge(view)
+    healthy = math.isfinite(cols.total) and not cols.overflow
+    if healthy:
+        ratio, z, total_spike = spikes.observe(shape.layout.columns, norms, cols.total, th)
+    else:
+        ratio, z, total_spike = np.zeros(len(idx)), np.zeros(len(idx)), False
+    layers = LayerColumns(shape.layout.names, norms, act, act_on, verdicts.status,
+                          verdicts.template, verdicts.value, verdicts.templates, ratio, z,
+                          {k: v.astype(np.float32) for k, v in values.items()})
+    first = cols.birth if cols.origin in ("forward", "backward") else None
+    if first is None and cols.origin is None and not cols.overflow \
+            and not math.isfinite(cols.total):
+        bad = np.flatnonzero(verdicts.status == STATUS_CODES.index(Status.NONFINITE))
+        first = shape.layout.names[bad[-1]] if len(bad) else None
+    return RecordRow(step=cols.step, total_norm=cols.total, clip_coef=cols.coef, loss=cols.loss,
+                     spike=total_spike, skipped=cols.skipped, amp_overflow=cols.overflow,
+                     first_nonfinite=first, nonfinite_origin=cols.origin,
+                     findings=tuple(verdicts.findings), layout=shape.layout, layers=layers)
+

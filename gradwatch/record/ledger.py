@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from collections import Counter, deque
+from collections import Counter
 from typing import Any, Callable, Mapping, Sequence
 
-from .records import Status, StepRecord
+import numpy as np
+
+from .history import History, RecordRow
+from .records import STATUS_CODES, StepRecord
 
 __all__ = ["Ledger", "COUNTERS", "run_header"]
 
@@ -16,7 +19,8 @@ COUNTERS = ("recorded", "clipped", "nonfinite", "skipped", "spikes", "amp_overfl
 
 
 class Ledger:
-    """Keeps the last ``history`` records, counts over the whole run and fans records out.
+    """Keeps the last ``history`` records (as columns), counts over the whole run and fans
+    records out.
 
     Args:
         loggers: Callables receiving every `StepRecord`. One with a ``start_run(header)``
@@ -28,13 +32,15 @@ class Ledger:
     def __init__(self, loggers: Sequence[Callable[[StepRecord], None]], history: int,
                  header: Mapping[str, Any]) -> None:
         self.loggers = tuple(loggers)
-        self.records: deque[StepRecord] = deque(maxlen=history)
+        self.records = History(history)
         self.run: Counter[str] = Counter()
-        self.flags: Counter[tuple[str, str]] = Counter()  # (layer, status or "spike") -> steps
         self.run_id = uuid.uuid4().hex
         self._header = dict(header)
         self._started = False
         self._resume_step: int | None = None
+        self._names: list[str] = []  # the history's layer columns, by name
+        self._counts = np.zeros((0, len(STATUS_CODES) + 1), dtype=np.int64)  # + spikes
+        self._restored: Counter[tuple[str, str]] = Counter()  # counts of a loaded state
 
     def header(self) -> dict[str, Any]:
         """The run header a logger receives (see `gradwatch.io.loggers`)."""
@@ -44,8 +50,22 @@ class Ledger:
                 **self._header, "resumed": self._resume_step is not None,
                 "resume_step": self._resume_step}
 
-    def publish(self, record: StepRecord) -> None:
-        """Counts ``record``, keeps it and hands it to every logger."""
+    def name_columns(self, names: Sequence[str]) -> None:
+        """Tells the ledger the name of each history column (the judge's table of names)."""
+        self._names = list(names)
+
+    @property
+    def flags(self) -> Counter[tuple[str, str]]:
+        """Recorded steps each (layer, status value or "spike") was flagged over the run."""
+        out = Counter(self._restored)
+        spike = len(STATUS_CODES)
+        for col, code in zip(*np.nonzero(self._counts)):
+            what = "spike" if code == spike else STATUS_CODES[code].value
+            out[(self._names[col], what)] += int(self._counts[col, code])
+        return out
+
+    def publish(self, row: RecordRow) -> StepRecord:
+        """Counts ``row``, keeps it and hands its record to every logger; returns the record."""
         if not self._started:
             self._started = True
             header = self.header()
@@ -53,7 +73,8 @@ class Ledger:
                 start = getattr(logger, "start_run", None)
                 if callable(start):
                     start(header)
-        self.records.append(record)
+        self.records.append(row)
+        record = self.records.row_record(row)
         run = self.run
         run["recorded"] += 1
         run["clipped"] += record.clipped
@@ -61,13 +82,17 @@ class Ledger:
         run["spikes"] += record.spike
         run["amp_overflow"] += record.amp_overflow
         run["nonfinite"] += record.nonfinite
-        for name, status, spiked in record.marks():
-            if status is not Status.OK:
-                self.flags[(name, status.value)] += 1
-            if spiked:
-                self.flags[(name, "spike")] += 1
+        cols, c = row.layout.columns, row.layers
+        if len(cols) and int(cols.max()) >= len(self._counts):
+            more = int(cols.max()) + 1 - len(self._counts)
+            self._counts = np.vstack([self._counts, np.zeros((more, self._counts.shape[1]),
+                                                             dtype=np.int64)])
+        flagged = c.status != 0
+        self._counts[cols[flagged], c.status[flagged]] += 1
+        self._counts[cols[c.spike > 0], len(STATUS_CODES)] += 1
         for logger in self.loggers:
             logger(record)
+        return record
 
     def close(self) -> None:
         for logger in self.loggers:
@@ -82,7 +107,8 @@ class Ledger:
 
     def load_state_dict(self, state: Mapping[str, Any], step: int) -> None:
         """Restores the counters and the run id; loggers get a resumed header next."""
-        self.flags = Counter({(layer, what): int(n) for layer, what, n in state["counts"]})
+        self._restored = Counter({(layer, what): int(n) for layer, what, n in state["counts"]})
+        self._counts[:] = 0
         self.run = Counter({k: int(v) for k, v in state["run"].items()})
         self.run_id = str(state.get("run_id", self.run_id))
         self._resume_step, self._started = step, False

@@ -5,18 +5,30 @@ publishes it."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from .assemble import Pending, assemble, pending_step
+import numpy as np
+
+from .assemble import StepColumns, assemble, pending_step
 from .ledger import Ledger
-from ..measure.host import HostBatch
+from ..measure.host import HostBatch, InFlight
 from .records import StepRecord
 from ..verdict.judge import Judge
 from ..io.runsummary import RunSummary, summarize
 from ..verdict.spikes import SpikeTracker
 from ..verdict.thresholds import Thresholds
 
-__all__ = ["Recorder"]
+__all__ = ["Recorder", "Deferred"]
+
+
+@dataclass
+class Deferred:
+    """A measured step whose host copy is still in flight (its record forms a step later)."""
+
+    step: int
+    outcome: Any  # the `gradwatch.measure.step.Outcome`
+    updates: InFlight | None = None  # the copy of its update/weight sums, once started
 
 
 class Recorder:
@@ -32,9 +44,10 @@ class Recorder:
     def __init__(self, watched: Any, ledger: Ledger, thresholds: Thresholds,
                  statistics: Sequence[Any]) -> None:
         self.watched, self.ledger = watched, ledger
-        self.judge, self.spikes = Judge(thresholds), SpikeTracker(watched.names)
+        self.judge, self.spikes = Judge(thresholds), SpikeTracker()
+        self.judge.uids(watched.names)  # the history's layer columns: the watched layers first
         self.thresholds, self.statistics = thresholds, statistics
-        self._held: Pending | tuple[Any, ...] | None = None
+        self._held: StepColumns | Deferred | None = None
         self._layouts: dict[Any, Any] = {}
 
     @property
@@ -42,14 +55,14 @@ class Recorder:
         return self._held is not None
 
     def watched_changed(self) -> None:
-        """The watched set was rebuilt: new layers get a spike history, layouts are redone."""
-        self.spikes.add(self.watched.names)
+        """The watched set was rebuilt: new layers get columns, layouts are redone."""
+        self.judge.uids(self.watched.names)
         self._layouts.clear()
 
     def hold(self, step: int, out: Any) -> bool:
         """Keeps a measured step; True when its record must be formed at once (non-finite)."""
         if out.inflight is not None:  # the copy is in flight: the record forms at the next step
-            self._held = (step, out)
+            self._held = Deferred(step, out)
             return False
         self._held = pending_step(step, self.watched, out.data, out.got, out.present,
                                   self.statistics, out.coef, out.skipped, out.overflow)
@@ -57,22 +70,22 @@ class Recorder:
 
     def hold_overflow(self, step: int) -> None:
         """An iteration GradScaler skipped on overflow: a record with no layers."""
-        self._held = Pending(step, [], [], {}, {}, math.inf, 1.0, False, True)
+        self._held = StepColumns.overflowed(step, len(self.watched.layers))
 
     def after_optimizer_step(self) -> bool:
         """Measures the update/weight ratios of the held step (without waiting if deferred);
         True when its record can be formed now."""
-        updates = self.watched.updates
-        if updates is None or self._held is None:
-            return self._held is not None and not isinstance(self._held, tuple)
-        if isinstance(self._held, tuple):
+        updates, held = self.watched.updates, self._held
+        if updates is None or held is None:
+            return held is not None and not isinstance(held, Deferred)
+        if isinstance(held, Deferred):
             sums = updates.after_device()
             if sums is not None:
                 batch = HostBatch(sums.device)
                 batch.add("sums", sums)
-                self._held = (*self._held, batch.start())
+                held.updates = batch.start()
             return False
-        self._add_updates(self._held, updates.after())
+        _add_updates(held, updates.after())
         return True
 
     def flush(self) -> StepRecord | None:
@@ -80,20 +93,20 @@ class Recorder:
         p, self._held = self._held, None
         if p is None:
             return None
-        if isinstance(p, tuple):  # deferred: (step, Outcome) and maybe the update sums' copy
-            step, out, *later = p
+        if isinstance(p, Deferred):
+            out = p.outcome
             got = out.finish()
-            p = pending_step(step, self.watched, out.data, got, out.present, self.statistics,
-                             out.coef, out.skipped, out.overflow)
-            if later:
-                flat = later[0].result()["sums"]
-                self._add_updates(p, self.watched.updates.ratios(
+            cols = pending_step(p.step, self.watched, out.data, got, out.present,
+                                self.statistics, out.coef, out.skipped, out.overflow)
+            if p.updates is not None:
+                flat = p.updates.result()["sums"]
+                _add_updates(cols, self.watched.updates.ratios(
                     (flat[:len(flat) // 2], flat[len(flat) // 2:])))
-        w = self.watched
-        record = assemble(p, w.layers, w.forward.head, self.judge, self.spikes,
-                          self.thresholds, w.saturating, self._layouts, w.forward.repeated)
-        self.ledger.publish(record)
-        return record
+            p = cols
+        row = assemble(p, self.watched, self.judge, self.spikes, self.thresholds,
+                       self._layouts)
+        self.ledger.name_columns(self.judge.names)
+        return self.ledger.publish(row)
 
     def before_optimizer_step(self, measure_updates: bool = True) -> None:
         """Snapshots the sampled weights when a step is held (for its update ratios)."""
@@ -107,16 +120,19 @@ class Recorder:
                          findings=self.judge.diagnose())
 
     def state_dict(self) -> dict[str, Any]:
-        return {**self.spikes.state_dict(), **self.ledger.state_dict(),
+        return {**self.spikes.state_dict(list(self.judge.names)), **self.ledger.state_dict(),
                 "judge": self.judge.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any], step: int) -> None:
-        self.spikes.load_state_dict(state)
-        self.ledger.load_state_dict(state, step)
         self.judge.load_state_dict(state.get("judge", {}))
+        self.judge.uids(self.watched.names)
+        self.judge.uids(list(state["stats"]))
+        self.spikes.load_state_dict(state, self.judge.names, self.watched.names)
+        self.ledger.name_columns(self.judge.names)
+        self.ledger.load_state_dict(state, step)
 
-    @staticmethod
-    def _add_updates(p: Pending, ratios: dict[int, float | None] | None) -> None:
-        for i, ratio in (ratios or {}).items():
-            if i in p.order:
-                p.values.setdefault(i, {})["update_ratio"] = ratio
+
+def _add_updates(cols: StepColumns, ratios: np.ndarray | None) -> None:
+    """Puts the update/weight ratios (over the watched layers) beside the step's statistics."""
+    if ratios is not None:
+        cols.values["update_ratio"] = np.where(cols.has_grad, ratios, np.nan)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
-__all__ = ["Status", "StatusInfo", "STATUSES", "status_info", "LayerStat", "LayerTable",
+import numpy as np
+
+__all__ = ["Status", "STATUS_CODES", "LayerColumns", "StatusInfo", "STATUSES", "status_info", "LayerStat", "LayerTable",
            "Finding", "StepRecord"]
 
 
@@ -34,6 +36,9 @@ class StatusInfo:
     alarm: bool
     color: str
 
+
+STATUS_CODES: tuple[Status, ...] = tuple(Status)
+"""Statuses by code (``Status.OK`` is 0), as the columns of records store them."""
 
 STATUSES: dict[Status, StatusInfo] = {
     Status.OK: StatusInfo("ok", False, "#4c72b0"),
@@ -107,46 +112,48 @@ class LayerStat:
 
 
 class LayerTable(Mapping[str, "LayerStat"]):
-    """A record's layers (name -> `LayerStat`, in forward order), kept as per-layer columns
-    and turned into `LayerStat` objects the first time an entry is read: a monitor whose
-    records nobody reads per layer does not build them. Reads, equality, pickling and copies
-    behave as a plain dict's (a pickled table is a dict)."""
+    """A record's layers (name -> `LayerStat`, in forward order): a view over per-layer
+    columns (`LayerColumns`), turned into `LayerStat` objects the first time an entry is read,
+    so a monitor whose records nobody reads per layer builds none. Reads, equality, pickling
+    and copies behave as a plain dict's (a pickled table is a dict)."""
 
-    __slots__ = ("_names", "_cols", "_built")
+    __slots__ = ("_cols", "_built")
 
-    def __init__(self, names: list[str], norms: list[float], act: list[float | None],
-                 statuses: list[tuple[Status, str]], spikes: list[str],
-                 values: list[Mapping[str, float | None]]) -> None:
-        self._names = names
-        self._cols = (norms, act, statuses, spikes, values)
+    def __init__(self, cols: LayerColumns) -> None:
+        self._cols = cols
         self._built: dict[str, LayerStat] | None = None
 
     def _dict(self) -> dict[str, LayerStat]:
         if self._built is None:
-            norms, act, statuses, spikes, values = self._cols
-            self._built = {name: LayerStat(norms[k], act[k], statuses[k][0], bool(spikes[k]),
-                                           "; ".join(filter(None, (statuses[k][1], spikes[k]))),
-                                           values[k])
-                           for k, name in enumerate(self._names)}
+            c = self._cols
+            norm, act, act_on = c.norm.tolist(), c.act.tolist(), c.act_on.tolist()
+            status, spike = c.status.tolist(), c.spike.tolist()
+            values = {k: [None if v != v else v for v in col.tolist()]
+                      for k, col in c.values.items()}
+            self._built = {
+                name: LayerStat(norm[k], act[k] if act_on[k] else None, STATUS_CODES[status[k]],
+                                spike[k] > 0, c.reason(k), {s: vals[k] for s, vals in
+                                                            values.items() if vals[k] is not None})
+                for k, name in enumerate(c.names)}
         return self._built
 
     def marks(self) -> list[tuple[str, Status, bool]]:
         """(name, status, spiked) of every layer that is not ok or spiked (nothing built)."""
-        _, _, statuses, spikes, _ = self._cols
-        return [(n, statuses[k][0], bool(spikes[k])) for k, n in enumerate(self._names)
-                if statuses[k][0] is not Status.OK or spikes[k]]
+        c = self._cols
+        return [(c.names[k], STATUS_CODES[c.status[k]], bool(c.spike[k] > 0))
+                for k in np.flatnonzero((c.status != 0) | (c.spike > 0)).tolist()]
 
     def __getitem__(self, name: str) -> LayerStat:
         return self._dict()[name]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
+        return iter(self._cols.names)
 
     def __len__(self) -> int:
-        return len(self._names)
+        return len(self._cols.names)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._names
+        return name in self._cols.names
 
     def __eq__(self, other: object) -> bool:
         return self._dict() == (dict(other) if isinstance(other, Mapping) else other)
@@ -158,6 +165,40 @@ class LayerTable(Mapping[str, "LayerStat"]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (dict, (self._dict(),))
+
+
+@dataclass(frozen=True)
+class LayerColumns:
+    """One record's per-layer numbers as arrays, in forward order (see `LayerTable`).
+
+    ``status`` holds codes into `STATUS_CODES`; a layer's status words are
+    ``templates[template[k]].format(value[k])``; ``spike`` is the ratio of a layer's spiking
+    norm to its running mean (0: no spike) and ``spike_z`` its z-score; a value column is NaN
+    where its statistic was not measured."""
+
+    names: Sequence[str]
+    norm: np.ndarray
+    act: np.ndarray
+    act_on: np.ndarray
+    status: np.ndarray
+    template: np.ndarray
+    value: np.ndarray
+    templates: tuple[str, ...]
+    spike: np.ndarray
+    spike_z: np.ndarray
+    values: Mapping[str, np.ndarray]
+
+    def reason(self, k: int) -> str:
+        """The words of layer ``k``: its status's evidence, then its spike's."""
+        parts = []
+        t = int(self.template[k])
+        if t >= 0:
+            parts.append(self.templates[t].format(float(self.value[k])))
+        ratio = float(self.spike[k])
+        if ratio > 0:
+            parts.append(f"norm {float(self.norm[k]):.3g} is {ratio:.3g}x its running mean "
+                         f"(z={float(self.spike_z[k]):.1f})")
+        return "; ".join(parts)
 
 
 def _marks(layers: Mapping[str, LayerStat]) -> list[tuple[str, Status, bool]]:

@@ -1,5 +1,5 @@
 """The judge: runs the verdict rules on each recorded step, over a window, and keeps the
-findings of the run."""
+findings of the run. Statuses come out as per-layer arrays (`Verdicts`)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,28 @@ import math
 from collections import deque
 from typing import Any, Mapping, Sequence
 
-from .diagnosis import explain
-from ..record.records import Finding, Status
-from .rules import RULES, Hit, Rule, StepView
-from .thresholds import Thresholds
+import numpy as np
 
-__all__ = ["Judge"]
+from ..record.records import STATUS_CODES, Finding
+from .diagnosis import explain
+from .rules import RULES
+from .view import Hit, Rule, StepView
+
+__all__ = ["Judge", "Verdicts"]
+
+
+@dataclasses.dataclass
+class Verdicts:
+    """The statuses of one step's layers as columns, and the findings that became true.
+
+    ``status`` holds codes into `gradwatch.record.records.STATUS_CODES` (0 is ok); a layer's
+    words are ``templates[template[i]].format(value[i])`` (``template[i]`` is -1 for none)."""
+
+    status: np.ndarray
+    template: np.ndarray
+    value: np.ndarray
+    templates: tuple[str, ...]
+    findings: list[Finding]
 
 
 class Judge:
@@ -21,29 +37,36 @@ class Judge:
 
     Persistent rules hold once their condition held on `Thresholds.persistence` of the last
     `Thresholds.window` recorded steps (AMP overflow: on all of them); the others at once.
+    A rule's per-layer memory is indexed by the judge's table of layer names (`uids`).
     """
 
-    def __init__(self, thresholds: Thresholds, rules: Sequence[Rule] = RULES) -> None:
+    def __init__(self, thresholds: Any, rules: Sequence[Rule] = RULES) -> None:
         self.th, self.rules = thresholds, tuple(rules)
         self.windows = {r.kind: deque(maxlen=thresholds.window) for r in self.rules}
         self.findings: dict[str, Finding] = {}  # by kind; `steps` counted in `_steps`
         self._steps: dict[str, int] = {}
         self._last: dict[str, tuple[Hit, StepView]] = {}  # each rule's latest hit
         self.states: dict[str, dict[str, Any]] = {r.kind: {} for r in self.rules}
+        self.names: dict[str, int] = {}  # layer name -> row of the rules' per-layer memory
 
-    def judge(self, view: StepView) -> tuple[list[tuple[Status, str]], list[Finding]]:
-        """Per-layer (status, reason) and the findings that became true at this step."""
-        statuses: list[tuple[Status, str]] = [(Status.OK, "")] * len(view.names)
+    def uids(self, names: Sequence[str]) -> np.ndarray:
+        """The memory row of each named layer (new names get new rows)."""
+        table = self.names
+        return np.array([table.setdefault(n, len(table)) for n in names], dtype=np.int64)
+
+    def judge(self, view: StepView) -> Verdicts:
+        """The step's per-layer statuses and the findings that became true at it."""
+        n = len(view.names)
+        status = np.zeros(n, dtype=np.int8)
+        template = np.full(n, -1, dtype=np.int16)
+        value = np.zeros(n)
+        templates: list[str] = []
         new: list[Finding] = []
         broke = not view.overflow and (view.origin is not None or not math.isfinite(view.total))
-        present: set[str] | None = None
+        present = view.measured
         for rule in self.rules:
-            if rule.optional:
-                if present is None:
-                    present = set().union(*view.values, ("loss",) if view.loss is not None
-                                          else ())
-                if present.isdisjoint(rule.reads):
-                    continue  # not measured this step: its window spans the steps it was
+            if rule.optional and present.isdisjoint(rule.reads):
+                continue  # not measured this step: its window spans the steps it was
             # on a non-finite step only the rules that say so run: the others' statistics are
             # NaN-polluted consequences (e.g. relu(NaN) reads as dead units)
             skip = broke and rule.persistent and rule.kind != "amp_overflow"
@@ -67,13 +90,21 @@ class Judge:
             if not holds:
                 continue
             if rule.status is not None:
-                for i, why in hit.layers.items():
-                    if statuses[i][0] is Status.OK:
-                        statuses[i] = (rule.status, why)
+                code = STATUS_CODES.index(rule.status)
+                for mark in hit.marks:
+                    free = status[mark.layers] == 0
+                    where = mark.layers[free]
+                    if not len(where):
+                        continue
+                    status[where] = code
+                    template[where] = len(templates)
+                    templates.append(mark.template)
+                    if len(mark.values):
+                        value[where] = mark.values[free]
             finding = self._note(rule, hit, view)
             if finding is not None:
                 new.append(finding)
-        return statuses, new
+        return Verdicts(status, template, value, tuple(templates), new)
 
     def _note(self, rule: Rule, hit: Hit, view: StepView) -> Finding | None:
         kind = rule.kind
@@ -83,15 +114,16 @@ class Judge:
             if born is not None:  # later NaN steps are its consequences (NaN weights...)
                 kind = born
         old = self.findings.get(kind)
+        positions = hit.positions.tolist()
         if old is not None:  # held again: count it, add the layers not named yet
             self._steps[kind] += 1
             if not kind.startswith("nonfinite"):
-                names, known = view.names, old.layers
-                more = [names[i] for i in sorted(hit.layers) if names[i] not in known]
+                names, known = view.names, set(old.layers)
+                more = [names[i] for i in positions if names[i] not in known]
                 if more:
-                    self.findings[kind] = dataclasses.replace(old, layers=known + tuple(more))
+                    self.findings[kind] = dataclasses.replace(old, layers=old.layers + tuple(more))
             return None
-        layers = tuple(view.names[i] for i in sorted(hit.layers))
+        layers = tuple(view.names[i] for i in positions)
         if kind.startswith("nonfinite") and view.birth is not None:
             layers = (view.birth,)
         cause, remedy, plans = explain(kind, view, hit)
@@ -115,7 +147,10 @@ class Judge:
 
     def state_dict(self) -> dict[str, Any]:
         return {"windows": {k: list(w) for k, w in self.windows.items()},
-                "states": {k: dict(v) for k, v in self.states.items()},
+                "states": {k: {key: v.tolist() if isinstance(v, np.ndarray) else
+                               (list(v) if isinstance(v, list) else v)
+                               for key, v in s.items()} for k, s in self.states.items()},
+                "names": list(self.names),
                 "findings": [f.to_dict() for f in self._current()]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -123,9 +158,21 @@ class Judge:
             if kind in self.windows:
                 self.windows[kind].clear()
                 self.windows[kind].extend(bool(v) for v in values)
+        self.names = {str(n): k for k, n in enumerate(state.get("names", ()))}
         for kind, values in state.get("states", {}).items():
             if kind in self.states:
-                self.states[kind] = {k: list(map(float, v)) if isinstance(v, list) else float(v)
-                                     for k, v in values.items()}
+                self.states[kind] = {k: _restore(k, v) for k, v in values.items()}
         self.findings = {f["kind"]: Finding.from_dict(f) for f in state.get("findings", ())}
         self._steps = {k: f.steps for k, f in self.findings.items()}
+
+
+_ARRAYS = ("shares", "measured", "streak")
+"""Per-layer memories (arrays over the judge's layer names); other lists are plain lists."""
+
+
+def _restore(key: str, value: Any) -> Any:
+    if key in _ARRAYS:
+        return np.array(value, dtype=np.float64)
+    if isinstance(value, list):
+        return list(map(float, value))
+    return float(value)

@@ -1,17 +1,20 @@
 """Verdict rules, each declared once: the statistics it reads, when it holds, the status and
-evidence it writes. `gradwatch.verdict.judge.Judge` runs them over a window of recorded steps."""
+evidence it writes. `gradwatch.verdict.judge.Judge` runs them over a window of recorded steps.
+Each rule is a few array expressions over the step's columns (`gradwatch.verdict.view`)."""
 
 from __future__ import annotations
 
 import math
-import statistics
+
+import numpy as np
 
 from ..record.records import Status
 from .unit_rules import DeadUnits, LossRising, Saturation, ThroughTime, ZeroGradient
-from .view import REMEDIES, Hit, Rule, StepView, Trend, _add_absolute, _fmt, _has_signal, \
-    _signal, depth_trend, entering
+from .view import REMEDIES, Hit, Mark, Rule, StepView, Trend, add_absolute, depth_trend, \
+    entering, fmt3, has_signal, signal
 
-__all__ = ["StepView", "Hit", "Rule", "RULES", "REMEDIES", "Trend", "depth_trend", "entering"]
+__all__ = ["StepView", "Hit", "Mark", "Rule", "RULES", "REMEDIES", "Trend", "depth_trend",
+           "entering"]
 
 
 class NonFinite(Rule):
@@ -22,21 +25,24 @@ class NonFinite(Rule):
     def check(self, view, th, state):
         if view.overflow or (view.origin is None and math.isfinite(view.total)):
             return None
-        bad = {i: f"gradient norm {view.norms[i]}" for i, n in enumerate(view.norms)
-               if not math.isfinite(n)}
-        bad.update({i: f"output-gradient norm {a}" for i, a in enumerate(view.act)
-                    if a is not None and not math.isfinite(a) and i not in bad})
+        hit = Hit([], "")
+        bad = np.flatnonzero(~np.isfinite(view.norms))
+        hit.add(bad, "gradient norm {}", view.norms[bad])
+        bad_act = np.flatnonzero(view.act_on & ~np.isfinite(view.act))
+        hit.add(bad_act, "output-gradient norm {}", view.act[bad_act])
+        count = len(hit.positions)
         origin = view.origin or "backward"
-        numbers = {"origin": {"forward": 0.0, "backward": 1.0, "loss": 2.0}[origin]}
+        hit.numbers = {"origin": {"forward": 0.0, "backward": 1.0, "loss": 2.0}[origin]}
         if math.isfinite(view.total):  # only the loss the user passed is non-finite
-            return Hit(bad, f"step {view.step}: the loss is {view.loss} while every gradient "
-                            f"is finite (total norm {_fmt(view.total)})", numbers)
+            hit.evidence = (f"step {view.step}: the loss is {view.loss} while every gradient "
+                            f"is finite (total norm {fmt3(view.total)})")
+            return hit
         where = {"forward": f"the output of `{view.birth}` in the forward pass",
                  "backward": f"the backward pass at `{view.birth}`",
                  "loss": "the loss (the gradient entering the model)"}[origin]
-        return Hit(bad, f"step {view.step}: gradients non-finite (total norm {view.total}); "
-                        f"first non-finite value: {where}; {len(bad)} layer(s) affected",
-                   numbers)
+        hit.evidence = (f"step {view.step}: gradients non-finite (total norm {view.total}); "
+                        f"first non-finite value: {where}; {count} layer(s) affected")
+        return hit
 
 
 class AmpOverflow(Rule):
@@ -45,7 +51,7 @@ class AmpOverflow(Rule):
     kind, reads = "amp_overflow", ("total_norm",)
 
     def check(self, view, th, state):
-        return Hit({}, f"AMP loss-scale overflow at step {view.step}") if view.overflow else None
+        return Hit([], f"AMP loss-scale overflow at step {view.step}") if view.overflow else None
 
 
 class Divergence(Rule):
@@ -56,19 +62,18 @@ class Divergence(Rule):
 
     def check(self, view, th, state):
         bound = th.divergence_update_ratio
-        if bound is None:
+        ratio = view.values.get("update_ratio")
+        if bound is None or ratio is None:
             return None
-        ratios = {i: v.get("update_ratio") for i, v in enumerate(view.values)
-                  if view.roles[i] == "weight"}
-        ratios = {i: r for i, r in ratios.items() if r is not None and math.isfinite(r)}
-        if not ratios:
+        idx = np.flatnonzero(view.weight & np.isfinite(ratio))
+        if not len(idx):
             return None
-        med = statistics.median(list(ratios.values()))
+        med = float(np.median(ratio[idx]))
         if med <= bound:
             return None
-        return Hit({i: f"update/weight ratio {_fmt(r)} > {bound:g}" for i, r in ratios.items()
-                    if r > bound},
-                   f"median update/weight ratio {_fmt(med)} over {len(ratios)} weight layers "
+        over = idx[ratio[idx] > bound]
+        return Hit([Mark(over, "update/weight ratio {:.3g} > " + f"{bound:g}", ratio[over])],
+                   f"median update/weight ratio {fmt3(med)} over {len(idx)} weight layers "
                    f"(> {bound:g}; healthy training stays near 1e-3)", {"update_ratio": med})
 
 
@@ -87,7 +92,7 @@ class DepthVanishing(Rule):
 
     def check(self, view, th, state):
         bound = th.relative_vanishing
-        if bound is None or view.head is None or not _has_signal(view, th):
+        if bound is None or view.head is None or not has_signal(view, th):
             return None
         found = None
         trends = [(t.what, t.starved, t.layers, t.rel) for t in depth_trend(view)]
@@ -103,23 +108,23 @@ class DepthVanishing(Rule):
             escaping = ratio >= th.recovery * lowest or ratio >= th.recovery ** 0.5 * earlier
             if found is None and ratio < bound and not escaping:
                 kind = "output-gradient" if what == "entering gradient" else what
-                layers = {i: f"{kind} norm {r:.2g}x the output side's" for i, r in
-                          zip(idx, rel) if r < bound}
+                low = rel < bound
+                found = Hit([Mark(idx[low], kind + " norm {:.2g}x the output side's", rel[low])],
+                            "", {"ratio": ratio})
                 if what == "entering gradient":
-                    head = next(i for i, a in enumerate(view.act) if a is not None)
-                    layers.setdefault(head, f"output-gradient norm {ratio:.2g}x the output "
-                                            f"side's")
-                    evidence = (f"the gradient reaching the first layer (`{view.names[head]}`'s "
-                                f"output gradient) is {ratio:.2g}x the output side's median "
-                                f"output gradient (bound relative_vanishing={bound:g})")
+                    head = int(np.flatnonzero(view.act_on)[0])
+                    found.add(np.array([head]), "output-gradient norm {:.2g}x the output side's",
+                              np.array([ratio]))
+                    found.evidence = (f"the gradient reaching the first layer "
+                                      f"(`{view.names[head]}`'s output gradient) is {ratio:.2g}x "
+                                      f"the output side's median output gradient (bound "
+                                      f"relative_vanishing={bound:g})")
                 else:
-                    evidence = (f"the input-side weight layers' largest {what} norm is "
-                                f"{ratio:.2g}x the output side's median (bound "
-                                f"relative_vanishing={bound:g})")
-                found = Hit(layers, evidence, {"ratio": ratio})
+                    found.evidence = (f"the input-side weight layers' largest {what} norm is "
+                                      f"{ratio:.2g}x the output side's median (bound "
+                                      f"relative_vanishing={bound:g})")
         if found is not None:
-            _add_absolute(found, view, lambda n: n < th.vanishing,
-                          f"< vanishing {th.vanishing:g}")
+            add_absolute(found, view, view.norms < th.vanishing, f"< vanishing {th.vanishing:g}")
         return found
 
 
@@ -133,18 +138,19 @@ class DepthExploding(Rule):
         bound = th.relative_exploding
         for what, _, ratio, idx, rel in (depth_trend(view) if bound is not None else []):
             if ratio > bound:
-                hit = Hit({i: f"{what} norm {r:.2g}x the output side's" for i, r in
-                           zip(idx, rel) if r > bound},
+                high = rel > bound
+                hit = Hit([Mark(idx[high], what + " norm {:.2g}x the output side's", rel[high])],
                           f"the input-side weight layers' median {what} norm is {ratio:.2g}x "
                           f"the output side's (bound relative_exploding={bound:g})",
                           {"ratio": ratio})
-                _add_absolute(hit, view, lambda n: n > th.exploding,
-                              f"> exploding {th.exploding:g}")
+                add_absolute(hit, view, view.norms > th.exploding,
+                             f"> exploding {th.exploding:g}")
                 return hit
         if math.isfinite(view.total) and view.total > th.exploding:
-            return Hit({i: f"norm {_fmt(n)} > exploding {th.exploding:g}" for i, n in
-                        enumerate(view.norms) if n > th.exploding},
-                       f"total gradient norm {_fmt(view.total)} > exploding {th.exploding:g}",
+            over = np.flatnonzero(view.norms > th.exploding)
+            return Hit([Mark(over, "norm {:.3g} > exploding " + f"{th.exploding:g}",
+                             view.norms[over])],
+                       f"total gradient norm {fmt3(view.total)} > exploding {th.exploding:g}",
                        {"total": view.total})
         return None
 
@@ -170,14 +176,15 @@ class Stalled(Rule):
         peak = state["peak"] = max(state.get("peak", loss), loss)
         if peak <= 0 or loss < th.stalled_loss * peak:
             return None
-        signal, what = _signal(view)
-        if not signal <= th.stalled_gradient * min(loss, 1.0):
+        value, what = signal(view)
+        if not value <= th.stalled_gradient * min(loss, 1.0):
             return None
-        return Hit({h: f"{what} {_fmt(signal)} at loss {_fmt(loss)}"},
-                   f"no gradient enters the model: the head's {what} is {_fmt(signal)} (at "
+        return Hit([Mark(np.array([h]), what + " {:.3g} at loss " + fmt3(loss),
+                         np.array([value]))],
+                   f"no gradient enters the model: the head's {what} is {fmt3(value)} (at "
                    f"most stalled_gradient={th.stalled_gradient:g} x the loss) while the loss, "
-                   f"{_fmt(loss)}, is {loss / peak:.2g}x the run's highest ({_fmt(peak)}; "
-                   f"bound stalled_loss={th.stalled_loss:g})", {"loss": loss, "signal": signal})
+                   f"{fmt3(loss)}, is {loss / peak:.2g}x the run's highest ({fmt3(peak)}; "
+                   f"bound stalled_loss={th.stalled_loss:g})", {"loss": loss, "signal": value})
 
 
 RULES: tuple[Rule, ...] = (NonFinite(), AmpOverflow(), Divergence(), DepthExploding(),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+import numpy as np
+
 if TYPE_CHECKING:
     from .thresholds import Thresholds
 
@@ -61,39 +63,69 @@ class RunningStats:
 
 
 class SpikeTracker:
-    """The running statistics of every layer and of the total norm; owns its `state_dict`."""
+    """`RunningStats` of every layer as arrays (one entry per history column, the judge's
+    table of layer names) and of the total norm; owns its `state_dict`."""
 
-    def __init__(self, names: Sequence[str]) -> None:
-        self.layers = {name: RunningStats() for name in names}
+    def __init__(self) -> None:
+        self.count = np.zeros(0)
+        self.mean = np.zeros(0)
+        self.var = np.zeros(0)
         self.total = RunningStats()
 
-    def add(self, names: Sequence[str]) -> None:
-        """Starts a history for each layer not seen yet (the watched set grew)."""
-        for name in names:
-            self.layers.setdefault(name, RunningStats())
+    def _grow(self, width: int) -> None:
+        if width > len(self.count):
+            pad = np.zeros(width - len(self.count))
+            self.count, self.mean, self.var = (np.concatenate([a, pad]) for a in
+                                               (self.count, self.mean, self.var))
 
-    def observe(self, names: Sequence[str], norms: Sequence[float], total: float,
-                th: Thresholds) -> tuple[list[str], bool]:
-        """Spike evidence per layer, aligned with ``names`` ("" for none), and whether the total
-        norm spiked."""
-        layers = self.layers
-        out = []
-        for name, n in zip(names, norms):
-            stats = layers.get(name)
-            if stats is None:
-                stats = layers[name] = RunningStats()
-            out.append(stats.observe(n, th))
-        return out, bool(self.total.observe(total, th))
+    def observe(self, columns: np.ndarray, norms: np.ndarray, total: float,
+                th: Thresholds) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Updates each layer's statistics (``columns``: the layers' entries) with its norm;
+        returns each layer's spike ratio to its running mean (0: no spike), its z-score, and
+        whether the total norm spiked. The arithmetic is `RunningStats.observe`'s."""
+        ratio, z_out = np.zeros(len(norms), dtype=np.float64), np.zeros(len(norms))
+        spiked = bool(self.total.observe(total, th))
+        if th.spike is None or not len(columns):
+            return ratio, z_out, spiked
+        self._grow(int(columns.max()) + 1)
+        ok = (norms > 0) & (norms < math.inf)
+        cols, n = columns[ok], norms[ok]
+        x = np.log10(n)
+        mean, count, var = self.mean[cols], self.count[cols], self.var[cols]
+        std = np.sqrt(var)
+        warm = count >= th.spike_warmup
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(std > 0, (x - mean) / std, np.where(x > mean, math.inf, 0.0))
+            r = np.power(10.0, x - mean)
+        spike = warm & (z > th.spike) & (r >= th.spike_min_ratio)
+        x = np.where(spike, mean + th.spike * std, x)
+        beta = np.where(warm, th.spike_momentum, count / (count + 1))
+        delta = x - mean
+        first = count == 0
+        self.mean[cols] = np.where(first, x, mean + (1 - beta) * delta)
+        self.var[cols] = np.where(first, var, beta * (var + (1 - beta) * delta * delta))
+        self.count[cols] = count + 1
+        where = np.flatnonzero(ok)[spike]
+        ratio[where], z_out[where] = r[spike], z[spike]
+        return ratio, z_out, spiked
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"stats": {n: s.state_dict() for n, s in self.layers.items()},
+    def state_dict(self, names: Sequence[str]) -> dict[str, Any]:
+        """``names``: the layer name of each entry."""
+        self._grow(len(names))
+        return {"stats": {n: RunningStats(int(self.count[k]), float(self.mean[k]),
+                                          float(self.var[k])).state_dict()
+                          for k, n in enumerate(names)},
                 "total_stats": self.total.state_dict()}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        unknown = set(state["stats"]) - set(self.layers)
+    def load_state_dict(self, state: Mapping[str, Any], column: Mapping[str, int],
+                        known: Sequence[str]) -> None:
+        """``column``: the entry of each layer name; ``known``: the watched layers' names."""
+        unknown = set(state["stats"]) - set(known)
         if unknown:
             raise ValueError(f"Expected a state_dict of a GradWatch on the same model, but it "
                              f"names layers this model lacks: {sorted(unknown)[:5]}.")
+        self._grow(max(column.values(), default=-1) + 1)
         for name, s in state["stats"].items():
-            self.layers[name] = RunningStats.from_state(s)
+            k = column[name]
+            self.count[k], self.mean[k], self.var[k] = s["count"], s["mean"], s["var"]
         self.total = RunningStats.from_state(state["total_stats"])

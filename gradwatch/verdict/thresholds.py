@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
-from ..record.records import Status
-from .spikes import RunningStats
 
-__all__ = ["Thresholds", "RunningStats", "layer_verdicts"]
+__all__ = ["Thresholds"]
 
 _NUMBER_FIELDS = ("vanishing", "exploding", "relative_vanishing", "relative_exploding", "spike",
                   "spike_min_ratio", "spike_momentum", "spike_warmup", "window", "persistence", "recovery",
@@ -156,32 +154,3 @@ class Thresholds:
         """The thresholds as a JSON-ready dict (written into a run's log header)."""
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
-
-def layer_verdicts(norms: Sequence[float], th: Thresholds) -> list[tuple[Status, str]]:
-    """The status of each layer and the evidence for it, from one step's layer norms.
-
-    ``norms`` are in forward order. Absolute bounds come first; the relative bounds compare
-    each layer with the output-side layer (the last finite, nonzero norm), which is how the
-    textbook "gradient magnitude across layers" reads: a vanishing layer has a gradient orders
-    of magnitude below the one entering the network at the top, an exploding one orders above.
-    They are skipped with fewer than three layers.
-    """
-    finite = [n for n in norms if math.isfinite(n) and n > 0]
-    ref = finite[-1] if len(norms) >= 3 and finite else None
-    out: list[tuple[Status, str]] = []
-    for n in norms:
-        if not math.isfinite(n):
-            out.append((Status.NONFINITE, f"norm is {n}"))
-        elif n > th.exploding:
-            out.append((Status.EXPLODING, f"norm {n:.3g} > exploding {th.exploding:g}"))
-        elif n < th.vanishing:
-            out.append((Status.VANISHING, f"norm {n:.3g} < vanishing {th.vanishing:g}"))
-        elif ref is not None and th.relative_vanishing and n < th.relative_vanishing * ref:
-            out.append((Status.VANISHING, f"norm {n:.3g} is {n / ref:.2g}x the output-side "
-                        f"layer's ({ref:.3g}) < relative_vanishing {th.relative_vanishing:g}"))
-        elif ref is not None and th.relative_exploding and n > th.relative_exploding * ref:
-            out.append((Status.EXPLODING, f"norm {n:.3g} is {n / ref:.2g}x the output-side "
-                        f"layer's ({ref:.3g}) > relative_exploding {th.relative_exploding:g}"))
-        else:
-            out.append((Status.OK, ""))
-    return out

@@ -1,13 +1,17 @@
-"""Verdict rules on units, zeros, the loss and time: dead and saturated units, exact-zero gradients, a climbing loss, vanishing through time."""
+"""Verdict rules on units, zeros, the loss and time: dead and saturated units, exact-zero
+gradients, a climbing loss, vanishing through time."""
 
 from __future__ import annotations
 
 import math
 import statistics
-from ..record.records import Status
-from .view import Hit, Rule, _fmt, _has_signal, depth_trend
 
-__all__ = ['DeadUnits', 'ZeroGradient', 'LossRising', 'Saturation', 'ThroughTime']
+import numpy as np
+
+from ..record.records import Status
+from .view import Hit, Mark, Rule, depth_trend, fmt3, grow, has_signal
+
+__all__ = ["DeadUnits", "ZeroGradient", "LossRising", "Saturation", "ThroughTime"]
 
 
 class DeadUnits(Rule):
@@ -24,23 +28,30 @@ class DeadUnits(Rule):
     def check(self, view, th, state):
         if th.dead_units is None:
             return None
-        hits = {}
-        for i, v in enumerate(view.values):
-            share = v.get("dead_frac")
-            if share is None:
-                continue
-            recent = state.setdefault(view.names[i], [])  # the last `window` measured shares
-            recent[:] = (recent + [share])[-th.window:]
-            if share >= th.dead_units and share >= self.REVIVED * max(recent):
-                hits[i] = f"{100 * share:.0f}% of its units are dead"
-        head_ok = view.head is not None and view.norms[view.head] > 0
-        hits.update({i: "gradient exactly 0" for i, n in enumerate(view.norms)
-                     if n == 0 and head_ok and view.roles[i] == "weight" and i not in hits})
-        if not hits:
+        share = view.values.get("dead_frac")
+        hit = Hit([], "")
+        worst_of = np.ones(len(view.names))
+        if share is not None:
+            on = np.flatnonzero(~np.isnan(share))
+            recent = grow(state, "shares", view, math.nan, width=th.window)
+            count = grow(state, "measured", view, 0.0)
+            uid = view.uid[on]  # the last `window` measured shares of each layer, in a ring
+            recent[uid, count[uid].astype(np.int64) % th.window] = share[on]
+            count[uid] += 1
+            peak = np.fmax.reduce(recent[uid], axis=1)
+            dead = on[(share[on] >= th.dead_units) & (share[on] >= self.REVIVED * peak)]
+            hit.add(dead, "{:.0f}% of its units are dead", 100 * share[dead])
+            worst_of[on] = np.where(share[on] != 0, share[on], 1.0)
+        if view.head is not None and view.norms[view.head] > 0:
+            hit.add(np.flatnonzero((view.norms == 0) & view.weight), "gradient exactly 0")
+        named = hit.positions
+        if not len(named):
             return None
-        worst = max((view.values[i].get("dead_frac") or 1.0) for i in hits)
-        return Hit(hits, f"{len(hits)} layer(s) with at least {100 * th.dead_units:.0f}% dead "
-                         f"units (worst {100 * worst:.0f}%)", {"dead_frac": worst})
+        worst = float(worst_of[named].max())
+        hit.evidence = (f"{len(named)} layer(s) with at least {100 * th.dead_units:.0f}% dead "
+                        f"units (worst {100 * worst:.0f}%)")
+        hit.numbers = {"dead_frac": worst}
+        return hit
 
 
 class ZeroGradient(Rule):
@@ -58,36 +69,34 @@ class ZeroGradient(Rule):
     def check(self, view, th, state):
         if th.zero_gradient is None:
             return None
-        streaks = {}
-        for i, n in enumerate(view.norms):
-            if view.roles[i] == "weight":
-                streaks[i] = state[view.names[i]] = state.get(view.names[i], 0) + 1 if n == 0 \
-                    else 0
-        zero = [i for i, k in streaks.items() if k >= th.zero_gradient]
-        if not zero:
+        streak = grow(state, "streak", view, 0.0)
+        w = view.uid[view.weight]
+        streak[w] = np.where(view.norms[view.weight] == 0, streak[w] + 1, 0.0)
+        zero = np.flatnonzero(view.weight)[streak[w] >= th.zero_gradient]
+        if not len(zero):
             return None
-        acts = [a for a in view.act if a is not None and math.isfinite(a)]
-        others = [n for i, n in enumerate(view.norms) if n > 0 and math.isfinite(n)]
-        signal = max(acts + others, default=0.0)
-        if signal < th.vanishing:
+        acts = view.act[view.act_on & np.isfinite(view.act)]
+        finite = np.isfinite(view.norms)
+        others = view.norms[(view.norms > 0) & finite]
+        value = float(max(acts.max(initial=0.0), others.max(initial=0.0)))
+        if value < th.vanishing:
             return None  # nothing enters the model: a converged or stalled net
-        if th.dead_units is not None and any(
-                (v.get("dead_frac") or 0.0) >= th.dead_units for v in view.values):
+        dead = view.values.get("dead_frac")
+        if th.dead_units is not None and dead is not None and (dead >= th.dead_units).any():
             state[":dead"] = 1.0  # dead ReLU units (measured on some steps) explain the zeros
         if state.get(":dead"):
             return None
-        weights = len(streaks)
-        every = len(zero) == weights and not others
-        smallest = min(others, default=0.0)
-        return Hit({i: f"gradient exactly 0 on {int(streaks[i])} recorded steps in a row"
-                    for i in zero},
+        weights = int(view.weight.sum())
+        every = len(zero) == weights and not len(others)
+        smallest = float(others.min(initial=math.inf)) if len(others) else 0.0
+        return Hit([Mark(zero, "gradient exactly 0 on {:.0f} recorded steps in a row",
+                         streak[view.uid[zero]])],
                    f"{len(zero)} of {weights} weight layers get a gradient of exactly 0 "
                    f"(on at least zero_gradient={th.zero_gradient} recorded steps in a row) "
                    f"while gradient enters the model (largest output or parameter gradient "
-                   f"{_fmt(signal)}" + ("" if every else f", smallest nonzero layer gradient "
-                                                        f"{_fmt(smallest)}") + ")",
-                   {"zero_layers": float(len(zero)), "all": float(every),
-                    "signal": signal})
+                   f"{fmt3(value)}" + ("" if every else f", smallest nonzero layer gradient "
+                                                       f"{fmt3(smallest)}") + ")",
+                   {"zero_layers": float(len(zero)), "all": float(every), "signal": value})
 
 
 class LossRising(Rule):
@@ -118,16 +127,15 @@ class LossRising(Rule):
         best = state["best"] = min(state.get("best", now), now)
         if not now >= bound * start:
             return None
-        ratios = [v.get("update_ratio") for v, r in zip(view.values, view.roles)
-                  if r == "weight"]
-        ratios = [r for r in ratios if r is not None and math.isfinite(r)]
-        update = (f", median update/weight ratio {_fmt(statistics.median(ratios))}"
-                  if ratios else "")
-        return Hit({}, f"the loss climbs: its median over the last {th.window} recorded steps "
-                       f"is {_fmt(now)}, {now / start:.2g}x its first {th.window} steps' "
-                       f"({_fmt(start)}; bound loss_rising={bound:g}) and {now / best:.2g}x its "
-                       f"best ({_fmt(best)}); total gradient norm {_fmt(view.total)} (at the "
-                       f"start {_fmt(state['total0'])}){update}",
+        ratio = view.values.get("update_ratio")
+        ratios = ratio[view.weight & np.isfinite(ratio)] if ratio is not None else ()
+        update = (f", median update/weight ratio {fmt3(float(np.median(ratios)))}"
+                  if len(ratios) else "")
+        return Hit([], f"the loss climbs: its median over the last {th.window} recorded steps "
+                       f"is {fmt3(now)}, {now / start:.2g}x its first {th.window} steps' "
+                       f"({fmt3(start)}; bound loss_rising={bound:g}) and {now / best:.2g}x its "
+                       f"best ({fmt3(best)}); total gradient norm {fmt3(view.total)} (at the "
+                       f"start {fmt3(state['total0'])}){update}",
                    {"loss": now, "start": start, "total": view.total})
 
 
@@ -140,17 +148,20 @@ class Saturation(Rule):
     kind, status, reads, optional = "saturation", Status.SATURATED, ("sat_frac",), True
 
     def check(self, view, th, state):
-        if th.saturation is None or view.head is None or not _has_signal(view, th):
+        sat = view.values.get("sat_frac")
+        if th.saturation is None or sat is None or view.head is None \
+                or not has_signal(view, th):
             return None  # a converged net's outputs may sit at their bounds
-        hits = {i: f"{100 * v['sat_frac']:.0f}% of its activations saturated"
-                for i, v in enumerate(view.values)
-                if (v.get("sat_frac") or 0.0) >= th.saturation and i != view.head}
+        over = sat >= th.saturation
+        over[view.head] = False
+        idx = np.flatnonzero(over)
         trend = depth_trend(view)
-        if not hits or (trend and min(t.starved for t in trend) >= 1e-2):
+        if not len(idx) or (trend and min(t.starved for t in trend) >= 1e-2):
             return None
-        worst = max(view.values[i]["sat_frac"] for i in hits)
-        return Hit(hits, f"{len(hits)} layer(s) whose following sigmoid/tanh outputs are at "
-                         f"least {100 * th.saturation:.0f}% saturated (worst {100 * worst:.0f}%)",
+        worst = float(sat[idx].max())
+        return Hit([Mark(idx, "{:.0f}% of its activations saturated", 100 * sat[idx])],
+                   f"{len(idx)} layer(s) whose following sigmoid/tanh outputs are at least "
+                   f"{100 * th.saturation:.0f}% saturated (worst {100 * worst:.0f}%)",
                    {"sat_frac": worst})
 
 
@@ -161,14 +172,14 @@ class ThroughTime(Rule):
                                      ("time_ratio",), True)
 
     def check(self, view, th, state):
-        if th.time_vanishing is None:
+        ratio = view.values.get("time_ratio")
+        if th.time_vanishing is None or ratio is None:
             return None
-        hits = {i: f"first/last time-step gradient ratio {v['time_ratio']:.2g}"
-                for i, v in enumerate(view.values)
-                if v.get("time_ratio") is not None and v["time_ratio"] < th.time_vanishing}
-        if not hits:
+        idx = np.flatnonzero(ratio < th.time_vanishing)
+        if not len(idx):
             return None
-        worst = min(view.values[i]["time_ratio"] for i in hits)
-        return Hit(hits, f"the gradient reaching the first time step is {worst:.2g}x the one "
-                         f"reaching the last (bound time_vanishing={th.time_vanishing:g})",
+        worst = float(ratio[idx].min())
+        return Hit([Mark(idx, "first/last time-step gradient ratio {:.2g}", ratio[idx])],
+                   f"the gradient reaching the first time step is {worst:.2g}x the one "
+                   f"reaching the last (bound time_vanishing={th.time_vanishing:g})",
                    {"time_ratio": worst})

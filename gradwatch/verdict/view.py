@@ -1,55 +1,141 @@
-"""What the verdict rules read and write: the step view, a rule's hit, the depth trends, the base rule."""
+"""What the verdict rules read and write: one step as per-layer arrays, a rule's hit, the depth
+trends and the base rule. A rule is a vectorised expression over the arrays plus its evidence
+text; per-layer words are a template and a number, formatted only when someone reads them."""
 
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass, field
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import numpy as np
+
 from ..record.records import Status
 from .thresholds import Thresholds
 
-__all__ = ['REMEDIES', 'StepView', 'Hit', 'Trend', 'depth_trend', 'entering', 'Rule']
-
+__all__ = ["REMEDIES", "StepView", "Mark", "Hit", "Trend", "depth_trend", "entering", "Rule",
+           "fmt3"]
 
 REMEDIES = ("relu", "he_init", "xavier_init", "normalization", "residual", "lower_lr", "warmup",
             "clip", "weight_decay", "loss_scaling", "fix_op", "gated_rnn", "logit_loss",
             "nonzero_init", "zero_grad")
 """The machine-readable remedy codes a `Finding` may name."""
 
+_EMPTY = np.zeros(0)
+
+
+def _array(values: Any, dtype: Any = np.float64) -> np.ndarray:
+    """A float array from an array or a list whose ``None`` entries become NaN."""
+    if isinstance(values, np.ndarray):
+        return values
+    return np.array([math.nan if v is None else v for v in values], dtype=dtype)
+
 
 @dataclass
 class StepView:
-    """What the rules read at one recorded step; lists are per layer in forward order."""
+    """What the rules read at one recorded step: per-layer arrays in forward order.
+
+    ``act`` is NaN where the output gradient was not measured (``act_on`` says where it was:
+    a measured NaN stays NaN with ``act_on`` True); each column of ``values`` is NaN where its
+    statistic was not measured, and a statistic measured at no layer is absent. ``uid`` gives
+    each layer's index in the judge's table of layer names (its per-layer memory). Lists are
+    accepted and turned into arrays (``None`` as not measured).
+    """
 
     step: int
     names: list[str]
     roles: list[str]
-    norms: list[float]
-    act: list[float | None]
-    values: list[Mapping[str, float | None]]
+    norms: np.ndarray
+    act: np.ndarray
+    values: Mapping[str, np.ndarray]
     head: int | None
     total: float
     overflow: bool = False
     origin: str | None = None
     birth: str | None = None
-    recurrent: list[bool] = field(default_factory=list)
-    shared: list[bool] = field(default_factory=list)  # ran more than once per forward
+    recurrent: Sequence[bool] = ()
+    shared: Sequence[bool] = ()  # ran more than once per forward
     saturating: bool = False
     loss: float | None = None  # the user's loss of the step, when passed
+    act_on: np.ndarray | None = None
+    weight: np.ndarray | None = None  # role == "weight"
+    uid: np.ndarray | None = None
     cache: dict[str, Any] = field(default_factory=dict)  # shared by the rules of one step
+
+    def __post_init__(self) -> None:
+        n = len(self.names)
+        if not isinstance(self.act, np.ndarray):
+            self.act_on = np.array([a is not None for a in self.act], dtype=bool)
+            self.act = _array(self.act)
+        elif self.act_on is None:
+            self.act_on = ~np.isnan(self.act)
+        self.norms = _array(self.norms)
+        if not isinstance(self.values, Mapping):  # a list of per-layer dicts
+            keys = dict.fromkeys(k for row in self.values for k in row)
+            self.values = {k: _array([row.get(k) for row in self.values]) for k in keys}
+            self.values = {k: v for k, v in self.values.items() if not np.isnan(v).all()}
+        if self.weight is None:
+            self.weight = np.array([r == "weight" for r in self.roles], dtype=bool)
+        if self.uid is None:
+            self.uid = np.arange(n)
+
+    @property
+    def measured(self) -> set[str]:
+        """The statistics measured at this step (``loss`` included when it was passed)."""
+        return set(self.values) | ({"loss"} if self.loss is not None else set())
+
+
+@dataclass(frozen=True)
+class Mark:
+    """Per-layer words of a hit: the layers (positions in the view), a template with at most
+    one ``{}`` field, and the number each layer puts in it."""
+
+    layers: np.ndarray
+    template: str
+    values: np.ndarray = field(default_factory=lambda: _EMPTY)
+
+    def text(self, k: int) -> str:
+        """The words for the ``k``-th layer of this mark."""
+        return self.template.format(self.values[k] if len(self.values) else 0.0)
 
 
 @dataclass
 class Hit:
-    """A rule holding at one step: evidence per layer (index into the view) and in sum."""
+    """A rule holding at one step: per-layer marks (an earlier mark wins a layer named twice)
+    and the evidence in sum."""
 
-    layers: dict[int, str]
+    marks: list[Mark]
     evidence: str
     numbers: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def positions(self) -> np.ndarray:
+        """Every layer the hit names, in forward order."""
+        if not self.marks:
+            return np.zeros(0, dtype=np.int64)
+        return np.unique(np.concatenate([m.layers for m in self.marks]))
 
-def _fmt(x: float) -> str:
+    @property
+    def layers(self) -> dict[int, str]:
+        """Layer position -> words (built on request; the judge never needs it)."""
+        out: dict[int, str] = {}
+        for m in self.marks:
+            for k, i in enumerate(m.layers.tolist()):
+                out.setdefault(i, m.text(k))
+        return out
+
+    def add(self, layers: np.ndarray, template: str, values: np.ndarray = _EMPTY) -> None:
+        """Names ``layers`` not named yet, with ``template`` and their ``values``."""
+        if len(layers):
+            named = self.positions
+            keep = ~np.isin(layers, named)
+            if keep.any():
+                self.marks.append(Mark(layers[keep], template,
+                                       values[keep] if len(values) else values))
+
+
+def fmt3(x: float) -> str:
+    """Three significant digits (the rules' evidence format)."""
     return f"{x:.3g}"
 
 
@@ -59,8 +145,8 @@ class Trend(NamedTuple):
     what: str  # "gradient" or "output-gradient"
     starved: float  # the input side's largest norm: vanishing reads it
     median: float  # the input side's median norm: exploding reads it
-    layers: list[int]  # the weight layers it spans (indices into the view)
-    rel: list[float]  # each of those layers' norm
+    layers: np.ndarray  # the weight layers it spans (positions in the view)
+    rel: np.ndarray  # each of those layers' norm over the output side's median
 
 
 def depth_trend(view: StepView) -> list[Trend]:
@@ -85,22 +171,26 @@ def depth_trend(view: StepView) -> list[Trend]:
     h = view.head
     if h is None:
         return out
-    roles, shared = view.roles, view.shared or [False] * len(view.roles)
-    idx = [i for i in range(h + 1) if roles[i] == "weight" and not shared[i]]
+    keep = view.weight[:h + 1].copy()
+    if len(view.shared):
+        keep &= ~np.asarray(view.shared[:h + 1], dtype=bool)
+    idx = np.flatnonzero(keep)
     if len(idx) < 3:
         return out
     k = max(1, len(idx) // 3)
-    isfinite = math.isfinite
-    for what, values in (("gradient", view.norms), ("output-gradient", view.act)):
-        vals = [values[i] for i in idx]
-        if None in vals or not all(map(isfinite, vals)):
+    for what, values, measured in (("gradient", view.norms, None),
+                                   ("output-gradient", view.act, view.act_on)):
+        if measured is not None and not measured[idx].all():
             continue
-        ref = statistics.median(vals[-k:])
+        vals = values[idx]
+        if not np.isfinite(vals).all():
+            continue
+        ref = float(np.median(vals[-k:]))
         if ref <= 0:
             continue
         first = vals[:k]
-        out.append(Trend(what, max(first) / ref, statistics.median(first) / ref, idx,
-                         [v / ref for v in vals]))
+        out.append(Trend(what, float(first.max()) / ref, float(np.median(first)) / ref, idx,
+                         vals / ref))
     return out
 
 
@@ -113,18 +203,22 @@ def entering(view: StepView) -> float | None:
     in a healthy net however small they are, while a gradient that every block scales down on
     its way (an activation after each residual sum) arrives orders smaller."""
     trend = next((t for t in depth_trend(view) if t.what == "output-gradient"), None)
-    first = next((a for a in view.act if a is not None), None)
-    if trend is None or first is None or not math.isfinite(first):
+    on = np.flatnonzero(view.act_on)
+    if trend is None or not len(on):
+        return None
+    first = float(view.act[on[0]])
+    if not math.isfinite(first):
         return None
     k = max(1, len(trend.layers) // 3)
-    ref = statistics.median(view.act[i] for i in trend.layers[-k:])
+    ref = float(np.median(view.act[trend.layers[-k:]]))
     return first / ref if ref > 0 else None
 
 
 class Rule:
     """Base class: ``check`` returns a `Hit` when the rule's condition holds at a step.
 
-    ``state`` is the rule's own memory across steps (saved with the watch's state_dict)."""
+    ``state`` is the rule's own memory across steps (saved with the watch's state_dict); a
+    per-layer memory is an array indexed by `StepView.uid` (see `grow`)."""
 
     kind: str = ""
     status: Status | None = None
@@ -140,25 +234,40 @@ class Rule:
         return f"{type(self).__name__}(kind={self.kind!r})"
 
 
-def _add_absolute(hit: Hit, view: StepView, beyond: Any, bound: str) -> None:
+def grow(state: dict[str, Any], key: str, view: StepView, fill: float = 0.0,
+         width: int | None = None) -> np.ndarray:
+    """The per-layer memory ``state[key]`` (one row per layer name the judge knows, ``width``
+    columns when given), grown with ``fill`` to cover every layer of ``view``."""
+    need = int(view.uid.max()) + 1 if len(view.uid) else 0
+    arr = state.get(key)
+    shape = (need,) if width is None else (need, width)
+    if arr is None:
+        arr = state[key] = np.full(shape, fill)
+    elif len(arr) < need:
+        more = np.full((need - len(arr),) + shape[1:], fill)
+        arr = state[key] = np.concatenate([arr, more])
+    return arr
+
+
+def add_absolute(hit: Hit, view: StepView, beyond: np.ndarray, bound: str) -> None:
     """Names in ``hit`` every layer whose own gradient norm is beyond the user's absolute
-    bound (a finding that holds on the trend sets the status of each of them too)."""
-    for i, n in enumerate(view.norms):
-        if i not in hit.layers and math.isfinite(n) and beyond(n):
-            hit.layers[i] = f"gradient norm {_fmt(n)} {bound}"
+    bound (``beyond``: a mask over the layers; a finding that holds on the trend sets the
+    status of each of them too)."""
+    where = np.flatnonzero(beyond & np.isfinite(view.norms))
+    hit.add(where, "gradient norm {:.3g} " + bound, view.norms[where])
 
 
-def _signal(view: StepView) -> tuple[float, str]:
+def signal(view: StepView) -> tuple[float, str]:
     """The gradient entering the model and what it is: the head's output gradient, or
     (unmeasured) its parameter gradient."""
     h = view.head
-    if view.act[h] is not None:
-        return view.act[h], "output gradient"
-    return view.norms[h], "gradient norm"
+    if view.act_on[h]:
+        return float(view.act[h]), "output gradient"
+    return float(view.norms[h]), "gradient norm"
 
 
-def _has_signal(view: StepView, th: Thresholds) -> bool:
-    """Whether a gradient enters the model (`_signal` at least `Thresholds.vanishing`). A
+def has_signal(view: StepView, th: Thresholds) -> bool:
+    """Whether a gradient enters the model (`signal` at least `Thresholds.vanishing`). A
     converged net has none."""
-    signal, _ = _signal(view)
-    return math.isfinite(signal) and signal >= th.vanishing
+    value, _ = signal(view)
+    return math.isfinite(value) and value >= th.vanishing

@@ -1,0 +1,75 @@
+"""The layers in forward order and the head, learnt from recorded forward passes."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from .layers import Layer
+
+__all__ = ['ForwardOrder']
+
+
+class ForwardOrder:
+    """The layers in forward order and the head, learnt from recorded forward passes.
+
+    A layer whose module never ran (``nn.MultiheadAttention`` applies ``out_proj``'s weights
+    without calling it) sits where its nearest ancestor that ran completed; the head is the
+    layer whose weight matrix the last weight-applying module used (a tied output head resolves
+    to the embedding it shares).
+    """
+
+    def __init__(self, layers: Sequence[Layer], module_names: Sequence[str],
+                 owner_of: Sequence[int], weight_user: Sequence[int]) -> None:
+        self.layers, self.module_names = layers, module_names
+        self.owner_of, self.weight_user = owner_of, weight_user
+        self.order = list(range(len(layers)))
+        weights = [i for i, layer in enumerate(layers) if layer.role == "weight"]
+        self.head: int | None = weights[-1] if weights else None
+        self.known = False
+        self.repeated: frozenset[int] = frozenset()
+        """Layers whose module ran more than once in the forward pass (weights shared across
+        depth): their gradient sums over several depths, so the depth trend leaves them out."""
+        self._seq: tuple[int, ...] = ()
+        self.order_key = 0  # changes whenever `order` does
+
+    def learn(self, completed: Sequence[int]) -> None:
+        seq = tuple(completed)
+        if not seq or seq == self._seq:
+            return
+        self._seq, self.known = seq, True
+        self.order_key += 1
+        first: dict[str, int] = {}
+        runs: dict[str, int] = {}
+        for k, mid in enumerate(seq):
+            name = self.module_names[mid]
+            first.setdefault(name, k)
+            runs[name] = runs.get(name, 0) + 1
+        pos: dict[int, float] = {}
+        uncalled: dict[str, list[int]] = {}  # module -> its layers that never ran themselves
+        repeated = set()
+        for i, layer in enumerate(self.layers):
+            if layer.name in first:
+                pos[i] = first[layer.name]
+                if runs[layer.name] > 1:
+                    repeated.add(i)
+                continue
+            parts = layer.name.split(".")
+            for cut in range(len(parts) - 1, -1, -1):
+                parent = ".".join(parts[:cut]) or "(root)"
+                if parent in first:  # applied inside the parent's forward, after it started
+                    pos[i] = first[parent] + 0.5
+                    uncalled.setdefault(parent, []).append(i)
+                    if runs[parent] > 1 and parent != "(root)":
+                        repeated.add(i)
+                    break
+        self.repeated = frozenset(repeated)
+        self.order = sorted(range(len(self.layers)), key=lambda i: (pos.get(i, math.inf), i))
+        users = []
+        for mid in seq:
+            if self.weight_user[mid] >= 0:
+                users.append(self.weight_user[mid])
+            users += [i for i in uncalled.pop(self.module_names[mid], ())
+                      if self.layers[i].role == "weight"]
+        if users:
+            self.head = users[-1]
