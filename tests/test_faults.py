@@ -337,11 +337,13 @@ class _LogAt(nn.Module):
 
 @pytest.mark.parametrize("at", [3, 48])
 @pytest.mark.parametrize("options", [{}, {"activations": False, "on_nonfinite": "zero"}])
-def test_forward_birth_is_located_in_a_deep_net_before_and_after_a_batch_of_checks(at, options):
-    """Module outputs are checked in batches (`gradwatch.capture.collector.BATCH`: 32 on the CPU): a birth
-    inside a batch reduced during the forward pass (3) and one among the outputs still held at
-    the end of the step (48) are both found; a finite step skips the held checks and says so
-    nothing."""
+def test_forward_birth_is_located_in_a_deep_net_before_and_after_a_batch_of_checks(
+        at, options, monkeypatch):
+    """Module outputs are checked in batches (`gradwatch.capture.collector.BATCH_TENSORS`, 32
+    here): a birth inside a batch reduced during the forward pass (3) and one among the outputs
+    still held at the end of the step (48) are both found; a finite step skips the held checks
+    and says nothing."""
+    monkeypatch.setattr("gradwatch.capture.collector.BATCH_TENSORS", 32)
     torch.manual_seed(0)
     blocks = [nn.Sequential(nn.Linear(4, 4), nn.ReLU()) for _ in range(50)]
     blocks[at] = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), _LogAt())  # log(relu(z)): -inf at 0

@@ -13,7 +13,8 @@ from .hooks import _ELEMENTWISE, Hook, _bounds, iter_tensors
 from .layers import Layer, activation_kind
 from ..measure.norms import TINY, repair_norms
 
-__all__ = ["Events", "Collected", "BATCH", "Collector", "UNIT_EVERY"]
+__all__ = ["Events", "Collected", "BATCH_TENSORS", "BATCH_NUMEL", "Collector", "UNIT_EVERY",
+           "is_container"]
 
 
 @dataclass
@@ -53,20 +54,29 @@ class Collected:
     tasks: set[int] = field(default_factory=set)  # graph tasks that accumulated parameter grads
 
 
-BATCH = {"cpu": 32}
-"""Module outputs and activation gradients are held until this many of them (8 on accelerators,
-32 on the CPU, where a call's fixed cost dominates; by the device of the first watched
-parameter, read once per recorded step) are reduced in one batched
+BATCH_TENSORS = 1024
+BATCH_NUMEL = 1 << 22
+"""Module outputs and activation gradients are held until `BATCH_TENSORS` of them, or
+`BATCH_NUMEL` entries (16 MiB of float32), are held; then they are reduced in one batched
 ``torch._foreach_norm`` call (and at the end of the step): one call instead of one kernel per
-tensor. An output changed in place before its batch is reduced (an in-place ReLU after it) is
-checked as changed: NaN stays NaN there."""
+tensor, and a model of many small layers makes a few calls per step. Held outputs that a
+finite step never reads (the NaN checks) are dropped unreduced. An output changed in place
+before its batch is reduced (an in-place ReLU after it) is checked as changed: NaN stays NaN
+there."""
 
 
-def _norms64(tensors: list[Tensor]) -> Tensor:
+def is_container(module: nn.Module) -> bool:
+    """Whether ``module`` is torch's plain `nn.Sequential`: its forward only calls its children,
+    so its output is its last child's and hooking it adds nothing."""
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+
+
+def _norms64(tensors: list[Tensor], finiteness: bool = False) -> Tensor:
     """The exact float64 L2 norm of each tensor. On accelerators reduced in float64 (no host
     sync); on the CPU in float32, one batched call, and only the norms outside float32's safe
     range (below `TINY` or non-finite: underflowed or overflowed squares) redone in float64, in
-    one more batched call."""
+    one more batched call. With ``finiteness`` only whether each is finite matters (a NaN
+    check), so underflowed norms are not redone."""
     with torch.no_grad():
         if any(t.is_complex() for t in tensors):  # |z| is the real tensor with the same norm
             tensors = [t.abs() if t.is_complex() else t for t in tensors]
@@ -78,7 +88,7 @@ def _norms64(tensors: list[Tensor]) -> Tensor:
             return torch.stack(norms)
         n32 = torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32))
         values = n32.tolist()
-        if min(values) >= TINY and sum(values) < math.inf:  # NaN fails this too
+        if (finiteness or min(values) >= TINY) and sum(values) < math.inf:  # NaN fails too
             return n32.double()
         return torch.tensor(repair_norms(values, tensors), dtype=torch.float64)
 
@@ -112,6 +122,7 @@ class Collector:
                                           ("weight", "embedding") and own < 0 else -1))
         self.kinds = [activation_kind(m) for m in self.modules]
         self.elementwise = [isinstance(m, _ELEMENTWISE) for m in self.modules]
+        self.container = [is_container(m) for m in self.modules]
         self._grad_hooks: dict[tuple[int, bool, int], Callable[..., None]] = {
             (i, out, -1): Hook(self, "on_grad", i, out) for i in range(len(layers))
             for out in (True, False)}  # leaf tensor hooks (inert when pickled); node pre-hooks
@@ -138,7 +149,7 @@ class Collector:
                               and hasattr(layer.params[0], "register_post_accumulate_grad_hook")]
         self._on_accumulate = Hook(self, "on_accumulate")
         self._first = layers[0].params[0] if layers else None
-        self._cap = 8  # the batch size of `BATCH` on the model's device, read in `attach`
+        self._held_numel = [0, 0, 0]  # entries held: outputs, output grads, input grads
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -151,14 +162,12 @@ class Collector:
         hooks on the layers and every module that is not element-wise (their outputs are
         checked for NaN), with ``units`` on the activation modules too (unit statistics), and
         with activations a post-accumulate hook on each layer's first parameter."""
-        if self._first is not None:  # once per recorded step (the model may have moved)
-            self._cap = BATCH.get(self._first.device.type, 8)
         if not self._forward_handles:
             if self.activations:
                 self._forward_handles += [p.register_post_accumulate_grad_hook(
                     self._on_accumulate) for p in self._accumulating]
             for i, module in enumerate(self.modules):
-                if self.owner_of[i] >= 0 or not self.elementwise[i]:
+                if self.owner_of[i] >= 0 or not (self.elementwise[i] or self.container[i]):
                     self._forward_handles.append(
                         module.register_forward_hook(self._on_forward[i]))
                 if self.activations and isinstance(module, nn.RNNBase) and self.owner_of[i] >= 0:
@@ -192,6 +201,7 @@ class Collector:
         dropped, not computed: the module-output checks and the input-gradient norms (they
         locate where a NaN was born)."""
         data = self.data
+        self._held_numel = [0, 0, 0]
         if finite:
             self._outputs, self._grads_in = [], []
             data.forward_bad, data.forward_norms, data.in_norms = [], [], []
@@ -205,8 +215,9 @@ class Collector:
 
     def _flush_outputs(self) -> None:
         if self._outputs:
-            self.data.forward_norms.append(_norms64(self._outputs))
+            self.data.forward_norms.append(_norms64(self._outputs, finiteness=True))
             self._outputs = []
+            self._held_numel[0] = 0
 
     @staticmethod
     def _flush_grads(pending: list[Tensor], into: list[Tensor]) -> None:
@@ -241,10 +252,13 @@ class Collector:
         if not (self.elementwise[index] or recomputing):  # element-wise: finite in, finite out
             held = self._outputs
             for t in tensors:  # NaN/Inf anywhere makes the float64 norm non-finite
-                if t.numel() and not (held and held[-1] is t):  # a container's = its child's
+                n = t.numel()
+                if n and not (held and held[-1] is t):  # a container's = its child's
                     held.append(t)
                     data.forward_bad.append(index)
-            if len(held) >= self._cap and not compiling:
+                    self._held_numel[0] += n
+            if (len(held) >= BATCH_TENSORS or self._held_numel[0] >= BATCH_NUMEL) \
+                    and not compiling:
                 self._flush_outputs()  # (traced by torch.compile: at the end of the step)
         layer = self.owner_of[index]
         kind = self.kinds[index]
@@ -287,9 +301,11 @@ class Collector:
             ev.seq.append(len(data.out.seq) + len(data.inp.seq))
             pending = self._grads_out if is_output else self._grads_in
             pending.append(grad)
-            if len(pending) >= self._cap:
-                self._flush_grads(pending, self.data.out_norms if is_output
-                                  else self.data.in_norms)
+            k = 1 if is_output else 2
+            self._held_numel[k] += grad.numel()
+            if len(pending) >= BATCH_TENSORS or self._held_numel[k] >= BATCH_NUMEL:
+                self._held_numel[k] = 0
+                self._flush_grads(pending, data.out_norms if is_output else data.in_norms)
 
     def on_node_grad(self, layer: int, is_output: bool, nr: int, grads: tuple[Any, ...]) -> None:
         grad = grads[nr] if nr < len(grads) else None

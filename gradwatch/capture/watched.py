@@ -13,6 +13,7 @@ from torch import nn
 
 from .forward import ForwardOrder
 from .compile import NO_ACTIVATION_GRADS
+from ..measure.norms import segments
 from .collector import Collector
 from .hooks import user_stacklevel
 from .layers import discover_layers
@@ -64,6 +65,7 @@ class WatchedSet:
         self.saturating = any(k == "saturating" for k in c.kinds)
         layer_of = [i for i, layer in enumerate(self.layers) for _ in layer.params]
         self.param_layer = np.asarray(layer_of, dtype=np.int64)  # the layer of each param
+        self.runs = segments(self.param_layer)  # its runs, for `layer_norms`
         self.updates = UpdateTracker(self.params, layer_of, len(self.layers),
                                      UpdateRatio.sample) if self.optimizer is not None else None
         self._signature = self._current_signature()

@@ -13,7 +13,7 @@ from torch import Tensor
 from ..capture.distributed import global_norms, has_dtensor, is_dtensor
 
 __all__ = ["TINY", "per_tensor_norms", "exact_norm", "exact_norms", "repair_norms", "combine", "tensor_norm",
-           "layer_norms"]
+           "layer_norms", "segments"]
 
 TINY = 1e-18
 """Below this an fp32 norm may have lost digits to underflowing squares (and above ~1.8e19 the
@@ -137,22 +137,33 @@ def tensor_norm(t: Tensor) -> Tensor | float:
     return torch.linalg.vector_norm(t, dtype=torch.float64).item()
 
 
-def layer_norms(param_layer: np.ndarray, norms: np.ndarray, n_layers: int
+def layer_norms(param_layer: np.ndarray, norms: np.ndarray, n_layers: int,
+                runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Each layer's L2 norm from its tensors' norms (``param_layer``: the layer of each
     tensor, grouped by layer), scaled by the layer's largest so no square over- or underflows,
-    NaN if one is NaN: (norm per layer, whether the layer had any tensor)."""
+    NaN if one is NaN: (norm per layer, whether the layer had any tensor). ``runs``:
+    `segments` of ``param_layer``, when known."""
     out = np.full(n_layers, math.nan)
-    if not len(norms):
-        return out, np.zeros(n_layers, dtype=bool)
-    starts = np.flatnonzero(np.r_[True, param_layer[1:] != param_layer[:-1]])
-    layers = param_layer[starts]
-    peak = np.maximum.reduceat(norms, starts)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        scaled = norms / np.repeat(peak, np.diff(np.r_[starts, len(norms)]))
-        combined = np.sqrt(np.add.reduceat(scaled * scaled, starts)) * peak
-    combined = np.where(peak == 0, 0.0, np.where(peak == math.inf, math.inf, combined))
-    out[layers] = combined
     has = np.zeros(n_layers, dtype=bool)
+    if not len(norms):
+        return out, has
+    starts, counts, layers = runs if runs is not None else segments(param_layer)
+    peak = np.maximum.reduceat(norms, starts)  # NaN wins, then inf
+    usable = (peak > 0) & (peak < math.inf)
+    safe = np.where(usable, peak, 1.0)
+    scaled = norms / np.repeat(safe, counts)
+    combined = np.sqrt(np.add.reduceat(scaled * scaled, starts)) * safe
+    out[layers] = np.where(usable, combined, peak)  # all 0: 0; inf: inf; NaN: NaN
     has[layers] = True
     return out, has
+
+
+def segments(param_layer: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(start, length, layer) of each run of equal entries of ``param_layer``."""
+    change = np.empty(len(param_layer), dtype=bool)
+    change[:1] = True
+    np.not_equal(param_layer[1:], param_layer[:-1], out=change[1:])
+    starts = np.flatnonzero(change)
+    counts = np.diff(np.append(starts, len(param_layer)))
+    return starts, counts, param_layer[starts]

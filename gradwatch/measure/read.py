@@ -49,10 +49,12 @@ def layer_values(data: Collected, host: dict[str, list[float]], inv_scale: float
         if data.tasks and not data.tasks.issuperset(ev.task):  # a non-accumulating pass ran
             keep = np.isin(np.asarray(ev.task, dtype=np.int64), list(data.tasks))
             layer, norms = layer[keep], norms[keep]
-        lay = layer
-        if len(lay):
-            order = np.argsort(lay, kind="stable")
-            norm, has = layer_norms(lay[order], norms[order], n_layers)
+        if len(layer) and np.bincount(layer).max() == 1:  # each layer's output once
+            act[layer] = np.abs(norms) * inv_scale
+            act_on[layer] = True
+        elif len(layer):  # a module called several times: the norm over its calls
+            order = np.argsort(layer, kind="stable")
+            norm, has = layer_norms(layer[order], norms[order], n_layers)
             act[has] = norm[has] * inv_scale
             act_on = has
     values: dict[str, np.ndarray] = {}

@@ -57,8 +57,12 @@ def pending_step(step: int, watched: Any, data: Any, got: Any, present: list[boo
     """A measured step's per-layer numbers, and where a NaN was born."""
     w = watched
     n = len(w.layers)
-    param_layer = w.param_layer if present is None else w.param_layer[np.asarray(present)]
-    norms, has = layer_norms(param_layer, np.asarray(got.norms, dtype=np.float64), n)
+    if present is None:
+        norms, has = layer_norms(w.param_layer, np.asarray(got.norms, dtype=np.float64), n,
+                                 w.runs)
+    else:
+        norms, has = layer_norms(w.param_layer[np.asarray(present)],
+                                 np.asarray(got.norms, dtype=np.float64), n)
     act, act_on = np.full(n, math.nan), np.zeros(n, dtype=bool)
     values: dict[str, np.ndarray] = {}
     if data is not None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..record.records import Status
 from .unit_rules import DeadUnits, LossRising, Saturation, ThroughTime, ZeroGradient
-from .view import REMEDIES, Hit, Mark, Rule, StepView, Trend, add_absolute, depth_trend, \
+from .view import REMEDIES, Hit, Mark, Rule, StepView, Trend, add_absolute, depth_trend, median, \
     entering, fmt3, has_signal, signal
 
 __all__ = ["StepView", "Hit", "Mark", "Rule", "RULES", "REMEDIES", "Trend", "depth_trend",
@@ -68,7 +68,7 @@ class Divergence(Rule):
         idx = np.flatnonzero(view.weight & np.isfinite(ratio))
         if not len(idx):
             return None
-        med = float(np.median(ratio[idx]))
+        med = median(ratio[idx])
         if med <= bound:
             return None
         over = idx[ratio[idx] > bound]

@@ -94,9 +94,10 @@ class SpikeTracker:
         mean, count, var = self.mean[cols], self.count[cols], self.var[cols]
         std = np.sqrt(var)
         warm = count >= th.spike_warmup
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.where(std > 0, (x - mean) / std, np.where(x > mean, math.inf, 0.0))
-            r = np.power(10.0, x - mean)
+        some = std > 0
+        z = np.where(some, (x - mean) / np.where(some, std, 1.0),
+                     np.where(x > mean, math.inf, 0.0))
+        r = np.power(10.0, np.minimum(x - mean, 308.0))  # (a ratio past 1e308 reads 1e308)
         spike = warm & (z > th.spike) & (r >= th.spike_min_ratio)
         x = np.where(spike, mean + th.spike * std, x)
         beta = np.where(warm, th.spike_momentum, count / (count + 1))

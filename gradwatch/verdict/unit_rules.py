@@ -9,7 +9,7 @@ import statistics
 import numpy as np
 
 from ..record.records import Status
-from .view import Hit, Mark, Rule, depth_trend, fmt3, grow, has_signal
+from .view import Hit, Mark, Rule, depth_trend, fmt3, grow, has_signal, median
 
 __all__ = ["DeadUnits", "ZeroGradient", "LossRising", "Saturation", "ThroughTime"]
 
@@ -129,7 +129,7 @@ class LossRising(Rule):
             return None
         ratio = view.values.get("update_ratio")
         ratios = ratio[view.weight & np.isfinite(ratio)] if ratio is not None else ()
-        update = (f", median update/weight ratio {fmt3(float(np.median(ratios)))}"
+        update = (f", median update/weight ratio {fmt3(median((ratios)))}"
                   if len(ratios) else "")
         return Hit([], f"the loss climbs: its median over the last {th.window} recorded steps "
                        f"is {fmt3(now)}, {now / start:.2g}x its first {th.window} steps' "

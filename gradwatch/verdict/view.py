@@ -14,7 +14,7 @@ from ..record.records import Status
 from .thresholds import Thresholds
 
 __all__ = ["REMEDIES", "StepView", "Mark", "Hit", "Trend", "depth_trend", "entering", "Rule",
-           "fmt3"]
+           "fmt3", "median"]
 
 REMEDIES = ("relu", "he_init", "xavier_init", "normalization", "residual", "lower_lr", "warmup",
             "clip", "weight_decay", "loss_scaling", "fix_op", "gated_rnn", "logit_loss",
@@ -111,6 +111,8 @@ class Hit:
     @property
     def positions(self) -> np.ndarray:
         """Every layer the hit names, in forward order."""
+        if len(self.marks) == 1:
+            return self.marks[0].layers  # (a mark's layers are in forward order)
         if not self.marks:
             return np.zeros(0, dtype=np.int64)
         return np.unique(np.concatenate([m.layers for m in self.marks]))
@@ -126,12 +128,26 @@ class Hit:
 
     def add(self, layers: np.ndarray, template: str, values: np.ndarray = _EMPTY) -> None:
         """Names ``layers`` not named yet, with ``template`` and their ``values``."""
+        if not len(layers):
+            return
+        if self.marks:
+            taken = np.zeros(int(max(layers.max(), *(m.layers.max(initial=0)
+                                                     for m in self.marks))) + 1, dtype=bool)
+            for m in self.marks:
+                taken[m.layers] = True
+            keep = ~taken[layers]
+            if not keep.all():
+                layers, values = layers[keep], values[keep] if len(values) else values
         if len(layers):
-            named = self.positions
-            keep = ~np.isin(layers, named)
-            if keep.any():
-                self.marks.append(Mark(layers[keep], template,
-                                       values[keep] if len(values) else values))
+            self.marks.append(Mark(layers, template, values))
+
+
+def median(values: np.ndarray) -> float:
+    """The median, as `statistics.median` computes it (the mean of the two middle values of
+    an even count), without `numpy.median`'s fixed cost on small arrays."""
+    s = np.sort(values)
+    n = len(s)
+    return float(s[n // 2]) if n % 2 else float((s[n // 2 - 1] + s[n // 2]) / 2)
 
 
 def fmt3(x: float) -> str:
@@ -185,11 +201,11 @@ def depth_trend(view: StepView) -> list[Trend]:
         vals = values[idx]
         if not np.isfinite(vals).all():
             continue
-        ref = float(np.median(vals[-k:]))
+        ref = median(vals[-k:])
         if ref <= 0:
             continue
         first = vals[:k]
-        out.append(Trend(what, float(first.max()) / ref, float(np.median(first)) / ref, idx,
+        out.append(Trend(what, float(first.max()) / ref, median(first) / ref, idx,
                          vals / ref))
     return out
 
@@ -210,7 +226,7 @@ def entering(view: StepView) -> float | None:
     if not math.isfinite(first):
         return None
     k = max(1, len(trend.layers) // 3)
-    ref = float(np.median(view.act[trend.layers[-k:]]))
+    ref = median(view.act[trend.layers[-k:]])
     return first / ref if ref > 0 else None
 
 
