@@ -255,6 +255,9 @@ def test_watched_model_pickles_saves_and_deep_copies_without_live_hooks():
     loaded = torch.load(buf, weights_only=False)
     for m in (loaded, twin):  # copies run, and feed nothing into any watch
         loss_of(m, *batch()).backward()
+        # what was copied of gradwatch's hooks removed itself at the copy's first forward
+        assert not any(m._forward_hooks or m._forward_pre_hooks for m in m.modules())
+        assert not any(p._post_accumulate_grad_hooks for p in m.parameters())
     assert len(watch.history) == 1
     fresh = GradWatch(twin)
     loss_of(twin, *batch(seed=1)).backward()

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .hooks import _ELEMENTWISE, Hook, _bounds, iter_tensors
+from .hooks import _ELEMENTWISE, Hook, Stale, _bounds, iter_tensors
 from .layers import Layer, activation_kind
 from ..measure.norms import TINY, repair_norms
 
@@ -71,17 +71,18 @@ def is_container(module: nn.Module) -> bool:
     return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
 
 
-def _norms64(tensors: list[Tensor], finiteness: bool = False) -> Tensor:
+def _norms64(tensors: list[Tensor], finiteness: bool = False, direct: bool = False) -> Tensor:
     """The exact float64 L2 norm of each tensor. On accelerators reduced in float64 (no host
     sync); on the CPU in float32, one batched call, and only the norms outside float32's safe
     range (below `TINY` or non-finite: underflowed or overflowed squares) redone in float64, in
     one more batched call. With ``finiteness`` only whether each is finite matters (a NaN
-    check), so underflowed norms are not redone."""
+    check), so underflowed norms are not redone; with ``direct`` (the last batch needed the
+    redo: a vanishing net) the CPU reduces in float64 at once."""
     with torch.no_grad():
         if any(t.is_complex() for t in tensors):  # |z| is the real tensor with the same norm
             tensors = [t.abs() if t.is_complex() else t for t in tensors]
         device = tensors[0].device
-        if device.type != "cpu" or any(t.dtype == torch.float64 for t in tensors):
+        if direct or device.type != "cpu" or any(t.dtype == torch.float64 for t in tensors):
             norms = torch._foreach_norm(tensors, 2, dtype=torch.float64)
             if any(t.device != device for t in tensors):  # a model split across devices
                 norms = [n.to(device, non_blocking=True) for n in norms]
@@ -95,6 +96,26 @@ def _norms64(tensors: list[Tensor], finiteness: bool = False) -> Tensor:
 
 def _task() -> int:
     return torch._C._current_graph_task_id()
+
+
+class TaskNote:
+    """The post-accumulate hook on a layer's first parameter: notes which backward pass (graph
+    task) accumulates into ``.grad`` (an ``autograd.grad`` pass does not). It holds only the
+    set it writes to; in a pickled or copied model it is a `gradwatch.capture.hooks.Stale`."""
+
+    __slots__ = ("tasks",)
+
+    def __init__(self, tasks: set[int]) -> None:
+        self.tasks = tasks
+
+    def __call__(self, param: Tensor) -> None:
+        self.tasks.add(torch._C._current_graph_task_id())
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return (Stale, ())
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Stale:
+        return Stale()
 
 
 class Collector:
@@ -147,9 +168,11 @@ class Collector:
         # layer's first parameter, attached with the forward hooks (not on unrecorded steps)
         self._accumulating = [layer.params[0] for layer in layers if not layer.params[0].is_sparse
                               and hasattr(layer.params[0], "register_post_accumulate_grad_hook")]
-        self._on_accumulate = Hook(self, "on_accumulate")
+        self._tasks: set[int] = set()
+        self._on_accumulate = TaskNote(self._tasks)
         self._first = layers[0].params[0] if layers else None
         self._held_numel = [0, 0, 0]  # entries held: outputs, output grads, input grads
+        self._direct = [False, False]  # reduce output/input gradients in float64 at once
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -202,6 +225,8 @@ class Collector:
         locate where a NaN was born)."""
         data = self.data
         self._held_numel = [0, 0, 0]
+        data.tasks = set(self._tasks)
+        self._tasks.clear()
         if finite:
             self._outputs, self._grads_in = [], []
             data.forward_bad, data.forward_norms, data.in_norms = [], [], []
@@ -219,11 +244,14 @@ class Collector:
             self._outputs = []
             self._held_numel[0] = 0
 
-    @staticmethod
-    def _flush_grads(pending: list[Tensor], into: list[Tensor]) -> None:
+    def _flush_grads(self, pending: list[Tensor], into: list[Tensor]) -> None:
         if pending:
-            into.append(_norms64(pending))
+            k = pending is self._grads_in  # which kind: output (0) or input (1) gradients
+            norms = _norms64(pending, direct=self._direct[k])
+            into.append(norms)
             pending.clear()
+            # float64 at once next time if this batch had norms below float32's safe range
+            self._direct[k] = norms.device.type == "cpu" and bool((norms < TINY).any())
 
     # ---------------------------------------------------------------- hook interface
 
@@ -269,12 +297,46 @@ class Collector:
             return
         self._last_layer = layer
         if self.activations and torch.is_grad_enabled():
+            if len(tensors) == 1 and self._hook_node(tensors[0], args, layer):
+                return
             for t in tensors:
                 if t.requires_grad:
                     self._hook_grad(t, layer, True)
             for t in iter_tensors(args):
                 if t.requires_grad and t.is_floating_point():
                     self._hook_grad(t, layer, False)
+
+    def _hook_node(self, out: Tensor, args: Any, layer: int) -> bool:
+        """One post-hook on the node that made the module's output, when that node also takes
+        the module's only input: it sees the gradient w.r.t. the output and the one it hands
+        to the input (a single-op module, as a Linear or a convolution without a separate
+        bias is). Returns False (nothing registered) otherwise."""
+        node = out.grad_fn
+        if node is None or len(args) != 1 or type(args[0]) is not Tensor:
+            return False
+        x = args[0]
+        src = x.grad_fn
+        if src is None or not x.requires_grad:
+            return False
+        for k, (nxt, _) in enumerate(node.next_functions):
+            if nxt is src:
+                key = (layer, out.output_nr, k)
+                hook = self._grad_hooks.get(key)
+                if hook is None:
+                    hook = self._grad_hooks[key] = functools.partial(
+                        self.on_node_io, layer, out.output_nr, k)
+                node.register_hook(hook)
+                return True
+        return False
+
+    def on_node_io(self, layer: int, nr: int, k: int, grad_inputs: tuple[Any, ...],
+                   grad_outputs: tuple[Any, ...]) -> None:
+        grad = grad_outputs[nr] if nr < len(grad_outputs) else None
+        if grad is not None:
+            self.on_grad(layer, True, grad)
+        grad = grad_inputs[k] if k < len(grad_inputs) else None
+        if grad is not None:
+            self.on_grad(layer, False, grad)
 
     def _hook_grad(self, t: Tensor, layer: int, is_output: bool) -> None:
         """Hands the gradient w.r.t. ``t`` to `on_grad`: a pre-hook on ``t``'s autograd node
@@ -312,9 +374,6 @@ class Collector:
         if grad is not None:
             self.on_grad(layer, is_output, grad)
 
-    def on_accumulate(self, param: Tensor) -> None:
-        if self.armed:
-            self.data.tasks.add(_task())
 
     def on_recurrent_input(self, layer: int, rnn: nn.RNNBase, module: nn.Module,
                            args: Any) -> Any:

@@ -33,7 +33,7 @@ def iter_tensors(output: Any) -> Iterator[Tensor]:
 
 
 def inert(*args: Any, **kwargs: Any) -> None:
-    """What a gradwatch hook becomes in a pickled or copied model: nothing."""
+    """A hook that does nothing."""
     return None
 
 
@@ -51,18 +51,39 @@ class Hook:
             return None
         return getattr(target, self.method)(*self.args, *call_args)
 
-    def __reduce__(self) -> tuple[Callable[..., None], tuple[()]]:
-        return (_make_inert, ())
+    def __reduce__(self) -> tuple[Callable[..., Any], tuple[()]]:
+        return (Stale, ())
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> Callable[..., None]:
-        return inert
+    def __deepcopy__(self, memo: dict[int, Any]) -> Stale:
+        return Stale()
 
-    def __copy__(self) -> Callable[..., None]:
-        return inert
+    def __copy__(self) -> Stale:
+        return Stale()
 
 
-def _make_inert() -> Callable[..., None]:
-    return inert
+class Stale:
+    """What a gradwatch hook becomes in a copied or unpickled model (``copy.deepcopy(model)``
+    as EMA helpers make, ``torch.save(model)``): called once, on the copy's first forward or
+    backward through it, it removes itself from the module it is registered on, so the copy
+    runs without it from then on. It holds nothing and does nothing else."""
+
+    __slots__ = ()
+
+    def __call__(self, *args: Any) -> None:
+        module = args[0] if args and isinstance(args[0], nn.Module) else None
+        if module is not None:
+            for name in _HOOK_DICTS:
+                hooks = getattr(module, name, None)
+                if hooks:
+                    for key in [k for k, v in hooks.items() if v is self]:
+                        del hooks[key]
+        return None
+
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
+               "_backward_pre_hooks")
+"""Where `torch.nn.Module` keeps hooks (the ``*_with_kwargs`` and ``*_always_called`` sets
+are keyed by the same ids and ignore ids no longer present)."""
 
 
 _ELEMENTWISE = tuple(getattr(nn, n) for n in (

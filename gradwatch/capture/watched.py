@@ -66,6 +66,7 @@ class WatchedSet:
         layer_of = [i for i, layer in enumerate(self.layers) for _ in layer.params]
         self.param_layer = np.asarray(layer_of, dtype=np.int64)  # the layer of each param
         self.runs = segments(self.param_layer)  # its runs, for `layer_norms`
+        self.tiny: np.ndarray | None = None  # params whose norm underflowed fp32 last time
         self.updates = UpdateTracker(self.params, layer_of, len(self.layers),
                                      UpdateRatio.sample) if self.optimizer is not None else None
         self._signature = self._current_signature()

@@ -13,7 +13,7 @@ from torch import Tensor
 from ..capture.distributed import global_norms, has_dtensor, is_dtensor
 
 __all__ = ["TINY", "per_tensor_norms", "exact_norm", "exact_norms", "repair_norms", "combine", "tensor_norm",
-           "layer_norms", "segments"]
+           "layer_norms", "segments", "split_norms"]
 
 TINY = 1e-18
 """Below this an fp32 norm may have lost digits to underflowing squares (and above ~1.8e19 the
@@ -74,6 +74,20 @@ def per_tensor_norms(grads: Sequence[Tensor]) -> Tensor:
     return torch.stack([n.to(device=out_device, dtype=out_dtype) for n in norms])
 
 
+def split_norms(grads: Sequence[Tensor], exact: np.ndarray) -> Tensor:
+    """`per_tensor_norms` with the tensors marked in ``exact`` reduced in float64 directly
+    (those whose norm underflowed float32 at the last measured step: a vanishing net's input
+    side), the others in float32 as torch does: one pass over each tensor instead of a
+    float32 pass and a float64 redo. A float64 vector on the CPU."""
+    out = torch.empty(len(grads), dtype=torch.float64)
+    idx64 = np.flatnonzero(exact).tolist()
+    idx32 = np.flatnonzero(~exact).tolist()
+    if idx32:
+        out[idx32] = per_tensor_norms([grads[k] for k in idx32]).double()
+    out[idx64] = torch.tensor(exact_norms([grads[k] for k in idx64]), dtype=torch.float64)
+    return out
+
+
 def exact_norm(grad: Tensor) -> float:
     """The L2 norm of ``grad`` computed in float64 (exact over fp32's whole range), as a float."""
     return torch.linalg.vector_norm(_dense(grad), dtype=torch.float64).item()
@@ -91,8 +105,10 @@ def exact_norms(tensors: Sequence[Tensor]) -> list[float]:
     return [torch.linalg.vector_norm(t, dtype=torch.float64).item() for t in dense]
 
 
-def repair_norms(norms: Sequence[float], grads: Sequence[Tensor]) -> list[float]:
-    """Recomputes in float64 each fp32 norm that may be wrong (non-finite or below `TINY`).
+def repair_norms(norms: Sequence[float], grads: Sequence[Tensor],
+                 exact: np.ndarray | None = None) -> list[float]:
+    """Recomputes in float64 each fp32 norm that may be wrong (non-finite or below `TINY`),
+    except those ``exact`` marks as computed in float64 already (`split_norms`).
 
     Only pathological tensors are touched (all of them in one batched call), so a healthy step
     costs nothing here.
@@ -101,7 +117,8 @@ def repair_norms(norms: Sequence[float], grads: Sequence[Tensor]) -> list[float]
         return list(norms)  # the healthy case, checked in C (the sum is NaN or inf if any is)
     # DTensor norms come exact from `global_norms`; recomputing one locally would be wrong.
     redo = [k for k, (n, g) in enumerate(zip(norms, grads))
-            if not TINY <= n < math.inf and not is_dtensor(g)]
+            if not TINY <= n < math.inf and not is_dtensor(g)
+            and (exact is None or not exact[k])]
     out = list(norms)
     for k, v in zip(redo, exact_norms([grads[k] for k in redo]) if redo else ()):
         out[k] = v

@@ -126,28 +126,31 @@ def _joined(chunks: list[Tensor]) -> Tensor | list[float]:
 
 
 def finish_read(host: dict[str, list[float]], scaled: bool,
-                grads: Sequence[Tensor] | None = None) -> StepNumbers:
+                grads: Sequence[Tensor] | None = None,
+                exact: np.ndarray | None = None) -> StepNumbers:
     """Forms the norms from the copied values. Healthy steps log (and clip with) torch's own
     fp32 total, so clipping is bit-identical to ``clip_grad_norm_``; steps whose fp32 norms
     over- or underflow get exact float64 norms: recomputed from ``grads``, or copied along
-    (``"exact"``) when the record is formed a step later."""
+    (``"exact"``) when the record is formed a step later. ``exact``: the tensors whose norms
+    were reduced in float64 already (`gradwatch.measure.norms.split_norms`)."""
     raw = host["norms"]
     act_inv = 1.0 / host["scale"][0]
     inv = act_inv if scaled else 1.0
     if "exact" in host:
         fixed = [n if TINY <= n < math.inf else e for n, e in zip(raw, host["exact"])]
     else:
-        fixed = repair_norms(raw, grads)
+        fixed = repair_norms(raw, grads, exact)
     norms = fixed if inv == 1.0 else [n * inv for n in fixed]
     total32 = host["total32"][0]
-    exact = fixed != raw or not TINY <= total32 < math.inf
+    exact = exact is not None or fixed != raw or not TINY <= total32 < math.inf
     return StepNumbers(host, norms, combine(norms) if exact else total32 * inv, act_inv)
 
 
 def read_step(grads: Sequence[Tensor], params: Sequence[Tensor], norms_dev: Tensor, *,
               scale: Tensor | None, scaled: bool, data: Collected | None,
               statistics: Sequence[Statistic], recording: bool, loss: Any = None,
-              host_norms: list[float] | None = None) -> StepNumbers:
+              host_norms: list[float] | None = None,
+              exact: np.ndarray | None = None) -> StepNumbers:
     """`start_read` and `finish_read` with one blocking copy in between (``loss``: the
     user's loss of the step, a 0-d tensor or a float, copied along as ``"loss"``;
     ``host_norms``: the norms and their fp32 total, already read, as `read_norms` gives)."""
@@ -157,11 +160,11 @@ def read_step(grads: Sequence[Tensor], params: Sequence[Tensor], norms_dev: Tens
         host = {"norms": host_norms[:-1], "total32": host_norms[-1:], "scale": [1.0]}
         if loss is not None:
             host["loss"] = [float(loss)]
-        return finish_read(host, scaled, grads)
+        return finish_read(host, scaled, grads, exact)
     batch = start_read(grads, params, norms_dev, scale=scale, data=data, statistics=statistics,
                        recording=recording, extra=None if loss is None else {"loss": [loss]},
                        host_norms=host_norms)
-    return finish_read(batch.fetch(), scaled, grads)
+    return finish_read(batch.fetch(), scaled, grads, exact)
 
 
 def read_norms(norms_dev: Tensor) -> list[float]:

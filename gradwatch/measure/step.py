@@ -7,6 +7,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -14,7 +15,8 @@ from ..capture.hooks import user_stacklevel
 from .host import InFlight
 from .read import StepNumbers, device_total, finish_read, read_norms, read_step, \
     start_read
-from .norms import combine, per_tensor_norms, repair_norms
+from ..capture.distributed import has_dtensor
+from .norms import TINY, combine, per_tensor_norms, repair_norms, split_norms
 
 __all__ = ["Outcome", "measure_step", "clip_step", "clip_coef", "zero_nonfinite_", "GradStash"]
 
@@ -66,7 +68,9 @@ def measure_step(watched: Any, amp: Any, policy: Any, statistics: Sequence[Any],
         amp.unscale_for_clipping()
         scaled = False
         grads = [p.grad for p in params]
-    norms_dev = per_tensor_norms(grads)
+    exact = w.tiny if present is None and w.tiny is not None and w.tiny.any() \
+        and grads[0].device.type == "cpu" and recording and amp.scaler is None else None
+    norms_dev = per_tensor_norms(grads) if exact is None else split_norms(grads, exact)
     checking = on_nonfinite in ("skip", "zero")
     if not (recording or checking or policy.needs_host_norm
             or norms_dev.device.type == "cpu"):  # clip on the device: no host sync
@@ -86,7 +90,9 @@ def measure_step(watched: Any, amp: Any, policy: Any, statistics: Sequence[Any],
                          zero=on_nonfinite == "zero", recording=recording, loss=loss)
     got = read_step(grads, params, norms_dev, scale=amp.loss_scale(), scaled=scaled,
                     data=data, statistics=statistics, recording=recording,
-                    loss=loss if recording else None, host_norms=host_norms)
+                    loss=loss if recording else None, host_norms=host_norms, exact=exact)
+    if norms_dev.device.type == "cpu" and not has_dtensor(grads):  # for the next step
+        w.tiny = np.asarray(got.norms) < TINY if present is None else None
     overflow = amp.overflow(scaled, got.total)
     finite = math.isfinite(got.total)
     skipped = False
