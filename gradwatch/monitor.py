@@ -25,6 +25,7 @@ from .record.history import History
 from .record.records import Finding, StepRecord
 from .measure.step import GradStash, measure_step
 from .measure.statistics import Statistic, check_statistics
+from .io.runsummary import summarize
 from .io.summary import format_summary
 from .verdict.thresholds import Thresholds
 from .capture.watched import WatchedSet
@@ -163,7 +164,9 @@ class GradWatch:
     def summary(self) -> str:
         """The diagnosis and a per-layer table a person can read."""
         self._flush()
-        return format_summary(self._recorder.summarize(self._step))
+        lg = self._ledger
+        return format_summary(summarize(lg.records, steps=self._step, run=lg.run, flags=lg.flags,
+                                        findings=self._recorder.judge.diagnose()))
 
     def close(self) -> None:
         """Removes every hook gradwatch added and closes the loggers; safe to call twice."""

@@ -77,3 +77,31 @@ def test_import_is_cheap():
             " print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+CORE = ("capture", "measure", "verdict", "record", "io")
+"""The core's sub-packages, in the order the data flows; `GradWatch` (monitor.py) sits on top."""
+
+
+def test_the_core_is_laid_out_as_the_flow_runs():
+    top = sorted(p.stem for p in ROOT.glob("*.py"))
+    assert top == ["__init__", "__main__", "monitor", "options"], top
+    for part in CORE:
+        assert (ROOT / part / "__init__.py").is_file(), part
+    graph = _imports()
+    rank = {part: k for k, part in enumerate(CORE)}
+    # io reads records and never reaches back into the hooks; capture never imports io
+    for module, deps in graph.items():
+        part = module.split(".")[1] if module.count(".") >= 1 else ""
+        if part == "capture":
+            assert not {d for d in deps if d.startswith("gradwatch.io")}, module
+        if part in rank and part != "io":
+            assert not {d for d in deps if d.startswith("gradwatch.io")}, module
+        if part == "io":
+            assert not {d for d in deps if d.startswith("gradwatch.capture")}, module
+
+
+def test_no_module_is_over_300_lines():
+    long = {str(p.relative_to(ROOT)): n for p in ROOT.rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 300}
+    assert not long, f"split these modules by idea: {long}"

@@ -12,7 +12,8 @@ from torch import nn
 
 from conftest import batch, loss_of, mlp
 from gradwatch import GradWatch, Status
-from gradwatch.record.records import STATUS_CODES, LayerColumns, LayerStat, LayerTable
+from gradwatch.record.records import STATUS_CODES, LayerStat
+from gradwatch.record.table import LayerColumns, LayerTable
 from reference import output_grad_norms, param_grad_norms, train_step
 
 
@@ -173,7 +174,7 @@ def test_summary_and_repr_are_readable():
 
 
 def test_record_layers_read_like_a_dict_and_pickle_as_one():
-    """`StepRecord.layers` is built on first read (`gradwatch.record.records.LayerTable`): names in
+    """`StepRecord.layers` is built on first read (`gradwatch.record.table.LayerTable`): names in
     forward order, equal to the dict of the same `LayerStat`s, flagged/spikes without building,
     and a pickled or deep-copied record carries a plain dict."""
     model = mlp()

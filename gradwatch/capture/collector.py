@@ -3,122 +3,24 @@
 from __future__ import annotations
 
 import functools
-import math
-from dataclasses import dataclass, field
 from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .hooks import _ELEMENTWISE, Hook, Stale, _bounds, iter_tensors
+from .collected import BATCH_NUMEL, BATCH_TENSORS, Collected, Events, TaskNote, _norms64, _task, \
+    is_container
+from .layers import owners
+from .recurrent import RecurrentHooks
+from .units import unit_count
+from .hooks import _ELEMENTWISE, Hook, iter_tensors
 from .layers import Layer, activation_kind
-from ..measure.norms import TINY, repair_norms
+from ..measure.norms import TINY
 
-__all__ = ["Events", "Collected", "BATCH_TENSORS", "BATCH_NUMEL", "Collector", "UNIT_EVERY",
+__all__ = ["Collector", "UNIT_EVERY",
            "is_container"]
 
 
-@dataclass
-class Events:
-    """Gradient events of one direction as parallel lists: the layer, the autograd graph task
-    (which backward pass), the id of the gradient tensor and the event's place in the
-    backward order (shared by both directions)."""
-
-    layer: list[int] = field(default_factory=list)
-    task: list[int] = field(default_factory=list)
-    gid: list[int] = field(default_factory=list)
-    seq: list[int] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.layer)
-
-
-@dataclass
-class Collected:
-    """What the hooks gathered since the last measurement (a recorded step's forward/backward)."""
-
-    completed: list[int] = field(default_factory=list)  # module ids in forward completion order
-    forward_bad: list[int] = field(default_factory=list)  # module of each checked output
-    forward_norms: list[Tensor] = field(default_factory=list)
-    """float64 norms of the checked outputs (NaN/Inf iff the output holds NaN/Inf), in chunks,
-    aligned with ``forward_bad``."""
-    out: Events = field(default_factory=lambda: Events())
-    """Output-gradient events (the gradient w.r.t. a layer's output), in backward order."""
-    inp: Events = field(default_factory=lambda: Events())
-    """Input-gradient events (w.r.t. a layer's input): read only on a non-finite step."""
-    out_norms: list[Tensor] = field(default_factory=list)  # output-gradient events' norms
-    in_norms: list[Tensor] = field(default_factory=list)  # input-gradient events' norms
-    units: list[tuple[int, str, Tensor, int]] = field(default_factory=list)
-    """(layer, statistic, count as a device tensor, of how many): alive units, saturated
-    outputs."""
-    time: dict[int, list[Any]] = field(default_factory=dict)  # layer -> first/last ratios
-    tasks: set[int] = field(default_factory=set)  # graph tasks that accumulated parameter grads
-
-
-BATCH_TENSORS = 1024
-BATCH_NUMEL = 1 << 22
-"""Module outputs and activation gradients are held until `BATCH_TENSORS` of them, or
-`BATCH_NUMEL` entries (16 MiB of float32), are held; then they are reduced in one batched
-``torch._foreach_norm`` call (and at the end of the step): one call instead of one kernel per
-tensor, and a model of many small layers makes a few calls per step. Held outputs that a
-finite step never reads (the NaN checks) are dropped unreduced. An output changed in place
-before its batch is reduced (an in-place ReLU after it) is checked as changed: NaN stays NaN
-there."""
-
-
-def is_container(module: nn.Module) -> bool:
-    """Whether ``module`` is torch's plain `nn.Sequential`: its forward only calls its children,
-    so its output is its last child's and hooking it adds nothing."""
-    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
-
-
-def _norms64(tensors: list[Tensor], finiteness: bool = False, direct: bool = False) -> Tensor:
-    """The exact float64 L2 norm of each tensor. On accelerators reduced in float64 (no host
-    sync); on the CPU in float32, one batched call, and only the norms outside float32's safe
-    range (below `TINY` or non-finite: underflowed or overflowed squares) redone in float64, in
-    one more batched call. With ``finiteness`` only whether each is finite matters (a NaN
-    check), so underflowed norms are not redone; with ``direct`` (the last batch needed the
-    redo: a vanishing net) the CPU reduces in float64 at once."""
-    with torch.no_grad():
-        if any(t.is_complex() for t in tensors):  # |z| is the real tensor with the same norm
-            tensors = [t.abs() if t.is_complex() else t for t in tensors]
-        device = tensors[0].device
-        if direct or device.type != "cpu" or any(t.dtype == torch.float64 for t in tensors):
-            norms = torch._foreach_norm(tensors, 2, dtype=torch.float64)
-            if any(t.device != device for t in tensors):  # a model split across devices
-                norms = [n.to(device, non_blocking=True) for n in norms]
-            return torch.stack(norms)
-        n32 = torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32))
-        values = n32.tolist()
-        if (finiteness or min(values) >= TINY) and sum(values) < math.inf:  # NaN fails too
-            return n32.double()
-        return torch.tensor(repair_norms(values, tensors), dtype=torch.float64)
-
-
-def _task() -> int:
-    return torch._C._current_graph_task_id()
-
-
-class TaskNote:
-    """The post-accumulate hook on a layer's first parameter: notes which backward pass (graph
-    task) accumulates into ``.grad`` (an ``autograd.grad`` pass does not). It holds only the
-    set it writes to; in a pickled or copied model it is a `gradwatch.capture.hooks.Stale`."""
-
-    __slots__ = ("tasks",)
-
-    def __init__(self, tasks: set[int]) -> None:
-        self.tasks = tasks
-
-    def __call__(self, param: Tensor) -> None:
-        self.tasks.add(torch._C._current_graph_task_id())
-
-    def __reduce__(self) -> tuple[Any, tuple[()]]:
-        return (Stale, ())
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> Stale:
-        return Stale()
-
-
-class Collector:
+class Collector(RecurrentHooks):
     """Owns every hook handle on the model and the `Collected` data of the current step.
 
     Args:
@@ -131,16 +33,7 @@ class Collector:
                  activations: bool) -> None:
         self.names = [name or "(root)" for name, _ in modules]
         self.modules = [m for _, m in modules]
-        owner = {layer.name: i for i, layer in enumerate(layers)}
-        param_layer = {id(p): i for i, layer in enumerate(layers) for p in layer.params}
-        self.owner_of = [owner.get(n, -1) for n in self.names]  # module -> layer it owns
-        self.weight_user = []  # module -> layer whose weight matrix it applies (tied heads too)
-        for m, own in zip(self.modules, self.owner_of):
-            used = [param_layer[id(p)] for p in m.parameters(recurse=False)
-                    if id(p) in param_layer and p.ndim >= 2]
-            self.weight_user.append(own if own >= 0 and layers[own].role == "weight"
-                                    else (used[0] if used and layers[used[0]].role in
-                                          ("weight", "embedding") and own < 0 else -1))
+        self.owner_of, self.weight_user = owners(self.names, self.modules, layers)
         self.kinds = [activation_kind(m) for m in self.modules]
         self.elementwise = [isinstance(m, _ELEMENTWISE) for m in self.modules]
         self.container = [is_container(m) for m in self.modules]
@@ -375,50 +268,13 @@ class Collector:
             self.on_grad(layer, is_output, grad)
 
 
-    def on_recurrent_input(self, layer: int, rnn: nn.RNNBase, module: nn.Module,
-                           args: Any) -> Any:
-        if not (self.armed and args and isinstance(args[0], Tensor) and args[0].dim() == 3
-                and args[0].is_floating_point() and torch.is_grad_enabled()):
-            return None
-        x = args[0]
-        if not x.requires_grad:  # a leaf copy: only adds dL/dx to this backward
-            x = x.detach().requires_grad_()
-        dim = 1 if rnn.batch_first else 0
-        x.register_hook(Hook(self, "on_time_grad", layer, dim))
-        return (x, *args[1:]) if x is not args[0] else None
-
-    def on_time_grad(self, layer: int, dim: int, grad: Tensor) -> None:
-        if not self.armed:
-            return
-        g = grad.detach()
-        first = torch.linalg.vector_norm(g.select(dim, 0), dtype=torch.float64)
-        last = torch.linalg.vector_norm(g.select(dim, -1), dtype=torch.float64)
-        ratio = torch.where(last > 0, first / last, torch.zeros_like(first))
-        self.data.time.setdefault(layer, []).append(ratio)
-
-    # ---------------------------------------------------------------- helpers
-
     def _unit_stats(self, kind: str, y: Tensor, module: nn.Module) -> None:
         """One small reduction per activation: the count of units alive anywhere in the batch
         (rectifiers), or of outputs within 1% of a bound (saturating modules)."""
-        y = y.detach()
-        if y.dim() == 0 or not y.numel():
-            return
-        if kind == "rectifier":
-            unit_dim = 1 if y.dim() >= 3 and self.conv_like[self._last_index()] else y.dim() - 1
-            other = tuple(d for d in range(y.dim()) if d != unit_dim)
-            top = y.amax(dim=other) if other else y
-            entry = (self._last_layer, "dead_frac", torch.count_nonzero(top > 0), top.numel())
-        else:  # within 1% of a bound, on an evenly strided sample of <= 4096 outputs
-            lo, hi = _bounds(module)
-            flat = y.reshape(-1)
-            flat = flat[::-(-flat.numel() // 4096)]
-            if lo == -math.inf:  # softmax-like: near one-hot
-                sat = flat >= 0.99
-            else:
-                sat = (flat - (lo + hi) / 2).abs_() >= 0.49 * (hi - lo)
-            entry = (self._last_layer, "sat_frac", torch.count_nonzero(sat), flat.numel())
-        self.data.units.append(entry)
+        conv = kind == "rectifier" and y.dim() >= 3 and self.conv_like[self._last_index()]
+        found = unit_count(kind, y, module, conv)
+        if found is not None:
+            self.data.units.append((self._last_layer, *found))
 
     def _last_index(self) -> int:
         for index in reversed(self.data.completed):

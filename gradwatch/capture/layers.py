@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 from typing import Any, Literal
 
 from torch import nn
 
-__all__ = ["Role", "Layer", "discover_layers", "layer_role", "activation_kind", "remove_all"]
+__all__ = ["owners", "Role", "Layer", "discover_layers", "layer_role", "activation_kind", "remove_all"]
 
 Role = Literal["weight", "norm", "embedding", "token", "scale", "bias"]
 """``weight``: owns a real matrix or kernel (Linear, Conv, RNN, attention projections) — the
@@ -92,3 +93,21 @@ def discover_layers(model: nn.Module) -> list[Layer]:
         raise ValueError("Expected `model` to have trainable parameters, but none requires grad; "
                          "unfreeze some (p.requires_grad_(True)) or watch another module.")
     return layers
+
+
+def owners(names: Sequence[str], modules: Sequence[nn.Module], layers: Sequence[Layer]
+           ) -> tuple[list[int], list[int]]:
+    """For each module: the layer it owns (-1: none), and the layer whose weight matrix it
+    applies (its own weight layer, or for a module that owns no layer the weight or embedding
+    whose matrix it uses: a tied output head; -1: none)."""
+    owner = {layer.name: i for i, layer in enumerate(layers)}
+    param_layer = {id(p): i for i, layer in enumerate(layers) for p in layer.params}
+    owner_of = [owner.get(n, -1) for n in names]
+    weight_user = []
+    for m, own in zip(modules, owner_of):
+        used = [param_layer[id(p)] for p in m.parameters(recurse=False)
+                if id(p) in param_layer and p.ndim >= 2]
+        weight_user.append(own if own >= 0 and layers[own].role == "weight"
+                           else (used[0] if used and layers[used[0]].role in
+                                 ("weight", "embedding") and own < 0 else -1))
+    return owner_of, weight_user

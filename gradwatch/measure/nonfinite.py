@@ -6,7 +6,8 @@ import itertools
 import math
 from typing import Sequence
 
-from ..capture.collector import Collected, Collector
+from ..capture.collected import Collected
+from ..capture.collector import Collector
 
 __all__ = ["locate_nonfinite", "event_values"]
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..capture.collector import Collected
+from ..capture.collected import Collected
 from .host import HostBatch
 from .norms import layer_norms
 from .norms import TINY, combine, repair_norms

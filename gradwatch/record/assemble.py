@@ -18,7 +18,8 @@ from ..verdict.spikes import SpikeTracker
 from ..verdict.thresholds import Thresholds
 from ..verdict.view import StepView
 from .history import Layout, RecordRow
-from .records import STATUS_CODES, LayerColumns, Status
+from .records import STATUS_CODES, Status
+from .table import LayerColumns
 
 __all__ = ["StepColumns", "pending_step", "assemble"]
 

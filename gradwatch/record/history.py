@@ -14,7 +14,8 @@ from typing import Any, Iterator, Sequence, overload
 
 import numpy as np
 
-from .records import Finding, LayerColumns, LayerTable, StepRecord
+from .records import Finding, StepRecord
+from .table import LayerColumns, LayerTable
 
 __all__ = ["Layout", "RecordRow", "History"]
 

@@ -15,7 +15,6 @@ from .ledger import Ledger
 from ..measure.host import HostBatch, InFlight
 from .records import StepRecord
 from ..verdict.judge import Judge
-from ..io.runsummary import RunSummary, summarize
 from ..verdict.spikes import SpikeTracker
 from ..verdict.thresholds import Thresholds
 
@@ -112,12 +111,6 @@ class Recorder:
         """Snapshots the sampled weights when a step is held (for its update ratios)."""
         if self._held is not None and self.watched.updates is not None and measure_updates:
             self.watched.updates.before()
-
-    def summarize(self, steps: int) -> RunSummary:
-        """The run so far: kept records, run-wide counters and the diagnosis."""
-        lg = self.ledger
-        return summarize(lg.records, steps=steps, run=lg.run, flags=lg.flags,
-                         findings=self.judge.diagnose())
 
     def state_dict(self) -> dict[str, Any]:
         return {**self.spikes.state_dict(list(self.judge.names)), **self.ledger.state_dict(),

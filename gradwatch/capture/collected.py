@@ -1,0 +1,116 @@
+"""What the hooks of one recorded step gather: gradient events, held tensors and their batched norms."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+import torch
+from torch import Tensor, nn
+from .hooks import Stale
+from ..measure.norms import TINY, repair_norms
+
+__all__ = ['Events', 'Collected', 'BATCH_TENSORS', 'BATCH_NUMEL', 'is_container', 'TaskNote']
+
+
+@dataclass
+class Events:
+    """Gradient events of one direction as parallel lists: the layer, the autograd graph task
+    (which backward pass), the id of the gradient tensor and the event's place in the
+    backward order (shared by both directions)."""
+
+    layer: list[int] = field(default_factory=list)
+    task: list[int] = field(default_factory=list)
+    gid: list[int] = field(default_factory=list)
+    seq: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.layer)
+
+
+@dataclass
+class Collected:
+    """What the hooks gathered since the last measurement (a recorded step's forward/backward)."""
+
+    completed: list[int] = field(default_factory=list)  # module ids in forward completion order
+    forward_bad: list[int] = field(default_factory=list)  # module of each checked output
+    forward_norms: list[Tensor] = field(default_factory=list)
+    """float64 norms of the checked outputs (NaN/Inf iff the output holds NaN/Inf), in chunks,
+    aligned with ``forward_bad``."""
+    out: Events = field(default_factory=lambda: Events())
+    """Output-gradient events (the gradient w.r.t. a layer's output), in backward order."""
+    inp: Events = field(default_factory=lambda: Events())
+    """Input-gradient events (w.r.t. a layer's input): read only on a non-finite step."""
+    out_norms: list[Tensor] = field(default_factory=list)  # output-gradient events' norms
+    in_norms: list[Tensor] = field(default_factory=list)  # input-gradient events' norms
+    units: list[tuple[int, str, Tensor, int]] = field(default_factory=list)
+    """(layer, statistic, count as a device tensor, of how many): alive units, saturated
+    outputs."""
+    time: dict[int, list[Any]] = field(default_factory=dict)  # layer -> first/last ratios
+    tasks: set[int] = field(default_factory=set)  # graph tasks that accumulated parameter grads
+
+
+BATCH_TENSORS = 1024
+
+
+BATCH_NUMEL = 1 << 22
+"""Module outputs and activation gradients are held until `BATCH_TENSORS` of them, or
+`BATCH_NUMEL` entries (16 MiB of float32), are held; then they are reduced in one batched
+``torch._foreach_norm`` call (and at the end of the step): one call instead of one kernel per
+tensor, and a model of many small layers makes a few calls per step. Held outputs that a
+finite step never reads (the NaN checks) are dropped unreduced. An output changed in place
+before its batch is reduced (an in-place ReLU after it) is checked as changed: NaN stays NaN
+there."""
+
+
+def is_container(module: nn.Module) -> bool:
+    """Whether ``module`` is torch's plain `nn.Sequential`: its forward only calls its children,
+    so its output is its last child's and hooking it adds nothing."""
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+
+
+def _norms64(tensors: list[Tensor], finiteness: bool = False, direct: bool = False) -> Tensor:
+    """The exact float64 L2 norm of each tensor. On accelerators reduced in float64 (no host
+    sync); on the CPU in float32, one batched call, and only the norms outside float32's safe
+    range (below `TINY` or non-finite: underflowed or overflowed squares) redone in float64, in
+    one more batched call. With ``finiteness`` only whether each is finite matters (a NaN
+    check), so underflowed norms are not redone; with ``direct`` (the last batch needed the
+    redo: a vanishing net) the CPU reduces in float64 at once."""
+    with torch.no_grad():
+        if any(t.is_complex() for t in tensors):  # |z| is the real tensor with the same norm
+            tensors = [t.abs() if t.is_complex() else t for t in tensors]
+        device = tensors[0].device
+        if direct or device.type != "cpu" or any(t.dtype == torch.float64 for t in tensors):
+            norms = torch._foreach_norm(tensors, 2, dtype=torch.float64)
+            if any(t.device != device for t in tensors):  # a model split across devices
+                norms = [n.to(device, non_blocking=True) for n in norms]
+            return torch.stack(norms)
+        n32 = torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32))
+        values = n32.tolist()
+        if (finiteness or min(values) >= TINY) and sum(values) < math.inf:  # NaN fails too
+            return n32.double()
+        return torch.tensor(repair_norms(values, tensors), dtype=torch.float64)
+
+
+def _task() -> int:
+    return torch._C._current_graph_task_id()
+
+
+class TaskNote:
+    """The post-accumulate hook on a layer's first parameter: notes which backward pass (graph
+    task) accumulates into ``.grad`` (an ``autograd.grad`` pass does not). It holds only the
+    set it writes to; in a pickled or copied model it is a `gradwatch.capture.hooks.Stale`."""
+
+    __slots__ = ("tasks",)
+
+    def __init__(self, tasks: set[int]) -> None:
+        self.tasks = tasks
+
+    def __call__(self, param: Tensor) -> None:
+        self.tasks.add(torch._C._current_graph_task_id())
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return (Stale, ())
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Stale:
+        return Stale()

@@ -1,0 +1,44 @@
+"""The gradient through time of a recurrent layer: a hook on its input sequence reads the
+gradient reaching the first and the last time step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .hooks import Hook
+
+__all__ = ["RecurrentHooks"]
+
+
+class RecurrentHooks:
+    """The part of `gradwatch.capture.collector.Collector` that handles recurrent layers: it
+    needs ``armed`` and ``data`` (whose ``time`` maps a layer to its first/last ratios)."""
+
+    armed: bool
+    data: Any
+
+    def on_recurrent_input(self, layer: int, rnn: nn.RNNBase, module: nn.Module,
+                           args: Any) -> Any:
+        if not (self.armed and args and isinstance(args[0], Tensor) and args[0].dim() == 3
+                and args[0].is_floating_point() and torch.is_grad_enabled()):
+            return None
+        x = args[0]
+        if not x.requires_grad:  # a leaf copy: only adds dL/dx to this backward
+            x = x.detach().requires_grad_()
+        dim = 1 if rnn.batch_first else 0
+        x.register_hook(Hook(self, "on_time_grad", layer, dim))
+        return (x, *args[1:]) if x is not args[0] else None
+
+    def on_time_grad(self, layer: int, dim: int, grad: Tensor) -> None:
+        if not self.armed:
+            return
+        g = grad.detach()
+        first = torch.linalg.vector_norm(g.select(dim, 0), dtype=torch.float64)
+        last = torch.linalg.vector_norm(g.select(dim, -1), dtype=torch.float64)
+        ratio = torch.where(last > 0, first / last, torch.zeros_like(first))
+        self.data.time.setdefault(layer, []).append(ratio)
+
+    # ---------------------------------------------------------------- helpers

@@ -1,0 +1,193 @@
+"""Scanning a JSON-lines log line by line: runs, resumed runs, and the lines that were skipped."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal, Mapping
+from .logschema import HEADER_KEY, check_header, check_record_dict
+from ..record.records import StepRecord
+
+__all__ = ['Run', 'LineProblem', 'LogScan', 'scan_lines', 'LogFormatError']
+
+
+_MAX_WARNINGS = 10
+
+
+class LogFormatError(ValueError):
+    """The file as a whole is not a gradwatch log (e.g. not UTF-8 text)."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of a log: its header (``None`` for logs written without one) and its records.
+
+    Attributes:
+        index: Position in the file's runs (0 first), in the order the runs started.
+        header: The ``start_run`` header as written (keys kept as they are), or ``None``.
+        records: The run's records in step order; for a resumed run, the records re-done after
+            the resume replace the ones from before it.
+        resumes: Headers of the resumes of this run, in file order.
+        superseded: Records from before a resume that a resume replaced (steps >= its
+            ``resume_step``): training state was rolled back to the checkpoint past them.
+        line: The line number (1-based) where the run starts.
+    """
+
+    index: int
+    header: Mapping[str, Any] | None
+    records: tuple[StepRecord, ...]
+    resumes: tuple[Mapping[str, Any], ...] = ()
+    superseded: tuple[StepRecord, ...] = ()
+    line: int = 1
+
+    @property
+    def run_id(self) -> str | None:
+        rid = (self.header or {}).get("run_id")
+        return rid if isinstance(rid, str) else None
+
+    @property
+    def thresholds(self) -> Mapping[str, Any]:
+        """The thresholds of the latest header of the run (``{}`` when none were logged)."""
+        for h in (*reversed(self.resumes), self.header or {}):
+            if isinstance(h.get("thresholds"), Mapping):
+                return h["thresholds"]
+        return {}
+
+    def describe(self) -> str:
+        """One line: index, id, start time, records and steps, resumes."""
+        h = self.header or {}
+        parts = [f"run {self.index}",
+                 f"id {self.run_id[:8]}" if self.run_id else "no header (older gradwatch or "
+                                                            "a logger called directly)"]
+        if isinstance(h.get("started"), str):
+            parts.append(f"started {h['started']}")
+        n = len(self.records)
+        steps = f", steps {self.records[0].step}..{self.records[-1].step}" if n else ""
+        parts.append(f"{n} record{'s' * (n != 1)}{steps}")
+        if self.resumes:
+            at = ", ".join(str(r.get("resume_step")) for r in self.resumes)
+            k = len(self.superseded)
+            parts.append(f"resumed {len(self.resumes)}x (at step {at}; "
+                         f"{k} record{'s' * (k != 1)} replaced)")
+        return " · ".join(parts)
+
+    def __repr__(self) -> str:
+        return f"Run({self.describe()})"
+
+
+@dataclass(frozen=True)
+class LineProblem:
+    """A line that was skipped: ``kind`` is "unreadable" (not JSON: cut by a kill) or "schema"."""
+
+    line: int
+    kind: Literal["unreadable", "schema"]
+    message: str
+
+
+@dataclass
+class LogScan:
+    """Everything read from a log: the runs, the skipped lines, and notes on how runs were split."""
+
+    path: Path
+    runs: list[Run]
+    problems: list[LineProblem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    lines: int = 0
+
+
+class _Builder:
+    """A run being assembled while the file is read."""
+
+    def __init__(self, header: Mapping[str, Any] | None, line: int) -> None:
+        self.header, self.line = header, line
+        self.records: list[StepRecord] = []
+        self.resumes: list[Mapping[str, Any]] = []
+        self.superseded: list[StepRecord] = []
+
+    def cut(self, step: int) -> None:
+        """Drops the records at ``step`` and after (a resume re-does them)."""
+        keep = [r for r in self.records if r.step < step]
+        self.superseded += [r for r in self.records if r.step >= step]
+        self.records = keep
+
+    def build(self, index: int) -> Run:
+        return Run(index, self.header, tuple(self.records), tuple(self.resumes),
+                   tuple(self.superseded), self.line)
+
+
+def _lines(raw: bytes) -> Iterator[tuple[int, bytes]]:
+    for i, line in enumerate(raw.split(b"\n"), start=1):
+        if line.strip():
+            yield i, line
+
+
+def scan_lines(lines: Iterable[tuple[int, bytes]], path: Path) -> LogScan:
+    """Assembles runs from numbered lines; the core of `scan_log` (see `read_runs`)."""
+    scan = LogScan(path, [])
+    builders: list[_Builder] = []
+    by_id: dict[str, _Builder] = {}
+    current: _Builder | None = None
+    last_step: int | None = None  # of the current segment (since the last header)
+    pending_cut = False  # the first record after a resume also cuts at its own step
+    decode_errors = 0
+    for i, raw in lines:
+        scan.lines = i
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            decode_errors += 1
+            scan.problems.append(LineProblem(i, "unreadable", "not UTF-8 text"))
+            continue
+        except ValueError as err:
+            scan.problems.append(LineProblem(i, "unreadable", f"not valid JSON: {err}"))
+            continue
+        if isinstance(obj, dict) and HEADER_KEY in obj:
+            header = obj[HEADER_KEY]
+            why = check_header(header)
+            if why:
+                scan.problems.append(LineProblem(i, "schema", why))
+                header = header if isinstance(header, dict) else {}
+            rid = header.get("run_id")
+            if isinstance(rid, str) and rid in by_id:
+                current = by_id[rid]
+                current.resumes.append(header)
+                k = header.get("resume_step")
+                if isinstance(k, int) and not isinstance(k, bool):
+                    current.cut(k)
+                pending_cut = True
+            else:
+                current = _Builder(header, i)
+                builders.append(current)
+                if isinstance(rid, str) and rid:
+                    by_id[rid] = current
+                pending_cut = False
+            last_step = None
+            continue
+        why = check_record_dict(obj)
+        if why is None:
+            try:
+                record = StepRecord.from_dict(obj)
+            except (ValueError, TypeError, KeyError, AttributeError) as err:
+                why = f"StepRecord.from_dict rejected it ({err})"
+        if why:
+            scan.problems.append(LineProblem(i, "schema", why))
+            continue
+        if current is None or (last_step is not None and record.step <= last_step):
+            if current is not None:
+                scan.notes.append(f"{path}:{i}: step {record.step} follows step {last_step} "
+                                  f"without a run header; read as the start of a new run "
+                                  f"(a log appended to by a second run?)")
+            current = _Builder(None, i)
+            builders.append(current)
+            pending_cut = False
+        if pending_cut:
+            current.cut(record.step)
+            pending_cut = False
+        current.records.append(record)
+        last_step = record.step
+    if decode_errors and not builders:
+        raise LogFormatError(f"{path}: not a UTF-8 text file ({decode_errors} undecodable "
+                             f"line(s)); expected a JSON-lines log written by JsonlLogger.")
+    scan.runs = [b.build(k) for k, b in enumerate(builders)]
+    return scan
