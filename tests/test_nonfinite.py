@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from gradwatch import GradWatch, NonFiniteGradientError, Status
-from gradwatch.bench.models import IdentityChain
+from gradwatch.bench.nets import IdentityChain
 
 
 class _SqrtNet(nn.Module):
@@ -43,7 +43,7 @@ def _nan_step(model, watch=None, opt=None):
 def test_first_nonfinite_names_the_layer_where_nan_was_born():
     model = _SqrtNet()
     with GradWatch(model, on_nonfinite="warn") as watch:
-        with pytest.warns(RuntimeWarning, match="layer 'b'") as caught:
+        with pytest.warns(RuntimeWarning, match="backward pass at 'b'") as caught:
             rec = _nan_step(model, watch)
     assert caught[0].filename == __file__  # the warning points at the user's line
     assert rec.first_nonfinite == "b"
@@ -141,3 +141,35 @@ def test_norms_stay_right_where_fp32_squares_overflow_or_underflow(c):
     assert watch.head == "layers.99"
     assert [f.kind for f in watch.diagnose()] == [kind]
     watch.close()
+
+
+class _Normalize(nn.Module):
+    """``x / (‖x‖ + eps)``: finite forward on a zero row, NaN backward (sqrt's slope at 0)."""
+
+    def forward(self, x):
+        return x / (x.pow(2).sum(-1, keepdim=True).sqrt() + 1e-6)
+
+
+def test_nan_born_in_the_backward_of_a_parameter_free_module_names_that_module():
+    """The gradient reaching `norm`'s output is finite; the one leaving it (into `2`'s output)
+    is NaN. Plain torch confirms it; gradwatch names the module, not the Linear before it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), _Normalize(),
+                          nn.Linear(4, 2))
+    with torch.no_grad():
+        model[2].weight.zero_()
+        model[2].bias.zero_()  # `2` outputs zero rows
+    x = torch.randn(3, 4)
+    h = model[:3](x).detach().requires_grad_()
+    out = model[3](h)
+    out.retain_grad()
+    model[4](out).sum().backward()
+    assert torch.isfinite(out.grad).all() and not torch.isfinite(h.grad).all()
+    model.zero_grad()
+    with GradWatch(model) as watch:
+        with pytest.warns(RuntimeWarning, match="backward pass at '3'"):
+            model(x).sum().backward()
+            rec = watch.step()
+    assert rec.nonfinite_origin == "backward" and rec.first_nonfinite == "3"
+    assert [f.kind for f in watch.diagnose()] == ["nonfinite_backward"]
+    assert watch.diagnose()[0].layers == ("3",)

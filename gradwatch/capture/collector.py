@@ -37,6 +37,8 @@ class Collector(RecurrentHooks):
         self.kinds = [activation_kind(m) for m in self.modules]
         self.elementwise = [isinstance(m, _ELEMENTWISE) for m in self.modules]
         self.container = [is_container(m) for m in self.modules]
+        self.leaf = [next(m.children(), None) is None for m in self.modules]
+        self._module_of = {layer: i for i, layer in enumerate(self.owner_of) if layer >= 0}
         self._grad_hooks: dict[tuple[int, bool, int], Callable[..., None]] = {
             (i, out, -1): Hook(self, "on_grad", i, out) for i in range(len(layers))
             for out in (True, False)}  # leaf tensor hooks (inert when pickled); node pre-hooks
@@ -66,6 +68,10 @@ class Collector(RecurrentHooks):
         self._first = layers[0].params[0] if layers else None
         self._held_numel = [0, 0, 0]  # entries held: outputs, output grads, input grads
         self._direct = [False, False]  # reduce output/input gradients in float64 at once
+
+    def module_of_layer(self, layer: int) -> int | None:
+        """The module that owns watched layer ``layer``."""
+        return self._module_of.get(layer)
 
     # ---------------------------------------------------------------- lifecycle
 

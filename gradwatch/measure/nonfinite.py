@@ -33,7 +33,10 @@ def locate_nonfinite(collector: Collector, data: Collected, host: dict[str, list
         # backward; reaching only outputs, it went bad between modules (at this output)
         same = list(itertools.takewhile(lambda e: e[3] == gid, (e for e, _ in events[k:])))
         inside = next((e[0] for e in same if not e[1]), None)
-        return "backward", layer_names[inside if inside is not None else layer]
+        if inside is not None:
+            return "backward", layer_names[inside]
+        between = _applied_after(collector, data.completed, layer, events[k - 1][0][0])
+        return "backward", between if between is not None else layer_names[layer]
     for i in sorted(order, key=lambda i: -order.index(i)):
         if i in norms and not math.isfinite(norms[i]):
             return "backward", layer_names[i]
@@ -51,3 +54,21 @@ def event_values(data: Collected, host: dict[str, list[float]]
         data.inp.layer, data.inp.task, data.inp.gid, data.inp.seq)]
     events.sort(key=lambda e: e[1])
     return [(e, next(outs if e[1] else ins, math.nan)) for e, _ in events]
+
+
+def _applied_after(collector: Collector, completed: Sequence[int], bad: int, good: int
+                   ) -> str | None:
+    """The module a gradient went non-finite in between two layers: the first parameter-free,
+    non-element-wise leaf module that ran after layer ``bad`` and before layer ``good`` in the
+    forward pass (a normalisation by hand, ``x / x.norm()``), whose backward turned the finite
+    gradient reaching it into the non-finite one reaching ``bad``'s output; None when no such
+    module ran between them (the operation is in a parent's forward code)."""
+    position = {m: k for k, m in reversed(list(enumerate(completed)))}  # first completion
+    start = position.get(collector.module_of_layer(bad))
+    stop = position.get(collector.module_of_layer(good))
+    if start is None or stop is None or stop <= start:
+        return None
+    for m in completed[start + 1:stop]:
+        if collector.owner_of[m] < 0 and not collector.elementwise[m] and collector.leaf[m]:
+            return collector.names[m]
+    return None

@@ -165,7 +165,7 @@ def nonfinite_message(record: StepRecord) -> str:
     """The warning (or error) text of a step whose gradients went non-finite."""
     where = {"forward": f"born in the forward pass at {record.first_nonfinite!r}",
              "loss": "born in the loss"}.get(
-        record.nonfinite_origin or "", f"first in backward order at layer "
+        record.nonfinite_origin or "", f"first non-finite in the backward pass at "
                                        f"{record.first_nonfinite!r}")
     skipped = "; the optimizer step was skipped" if record.skipped else ""
     return (f"non-finite gradient at step {record.step}: {where} (total norm "
