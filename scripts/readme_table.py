@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gradwatch.bench.report import budget_text, claim_columns, duration  # noqa: E402
+from gradwatch.bench.wording import budget_text, claim_columns, duration  # noqa: E402
 
 __all__ = ["START", "END", "headline", "replace_between", "main"]
 

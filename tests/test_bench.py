@@ -21,8 +21,8 @@ from gradwatch.bench.common import (Claim, ExperimentResult, LabelledRun, decide
 from gradwatch.bench.grid import Cell, apply_remedy, named_remedies, prior_label
 from gradwatch.bench.linear import blowup_step, grad_jump
 from gradwatch.bench.lr import norm_growth
-from gradwatch.bench.report import calibration
-from gradwatch.bench.train import PerTensorNorm, TrainRun, make_optimizer, per_tensor_clip
+from gradwatch.bench.writeup import calibration
+from gradwatch.bench.train import TrainRun, make_optimizer
 from gradwatch.bench.data import MNIST_FILES, load_mnist, resolve_data_root
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,39 +189,6 @@ def test_clip_reference_formula_matches_torch():
         assert row["gradwatch_vs_torch"] < 1e-6 and row["gradwatch_vs_reference"] < 1e-6
 
 
-def test_per_tensor_norm_equals_torch_per_tensor_clipping():
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 2))
-    x = torch.randn(9, 5) * 10
-
-    def grads() -> list[torch.Tensor]:
-        model.zero_grad()
-        model(x).square().sum().backward()
-        return [p.grad.clone() for p in model.parameters()]
-
-    raw = grads()
-    expected = [g * 0.5 / max(g.norm().item(), 0.5) for g in raw]  # Keras: g·c / max(‖g‖, c)
-    grads()
-    with GradWatch(model, clip=PerTensorNorm(0.5), activations=False) as watch:
-        rec = watch.step()
-    for p, e in zip(model.parameters(), expected):
-        torch.testing.assert_close(p.grad, e)
-    assert rec.clipped and rec.total_norm == pytest.approx(
-        torch.linalg.vector_norm(torch.stack([g.norm() for g in raw])).item(), rel=1e-6)
-
-
-def test_per_tensor_clip_prefers_gradwatch_policy(monkeypatch):
-    import gradwatch.clip as clip
-
-    class Fake(PerTensorNorm):
-        pass
-
-    monkeypatch.setattr(clip, "PerTensorNorm", Fake, raising=False)
-    assert type(per_tensor_clip(1.0)) is Fake
-    monkeypatch.delattr(clip, "PerTensorNorm")
-    assert type(per_tensor_clip(2.0)) is PerTensorNorm and per_tensor_clip(2.0).max_norm == 2.0
-
-
 def test_fused_adam_is_keras_adam_and_weight_decay_is_l2():
     torch.manual_seed(0)
     a, b = torch.nn.Linear(6, 3), torch.nn.Linear(6, 3)
@@ -275,12 +242,12 @@ def test_grad_jump_and_norm_growth():
 
 
 def test_closed_loop_remedy_choice():
-    run = TrainRun("r", diagnosed=True, findings=[
+    run = TrainRun("r", findings=[
         {"kind": "vanishing", "layers": ["input"], "remedies": ["relu", "he_init", "residual"],
          "plans": [["relu", "he_init"], ["residual"]]},
         {"kind": "saturation", "layers": ["input"], "remedies": ["normalization", "he_init"]}])
-    assert named_remedies(run) == ((("relu", "he_init"), ("residual",), ("normalization",),
-                                    ("he_init",)), "diagnose()")  # old findings: codes alone
+    assert named_remedies(run) == (("relu", "he_init"), ("residual",), ("normalization",),
+                                   ("he_init",))  # a finding without plans: codes alone
     cell = Cell("relu", "small_normal")
     assert apply_remedy(cell, "relu") is None  # already ReLU: changes nothing
     assert apply_remedy(cell, ("relu", "he_init")) == Cell("relu", "he")  # the rest still applies
@@ -290,13 +257,7 @@ def test_closed_loop_remedy_choice():
     assert apply_remedy(cell, "lower_lr").lr == pytest.approx(1e-4)
     assert apply_remedy(cell, "fix_op") is None
     assert Cell("tanh", "he", residual=True, clip=1.0).name == "tanh/he/res/clip 1"
-    from gradwatch.bench.common import RecordSummary
-
-    placeholder = TrainRun("p", summary=RecordSummary(3, 2, 1, {"exploding": {"a": 2},
-                                                               "vanishing": {"b": 1}}, 0))
-    codes, origin = named_remedies(placeholder)
-    assert codes == (("clip",), ("lower_lr",)) and origin.startswith("placeholder")
-    assert named_remedies(TrainRun("q", summary=RecordSummary(3, 0, None, {}, 0)))[0] == ()
+    assert named_remedies(TrainRun("q")) == ()  # no finding: nothing to apply
 
 
 def test_blowup_step():
@@ -327,7 +288,7 @@ def test_prior_labels_and_stats():
 
 def test_dead_shares_against_plain_torch():
     from gradwatch.bench.dying import _unit, dead_shares
-    from gradwatch.bench.models import DeepMLP
+    from gradwatch.bench.nets import DeepMLP
 
     torch.manual_seed(0)
     model = DeepMLP(2, width=8, activation="relu", init="he", in_features=5)
@@ -387,7 +348,7 @@ def test_closed_loop_follows_the_diagnosis_round_by_round(monkeypatch):
     def fake_train(cell, ctx):  # ReLU + He trains; everything else stays broken
         good = cell.activation == "relu" and cell.init == "he"
         remedies = [] if good else (["relu", "he_init"] if cell.activation != "relu" else ["he_init"])
-        return TrainRun(f"grid {cell.name}", test_acc=0.9 if good else 0.1, diagnosed=True,
+        return TrainRun(f"grid {cell.name}", test_acc=0.9 if good else 0.1,
                         findings=[] if good else [{"kind": "vanishing", "layers": ["input"],
                                                    "remedies": remedies}])  # codes alone
 
@@ -410,7 +371,7 @@ def test_closed_loop_follows_the_diagnosis_round_by_round(monkeypatch):
                               for c in ("sigmoid/small_normal",)}, None)
     assert loop["rows"][0][3] == "relu+he_init → relu/he: 90.0%" and loop["fixed_first_round"] == 1
     stuck = grid._closed_loop({"x": (Cell("relu", "he", lr=1e-3), TrainRun(
-        "x", test_acc=0.1, diagnosed=True, findings=[{"kind": "k", "layers": [],
+        "x", test_acc=0.1, findings=[{"kind": "k", "layers": [],
                                                       "remedies": ["fix_op"]}]))}, None)
     assert stuck["fixed_and_quiet"] == 0 and stuck["rows"][0][3].startswith("no applicable remedy")
 

@@ -13,7 +13,8 @@ import pytest
 import gradwatch.bench.__main__ as cli
 from gradwatch.bench import BUDGETS, EXPERIMENTS
 from gradwatch.bench.common import Claim, ExperimentResult, LabelledRun
-from gradwatch.bench.report import PARTIAL_BANNER, duration, mark_partial, write_report
+from gradwatch.bench.wording import duration
+from gradwatch.bench.writeup import PARTIAL_BANNER, mark_partial, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = BUDGETS["quick"]

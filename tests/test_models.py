@@ -10,8 +10,7 @@ import torch
 
 from gradwatch import GradWatch
 from gradwatch.bench.chains import identity_chain_record, tanh_chain_record
-from gradwatch.bench.xor import XOR_INPUTS, XOR_TARGETS, slice_layer_norms, train_xor
-from gradwatch.bench.models import DeepMLP, IdentityChain, MnistResNet, TanhChain, XorNet
+from gradwatch.bench.nets import DeepMLP, IdentityChain, MnistResNet, TanhChain
 
 
 @pytest.mark.parametrize("c", [2.0, 0.5])
@@ -107,51 +106,6 @@ def test_tanh_chain_weights_follow_scale():
     np.testing.assert_allclose(model.weights(), expected.tolist(), rtol=1e-6)
 
 
-def _single_xor_run(residual: bool, seed: int, depth: int, epochs: int) -> list[torch.Tensor]:
-    model = XorNet(depth, residual=residual, seeds=[seed])
-    train_xor(model, epochs=epochs, progress=False, checks=2)
-    return [p.detach()[0] for p in model.parameters()]
-
-
-@pytest.mark.parametrize("residual", [False, True])
-def test_batched_adam_equals_independent_runs(residual):
-    """One Adam over seed-batched tensors == separate per-seed Adam runs (Adam is elementwise)."""
-    epochs = 15
-    batched = XorNet(3, residual=residual, seeds=[0, 1], depths=[3, 2])
-    train_xor(batched, epochs=epochs, progress=False, checks=2)
-    alone = [_single_xor_run(residual, 0, 3, epochs), _single_xor_run(residual, 1, 2, epochs)]
-    params = dict(batched.named_parameters())
-    for k, single in enumerate(alone):
-        names = [n for n in params if not n.startswith("hidden.") or int(n.split(".")[1]) < (3, 2)[k]]
-        single_model = XorNet((3, 2)[k], residual=residual, seeds=[k])
-        single_names = [n for n, _ in single_model.named_parameters()]
-        assert names == single_names
-        for name, value in zip(names, single):
-            torch.testing.assert_close(params[name].detach()[k], value, rtol=1e-5, atol=1e-6)
-    # the unused hidden layer of trial 1 never moved
-    fresh = XorNet(3, residual=residual, seeds=[0, 1])
-    torch.testing.assert_close(batched.hidden[2].weight[1], fresh.hidden[2].weight[1])
-
-
-def test_xor_slice_norms_match_gradwatch():
-    model = XorNet(4, seeds=[5])
-    with GradWatch(model) as watch:
-        x = torch.tensor([XOR_INPUTS[1]])
-        (0.5 * (model(x).reshape(-1) - XOR_TARGETS[1]).square()).sum().backward()
-        rec = watch.step()
-    ours = dict(slice_layer_norms(model)[0])
-    assert list(ours) == list(rec.layers)
-    np.testing.assert_allclose([ours[n] for n in rec.layers], [s.norm for s in rec.layers.values()],
-                               rtol=1e-5)
-
-
-def test_xor_init_is_uniform_and_per_seed():
-    a, b = XorNet(2, seeds=[0, 1]), XorNet(2, seeds=[1])
-    torch.testing.assert_close(a.hidden[1].weight[1], b.hidden[1].weight[0])
-    w = torch.cat([p.detach().flatten() for p in a.parameters()])
-    assert 0 <= w.min() and w.max() < 1
-
-
 @pytest.mark.parametrize("kw", [dict(activation="sigmoid"), dict(activation="relu", init="he",
                                                                    batch_norm=True),
                                 dict(activation="tanh", init="small_normal", residual=True),
@@ -192,13 +146,8 @@ def test_bad_options_raise(bad):
         DeepMLP(**kw)
 
 
-def test_xor_bad_depths_raise():
-    with pytest.raises(ValueError, match="depths"):
-        XorNet(3, seeds=[0, 1], depths=[4, 1])
-
-
 def test_keras_inits_match_their_formulas():
-    from gradwatch.bench.models import he_normal_
+    from gradwatch.bench.nets import he_normal_
 
     torch.manual_seed(0)
     mlp = DeepMLP(1, width=256)  # Keras Dense defaults: Glorot-uniform kernel, zero bias

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gradwatch import GradWatch
-from gradwatch.bench.models import IdentityChain
+from gradwatch.bench.nets import IdentityChain
 from gradwatch.record.records import Status
 from gradwatch.verdict.thresholds import Thresholds
 

@@ -13,9 +13,9 @@ import torch
 from gradwatch.bench.__main__ import main
 from gradwatch.bench.common import BUDGETS
 from gradwatch.bench.xor import claim_seeds
-from gradwatch.bench.xor_core import XOR_T, XOR_X, XorBatch, XorTrial, init_params
-from gradwatch.bench.xor_train import train_trials
-from gradwatch.bench.xor_watch import (SourceAdam, SourceXorNet, load_snapshot, phase,
+from gradwatch.bench.xor.core import XOR_T, XOR_X, XorBatch, XorTrial, init_params
+from gradwatch.bench.xor.train import train_trials
+from gradwatch.bench.xor.watch import (SourceAdam, SourceXorNet, load_snapshot, phase,
                                        snapshot_row)
 
 PLAIN, RESID = (0.9, 0.999), (0.99, 0.9999)

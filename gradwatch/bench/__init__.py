@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import torch
 
 from .common import BUDGETS, Budget, Context, ExperimentResult
-from .report import write_report
+from .writeup import write_report
 
 __all__ = ["EXPERIMENTS", "BUDGETS", "Budget", "ExperimentResult", "default_threads", "run_bench"]
 

@@ -16,7 +16,7 @@ from . import BUDGETS, EXPERIMENTS, run_bench
 __all__ = ["main", "needs_mnist", "mnist_problem"]
 
 NO_DATA = frozenset({"tanh_chain", "identity_chain", "clip_reference", "xor"})
-"""Experiments that need no MNIST (fallback when the package declares no ``NEEDS_MNIST``)."""
+"""Experiments that need no MNIST."""
 GET_MNIST = ("put the four MNIST files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
              "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in DATA/MNIST/raw/ and pass "
              "--data-dir DATA (or set GRADWATCH_DATA=DATA)")
@@ -24,11 +24,6 @@ GET_MNIST = ("put the four MNIST files (train-images-idx3-ubyte.gz, train-labels
 
 def needs_mnist(names: Sequence[str]) -> bool:
     """Whether any of the experiments ``names`` trains on MNIST."""
-    from importlib import import_module
-
-    declared = getattr(import_module(__package__ or "gradwatch.bench"), "NEEDS_MNIST", None)
-    if declared is not None:
-        return any(n in declared for n in names)
     return any(n not in NO_DATA for n in names)
 
 
@@ -194,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _stopped(out: str, start: float, reason: str) -> str:
     """Marks a report this run already wrote as partial; the one-line message to print."""
-    from .report import mark_partial
+    from .writeup import mark_partial
 
     md = Path(out) / "report.md"
     if md.is_file() and md.stat().st_mtime >= start - 1 and mark_partial(Path(out), reason):

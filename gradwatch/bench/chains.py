@@ -7,7 +7,7 @@ import statistics
 
 import torch
 
-from .models import IdentityChain, TanhChain
+from .nets import IdentityChain, TanhChain
 from ..monitor import GradWatch
 from ..record.records import StepRecord
 from ..verdict.thresholds import Thresholds
@@ -22,8 +22,8 @@ IDENTITY_CS = (2.0, 0.5)
 
 
 def verdict_window() -> int:
-    """Recorded steps gradwatch's persistent verdicts look back over (1 for older versions)."""
-    return int(getattr(Thresholds(), "window", 1))
+    """Recorded steps gradwatch's persistent verdicts look back over (`Thresholds.window`)."""
+    return Thresholds().window
 
 
 def _passes(watch: GradWatch, backward, steps: int) -> StepRecord | None:

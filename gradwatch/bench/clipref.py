@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..clip import GlobalNorm
-from .models import DeepMLP
+from .nets import DeepMLP
 from ..monitor import GradWatch
 from .common import Claim, Context, ExperimentResult
 

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 
 import torch
 
+from ..io.runsummary import summarize
 from ..record.records import Status, StepRecord
 from .data import Mnist, load_mnist
 
@@ -222,28 +223,17 @@ class RecordSummary:
 
 def summarize_records(records: Iterable[StepRecord]) -> RecordSummary:
     """Condenses gradwatch records into a `RecordSummary` through `gradwatch.io.runsummary` (the
-    one reduction the summary and the report use); its own tally where that module is absent."""
+    one reduction the summary and the report use)."""
     recs = list(records)
     flagged = [r for r in recs if r.flagged]
     first = flagged[0].step if flagged else None
-    try:
-        from ..io.runsummary import summarize
-    except ImportError:  # an older gradwatch without the shared reduction
-        summarize = None
+    run = summarize(recs)
     layers: dict[str, dict[str, int]] = {}
-    if summarize is not None:
-        run = summarize(recs)
-        for layer in run.layers:
-            for status, n in layer.statuses.items():
-                if n and str(status) != Status.OK.value:
-                    layers.setdefault(str(status), {})[layer.name] = int(n)
-        return RecordSummary(run.kept, len(flagged), first, layers, len(run.spike_steps))
-    for rec in recs:
-        for name, stat in rec.layers.items():
-            if stat.status is not Status.OK:
-                per = layers.setdefault(stat.status.value, {})
-                per[name] = per.get(name, 0) + 1
-    return RecordSummary(len(recs), len(flagged), first, layers, sum(bool(r.spike) for r in recs))
+    for layer in run.layers:
+        for status, n in layer.statuses.items():
+            if n and str(status) != Status.OK.value:
+                layers.setdefault(str(status), {})[layer.name] = int(n)
+    return RecordSummary(run.kept, len(flagged), first, layers, len(run.spike_steps))
 
 
 def mean_spread(values: Sequence[float]) -> tuple[float, float]:

@@ -47,17 +47,9 @@ def _unit(name: str) -> str:
     return name
 
 
-def named_dead(run: TrainRun) -> tuple[str, set[str] | None]:
-    """``(how, blocks)`` gradwatch names as dead: its ``dead_units`` findings where `diagnose`
-    exists, else layers whose last recorded ``dead_frac`` is ≥ 0.9; None when it has neither."""
-    if run.diagnosed:
-        return "dead_units findings", {_unit(l) for f in run.findings
-                                       if f["kind"] == "dead_units" for l in f["layers"]}
-    last = run.records[-1].layers if run.records else {}
-    fracs = {n: getattr(s, "values", {}).get("dead_frac") for n, s in last.items()}
-    if all(v is None for v in fracs.values()):
-        return "no dead_frac statistic in this gradwatch", None
-    return "dead_frac ≥ 0.9", {_unit(n) for n, v in fracs.items() if v is not None and v >= 0.9}
+def named_dead(run: TrainRun) -> set[str]:
+    """The blocks gradwatch names as dead: the layers of its ``dead_units`` findings."""
+    return {_unit(l) for f in run.findings if f["kind"] == "dead_units" for l in f["layers"]}
 
 
 def run_dying_relu(ctx: Context) -> ExperimentResult:
@@ -72,12 +64,12 @@ def run_dying_relu(ctx: Context) -> ExperimentResult:
                     for s in seeds]
         for r in runs[lr]:
             shares = dead_shares(r.model, probe)
-            how, named = named_dead(r)
+            named = named_dead(r)
             dead = {_unit(n) for n, v in shares.items() if v >= DEAD_LAYER}
             rows.setdefault(f"lr {lr:g}", []).append(
                 r.to_dict() | {"dead_shares": shares, "dead_layers": sorted(dead),
-                               "gradwatch_named": None if named is None else sorted(named),
-                               "named_by": how, "final_loss": r.losses[-1]})
+                               "gradwatch_named": sorted(named),
+                               "final_loss": r.losses[-1]})
             r.model = None
     res.data.update(rows)
     died = [bool(x["dead_layers"]) and x["final_loss"] > 2.0 for x in rows["lr 0.1"]]
@@ -102,16 +94,14 @@ def run_dying_relu(ctx: Context) -> ExperimentResult:
         behaved=sum(died), spread=spread(top, ".0%"), budget=runs_budget(runs[0.1])))
     named = [x["gradwatch_named"] for x in rows["lr 0.1"] + rows["lr 0.001"]]
     truth = [set(x["dead_layers"]) for x in rows["lr 0.1"] + rows["lr 0.001"]]
-    available = all(n is not None for n in named)
-    match = [n is not None and set(n) == t for n, t in zip(named, truth)]
+    match = [set(n) == t for n, t in zip(named, truth)]
     res.claims.append(Claim(
         claim="gradwatch names the dead units (the layers whose units died)",
-        source="gradwatch's dead_units finding / dead_frac statistic",
+        source="gradwatch's dead_units finding",
         measured=(f"named = measured dead layers in {sum(match)}/{len(match)} runs "
-                  f"({rows['lr 0.1'][0]['named_by']}); seed 0 at lr 0.1: named "
-                  f"{rows['lr 0.1'][0]['gradwatch_named']}, measured {rows['lr 0.1'][0]['dead_layers']}")
-        if available else "this gradwatch has neither diagnose() nor a dead_frac statistic",
-        reproduced=decide(match) if available else False, verdict=verdicts(runs[0.1]),
+                  f"(dead_units findings); seed 0 at lr 0.1: named "
+                  f"{rows['lr 0.1'][0]['gradwatch_named']}, measured {rows['lr 0.1'][0]['dead_layers']}"),
+        reproduced=decide(match), verdict=verdicts(runs[0.1]),
         seeds=len(match), behaved=sum(match), budget=runs_budget(runs[0.1] + runs[1e-3])))
     res.notes.append(f"Dead unit: pre-activation ≤ 0 on all 1,000 probe test images (plain "
                      f"torch, after training); a layer has died at ≥ {DEAD_LAYER:.0%} dead units. "

@@ -6,28 +6,21 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
-from ..record.records import Status
 from .common import Claim, Context, ExperimentResult, LabelledRun
-from .models import DeepMLP
+from .nets import DeepMLP
 from .train import TrainRun, train_mnist
 
 __all__ = ["GRID", "ENOUGH_STEPS", "MAX_ROUNDS", "Cell", "prior_label", "first_last_ratio", "named_remedies", "apply_remedy",
-           "run_grid", "BROKEN_BELOW", "PLACEHOLDER_REMEDIES"]
+           "run_grid", "BROKEN_BELOW"]
 
 GRID = {"activation": ("sigmoid", "tanh", "relu"), "init": ("small_normal", "xavier", "he"),
         "batch_norm": (False, True), "residual": (False, True)}
 BROKEN_BELOW = 0.5  # a cell is broken when its test accuracy stays below this
 ENOUGH_STEPS = 150  # fewer steps per cell cannot tell a broken cell from a slow one
 MAX_ROUNDS = 3  # closed loop: remedies applied one after another, at most this many
-PLACEHOLDER_REMEDIES = {Status.VANISHING.value: ("normalization", "residual", "he_init"),
-                        Status.EXPLODING.value: ("clip", "lower_lr"),
-                        Status.NONFINITE.value: ("lower_lr", "clip")}
-"""Used only while gradwatch has no ``diagnose()``: the remedy codes for the most frequent
-per-layer status of the run (marked "placeholder" in the table)."""
 
 
 @dataclass(frozen=True)
@@ -80,18 +73,12 @@ def first_last_ratio(run: TrainRun) -> float:
     return statistics.median(vals) if vals else math.nan
 
 
-def named_remedies(run: TrainRun) -> tuple[tuple[tuple[str, ...], ...], str]:
-    """``(remedy plans, where from)``: the findings' plans in order (each the codes to apply
-    together, `gradwatch.record.records.Finding.plans`), or the placeholder's codes one by one."""
-    if run.diagnosed:
-        plans = [tuple(p) for f in run.findings
-                 for p in (f.get("plans") or [[c] for c in f.get("remedies", ())])]
-        return tuple(dict.fromkeys(plans)), "diagnose()"
-    counts = Counter({s: sum(c.values()) for s, c in (run.summary.layers if run.summary else {}).items()})
-    if not counts:
-        return (), "placeholder (no diagnose(); nothing flagged)"
-    return tuple((c,) for c in PLACEHOLDER_REMEDIES.get(counts.most_common(1)[0][0], ())), \
-        f"placeholder (no diagnose(); most frequent status {counts.most_common(1)[0][0]})"
+def named_remedies(run: TrainRun) -> tuple[tuple[str, ...], ...]:
+    """The findings' remedy plans in order, each the codes to apply together
+    (`gradwatch.record.records.Finding.plans`; a finding without plans: its codes one by one)."""
+    plans = [tuple(p) for f in run.findings
+             for p in (f.get("plans") or [[c] for c in f.get("remedies", ())])]
+    return tuple(dict.fromkeys(plans))
 
 
 _CHANGES = {"relu": lambda cell: {"activation": "relu"}, "he_init": lambda cell: {"init": "he"},
@@ -132,15 +119,14 @@ def _row(cell: Cell, run: TrainRun) -> dict[str, Any]:
             "findings": [f["kind"] for f in run.findings], "diverged_step": run.diverged_step}
 
 
-def _next(cell: Cell, run: TrainRun) -> tuple[Cell | None, str | None, str]:
+def _next(cell: Cell, run: TrainRun) -> tuple[Cell | None, str | None]:
     """The first remedy plan named for ``run`` that changes ``cell``: (remedied cell, the plan
-    as ``code+code``, origin)."""
-    plans, origin = named_remedies(run)
-    for plan in plans:
+    as ``code+code``)."""
+    for plan in named_remedies(run):
         fixed = apply_remedy(cell, plan)
         if fixed is not None:
-            return fixed, "+".join(plan), origin
-    return None, None, origin
+            return fixed, "+".join(plan)
+    return None, None
 
 
 def _closed_loop(broken: dict[str, tuple[Cell, TrainRun]], ctx: Context,
@@ -152,9 +138,9 @@ def _closed_loop(broken: dict[str, tuple[Cell, TrainRun]], ctx: Context,
         steps, now, last = [], cell, run
         works = quiet = False
         for k in range(rounds):
-            nxt, code, origin = _next(now, last)
+            nxt, code = _next(now, last)
             if nxt is None:
-                steps.append(f"no applicable remedy named ({origin})")
+                steps.append("no applicable remedy named (diagnose())")
                 break
             last, now = _train(nxt, ctx), nxt
             works = last.test_acc >= BROKEN_BELOW

@@ -5,16 +5,16 @@ from __future__ import annotations
 import math
 import statistics
 
-from ..clip import GlobalNorm
+from ..clip import GlobalNorm, PerTensorNorm
 from .common import Claim, Context, ExperimentResult, decide, spread
 from .figures import save_records_figure
 from .mnist import FULL_EPOCH, label_run, runs_budget, seeds_of, verdicts, curves
-from .models import DeepMLP
-from .train import TrainRun, per_tensor_clip, train_mnist
+from .nets import DeepMLP
+from .train import TrainRun, train_mnist
 
 __all__ = ["run_deep_linear", "blowup_step", "grad_jump", "linear_runs", "VARIANTS"]
 
-VARIANTS = {"no clip": lambda: None, "per-tensor 1.0": lambda: per_tensor_clip(1.0),
+VARIANTS = {"no clip": lambda: None, "per-tensor 1.0": lambda: PerTensorNorm(1.0),
             "global norm 1.0": lambda: GlobalNorm(1.0), 'gradwatch clip="auto"': lambda: "auto"}
 """Clipping variants: name -> a fresh policy (state is per run)."""
 

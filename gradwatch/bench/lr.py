@@ -12,7 +12,7 @@ import warnings
 
 from .common import Claim, Context, ExperimentResult, decide, spread
 from .mnist import label_run, runs_budget, verdicts
-from .models import DeepMLP
+from .nets import DeepMLP
 from .rnn import ENOUGH_STEPS
 from .train import TrainRun, train_mnist
 

@@ -7,7 +7,7 @@ import statistics
 
 from .common import Claim, Context, ExperimentResult, LabelledRun, decide, spread
 from .figures import Panel, Reference, plot_curves, save_records_figure
-from .models import DeepMLP, MnistResNet
+from .nets import DeepMLP, MnistResNet
 from .train import TrainRun, train_mnist
 
 __all__ = ["run_sigmoid_mlp", "run_fixed_models", "label_run", "verdicts", "runs_budget",

@@ -17,8 +17,6 @@ __all__ = [
     "Init",
     "TanhChain",
     "IdentityChain",
-    "SeedLinear",
-    "XorNet",
     "init_linear_",
     "DeepMLP",
     "MnistResNet",
@@ -99,87 +97,6 @@ class IdentityChain(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return x
-
-
-class SeedLinear(nn.Module):
-    """A dense layer holding one independent weight matrix per seed: ``(S, B, in) -> (S, B, out)``.
-
-    Weights and biases are drawn from U[0, 1) with one generator per seed, so seed ``s`` gets the
-    same initial values whatever other seeds are batched beside it.
-
-    Args:
-        in_features: Input width.
-        out_features: Output width.
-        seeds: One integer seed per trial.
-    """
-
-    def __init__(self, in_features: int, out_features: int, seeds: Sequence[int]) -> None:
-        super().__init__()
-        _check_positive("in_features", in_features)
-        _check_positive("out_features", out_features)
-        if len(seeds) == 0:
-            raise ValueError("Expected `seeds` to hold at least one seed, but got none.")
-        w, b = [], []
-        for s in seeds:
-            g = torch.Generator().manual_seed(int(s))
-            w.append(torch.rand(in_features, out_features, generator=g))
-            b.append(torch.rand(1, out_features, generator=g))
-        self.weight = nn.Parameter(torch.stack(w))
-        self.bias = nn.Parameter(torch.stack(b))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
-
-    def extra_repr(self) -> str:
-        s, i, o = self.weight.shape
-        return f"in_features={i}, out_features={o}, seeds={s}"
-
-
-class XorNet(nn.Module):
-    """XOR net 2->4, ``depth`` hidden 4->4, 4->1, sigmoid everywhere, batched over trials.
-
-    Plain hidden blocks compute ``sigmoid(W x + b)``; residual ones ``x + sigmoid(W x + b)``.
-    Trial ``i`` is initialised from ``seeds[i]`` and uses only its first ``depths[i]`` hidden
-    layers (the rest pass their input through untouched and get exactly zero gradient), so one
-    batched model trains several depths and seeds at once, each exactly as if alone.
-
-    Args:
-        depth: Number of hidden 4->4 layers (the largest depth when ``depths`` is given).
-        residual: Use residual hidden blocks.
-        seeds: One seed per trial (the leading dimension of every weight).
-        depths: Hidden layers used by each trial (default ``depth`` for all).
-        width: Hidden width.
-    """
-
-    def __init__(self, depth: int, *, residual: bool = False, seeds: Sequence[int] = (0,),
-                 depths: Sequence[int] | None = None, width: int = 4) -> None:
-        super().__init__()
-        _check_positive("depth", depth)
-        self.residual = bool(residual)
-        self.seeds = tuple(int(s) for s in seeds)
-        self.depths = tuple(int(d) for d in depths) if depths is not None else (depth,) * len(seeds)
-        if len(self.depths) != len(self.seeds) or not all(1 <= d <= depth for d in self.depths):
-            raise ValueError(f"Expected `depths` to give one depth in 1..{depth} per seed "
-                             f"({len(self.seeds)}), but got {depths!r}.")
-        # Distinct, reproducible streams per layer and seed.
-        self.input = SeedLinear(2, width, [s * 1000 + 0 for s in self.seeds])
-        self.hidden = nn.ModuleList(SeedLinear(width, width, [s * 1000 + i + 1 for s in self.seeds])
-                                    for i in range(depth))
-        self.output = SeedLinear(width, 1, [s * 1000 + 999 for s in self.seeds])
-        active = torch.tensor([[i < d for d in self.depths] for i in range(depth)])
-        self.register_buffer("active", active.reshape(depth, -1, 1, 1), persistent=False)
-        self._masked = any(d < depth for d in self.depths)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Maps ``(B, 2)`` or ``(S, B, 2)`` inputs to ``(S, B, 1)`` outputs in (0, 1)."""
-        if x.dim() == 2:
-            x = x.expand(len(self.seeds), *x.shape)
-        x = torch.sigmoid(self.input(x))
-        for i, layer in enumerate(self.hidden):
-            y = torch.sigmoid(layer(x))
-            y = x + y if self.residual else y
-            x = torch.where(self.active[i], y, x) if self._masked else y
-        return torch.sigmoid(self.output(x))
 
 
 def init_linear_(layer: nn.Linear, init: Init) -> None:

@@ -69,7 +69,7 @@ class MnistResNet(nn.Module):
             cin, size = cout, math.ceil(size / stride)
         self.blocks = nn.Sequential(*blocks)
         self.output = nn.Linear(cin * size * size, classes)
-        from .models import init_linear_  # models re-exports this module: import late
+        from .nets import init_linear_  # nets re-exports this module: import late
 
         init_linear_(self.output, "glorot_uniform")
         for m in self.modules():

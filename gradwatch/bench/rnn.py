@@ -97,7 +97,7 @@ def train_recall(length: int, seed: int, *, steps: int, scale: float | None = No
                 diverged = step
                 break
         records = list(watch.history)
-        diagnosed, findings = findings_of(watch)
+        findings = findings_of(watch)
     s = summarize_records(records)
     head = statistics.fmean(losses[:10])
     tail = statistics.fmean(losses[-10:])
@@ -105,9 +105,9 @@ def train_recall(length: int, seed: int, *, steps: int, scale: float | None = No
             "loss_start": head, "loss_end": tail, "diverged_step": diverged,
             "ratio_init": ratios[0], "ratio_median": statistics.median(ratios),
             "max_total_norm": max((r.total_norm for r in records), default=math.nan),
-            "flagged": bool(findings) or s.flagged, "findings": findings, "diagnosed": diagnosed,
-            "verdict": (", ".join(f["kind"] for f in findings) + "; " if findings else
-                        "no finding; " if diagnosed else "") + s.text(2),
+            "flagged": bool(findings) or s.flagged, "findings": findings,
+            "verdict": (", ".join(f["kind"] for f in findings) if findings else "no finding")
+                       + "; " + s.text(2),
             "through_time": _through_time(records), "seconds": time.perf_counter() - start}
 
 

@@ -12,41 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import clip as _clip
-from ..clip import ClipPolicy
 from ..monitor import GradWatch
 from ..record.records import StepRecord
 from .common import Context, RecordSummary, summarize_records
 from .data import iterate_batches
 
-__all__ = ["PerTensorNorm", "per_tensor_clip", "TrainRun", "train_mnist", "evaluate",
+__all__ = ["TrainRun", "train_mnist", "evaluate",
            "findings_of", "make_optimizer", "weight_histograms"]
-
-
-class PerTensorNorm(ClipPolicy):
-    """Keras ``clipnorm``: each gradient tensor ``g <- g·c / max(‖g‖, c)`` (no epsilon).
-
-    The bench's own copy, used only while ``gradwatch.clip.PerTensorNorm`` does not exist.
-    """
-
-    def __init__(self, max_norm: float) -> None:
-        if not 0 < max_norm < math.inf:
-            raise ValueError(f"Expected `max_norm` to be a finite number > 0, but got {max_norm!r}.")
-        self.max_norm = float(max_norm)
-
-    def clip_(self, grads, total_norm, *, params, is_output):
-        for g in grads:
-            norm = torch.linalg.vector_norm(g, dtype=torch.float64)
-            g.mul_((self.max_norm / torch.clamp(norm, min=self.max_norm)).to(g.dtype))
-        return None
-
-    def __repr__(self) -> str:
-        return f"PerTensorNorm(max_norm={self.max_norm})"
-
-
-def per_tensor_clip(max_norm: float) -> ClipPolicy:
-    """gradwatch's per-tensor policy (``gradwatch.clip.PerTensorNorm``), else the bench's."""
-    return getattr(_clip, "PerTensorNorm", PerTensorNorm)(max_norm)
 
 
 @dataclass
@@ -67,7 +39,6 @@ class TrainRun:
     records: list[StepRecord] = field(default_factory=list, repr=False)
     summary: RecordSummary | None = None
     findings: list[dict[str, Any]] = field(default_factory=list)  # watch.diagnose(), as dicts
-    diagnosed: bool = False  # whether this gradwatch has diagnose()
     histograms: dict[str, Any] | None = None  # see the data contract in `common`
     images: int = 0  # training images the run drew from
     weight_norm: float = math.nan  # ‖all dense/conv weights‖ after the last step
@@ -80,10 +51,8 @@ class TrainRun:
         return bool(self.findings) or bool(self.summary and self.summary.flagged)
 
     def verdict(self, max_layers: int = 3) -> str:
-        """gradwatch's verdict in words: the findings where `diagnose` exists, else statuses."""
+        """gradwatch's verdict in words: the findings' kinds and layers, then the statuses."""
         s = self.summary.text(max_layers) if self.summary else "no records"
-        if not self.diagnosed:
-            return s
         if not self.findings:
             return f"no finding; {s}"
         kinds = ", ".join(f"{f['kind']} ({', '.join(f['layers'][:max_layers])})"
@@ -119,18 +88,15 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 10
     return correct / max(1, len(y))
 
 
-def findings_of(watch: GradWatch) -> tuple[bool, list[dict[str, Any]]]:
-    """``(available, findings as dicts)`` of ``watch.diagnose()``; ``(False, [])`` without it."""
-    diagnose = getattr(watch, "diagnose", None)
-    if diagnose is None:
-        return False, []
+def findings_of(watch: GradWatch) -> list[dict[str, Any]]:
+    """``watch.diagnose()`` as JSON-ready dicts (layers and remedies as lists)."""
     out = []
-    for f in diagnose():
-        d = f.to_dict() if hasattr(f, "to_dict") else dict(vars(f))
+    for f in watch.diagnose():
+        d = f.to_dict()
         d["layers"] = list(d.get("layers", ()))
         d["remedies"] = list(d.get("remedies", ()))
         out.append(d)
-    return True, out
+    return out
 
 
 def make_optimizer(params, kind: Literal["adam", "sgd"] = "adam", lr: float = 1e-3,
@@ -274,7 +240,7 @@ def train_mnist(name: str, make_model: Callable[[], nn.Module], ctx: Context, *,
             if run.steps >= total or stop:
                 break
         run.records = list(watch.history)
-        run.diagnosed, run.findings = findings_of(watch)
+        run.findings = findings_of(watch)
     bar.close()
     run.test_acc = (run.eval_acc[-1] if run.eval_steps and run.eval_steps[-1] == run.steps
                     else evaluate(model, data.test_x, data.test_y))

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 from typing import Any, Mapping, Sequence
 
-from . import common
-from .common import Claim, LabelledRun
-from .xor_train import PLATEAU, TrialResult
-from .xor_watch import Replay
+from ..common import Claim, LabelledRun, decide
+from ..common import spread as common_spread
+from .train import PLATEAU, TrialResult
+from .watch import Replay
 
-__all__ = ["make_claim", "plain_claim", "residual_claim", "depth_claim", "labelled_runs",
-           "spread", "decide"]
+__all__ = ["plain_claim", "residual_claim", "depth_claim", "labelled_runs", "spread"]
 
 SOURCE_EPOCHS = 100_000
 SOURCE_DEPTH = 10
@@ -22,33 +20,8 @@ SLOWER = 2.0  # "significantly increase the time needed": at least this times th
 
 
 def spread(values: Sequence[float | None], spec: str = ",.0f") -> str:
-    """``median m (range a–b, n=k)`` (the bench's shared helper where it exists)."""
-    shared = getattr(common, "spread", None)
-    if shared is not None:
-        return shared(values, spec)
-    vals = [float(v) for v in values if v is not None]
-    if not vals:
-        return f"none (n={len(values)})"
-    miss = len(values) - len(vals)
-    tail = f", {miss} of {len(values)} none" if miss else ""
-    return (f"median {statistics.median(vals):{spec}} (range {min(vals):{spec}}–"
-            f"{max(vals):{spec}}, n={len(vals)}{tail})")
-
-
-def decide(behaved: Sequence[bool], *, decidable: bool = True) -> bool | None:
-    """Reproduced when more than half of the runs behaved as claimed; None: undecided."""
-    shared = getattr(common, "decide", None)
-    if shared is not None:
-        return shared(behaved, decidable=decidable)
-    if not decidable or not behaved:
-        return None
-    return sum(map(bool, behaved)) * 2 > len(behaved)
-
-
-def make_claim(**fields: Any) -> Claim:
-    """A `Claim` with the fields this bench's `Claim` has (older versions lack the spread ones)."""
-    known = {f.name for f in dataclasses.fields(Claim)}
-    return Claim(**{k: v for k, v in fields.items() if k in known})
+    """`common.spread`, formatting epoch counts by default."""
+    return common_spread(values, spec)
 
 
 def _outputs(runs: Sequence[Sequence[float]]) -> str:
@@ -96,7 +69,7 @@ def plain_claim(row: Mapping[str, Any], depth: int, epochs: int,
                 f"output) for all {epochs:,} epochs; final summed loss {losses}; outputs "
                 f"{_outputs(row['outputs'])}; converged "
                 f"{sum(e is not None for e in row['converged_epoch'])}/{n}")
-    return [make_claim(
+    return [Claim(
         claim=f"{depth} plain sigmoid hidden layers: the loss stays ≈0.5, every output 0.5000, "
               f"for 100,000 epochs (vanishing gradients)",
         source="one run: loss 0.500124–0.500135 for 100,000 epochs, outputs 0.5000",
@@ -133,7 +106,7 @@ def residual_claim(row: Mapping[str, Any], depth: int, epochs: int) -> list[Clai
                 f"outputs of the converged: "
                 f"{_outputs([o for o, e in zip(row['outputs'], conv) if e is not None])}")
     long_enough = epochs >= RESIDUAL_EPOCHS * FACTOR or sum(near) * 2 > n
-    return [make_claim(
+    return [Claim(
         claim=f"{depth} residual hidden layers (x + sigmoid(Wx + b)) converge",
         source="one run: loss 1.000000 for 3,000 epochs, falls from epoch 4,000, 0.000000 by "
                "13,000 (outputs 0.0001, 0.9998, 0.9998, 0.0004); 'convergence can be "
@@ -166,10 +139,10 @@ def depth_claim(table: Mapping[str, Mapping[str, Any]], depths: Sequence[int],
     full = epochs >= SOURCE_EPOCHS
     rows = {d: table[f"plain {d}"] for d in depths}
     if not shallow or not deeper:
-        return make_claim(claim=claim, source=source, reproduced=None,
-                          measured=("no depth below 5 in this sweep (nothing to compare with)"
-                                    if not shallow else "no depth of 5 or more in this sweep"),
-                          verdict="; ".join(f"depth {d}: {_gw(r)}" for d, r in rows.items()))
+        return Claim(claim=claim, source=source, reproduced=None,
+                     measured=("no depth below 5 in this sweep (nothing to compare with)"
+                               if not shallow else "no depth of 5 or more in this sweep"),
+                     verdict="; ".join(f"depth {d}: {_gw(r)}" for d, r in rows.items()))
     base = [e for d in shallow for e in rows[d]["converged_epoch"]]
     base_ok = [e is not None for e in base]
     conv = [e for e in base if e is not None]
@@ -201,18 +174,17 @@ def depth_claim(table: Mapping[str, Mapping[str, Any]], depths: Sequence[int],
         verdict = all(per_depth)
     else:  # seeds converging about as fast as the baseline contradict it at any budget
         verdict = False if any(fast_depth) else None
-    return make_claim(claim=claim, source=source, measured=measured, reproduced=verdict,
-                      verdict="; ".join(f"depth {d}: {_gw(rows[d])}" for d in deeper),
-                      seeds=len(behaved), behaved=sum(behaved),
-                      spread=f"baseline epochs {spread(base)}",
-                      budget=f"{len(base) + len(behaved)} runs × ≤{epochs:,} epochs")
+    return Claim(claim=claim, source=source, measured=measured, reproduced=verdict,
+                 verdict="; ".join(f"depth {d}: {_gw(rows[d])}" for d in deeper),
+                 seeds=len(behaved), behaved=sum(behaved),
+                 spread=f"baseline epochs {spread(base)}",
+                 budget=f"{len(base) + len(behaved)} runs × ≤{epochs:,} epochs")
 
 
 def labelled_runs(results: Sequence[TrialResult],
                   replays: Sequence[Mapping[str, Replay]]) -> list[LabelledRun]:
     """Labelled runs whose outcome confirms the label: a run that never left the plateau
     (pathological) and, of a run that converged, its updates after the plateau (healthy)."""
-    known = {f.name for f in dataclasses.fields(LabelledRun)}
     out = []
     for res, reps in zip(results, replays):
         for ph, label in (("stalled", "pathological"), ("converging", "healthy")):
@@ -229,8 +201,8 @@ def labelled_runs(results: Sequence[TrialResult],
                                                    if first is not None else "")
                       + (f"; diagnose: {', '.join(f.kind for f in rep.findings)}"
                          if rep.findings else ""))
-            fields = dict(name=f"xor {res.trial.name} ({ph}, {len(rep.updates)} replayed updates)",
-                          label=label, flagged=rep.flagged, detail=detail,
-                          findings=tuple(f.kind for f in rep.findings or ()), evidence=evidence)
-            out.append(LabelledRun(**{k: v for k, v in fields.items() if k in known}))
+            out.append(LabelledRun(
+                name=f"xor {res.trial.name} ({ph}, {len(rep.updates)} replayed updates)",
+                label=label, flagged=rep.flagged, detail=detail,
+                findings=tuple(f.kind for f in rep.findings), evidence=evidence))
     return out

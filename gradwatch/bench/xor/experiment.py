@@ -1,4 +1,4 @@
-"""XOR as seed 004's from-scratch book trains it: plain vs residual sigmoid nets, its own Adam."""
+"""The XOR experiment: seed 004's from-scratch book's plain vs residual sigmoid nets, its own Adam."""
 
 from __future__ import annotations
 
@@ -8,17 +8,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .common import Context, ExperimentResult
-from .xor_claims import depth_claim, labelled_runs, plain_claim, residual_claim
-from .xor_core import XorBatch, XorTrial
-from .xor_legacy import XOR_INPUTS, XOR_TARGETS, XorTrace, slice_layer_norms, train_xor
-from .xor_plot import plot_depth_sweep, plot_loss_spread
-from .xor_train import TrialResult, sample_updates, train_trials
-from .xor_watch import Replay, replay_trial
+from ..common import Budget, Context, ExperimentResult
+from .claims import depth_claim, labelled_runs, plain_claim, residual_claim
+from .core import XorBatch, XorTrial
+from .plot import plot_depth_sweep, plot_loss_spread
+from .train import TrialResult, sample_updates, train_trials
+from .watch import Replay, replay_trial
 
 __all__ = ["KINDS", "SOURCE_EPOCHS", "SOURCE_DEPTH", "CLAIM_SEEDS", "TOL", "run_xor",
-           "claim_seeds", "xor_trials", "XOR_INPUTS", "XOR_TARGETS", "XorTrace", "slice_layer_norms",
-           "train_xor"]  # the last four: the earlier torch trainer, kept for tests/test_models.py
+           "claim_seeds", "xor_trials", "init_grad_ratio"]
 
 SOURCE_EPOCHS = 100_000  # the source's epoch budget
 SOURCE_DEPTH = 10  # the source's deep nets: 10 hidden 4->4 layers
@@ -33,14 +31,11 @@ REPLAY_POINTS = 20  # at most this many log-spaced and as many evenly spaced rep
 SWEEP_REPLAYS = 8  # replayed snapshots per run of the sweep's other depths
 
 
-def claim_seeds(budget: Any) -> int:
-    """Seeds at the deepest depth: `Budget.xor_seeds` where the budget has it, else
-    `CLAIM_SEEDS` for a budget long enough to decide claims and ``max(4, seeds)`` for a smoke
-    budget (never fewer than `Budget.seeds`)."""
-    own = getattr(budget, "xor_seeds", None)
-    if own is None:
-        own = CLAIM_SEEDS if budget.xor_epochs >= DECIDING_EPOCHS else 4
-    return max(int(own), budget.seeds)
+def claim_seeds(budget: Budget) -> int:
+    """Seeds at the deepest depth: `CLAIM_SEEDS` for a budget long enough to decide claims,
+    4 for a smoke budget, never fewer than `Budget.seeds`."""
+    own = CLAIM_SEEDS if budget.xor_epochs >= DECIDING_EPOCHS else 4
+    return max(own, budget.seeds)
 
 
 def xor_trials(kind: str, depths: Sequence[int], *, deep_seeds: int,
@@ -87,7 +82,7 @@ def _gradwatch_row(reps: Sequence[dict[str, Replay]]) -> dict[str, Any]:
         out[ph] = {"runs": len(got), "flagged": sum(r.flagged for r in got),
                    "replayed_updates": sum(len(r.updates) for r in got),
                    "first_flag_update": [r.first_flag_update() for r in got],
-                   "findings": sorted({f.kind for r in got for f in (r.findings or ())}),
+                   "findings": sorted({f.kind for r in got for f in r.findings}),
                    "layers": _layer_counts(got)}
     return out
 

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .xor_core import XorBatch, XorTrial
+from .core import XorBatch, XorTrial
 
 __all__ = ["PLATEAU", "PRINTS_ZERO", "Snapshot", "TrialResult", "train_trials",
            "sample_updates"]

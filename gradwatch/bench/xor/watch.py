@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..monitor import GradWatch
-from ..record.records import StepRecord
-from .common import RecordSummary, summarize_records
-from .xor_core import EPS, XOR_T, XOR_X, XorTrial, _layout
-from .xor_train import Snapshot, TrialResult
+from ...monitor import GradWatch
+from ...record.records import Finding, StepRecord
+from ..common import RecordSummary, summarize_records
+from .core import EPS, XOR_T, XOR_X, XorTrial, _layout
+from .train import Snapshot, TrialResult
 
 __all__ = ["SourceXorNet", "SourceAdam", "Phase", "phase", "Replay", "replay_trial",
            "load_snapshot", "snapshot_row"]
@@ -173,7 +173,7 @@ class Replay:
     updates: list[int]  # the replayed updates (0-based), in order
     records: list[StepRecord]
     summary: RecordSummary
-    findings: list[Any] | None  # `GradWatch.diagnose()`, where this gradwatch has it
+    findings: list[Finding]  # `GradWatch.diagnose()` at the end of the phase
 
     @property
     def flagged(self) -> bool:
@@ -205,12 +205,10 @@ def replay_trial(result: TrialResult, batch_depth: int,
                 y = model(torch.from_numpy(XOR_X[p]).reshape(1, 2))
                 loss = 0.5 * (y.reshape(()) - float(XOR_T[p])) ** 2
                 loss.backward()
-                if hasattr(watch, "note_loss"):  # gradwatch versions before it: no loss
-                    watch.note_loss(loss)
+                watch.note_loss(loss)
                 opt.step()
             records = list(watch.history)
-            diagnose = getattr(watch, "diagnose", None)
-            findings = list(diagnose()) if callable(diagnose) else None
+            findings = list(watch.diagnose())
         finally:
             watch.close()
         out[name] = Replay(name, [s.update for s in snaps], records, summarize_records(records),
