@@ -1,9 +1,8 @@
 """Read gradwatch's verdict on a run and score it against the run's label.
 
-With ``watch.diagnose()`` (the lead's new API) the verdict is its findings; without it the zoo
-falls back to the per-step statuses every `StepRecord` already has: each layer status other than
-ok becomes a finding of that status's name ("vanishing", "exploding", "nonfinite"), the first
-``first_nonfinite`` names the NaN origin, and ``amp_overflow`` records give "amp_overflow".
+The verdict is ``watch.diagnose()``'s findings, plus the layers flagged at some recorded step.
+`score` still reads verdicts whose source is ``"statuses"`` (zoo.jsonl files written before
+``diagnose()`` existed: per-step status names as kinds, one coarse "nonfinite" for every origin).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ class Verdict:
     """What gradwatch said about one run.
 
     Attributes:
-        source: ``"diagnose"`` or ``"statuses"`` (the fallback).
+        source: ``"diagnose"`` (``"statuses"`` in zoo.jsonl files from before it).
         kinds: Finding kinds, in the order first seen.
         origin: The first layer a non-finite finding names (``"loss"`` for a loss-born finding).
         flagged: Layers whose status was other than ok at some recorded step.
@@ -51,30 +50,15 @@ def read_verdict(watch: Any) -> Verdict:
     flagged: list[str] = []
     for r in records:
         flagged += [n for n in r.flagged if n not in flagged]
-    diagnose = getattr(watch, "diagnose", None)
-    if callable(diagnose):
-        v = Verdict("diagnose", flagged=flagged)
-        for f in diagnose():
-            layers = tuple(getattr(f, "layers", ()))
-            v.findings.append({"kind": f.kind, "layers": list(layers),
-                               "evidence": str(getattr(f, "evidence", "")),
-                               "remedies": list(getattr(f, "remedies", ())),
-                               "first_step": getattr(f, "first_step", None)})
-            if f.kind not in v.kinds:
-                v.kinds.append(f.kind)
-            if f.kind.startswith("nonfinite") and v.origin is None:
-                v.origin = "loss" if f.kind == "nonfinite_loss" else (layers[0] if layers else None)
-        return v
-    v = Verdict("statuses", flagged=flagged)
-    for r in records:
-        for name in r.flagged:
-            kind = r.layers[name].status.value
-            if kind not in v.kinds:
-                v.kinds.append(kind)
-        if r.amp_overflow and "amp_overflow" not in v.kinds:
-            v.kinds.append("amp_overflow")
-        if r.first_nonfinite is not None and v.origin is None and not r.amp_overflow:
-            v.origin = r.first_nonfinite
+    v = Verdict("diagnose", flagged=flagged)
+    for f in watch.diagnose():
+        layers = tuple(f.layers)
+        v.findings.append({"kind": f.kind, "layers": list(layers), "evidence": str(f.evidence),
+                           "remedies": list(f.remedies), "first_step": f.first_step})
+        if f.kind not in v.kinds:
+            v.kinds.append(f.kind)
+        if f.kind.startswith("nonfinite") and v.origin is None:
+            v.origin = "loss" if f.kind == "nonfinite_loss" else (layers[0] if layers else None)
     return v
 
 

@@ -121,7 +121,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "zoo.jsonl")
     results, start = [], time.perf_counter()
-    verdict_source = "diagnose" if hasattr(gradwatch.GradWatch, "diagnose") else "statuses"
     with open(path, "w") as fh:
         for i, run in enumerate(runs, 1):
             gone = missing(run)
@@ -136,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{r['trace']['wall_s']:.1f}s sane={r['sane']} said: "
                   f"{Verdict(**r['verdict']).text()}", flush=True)
     wall = time.perf_counter() - start
-    print(f"\nverdicts from {verdict_source}; default Thresholds(); {torch.get_num_threads()} "
+    print(f"\nverdicts from diagnose(); default Thresholds(); {torch.get_num_threads()} "
           f"thread(s); wall {wall:.1f} s\n")
     print("| run | split | label | gradwatch said | verdict | sane | s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
