@@ -17,7 +17,7 @@ from torch import nn
 
 from conftest import batch, loss_of, mlp
 from reference import AttentionNet
-from gradwatch import GradWatch, Status, Thresholds
+from gradwatch import GradWatch, Status
 from gradwatch.clip import AGC
 
 
@@ -277,25 +277,6 @@ def test_sparse_embedding_with_zero_policy():
             opt.step()
         assert torch.isfinite(emb.weight).all()
         assert watch.history[0].nonfinite
-
-
-@pytest.mark.parametrize("build, match", [
-    (lambda: GradWatch(mlp(), loggers=_Callable()), "`loggers`.*list"),
-    (lambda: GradWatch(mlp(), clip=-1.0), "`clip`"),
-    (lambda: GradWatch(mlp(), clip=math.nan), "`clip`"),
-    (lambda: Thresholds(spike="6"), "`Thresholds.spike` to be a number"),
-    (lambda: Thresholds(relative_vanishing="1e-3"), "`Thresholds.relative_vanishing`"),
-    (lambda: Thresholds(window=3, persistence=4), "persistence"),
-    (lambda: GradWatch(mlp(), statistics=[object()]), "Statistic"),
-])
-def test_one_line_errors_name_the_argument(build, match):
-    with pytest.raises((TypeError, ValueError), match=match):
-        build()
-
-
-class _Callable:
-    def __call__(self, record):
-        pass
 
 
 @pytest.mark.parametrize("clip", [None, 1e-3, "value"])

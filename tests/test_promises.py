@@ -75,7 +75,9 @@ def test_skip_leaves_parameters_and_optimizer_state_untouched(name):
             assert a.keys() == b.keys()
             for k in a:
                 assert torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k]
-        assert watch.history[-1].skipped
+        rec = watch.history[-1]
+        assert rec.skipped and rec.first_nonfinite == "2"
+        assert math.isnan(model[2].weight.grad[1, 1])  # the user's gradient is left as it was
         opt.zero_grad()
         loss_of(model, *batch(seed=10)).backward()
         opt.step()  # and the next healthy step goes through

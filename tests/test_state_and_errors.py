@@ -61,6 +61,11 @@ def test_load_state_dict_rejects_another_model():
         GradWatch(other).load_state_dict({**saved, "stats": {"nope": saved["stats"]["0"]}})
 
 
+class _Callable:
+    def __call__(self, record):
+        pass
+
+
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(model=[nn.Linear(2, 2)]), TypeError, "`model` to be a torch.nn.Module"),
     (dict(every=0), ValueError, "`every` to be an int >= 1"),
@@ -78,6 +83,8 @@ def test_load_state_dict_rejects_another_model():
     (dict(scaler=object()), TypeError, "`scaler`"),
     (dict(loggers=[print, 1]), TypeError, r"loggers\[1\] is int 1, which is not callable"),
     (dict(sync_records="no"), TypeError, "`sync_records` to be None .*True or False.*'no'"),
+    (dict(loggers=_Callable()), TypeError, "`loggers`.*list"),  # a callable, not in a list
+    (dict(statistics=[object()]), TypeError, "Statistic"),
 ])
 def test_bad_input_names_the_argument(kwargs, error, match):
     model = kwargs.pop("model", mlp())
@@ -104,18 +111,21 @@ def test_step_with_optimizer_given_and_without_gradients():
             assert watch.step() is None
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(vanishing=1.0, exploding=0.5), "vanishing.*exploding"),
-    (dict(vanishing=-1e-3), "vanishing"),
-    (dict(exploding=math.nan), "exploding"),
-    (dict(relative_vanishing=2.0), "relative_vanishing"),
-    (dict(relative_exploding=0.5), "relative_exploding"),
-    (dict(spike=0), "spike"),
-    (dict(spike_momentum=1.0), "spike_momentum"),
-    (dict(spike_warmup=0), "spike_warmup"),
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(vanishing=1.0, exploding=0.5), ValueError, "vanishing.*exploding"),
+    (dict(vanishing=-1e-3), ValueError, "vanishing"),
+    (dict(exploding=math.nan), ValueError, "exploding"),
+    (dict(relative_vanishing=2.0), ValueError, "relative_vanishing"),
+    (dict(relative_exploding=0.5), ValueError, "relative_exploding"),
+    (dict(spike=0), ValueError, "spike"),
+    (dict(spike_momentum=1.0), ValueError, "spike_momentum"),
+    (dict(spike_warmup=0), ValueError, "spike_warmup"),
+    (dict(spike="6"), TypeError, "`Thresholds.spike` to be a number"),
+    (dict(relative_vanishing="1e-3"), TypeError, "`Thresholds.relative_vanishing`"),
+    (dict(window=3, persistence=4), ValueError, "persistence"),
 ])
-def test_thresholds_are_validated(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_thresholds_name_the_field(kwargs, error, match):
+    with pytest.raises(error, match=match):
         Thresholds(**kwargs)
 
 
