@@ -47,6 +47,9 @@ class Collected:
     """(layer, statistic, count as a device tensor, of how many): alive units, saturated
     outputs."""
     time: dict[int, list[Any]] = field(default_factory=dict)  # layer -> first/last ratios
+    stale: Any = None
+    """Whether the gradients still held the last optimizer step's values when this backward
+    began (a device bool; None: not checked)."""
     tasks: set[int] = field(default_factory=set)  # graph tasks that accumulated parameter grads
 
 

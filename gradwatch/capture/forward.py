@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+
+import numpy as np
 from typing import Sequence
 
 from .layers import Layer
@@ -32,6 +34,8 @@ class ForwardOrder:
         depth): their gradient sums over several depths, so the depth trend leaves them out."""
         self._seq: tuple[int, ...] = ()
         self.order_key = 0  # changes whenever `order` does
+        self.ran = np.ones(len(layers), dtype=bool)
+        """Layers whose own module ran in the last recorded forward pass."""
 
     def learn(self, completed: Sequence[int]) -> None:
         seq = tuple(completed)
@@ -65,6 +69,7 @@ class ForwardOrder:
                     break
         self.repeated = frozenset(repeated)
         self.order = sorted(range(len(self.layers)), key=lambda i: (pos.get(i, math.inf), i))
+        self.ran = np.array([layer.name in first for layer in self.layers], dtype=bool)
         users = []
         for mid in seq:
             if self.weight_user[mid] >= 0:

@@ -67,6 +67,10 @@ class WatchedSet:
         self.param_layer = np.asarray(layer_of, dtype=np.int64)  # the layer of each param
         self.runs = segments(self.param_layer)  # its runs, for `layer_norms`
         self.tiny: np.ndarray | None = None  # params whose norm underflowed fp32 last time
+        stepped = None if self.optimizer is None else {
+            id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        self.stepped = np.array([stepped is None or any(id(p) in stepped for p in layer.params)
+                                 for layer in self.layers], dtype=bool)
         self.updates = UpdateTracker(self.params, layer_of, len(self.layers),
                                      UpdateRatio.sample) if self.optimizer is not None else None
         self._signature = self._current_signature()

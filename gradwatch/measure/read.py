@@ -114,6 +114,8 @@ def start_read(grads: Sequence[Tensor], params: Sequence[Tensor], norms_dev: Ten
         batch.add("forward", _joined(data.forward_norms))
         batch.add("units", [t for _, _, t, _ in data.units])
         batch.add("time", [v for vals in data.time.values() for v in vals])
+        if data.stale is not None:
+            batch.add("stale", [data.stale])
     if recording:
         use_statistics(statistics, grads, params, batch)
     for name, values in (extra or {}).items():

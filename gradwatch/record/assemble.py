@@ -42,6 +42,8 @@ class StepColumns:
     origin: str | None = None
     birth: str | None = None
     loss: float | None = None
+    absent: list[str] | None = None  # ran, stepped, require grad, no gradient (None: unknown)
+    stale: bool | None = None  # gradients not zeroed since the last step (None: not checked)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -88,8 +90,14 @@ def pending_step(step: int, watched: Any, data: Any, got: Any, present: list[boo
         origin, birth = locate_nonfinite(w.collector, data, got.host, w.names,
                                          {i: float(norms[i]) for i in order}, order)
     loss = got.host.get("loss")
+    stale = got.host.get("stale")
+    absent = None
+    if data is not None:  # the hooks saw what ran in this forward
+        missing = np.flatnonzero(~has & w.forward.ran & w.stepped)
+        absent = [w.layers[i].name for i in missing.tolist()]
     return StepColumns(step, has, norms, act, act_on, values, got.total, coef, skipped,
-                       overflow, origin, birth, loss=loss[0] if loss else None)
+                       overflow, origin, birth, loss=loss[0] if loss else None, absent=absent,
+                       stale=bool(stale[0]) if stale else None)
 
 
 @dataclass(frozen=True)
@@ -145,7 +153,8 @@ def assemble(cols: StepColumns, watched: Any, judge: Judge, spikes: SpikeTracker
                     overflow=cols.overflow, origin=origin, birth=cols.birth,
                     recurrent=shape.recurrent, shared=shape.shared,
                     saturating=watched.saturating, loss=cols.loss, act_on=act_on,
-                    weight=shape.weight, uid=shape.layout.columns)
+                    weight=shape.weight, uid=shape.layout.columns, absent=cols.absent,
+                    stale=cols.stale)
     verdicts = judge.judge(view)
     healthy = math.isfinite(cols.total) and not cols.overflow
     if healthy:

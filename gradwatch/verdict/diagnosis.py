@@ -73,6 +73,21 @@ def explain(kind: str, view: StepView, hit: Hit) -> tuple[str, str, Plans]:
                 "initialise one factor of each product away from 0 (LoRA: A random, B = 0; "
                 "LayerScale 1e-5, not 0); in float16, scale the loss (torch.amp.GradScaler) "
                 "or use bfloat16", (("nonzero_init",), ("loss_scaling",)))
+    if kind == "no_gradient":
+        return ("the forward pass cuts these layers off the loss: a `.detach()`, a "
+                "`torch.no_grad()` block, `.data`, an integer cast (argmax, .long()) or a "
+                "`requires_grad_(False)` on a tensor between them and the loss, so their "
+                "parameters never change while the rest of the model trains",
+                "look for .detach(), torch.no_grad(), .data, an integer cast or a "
+                "requires_grad_(False) you did not mean between these layers and the loss; if "
+                "they are frozen on purpose, set requires_grad_(False) on their parameters or "
+                "leave them out of the optimizer", (("reconnect",),))
+    if kind == "not_zeroed":
+        return ("optimizer.zero_grad() (or model.zero_grad()) is not called between optimizer "
+                "steps, so every backward adds its gradient to all the earlier ones",
+                "call optimizer.zero_grad() once per optimizer step (after optimizer.step(), "
+                "or before the first backward of the next step when accumulating)",
+                (("zero_grad",),))
     if kind == "loss_rising":
         return ("the optimizer steps make the loss worse: gradients not zeroed between steps "
                 "accumulate (and momentum amplifies them), the step follows the gradient "

@@ -120,10 +120,11 @@ class Judge:
             if not kind.startswith("nonfinite"):
                 names, known = view.names, set(old.layers)
                 more = [names[i] for i in positions if names[i] not in known]
+                more += [n for n in hit.names if n not in known and n not in more]
                 if more:
                     self.findings[kind] = dataclasses.replace(old, layers=old.layers + tuple(more))
             return None
-        layers = tuple(view.names[i] for i in positions)
+        layers = tuple(view.names[i] for i in positions) + hit.names
         if kind.startswith("nonfinite") and view.birth is not None:
             layers = (view.birth,)
         cause, remedy, plans = explain(kind, view, hit)
@@ -148,7 +149,8 @@ class Judge:
     def state_dict(self) -> dict[str, Any]:
         return {"windows": {k: list(w) for k, w in self.windows.items()},
                 "states": {k: {key: v.tolist() if isinstance(v, np.ndarray) else
-                               (list(v) if isinstance(v, list) else v)
+                               (list(v) if isinstance(v, list) else
+                                dict(v) if isinstance(v, dict) else v)
                                for key, v in s.items()} for k, s in self.states.items()},
                 "names": list(self.names),
                 "findings": [f.to_dict() for f in self._current()]}
@@ -171,6 +173,8 @@ _ARRAYS = ("shares", "measured", "streak")
 
 
 def _restore(key: str, value: Any) -> Any:
+    if isinstance(value, dict):  # name -> count
+        return {str(k): int(v) for k, v in value.items()}
     if key in _ARRAYS:
         return np.array(value, dtype=np.float64)
     if isinstance(value, list):

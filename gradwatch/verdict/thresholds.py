@@ -12,7 +12,8 @@ __all__ = ["Thresholds"]
 _NUMBER_FIELDS = ("vanishing", "exploding", "relative_vanishing", "relative_exploding", "spike",
                   "spike_min_ratio", "spike_momentum", "spike_warmup", "window", "persistence", "recovery",
                   "divergence_update_ratio", "dead_units", "saturation", "time_vanishing",
-                  "stalled_loss", "stalled_gradient", "zero_gradient", "loss_rising")
+                  "stalled_loss", "stalled_gradient", "zero_gradient", "loss_rising",
+                  "no_gradient", "not_zeroed")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,17 @@ class Thresholds:
     """Zero gradient when a weight layer's gradient is exactly 0 on this many recorded steps in a
     row while a gradient enters the model (persistent; LoRA's A is 0 at step 0 only; None:
     off)."""
+    no_gradient: int | None = 5
+    """No gradient when a layer that requires grad, is stepped by the optimizer (when one is
+    given) and ran in the recorded forward pass gets no gradient at all (``.grad`` is None) on
+    this many recorded steps in a row while other layers get one: a ``.detach()``,
+    ``torch.no_grad()``, ``.data`` or an integer cast cut it off the loss (needs the default
+    ``activations=True``, which sees what ran; None: off)."""
+    not_zeroed: int | None = 3
+    """Not zeroed when a gradient still holds exactly the values it had after the previous
+    ``optimizer.step()`` when the next backward pass begins, on this many recorded steps in a
+    row: ``zero_grad()`` was not called, so gradients accumulate across steps (needs the
+    optimizer and ``activations=True``; None: off)."""
     loss_rising: float | None = 1.5
     """Loss rising when the median loss of the last `window` recorded steps is at least this
     times the median of the first `window` (persistent; needs the loss; healthy zoo runs end at
@@ -131,11 +143,12 @@ class Thresholds:
         if not 0 <= self.stalled_gradient < 1:
             raise ValueError(f"Expected `Thresholds.stalled_gradient` in [0, 1), but got "
                              f"{self.stalled_gradient!r}.")
-        if self.zero_gradient is not None and (isinstance(self.zero_gradient, bool) or not
-                                               isinstance(self.zero_gradient, int)
-                                               or self.zero_gradient < 1):
-            raise ValueError(f"Expected `Thresholds.zero_gradient` to be an int >= 1 or None, "
-                             f"but got {self.zero_gradient!r}.")
+        for name in ("zero_gradient", "no_gradient", "not_zeroed"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise ValueError(f"Expected `Thresholds.{name}` to be an int >= 1 or None, "
+                                 f"but got {value!r}.")
         if self.loss_rising is not None and not 1 < self.loss_rising < math.inf:
             raise ValueError(f"Expected `Thresholds.loss_rising` > 1 and finite, or None, but "
                              f"got {self.loss_rising!r}.")

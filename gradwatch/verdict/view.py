@@ -18,7 +18,7 @@ __all__ = ["REMEDIES", "StepView", "Mark", "Hit", "Trend", "depth_trend", "enter
 
 REMEDIES = ("relu", "he_init", "xavier_init", "normalization", "residual", "lower_lr", "warmup",
             "clip", "weight_decay", "loss_scaling", "fix_op", "gated_rnn", "logit_loss",
-            "nonzero_init", "zero_grad")
+            "nonzero_init", "zero_grad", "reconnect")
 """The machine-readable remedy codes a `Finding` may name."""
 
 _EMPTY = np.zeros(0)
@@ -60,6 +60,8 @@ class StepView:
     act_on: np.ndarray | None = None
     weight: np.ndarray | None = None  # role == "weight"
     uid: np.ndarray | None = None
+    absent: Sequence[str] | None = None  # layers that ran and are stepped but got no gradient
+    stale: bool | None = None  # the gradients still held the last step's values
     cache: dict[str, Any] = field(default_factory=dict)  # shared by the rules of one step
 
     def __post_init__(self) -> None:
@@ -107,6 +109,7 @@ class Hit:
     marks: list[Mark]
     evidence: str
     numbers: dict[str, float] = field(default_factory=dict)
+    names: tuple[str, ...] = ()  # layers the hit names that are not in the view
 
     @property
     def positions(self) -> np.ndarray:

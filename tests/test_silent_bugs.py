@@ -1,0 +1,116 @@
+"""The silent bugs: a part of the model no gradient reaches, and gradients never zeroed. Each
+case is confirmed with plain torch first; the healthy variants next to them stay quiet."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from gradwatch import GradWatch, Thresholds
+
+
+class _Net(nn.Module):
+    """embed -> enc -> head; ``cut`` says how the forward pass treats the encoder's output."""
+
+    def __init__(self, cut: str = "") -> None:
+        super().__init__()
+        self.embed, self.enc, self.head = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 3)
+        self.unused = nn.Linear(16, 16)  # never called: not a bug gradwatch should name
+        self.cut = cut
+
+    def forward(self, x):
+        if self.cut == "no_grad":
+            with torch.no_grad():
+                h = torch.relu(self.enc(torch.relu(self.embed(x))))
+        else:
+            h = torch.relu(self.enc(torch.relu(self.embed(x))))
+            if self.cut == "detach":
+                h = h.detach()
+            elif self.cut == "data":
+                h = h.data
+        return self.head(h)
+
+
+def _train(model, opt, *, steps=12, zero="before", accumulate=1, watch_kw=None):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 8, generator=g), torch.randint(0, 3, (32,), generator=g)
+    with GradWatch(model, optimizer=opt, **(watch_kw or {})) as watch:
+        for _ in range(steps):
+            if zero == "before":
+                opt.zero_grad()
+            for _ in range(accumulate):
+                out = model(x)
+                if zero == "after_forward":
+                    opt.zero_grad(set_to_none=False)
+                loss = F.cross_entropy(out, y) / accumulate
+                loss.backward()
+            watch.note_loss(loss)
+            opt.step()
+    return watch
+
+
+@pytest.mark.parametrize("cut", ["detach", "no_grad", "data"])
+def test_a_detached_encoder_is_named(cut):
+    model = _Net(cut)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    F.cross_entropy(model(torch.randn(4, 8)), torch.zeros(4, dtype=torch.long)).backward()
+    assert model.embed.weight.grad is None and model.enc.weight.grad is None  # plain torch
+    assert model.head.weight.grad is not None and model.embed.weight.requires_grad
+    watch = _train(model, opt)
+    found = {f.kind: f for f in watch.diagnose()}
+    assert list(found) == ["no_gradient"]
+    f = found["no_gradient"]
+    assert f.layers == ("embed", "enc") and f.first_step == 4  # the 5th step in a row
+    assert "detach()" in f.remedy and "`embed`" in f.evidence and f.remedies == ("reconnect",)
+
+
+def test_frozen_unused_and_out_of_the_optimizer_layers_stay_quiet():
+    frozen = _Net()
+    for p in [*frozen.embed.parameters(), *frozen.enc.parameters()]:
+        p.requires_grad_(False)
+    assert _train(frozen, torch.optim.Adam(frozen.head.parameters(), lr=1e-2)).diagnose() == []
+    outside = _Net("detach")  # the cut-off part is not stepped: frozen by the optimizer
+    assert _train(outside, torch.optim.Adam(outside.head.parameters(), lr=1e-2)).diagnose() == []
+    healthy = _Net()  # `unused` requires grad and is stepped but never runs
+    watch = _train(healthy, torch.optim.Adam(healthy.parameters(), lr=1e-2))
+    assert healthy.unused.weight.grad is None and watch.diagnose() == []
+
+
+def test_a_bound_of_none_turns_the_rule_off():
+    model = _Net("detach")
+    watch = _train(model, torch.optim.Adam(model.parameters(), lr=1e-2),
+                   watch_kw={"thresholds": Thresholds(no_gradient=None)})
+    assert watch.diagnose() == []
+
+
+def test_gradients_never_zeroed_are_named():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    watch = _train(model, opt, zero="never")
+    found = {f.kind: f for f in watch.diagnose()}
+    assert "not_zeroed" in found and found["not_zeroed"].first_step == 3
+    assert found["not_zeroed"].remedies == ("zero_grad",)
+
+
+@pytest.mark.parametrize("zero, accumulate", [("before", 1), ("after_forward", 1), ("before", 4)])
+def test_zeroing_patterns_and_accumulation_within_a_step_stay_quiet(zero, accumulate):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    watch = _train(model, opt, zero=zero, accumulate=accumulate)
+    assert watch.diagnose() == []
+
+
+def test_the_check_reads_the_same_gradient_plain_torch_accumulates():
+    """Without zero_grad, the gradient after two backward passes is the sum of both: the check's
+    premise, in plain torch."""
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    lin(x).sum().backward()
+    first = lin.weight.grad.clone()
+    lin(x).sum().backward()
+    assert torch.allclose(lin.weight.grad, 2 * first)
