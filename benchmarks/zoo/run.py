@@ -32,7 +32,8 @@ def all_runs() -> tuple[Run, ...]:
     """Every run: the healthy ones, then the pathological ones."""
     from benchmarks.zoo.models import HEALTHY_RUNS
     from benchmarks.zoo.pathologies import PATHOLOGICAL_RUNS
-    runs = HEALTHY_RUNS + PATHOLOGICAL_RUNS
+    from benchmarks.zoo.silent import SILENT_RUNS
+    runs = HEALTHY_RUNS + PATHOLOGICAL_RUNS + SILENT_RUNS
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ValueError(f"Expected unique run names, but got duplicates in {names}.")

@@ -1,0 +1,114 @@
+"""Runs of the bugs that crash nothing (labels written from the construction before any
+verdict was read): part of the model cut off the loss, and gradients never zeroed; with the
+healthy counterparts a user meets (a frozen encoder, zero_grad between forward and backward).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import nets
+from .models import ce_loss, image
+from .spec import HEALTHY, Label, Run, Setup
+
+__all__ = ["SILENT_RUNS"]
+
+IMG = 3 * 16 * 16
+CUT = ("PyTorch docs, Autograd mechanics (detach, no_grad, .data and integer tensors do not "
+       "carry gradients); a frozen part must be left out of the optimizer or set "
+       "requires_grad=False")
+NO_ZERO = ("PyTorch docs, torch.optim (zero_grad before each backward; .grad accumulates); "
+           "Sutskever et al. 2013 (momentum)")
+
+
+class CutEncoder(nn.Module):
+    """An encoder and a head; ``how`` cuts the encoder's output off the graph (``detach``,
+    ``no_grad``, ``int`` cast, ``data``) or not (``""``)."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, how: str) -> None:
+        super().__init__()
+        self.encoder, self.head, self.how = encoder, head, how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.how == "no_grad":
+            with torch.no_grad():
+                h = self.encoder(x)
+        else:
+            h = self.encoder(x)
+        if self.how == "detach":
+            h = h.detach()
+        elif self.how == "int":
+            h = (h * 8).long().float() / 8  # a quantisation by integer cast
+        elif self.how == "data":
+            h = h.data
+        return self.head(h)
+
+
+def _mlp_encoder() -> nn.Module:
+    return nets.mlp([IMG, 128, 64], nn.ReLU, init="he")
+
+
+def _cnn_encoder() -> nn.Module:
+    return nn.Sequential(*list(nets.small_cnn())[:-1])  # everything but the linear head
+
+
+def _cut(encoder: Any, width: int, how: str, *, lr: float = 1e-3, frozen: bool = False
+         ) -> Setup:
+    model = CutEncoder(encoder(), nn.Sequential(nn.Linear(width, 64), nn.ReLU(),
+                                                nn.Linear(64, 10)), how)
+    if frozen:  # frozen on purpose: not trained, and not in the optimizer
+        model.encoder.requires_grad_(False)
+    setup = image(model, lr=lr, size=16, probe=nets.zero_grads(ce_loss),
+                  after=nets.zero_grads(ce_loss, "after_"))
+    if frozen:
+        setup.optimizer = torch.optim.AdamW(model.head.parameters(), lr=lr)
+    return setup
+
+
+def _no_zero_grad(model: nn.Module, opt: str, lr: float) -> Setup:
+    setup = image(model, lr=lr, size=16, opt=opt)
+    setup.zero_grad = False
+    return setup
+
+
+def _p(name: str, family: str, label: Label, build: Any, checks: tuple[str, ...],
+       note: str) -> Run:
+    return Run(name, family, label, build, checks, 40, False, (), note)
+
+
+SILENT_RUNS: tuple[Run, ...] = (
+    _p("detached_cnn_encoder", "cnn", Label("no_gradient", cite=CUT),
+       lambda: _cut(_cnn_encoder, 64, "detach"), ("some_zero",),
+       note="BN CNN encoder, its features .detach()ed before a 2-layer head, AdamW"),
+    _p("nograd_mlp_encoder", "mlp", Label("no_gradient", cite=CUT),
+       lambda: _cut(_mlp_encoder, 64, "no_grad"), ("some_zero",),
+       note="MLP encoder run under torch.no_grad(), head trained, AdamW"),
+    _p("intcast_mlp_features", "mlp", Label("no_gradient", cite=CUT),
+       lambda: _cut(_mlp_encoder, 64, "int"), ("some_zero",),
+       note="MLP encoder features quantised by .long() before the head"),
+    _p("data_cnn_features", "cnn", Label("no_gradient", cite=CUT),
+       lambda: _cut(_cnn_encoder, 64, "data"), ("some_zero",),
+       note="BN CNN encoder features read through .data"),
+    _p("nograd_cnn_encoder", "cnn", Label("no_gradient", cite=CUT),
+       lambda: _cut(_cnn_encoder, 64, "no_grad"), ("some_zero",),
+       note="BN CNN encoder run under torch.no_grad(), head trained, AdamW"),
+    _p("intcast_cnn_features", "cnn", Label("no_gradient", cite=CUT),
+       lambda: _cut(_cnn_encoder, 64, "int"), ("some_zero",),
+       note="BN CNN encoder features quantised by .long() before the head"),
+    _p("sgd_momentum_accumulating_mlp", "mlp", Label("not_zeroed", cite=NO_ZERO),
+       lambda: _no_zero_grad(nets.mlp([IMG, 128, 128, 10], nn.ReLU, init="he"), "sgd", 3e-3),
+       ("grad_grows",), note="ReLU MLP, SGD 3e-3 momentum 0.9, no zero_grad()"),
+    _p("sgd_no_zero_grad_cnn", "cnn", Label("not_zeroed", cite=NO_ZERO),
+       lambda: _no_zero_grad(nets.small_cnn(), "sgd", 1e-3), ("grad_grows",),
+       note="BN CNN, SGD 1e-3 momentum 0.9, no zero_grad()"),
+    # healthy counterparts
+    _p("frozen_cnn_encoder", "cnn", Label(HEALTHY),
+       lambda: _cut(_cnn_encoder, 64, "", lr=1e-2, frozen=True), ("falls",),
+       note="BN CNN encoder frozen (requires_grad False, not in the optimizer), head trained"),
+    _p("trained_mlp_encoder", "mlp", Label(HEALTHY),
+       lambda: _cut(_mlp_encoder, 64, ""), ("falls",),
+       note="the same MLP encoder and head, nothing cut"),
+)
