@@ -1,21 +1,30 @@
-"""Host cost per layer as depth grows: gradwatch against a bare step on L tiny blocks.
+"""Host cost per layer as depth grows: gradwatch against a bare step on L tiny blocks, on a deep
+Transformer, and what its history costs in memory.
 
 A stack of L blocks ``nn.Sequential(nn.Linear(16, 16), nn.Tanh())``, batch 4, plain SGD, on the
 CPU: compute is negligible, so what remains is host (Python) time per layer, the regime of a
-launch-bound GPU step. Configurations are interleaved step by step (`_measure.interleave`); the
-figure reported is the median extra time per step over the bare step of the same round,
-divided by L, with its interquartile range.
+launch-bound GPU step. Beside it a 48-layer Transformer encoder (d_model 32, 2 heads, sequence
+8, batch 2: 48 x 6 = 288 watched layers) as a real deep model. Configurations are interleaved
+step by step (`_measure.interleave`); the figure reported is the median extra time per step
+over the bare step of the same round, divided by the number of watched layers, with its
+interquartile range. ``--memory`` adds the history's bytes per layer per record (from its
+columns, and from the process's allocations over 1,500 records at L = 400) and the resident
+memory over a long run with the history full.
 
-    python benchmarks/scaling.py                       # L = 25, 100, 400; about 3 minutes
-    python benchmarks/scaling.py --depths 25,100 --budget 10 --out scaling.json
+    python benchmarks/scaling.py                       # L = 25, 100, 400 and the Transformer
+    python benchmarks/scaling.py --depths 25,100 --budget 10 --no-transformer --out s.json
+    python benchmarks/scaling.py --memory --long 50000  # + memory (about 3 minutes more)
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
+import time
+import tracemalloc
 from typing import Callable
 
 import torch
@@ -30,20 +39,37 @@ CONFIGS = ("bare", "naive", "foreach", "gw_params", "gw_default", "gw_every10", 
 """What runs beside the bare step: the naive ``.item()`` loop, one foreach norm pass with one
 host copy, and gradwatch without activations, by default, every 10th step, never recorded."""
 
+OPTIONS = {"gw_params": {"activations": False}, "gw_default": {}, "gw_every10": {"every": 10},
+           "gw_unrecorded": {"every": 10 ** 9}}
 
-def _step(config: str, depth: int) -> Callable[[], None]:
+
+def chain(depth: int) -> tuple[nn.Module, Callable[[nn.Module], torch.Tensor]]:
+    """L Linear(16, 16) + tanh blocks and their loss on a fixed batch of 4."""
     torch.manual_seed(0)
     model = nn.Sequential(*(nn.Sequential(nn.Linear(16, 16), nn.Tanh()) for _ in range(depth)))
+    x = torch.randn(4, 16)
+    return model, lambda m: m(x).square().mean()
+
+
+def transformer(depth: int = 48) -> tuple[nn.Module, Callable[[nn.Module], torch.Tensor]]:
+    """A ``depth``-layer Transformer encoder (d_model 32, 2 heads) on a fixed batch."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 2, dim_feedforward=64, dropout=0.0, batch_first=True)
+    model = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+    x = torch.randn(2, 8, 32)
+    return model, lambda m: m(x).square().mean()
+
+
+def _step(config: str, build: Callable[[], tuple[nn.Module, Callable]]) -> Callable[[], None]:
+    model, loss_of = build()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     params = list(model.parameters())
-    options = {"gw_params": {"activations": False}, "gw_default": {},
-               "gw_every10": {"every": 10}, "gw_unrecorded": {"every": 10 ** 9}}.get(config)
+    options = OPTIONS.get(config)
     watch = GradWatch(model, optimizer=opt, **options) if options is not None else None
-    x = torch.randn(4, 16)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        loss = model(x).square().mean()
+        loss = loss_of(model)
         loss.backward()
         if config == "naive":
             [p.grad.norm().item() for p in params]
@@ -57,42 +83,118 @@ def _step(config: str, depth: int) -> Callable[[], None]:
     return step
 
 
-def run(depth: int, budget: float) -> dict[str, dict[str, float]]:
-    """Per configuration: median [p25, p75] extra microseconds per layer per step."""
-    samples = interleave({c: _step(c, depth) for c in CONFIGS}, block=10, warmup=20,
-                         min_rounds=5, max_rounds=200, budget_s=budget)
+def run(build: Callable[[], tuple[nn.Module, Callable]], budget: float
+        ) -> dict[str, dict[str, float]]:
+    """Per configuration: median [p25, p75] extra microseconds per watched layer per step."""
+    steps = {c: _step(c, build) for c in CONFIGS}
+    layers = len(steps["gw_default"].watch.layer_names)
+    samples = interleave(steps, block=10, warmup=20, min_rounds=5, max_rounds=200,
+                         budget_s=budget)
     out = {}
     for config, times in samples.items():
-        extra = [(t - b) / depth * 1e6 for t, b in zip(times, samples["bare"])]
-        out[config] = {**summarise(extra), "step_ms": summarise(times)["median"] * 1e3}
+        extra = [(t - b) / layers * 1e6 for t, b in zip(times, samples["bare"])]
+        out[config] = {**summarise(extra), "step_ms": summarise(times)["median"] * 1e3,
+                       "layers": layers}
     return out
+
+
+def history_memory(depth: int = 400, records: int = 1500) -> dict[str, float]:
+    """Bytes per layer per record of the history: from its columns, and measured as the
+    allocations that 1,500 records of an L-block chain leave (tracemalloc, history full)."""
+    model, loss_of = chain(depth)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    watch = GradWatch(model, optimizer=opt, history=records)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_of(model).backward()
+        opt.step()
+
+    for _ in range(20):
+        step()
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for _ in range(records):
+        step()
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    hist = watch.history
+    watch.close()
+    return {"columns_bytes_per_layer_record": hist.bytes_per_layer_record(),
+            "measured_bytes_per_layer_record": (after - before) / (records * depth),
+            "records": records, "layers": depth}
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def flat_memory(steps: int, depth: int = 25, history: int = 1000) -> dict[str, list[float]]:
+    """Resident memory (MB) every tenth of a ``steps``-step run whose history is full after
+    ``history`` steps (the default watch on an L-block chain)."""
+    model, loss_of = chain(depth)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    watch = GradWatch(model, optimizer=opt, history=history)
+    marks, rss, start = [], [], time.perf_counter()
+    for k in range(steps):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_of(model)
+        loss.backward()
+        watch.note_loss(loss)
+        opt.step()
+        if (k + 1) % max(1, steps // 10) == 0:
+            gc.collect()
+            marks.append(k + 1)
+            rss.append(_rss() / 2 ** 20)
+    watch.close()
+    return {"step": marks, "rss_mb": rss, "wall_s": time.perf_counter() - start}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--depths", default="25,100,400", help="comma-separated L (default 25,100,400)")
-    p.add_argument("--budget", type=float, default=40.0, help="seconds of timed rounds per L")
+    p.add_argument("--budget", type=float, default=40.0, help="seconds of timed rounds per model")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--no-transformer", action="store_true", help="skip the 48-layer Transformer")
+    p.add_argument("--memory", action="store_true", help="also measure the history's memory")
+    p.add_argument("--long", type=int, default=50_000, help="steps of the flat-memory run")
     p.add_argument("--out", default=None, help="write the results to this JSON file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    depths = [int(d) for d in args.depths.split(",") if d]
+    models = {f"L = {d}": (lambda d=int(d): chain(d)) for d in args.depths.split(",") if d}
+    if not args.no_transformer:
+        models["Transformer 48"] = transformer
     results = {}
-    print("| added host time per layer per step (µs) | " + " | ".join(f"L = {d}" for d in depths)
-          + " |")
-    print("|---|" + "---|" * len(depths))
-    for d in depths:
-        results[d] = run(d, args.budget)
+    for name, build in models.items():
+        print(f"[scaling] {name} ...", file=sys.stderr, flush=True)
+        results[name] = run(build, args.budget)
+    names = list(results)
+    print("| added host time per watched layer per step (µs) | "
+          + " | ".join(f"{n} ({results[n]['bare']['layers']} layers)" for n in names) + " |")
+    print("|---|" + "---|" * len(names))
     for config in CONFIGS[1:]:
-        cells = [f"{results[d][config]['median']:.1f} [{results[d][config]['p25']:.1f}–"
-                 f"{results[d][config]['p75']:.1f}]" for d in depths]
+        cells = [f"{results[n][config]['median']:.1f} [{results[n][config]['p25']:.1f}–"
+                 f"{results[n][config]['p75']:.1f}]" for n in names]
         print(f"| {config} | " + " | ".join(cells) + " |")
-    print("| bare step (ms) | " + " | ".join(f"{results[d]['bare']['step_ms']:.2f}"
-                                              for d in depths) + " |")
+    print("| bare step (ms) | " + " | ".join(f"{results[n]['bare']['step_ms']:.2f}"
+                                              for n in names) + " |")
+    memory = None
+    if args.memory:
+        print("[scaling] history memory ...", file=sys.stderr, flush=True)
+        memory = {"history": history_memory(), "flat": flat_memory(args.long)}
+        h, f = memory["history"], memory["flat"]
+        print(f"\nhistory: {h['columns_bytes_per_layer_record']:.0f} bytes per layer-record in "
+              f"its columns, {h['measured_bytes_per_layer_record']:.1f} measured (L = "
+              f"{h['layers']}, {h['records']} records)")
+        print(f"resident memory over {args.long} steps (history full at 1,000): " + ", ".join(
+            f"{s}: {m:.1f} MB" for s, m in zip(f["step"], f["rss_mb"])))
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump({"threads": args.threads, "load": os.getloadavg(), "results": results},
-                      f, indent=1)
+        with open(args.out, "w", encoding="utf-8") as fh:
+            json.dump({"threads": args.threads, "load": os.getloadavg(), "results": results,
+                       "memory": memory}, fh, indent=1)
     return 0
 
 

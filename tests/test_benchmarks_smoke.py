@@ -91,16 +91,30 @@ def test_sweep_runs_one_model_and_checks_the_norm_against_torch(tmp_path):
 
 def test_scaling_benchmark_smoke(tmp_path):
     """The scaling benchmark runs end to end on two tiny depths and writes every configuration
-    (no timing is asserted: only that each figure is there and finite)."""
+    (no timing is asserted: only that each figure is there and finite), and the history's
+    memory per layer-record, measured, is within the 48 bytes its columns are sized for."""
     out = tmp_path / "scaling.json"
     proc = subprocess.run([sys.executable, str(SCRIPT.parent / "scaling.py"), "--depths", "2,3",
-                           "--budget", "0", "--out", str(out)], capture_output=True, text=True,
-                          timeout=300)
+                           "--budget", "0", "--no-transformer", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     results = json.loads(out.read_text())["results"]
-    assert list(results) == ["2", "3"]
+    assert list(results) == ["L = 2", "L = 3"]
     for per_depth in results.values():
         assert set(per_depth) == {"bare", "naive", "foreach", "gw_params", "gw_default",
                                   "gw_every10", "gw_unrecorded"}
         assert all(math.isfinite(v["median"]) and v["n"] >= 5 for v in per_depth.values())
     assert "| gw_default |" in proc.stdout
+
+
+def test_history_memory_per_layer_record_is_small_and_flat():
+    """The history's columns: at most 48 bytes per layer per record (its own accounting and the
+    allocations tracemalloc sees), and no growth once it is full."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    import scaling
+
+    mem = scaling.history_memory(depth=50, records=200)
+    assert mem["columns_bytes_per_layer_record"] <= 48
+    assert mem["measured_bytes_per_layer_record"] <= 48
+    flat = scaling.flat_memory(1500, depth=10, history=100)
+    assert max(flat["rss_mb"][2:]) - min(flat["rss_mb"][2:]) < 2.0  # MB, after the ring filled
