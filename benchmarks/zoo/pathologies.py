@@ -303,10 +303,12 @@ PATHOLOGICAL_RUNS: tuple[Run, ...] = (
        "Extending autograd (gradcheck your backward); Goodfellow et al. 2016, 4.1"), _bwd_ste,
        ("nonfinite", "finite_forward"), steps=4, quick=True, note="custom clamp, backward /0"),
     _p("nan_bwd_gpt2_custom_gelu", "transformers",
-       Label("nonfinite_backward", birth="transformer.h.1.mlp.c_fc",
+       Label("nonfinite_backward", birth="transformer.h.1.mlp.act",
              cite="PyTorch docs, Extending autograd"), _gpt2(bad_act=True),
        ("nonfinite", "finite_forward"), steps=4, requires=TRANS,
-       note="block 1 GELU with a NaN backward (its input comes from c_fc)"),
+       note="block 1 GELU with a NaN backward (its input comes from c_fc); the birth is the "
+            "GELU module itself since parameter-free modules are located (was c_fc, the "
+            "parameter-owning module before it)"),
     # non-finite born in the loss
     _p("nan_loss_bce_saturated", "mlp", Label("nonfinite_loss", birth="loss", head="3",
        cite="PyTorch docs BCELoss (clamps log at -100 for this reason); Goodfellow et al. 4.1"),

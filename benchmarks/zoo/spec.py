@@ -24,8 +24,9 @@ class Label:
 
     Attributes:
         kind: ``"healthy"`` or one of `KINDS`.
-        birth: For non-finite kinds, the qualified name of the parameter-owning module where the
-            NaN/Inf is born (``"loss"`` when it is born in the loss); ``None`` otherwise.
+        birth: For non-finite kinds, the qualified name of the module where the NaN/Inf is born,
+            a parameter-free one included (``"loss"`` when it is born in the loss); ``None``
+            otherwise.
         head: For ``birth == "loss"``: the layer nearest the loss in gradwatch's layer list, which
             is what the per-step ``first_nonfinite`` contract names for a loss-born NaN.
         cite: The source that says this setup behaves this way.
