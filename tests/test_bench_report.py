@@ -331,17 +331,23 @@ def test_save_records_figure_draws_default_threshold_bands_and_names_the_model(t
     from gradwatch.record.records import LayerStat, StepRecord
 
     recs = [StepRecord(step=0, total_norm=1.0, layers={"a": LayerStat(norm=2e-7),
-                                                       "b": LayerStat(norm=1.0)})]
+                                                       "b": LayerStat(norm=1e-2),
+                                                       "c": LayerStat(norm=1.0)})]
     assert save_records_figure("flow", [], tmp_path / "x.png") is None
     rel = save_records_figure("flow", recs, tmp_path / "f.png", model="Deep sigmoid MLP")
     assert rel == "figures/f.png" and (tmp_path / "f.png").stat().st_size > 1000
     from gradwatch.bench.figures import records_figure
 
     ax = records_figure("flow", recs, model="Deep sigmoid MLP").axes[0]
-    assert ax.get_title() == "Deep sigmoid MLP: gradient flow across 2 layers"
-    assert f"vanishing band (< {Thresholds().vanishing:g})" in [p.get_label() for p in ax.patches]
+    assert ax.get_title() == "Deep sigmoid MLP: gradient flow across 3 layers"
+    th = Thresholds()  # the default bounds the bench's runs use: relative band, absolute line
+    bands = [p.get_label() for p in ax.patches]
+    assert f"relative vanishing band: < {th.relative_vanishing:g} × that median (0.001)" in bands
+    lines = [ln.get_label() for ln in ax.get_lines()]
+    assert f"absolute vanishing bound: norm < {th.vanishing:g}" in lines
     ax = records_figure("flow", recs, thresholds=None, title="own").axes[0]
-    assert ax.get_title() == "own" and not ax.patches  # explicit thresholds=None: no bands
+    assert ax.get_title() == "own" and not ax.patches  # explicit thresholds=None: no bounds
+    assert not [ln for ln in ax.get_lines() if ln.get_label().startswith("absolute")]
 
 
 # ------------------------------------------------------------- what a newcomer meets first

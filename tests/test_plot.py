@@ -92,27 +92,101 @@ def test_flow_marks_nonfinite_zero_flagged_and_birth_layer():
     assert "blocks.1.fc" in born[0].get_label()
 
 
-def test_flow_single_step_flags_vanishing_and_shades_threshold_bands():
-    th = SimpleNamespace(vanishing=1e-7, exploding=1e4)
+def _absolute(ax):
+    return {ln.get_label(): ln for ln in ax.get_lines() if ln.get_label().startswith("absolute")}
+
+
+def _span_y(ax, patch):
+    """The data-y extent of a shaded band (axhspan: x in axes units, y in data units)."""
+    ys = (patch.get_transform() - ax.transData).transform(patch.get_path().vertices)[:, 1]
+    return float(ys.min()), float(ys.max())
+
+
+def test_flow_draws_absolute_bounds_as_labelled_lines():
+    th = SimpleNamespace(vanishing=1e-7, exploding=1e4)  # no relative bounds: none drawn
     ax = plot_flow(_records(), steps=2, thresholds=th, exploding=100.0).axes[0]  # 2e-8 .. 0.7
-    bands = {p.get_label(): p for p in ax.patches}
-    assert set(bands) == {"vanishing band (< 1e-07)", "exploding band (> 100)"}
+    lines = _absolute(ax)
+    assert set(lines) == {"absolute vanishing bound: norm < 1e-07",
+                          "absolute exploding bound: norm > 100"}
+    assert list(lines["absolute vanishing bound: norm < 1e-07"].get_ydata()) == [1e-7, 1e-7]
+    assert not ax.patches  # no band: the shaded bands are the relative bounds
     low, high = ax.get_ylim()
-    assert bands["vanishing band (< 1e-07)"].get_window_extent().height > 0
     assert low < 2e-8 and high > 100  # data and both bounds are visible (within 3 decades)
     # step 0 tops out at 0.5: the exploding bound 1e4 is 4.3 decades up, named but not drawn
     ax = plot_flow(_records(), steps=0, thresholds=th).axes[0]
     np.testing.assert_allclose(_collection(ax, "flagged vanishing").get_offsets(), [[0, 1e-8]])
-    bands = {p.get_label(): p for p in ax.patches}
-    assert set(bands) == {"vanishing band (< 1e-07)",
-                          "exploding band (> 10000), above the axis"}
-    assert bands["exploding band (> 10000), above the axis"].get_width() == 0
+    lines = _absolute(ax)
+    assert set(lines) == {"absolute vanishing bound: norm < 1e-07",
+                          "absolute exploding bound: norm > 10000, above the axis"}
+    assert len(lines["absolute exploding bound: norm > 10000, above the axis"].get_ydata()) == 0
     assert ax.get_ylim()[1] == pytest.approx(0.5 * 10 ** 0.6)
     labels = ax.get_legend_handles_labels()[1]
-    assert "exploding band (> 10000), above the axis" in labels
+    assert "absolute exploding bound: norm > 10000, above the axis" in labels
     # explicit floats override the object
     ax = plot_flow(_records(), steps=0, thresholds=th, exploding=10.0).axes[0]
-    assert "exploding band (> 10)" in [p.get_label() for p in ax.patches]
+    assert "absolute exploding bound: norm > 10" in _absolute(ax)
+
+
+def test_flow_relative_band_is_relative_vanishing_times_the_output_sides_median():
+    from gradwatch import Thresholds
+
+    th = Thresholds()  # relative_vanishing 1e-3, relative_exploding 1e3
+    names = [f"l{i}" for i in range(7)]
+    norms = {0: [1e-6, 1e-5, 1e-4, 1e-2, 0.2, 0.4, 3.0], 5: [2e-6, 2e-5, 2e-4, 2e-2, 0.1, 0.2, 0.6]}
+    recs = [StepRecord(step=s, total_norm=1.0, layers={n: LayerStat(norm=v) for n, v in
+                                                       zip(names, vals)})
+            for s, vals in norms.items()]
+    ax = plot_flow(recs, thresholds=th).axes[0]
+    # 7 layers: the output side is the last 7 // 3 = 2, median (0.2 + 0.6) / 2 at step 5
+    band = next(p for p in ax.patches if p.get_label().startswith("relative vanishing band"))
+    assert _span_y(ax, band)[1] == pytest.approx(1e-3 * 0.4)
+    assert "0.001 × that median (0.0004)" in band.get_label()
+    bar = _collection(ax, "output side's median (last third), step 5: 0.4")
+    (x0, y0), (x1, y1) = bar.get_segments()[0]
+    assert (y0, y1) == (pytest.approx(0.4), pytest.approx(0.4)) and x0 < 5 and x1 > 6
+    earlier = _line(ax, "same bounds at earlier steps (dashed)")  # step 0: median 1.7
+    assert earlier.get_ydata()[0] == pytest.approx(1e-3 * 1.7)
+    # roles: only weight layers are compared (a norm layer at the end changes nothing)
+    roles = dict.fromkeys(names, "weight") | {"l6": "norm"}
+    ax = plot_flow(recs[1:], thresholds=th, roles=roles).axes[0]
+    band = next(p for p in ax.patches if p.get_label().startswith("relative vanishing band"))
+    assert _span_y(ax, band)[1] == pytest.approx(1e-3 * 0.15)  # l4, l5: (0.1 + 0.2) / 2
+    # explicit numbers (a log header's thresholds) instead of a Thresholds
+    ax = plot_flow(recs[1:], relative_vanishing=1e-2).axes[0]
+    band = next(p for p in ax.patches if p.get_label().startswith("relative vanishing band"))
+    assert _span_y(ax, band)[1] == pytest.approx(1e-2 * 0.4)
+    assert not [p for p in ax.patches if "exploding" in p.get_label()]
+    # head: layers after it are not compared
+    ax = plot_flow(recs[1:], thresholds=th, head="l5").axes[0]
+    band = next(p for p in ax.patches if p.get_label().startswith("relative vanishing band"))
+    assert _span_y(ax, band)[1] == pytest.approx(1e-3 * 0.15)
+
+
+def test_flow_flagged_layers_of_a_real_run_sit_in_the_relative_band():
+    """A deep sigmoid MLP that gradwatch flags vanishing: at the drawn step every flagged layer
+    is inside the shaded band and every layer the verdict left alone is above it."""
+    import torch
+
+    from gradwatch import GradWatch, Thresholds
+    from gradwatch.bench.nets import DeepMLP
+
+    torch.manual_seed(0)
+    model = DeepMLP(10, width=32, activation="sigmoid")
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.rand(64, 784), torch.randint(0, 10, (64,))
+    with GradWatch(model, optimizer=opt) as watch:
+        for _ in range(8):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        records, head = list(watch.history), watch.head
+    last = records[-1]
+    assert last.flagged and last.flagged[0] == "input"  # the run really vanishes
+    ax = plot_flow(records, steps=last.step, thresholds=Thresholds(), head=head).axes[0]
+    band = next(p for p in ax.patches if p.get_label().startswith("relative vanishing band"))
+    top = _span_y(ax, band)[1]
+    for name, stat in last.layers.items():
+        assert (stat.norm < top) == (name in last.flagged), (name, stat.norm, top)
 
 
 def test_flow_act_norm_plots_output_gradients_without_bands():
@@ -243,10 +317,14 @@ def test_heatmap_cells_are_log10_norms_with_special_cells():
     assert vmin == pytest.approx(math.log10(1e-8)) and vmax == pytest.approx(math.log10(5e4))
     assert (np.asarray(data)[:3, 2] > vmax).all()  # non-finite -> "over" colour (red)
     assert np.asarray(data)[0, 3] < vmin  # zero -> "under" colour
-    assert "log10" in fig.axes[1].get_ylabel()  # the colour bar
+    bar = fig.axes[1]  # the colour bar: log10 values, labelled as the norms they stand for
+    assert "log colour scale" in bar.get_ylabel()
+    ticks = [t for t in bar.yaxis.get_major_locator()() if vmin <= t <= vmax]
+    assert ticks == list(range(-8, 5, 2))
+    assert bar.yaxis.get_major_formatter().format_ticks(ticks)[:2] == ["$10^{-8}$", "$10^{-6}$"]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend == ["non-finite (3 cells)", "zero norm (1 cell)",
-                      "bounds on colour bar: vanishing 1e-07, exploding 10000"]
+                      "absolute bounds on colour bar: vanishing 1e-07, exploding 10000"]
     assert [t.get_text() for t in ax.get_yticklabels()] == NAMES
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "2", "4", "6"]  # step numbers
 
@@ -311,7 +389,7 @@ def test_flow_styles_known_statuses_from_the_table_and_unknown_ones_neutral():
 def test_log_ticks_are_readable_for_narrow_and_wide_ranges():
     from matplotlib.figure import Figure as Fig
 
-    from gradwatch.plot._common import log_ticks
+    from gradwatch.plot.ticks import log_ticks
 
     def labels(lo, hi):
         ax = Fig().add_subplot()
@@ -319,12 +397,52 @@ def test_log_ticks_are_readable_for_narrow_and_wide_ranges():
         ax.set_ylim(lo, hi)
         log_ticks(ax.yaxis)
         ticks = [t for t in ax.yaxis.get_major_locator()() if lo <= t <= hi]
-        return [ax.yaxis.get_major_formatter()(t, 0) for t in ticks]
+        return ax.yaxis.get_major_formatter().format_ticks(ticks)
 
     assert labels(0.45, 0.85) == ["0.5", "0.6", "0.7", "0.8"]  # XOR plateau: no 5×10^-1
     assert labels(0.3, 12) == ["0.5", "1", "2", "5", "10"]
-    wide = labels(1e-14, 1.0)
-    assert 4 <= len(wide) <= 9 and wide[0].startswith("$10^{-1") and wide[-1] == "1"
+    assert labels(2e-3, 5e3) == ["0.01", "0.1", "1", "10", "100", "1000"]
+    wide = labels(1e-14, 1.0)  # one style on the whole axis: 10^0, not "1" beside 10^-14
+    assert 4 <= len(wide) <= 9 and wide[0].startswith("$10^{-1") and wide[-1] == "$10^{0}$"
+    assert all(w.startswith("$") for w in labels(1e-5, 1.0))  # never 0.001 beside 10^-4
+
+
+def test_norms_band_is_median_and_range_over_all_layers_and_draws_the_clip_level():
+    rng = np.random.default_rng(1)
+    names = [f"l{i}" for i in range(9)]
+    table = 10.0 ** rng.normal(0, 1, (5, 9))
+    table[2, 4] = NAN  # one non-finite layer: left out of that step's median and range
+    recs = [StepRecord(step=s, total_norm=3.0, clip_coef=1 / 3, layers={
+        n: LayerStat(norm=float(v)) for n, v in zip(names, row)}) for s, row in enumerate(table)]
+    ax = plot_norms(recs, band=True, layers=["l0"], clip_level=1.0).axes[0]
+    finite = np.where(np.isfinite(table), table, np.nan)
+    np.testing.assert_allclose(_line(ax, "median of 9 layers").get_ydata(),
+                               np.nanmedian(finite, axis=1))
+    spread = _collection(ax, "min–max of 9 layers").get_paths()[0].vertices[:, 1]
+    assert spread.min() == pytest.approx(np.nanmin(finite)) and spread.max() == pytest.approx(
+        np.nanmax(finite))
+    assert [ln.get_label() for ln in ax.get_lines()][:2] == ["median of 9 layers", "l0"]
+    assert list(_line(ax, "clip level (max norm 1)").get_ydata()) == [1.0, 1.0]
+    assert "all 9 layers: median and range" in ax.get_title()
+
+
+@pytest.mark.parametrize("clip, level", [
+    (1.0, 1.0), (2, 2.0), ("GlobalNorm(max_norm=0.25)", 0.25), ("auto", None), (None, None),
+    (True, None), ("PerTensorNorm(max_norm=1.0)", None), ("GlobalNorm(max_norm=x)", None),
+    (0.0, None), (math.inf, None)])
+def test_global_clip_level_reads_a_number_a_policy_or_a_header_repr(clip, level):
+    from gradwatch.plot import global_clip_level
+
+    assert global_clip_level(clip) == level
+
+
+def test_global_clip_level_of_policies():
+    from gradwatch.clip import GlobalNorm, PerTensorNorm
+    from gradwatch.plot import global_clip_level
+
+    assert global_clip_level(GlobalNorm(0.5)) == 0.5
+    assert global_clip_level(repr(GlobalNorm(0.5))) == 0.5  # as a log header stores it
+    assert global_clip_level(PerTensorNorm(0.5)) is None
 
 
 def test_norms_says_a_subset_is_shown_even_under_a_custom_title():
@@ -356,6 +474,15 @@ def test_histograms_draw_fractions_per_bin_for_each_layer_and_epoch(tmp_path):
     np.testing.assert_allclose(panels[3].patches[2].get_data().values, ref / ref.sum())
     np.testing.assert_allclose(panels[3].patches[2].get_data().edges, edges)
     assert "4 of 8 layers shown" in fig.get_suptitle()
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["epoch 0", "epoch 1", "epoch 2"]
+    assert len(fig.axes) == 6  # 2 rows x 3 panels (2 hidden), no colour bar for three epochs
+    titled = plot_histograms(hists, max_layers=4, title="Run A")
+    assert titled.get_suptitle().startswith("Run A\n4 of 8 layers shown")  # a custom title too
+    many = {f"layer{i}": {e: rng.normal(0, 1, 50) for e in range(12)} for i in range(2)}
+    fig = plot_histograms(many)
+    assert not fig.legends and fig.axes[-1].get_ylabel() == "epoch"  # 12 epochs: a colour bar
+    assert "all 2 layers shown" in fig.get_suptitle()
     assert (tmp_path / "h.png").stat().st_size > 1000
     h = Histogram.of([1.0, 1.0, float("nan")], bins=2)
     assert sum(h.counts) == 2 and Histogram.coerce(h.to_dict()) == h

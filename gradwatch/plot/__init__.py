@@ -15,7 +15,7 @@ from .flow import plot_flow
 from .heatmap import plot_heatmap
 from .hist import Histogram, plot_histograms
 from .loss import plot_loss
-from .norms import plot_norms
+from .norms import global_clip_level, plot_norms
 
-__all__ = ["Histogram", "plot_flow", "plot_heatmap", "plot_histograms", "plot_loss",
-           "plot_norms"]
+__all__ = ["Histogram", "global_clip_level", "plot_flow", "plot_heatmap", "plot_histograms",
+           "plot_loss", "plot_norms"]

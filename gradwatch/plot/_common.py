@@ -10,16 +10,16 @@ from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
 
 import numpy as np
 
-from ..record.records import StepRecord
+from ..record.records import StepRecord, status_info
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = ["Which", "WHICH_LABEL", "StatusStyle", "STATUS_MARKERS", "NEUTRAL_STYLE", "MAX_TICK_LABELS",
-           "bands", "check_records", "layered_records", "check_which", "edge_marks", "finish",
-           "layer_order", "legend", "log_limits", "log_ticks", "name_ticks", "new_axes", "plural",
-           "short", "split", "status_style", "thresholds_from", "value"]
+           "absolute_bounds", "check_records", "layered_records", "check_which", "edge_marks",
+           "finish", "layer_order", "legend", "log_limits", "name_ticks",
+           "new_axes", "plural", "short", "split", "status_style", "thresholds_from", "value"]
 
 Which = Literal["norm", "act_norm"]
 
@@ -39,25 +39,18 @@ class StatusStyle:
 STATUS_MARKERS: dict[str, str] = {"vanishing": "v", "exploding": "^", "nonfinite": "X",
                                   "diverging": ">", "dead": "s", "saturated": "P"}
 """Status value -> marker shape; a status missing here gets the neutral diamond."""
-_FALLBACK_COLORS = {"vanishing": "tab:blue", "exploding": "tab:red", "nonfinite": "black"}
 NEUTRAL_STYLE = StatusStyle("#7f7f7f", "D", "other")
 
 
 def status_style(status: Any) -> StatusStyle:
     """The style of ``status`` (a `Status` or its value); unknown statuses are drawn neutral.
 
-    Colour and label come from the status table in `gradwatch.record.records` (``status_info``) when
-    it declares one, so plots, summary and report agree; markers from `STATUS_MARKERS`.
+    Colour and label come from the status table in `gradwatch.record.records` (``status_info``),
+    so plots, summary and report agree; markers from `STATUS_MARKERS`.
     """
-    from ..record import records
-
     value = str(getattr(status, "value", status))
-    marker = STATUS_MARKERS.get(value, NEUTRAL_STYLE.marker)
-    info = getattr(records, "status_info", None)
-    if info is not None:
-        found = info(value)
-        return StatusStyle(found.color, marker, found.label)
-    return StatusStyle(_FALLBACK_COLORS.get(value, NEUTRAL_STYLE.color), marker, value)
+    found = status_info(value)
+    return StatusStyle(found.color, STATUS_MARKERS.get(value, NEUTRAL_STYLE.marker), found.label)
 
 
 MAX_TICK_LABELS = 40
@@ -151,37 +144,6 @@ def log_limits(values: Iterable[float], *bounds: float | None) -> tuple[float, f
     return lo / 10 ** 0.6, hi * 10 ** 0.6
 
 
-def _tick_label(v: float) -> str:
-    """``0.5``, ``20``, ``1e-07`` → readable: plain numbers in [1e-3, 1e4), powers of ten outside."""
-    if v <= 0 or not math.isfinite(v):
-        return ""
-    if 1e-3 <= v < 1e4:
-        return f"{v:g}"
-    exp = math.floor(math.log10(v) + 1e-9)
-    mant = v / 10 ** exp
-    return f"$10^{{{exp}}}$" if abs(mant - 1) < 1e-6 else f"${mant:.2g}\\times10^{{{exp}}}$"
-
-
-def log_ticks(axis: Any) -> None:
-    """Readable major ticks on a log axis whose limits are set: about 4-9 labels.
-
-    Less than half a decade gets 1..9 × 10^k, up to two decades 1, 2, 5 × 10^k, more every
-    decade (matplotlib thins wide ranges); labels are plain numbers where short.
-    """
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    lo, hi = sorted(axis.get_view_interval())
-    decades = math.log10(hi / lo) if lo > 0 and hi > lo else 10.0
-    subs: Any = (1.0,)
-    if decades < 0.7:
-        subs = tuple(float(k) for k in range(1, 10))
-    elif decades < 2.2:
-        subs = (1.0, 2.0, 5.0)
-    axis.set_major_locator(LogLocator(base=10, subs=subs, numticks=10))
-    axis.set_major_formatter(FuncFormatter(lambda v, _pos: _tick_label(v)))
-    axis.set_minor_formatter(NullFormatter())
-
-
 def new_axes(ax: Axes | None, size: tuple[float, float]) -> tuple[Figure, Axes]:
     if ax is not None:
         return ax.figure, ax
@@ -242,22 +204,21 @@ def legend(ax: Axes, first: Sequence[str] = (), **kwargs: Any) -> None:
               bbox_to_anchor=(1.01, 1.0), fontsize="small", title_fontsize="small", **kwargs)
 
 
-def bands(ax: Axes, lo: float, hi: float, vanishing: float | None,
-          exploding: float | None) -> None:
-    """Shades the threshold bands inside ``lo..hi``; a band beyond the axis is named in the legend."""
-    from matplotlib.patches import Rectangle
+def absolute_bounds(ax: Axes, lo: float, hi: float, vanishing: float | None,
+                    exploding: float | None) -> None:
+    """Draws the absolute norm bounds inside ``lo..hi`` as dotted lines labelled "absolute"
+    (the relative bounds the depth verdicts read are `gradwatch.plot.depth`'s); a bound beyond
+    the axis is named in the legend, not drawn."""
+    from matplotlib.lines import Line2D
 
-    for bound, name, inside, where in (
-            (vanishing, "vanishing", vanishing is not None and vanishing > lo, "below"),
-            (exploding, "exploding", exploding is not None and exploding < hi, "above")):
-        color = status_style(name).color
+    for bound, name, sign, where in ((vanishing, "vanishing", "<", "below"),
+                                     (exploding, "exploding", ">", "above")):
         if bound is None:
             continue
-        sign = "<" if name == "vanishing" else ">"
-        label = f"{name} band ({sign} {bound:g})"
-        if inside:
-            ax.axhspan(*((lo, bound) if name == "vanishing" else (bound, hi)), color=color,
-                       alpha=0.10, lw=0, label=label)
-        else:  # a zero-size proxy: nothing drawn, the legend still says where the band is
-            ax.add_patch(Rectangle((0, 0), 0, 0, color=color, alpha=0.10, lw=0,
-                                   label=f"{label}, {where} the axis"))
+        color = status_style(name).color
+        label = f"absolute {name} bound: norm {sign} {bound:g}"
+        if lo < bound < hi:
+            ax.axhline(bound, color=color, ls=":", lw=1.4, label=label)
+        else:  # a line off the axis: nothing drawn, the legend still says where it is
+            ax.add_line(Line2D([], [], color=color, ls=":", lw=1.4,
+                               label=f"{label}, {where} the axis"))

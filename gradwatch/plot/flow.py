@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from ..record.records import Status, StepRecord
-from ._common import (WHICH_LABEL, bands, edge_marks, finish, layered_records, legend, log_limits,
-                      log_ticks, name_ticks, new_axes, short, split, status_style, value, Which)
+from ._common import (WHICH_LABEL, Which, absolute_bounds, edge_marks, finish, layered_records,
+                      legend, log_limits, name_ticks, new_axes, short, split, status_style, value)
+from .depth import depth_reference, relative_bounds
+from .ticks import log_ticks
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -20,7 +22,9 @@ __all__ = ["plot_flow"]
 
 def plot_flow(records: Iterable[StepRecord], *, steps: int | Sequence[int] | None = None,
               which: Which = "norm", thresholds: Any = None, vanishing: float | None = None,
-              exploding: float | None = None, ax: Axes | None = None,
+              exploding: float | None = None, relative_vanishing: float | None = None,
+              relative_exploding: float | None = None, roles: Mapping[str, str] | None = None,
+              head: str | None = None, ax: Axes | None = None,
               path: str | os.PathLike[str] | None = None, title: str | None = None) -> Figure:
     """Per-layer gradient norm against depth: the "gradient magnitude across layers" figure.
 
@@ -28,9 +32,16 @@ def plot_flow(records: Iterable[StepRecord], *, steps: int | Sequence[int] | Non
         records: Recorded steps, e.g. ``watch.history`` or ``list(read_jsonl(path))``.
         steps: Step number(s) to overlay; default the first, middle and last record.
         which: ``"norm"`` (parameter gradients) or ``"act_norm"`` (gradient w.r.t. the output).
-        thresholds: An object with ``vanishing``/``exploding`` attributes (e.g. `Thresholds`).
-        vanishing: Absolute lower bound to shade (overrides ``thresholds``).
-        exploding: Absolute upper bound to shade (overrides ``thresholds``).
+        thresholds: A `Thresholds` (or an object with its ``vanishing``, ``exploding``,
+            ``relative_vanishing`` and ``relative_exploding`` attributes): the bounds to draw.
+        vanishing: Absolute lower bound to draw (overrides ``thresholds``).
+        exploding: Absolute upper bound to draw (overrides ``thresholds``).
+        relative_vanishing: Relative lower bound (overrides ``thresholds``), e.g. a log
+            header's thresholds.
+        relative_exploding: Relative upper bound (overrides ``thresholds``).
+        roles: Layer name -> role (a run header's ``"roles"``): only ``"weight"`` layers enter
+            the depth reference, as in the rules; default every layer (see `gradwatch.plot.depth`).
+        head: The layer whose output is the model's (``GradWatch.head``); default the last.
         ax: Axes to draw into; a new figure when omitted.
         path: Where to save a PNG.
         title: Figure title; a descriptive default when omitted.
@@ -39,8 +50,12 @@ def plot_flow(records: Iterable[StepRecord], *, steps: int | Sequence[int] | Non
         The figure. Lines run from input (left) to output (right), one per step, later steps
         darker; flagged layers carry a marker coloured by status (grey diamonds for a status
         without a declared style), and the layer where a NaN/Inf was born is marked by a dotted
-        vertical line. The bands are drawn for ``which="norm"`` only, since the thresholds bound
-        parameter-gradient norms; a band far beyond the data is named in the legend, not drawn.
+        vertical line. The shaded bands are the relative bounds the depth verdicts read:
+        ``relative_vanishing`` (``relative_exploding``) times the output side's median norm at
+        the latest drawn step (a black bar over the output side's layers marks that median;
+        earlier steps' bounds are dashed lines in their colours). The absolute bounds are dotted
+        lines labelled "absolute", for ``which="norm"`` only, since they bound parameter-gradient
+        norms. A bound far beyond the data is named in the legend, not drawn.
 
     Raises:
         ValueError: No records, no per-layer statistics, an unknown step, or bad bounds.
@@ -64,14 +79,23 @@ def plot_flow(records: Iterable[StepRecord], *, steps: int | Sequence[int] | Non
                          "(recorded with activations=False?); use which='norm'.")
     if which != "norm":
         vanishing = exploding = None
+    rel_v = (getattr(thresholds, "relative_vanishing", None) if relative_vanishing is None
+             else relative_vanishing)
+    rel_e = (getattr(thresholds, "relative_exploding", None) if relative_exploding is None
+             else relative_exploding)
 
-    fig, ax = new_axes(ax, (min(6 + 0.1 * len(names), 16), 5.5 if len(names) <= 20 else 7.5))
+    fig, ax = new_axes(ax, (min(9.5 + 0.1 * len(names), 18), 5.5 if len(names) <= 20 else 7.5))
     size = 70 if len(names) <= 30 else 30
     x = np.arange(len(names))
     shades = colormaps["YlGn"](np.linspace(0.45, 0.95, len(chosen)))
     labelled: set[str] = set()
     all_y: list[float] = []
+    refs = []
     for r, color in zip(chosen, shades):
+        ref = depth_reference(r, names, which, relative_vanishing=rel_v,
+                              relative_exploding=rel_e, roles=roles, head=head)
+        if ref is not None:
+            refs.append((ref, color))
         y, nonfinite, zero = split([value(r, n, which) for n in names])
         all_y.extend(y[np.isfinite(y)])
         ax.plot(x, y, "-", marker="o" if len(names) <= 60 else None, ms=3, lw=1.6, color=color,
@@ -91,11 +115,14 @@ def plot_flow(records: Iterable[StepRecord], *, steps: int | Sequence[int] | Non
             ax.axvline(names.index(r.first_nonfinite), color="black", ls=":", lw=1.2,
                        label=f"NaN/Inf born here (step {r.step}): {short(r.first_nonfinite)}")
 
-    lo, hi = log_limits(all_y, vanishing, exploding)
+    near = [b for ref, _ in refs[-1:] for b in (ref.vanishing, ref.exploding)]
+    lo, hi = log_limits(all_y, vanishing, exploding, *near)
     ax.set_yscale("log")
     ax.set_ylim(lo, hi)
     log_ticks(ax.yaxis)
-    bands(ax, lo, hi, vanishing, exploding)
+    if refs and (rel_v is not None or rel_e is not None):
+        relative_bounds(ax, refs, lo, hi, rel_v, rel_e)
+    absolute_bounds(ax, lo, hi, vanishing, exploding)
     ax.set_xlim(-0.5, len(names) - 0.5)
     name_ticks(ax.xaxis, names)
     ax.tick_params(axis="x", labelrotation=90, labelsize=8 if len(names) <= 20 else 7)

@@ -1,4 +1,4 @@
-"""Layer x step heat map of log10 gradient norm, for deep models and long runs."""
+"""Layer x step heat map of the gradient norm (log colour scale), for deep models and long runs."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 
 from ..record.records import StepRecord
-from ._common import (WHICH_LABEL, finish, layered_records, name_ticks, new_axes, plural, split,
-                      value, Which)
+from ._common import (WHICH_LABEL, Which, finish, layered_records, name_ticks, new_axes, plural,
+                      split, value)
+from .ticks import log10_ticks
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -23,11 +24,12 @@ def plot_heatmap(records: Iterable[StepRecord], *, which: Which = "norm",
                  thresholds: Any = None, vanishing: float | None = None,
                  exploding: float | None = None, cmap: str = "viridis", ax: Axes | None = None,
                  path: str | os.PathLike[str] | None = None, title: str | None = None) -> Figure:
-    """Layer x step heat map of log10 gradient norm, for deep models and long runs.
+    """Layer x step heat map of the gradient norm on a log colour scale, for deep models and
+    long runs.
 
     Rows are layers in forward order (input at the top), columns recorded steps. Non-finite
-    cells are red, zero norms white, layers not recorded at a step light grey. Thresholds, when
-    given, are drawn as outlined white lines on the colour bar.
+    cells are red, zero norms white, layers not recorded at a step light grey. The absolute
+    thresholds, when given, are drawn as outlined white lines on the colour bar.
 
     Args:
         records: Recorded steps, e.g. ``watch.history`` or ``list(read_jsonl(path))``.
@@ -74,7 +76,8 @@ def plot_heatmap(records: Iterable[StepRecord], *, which: Which = "norm",
     colours = colormaps[cmap].with_extremes(over="red", under="white", bad="lightgrey")
     image = ax.imshow(np.ma.masked_invalid(logs), aspect="auto", interpolation="nearest",
                       cmap=colours, norm=Normalize(vmin, vmax))
-    bar = fig.colorbar(image, ax=ax, label=f"log10 {WHICH_LABEL[which]}")
+    bar = fig.colorbar(image, ax=ax, label=f"{WHICH_LABEL[which]} (log colour scale)")
+    log10_ticks(bar.ax.yaxis)
     marked = [(b, label) for b, label in ((vanishing, "vanishing"), (exploding, "exploding"))
               if which == "norm" and b is not None and vmin <= math.log10(b) <= vmax]
     outlined = [patheffects.withStroke(linewidth=3.5, foreground="black")]
@@ -88,7 +91,7 @@ def plot_heatmap(records: Iterable[StepRecord], *, which: Which = "norm",
     ax.tick_params(axis="y", labelsize=8 if len(names) <= 20 else 7)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("layer, in forward order (input at top)")
-    ax.set_title(title or f"log10 gradient norm per layer and step "
+    ax.set_title(title or f"Gradient norm per layer and step "
                           f"({plural(len(names), 'layer')} x {plural(len(recs), 'step')})")
     special = [(nonfinite, "red", "non-finite"), (zero, "white", "zero norm"),
                (missing, "lightgrey", "not recorded")]
@@ -97,7 +100,7 @@ def plot_heatmap(records: Iterable[StepRecord], *, which: Which = "norm",
                for m, c, label in special if m.any()]
     if marked:
         handles.append(Line2D([], [], color="white", lw=1.5, path_effects=outlined,
-                              label="bounds on colour bar: " + ", ".join(
+                              label="absolute bounds on colour bar: " + ", ".join(
                                   f"{label} {b:g}" for b, label in marked)))
     if handles:
         below = offset_copy(ax.transAxes, fig=fig, y=-36, units="points")  # under the xlabel

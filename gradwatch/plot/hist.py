@@ -14,7 +14,9 @@ from ._common import finish, plural, short
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["Histogram", "plot_histograms"]
+__all__ = ["Histogram", "plot_histograms", "LEGEND_EPOCHS"]
+
+LEGEND_EPOCHS = 8  # up to this many epochs get a legend entry each; more a colour bar
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,9 @@ def plot_histograms(histograms: Mapping[str, Mapping[Any, Any]], *, quantity: st
 
     Returns:
         The figure. Each line is the fraction of the layer's values per bin, so epochs with
-        different value counts compare.
+        different value counts compare. Up to `LEGEND_EPOCHS` epochs are named in a legend, more
+        on a colour bar; panel titles read ``index: layer`` and the figure title says when only
+        some of the layers are shown (a custom ``title`` too).
 
     Raises:
         ValueError: No layers, a layer without epochs, an unknown layer, or bad bins.
@@ -96,6 +100,7 @@ def plot_histograms(histograms: Mapping[str, Mapping[Any, Any]], *, quantity: st
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     names = list(histograms)
     if not names:
@@ -125,7 +130,9 @@ def plot_histograms(histograms: Mapping[str, Mapping[Any, Any]], *, quantity: st
         for e, h in data[name].items():
             counts = np.asarray(h.counts)
             frac = counts / counts.sum() if counts.sum() > 0 else counts
-            ax.stairs(frac, h.edges, color=shade(norm(epochs.index(e))), lw=1.3)
+            ax.stairs(frac, h.edges, color=shade(norm(epochs.index(e))), lw=1.3,
+                      label=f"epoch {e}")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
         ax.set_title(f"{names.index(name)}: {short(name, 28)}", fontsize=9)
         ax.set_xlabel(f"{quantity} value", fontsize=8)
         ax.set_ylabel("fraction per bin", fontsize=8)
@@ -133,13 +140,21 @@ def plot_histograms(histograms: Mapping[str, Mapping[Any, Any]], *, quantity: st
         ax.grid(True, alpha=0.3)
     for ax in axes[len(shown):]:
         ax.set_visible(False)
-    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=shade), ax=list(axes[:len(shown)]),
-                       shrink=0.9)
-    ticks = np.unique(np.linspace(0, len(epochs) - 1, min(len(epochs), 6)).round().astype(int))
-    bar.set_ticks(ticks.tolist(), labels=[str(epochs[i]) for i in ticks])
-    bar.set_label("epoch")
-    subset = (f"; {len(shown)} of {len(names)} layers shown, evenly spaced"
-              if len(shown) < len(names) else "")
-    fig.suptitle(title or f"{quantity.capitalize()} histogram per layer and epoch "
-                          f"({plural(len(epochs), 'epoch')}{subset})", fontsize=11)
+    if len(epochs) <= LEGEND_EPOCHS:
+        handles, labels = axes[0].get_legend_handles_labels()
+        order = [labels.index(f"epoch {e}") for e in epochs if f"epoch {e}" in labels]
+        fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="outside right",
+                   fontsize="small")
+    else:
+        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=shade), ax=list(axes[:len(shown)]),
+                           shrink=0.9)
+        ticks = np.unique(np.linspace(0, len(epochs) - 1, 6).round().astype(int))
+        bar.set_ticks(ticks.tolist(), labels=[str(epochs[i]) for i in ticks])
+        bar.set_label("epoch")
+    subset = (f"{len(shown)} of {len(names)} layers shown (evenly spaced, input to output); "
+              f"panel title: layer index: name" if len(shown) < len(names)
+              else f"all {plural(len(names), 'layer')} shown")
+    head = title or (f"{quantity.capitalize()} histogram per layer and epoch "
+                     f"({plural(len(epochs), 'epoch')})")
+    fig.suptitle(f"{head}\n{subset}", fontsize=11)
     return finish(fig, path)

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..record.records import StepRecord
 from ._common import check_records, finish, new_axes
+from .ticks import log_ticks
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -54,6 +55,8 @@ def plot_loss(records: Iterable[StepRecord], *, ax: Axes | None = None,
     finite = y[np.isfinite(y)]
     if finite.size and finite.min() > 0 and finite.max() / finite.min() > 100:
         ax.set_yscale("log")
+        ax.autoscale_view()
+        log_ticks(ax.yaxis)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.set_title(title or f"Loss over {len(x)} recorded steps")

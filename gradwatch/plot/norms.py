@@ -4,26 +4,49 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
 from ..record.records import StepRecord
 from ._common import (WHICH_LABEL, Which, check_records, check_which, edge_marks, finish,
-                      layer_order, legend, log_limits, log_ticks, new_axes, plural, short, split,
-                      value)
+                      layer_order, legend, log_limits, new_axes, plural, short, split, value)
+from .ticks import log_ticks
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["plot_norms"]
+__all__ = ["plot_norms", "global_clip_level"]
+
+
+def global_clip_level(clip: Any) -> float | None:
+    """The fixed global max norm a run clipped at, else None.
+
+    ``clip`` is what the run was given or what its log header says under ``options.clip``: a
+    number (``clip=1.0``), a ``GlobalNorm`` (or its repr, ``"GlobalNorm(max_norm=1)"``). Other
+    policies (per-tensor, adaptive, ``"auto"``) have no single level: None.
+    """
+    if isinstance(clip, bool) or clip is None:
+        return None
+    if isinstance(clip, (int, float)):
+        level = float(clip)
+    elif type(clip).__name__ == "GlobalNorm":
+        level = float(clip.max_norm)
+    elif isinstance(clip, str) and clip.startswith("GlobalNorm(") and clip.endswith(")"):
+        try:
+            level = float(clip[len("GlobalNorm("):-1].split(",")[0].split("=")[-1])
+        except ValueError:
+            return None
+    else:
+        return None
+    return level if 0 < level < math.inf else None
 
 
 def plot_norms(records: Iterable[StepRecord], *, layers: Sequence[str] | None = None,
                which: Which = "norm", max_layers: int = 8, ax: Axes | None = None,
                path: str | os.PathLike[str] | None = None, title: str | None = None,
-               clip_level: float | None = None) -> Figure:
+               clip_level: float | None = None, band: bool = False) -> Figure:
     """Per-layer gradient norms over training steps on a log scale, with events marked.
 
     The total norm is the bold black line; where clipping acted, the dashed line is the total
@@ -35,14 +58,18 @@ def plot_norms(records: Iterable[StepRecord], *, layers: Sequence[str] | None = 
     Args:
         records: Recorded steps, e.g. ``watch.history`` or ``list(read_jsonl(path))``.
         layers: Layer names to draw; default ``max_layers`` layers evenly spread over depth (the
-            legend and the default title say how many of how many are shown).
+            legend and the default title say how many of how many are shown), none with ``band``.
         which: ``"norm"`` (parameter gradients) or ``"act_norm"`` (gradient w.r.t. the output).
         max_layers: How many layers the default picks; layers are coloured by depth.
         ax: Axes to draw into; a new figure when omitted.
         path: Where to save a PNG.
         title: Figure title; a descriptive default when omitted.
         clip_level: The global max norm the run clipped at (``GradWatch(clip=1.0)``), drawn as
-            a horizontal line, so the steps whose total crossed it read off the figure.
+            a horizontal line, so the steps whose total crossed it read off the figure
+            (`global_clip_level` reads it from a policy or a log header's ``options.clip``).
+        band: Draw every layer at once as the median over layers with the min–max range
+            shaded, for many layers whose lines would lie on each other; ``layers`` are drawn
+            as lines on top.
 
     Returns:
         The figure.
@@ -55,7 +82,9 @@ def plot_norms(records: Iterable[StepRecord], *, layers: Sequence[str] | None = 
     recs = check_records(records)
     check_which(which)
     names = layer_order(recs)
-    if layers is None:
+    if layers is None and band:
+        shown = []
+    elif layers is None:
         if max_layers < 0:
             raise ValueError(f"Expected `max_layers` >= 0, but got {max_layers}.")
         keep = np.unique(np.linspace(0, len(names) - 1, min(len(names), max_layers)).round())
@@ -72,6 +101,8 @@ def plot_norms(records: Iterable[StepRecord], *, layers: Sequence[str] | None = 
     labelled: set[str] = set()
     all_y: list[float] = []
     depth = colormaps["viridis"]
+    if band and names:
+        _band(ax, x, [[value(r, n, which) for n in names] for r in recs], len(names), all_y)
     for n in shown:
         y, nonfinite, zero = split([value(r, n, which) for r in recs])
         color = depth(0.9 * names.index(n) / max(len(names) - 1, 1))
@@ -120,14 +151,18 @@ def plot_norms(records: Iterable[StepRecord], *, layers: Sequence[str] | None = 
     log_ticks(ax.yaxis)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(WHICH_LABEL[which] + " (log)")
-    hidden = f" ({len(shown)} of {len(names)} layers shown)" if len(shown) < len(names) else ""
+    hidden = (f" (all {len(names)} layers: median and range)" if band else
+              f" ({len(shown)} of {len(names)} layers shown)" if len(shown) < len(names) else "")
     ax.set_title(title or f"Gradient norms over {len(recs)} recorded steps{hidden}")
     ax.grid(True, which="major", alpha=0.3)
     heading = None
-    if shown:  # the legend says it is a subset even under a custom title
+    if band:
+        heading = f"{len(names)} layers (colour = depth)"
+    elif shown:  # the legend says it is a subset even under a custom title
         heading = ("layer (colour = depth)" if not hidden else
                    f"layer (colour = depth;\n{len(shown)} of {len(names)} shown, evenly spaced)")
-    legend(ax, [short(n) for n in shown] + ["total (all layers)"], title=heading)
+    legend(ax, [f"median of {len(names)} layers", f"min–max of {len(names)} layers"]
+           + [short(n) for n in shown] + ["total (all layers)"], title=heading)
     return finish(fig, path)
 
 
@@ -148,3 +183,20 @@ def _rug(ax: Axes, x: np.ndarray, mask: np.ndarray, label: str) -> None:
             start = None
     ax.broken_barh(spans, (0.0, 0.025), transform=ax.get_xaxis_transform(), color="tab:orange",
                    label=label, zorder=4)
+
+
+def _band(ax: Axes, x: np.ndarray, per_step: list[list[float | None]], n: int,
+          all_y: list[float]) -> None:
+    """The median over layers per step as a line and their min–max range shaded (finite,
+    positive values only)."""
+    table = np.array([[np.nan if v is None else v for v in row] for row in per_step], dtype=float)
+    table[~np.isfinite(table) | (table <= 0)] = np.nan
+    ok = np.isfinite(table).any(axis=1)
+    lo = np.full(len(x), np.nan)
+    hi, mid = lo.copy(), lo.copy()
+    lo[ok], hi[ok] = np.nanmin(table[ok], axis=1), np.nanmax(table[ok], axis=1)
+    mid[ok] = np.nanmedian(table[ok], axis=1)
+    ax.fill_between(x, lo, hi, color="tab:blue", alpha=0.2, lw=0, label=f"min–max of {n} layers")
+    ax.plot(x, mid, lw=1.4, color="tab:blue", label=f"median of {n} layers")
+    all_y.extend(v for v in np.concatenate([lo, hi]) if np.isfinite(v))
+
