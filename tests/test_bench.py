@@ -404,3 +404,12 @@ def test_a_net_stuck_on_a_saturated_output_looks_like_a_converged_one():
     assert dead["head output grad"] == done["head output grad"] == 0.0
     assert dead["findings"] == done["findings"] == done["findings with the loss"] == []
     assert dead["findings with the loss"] == ["stalled"]
+
+
+def test_deep_linear_figures_draw_the_clip_level_only_for_a_global_norm():
+    from gradwatch.bench.linear import VARIANTS
+    from gradwatch.plot import global_clip_level
+
+    levels = {name: global_clip_level(make()) for name, make in VARIANTS.items()}
+    assert levels == {"no clip": None, "per-tensor 1.0": None, "global norm 1.0": 1.0,
+                      'gradwatch clip="auto"': None}

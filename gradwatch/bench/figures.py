@@ -63,7 +63,7 @@ def _positive(values: Sequence[float]) -> list[float]:
 
 
 def _log_axis(ax) -> None:
-    from ..plot._common import log_ticks
+    from ..plot.ticks import log_ticks
 
     ax.set_yscale("log")
     ax.autoscale_view()

@@ -6,6 +6,7 @@ import math
 import statistics
 
 from ..clip import GlobalNorm, PerTensorNorm
+from ..plot import global_clip_level
 from .common import Claim, Context, ExperimentResult, decide, spread
 from .figures import save_records_figure
 from .mnist import FULL_EPOCH, label_run, runs_budget, seeds_of, verdicts, curves
@@ -113,10 +114,14 @@ def run_deep_linear(ctx: Context) -> ExperimentResult:
             reproduced=decide(stable, decidable=long_enough or not all(stable)),
             verdict=verdicts(runs), seeds=len(runs), behaved=sum(stable),
             spread=spread(dv["test_acc"], ".1%"), budget=runs_budget(runs)))
-    for key in [k for k in ("no clip", "per-tensor 1.0") if k in all_runs and ctx.figures]:
+    for key in [k for k in all_runs if ctx.figures]:
+        level = global_clip_level(VARIANTS[key]())  # drawn where the run clipped at one level
+        per_tensor = " (each tensor clipped apart: no global level)" if key.startswith(
+            "per-tensor") else ""
         fig = save_records_figure("norms", all_runs[key][0].records,
                                   ctx.figure(f"deep_linear_norms_{key.split()[0]}.png"),
-                                  title=f"Deep linear MLP, {key}: gradient norms per layer")
+                                  band=True, layers=["input", "output"], clip_level=level,
+                                  title=f"Deep linear MLP, {key}{per_tensor}: gradient norms")
         if fig:
             res.figures.append(fig)
     if ctx.figures:

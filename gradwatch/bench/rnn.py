@@ -18,13 +18,16 @@ import torch
 from torch import nn
 
 from ..monitor import GradWatch
+from ..plot import global_clip_level
 from .chains import verdict_window
 from .common import Claim, Context, ExperimentResult, LabelledRun, decide, spread, summarize_records
+from .figures import save_records_figure
 from .train import findings_of, make_optimizer
 
 __all__ = ["RecallNet", "time_ratio", "train_recall", "run_rnn", "ENOUGH_STEPS"]
 
 ENOUGH_STEPS = 300  # steps a run needs before "not learned" or "did not diverge" means anything
+CLIP = 1.0  # the clipped runs' global max norm (GradWatch(clip=CLIP))
 
 
 class RecallNet(nn.Module):
@@ -73,8 +76,12 @@ def _through_time(records) -> dict[str, float]:
 
 
 def train_recall(length: int, seed: int, *, steps: int, scale: float | None = None,
-                 optimizer: str = "adam", lr: float = 1e-3, clip=None) -> dict:
-    """Trains `RecallNet` on sequences of ``length``; stops at the first non-finite loss."""
+                 optimizer: str = "adam", lr: float = 1e-3, clip=None,
+                 keep_records: bool = False) -> dict:
+    """Trains `RecallNet` on sequences of ``length``; stops at the first non-finite loss.
+
+    With ``keep_records`` the result holds gradwatch's records under ``"records"`` (pop them
+    before the result goes into ``results.json``)."""
     torch.manual_seed(seed)
     model = RecallNet(recurrent_scale=scale)
     opt = make_optimizer(model.parameters(), optimizer, lr)
@@ -101,7 +108,8 @@ def train_recall(length: int, seed: int, *, steps: int, scale: float | None = No
     s = summarize_records(records)
     head = statistics.fmean(losses[:10])
     tail = statistics.fmean(losses[-10:])
-    return {"length": length, "seed": seed, "scale": scale, "steps": len(losses),
+    kept = {"records": records} if keep_records else {}
+    return kept | {"length": length, "seed": seed, "scale": scale, "steps": len(losses),
             "loss_start": head, "loss_end": tail, "diverged_step": diverged,
             "ratio_init": ratios[0], "ratio_median": statistics.median(ratios),
             "max_total_norm": max((r.total_norm for r in records), default=math.nan),
@@ -182,7 +190,13 @@ def run_rnn(ctx: Context) -> ExperimentResult:
     plain = [train_recall(20, s, steps=b.small_steps, scale=2.0, optimizer="sgd", lr=0.2)
              for s in seeds]
     clipped = [train_recall(20, s, steps=b.small_steps, scale=2.0, optimizer="sgd", lr=0.2,
-                            clip=1.0) for s in seeds]
+                            clip=CLIP, keep_records=s == seeds[0]) for s in seeds]
+    records = clipped[0].pop("records")
+    fig = ctx.figures and save_records_figure(
+        "norms", records, ctx.figure("rnn_norms_clip.png"), clip_level=global_clip_level(CLIP),
+        title=f"RNN, T=20, W_hh = 2·Q, SGD lr 0.2, clip={CLIP:g} (seed {seeds[0]}): gradient norms")
+    if fig:
+        res.figures.append(fig)
     res.data.update({"clip none": plain, "clip 1.0": clipped})
     for r in plain:
         _label(res, r, f"RNN W_hh=2Q SGD no clip seed {r['seed']}", "pathological",
@@ -194,7 +208,7 @@ def run_rnn(ctx: Context) -> ExperimentResult:
         source="\"clipping is the usual remedy in RNNs\" (Keras tutorial's text; Pascanu et al. 2013)",
         measured=f"T=20, W_hh = 2·Q, SGD lr 0.2: without clipping {sum(broke)}/{len(broke)} runs "
                  f"diverge (step {spread([r['diverged_step'] for r in plain], '.0f')}); with "
-                 f"gradwatch clip=1.0 {sum(fixed)}/{len(fixed)} train (loss end/start "
+                 f"gradwatch clip={CLIP:g} {sum(fixed)}/{len(fixed)} train (loss end/start "
                  f"{spread([r['loss_end'] / r['loss_start'] for r in clipped], '.2f')})",
         reproduced=decide([a and c for a, c in zip(broke, fixed)], decidable=enough),
         verdict=f"no clip: {_tt_text(plain)} | clip: {_tt_text(clipped)}", seeds=len(fixed),

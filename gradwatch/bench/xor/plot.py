@@ -8,6 +8,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ...plot.ticks import log_ticks
+
 __all__ = ["plot_loss_spread", "plot_depth_sweep"]
 
 
@@ -64,6 +66,9 @@ def plot_loss_spread(panels: Mapping[str, tuple[Sequence[int], Sequence[Sequence
             ax.axvline(epoch, color="black", lw=0.9, label=label, **style)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.autoscale_view()
+        log_ticks(ax.xaxis)
+        log_ticks(ax.yaxis)
         ax.set_xlabel("epoch (4 Adam updates each; log scale)")
         ax.set_ylabel("summed loss Σ½(y−t)² over the 4 patterns")
         ax.set_title(name, fontsize=10)
@@ -107,7 +112,9 @@ def plot_depth_sweep(rows: Mapping[str, Mapping[int, Sequence[int | None]]], pat
     for (epoch, label), style in zip(marks, _MARK_STYLES):
         ax.axhline(epoch, color="black", lw=0.9, label=label, **style)
     ax.set_yscale("log")
+    ax.autoscale_view()
     ax.set_ylim(top=epochs * 1.8)
+    log_ticks(ax.yaxis)
     ax.set_xlabel("hidden 4→4 layers")
     ax.set_ylabel("epochs until the summed loss ≤ 1e-7")
     depths = sorted({d for by_depth in rows.values() for d in by_depth})
