@@ -31,27 +31,8 @@ def _seeded(make: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
     return build
 
 
-class _SigmoidMLP(nn.Module):
-    """The deep sigmoid MLP of the reference experiments (used when `gradwatch.models` is absent)."""
-
-    def __init__(self, depth: int = 10, width: int = 256) -> None:
-        super().__init__()
-        self.input = nn.Linear(784, width)
-        self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
-        self.output = nn.Linear(width, 10)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = torch.sigmoid(self.input(x.flatten(1)))
-        for layer in self.hidden:
-            x = torch.sigmoid(layer(x))
-        return self.output(x)
-
-
 def _mlp() -> nn.Module:
-    try:
-        from gradwatch.bench.models import DeepMLP
-    except ImportError:
-        return _SigmoidMLP()
+    from gradwatch.bench.nets import DeepMLP
     return DeepMLP(depth=10, width=256, activation="sigmoid")
 
 

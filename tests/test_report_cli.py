@@ -382,9 +382,17 @@ def test_cli_shades_with_the_logged_thresholds_unless_overridden(tmp_path, capsy
     log, out = tmp_path / "r.jsonl", tmp_path / "o"
     _write_run(log, _records(), _header("t1", thresholds={"vanishing": 1e-5, "exploding": 50.0}))
     assert main(["report", str(log), "--out", str(out)]) == 0
-    assert seen["plot_flow"] == seen["plot_heatmap"] == {"vanishing": 1e-5, "exploding": 50.0}
+    none = {"relative_vanishing": None, "relative_exploding": None, "roles": None}
+    assert seen["plot_heatmap"] == {"vanishing": 1e-5, "exploding": 50.0}
+    assert seen["plot_flow"] == {"vanishing": 1e-5, "exploding": 50.0, **none}
     assert main(["report", str(log), "--out", str(out), "--vanishing", "1e-3"]) == 0
-    assert seen["plot_flow"] == {"vanishing": 1e-3, "exploding": 50.0}
+    assert seen["plot_flow"] == {"vanishing": 1e-3, "exploding": 50.0, **none}
+    rel = tmp_path / "rel.jsonl"  # the relative bands the verdicts read, and the layer roles
+    _write_run(rel, _records(), {**_header("t3", thresholds={"relative_vanishing": 1e-3}),
+                                 "roles": {"a": "weight"}})
+    assert main(["report", str(rel), "--out", str(out)]) == 0
+    assert seen["plot_flow"]["relative_vanishing"] == 1e-3
+    assert seen["plot_flow"]["roles"] == {"a": "weight"}
     code, err = _run(["report", str(log), "--vanishing", "100"], capsys)
     assert code == 1 and "expected vanishing < exploding, but got 100 >= 50" in err
     code, err = _run(["report", str(log), "--exploding", "nan"], capsys)
@@ -393,7 +401,7 @@ def test_cli_shades_with_the_logged_thresholds_unless_overridden(tmp_path, capsy
     _write_run(odd, _records(), _header("t2", thresholds={"vanishing": "1e-5"}))
     assert main(["report", str(odd), "--out", str(out)]) == 0
     assert "ignored the logged threshold vanishing='1e-5'" in capsys.readouterr().err
-    assert seen["plot_flow"] == {"vanishing": None, "exploding": None}
+    assert seen["plot_flow"] == {"vanishing": None, "exploding": None, **none}
 
 
 def test_cli_passes_the_header_to_report_functions_that_take_it(tmp_path, capsys, monkeypatch):

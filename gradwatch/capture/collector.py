@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 
 import functools
 from typing import Any, Callable
@@ -14,6 +13,7 @@ from .collected import BATCH_NUMEL, BATCH_TENSORS, Collected, Events, TaskNote, 
 from .layers import owners
 from .recurrent import RecurrentHooks
 from .units import unit_count
+from .zeroing import ZeroCheck
 from .hooks import _ELEMENTWISE, Hook, iter_tensors
 from .layers import Layer, activation_kind
 from ..measure.norms import TINY
@@ -70,7 +70,7 @@ class Collector(RecurrentHooks):
         self._first = layers[0].params[0] if layers else None
         self._held_numel = [0, 0, 0]  # entries held: outputs, output grads, input grads
         self._direct = [False, False]  # reduce output/input gradients in float64 at once
-        self._snapshot: tuple[Tensor, Any, Tensor] | None = None  # see `snapshot_grad`
+        self.zeroing = ZeroCheck()  # were the gradients zeroed since the last step?
 
     def module_of_layer(self, layer: int) -> int | None:
         """The module that owns watched layer ``layer``."""
@@ -255,36 +255,11 @@ class Collector(RecurrentHooks):
                                                              is_output, t.output_nr)
         node.register_prehook(hook)
 
-    def snapshot_grad(self, params: list[Tensor]) -> None:
-        """Right after ``optimizer.step()``: remembers the first entries of one gradient (the
-        first of ``params`` that has one), to tell at the next backward pass whether
-        gradients were zeroed in between."""
-        self._snapshot = None
-        for p in params[:8]:
-            g = p.grad
-            if g is not None and not g.is_sparse and g.numel():
-                self._snapshot = (p, weakref.ref(g), g.detach().reshape(-1)[:16].clone())
-                return
-
-    def _check_stale(self) -> None:
-        """At the first gradient of a backward pass (before any input-side parameter
-        accumulates): whether the remembered gradient is still the same tensor with the same
-        values, i.e. nobody zeroed it since the last optimizer step (a device bool)."""
-        snap, self._snapshot = self._snapshot, None
-        if snap is None:
-            return
-        param, ref, sample = snap
-        g = param.grad
-        if g is None or g is not ref():
-            self.data.stale = False  # set to None by zero_grad(), or replaced
-        else:
-            self.data.stale = (g.detach().reshape(-1)[:16] == sample).all() & sample.ne(0).any()
-
     def on_grad(self, layer: int, is_output: bool, grad: Tensor) -> None:
         if self.armed:
             data = self.data
-            if self._snapshot is not None and not (len(data.out) or len(data.inp)):
-                self._check_stale()
+            if self.zeroing.armed and not (len(data.out) or len(data.inp)):
+                data.stale = self.zeroing.check()
             ev = data.out if is_output else data.inp
             ev.layer.append(layer)
             ev.task.append(_task())

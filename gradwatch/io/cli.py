@@ -18,7 +18,7 @@ DEFAULT_ROOT = "gradwatch-report"
 
 _FIGURES = (("flow.png", "Gradient flow across layers (first, middle and last step)"),
             ("norms.png", "Gradient norms over steps"),
-            ("heatmap.png", "log10 gradient norm per layer and step"),
+            ("heatmap.png", "gradient norm per layer and step (log colour scale)"),
             ("loss.png", "Loss over steps (as passed to gradwatch)"))
 
 
@@ -160,27 +160,13 @@ def _bounds(args: argparse.Namespace, run: Run) -> dict[str, float | None]:
     return out
 
 
-def _clip_level(run: Run) -> float | None:
-    """The global max norm of a run that clipped with a number (``clip=1.0``), else None."""
-    clip = ((run.header or {}).get("options") or {}).get("clip")
-    try:
-        return float(clip) if clip is not None and not isinstance(clip, bool) else None
-    except (TypeError, ValueError):  # a policy's repr, e.g. "ZClip(...)"
-        text = str(clip)
-        if text.startswith("GlobalNorm(") and text.endswith(")"):
-            try:
-                return float(text[len("GlobalNorm("):-1].split(",")[0].split("=")[-1])
-            except ValueError:
-                return None
-        return None
-
-
 def _render(run: Run, out: Path, *, title: str, bounds: dict[str, float | None], html: bool,
             progress: bool) -> list[str]:
     from tqdm import tqdm
 
     from ..plot import plot_flow, plot_heatmap, plot_loss, plot_norms
     from ..plot.loss import has_loss
+    from ..plot.norms import global_clip_level
     from .report import html_report, markdown_report
 
     records = list(run.records)
@@ -188,8 +174,13 @@ def _render(run: Run, out: Path, *, title: str, bounds: dict[str, float | None],
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise CliError(f"{out}: cannot create the output folder ({err.strerror}).") from None
-    draw = {"flow.png": lambda p: plot_flow(records, path=p, **bounds),
-            "norms.png": lambda p: plot_norms(records, path=p, clip_level=_clip_level(run)),
+    relative = {f"relative_{k}": run.thresholds.get(f"relative_{k}")
+                for k in ("vanishing", "exploding")}
+    roles = (run.header or {}).get("roles")
+    clip = ((run.header or {}).get("options") or {}).get("clip")
+    draw = {"flow.png": lambda p: plot_flow(records, path=p, **bounds, **relative,
+                                            roles=roles if isinstance(roles, dict) else None),
+            "norms.png": lambda p: plot_norms(records, path=p, clip_level=global_clip_level(clip)),
             "heatmap.png": lambda p: plot_heatmap(records, path=p, **bounds),
             "loss.png": lambda p: plot_loss(records, path=p)}
     figures = [f for f in _FIGURES if f[0] != "loss.png" or has_loss(records)]
