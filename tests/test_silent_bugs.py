@@ -78,6 +78,27 @@ def test_frozen_unused_and_out_of_the_optimizer_layers_stay_quiet():
     assert healthy.unused.weight.grad is None and watch.diagnose() == []
 
 
+class _Pooled(nn.Module):
+    """An encoder whose pooler runs after it but whose output the loss never reads (as a
+    token-level head skips a BERT pooler): harmless, and not a cut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.pool, self.head = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.enc(x))
+        self.pooled = torch.tanh(self.pool(h))  # computed, never used by the loss
+        return self.head(h)
+
+
+def test_a_module_whose_output_the_loss_does_not_read_stays_quiet():
+    model = _Pooled()
+    watch = _train(model, torch.optim.Adam(model.parameters(), lr=1e-2))
+    assert model.pool.weight.grad is None and model.enc.weight.grad is not None
+    assert watch.diagnose() == []
+
+
 def test_a_bound_of_none_turns_the_rule_off():
     model = _Net("detach")
     watch = _train(model, torch.optim.Adam(model.parameters(), lr=1e-2),

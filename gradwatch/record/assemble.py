@@ -93,11 +93,24 @@ def pending_step(step: int, watched: Any, data: Any, got: Any, present: list[boo
     stale = got.host.get("stale")
     absent = None
     if data is not None:  # the hooks saw what ran in this forward
-        missing = np.flatnonzero(~has & w.forward.ran & w.stepped)
-        absent = [w.layers[i].name for i in missing.tolist()]
+        absent = _cut_off(w, has)
     return StepColumns(step, has, norms, act, act_on, values, got.total, coef, skipped,
                        overflow, origin, birth, loss=loss[0] if loss else None, absent=absent,
                        stale=bool(stale[0]) if stale else None)
+
+
+def _cut_off(w: Any, has: np.ndarray) -> list[str]:
+    """The layers no gradient reached although they require grad, are stepped and their own
+    module ran, and that ran before the first layer (in forward order) that got a gradient:
+    the input side cut off the loss. A module whose output the loss does not read (a pooler a
+    classification head skips, a branch a task leaves unused) runs after gradient-receiving
+    layers and is not named."""
+    order = np.asarray(w.forward.order, dtype=np.int64)
+    got = has[order] & w.forward.ran[order]
+    first = int(np.argmax(got)) if got.any() else len(order)
+    before = order[:first]
+    cut = before[~has[before] & w.forward.ran[before] & w.stepped[before]]
+    return [w.layers[i].name for i in cut.tolist()]
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,13 @@ __all__ = ["NoGradient", "NotZeroed"]
 
 
 class NoGradient(Rule):
-    """Layers that require grad, are stepped by the optimizer and ran in the forward pass, yet
-    get no gradient at all (``.grad`` is None) on `Thresholds.no_gradient` recorded steps in a
-    row while the rest of the model gets one: something in the forward pass cut them off the
-    loss. Frozen layers (``requires_grad=False``, or left out of the optimizer) and modules that
-    did not run (an unused pooler, an expert no token was routed to) are not named. It needs
-    the forward hooks (``activations=True``) to see what ran."""
+    """The input side cut off the loss: layers that require grad, are stepped by the optimizer,
+    ran in the forward pass before the first layer that gets a gradient, and get no gradient at
+    all (``.grad`` is None) on `Thresholds.no_gradient` recorded steps in a row. Frozen layers
+    (``requires_grad=False``, or left out of the optimizer), modules that did not run (an
+    expert no token was routed to) and modules that ran after gradient-receiving layers but
+    whose output the loss does not read (a pooler a token-level head skips) are not named. It
+    needs the forward hooks (``activations=True``) to see what ran."""
 
     kind, reads = "no_gradient", ("norm",)
     persistent = False  # the streak is its persistence
