@@ -166,13 +166,16 @@ def layer_norms(param_layer: np.ndarray, norms: np.ndarray, n_layers: int,
     if not len(norms):
         return out, has
     starts, counts, layers = runs if runs is not None else segments(param_layer)
+    has[layers] = True
+    if 1e-150 < norms.min() and norms.max() < 1e150:  # no square over- or underflows; NaN: no
+        out[layers] = np.sqrt(np.add.reduceat(norms * norms, starts))
+        return out, has
     peak = np.maximum.reduceat(norms, starts)  # NaN wins, then inf
     usable = (peak > 0) & (peak < math.inf)
     safe = np.where(usable, peak, 1.0)
     scaled = norms / np.repeat(safe, counts)
     combined = np.sqrt(np.add.reduceat(scaled * scaled, starts)) * safe
     out[layers] = np.where(usable, combined, peak)  # all 0: 0; inf: inf; NaN: NaN
-    has[layers] = True
     return out, has
 
 
