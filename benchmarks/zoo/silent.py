@@ -79,25 +79,24 @@ def _p(name: str, family: str, label: Label, build: Any, checks: tuple[str, ...]
     return Run(name, family, label, build, checks, 40, False, (), note)
 
 
+def _cut_run(name: str, family: str, how: str, note: str) -> Run:
+    encoder = _cnn_encoder if family == "cnn" else _mlp_encoder
+    return _p(name, family, Label("no_gradient", cite=CUT),
+              lambda: _cut(encoder, 64, how), ("some_zero",), note=note)
+
+
 SILENT_RUNS: tuple[Run, ...] = (
-    _p("detached_cnn_encoder", "cnn", Label("no_gradient", cite=CUT),
-       lambda: _cut(_cnn_encoder, 64, "detach"), ("some_zero",),
-       note="BN CNN encoder, its features .detach()ed before a 2-layer head, AdamW"),
-    _p("nograd_mlp_encoder", "mlp", Label("no_gradient", cite=CUT),
-       lambda: _cut(_mlp_encoder, 64, "no_grad"), ("some_zero",),
-       note="MLP encoder run under torch.no_grad(), head trained, AdamW"),
-    _p("intcast_mlp_features", "mlp", Label("no_gradient", cite=CUT),
-       lambda: _cut(_mlp_encoder, 64, "int"), ("some_zero",),
-       note="MLP encoder features quantised by .long() before the head"),
-    _p("data_cnn_features", "cnn", Label("no_gradient", cite=CUT),
-       lambda: _cut(_cnn_encoder, 64, "data"), ("some_zero",),
-       note="BN CNN encoder features read through .data"),
-    _p("nograd_cnn_encoder", "cnn", Label("no_gradient", cite=CUT),
-       lambda: _cut(_cnn_encoder, 64, "no_grad"), ("some_zero",),
-       note="BN CNN encoder run under torch.no_grad(), head trained, AdamW"),
-    _p("intcast_cnn_features", "cnn", Label("no_gradient", cite=CUT),
-       lambda: _cut(_cnn_encoder, 64, "int"), ("some_zero",),
-       note="BN CNN encoder features quantised by .long() before the head"),
+    _cut_run("detached_cnn_encoder", "cnn", "detach",
+             "BN CNN encoder, its features .detach()ed before a 2-layer head, AdamW"),
+    _cut_run("nograd_mlp_encoder", "mlp", "no_grad",
+             "MLP encoder run under torch.no_grad(), head trained, AdamW"),
+    _cut_run("intcast_mlp_features", "mlp", "int",
+             "MLP encoder features quantised by .long() before the head"),
+    _cut_run("data_cnn_features", "cnn", "data", "BN CNN encoder features read through .data"),
+    _cut_run("nograd_cnn_encoder", "cnn", "no_grad",
+             "BN CNN encoder run under torch.no_grad(), head trained, AdamW"),
+    _cut_run("intcast_cnn_features", "cnn", "int",
+             "BN CNN encoder features quantised by .long() before the head"),
     _p("sgd_momentum_accumulating_mlp", "mlp", Label("not_zeroed", cite=NO_ZERO),
        lambda: _no_zero_grad(nets.mlp([IMG, 128, 128, 10], nn.ReLU, init="he"), "sgd", 3e-3),
        ("grad_grows",), note="ReLU MLP, SGD 3e-3 momentum 0.9, no zero_grad()"),
