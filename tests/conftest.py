@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 import torch
 from torch import nn
+
+
+# the tests live in one folder per part of the package (capture/, measure/, ...; e2e/ for the
+# end-to-end promises); they share this file's helpers and reference.py from here
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def pytest_configure(config):

@@ -194,7 +194,7 @@ def _notes(deep_seeds: int, seeds: int, depths: Sequence[int], epochs: int,
         f"in layer order (W, then b), so the exact numbers of the source's run cannot be "
         f"matched, only its behaviour and its scale. All runs of a kind train in one "
         f"vectorised float64 numpy program (hand-written forward/backward, checked against "
-        f"torch.autograd in tests/test_xor.py); each run is exactly as if alone and leaves "
+        f"torch.autograd in tests/bench/test_xor.py); each run is exactly as if alone and leaves "
         f"the batch when it converges.",
         f"gradwatch watches a sample, not every update: {replays} updates per depth-"
         f"{max(depths)} run ({SWEEP_REPLAYS} per other run), log-spaced from the first "

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "overhead.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "overhead.py"
 CONFIGS = {"bare", "gw_param", "gw_param_act", "gw_param_act_every10", "torch_clip", "gw_clip",
            "naive_item", "floor_norms", "floor_hooks", "detect_anomaly"}
 

@@ -1,6 +1,6 @@
 """DDP and FSDP2 on CPU (gloo, 2 spawned ranks) against a single-process full-batch reference.
 
-Each scenario runs once per module in a subprocess (``tests/_dist_worker.py``) under a hard
+Each scenario runs once per module in a subprocess (``tests/capture/_dist_worker.py``) under a hard
 timeout, and ranks hand back plain floats through JSON files in ``tmp_path``: the tests judge
 those files, not the exit code of torch's process-group teardown. Select these tests with
 ``-m multiprocess``.

@@ -1,6 +1,6 @@
-"""Multi-process scenarios for tests/test_distributed.py (run as a script, 2 CPU ranks, gloo).
+"""Multi-process scenarios for tests/capture/test_distributed.py (run as a script, 2 CPU ranks, gloo).
 
-``python tests/_dist_worker.py {ddp,fsdp} OUT_DIR`` spawns two ranks; each writes
+``python tests/capture/_dist_worker.py {ddp,fsdp} OUT_DIR`` spawns two ranks; each writes
 ``OUT_DIR/rank{r}.json`` (plain floats only, written atomically), waits for the other one, and
 exits without tearing the process group down (see `_main`). The model, data and the single-process reference
 live here too so the test and the ranks build exactly the same thing.

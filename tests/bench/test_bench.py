@@ -25,7 +25,7 @@ from gradwatch.bench.writeup import calibration
 from gradwatch.bench.train import TrainRun, make_optimizer
 from gradwatch.bench.data import MNIST_FILES, load_mnist, resolve_data_root
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _data_dir() -> Path:
@@ -386,7 +386,7 @@ def test_a_net_stuck_on_a_saturated_output_looks_like_a_converged_one():
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "stalled_vs_converged.py"
+    path = Path(__file__).resolve().parents[2] / "scripts" / "stalled_vs_converged.py"
     spec = importlib.util.spec_from_file_location("stalled_vs_converged", path)
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)

@@ -16,7 +16,7 @@ from gradwatch.bench.common import Claim, ExperimentResult, LabelledRun
 from gradwatch.bench.wording import duration
 from gradwatch.bench.writeup import PARTIAL_BANNER, mark_partial, write_report
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 QUICK = BUDGETS["quick"]
 
 
