@@ -29,6 +29,15 @@ class Layout:
     names: tuple[str, ...]
     columns: np.ndarray  # int64 column of each layer (the judge's row of that name)
 
+    @property
+    def in_order(self) -> bool:
+        """Whether the layers sit in columns 0, 1, 2, ... (then a row is written whole)."""
+        found = self.__dict__.get("_in_order")
+        if found is None:
+            found = bool(np.array_equal(self.columns, np.arange(len(self.columns))))
+            object.__setattr__(self, "_in_order", found)
+        return found
+
 
 @dataclass(frozen=True)
 class RecordRow:
@@ -135,17 +144,26 @@ class History(Sequence[StepRecord]):
         spiked = np.flatnonzero(c.spike > 0)
         o["spikes"][slot] = (spiked, c.spike[spiked], c.spike_z[spiked]) if len(spiked) \
             else None
+        whole = len(cols) == self._width and row.layout.in_order  # every column, in order
         for name in _LAYER_COLUMNS:
+            if whole:
+                lay[name][slot] = getattr(c, name)
+                continue
             lay[name][slot].fill(0 if name not in ("norm", "act", "value") else math.nan)
             lay[name][slot, cols] = getattr(c, name)
         for name, col in self._stats.items():
-            col[slot].fill(math.nan)
+            if name not in c.values:
+                col[slot].fill(math.nan)
         for name, values in c.values.items():
             col = self._stats.get(name)
             if col is None:
                 col = self._stats[name] = np.full((self._rows, self._width), math.nan,
                                                   dtype=np.float32)
-            col[slot, cols] = values
+            if whole:
+                col[slot] = values
+            else:
+                col[slot].fill(math.nan)
+                col[slot, cols] = values
         self._next += 1
 
     # ------------------------------------------------------------------ reading

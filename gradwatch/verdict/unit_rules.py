@@ -69,9 +69,13 @@ class ZeroGradient(Rule):
     def check(self, view, th, state):
         if th.zero_gradient is None:
             return None
+        zero_now = view.norms[view.weight] == 0
+        if not zero_now.any() and not state.get("active"):
+            return None  # no streak to extend or end (the common step)
         streak = grow(state, "streak", view, 0.0)
         w = view.uid[view.weight]
-        streak[w] = np.where(view.norms[view.weight] == 0, streak[w] + 1, 0.0)
+        streak[w] = np.where(zero_now, streak[w] + 1, 0.0)
+        state["active"] = float(streak.any())
         zero = np.flatnonzero(view.weight)[streak[w] >= th.zero_gradient]
         if not len(zero):
             return None
