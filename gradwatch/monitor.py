@@ -106,8 +106,10 @@ class GradWatch:
 
     @property
     def history(self) -> History:
-        """The most recent records, oldest first (at most ``history`` of them): a sequence
-        kept as columns, whose `StepRecord` entries are built when read."""
+        """The most recent records, oldest first (at most ``history`` of them): a live
+        sequence kept as columns (`gradwatch.record.history.History`; it grows as the run
+        goes on), whose `StepRecord` entries are built when read. ``list(watch.history)``
+        keeps a snapshot."""
         self._flush()
         return self._ledger.records
 

@@ -205,3 +205,33 @@ def test_record_layers_read_like_a_dict_and_pickle_as_one():
     assert table["b"].reason == "small: 1e-09; norm 2 is 3x its running mean (z=7.5)"
     assert table["b"].spike and table["b"].act_norm == 0.5 and table["a"].act_norm is None
     assert table["a"].values == {} and table["b"].values == {"update_ratio": 0.25}
+
+
+def test_history_is_a_ring_of_columns_read_as_records():
+    """`watch.history` keeps the last `history` records, oldest first, as a live sequence of
+    columns; its records equal what the loggers saw (the same numbers, the same words), a
+    layer that had no gradient at a step is absent from that record, and it grows past its
+    first allocation without losing anything."""
+    torch.manual_seed(0)
+    model = mlp()
+    seen: list = []
+    watch = GradWatch(model, history=70, loggers=[seen.append])
+    hist = watch.history
+    for step in range(75):  # past the first 64-row allocation and past the capacity
+        model.zero_grad()
+        loss_of(model, *batch(seed=step)).backward()
+        if step == 72:
+            model[4].weight.grad = None  # one tensor without a gradient at this step
+            model[4].bias.grad = None
+        watch.step()
+    watch.close()
+    assert hist is watch.history and len(hist) == 70
+    assert [r.step for r in hist] == list(range(5, 75)) and hist[-1].step == 74
+    assert hist[0].step == 5 and hist[-70].step == 5 and [r.step for r in hist[-3:]] == [72, 73, 74]
+    with pytest.raises(IndexError):
+        hist[70]
+    assert list(hist) == seen[5:]  # equal records: numbers, statuses, words, findings
+    assert "4" not in hist[-3].layers and "4" in hist[-2].layers
+    assert hist[-1].layers["0"].norm == pytest.approx(
+        torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model[0].parameters()]))
+        .item(), rel=1e-6)
