@@ -43,7 +43,7 @@ class Collector(RecurrentHooks):
         self._module_of = {layer: i for i, layer in enumerate(self.owner_of) if layer >= 0}
         self._grad_hooks: dict[tuple[int, bool, int], Callable[..., None]] = {
             (i, out, -1): Hook(self, "on_grad", i, out) for i in range(len(layers))
-            for out in (True, False)}  # leaf tensor hooks (inert when pickled); node pre-hooks
+            for out in (True, False)}  # leaf tensor hooks (Stale when pickled); node hooks
         # live on the autograd graph only, so they are plain partials (cheaper to call)
         self.conv_like = [isinstance(m, nn.modules.conv._ConvNd) for m in self.modules]
         self.activations = activations

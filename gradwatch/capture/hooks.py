@@ -1,8 +1,9 @@
-"""The hooks gradwatch attaches to a model, and what they collect during one recorded step.
+"""The hook trampoline gradwatch attaches to a model, and what a hook becomes in a copy.
 
 Hooks hold the `Collector` through a weak reference and call its small public interface. Every
-hook object pickles and deep-copies as an inert no-op, so ``torch.save(model)``, ``pickle`` and
-``copy.deepcopy`` work while a model is watched and a copy carries no live hook.
+hook object pickles and deep-copies as a `Stale` that removes itself at its first call, so
+``torch.save(model)``, ``pickle`` and ``copy.deepcopy`` work while a model is watched and a copy
+carries no live hook.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 
-__all__ = ["iter_tensors", "inert", "Hook", "user_stacklevel"]
+__all__ = ["iter_tensors", "Hook", "Stale", "user_stacklevel"]
 
 
 def iter_tensors(output: Any) -> Iterator[Tensor]:
@@ -31,10 +32,6 @@ def iter_tensors(output: Any) -> Iterator[Tensor]:
         for item in output.values():
             yield from iter_tensors(item)
 
-
-def inert(*args: Any, **kwargs: Any) -> None:
-    """A hook that does nothing."""
-    return None
 
 
 class Hook:

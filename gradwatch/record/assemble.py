@@ -5,7 +5,7 @@ an array operation; no step walks the layers in Python."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -44,7 +44,6 @@ class StepColumns:
     loss: float | None = None
     absent: list[str] | None = None  # ran, stepped, require grad, no gradient (None: unknown)
     stale: bool | None = None  # gradients not zeroed since the last step (None: not checked)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def overflowed(cls, step: int, n_layers: int) -> StepColumns:

@@ -224,10 +224,6 @@ class History(Sequence[StepRecord]):
 
     __hash__ = None  # type: ignore[assignment]
 
-    def last(self) -> StepRecord | None:
-        """The newest record (None when empty)."""
-        return self[-1] if len(self) else None
-
     @property
     def nbytes(self) -> int:
         """Bytes held by the columns (object columns count their references)."""

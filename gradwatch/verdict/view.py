@@ -96,10 +96,6 @@ class Mark:
     template: str
     values: np.ndarray = field(default_factory=lambda: _EMPTY)
 
-    def text(self, k: int) -> str:
-        """The words for the ``k``-th layer of this mark."""
-        return self.template.format(self.values[k] if len(self.values) else 0.0)
-
 
 @dataclass
 class Hit:
@@ -119,15 +115,6 @@ class Hit:
         if not self.marks:
             return np.zeros(0, dtype=np.int64)
         return np.unique(np.concatenate([m.layers for m in self.marks]))
-
-    @property
-    def layers(self) -> dict[int, str]:
-        """Layer position -> words (built on request; the judge never needs it)."""
-        out: dict[int, str] = {}
-        for m in self.marks:
-            for k, i in enumerate(m.layers.tolist()):
-                out.setdefault(i, m.text(k))
-        return out
 
     def add(self, layers: np.ndarray, template: str, values: np.ndarray = _EMPTY) -> None:
         """Names ``layers`` not named yet, with ``template`` and their ``values``."""
