@@ -14,7 +14,7 @@ from torch import nn
 from .capture import compile as cs
 from .capture.amp import AmpState
 from .clip import ClipPolicy, make_policy
-from .capture.collector import UNIT_EVERY
+from .capture.units import UNIT_EVERY
 from .capture.hooks import Hook, user_stacklevel
 from .record.ledger import Ledger, run_header
 from .verdict.diagnosis import nonfinite_message
@@ -163,12 +163,19 @@ class GradWatch:
         self._flush()
         return self._recorder.judge.diagnose()
 
-    def summary(self) -> str:
-        """The diagnosis and a per-layer table a person can read."""
+    def notes(self) -> list[Finding]:
+        """True conditions that look harmless so far (`Finding.note` says why: dead units while
+        the loss falls); they set no layer's status and are not among `diagnose`'s findings."""
         self._flush()
-        lg = self._ledger
+        return self._recorder.judge.diagnose(notes=True)
+
+    def summary(self) -> str:
+        """The diagnosis (and notes) and a per-layer table a person can read."""
+        self._flush()
+        lg, judge = self._ledger, self._recorder.judge
         return format_summary(summarize(lg.records, steps=self._step, run=lg.run, flags=lg.flags,
-                                        findings=self._recorder.judge.diagnose()))
+                                        findings=judge.diagnose(),
+                                        notes=judge.diagnose(notes=True)))
 
     def close(self) -> None:
         """Removes every hook gradwatch added and closes the loggers; safe to call twice."""
@@ -182,10 +189,12 @@ class GradWatch:
         self._ledger.close()
 
     def state_dict(self) -> dict[str, Any]:
-        """Step counter, spike statistics, rule windows, findings, counters, clip state."""
+        """Step counter, spike statistics, rule windows, findings, counters, clip state, which
+        units fired lately."""
         self._flush()
         return {"step": self._step, **self._recorder.state_dict(),
-                "clip": self.policy.state_dict() if self.policy is not None else None}
+                "clip": self.policy.state_dict() if self.policy is not None else None,
+                "units": self._watched.collector.unit_window.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restores what `state_dict` saved, so a resumed run behaves as if never interrupted."""
@@ -193,6 +202,7 @@ class GradWatch:
         self._recorder.load_state_dict(state, self._step)
         if self.policy is not None and state.get("clip") is not None:
             self.policy.load_state_dict(state["clip"])
+        self._watched.collector.unit_window.load_state_dict(state.get("units", []))
         self._sync_hooks()
 
     def __enter__(self) -> GradWatch:
@@ -283,4 +293,5 @@ class GradWatch:
         every_step = self.on_nonfinite in ("raise", "skip", "zero")
         self._watched.sync(armed=not self._closed and (self._step % self.every == 0 or every_step),
                            every_step=every_step, keep=self._amp.skips is not None,
-                           closed=self._closed, units=self._step // self.every % UNIT_EVERY == 0)
+                           closed=self._closed, units=self._step // self.every % UNIT_EVERY == 0,
+                           measure=self._step // self.every // UNIT_EVERY)

@@ -12,7 +12,7 @@ from .collected import BATCH_NUMEL, BATCH_TENSORS, Collected, Events, TaskNote, 
     is_container
 from .layers import owners
 from .recurrent import RecurrentHooks
-from .units import unit_count
+from .units import UNIT_EVERY, UnitWindow, unit_count
 from .zeroing import ZeroCheck
 from .hooks import _ELEMENTWISE, Hook, iter_tensors
 from .layers import Layer, activation_kind
@@ -55,6 +55,7 @@ class Collector(RecurrentHooks):
         self._grads_in: list[Tensor] = []  # input gradients waiting for their batched norm
         self._last_layer = -1
         self.units_on = True  # measure dead/saturated units in this forward (set per step)
+        self.unit_window = UnitWindow()  # which units fired, over the last measured steps
         self._forward_handles: list[Any] = []
         self._unit_handles: list[Any] = []
         self._on_forward = [Hook(self, "on_forward", i) for i in range(len(self.modules))]
@@ -194,7 +195,7 @@ class Collector(RecurrentHooks):
         kind = self.kinds[index]
         if kind is not None and self._last_layer >= 0 and tensors and self.activations \
                 and self.units_on and not recomputing:
-            self._unit_stats(kind, tensors[0], module)
+            self._unit_stats(kind, tensors[0], module, index)
         if layer < 0:
             return
         self._last_layer = layer
@@ -279,11 +280,12 @@ class Collector(RecurrentHooks):
             self.on_grad(layer, is_output, grad)
 
 
-    def _unit_stats(self, kind: str, y: Tensor, module: nn.Module) -> None:
-        """One small reduction per activation: the count of units alive anywhere in the batch
-        (rectifiers), or of outputs within 1% of a bound (saturating modules)."""
+    def _unit_stats(self, kind: str, y: Tensor, module: nn.Module, index: int) -> None:
+        """A few small device operations per activation: the count of units that fired within
+        the window (rectifiers), or of outputs within 1% of a bound (saturating modules)."""
         conv = kind == "rectifier" and y.dim() >= 3 and self.conv_like[self._last_index()]
-        found = unit_count(kind, y, module, conv)
+        found = unit_count(kind, y, module, conv, self.unit_window,
+                           (self._last_layer, index))
         if found is not None:
             self.data.units.append((self._last_layer, *found))
 
@@ -293,8 +295,3 @@ class Collector(RecurrentHooks):
                 return index
         return 0
 
-
-UNIT_EVERY = 4
-"""Dead and saturated units and update/weight ratios are measured on every 4th recorded step
-(step // every % 4 == 0; a reduction per activation module, two copies of sampled weights);
-the rules that read them judge over the steps they were measured on."""

@@ -89,7 +89,7 @@ class WatchedSet:
         return True
 
     def sync(self, *, armed: bool, every_step: bool, keep: bool, closed: bool,
-             units: bool = True) -> None:
+             units: bool = True, measure: int = 0) -> None:
         """Arms the hooks for the next forward and attaches them only while needed: on
         recorded forwards (activations, or forward checks every step, or the forward order not
         learnt yet), always while ``keep`` (the AMP skip detector) or under torch.compile."""
@@ -98,6 +98,7 @@ class WatchedSet:
             armed and (self.activations or every_step or not self.forward.known)))
         c.armed = armed and wanted
         c.units_on = units
+        c.unit_window.index = measure  # the measured step (the units' window counts in them)
         if wanted:
             c.attach(units=units or c.compiled)
         elif c.attached:

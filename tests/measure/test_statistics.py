@@ -15,7 +15,7 @@ from torch import nn
 from conftest import batch, loss_of, mlp
 from gradwatch import CsvLogger, GradWatch, JsonlLogger, read_jsonl
 from gradwatch.io.report import markdown_report
-from gradwatch.capture.collector import UNIT_EVERY
+from gradwatch.capture.units import UNIT_EVERY, UNIT_WINDOW
 from gradwatch.measure.statistics import Statistic, UpdateRatio, WeightNorm, ZeroFraction
 from reference import norm, train_step
 
@@ -158,20 +158,31 @@ class _Units(nn.Module):
 
 
 def test_dead_and_saturated_units_match_plain_torch():
+    """A unit is dead when it fired on none of the inputs of the last `UNIT_WINDOW` measured
+    steps: compared with plain torch over the same batches."""
     torch.manual_seed(0)
     model = _Units()
     ref = copy.deepcopy(model)
-    x = torch.randn(5, 2, 6, 6)
+    steps = UNIT_EVERY * (UNIT_WINDOW - 1) + 1  # the last step is the window's last measured
+    batches = [torch.randn(5, 2, 6, 6) for _ in range(steps)]
     with GradWatch(model) as watch:
-        model(x).pow(2).sum().backward()
-        rec = watch.step()
-    with torch.no_grad():
-        c = ref.act0(ref.conv(x))
+        recs = []
+        for x in batches:
+            model(x).pow(2).sum().backward()
+            recs.append(watch.step())
+    rec, x = recs[-1], batches[-1]
+    with torch.no_grad():  # at the first step the window is that step's batch alone
+        first = ref.act1(ref.fc1(ref.act0(ref.conv(batches[0])).flatten(1)))
+    assert recs[0].layers["fc1"].values["dead_frac"] == pytest.approx(
+        1 - (first > 0).any(0).double().mean().item(), rel=1e-7)
+    measured = torch.cat(batches[::UNIT_EVERY])
+    with torch.no_grad():  # units over the window's batches, saturation on the last batch
+        c = ref.act0(ref.conv(measured))
         h1 = ref.act1(ref.fc1(c.flatten(1)))
-        s2 = ref.act2(ref.fc2(h1))
+        s2 = ref.act2(ref.fc2(ref.act1(ref.fc1(ref.act0(ref.conv(x)).flatten(1)))))
         t3 = ref.act3(ref.fc3(s2))
     dead_conv = 1 - (c > 0).any(0).any(-1).any(-1).double().mean().item()  # per channel
-    dead_fc = 1 - (h1 > 0).any(0).double().mean().item()  # per feature
+    dead_fc = 1 - (h1 > 0).any(0).double().mean().item()  # per feature, over the window
     sat_sigmoid = ((s2 <= 0.01) | (s2 >= 0.99)).double().mean().item()  # 1% of (0, 1)
     sat_tanh = ((t3 <= -1 + 0.02) | (t3 >= 1 - 0.02)).double().mean().item()  # 1% of (-1, 1)
     assert dead_conv >= 2 / 6 and dead_fc >= 3 / 10 and 0 < sat_sigmoid < 1 and 0 < sat_tanh < 1
@@ -182,6 +193,29 @@ def test_dead_and_saturated_units_match_plain_torch():
     assert rec.layers["fc3"].values["sat_frac"] == pytest.approx(sat_tanh, rel=1e-7)
     assert "sat_frac" not in rec.layers["fc1"].values
     assert "dead_frac" not in rec.layers["fc2"].values
+
+
+def test_a_unit_silent_on_one_batch_is_alive_while_it_fired_within_the_window():
+    """Identity layer + ReLU: measured step m feeds inputs where only unit m fires (units 0-3),
+    then only negative inputs. Each batch alone has 3 of 4 units silent; over the window (the
+    steps measured so far, at the start) a unit is dead only once its last firing left it."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(4))
+        model[0].bias.zero_()
+    shares = {}
+    with GradWatch(model) as watch:
+        for step in range(UNIT_EVERY * 7 + 1):
+            m = step // UNIT_EVERY
+            x = -torch.ones(3, 4)
+            if m < 4:
+                x[:, m] = 1.0
+            model(x).sum().backward()
+            rec = watch.step()
+            if "dead_frac" in rec.layers["0"].values:
+                shares[m] = rec.layers["0"].values["dead_frac"]
+    # unit m last fired at measured step m (m < 4)
+    assert shares == {0: 0.75, 1: 0.5, 2: 0.25, 3: 0.0, 4: 0.25, 5: 0.5, 6: 0.75, 7: 1.0}
 
 
 # ----------------------------------------------------------------------------- through time
