@@ -169,9 +169,9 @@ def train_one(library: str, name: str, steps: int) -> dict[str, Any]:
             losses.append(loss.item())
     watch.close()
     last = watch.history[-1]
-    findings = watch.diagnose()
+    findings, notes = watch.diagnose(), watch.notes()
     flagged = sorted({n for r in watch.history for n in r.flagged})
-    dead_named = [n for f in findings if f.kind == "dead_units" for n in f.layers]
+    dead_named = [n for f in findings + notes if f.kind == "dead_units" for n in f.layers]
     fresh = [task(10_000 + i)[0] for i in range(8)]
     first, final = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     return {"library": library, "name": name, "size": size, "steps": steps,
@@ -181,6 +181,8 @@ def train_one(library: str, name: str, steps: int) -> dict[str, Any]:
             else None,
             "findings": [{"kind": f.kind, "layers": list(f.layers), "first_step": f.first_step,
                           "evidence": f.evidence} for f in findings],
+            "notes": [{"kind": f.kind, "layers": list(f.layers), "first_step": f.first_step,
+                       "evidence": f.evidence, "note": f.note} for f in notes],
             "flagged": flagged,
             "never_firing": never_firing(model.train(), dead_named, fresh) if dead_named else {},
             "warnings": sorted({f"{w.category.__name__}: {w.message}" for w in caught
@@ -192,11 +194,14 @@ def train_one(library: str, name: str, steps: int) -> dict[str, Any]:
 def _said(r: dict[str, Any]) -> str:
     if "error" in r:
         return f"error: {r['error']}"
+    notes = [f"note: {f['kind']} ({', '.join(f['layers'][:3])}"
+             f"{' …' if len(f['layers']) > 3 else ''}; step {f['first_step']})"
+             for f in r.get("notes", ())]
     if not r["findings"] and not r["flagged"]:
-        return "nothing"
+        return "; ".join(["nothing"] + notes)
     parts = [f"{f['kind']} ({', '.join(f['layers'][:3])}{' …' if len(f['layers']) > 3 else ''};"
              f" step {f['first_step']})" for f in r["findings"]]
-    return "; ".join(parts) + f"; {len(r['flagged'])} layer(s) flagged"
+    return "; ".join(parts + notes) + f"; {len(r['flagged'])} layer(s) flagged"
 
 
 def markdown(results: list[dict[str, Any]]) -> str:

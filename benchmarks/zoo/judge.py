@@ -25,6 +25,7 @@ class Verdict:
         origin: The first layer a non-finite finding names (``"loss"`` for a loss-born finding).
         flagged: Layers whose status was other than ok at some recorded step.
         findings: The findings as plain dicts (kind, layers, evidence, remedies).
+        notes: The kinds of ``watch.notes()`` (true, likely harmless; never an alarm).
     """
 
     source: str
@@ -32,11 +33,13 @@ class Verdict:
     origin: str | None = None
     flagged: list[str] = field(default_factory=list)
     findings: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def text(self) -> str:
+        noted = [f"(note: {k})" for k in self.notes]
         if not self.kinds and not self.flagged:
-            return "nothing"
-        parts = list(self.kinds)
+            return " ".join(["nothing", *noted])
+        parts = list(self.kinds) + noted
         if self.origin is not None:
             parts.append(f"@{self.origin}")
         if self.flagged and self.source == "diagnose":
@@ -59,6 +62,7 @@ def read_verdict(watch: Any) -> Verdict:
             v.kinds.append(f.kind)
         if f.kind.startswith("nonfinite") and v.origin is None:
             v.origin = "loss" if f.kind == "nonfinite_loss" else (layers[0] if layers else None)
+    v.notes = [f.kind for f in watch.notes()]
     return v
 
 

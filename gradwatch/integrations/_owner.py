@@ -48,7 +48,7 @@ class WatchOwner:
         every declared statistic per layer as ``{prefix}/{statistic}/{layer}``."""
         out = {f"{prefix}/total_norm": record.total_norm, f"{prefix}/clip_coef": record.clip_coef,
                f"{prefix}/flagged_layers": float(len(record.flagged)),
-               f"{prefix}/findings": float(len(record.findings))}
+               f"{prefix}/findings": float(sum(not f.note for f in record.findings))}
         if layers:
             for name, stat in record.layers.items():
                 out.update({f"{prefix}/{key}/{name}": value

@@ -50,7 +50,7 @@ class TensorBoardLogger:
         add(f"{p}/total_norm", record.total_norm, step)
         add(f"{p}/clip_coef", record.clip_coef, step)
         add(f"{p}/flagged_layers", len(record.flagged), step)
-        add(f"{p}/findings", len(record.findings), step)
+        add(f"{p}/findings", sum(not f.note for f in record.findings), step)
         if self.layers:
             for name, stat in record.layers.items():
                 for key, value in stat.numbers().items():  # every declared statistic

@@ -132,7 +132,8 @@ def findings(records: Iterable[StepRecord], *, most: int = 3) -> list[str]:
 
 
 def diagnosis_lines(records: Sequence[StepRecord],
-                    diagnosis: Sequence[Finding] | None = None) -> list[str]:
+                    diagnosis: Sequence[Finding] | None = None,
+                    notes: Sequence[Finding] | None = None) -> list[str]:
     """The diagnosis in the words of `GradWatch.summary` (`gradwatch.verdict.diagnosis.headline` and
     `details`): one headline line per finding, each followed by indented detail lines.
 
@@ -140,13 +141,14 @@ def diagnosis_lines(records: Sequence[StepRecord],
         records: The run's records.
         diagnosis: The findings (default: the log's, as `findings_of` reads them; equal to the
             live ``diagnose()`` of the run that wrote it).
+        notes: The notes, listed after the findings with a "note:" prefix (default: the
+            log's; equal to the live ``notes()``).
     """
     found = list(diagnosis) if diagnosis is not None else findings_of(records)
-    if not found:
-        return [NOTHING]
-    lines = []
-    for f in found:
-        lines.append(headline(f))
+    kept = list(notes) if notes is not None else findings_of(records, notes=True)
+    lines = [] if found else [NOTHING]
+    for f in found + kept:
+        lines.append(("note: " if f.note else "") + headline(f))
         lines += [f"  {label}: {text}" for label, text in details(f)]
     return lines
 

@@ -83,6 +83,7 @@ class RunSummary:
     layers: tuple[LayerSummary, ...]
     statistics: tuple[str, ...]  # every per-layer statistic seen, by name
     findings: tuple[Finding, ...] = field(default=())
+    notes: tuple[Finding, ...] = field(default=())  # true, likely harmless (`Finding.note`)
 
 
 def _status_of_kind() -> dict[str, Status]:
@@ -92,8 +93,10 @@ def _status_of_kind() -> dict[str, Status]:
     return {r.kind: r.status for r in RULES if r.status is not None}
 
 
-def findings_of(records: Iterable[StepRecord]) -> list[Finding]:
-    """The diagnosis a log holds, as the live `GradWatch.diagnose` states it.
+def findings_of(records: Iterable[StepRecord], notes: bool = False) -> list[Finding]:
+    """The diagnosis a log holds, as the live `GradWatch.diagnose` states it (with ``notes``:
+    its notes, as `GradWatch.notes` states them, at the step each was first kept, with the
+    layers it named then).
 
     A record carries a finding at the step it became true. Its later steps and the layers it
     named since are read from the layers' statuses (a layer gets a finding's status on each
@@ -104,9 +107,18 @@ def findings_of(records: Iterable[StepRecord]) -> list[Finding]:
     """
     recs = list(records)
     first: dict[str, Finding] = {}
+    kept: dict[str, Finding] = {}
+    latest: dict[str, bool] = {}  # kind -> whether its latest word is a note
     for r in recs:
-        for f in r.findings:
-            first.setdefault(f.kind, f)
+        for f in r.findings:  # an alarm and a note of one kind: the later supersedes
+            if f.note:
+                kept[f.kind] = f
+            elif f.kind not in first or latest[f.kind]:
+                first[f.kind] = f
+            latest[f.kind] = bool(f.note)
+    if notes:
+        return [f for kind, f in kept.items() if latest[kind]]
+    first = {kind: f for kind, f in first.items() if not latest[kind]}
     status_of = _status_of_kind()
     shared = Counter(status_of.get(k) for k in first)
     out = []
@@ -132,7 +144,8 @@ def findings_of(records: Iterable[StepRecord]) -> list[Finding]:
 def summarize(records: Iterable[StepRecord], *, steps: int | None = None,
               run: Mapping[str, int] | None = None,
               flags: Mapping[tuple[str, str], int] | None = None,
-              findings: Sequence[Finding] | None = None) -> RunSummary:
+              findings: Sequence[Finding] | None = None,
+              notes: Sequence[Finding] | None = None) -> RunSummary:
     """Reduces records (and, from a live watch, its run-wide counters) to a `RunSummary`.
 
     Args:
@@ -141,6 +154,7 @@ def summarize(records: Iterable[StepRecord], *, steps: int | None = None,
         run: Run-wide counters (`gradwatch.record.ledger.COUNTERS`); default: counted from records.
         flags: Steps each (layer, status or "spike") was flagged over the run; default: counted.
         findings: The diagnosis; default: the findings the records carry.
+        notes: The notes (true, likely harmless); default: those the records carry.
     """
     recs = list(records)
     names = layer_order(recs)
@@ -200,4 +214,5 @@ def summarize(records: Iterable[StepRecord], *, steps: int | None = None,
         spike_steps=tuple(r.step for r in recs if r.spike),
         layer_spikes=sum(len(r.spikes) for r in recs), layers=tuple(layers),
         statistics=tuple(stat_names),
-        findings=tuple(findings if findings is not None else findings_of(recs)))
+        findings=tuple(findings if findings is not None else findings_of(recs)),
+        notes=tuple(notes if notes is not None else findings_of(recs, notes=True)))

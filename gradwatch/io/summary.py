@@ -20,7 +20,7 @@ def format_summary(s: RunSummary) -> str:
     if s.total_median is not None:
         lines.append(f"total norm: last {fmt(s.total_last)}, median {fmt(s.total_median)}, "
                      f"max {fmt(s.total_max)}")
-    lines.append(format_findings(s.findings))
+    lines.append(format_findings(s.findings, s.notes))
     fired = {k for layer in s.layers for k, n in layer.statuses.items() if n}
     core = (Status.VANISHING, Status.EXPLODING, Status.NONFINITE)
     flags = [st for st in STATUSES if st in core or (st is not Status.OK and st.value in fired)]

@@ -139,6 +139,9 @@ class Finding:
             apply together: ``(("relu", "he_init"), ("normalization",), ("residual",))`` is
             "a ReLU-family activation with He initialisation, or normalisation, or residual
             connections". Defaults to each of `remedies` alone (records written before plans).
+        note: Empty for an alarm. For a note, why the condition, though true, looks harmless
+            (e.g. the loss falls meanwhile): a note never sets a layer's status and is not
+            among `GradWatch.diagnose`'s findings (see `GradWatch.notes`).
     """
 
     kind: str
@@ -150,6 +153,7 @@ class Finding:
     first_step: int = 0
     steps: int = 1
     plans: tuple[tuple[str, ...], ...] = ()
+    note: str = ""
 
     def __post_init__(self) -> None:
         if not self.plans and self.remedies:
@@ -159,7 +163,8 @@ class Finding:
         return {"kind": self.kind, "layers": list(self.layers), "evidence": self.evidence,
                 "cause": self.cause, "remedy": self.remedy, "remedies": list(self.remedies),
                 "plans": [list(p) for p in self.plans],
-                "first_step": self.first_step, "steps": self.steps}
+                "first_step": self.first_step, "steps": self.steps} | (
+                    {"note": self.note} if self.note else {})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Finding:
@@ -168,13 +173,16 @@ class Finding:
                    remedy=str(data.get("remedy", "")),
                    remedies=tuple(str(x) for x in data.get("remedies", ())),
                    first_step=int(data.get("first_step", 0)), steps=int(data.get("steps", 1)),
-                   plans=tuple(tuple(str(c) for c in p) for p in data.get("plans", ())))
+                   plans=tuple(tuple(str(c) for c in p) for p in data.get("plans", ())),
+                   note=str(data.get("note", "")))
 
     def __str__(self) -> str:
         where = f" at {', '.join(self.layers[:4])}" + ("…" if len(self.layers) > 4 else "") \
             if self.layers else ""
-        return (f"{self.kind}{where} (from step {self.first_step}, {self.steps} recorded "
-                f"step(s)): {self.evidence}. Likely cause: {self.cause}. Remedy: {self.remedy}.")
+        return (f"{'note: ' if self.note else ''}{self.kind}{where} (from step "
+                f"{self.first_step}, {self.steps} recorded step(s)): {self.evidence}"
+                + (f"; {self.note}" if self.note else "")
+                + f". Likely cause: {self.cause}. Remedy: {self.remedy}.")
 
 
 @dataclass(frozen=True)
@@ -197,7 +205,8 @@ class StepRecord:
             (a normal event the `GradScaler` handles by skipping the step), not from the model.
         nonfinite_origin: ``"forward"``, ``"backward"`` or ``"loss"`` on a step whose gradients
             went non-finite (not an AMP overflow); ``None`` otherwise.
-        findings: The diagnosis findings that became true at this step (see `Finding`).
+        findings: The diagnosis findings that became true at this step (see `Finding`), notes
+            (``Finding.note`` set) included.
         loss: The loss the user passed for this step (`GradWatch.step` ``loss=`` or
             `GradWatch.note_loss`), as a float; ``None`` when none was passed.
     """

@@ -18,7 +18,15 @@ Plans = tuple[tuple[str, ...], ...]
 def explain(kind: str, view: StepView, hit: Hit) -> tuple[str, str, Plans]:
     """(cause, remedy, remedy plans) of a finding of ``kind`` seen at ``view``: the plans are
     the remedy's alternatives in the order the words give them, each the remedy codes to apply
-    together ("a ReLU-family activation with He initialisation" is one plan of two codes)."""
+    together ("a ReLU-family activation with He initialisation" is one plan of two codes).
+    A note (``hit.note`` set: true but likely harmless) is explained as such."""
+    if hit.note and kind == "dead_units":
+        return ("units that fire on no input of the window while the model learns: a narrow "
+                "bottleneck (a squeeze-excitation reduction) or features the task does not "
+                "need leave them off; the rest of the layer carries the signal",
+                "nothing is needed while the loss falls; if the capacity matters, a leaky "
+                "ReLU-family activation, He initialisation or a lower learning rate keeps "
+                "units alive", (("he_init",), ("lower_lr",)))
     if kind == "vanishing":
         if view.saturating:
             return ("saturating activations (sigmoid/tanh) multiply the gradient by their slope "
@@ -151,26 +159,31 @@ def headline(finding: Finding) -> str:
 
 
 def details(finding: Finding) -> list[tuple[str, str]]:
-    """(label, text) lines under a finding's headline: evidence, likely cause, remedy."""
+    """(label, text) lines under a finding's headline: evidence, (for a note) why it looks
+    harmless, likely cause, remedy."""
     f = finding
-    return [("evidence", f.evidence), ("likely cause", f.cause),
-            ("remedy", f"{f.remedy} [{plan_text(f.plans)}]")]
+    return [("evidence", f.evidence)] + ([("harmless", f.note)] if f.note else []) + [
+        ("likely cause", f.cause), ("remedy", f"{f.remedy} [{plan_text(f.plans)}]")]
 
 
 NOTHING = "Diagnosis: nothing wrong found."
 """The diagnosis of a run without findings, wherever it is shown."""
 
 
-def format_findings(findings: Sequence[Finding]) -> str:
-    """The diagnosis as text: one paragraph per finding, or one line when there is none.
+def format_findings(findings: Sequence[Finding], notes: Sequence[Finding] = ()) -> str:
+    """The diagnosis as text: one paragraph per finding, or one line when there is none, then
+    the notes (true conditions that look harmless), one paragraph each.
 
     The one wording of a diagnosis: `GradWatch.summary`, the report and the trainer callbacks
     all show findings through `headline` and `details`.
     """
-    if not findings:
-        return NOTHING
-    lines = [f"Diagnosis: {len(findings)} finding(s)"]
+    lines = [f"Diagnosis: {len(findings)} finding(s)" if findings else NOTHING]
     for f in findings:
+        lines.append(f"- {headline(f)}")
+        lines += [f"  {label}: {text}" for label, text in details(f)]
+    if notes:
+        lines.append(f"Notes: {len(notes)} (true, likely harmless; no layer flagged)")
+    for f in notes:
         lines.append(f"- {headline(f)}")
         lines += [f"  {label}: {text}" for label, text in details(f)]
     return "\n".join(lines)

@@ -4,13 +4,13 @@ findings of the run. Statuses come out as per-layer arrays (`Verdicts`)."""
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections import deque
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from ..record.records import STATUS_CODES, Finding
+from .curve import LossCurve
 from .diagnosis import explain
 from .rules import RULES
 from .view import Hit, Rule, StepView
@@ -44,7 +44,9 @@ class Judge:
         self.th, self.rules = thresholds, tuple(rules)
         self.windows = {r.kind: deque(maxlen=thresholds.window) for r in self.rules}
         self.findings: dict[str, Finding] = {}  # by kind; `steps` counted in `_steps`
+        self.notes: dict[str, Finding] = {}  # by kind: true, likely harmless conditions
         self._steps: dict[str, int] = {}
+        self.curve = LossCurve(thresholds.window)
         self._last: dict[str, tuple[Hit, StepView]] = {}  # each rule's latest hit
         self.states: dict[str, dict[str, Any]] = {r.kind: {} for r in self.rules}
         self.names: dict[str, int] = {}  # layer name -> row of the rules' per-layer memory
@@ -62,7 +64,9 @@ class Judge:
         value = np.zeros(n)
         templates: list[str] = []
         new: list[Finding] = []
-        broke = not view.overflow and (view.origin is not None or not math.isfinite(view.total))
+        broke = view.broken
+        self.curve.add(view.loss)
+        view.curve = self.curve
         present = view.measured
         for rule in self.rules:
             if rule.optional and present.isdisjoint(rule.reads):
@@ -77,7 +81,7 @@ class Judge:
                 # the run went non-finite while this condition was building up: the NaN/Inf is
                 # its outcome, so report it now, with the evidence of its latest step
                 old_hit, old_view = self._last.pop(rule.kind)
-                finding = self._note(rule, old_hit, old_view)
+                finding = self._keep(rule, old_hit, old_view)
                 if finding is not None:
                     new.append(finding)
                 continue
@@ -88,6 +92,13 @@ class Judge:
             holds = hit is not None and (not rule.persistent or (
                 len(window) >= need and sum(window) >= need))
             if not holds:
+                continue
+            if hit.note:  # true but harmless: no status, kept apart from the findings
+                finding = self._keep(rule, hit, view, self.notes)
+                if rule.kind in self.findings:
+                    finding = self._supersede(rule.kind)
+                if finding is not None:
+                    new.append(finding)
                 continue
             if rule.status is not None:
                 code = STATUS_CODES.index(rule.status)
@@ -101,48 +112,69 @@ class Judge:
                     templates.append(mark.template)
                     if len(mark.values):
                         value[where] = mark.values[free]
-            finding = self._note(rule, hit, view)
+            finding = self._keep(rule, hit, view)
             if finding is not None:
                 new.append(finding)
         return Verdicts(status, template, value, tuple(templates), new)
 
-    def _note(self, rule: Rule, hit: Hit, view: StepView) -> Finding | None:
+    def _keep(self, rule: Rule, hit: Hit, view: StepView,
+              store: dict[str, Finding] | None = None) -> Finding | None:
+        """Keeps ``hit`` in ``store`` (the findings, or the notes): a new `Finding` (returned),
+        or one more step and any new layers of the kept one."""
+        store = self.findings if store is None else store
         kind = rule.kind
         if kind == "nonfinite":
             kind = f"nonfinite_{view.origin or 'backward'}"
-            born = next((k for k in self.findings if k.startswith("nonfinite")), None)
+            born = next((k for k in store if k.startswith("nonfinite")), None)
             if born is not None:  # later NaN steps are its consequences (NaN weights...)
                 kind = born
-        old = self.findings.get(kind)
+        key = kind if store is self.findings else f"note:{kind}"
+        old = store.get(kind)
         positions = hit.positions.tolist()
         if old is not None:  # held again: count it, add the layers not named yet
-            self._steps[kind] += 1
+            self._steps[key] += 1
             if not kind.startswith("nonfinite"):
                 names, known = view.names, set(old.layers)
                 more = [names[i] for i in positions if names[i] not in known]
                 more += [n for n in hit.names if n not in known and n not in more]
                 if more:
-                    self.findings[kind] = dataclasses.replace(old, layers=old.layers + tuple(more))
+                    store[kind] = dataclasses.replace(old, layers=old.layers + tuple(more))
             return None
         layers = tuple(view.names[i] for i in positions) + hit.names
         if kind.startswith("nonfinite") and view.birth is not None:
             layers = (view.birth,)
         cause, remedy, plans = explain(kind, view, hit)
         codes = tuple(dict.fromkeys(c for plan in plans for c in plan))
-        self.findings[kind] = Finding(kind, layers, hit.evidence, cause, remedy, codes,
-                                      first_step=view.step, steps=1, plans=plans)
-        self._steps[kind] = 1
-        return self.findings[kind]
+        store[kind] = Finding(kind, layers, hit.evidence, cause, remedy, codes,
+                              first_step=view.step, steps=1, plans=plans, note=hit.note)
+        self._steps[key] = 1
+        return store[kind]
 
-    def _current(self) -> list[Finding]:
+    def _supersede(self, kind: str) -> Finding:
+        """An alarm of ``kind`` that now holds as a note (the loss fell since): the note, with
+        the alarm's first step and its steps added, replaces it (returned, so the log has it)."""
+        alarm, note = self.findings.pop(kind), self.notes[kind]
+        steps = self._steps.pop(kind) + self._steps[f"note:{kind}"]
+        layers = alarm.layers + tuple(n for n in note.layers if n not in alarm.layers)
+        self.notes[kind] = dataclasses.replace(note, layers=layers, first_step=alarm.first_step,
+                                               steps=steps)
+        self._steps[f"note:{kind}"] = steps
+        return self.notes[kind]
+
+    def _current(self, notes: bool = False) -> list[Finding]:
+        if notes:  # a note whose kind became an alarm is superseded by it
+            return [f if f.steps == self._steps.get(f"note:{k}", f.steps) else
+                    dataclasses.replace(f, steps=self._steps[f"note:{k}"])
+                    for k, f in self.notes.items() if k not in self.findings]
         return [f if f.steps == self._steps.get(k, f.steps) else
                 dataclasses.replace(f, steps=self._steps[k]) for k, f in self.findings.items()]
 
-    def diagnose(self) -> list[Finding]:
-        """Every finding so far, the earliest first (the first is usually the cause of the
-        others: gradients that explode, then NaN), most severe first among those of a step."""
+    def diagnose(self, notes: bool = False) -> list[Finding]:
+        """Every finding so far (with ``notes``: every note instead), the earliest first (the
+        first is usually the cause of the others: gradients that explode, then NaN), most
+        severe first among those of a step."""
         order = {r.kind: k for k, r in enumerate(self.rules)}
-        return sorted(self._current(), key=lambda f: (
+        return sorted(self._current(notes), key=lambda f: (
             f.first_step,
             order.get(f.kind.split("_")[0] if f.kind.startswith("nonfinite") else f.kind, 99)))
 
@@ -152,8 +184,9 @@ class Judge:
                                (list(v) if isinstance(v, list) else
                                 dict(v) if isinstance(v, dict) else v)
                                for key, v in s.items()} for k, s in self.states.items()},
-                "names": list(self.names),
-                "findings": [f.to_dict() for f in self._current()]}
+                "names": list(self.names), "curve": self.curve.state_dict(),
+                "findings": [f.to_dict() for f in self._current()],
+                "notes": [f.to_dict() for f in self._current(True)]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for kind, values in state.get("windows", {}).items():
@@ -165,7 +198,10 @@ class Judge:
             if kind in self.states:
                 self.states[kind] = {k: _restore(k, v) for k, v in values.items()}
         self.findings = {f["kind"]: Finding.from_dict(f) for f in state.get("findings", ())}
-        self._steps = {k: f.steps for k, f in self.findings.items()}
+        self.notes = {f["kind"]: Finding.from_dict(f) for f in state.get("notes", ())}
+        self._steps = {k: f.steps for k, f in self.findings.items()} | {
+            f"note:{k}": f.steps for k, f in self.notes.items()}
+        self.curve.load_state_dict(state.get("curve", {}))
 
 
 _ARRAYS = ("shares", "measured", "streak")

@@ -12,7 +12,7 @@ __all__ = ["Thresholds"]
 _NUMBER_FIELDS = ("vanishing", "exploding", "relative_vanishing", "relative_exploding", "spike",
                   "spike_min_ratio", "spike_momentum", "spike_warmup", "window", "persistence", "recovery",
                   "divergence_update_ratio", "dead_units", "saturation", "time_vanishing",
-                  "stalled_loss", "stalled_gradient", "zero_gradient", "loss_rising",
+                  "stalled_loss", "stalled_gradient", "zero_gradient", "loss_rising", "loss_falling",
                   "no_gradient", "not_zeroed")
 
 
@@ -51,7 +51,8 @@ class Thresholds:
     step (the update is as large as the weights; healthy runs stay near 1e-3, None: off)."""
     dead_units: float | None = 0.5
     """Dead units when at least this share of a layer's units is zeroed by the following
-    ReLU-family module for the whole batch (persistent; None: off)."""
+    ReLU-family module for every input of the last 4 measured steps
+    (`gradwatch.capture.units.UNIT_WINDOW`; persistent; None: off)."""
     saturation: float | None = 0.8
     """Saturation when at least this share of a saturating module's outputs sits within 1% of
     its bounds (persistent; None: off)."""
@@ -85,6 +86,13 @@ class Thresholds:
     """Loss rising when the median loss of the last `window` recorded steps is at least this
     times the median of the first `window` (persistent; needs the loss; healthy zoo runs end at
     most 1.13x above their start; None: off)."""
+    loss_falling: float | None = 0.75
+    """A true condition that does not hold the run back is a note, not an alarm (dead units
+    while the loss learns: a narrow squeeze-excitation bottleneck, units a frozen part leaves
+    unused): when the median loss of the last `window` recorded steps is at most this times
+    both the first loss and the median of the first `window` (the loss fell by 25%, the
+    sweep's definition of a model that trained). A note never sets a layer's status (needs the
+    loss; None: never a note)."""
     spike: float | None = 6.0
     """A spike is a log10-norm this many running standard deviations above its running mean
     (None: off); applies to each layer and to the total norm."""
@@ -157,7 +165,7 @@ class Thresholds:
             if value is not None and not 0 < value < math.inf:
                 raise ValueError(f"Expected `Thresholds.{name}` > 0 and finite, or None, but got "
                                  f"{value!r}.")
-        for name in ("dead_units", "saturation", "stalled_loss"):
+        for name in ("dead_units", "saturation", "stalled_loss", "loss_falling"):
             value = getattr(self, name)
             if value is not None and not 0 < value <= 1:
                 raise ValueError(f"Expected `Thresholds.{name}` in (0, 1] or None, but got "

@@ -4,7 +4,6 @@ gradients, a climbing loss, vanishing through time."""
 from __future__ import annotations
 
 import math
-import statistics
 
 import numpy as np
 
@@ -15,12 +14,15 @@ __all__ = ["DeadUnits", "ZeroGradient", "LossRising", "Saturation", "ThroughTime
 
 
 class DeadUnits(Rule):
-    """Most units of a layer output exactly 0 after its ReLU for the whole batch (on the steps
-    dead units are measured), and weight layers whose gradient is then exactly 0.
+    """Most units of a layer output exactly 0 after its ReLU for every input of the last
+    measured steps (`gradwatch.capture.units.UNIT_WINDOW`: a unit silent on one small batch is
+    not dead), and weight layers whose gradient is then exactly 0.
 
     A dead unit gets no gradient, so dying is absorbing: a layer whose dead share fell by a
-    quarter or more within the window (`REVIVED`; units came back as the layers before it
-    trained, e.g. a squeeze-excitation layer all negative at init) is no verdict."""
+    quarter or more within the rule's window (`REVIVED`; units came back as the layers before
+    it trained, e.g. a squeeze-excitation layer all negative at init) is no verdict. While the
+    loss falls (`Thresholds.loss_falling`) the dead units do not hold the run back (a narrow
+    bottleneck, features the task does not use): the hit is a note."""
 
     kind, status, reads, optional = "dead_units", Status.DEAD, ("dead_frac",), True
     REVIVED = 0.75
@@ -51,6 +53,11 @@ class DeadUnits(Rule):
         hit.evidence = (f"{len(named)} layer(s) with at least {100 * th.dead_units:.0f}% dead "
                         f"units (worst {100 * worst:.0f}%)")
         hit.numbers = {"dead_frac": worst}
+        curve = view.curve
+        if th.loss_falling is not None and curve is not None and curve.fell(th.loss_falling):
+            hit.note = (f"the loss falls meanwhile: median {fmt3(curve.now)} over the last "
+                        f"{th.window} recorded steps, from {fmt3(curve.first)} at the first "
+                        f"(bound loss_falling={th.loss_falling:g})")
         return hit
 
 
@@ -115,20 +122,14 @@ class LossRising(Rule):
     kind, reads, optional = "loss_rising", ("loss",), True
 
     def check(self, view, th, state):
-        bound, loss = th.loss_rising, view.loss
-        if bound is None or loss is None or not math.isfinite(loss):
+        bound, curve = th.loss_rising, view.curve
+        if bound is None or view.loss is None or not math.isfinite(view.loss) or curve is None:
             return None
-        if loss <= 0:
-            state["off"] = 1.0
-        recent = state.setdefault("recent", [])
-        recent[:] = (recent + [loss])[-th.window:]
         if math.isfinite(view.total):
             state.setdefault("total0", view.total)
-        if len(recent) < th.window or state.get("off"):
+        if not curve.ready:
             return None
-        now = statistics.median(recent)
-        start = state.setdefault("start", now)
-        best = state["best"] = min(state.get("best", now), now)
+        now, start, best = curve.now, curve.start, curve.best
         if not now >= bound * start:
             return None
         ratio = view.values.get("update_ratio")

@@ -62,6 +62,7 @@ class StepView:
     uid: np.ndarray | None = None
     absent: Sequence[str] | None = None  # layers that ran and are stepped but got no gradient
     stale: bool | None = None  # the gradients still held the last step's values
+    curve: Any = None  # the run's `LossCurve` so far (set by the judge)
     cache: dict[str, Any] = field(default_factory=dict)  # shared by the rules of one step
 
     def __post_init__(self) -> None:
@@ -80,6 +81,12 @@ class StepView:
             self.weight = np.array([r == "weight" for r in self.roles], dtype=bool)
         if self.uid is None:
             self.uid = np.arange(n)
+
+    @property
+    def broken(self) -> bool:
+        """Whether the step went non-finite (not an AMP overflow): its other statistics are
+        consequences of the NaN/Inf (relu(NaN) reads as a dead unit)."""
+        return not self.overflow and (self.origin is not None or not math.isfinite(self.total))
 
     @property
     def measured(self) -> set[str]:
@@ -106,6 +113,7 @@ class Hit:
     evidence: str
     numbers: dict[str, float] = field(default_factory=dict)
     names: tuple[str, ...] = ()  # layers the hit names that are not in the view
+    note: str = ""  # set when the condition looks harmless: why (the hit is then a note)
 
     @property
     def positions(self) -> np.ndarray:

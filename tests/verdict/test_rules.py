@@ -71,9 +71,10 @@ def _dead_finding(shares: list[float]) -> bool:
 
 
 def test_dead_units_hold_while_units_stay_dead_not_when_they_come_back():
-    """Dying is absorbing (a dead unit gets no gradient): a share that stays or grows is a
-    finding after `persistence` measured steps; one that fell by a quarter or more within the
-    window (units came back) is not, even above the bound."""
+    """Dying is absorbing (a dead unit gets no gradient): a share (already over the capture's
+    window of measured steps) that stays or grows is a finding after `persistence` measured
+    steps; one that fell by a quarter or more within the window (units came back) is not, even
+    above the bound."""
     assert _dead_finding([1.0, 1.0, 1.0, 1.0])
     assert _dead_finding([0.6, 0.7, 0.8, 0.9])
     assert _dead_finding([0.8, 0.7, 0.65, 0.62])  # within a quarter of the window's worst
