@@ -146,3 +146,26 @@ def test_the_same_run_without_the_loss_is_an_alarm():
     watch, _, dead = _run(pass_loss=False)
     assert dead >= 0.5
     assert [f.kind for f in watch.diagnose()] == ["dead_units"] and watch.notes() == []
+
+
+def test_loss_falling_is_validated_with_the_field_named():
+    for bad in (0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="loss_falling"):
+            Thresholds(loss_falling=bad)
+    with pytest.raises(TypeError, match="loss_falling"):
+        Thresholds(loss_falling="0.75")
+
+
+def test_the_judge_state_keeps_the_loss_curve_and_the_notes():
+    """Saved mid-run through JSON and restored, the judge reaches the same notes and the
+    same verdicts as one never interrupted."""
+    losses = [2.0] * 12 + [2.0 * 0.8 ** k for k in range(1, 19)]
+    whole = _judge(losses)
+    first = _judge(losses[:15])
+    resumed = Judge(Thresholds())
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    for step, loss in enumerate(losses[15:], start=15):
+        resumed.judge(_view(step, loss))
+    assert resumed.diagnose() == whole.diagnose() == []
+    assert resumed.diagnose(notes=True) == whole.diagnose(notes=True)
+    assert resumed.curve.state_dict() == whole.curve.state_dict()
