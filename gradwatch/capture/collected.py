@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from .hooks import Stale
-from ..measure.norms import TINY, repair_norms
+from ..measure.norms import TINY, foreach_norm64, repair_norms
 
 __all__ = ['Events', 'Collected', 'BATCH_TENSORS', 'BATCH_NUMEL', 'is_container', 'TaskNote']
 
@@ -83,6 +83,9 @@ def _norms64(tensors: list[Tensor], finiteness: bool = False, direct: bool = Fal
         if any(t.is_complex() for t in tensors):  # |z| is the real tensor with the same norm
             tensors = [t.abs() if t.is_complex() else t for t in tensors]
         device = tensors[0].device
+        if device.type == "cpu" and (direct or any(t.dtype == torch.float64 for t in tensors)) \
+                and all(t.is_cpu for t in tensors):
+            return foreach_norm64(tensors)
         if direct or device.type != "cpu" or any(t.dtype == torch.float64 for t in tensors):
             norms = torch._foreach_norm(tensors, 2, dtype=torch.float64)
             if any(t.device != device for t in tensors):  # a model split across devices

@@ -62,6 +62,8 @@ class Collector(RecurrentHooks):
         self._unit_only = [i for i, (k, e, o) in enumerate(zip(self.kinds, self.elementwise,
                                                                 self.owner_of))
                            if k is not None and e and o < 0]  # hooked for unit statistics only
+        only = set(self._unit_only)
+        self._only_units = [i in only for i in range(len(self.modules))]
         # which backward passes accumulate into .grad (not autograd.grad ones): a hook on each
         # layer's first parameter, attached with the forward hooks (not on unrecorded steps)
         self._accumulating = [layer.params[0] for layer in layers if not layer.params[0].is_sparse
@@ -99,12 +101,10 @@ class Collector(RecurrentHooks):
                 if self.activations and isinstance(module, nn.RNNBase) and self.owner_of[i] >= 0:
                     self._forward_handles.append(module.register_forward_pre_hook(
                         Hook(self, "on_recurrent_input", self.owner_of[i], module)))
-        units = units and self.activations
-        if units and not self._unit_handles:
+        if units and self.activations and not self._unit_handles:  # kept until `detach`:
+            # re-adding them every 4th step would cost more than their early return
             self._unit_handles = [self.modules[i].register_forward_hook(self._on_forward[i])
                                   for i in self._unit_only]
-        elif not units and self._unit_handles:
-            self._remove_unit_hooks()
 
     def _remove_unit_hooks(self) -> None:
         for handle in self._unit_handles:
@@ -167,7 +167,7 @@ class Collector(RecurrentHooks):
         compiling = torch.compiler.is_compiling()
         if compiling:
             self.compiled = True
-        if not self.armed:
+        if not self.armed or (self._only_units[index] and not self.units_on):
             return
         # activation checkpointing re-runs forwards inside the backward pass: the forward
         # order, the NaN checks and the unit statistics were taken in the forward; only the

@@ -75,3 +75,24 @@ def test_exact_norms_and_repair_match_float64_torch_in_one_batch():
     assert fixed == pytest.approx(ref, rel=1e-6)
     assert fixed[1] == fp32[1] and fixed[4] == fp32[4]  # healthy: untouched
     assert fp32[0] < 1e-18 and fp32[2] == float("inf")  # (what needed the repair)
+
+
+def test_foreach_norm64_equals_torch_float64_norms_for_small_large_and_odd_tensors():
+    """The segment path (small CPU tensors summed together in float64) against
+    ``torch.linalg.vector_norm(t, dtype=float64)`` per tensor: small and large, fp16, a
+    non-contiguous view, values whose float32 squares underflow or overflow."""
+    from gradwatch.measure.norms import SEGMENT_MAX, foreach_norm64
+
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(16, generator=g) * 1e-25, torch.randn(16, 16, generator=g),
+               torch.randn(SEGMENT_MAX, generator=g) * 1e22,
+               torch.randn(SEGMENT_MAX + 1, generator=g),  # past the segment path
+               torch.randn(8, 8, generator=g).t(),  # non-contiguous
+               torch.randn(30, generator=g).half(), torch.zeros(5)]
+    tensors += [torch.randn(k + 1, generator=g) for k in range(10)]
+    got = foreach_norm64(tensors)
+    want = torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64) for t in tensors])
+    assert got.dtype == torch.float64 and got.shape == (len(tensors),)
+    assert torch.allclose(got, want, rtol=1e-14, atol=0)
+    few = tensors[:3]  # below the batch worth a segment sum: the per-tensor kernel
+    assert torch.allclose(foreach_norm64(few), want[:3], rtol=1e-14, atol=0)
