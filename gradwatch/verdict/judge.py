@@ -81,7 +81,8 @@ class Judge:
                 # the run went non-finite while this condition was building up: the NaN/Inf is
                 # its outcome, so report it now, with the evidence of its latest step
                 old_hit, old_view = self._last.pop(rule.kind)
-                finding = self._keep(rule, old_hit, old_view)
+                finding = self._keep(rule, old_hit, old_view,
+                                     self.notes if old_hit.note else None)
                 if finding is not None:
                     new.append(finding)
                 continue
@@ -156,8 +157,8 @@ class Judge:
         alarm, note = self.findings.pop(kind), self.notes[kind]
         steps = self._steps.pop(kind) + self._steps[f"note:{kind}"]
         layers = alarm.layers + tuple(n for n in note.layers if n not in alarm.layers)
-        self.notes[kind] = dataclasses.replace(note, layers=layers, first_step=alarm.first_step,
-                                               steps=steps)
+        self.notes[kind] = dataclasses.replace(note, layers=layers, steps=steps,
+                                               first_step=min(alarm.first_step, note.first_step))
         self._steps[f"note:{kind}"] = steps
         return self.notes[kind]
 

@@ -169,3 +169,17 @@ def test_the_judge_state_keeps_the_loss_curve_and_the_notes():
     assert resumed.diagnose() == whole.diagnose() == []
     assert resumed.diagnose(notes=True) == whole.diagnose(notes=True)
     assert resumed.curve.state_dict() == whole.curve.state_dict()
+
+
+def test_note_alarm_note_keeps_the_first_step_and_every_step():
+    """Falling, then back up (an alarm), then falling again: one note, from the step the
+    condition first held, counting every step it held as either."""
+    losses = [2.0 * 0.8 ** k for k in range(15)] + [2.0] * 10 + [2.0 * 0.8 ** k
+                                                                  for k in range(1, 15)]
+    judge, held = Judge(Thresholds(loss_rising=None)), []  # (the climb is no finding here)
+    for step, loss in enumerate(losses):
+        v = judge.judge(_view(step, loss, 0.8 if step >= 5 else 0.0))
+        held.append(bool(v.status.any()))
+    assert judge.diagnose() == [] and any(held) and not held[-1]
+    (note,) = judge.diagnose(notes=True)
+    assert note.first_step == 8 and note.steps == len(losses) - 8
