@@ -83,14 +83,11 @@ def _norms64(tensors: list[Tensor], finiteness: bool = False, direct: bool = Fal
         if any(t.is_complex() for t in tensors):  # |z| is the real tensor with the same norm
             tensors = [t.abs() if t.is_complex() else t for t in tensors]
         device = tensors[0].device
-        if device.type == "cpu" and (direct or any(t.dtype == torch.float64 for t in tensors)) \
-                and all(t.is_cpu for t in tensors):
-            return foreach_norm64(tensors)
         if direct or device.type != "cpu" or any(t.dtype == torch.float64 for t in tensors):
-            norms = torch._foreach_norm(tensors, 2, dtype=torch.float64)
             if any(t.device != device for t in tensors):  # a model split across devices
-                norms = [n.to(device, non_blocking=True) for n in norms]
-            return torch.stack(norms)
+                norms = torch._foreach_norm(tensors, 2, dtype=torch.float64)
+                return torch.stack([n.to(device, non_blocking=True) for n in norms])
+            return foreach_norm64(tensors)
         n32 = torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32))
         values = n32.tolist()
         if (finiteness or min(values) >= TINY) and sum(values) < math.inf:  # NaN fails too
