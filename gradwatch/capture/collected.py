@@ -43,9 +43,10 @@ class Collected:
     """Input-gradient events (w.r.t. a layer's input): read only on a non-finite step."""
     out_norms: list[Tensor] = field(default_factory=list)  # output-gradient events' norms
     in_norms: list[Tensor] = field(default_factory=list)  # input-gradient events' norms
-    units: list[tuple[int, str, Tensor, int]] = field(default_factory=list)
-    """(layer, statistic, count as a device tensor, of how many): alive units, saturated
-    outputs."""
+    units: list[tuple[int, str, int]] = field(default_factory=list)
+    """(layer, statistic, of how many) per activation call: alive units, saturated outputs."""
+    unit_counts: list[Tensor] = field(default_factory=list)
+    """Their counts: float64 device vectors whose concatenation is aligned with ``units``."""
     time: dict[int, list[Any]] = field(default_factory=dict)  # layer -> first/last ratios
     stale: Any = None
     """Whether the gradients still held the last optimizer step's values when this backward

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 
-import functools
 from typing import Any, Callable
 import torch
 from torch import Tensor, nn
@@ -11,18 +10,18 @@ from torch import Tensor, nn
 from .collected import BATCH_NUMEL, BATCH_TENSORS, Collected, Events, TaskNote, _norms64, _task, \
     is_container
 from .layers import owners
+from .gradhooks import GradHooks
 from .recurrent import RecurrentHooks
-from .units import UNIT_EVERY, UnitWindow, unit_count
+from .units import UNIT_EVERY, UnitBatch, UnitWindow
 from .zeroing import ZeroCheck
-from .hooks import _ELEMENTWISE, Hook, iter_tensors
+from .hooks import _ELEMENTWISE, Hook, Slot, iter_tensors
 from .layers import Layer, activation_kind
-from ..measure.norms import TINY
 
 __all__ = ["Collector", "UNIT_EVERY",
            "is_container"]
 
 
-class Collector(RecurrentHooks):
+class Collector(GradHooks, RecurrentHooks):
     """Owns every hook handle on the model and the `Collected` data of the current step.
 
     Args:
@@ -56,8 +55,10 @@ class Collector(RecurrentHooks):
         self._last_layer = -1
         self.units_on = True  # measure dead/saturated units in this forward (set per step)
         self.unit_window = UnitWindow()  # which units fired, over the last measured steps
-        self._forward_handles: list[Any] = []
-        self._unit_handles: list[Any] = []
+        self.unit_batch = UnitBatch(self.unit_window)  # this forward's, counted at `take`
+        self._slots: list[Slot] | None = None  # the hooks of a recorded step (made once)
+        self._unit_slots: list[Slot] = []  # the activation modules' hooks (unit statistics)
+        self._attached = self._units_attached = False
         self._on_forward = [Hook(self, "on_forward", i) for i in range(len(self.modules))]
         self._unit_only = [i for i, (k, e, o) in enumerate(zip(self.kinds, self.elementwise,
                                                                 self.owner_of))
@@ -83,39 +84,50 @@ class Collector(RecurrentHooks):
 
     @property
     def attached(self) -> bool:
-        return bool(self._forward_handles)
+        return self._attached
 
     def attach(self, units: bool = True) -> None:
         """Adds the hooks of a recorded step (unrecorded steps run without them): forward
         hooks on the layers and every module that is not element-wise (their outputs are
-        checked for NaN), with ``units`` on the activation modules too (unit statistics), and
-        with activations a post-accumulate hook on each layer's first parameter."""
-        if not self._forward_handles:
-            if self.activations:
-                self._forward_handles += [p.register_post_accumulate_grad_hook(
-                    self._on_accumulate) for p in self._accumulating]
-            for i, module in enumerate(self.modules):
-                if self.owner_of[i] >= 0 or not (self.elementwise[i] or self.container[i]):
-                    self._forward_handles.append(
-                        module.register_forward_hook(self._on_forward[i]))
-                if self.activations and isinstance(module, nn.RNNBase) and self.owner_of[i] >= 0:
-                    self._forward_handles.append(module.register_forward_pre_hook(
-                        Hook(self, "on_recurrent_input", self.owner_of[i], module)))
-        if units and self.activations and not self._unit_handles:  # kept until `detach`:
-            # re-adding them every 4th step would cost more than their early return
-            self._unit_handles = [self.modules[i].register_forward_hook(self._on_forward[i])
-                                  for i in self._unit_only]
+        checked for NaN), with activations a post-accumulate hook on each layer's first
+        parameter, and with ``units`` forward hooks on the activation modules (unit
+        statistics; taken out again on steps without them). Each is a `Slot`: after the first
+        time, attaching and detaching are dict stores."""
+        if self._slots is None:
+            self._make_slots()
+        if not self._attached:
+            for slot in self._slots:
+                slot.attach()
+            self._attached = True
+        units = units and self.activations
+        if units != self._units_attached:
+            for slot in self._unit_slots:
+                slot.attach() if units else slot.detach()
+            self._units_attached = units
 
-    def _remove_unit_hooks(self) -> None:
-        for handle in self._unit_handles:
-            handle.remove()
-        self._unit_handles = []
+    def _make_slots(self) -> None:
+        slots = []
+        if self.activations:
+            slots += [Slot(p, "_post_accumulate_grad_hooks", p.register_post_accumulate_grad_hook,
+                           self._on_accumulate) for p in self._accumulating]
+        for i, module in enumerate(self.modules):
+            if self.owner_of[i] >= 0 or not (self.elementwise[i] or self.container[i]):
+                slots.append(Slot(module, "_forward_hooks", module.register_forward_hook,
+                                  self._on_forward[i]))
+            if self.activations and isinstance(module, nn.RNNBase) and self.owner_of[i] >= 0:
+                slots.append(Slot(module, "_forward_pre_hooks", module.register_forward_pre_hook,
+                                  Hook(self, "on_recurrent_input", self.owner_of[i], module)))
+        self._slots = slots
+        self._unit_slots = [Slot(self.modules[i], "_forward_hooks",
+                                 self.modules[i].register_forward_hook, self._on_forward[i])
+                            for i in self._unit_only]
 
     def detach(self) -> None:
-        for handle in self._forward_handles:
-            handle.remove()
-        self._forward_handles.clear()
-        self._remove_unit_hooks()
+        for slot in self._slots or ():
+            slot.detach()
+        for slot in self._unit_slots:
+            slot.detach()
+        self._attached = self._units_attached = False
 
     def close(self) -> None:
         self.detach()
@@ -126,6 +138,7 @@ class Collector(RecurrentHooks):
         parameter gradients are known to be finite) what only a non-finite step reads is
         dropped, not computed: the module-output checks and the input-gradient norms (they
         locate where a NaN was born)."""
+        self._flush_units()
         data = self.data
         self._held_numel = [0, 0, 0]
         data.tasks = set(self._tasks)
@@ -146,15 +159,6 @@ class Collector(RecurrentHooks):
             self.data.forward_norms.append(_norms64(self._outputs, finiteness=True))
             self._outputs = []
             self._held_numel[0] = 0
-
-    def _flush_grads(self, pending: list[Tensor], into: list[Tensor]) -> None:
-        if pending:
-            k = pending is self._grads_in  # which kind: output (0) or input (1) gradients
-            norms = _norms64(pending, direct=self._direct[k])
-            into.append(norms)
-            pending.clear()
-            # float64 at once next time if this batch had norms below float32's safe range
-            self._direct[k] = norms.device.type == "cpu" and bool((norms < TINY).any())
 
     # ---------------------------------------------------------------- hook interface
 
@@ -209,85 +213,20 @@ class Collector(RecurrentHooks):
                 if t.requires_grad and t.is_floating_point():
                     self._hook_grad(t, layer, False)
 
-    def _hook_node(self, out: Tensor, args: Any, layer: int) -> bool:
-        """One post-hook on the node that made the module's output, when that node also takes
-        the module's only input: it sees the gradient w.r.t. the output and the one it hands
-        to the input (a single-op module, as a Linear or a convolution without a separate
-        bias is). Returns False (nothing registered) otherwise."""
-        node = out.grad_fn
-        if node is None or len(args) != 1 or type(args[0]) is not Tensor:
-            return False
-        x = args[0]
-        src = x.grad_fn
-        if src is None or not x.requires_grad:
-            return False
-        for k, (nxt, _) in enumerate(node.next_functions):
-            if nxt is src:
-                key = (layer, out.output_nr, k)
-                hook = self._grad_hooks.get(key)
-                if hook is None:
-                    hook = self._grad_hooks[key] = functools.partial(
-                        self.on_node_io, layer, out.output_nr, k)
-                node.register_hook(hook)
-                return True
-        return False
-
-    def on_node_io(self, layer: int, nr: int, k: int, grad_inputs: tuple[Any, ...],
-                   grad_outputs: tuple[Any, ...]) -> None:
-        grad = grad_outputs[nr] if nr < len(grad_outputs) else None
-        if grad is not None:
-            self.on_grad(layer, True, grad)
-        grad = grad_inputs[k] if k < len(grad_inputs) else None
-        if grad is not None:
-            self.on_grad(layer, False, grad)
-
-    def _hook_grad(self, t: Tensor, layer: int, is_output: bool) -> None:
-        """Hands the gradient w.r.t. ``t`` to `on_grad`: a pre-hook on ``t``'s autograd node
-        (half the cost of ``Tensor.register_hook``, the same gradient: before any in-place op
-        that follows), or a tensor hook on a leaf."""
-        node = t.grad_fn
-        if node is None:
-            t.register_hook(self._grad_hooks[(layer, is_output, -1)])
-            return
-        key = (layer, is_output, t.output_nr)
-        hook = self._grad_hooks.get(key)
-        if hook is None:
-            hook = self._grad_hooks[key] = functools.partial(self.on_node_grad, layer,
-                                                             is_output, t.output_nr)
-        node.register_prehook(hook)
-
-    def on_grad(self, layer: int, is_output: bool, grad: Tensor) -> None:
-        if self.armed:
-            data = self.data
-            if self.zeroing.armed and not (len(data.out) or len(data.inp)):
-                data.stale = self.zeroing.check()
-            ev = data.out if is_output else data.inp
-            ev.layer.append(layer)
-            ev.task.append(_task())
-            ev.gid.append(id(grad))
-            ev.seq.append(len(data.out.seq) + len(data.inp.seq))
-            pending = self._grads_out if is_output else self._grads_in
-            pending.append(grad)
-            k = 1 if is_output else 2
-            self._held_numel[k] += grad.numel()
-            if len(pending) >= BATCH_TENSORS or self._held_numel[k] >= BATCH_NUMEL:
-                self._held_numel[k] = 0
-                self._flush_grads(pending, data.out_norms if is_output else data.in_norms)
-
-    def on_node_grad(self, layer: int, is_output: bool, nr: int, grads: tuple[Any, ...]) -> None:
-        grad = grads[nr] if nr < len(grads) else None
-        if grad is not None:
-            self.on_grad(layer, is_output, grad)
-
-
     def _unit_stats(self, kind: str, y: Tensor, module: nn.Module, index: int) -> None:
-        """A few small device operations per activation: the count of units that fired within
-        the window (rectifiers), or of outputs within 1% of a bound (saturating modules)."""
+        """Notes an activation's output for the batched unit statistics (`UnitBatch`): the
+        units that fired within the window (rectifiers), or the outputs within 1% of a bound
+        (saturating modules)."""
         conv = kind == "rectifier" and y.dim() >= 3 and self.conv_like[self._last_index()]
-        found = unit_count(kind, y, module, conv, self.unit_window,
-                           (self._last_layer, index))
-        if found is not None:
-            self.data.units.append((self._last_layer, *found))
+        self.unit_batch.add(kind, y, module, conv, self._last_layer, (self._last_layer, index))
+        if len(self.unit_batch) >= BATCH_TENSORS:
+            self._flush_units()
+
+    def _flush_units(self) -> None:
+        entries, counts = self.unit_batch.finish()
+        if counts is not None:
+            self.data.units += entries
+            self.data.unit_counts.append(counts)
 
     def _last_index(self) -> int:
         for index in reversed(self.data.completed):

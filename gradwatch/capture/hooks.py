@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 
-__all__ = ["iter_tensors", "Hook", "Stale", "user_stacklevel"]
+__all__ = ["iter_tensors", "Hook", "Slot", "Stale", "user_stacklevel"]
 
 
 def iter_tensors(output: Any) -> Iterator[Tensor]:
@@ -56,6 +56,32 @@ class Hook:
 
     def __copy__(self) -> Stale:
         return Stale()
+
+
+class Slot:
+    """One hook put into and taken out of the hook dict of a module or tensor (``attr``, e.g.
+    ``"_forward_hooks"``) under the key its first registration reserved: attaching it again is
+    one dict store, not a new `torch.utils.hooks.RemovableHandle` (about 0.1 against 1.5 µs).
+    It registers afresh when that dict was replaced since."""
+
+    __slots__ = ("owner", "attr", "register", "hook", "key", "table")
+
+    def __init__(self, owner: Any, attr: str, register: Callable[[Any], Any], hook: Any) -> None:
+        self.owner, self.attr, self.register, self.hook = owner, attr, register, hook
+        self.key: int | None = None
+        self.table: dict | None = None
+
+    def attach(self) -> None:
+        table = getattr(self.owner, self.attr, None)
+        if self.key is None or table is not self.table:
+            self.key = self.register(self.hook).id
+            self.table = getattr(self.owner, self.attr)
+        else:
+            table[self.key] = self.hook
+
+    def detach(self) -> None:
+        if self.table is not None:
+            self.table.pop(self.key, None)
 
 
 class Stale:

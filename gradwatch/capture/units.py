@@ -1,6 +1,6 @@
-"""Unit statistics of one activation output: units that fired on some input of a window of
-measured steps (rectifiers) or outputs at a bound (saturating activations), as a few small
-device operations each."""
+"""Unit statistics of activation outputs: units that fired on some input of a window of
+measured steps (rectifiers) or outputs at a bound (saturating activations), gathered during a
+forward and counted for all call sites together in a few batched device operations."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch._utils import _flatten_dense_tensors
 
 from .hooks import _bounds
 
-__all__ = ["unit_count", "UnitWindow", "UNIT_EVERY", "UNIT_WINDOW"]
+__all__ = ["UnitBatch", "UnitWindow", "UNIT_EVERY", "UNIT_WINDOW", "SAMPLE"]
 
 UNIT_EVERY = 4
 """Dead and saturated units and update/weight ratios are measured on every 4th recorded step
@@ -26,32 +27,67 @@ unit. The dead-units rule holds on `Thresholds.persistence` (4) measured steps i
 first verdict already reads a full window."""
 
 
+SAMPLE = 4096
+"""Saturation is counted on an evenly strided sample of at most this many outputs per call."""
+
+_CACHE = 64  # segment-length tensors kept per distinct layout (dynamic shapes: bounded)
+
+
 class UnitWindow:
     """Per activation call site (layer, activation module, output shape): the index of the
     measured step at which each unit last fired, a device tensor updated in place (no host
     synchronisation), so that a unit counts as alive when it fired on any input of the last
-    ``span`` measured steps (of the steps measured so far, at the start of a run)."""
+    ``span`` measured steps (of the steps measured so far, at the start of a run). While the
+    sites of a step stay the same, their tensors are views into one flat buffer and a step
+    updates and counts them all at once (`alive_many`)."""
 
     def __init__(self, span: int = UNIT_WINDOW) -> None:
         self.span = span
         self.index = 0  # the measured step now (set before each measured forward)
         self._last: dict[tuple, Tensor] = {}
+        self._layout: tuple | None = None  # the site keys the flat buffer holds, in order
+        self._flat: Tensor | None = None
+        self._lengths: Tensor | None = None
+
+    def _site(self, key: tuple, top: Tensor) -> Tensor:
+        last = self._last.get(key)
+        if last is None:  # first seen: no unit fired yet
+            last = torch.full(top.shape, self.index - self.span, dtype=torch.int64,
+                              device=top.device)
+        elif last.device != top.device:  # the model moved (or a resumed window)
+            last = last.to(top.device)
+        self._last[key] = last
+        return last
 
     def alive(self, site: tuple[int, int], top: Tensor) -> Tensor:
         """The count of units alive within the window (a 0-d device tensor), given ``top``, the
         per-unit largest output of this step's batch at call ``site``."""
-        k, key = self.index, (*site, *top.shape)
-        last = self._last.get(key)
-        if last is None:  # first seen: no unit fired yet
-            last = torch.full(top.shape, k - self.span, dtype=torch.int64, device=top.device)
-        elif last.device != top.device:  # the model moved (or a resumed window)
-            last = last.to(top.device)
-        self._last[key] = last
+        k = self.index
+        last = self._site((*site, *top.shape), top)
         last.masked_fill_(top > 0, k)
         return torch.count_nonzero(last > k - self.span)
 
+    def alive_many(self, sites: list[tuple[int, int]], tops: list[Tensor]) -> Tensor:
+        """`alive` for several distinct sites whose ``tops`` share a dtype and device, as one
+        float64 vector of counts: a handful of operations whatever the number of sites."""
+        keys = tuple((*site, *top.shape) for site, top in zip(sites, tops))
+        flat = self._flat
+        if keys != self._layout or flat is None or flat.device != tops[0].device:
+            parts = [self._site(key, top).reshape(-1) for key, top in zip(keys, tops)]
+            flat = self._flat = torch.cat(parts)
+            sizes = [t.numel() for t in parts]
+            for key, top, view in zip(keys, tops, flat.split(sizes)):
+                self._last[key] = view.view(top.shape)
+            self._lengths = torch.tensor(sizes, device=flat.device)
+            self._layout = keys
+        k = self.index
+        flat.masked_fill_(_flatten_dense_tensors(tops) > 0, k)
+        return torch.segment_reduce((flat > k - self.span).double(), "sum",
+                                    lengths=self._lengths)
+
     def clear(self) -> None:
         self._last.clear()
+        self._layout = self._flat = self._lengths = None
 
     def state_dict(self) -> list[list]:
         """Each call site's key and its units' last firing (host copies: `GradWatch.state_dict`
@@ -65,26 +101,109 @@ class UnitWindow:
             self._last[key] = torch.tensor(last, dtype=torch.int64).reshape(key[2:])
 
 
-def unit_count(kind: str, y: Tensor, module: nn.Module, conv: bool, window: UnitWindow,
-               site: tuple[int, int]) -> tuple[str, Tensor, int] | None:
-    """(statistic, count as a device tensor, of how many) for the output ``y`` of an
-    activation module of ``kind`` ("rectifier" or "saturating"): the units that fired on some
-    input of the last measured steps (`UnitWindow`; channels of a convolution when ``conv``,
-    else the last dimension), or the outputs within 1% of a bound, on an evenly strided sample
-    of at most 4096; None for an empty or 0-d output."""
-    y = y.detach()
-    if y.dim() == 0 or not y.numel():
-        return None
-    if kind == "rectifier":
-        unit_dim = 1 if conv else y.dim() - 1
-        other = tuple(d for d in range(y.dim()) if d != unit_dim)
-        top = y.amax(dim=other) if other else y
-        return "dead_frac", window.alive(site, top), top.numel()
-    lo, hi = _bounds(module)
-    flat = y.reshape(-1)
-    flat = flat[::-(-flat.numel() // 4096)]
-    if lo == -math.inf:  # softmax-like: near one-hot
-        sat = flat >= 0.99
-    else:
-        sat = (flat - (lo + hi) / 2).abs_() >= 0.49 * (hi - lo)
-    return "sat_frac", torch.count_nonzero(sat), flat.numel()
+class UnitBatch:
+    """The unit statistics of the activation outputs of a forward, counted together.
+
+    `add` keeps, per call, the per-unit maximum over the batch (rectifiers; one reduction)
+    or the output itself (saturating modules with at most `SAMPLE` outputs; larger outputs are
+    sampled and counted at once). `finish` then counts every site in a few batched
+    operations and returns ``(entries, counts)``: ``(layer, statistic, of how many)`` per
+    site and one float64 device vector of counts aligned with them. A held output changed in
+    place before `finish` (its version moved) is left out of that step's statistics."""
+
+    def __init__(self, window: UnitWindow) -> None:
+        self.window = window
+        self._lengths: dict[tuple[int, ...], Tensor] = {}
+        self.clear()
+
+    def clear(self) -> None:
+        self._rect: list[tuple[int, tuple[int, int], Tensor, int]] = []  # + measured step
+        self._sat: list[tuple[int, Tensor, int, float, float]] = []  # (layer, y, version, lo, hi)
+        self._ready: list[tuple[int, str, Tensor, int]] = []  # counted at once: large outputs
+
+    def __len__(self) -> int:
+        return len(self._rect) + len(self._sat) + len(self._ready)
+
+    def add(self, kind: str, y: Tensor, module: nn.Module, conv: bool, layer: int,
+            site: tuple[int, int]) -> None:
+        """Notes the output ``y`` of an activation module of ``kind`` ("rectifier" or
+        "saturating") at call ``site`` (a convolution's channels are its units when ``conv``,
+        else the last dimension); a 0-d or empty output is skipped."""
+        if y.dim() == 0 or not y.numel():
+            return
+        if kind == "rectifier":
+            unit_dim = 1 if conv else y.dim() - 1
+            other = tuple(d for d in range(y.dim()) if d != unit_dim)
+            top = y.detach().amax(dim=other) if other else y.detach().clone()
+            self._rect.append((layer, site, top, self.window.index))
+            return
+        lo, hi = _bounds(module)
+        if y.numel() <= SAMPLE and not y.is_inference():  # (no version counter there)
+            self._sat.append((layer, y, y._version, lo, hi))
+            return
+        flat = y.detach().reshape(-1)
+        flat = flat[::-(-flat.numel() // SAMPLE)]
+        self._ready.append((layer, "sat_frac", torch.count_nonzero(_saturated(flat, lo, hi)),
+                            flat.numel()))
+
+    def finish(self) -> tuple[list[tuple[int, str, int]], Tensor | None]:
+        entries: list[tuple[int, str, int]] = []
+        counts: list[Tensor] = []
+        with torch.no_grad():
+            self._count_rectifiers(entries, counts)
+            self._count_saturated(entries, counts)
+        if self._ready:
+            entries += [(layer, stat, n) for layer, stat, _, n in self._ready]
+            counts.append(torch.stack([c for _, _, c, _ in self._ready]).double())
+        self.clear()
+        if not counts:
+            return entries, None
+        return entries, counts[0] if len(counts) == 1 else torch.cat(
+            [c.to(counts[0].device) for c in counts])
+
+    def _count_rectifiers(self, entries: list, counts: list[Tensor]) -> None:
+        rect = self._rect
+        if not rect:
+            return
+        window = self.window
+        tops = [top for _, _, top, _ in rect]
+        entries += [(layer, "dead_frac", top.numel()) for layer, _, top, _ in rect]
+        if len({site for _, site, _, _ in rect}) == len(rect) and len(
+                {(t.dtype, t.device) for t in tops}) == 1 and all(
+                k == window.index for _, _, _, k in rect):
+            counts.append(window.alive_many([site for _, site, _, _ in rect], tops))
+            return
+        now, alive = window.index, []  # a site twice, or forwards of several measured steps
+        for _, site, top, k in rect:  # (an iteration the AMP scaler skipped): in call order
+            window.index = k
+            alive.append(window.alive(site, top))
+        window.index = now
+        counts.append(torch.stack(alive).double())
+
+    def _count_saturated(self, entries: list, counts: list[Tensor]) -> None:
+        groups: dict[tuple, list[tuple[int, Tensor]]] = {}
+        for layer, y, version, lo, hi in self._sat:
+            if y._version == version:  # else changed in place since: not what the module gave
+                groups.setdefault((y.dtype, y.device, lo, hi), []).append((layer, y))
+        for (_, _, lo, hi), items in groups.items():
+            ys = [y for _, y in items]
+            sizes = tuple(y.numel() for y in ys)
+            flat = _saturated(_flatten_dense_tensors(ys), lo, hi).double()
+            entries += [(layer, "sat_frac", n) for (layer, _), n in zip(items, sizes)]
+            if len(ys) == 1:
+                counts.append(flat.sum().reshape(1))
+                continue
+            key = (flat.device.type, flat.device.index, *sizes)
+            lengths = self._lengths.get(key)
+            if lengths is None:
+                if len(self._lengths) >= _CACHE:
+                    self._lengths.clear()
+                lengths = self._lengths[key] = torch.tensor(sizes, device=flat.device)
+            counts.append(torch.segment_reduce(flat, "sum", lengths=lengths))
+
+
+def _saturated(flat: Tensor, lo: float, hi: float) -> Tensor:
+    """Which outputs are within 1% of a bound (softmax-like, ``lo`` = -inf: near one-hot)."""
+    if lo == -math.inf:
+        return flat >= 0.99
+    return (flat - (lo + hi) / 2).abs_() >= 0.49 * (hi - lo)

@@ -145,9 +145,11 @@ def repair_norms(norms: Sequence[float], grads: Sequence[Tensor],
     if norms and min(norms) >= TINY and sum(norms) < math.inf:
         return list(norms)  # the healthy case, checked in C (the sum is NaN or inf if any is)
     # DTensor norms come exact from `global_norms`; recomputing one locally would be wrong.
-    redo = [k for k, (n, g) in enumerate(zip(norms, grads))
-            if not TINY <= n < math.inf and not is_dtensor(g)
-            and (exact is None or not exact[k])]
+    values = np.asarray(norms, dtype=np.float64)
+    suspect = ~((values >= TINY) & (values < math.inf))  # NaN too
+    if exact is not None:
+        suspect &= ~exact
+    redo = [k for k in np.flatnonzero(suspect).tolist() if not is_dtensor(grads[k])]
     out = list(norms)
     for k, v in zip(redo, exact_norms([grads[k] for k in redo]) if redo else ()):
         out[k] = v

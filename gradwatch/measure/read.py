@@ -58,7 +58,7 @@ def layer_values(data: Collected, host: dict[str, list[float]], inv_scale: float
             act[has] = norm[has] * inv_scale
             act_on = has
     values: dict[str, np.ndarray] = {}
-    for k, (layer_i, stat, _, n) in enumerate(data.units):
+    for k, (layer_i, stat, n) in enumerate(data.units):
         count = host["units"][k]
         share = 1.0 - count / n if stat == "dead_frac" else count / n  # alive / saturated
         col = values.setdefault(stat, np.full(n_layers, math.nan))
@@ -112,7 +112,7 @@ def start_read(grads: Sequence[Tensor], params: Sequence[Tensor], norms_dev: Ten
         batch.add("act_out", _joined(data.out_norms))
         batch.add("act_in", _joined(data.in_norms))
         batch.add("forward", _joined(data.forward_norms))
-        batch.add("units", [t for _, _, t, _ in data.units])
+        batch.add("units", _joined(data.unit_counts))
         batch.add("time", [v for vals in data.time.values() for v in vals])
         if data.stale is not None:
             batch.add("stale", [data.stale])

@@ -1,0 +1,136 @@
+"""The gradient side of a recorded step: hooks on the autograd nodes of the layers' outputs
+that hand each output (and input) gradient to batched norms, in backward order."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+from torch import Tensor
+
+from .collected import BATCH_NUMEL, BATCH_TENSORS, _norms64, _task
+from ..measure.norms import TINY
+
+__all__ = ["GradHooks"]
+
+
+class GradHooks:
+    """The part of `gradwatch.capture.collector.Collector` that registers and runs the
+    gradient hooks: it needs ``armed``, ``data`` (a `gradwatch.capture.collected.Collected`),
+    ``zeroing``, the pending gradient lists and their held sizes."""
+
+    armed: bool
+    data: Any
+    zeroing: Any
+    _grad_hooks: dict[tuple[int, bool, int], Callable[..., None]]
+    _grads_out: list[Tensor]
+    _grads_in: list[Tensor]
+    _held_numel: list[int]
+    _direct: list[bool]
+
+    def _hook_node(self, out: Tensor, args: Any, layer: int) -> bool:
+        """One post-hook on the node that made the module's output, when that node also takes
+        the module's only input: it sees the gradient w.r.t. the output and the one it hands
+        to the input (a single-op module, as a Linear or a convolution without a separate
+        bias is). Returns False (nothing registered) otherwise."""
+        node = out.grad_fn
+        if node is None or len(args) != 1 or type(args[0]) is not Tensor:
+            return False
+        x = args[0]
+        src = x.grad_fn
+        if src is None or not x.requires_grad:
+            return False
+        for k, (nxt, _) in enumerate(node.next_functions):
+            if nxt is src:
+                key = (layer, out.output_nr, k)
+                hook = self._grad_hooks.get(key)
+                if hook is None:
+                    hook = self._grad_hooks[key] = functools.partial(
+                        self.on_node_io, layer, out.output_nr, k)
+                node.register_hook(hook)
+                return True
+        return False
+
+    def on_node_io(self, layer: int, nr: int, k: int, grad_inputs: tuple[Any, ...],
+                   grad_outputs: tuple[Any, ...]) -> None:
+        """`on_grad` for the output and the input gradient of one node, in that order (one
+        call per layer per backward: the hot path of a recorded step)."""
+        out = grad_outputs[nr] if nr < len(grad_outputs) else None
+        inp = grad_inputs[k] if k < len(grad_inputs) else None
+        if out is None or inp is None or not self.armed:
+            if out is not None:
+                self.on_grad(layer, True, out)
+            if inp is not None:
+                self.on_grad(layer, False, inp)
+            return
+        data = self.data
+        evo, evi = data.out, data.inp
+        if self.zeroing.armed and not (evo.layer or evi.layer):
+            data.stale = self.zeroing.check()
+        task, seq = _task(), len(evo.seq) + len(evi.seq)
+        evo.layer.append(layer)
+        evo.task.append(task)
+        evo.gid.append(id(out))
+        evo.seq.append(seq)
+        evi.layer.append(layer)
+        evi.task.append(task)
+        evi.gid.append(id(inp))
+        evi.seq.append(seq + 1)
+        held = self._held_numel
+        self._grads_out.append(out)
+        self._grads_in.append(inp)
+        held[1] += out.numel()
+        held[2] += inp.numel()
+        if len(self._grads_out) >= BATCH_TENSORS or held[1] >= BATCH_NUMEL:
+            held[1] = 0
+            self._flush_grads(self._grads_out, data.out_norms)
+        if len(self._grads_in) >= BATCH_TENSORS or held[2] >= BATCH_NUMEL:
+            held[2] = 0
+            self._flush_grads(self._grads_in, data.in_norms)
+
+    def _hook_grad(self, t: Tensor, layer: int, is_output: bool) -> None:
+        """Hands the gradient w.r.t. ``t`` to `on_grad`: a pre-hook on ``t``'s autograd node
+        (half the cost of ``Tensor.register_hook``, the same gradient: before any in-place op
+        that follows), or a tensor hook on a leaf."""
+        node = t.grad_fn
+        if node is None:
+            t.register_hook(self._grad_hooks[(layer, is_output, -1)])
+            return
+        key = (layer, is_output, t.output_nr)
+        hook = self._grad_hooks.get(key)
+        if hook is None:
+            hook = self._grad_hooks[key] = functools.partial(self.on_node_grad, layer,
+                                                             is_output, t.output_nr)
+        node.register_prehook(hook)
+
+    def on_grad(self, layer: int, is_output: bool, grad: Tensor) -> None:
+        if self.armed:
+            data = self.data
+            if self.zeroing.armed and not (len(data.out) or len(data.inp)):
+                data.stale = self.zeroing.check()
+            ev = data.out if is_output else data.inp
+            ev.layer.append(layer)
+            ev.task.append(_task())
+            ev.gid.append(id(grad))
+            ev.seq.append(len(data.out.seq) + len(data.inp.seq))
+            pending = self._grads_out if is_output else self._grads_in
+            pending.append(grad)
+            k = 1 if is_output else 2
+            self._held_numel[k] += grad.numel()
+            if len(pending) >= BATCH_TENSORS or self._held_numel[k] >= BATCH_NUMEL:
+                self._held_numel[k] = 0
+                self._flush_grads(pending, data.out_norms if is_output else data.in_norms)
+
+    def on_node_grad(self, layer: int, is_output: bool, nr: int, grads: tuple[Any, ...]) -> None:
+        grad = grads[nr] if nr < len(grads) else None
+        if grad is not None:
+            self.on_grad(layer, is_output, grad)
+
+    def _flush_grads(self, pending: list[Tensor], into: list[Tensor]) -> None:
+        if pending:
+            k = pending is self._grads_in  # which kind: output (0) or input (1) gradients
+            norms = _norms64(pending, direct=self._direct[k])
+            into.append(norms)
+            pending.clear()
+            # float64 at once next time if this batch had norms below float32's safe range
+            self._direct[k] = norms.device.type == "cpu" and bool((norms < TINY).any())
