@@ -113,7 +113,15 @@ def make_workload(name: str) -> Workload:
                                                       nn.Linear(16, 16), nn.Tanh(),
                                                       nn.Linear(16, 4))),
                         _batch(4, (4, 16), 4, 4), F.cross_entropy)
-    raise ValueError(f"Expected a workload in {WORKLOADS}, but got {name!r}.")
+    if name.startswith("chain") and name[5:].isdigit():
+        depth = int(name[5:])
+        return Workload(name, f"{depth} x (Linear(16, 16) + tanh), batch 4 (scaling.py's chain)",
+                        _seeded(lambda: nn.Sequential(*(nn.Sequential(nn.Linear(16, 16),
+                                                                      nn.Tanh())
+                                                        for _ in range(depth)))),
+                        _batch(4, (4, 16), 16, 4), F.cross_entropy)
+    raise ValueError(f"Expected a workload in {WORKLOADS} or chain<L> (e.g. chain100), but got "
+                     f"{name!r}.")
 
 
 WORKLOADS = ("mlp", "resnet18", "transformer", "tiny")

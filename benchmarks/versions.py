@@ -30,7 +30,7 @@ from _measure import interleave, paired_ratios, summarise  # noqa: E402
 from _workloads import make_workload  # noqa: E402
 
 CONFIGS = {"param": dict(activations=False), "act": {}, "every10": dict(every=10)}
-BUDGET = {"mlp": 1.0, "resnet18": 3.0, "transformer": 2.0, "tiny": 0.2}  # x --budget
+BUDGET = {"mlp": 1.0, "resnet18": 3.0, "transformer": 2.0, "tiny": 0.2}  # chain<L>: 1.0  # x --budget
 
 
 def load_before(ref: str) -> object:

@@ -44,6 +44,8 @@ class Collector(GradHooks, RecurrentHooks):
             (i, out, -1): Hook(self, "on_grad", i, out) for i in range(len(layers))
             for out in (True, False)}  # leaf tensor hooks (Stale when pickled); node hooks
         # live on the autograd graph only, so they are plain partials (cheaper to call)
+        self._node_hooks: dict[tuple[Any, ...], Callable[..., None] | None] = {}  # per
+        # (layer, output_nr, node type, input node type): the hook reading the input's slot
         self.conv_like = [isinstance(m, nn.modules.conv._ConvNd) for m in self.modules]
         self.activations = activations
         self.armed = False

@@ -13,6 +13,8 @@ from ..measure.norms import TINY
 
 __all__ = ["GradHooks"]
 
+_UNSEEN = object()
+
 
 class GradHooks:
     """The part of `gradwatch.capture.collector.Collector` that registers and runs the
@@ -23,6 +25,7 @@ class GradHooks:
     data: Any
     zeroing: Any
     _grad_hooks: dict[tuple[int, bool, int], Callable[..., None]]
+    _node_hooks: dict[tuple[Any, ...], Callable[..., None] | None]
     _grads_out: list[Tensor]
     _grads_in: list[Tensor]
     _held_numel: list[int]
@@ -32,24 +35,27 @@ class GradHooks:
         """One post-hook on the node that made the module's output, when that node also takes
         the module's only input: it sees the gradient w.r.t. the output and the one it hands
         to the input (a single-op module, as a Linear or a convolution without a separate
-        bias is). Returns False (nothing registered) otherwise."""
+        bias is). Returns False (nothing registered) otherwise. Which of the node's inputs is
+        the module's is looked up in ``next_functions`` the first time a layer makes a node of
+        that type from an input of that type, and remembered (``next_functions`` builds a
+        tuple per input and a Python object per node: most of the cost, and garbage)."""
+        if len(args) != 1 or type(args[0]) is not Tensor:
+            return False
         node = out.grad_fn
-        if node is None or len(args) != 1 or type(args[0]) is not Tensor:
-            return False
         x = args[0]
-        src = x.grad_fn
-        if src is None or not x.requires_grad:
+        if node is None or not x.requires_grad or x.is_leaf:
             return False
-        for k, (nxt, _) in enumerate(node.next_functions):
-            if nxt is src:
-                key = (layer, out.output_nr, k)
-                hook = self._grad_hooks.get(key)
-                if hook is None:
-                    hook = self._grad_hooks[key] = functools.partial(
-                        self.on_node_io, layer, out.output_nr, k)
-                node.register_hook(hook)
-                return True
-        return False
+        src = x.grad_fn
+        key = (layer, out.output_nr, type(node), type(src))
+        hook = self._node_hooks.get(key, _UNSEEN)
+        if hook is _UNSEEN:
+            hook = self._node_hooks[key] = next((functools.partial(
+                self.on_node_io, layer, out.output_nr, k) for k, (nxt, _) in enumerate(
+                node.next_functions) if nxt is src), None)
+        if hook is None:  # the input reaches this node through another one
+            return False
+        node.register_hook(hook)
+        return True
 
     def on_node_io(self, layer: int, nr: int, k: int, grad_inputs: tuple[Any, ...],
                    grad_outputs: tuple[Any, ...]) -> None:
