@@ -211,8 +211,11 @@ class Collector(GradHooks, RecurrentHooks):
             for t in tensors:
                 if t.requires_grad:
                     self._hook_grad(t, layer, True)
+            hooked: list[Tensor] = []  # an input passed twice (attention's q, k, v): once
             for t in iter_tensors(args):
-                if t.requires_grad and t.is_floating_point():
+                if t.requires_grad and t.is_floating_point() and not any(
+                        t is h for h in hooked):
+                    hooked.append(t)
                     self._hook_grad(t, layer, False)
 
     def _unit_stats(self, kind: str, y: Tensor, module: nn.Module, index: int) -> None:

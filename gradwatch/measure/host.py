@@ -41,6 +41,10 @@ class HostBatch:
         self._slots[name] = (self._size, items, where)
         self._size += len(where)
 
+    def add_floats(self, name: str, values: list[float]) -> None:
+        """`add` for values known to be Python floats (already on the host): not scanned."""
+        self._slots[name] = (self._size, values, ())
+
     def fetch(self) -> dict[str, list[float]]:
         """Copies and waits (one blocking device-to-host copy)."""
         return self.start(blocking=True).result()
@@ -82,6 +86,9 @@ class InFlight:
                 out[name] = host[start:start + n]
                 continue
             start, items, where = slot
+            if not where:
+                out[name] = items
+                continue
             values = list(items)
             for k, pos in enumerate(where):
                 values[pos] = host[start + k]

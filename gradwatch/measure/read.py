@@ -102,8 +102,8 @@ def start_read(grads: Sequence[Tensor], params: Sequence[Tensor], norms_dev: Ten
     ``host_norms``: the norms and their total already read, `read_norms`)."""
     batch = HostBatch(norms_dev.device)
     if host_norms is not None:
-        batch.add("norms", host_norms[:-1])
-        batch.add("total32", host_norms[-1:])
+        batch.add_floats("norms", host_norms[:-1])
+        batch.add_floats("total32", host_norms[-1:])
     else:
         batch.add("norms", norms_dev)
         batch.add("total32", torch.linalg.vector_norm(norms_dev).reshape(1))
