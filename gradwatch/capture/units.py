@@ -4,13 +4,16 @@ forward and counted for all call sites together in a few batched device operatio
 
 from __future__ import annotations
 
+import itertools
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch._utils import _flatten_dense_tensors
 
 from .hooks import _bounds
+from ..measure.host import to_device
 
 __all__ = ["UnitBatch", "UnitWindow", "UNIT_EVERY", "UNIT_WINDOW", "SAMPLE"]
 
@@ -47,7 +50,7 @@ class UnitWindow:
         self._last: dict[tuple, Tensor] = {}
         self._layout: tuple | None = None  # the site keys the flat buffer holds, in order
         self._flat: Tensor | None = None
-        self._lengths: Tensor | None = None
+        self._segments: Segments | None = None
 
     def _site(self, key: tuple, top: Tensor) -> Tensor:
         last = self._last.get(key)
@@ -78,16 +81,15 @@ class UnitWindow:
             sizes = [t.numel() for t in parts]
             for key, top, view in zip(keys, tops, flat.split(sizes)):
                 self._last[key] = view.view(top.shape)
-            self._lengths = torch.tensor(sizes, device=flat.device)
+            self._segments = Segments(sizes, flat.device)
             self._layout = keys
         k = self.index
         flat.masked_fill_(_flatten_dense_tensors(tops) > 0, k)
-        return torch.segment_reduce((flat > k - self.span).double(), "sum",
-                                    lengths=self._lengths)
+        return self._segments.sums((flat > k - self.span).double())
 
     def clear(self) -> None:
         self._last.clear()
-        self._layout = self._flat = self._lengths = None
+        self._layout = self._flat = self._segments = None
 
     def state_dict(self) -> list[list]:
         """Each call site's key and its units' last firing (host copies: `GradWatch.state_dict`
@@ -113,7 +115,7 @@ class UnitBatch:
 
     def __init__(self, window: UnitWindow) -> None:
         self.window = window
-        self._lengths: dict[tuple[int, ...], Tensor] = {}
+        self._segments: dict[tuple[Any, ...], Segments] = {}
         self.clear()
 
     def clear(self) -> None:
@@ -194,12 +196,32 @@ class UnitBatch:
                 counts.append(flat.sum().reshape(1))
                 continue
             key = (flat.device.type, flat.device.index, *sizes)
-            lengths = self._lengths.get(key)
-            if lengths is None:
-                if len(self._lengths) >= _CACHE:
-                    self._lengths.clear()
-                lengths = self._lengths[key] = torch.tensor(sizes, device=flat.device)
-            counts.append(torch.segment_reduce(flat, "sum", lengths=lengths))
+            segments = self._segments.get(key)
+            if segments is None:
+                if len(self._segments) >= _CACHE:
+                    self._segments.clear()
+                segments = self._segments[key] = Segments(list(sizes), flat.device)
+            counts.append(segments.sums(flat))
+
+
+class Segments:
+    """Consecutive runs of given lengths in a flat device vector, made once per layout: their
+    sums in one `torch.segment_reduce` on the CPU, elsewhere from one cumulative sum read at
+    the runs' ends (exact for the 0/1 counts summed here; no host synchronisation)."""
+
+    def __init__(self, lengths: list[int], device: torch.device) -> None:
+        self.lengths = to_device(lengths, torch.int64, device)
+        self.ends = to_device(list(itertools.accumulate(lengths, initial=-1))[1:],
+                              torch.int64, device)
+
+    def sums(self, flat: Tensor) -> Tensor:
+        if flat.is_cpu:
+            return torch.segment_reduce(flat, "sum", lengths=self.lengths)
+        return self.cumulative(flat)
+
+    def cumulative(self, flat: Tensor) -> Tensor:
+        at_ends = flat.cumsum(0).index_select(0, self.ends)
+        return torch.diff(at_ends, prepend=at_ends.new_zeros(1))
 
 
 def _saturated(flat: Tensor, lo: float, hi: float) -> Tensor:

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ['HostBatch', 'InFlight']
+__all__ = ['HostBatch', 'InFlight', 'to_device']
 
 
 class HostBatch:
@@ -94,3 +94,14 @@ class InFlight:
                 values[pos] = host[start + k]
             out[name] = values
         return out
+
+
+def to_device(values: list[Any], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A tensor of ``values`` on ``device`` without a blocking host-to-device copy (on CUDA
+    from pinned memory, ``non_blocking``): no host synchronisation."""
+    t = torch.tensor(values, dtype=dtype)
+    if device.type == "cpu":
+        return t
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from ..capture.distributed import is_dtensor
+from .host import to_device
 
 __all__ = ['UpdateTracker']
 
@@ -57,8 +58,8 @@ class UpdateTracker:
                       for _ in range(2)]  # before, after
         self._bufs = [[row[:n].view(v.shape) for row, n, v in zip(flat, sizes, views)]
                       for flat in self._flat]
-        self._weights = _on(device, [p.numel() / v.numel() for p, v in zip(self._sampled, views)],
-                            torch.float32)
+        self._weights = to_device([p.numel() / v.numel() for p, v in zip(self._sampled, views)],
+                                  torch.float32, device)
 
     def before(self) -> None:
         """Snapshot the sampled entries (call right before ``optimizer.step()``)."""
@@ -96,14 +97,3 @@ class UpdateTracker:
         out = np.full(self.n_layers, np.nan)
         out[ok] = np.sqrt(a[ok] / b[ok])
         return out
-
-
-def _on(device: torch.device, values: list[Any], dtype: torch.dtype) -> Tensor:
-    """A tensor of ``values`` on ``device`` without a blocking host-to-device copy (on CUDA
-    from pinned memory, ``non_blocking``)."""
-    t = torch.tensor(values, dtype=dtype)
-    if device.type == "cpu":
-        return t
-    if device.type == "cuda":
-        t = t.pin_memory()
-    return t.to(device, non_blocking=True)

@@ -11,7 +11,7 @@ from torch import nn
 
 from gradwatch import GradWatch
 from gradwatch.capture.hooks import Slot
-from gradwatch.capture.units import SAMPLE, UNIT_EVERY, UnitBatch, UnitWindow
+from gradwatch.capture.units import SAMPLE, UNIT_EVERY, Segments, UnitBatch, UnitWindow
 
 
 def _saturated_share(y: torch.Tensor, lo: float, hi: float) -> tuple[int, int]:
@@ -121,3 +121,15 @@ def test_activation_modules_are_hooked_only_on_steps_with_unit_statistics(every)
                       for s in range(3 * UNIT_EVERY * every)]
     watch.close()
     assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_segment_sums_off_the_cpu_path_equal_segment_reduce():
+    """Accelerators sum the runs from one cumulative sum (no `segment_reduce` there): the same
+    counts, checked on the CPU by calling that path directly."""
+    g = torch.Generator().manual_seed(1)
+    lengths = [1, 16, 3, 4096, 7]
+    flat = (torch.rand(sum(lengths), generator=g) > 0.6).double()
+    segments = Segments(lengths, flat.device)
+    want = torch.stack([part.sum() for part in flat.split(lengths)])
+    assert torch.equal(segments.sums(flat), want)
+    assert torch.equal(segments.cumulative(flat), want)
