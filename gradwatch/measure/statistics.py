@@ -121,9 +121,10 @@ class ZeroFraction(Statistic):
 
 
 class DeadUnits(Statistic):
-    """Share of a layer's units that a following ReLU-family module zeroes for the whole batch
-    (dead units), from the forward outputs of every 4th recorded step
-    (`gradwatch.capture.hooks.UNIT_EVERY`, the first included)."""
+    """Share of a layer's units that a following ReLU-family module kept at zero on every input
+    of the last `gradwatch.capture.units.UNIT_WINDOW` measured steps (dead units), from the
+    forward outputs of every 4th recorded step (`gradwatch.capture.units.UNIT_EVERY`, the
+    first included)."""
 
     name, label, reads, log_scale = "dead_frac", "dead-unit share", "forward", False
 
@@ -134,7 +135,9 @@ class DeadUnits(Statistic):
 class Saturation(Statistic):
     """Share of the outputs of a following saturating module (sigmoid, tanh, hardtanh,
     softmax-like) within 1% of its range from a bound, from the forward outputs of every 4th
-    recorded step (an evenly strided sample of at most 4096 outputs)."""
+    recorded step (an evenly strided sample of at most 4096 outputs). Outputs of at most 4096
+    entries are counted together when the step is measured; one changed in place before then
+    (its version moved: not what the module gave) is left out of that step."""
 
     name, label, reads, log_scale = "sat_frac", "saturated share", "forward", False
 

@@ -133,3 +133,29 @@ def test_segment_sums_off_the_cpu_path_equal_segment_reduce():
     want = torch.stack([part.sum() for part in flat.split(lengths)])
     assert torch.equal(segments.sums(flat), want)
     assert torch.equal(segments.cumulative(flat), want)
+
+
+def test_an_input_passed_to_a_layer_three_times_gets_one_gradient_hook():
+    """Attention called as attn(x, x, x): one input-gradient event for the layer, not three
+    (the three hooks would read the same gradient of the same tensor)."""
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(4, 8)
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x):
+            h = self.proj(x)
+            return self.attn(h, h, h, need_weights=False)[0]
+
+    model = Net()
+    watch = GradWatch(model)
+    model(torch.randn(2, 3, 4)).square().sum().backward()
+    data = watch._watched.collector.data
+    attn = [layer.name for layer in watch._watched.layers].index("attn")
+    assert data.inp.layer.count(attn) == 1 and data.out.layer.count(attn) == 1
+    rec = watch.step()
+    assert rec.layers["attn"].act_norm > 0
+    watch.close()
