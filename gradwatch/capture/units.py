@@ -151,7 +151,8 @@ class UnitBatch:
     def finish(self) -> tuple[list[tuple[int, str, int]], Tensor | None]:
         entries: list[tuple[int, str, int]] = []
         counts: list[Tensor] = []
-        with torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad():  # the window's tensors stay normal
+            # tensors even when a forward ran, or the step is measured, under inference mode
             self._count_rectifiers(entries, counts)
             self._count_saturated(entries, counts)
         if self._ready:

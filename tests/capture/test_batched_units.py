@@ -159,3 +159,30 @@ def test_an_input_passed_to_a_layer_three_times_gets_one_gradient_hook():
     rec = watch.step()
     assert rec.layers["attn"].act_norm > 0
     watch.close()
+
+
+def test_forwards_under_inference_mode_count_and_do_not_break_the_window():
+    """An armed step whose forwards include one under ``torch.inference_mode`` and one under
+    ``no_grad`` (an evaluation between steps) runs, and the window's tensors stay usable after
+    it (ec737e5 raised here: the window's tensor, made under inference mode, was updated in
+    place outside it). A call site met several times in a step reports its largest dead share:
+    the one after the step's first forward (plain torch on that batch)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    watch = GradWatch(model)
+    for step in range(UNIT_EVERY + 1):
+        xs = [torch.randn(3, 4), torch.randn(5, 4), torch.randn(6, 4)]
+        with torch.no_grad():
+            fired = model[1](model[0](xs[0])).gt(0).any(0)
+        with torch.inference_mode():
+            model(xs[0])
+        with torch.no_grad():
+            model(xs[1])
+        model(xs[2]).sum().backward()
+        rec = watch.step()
+        model.zero_grad()
+        if step == 0:
+            assert rec.layers["0"].values["dead_frac"] == pytest.approx(
+                1 - fired.double().mean().item()) == 0.5
+    assert "dead_frac" in rec.layers["0"].values  # the second measured step ran too
+    watch.close()
