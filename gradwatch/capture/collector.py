@@ -104,7 +104,10 @@ class Collector(GradHooks, RecurrentHooks):
         units = units and self.activations
         if units != self._units_attached:
             for slot in self._unit_slots:
-                slot.attach() if units else slot.detach()
+                if units:
+                    slot.attach()
+                else:
+                    slot.detach()
             self._units_attached = units
 
     def _make_slots(self) -> None:

@@ -19,8 +19,9 @@ __all__ = ["UnitBatch", "UnitWindow", "UNIT_EVERY", "UNIT_WINDOW", "SAMPLE"]
 
 UNIT_EVERY = 4
 """Dead and saturated units and update/weight ratios are measured on every 4th recorded step
-(step // every % 4 == 0; a few small operations per activation module, two copies of sampled
-weights); the rules that read them judge over the steps they were measured on."""
+(step // every % 4 == 0; one reduction per rectifier call and a few batched operations per
+forward, two copies of sampled weights; the activation modules are hooked on those steps
+only); the rules that read them judge over the steps they were measured on."""
 
 UNIT_WINDOW = 4
 """A rectifier's unit is dead when it fired on none of the inputs of the last 4 measured steps

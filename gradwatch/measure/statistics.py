@@ -85,7 +85,7 @@ class UpdateRatio(Statistic):
 
     Estimated from a fixed sample of `sample` entries per tensor (16 evenly spaced runs)
     (exact for smaller tensors), so it costs two small copies whatever the model size. Measured
-    on every 4th recorded step (`gradwatch.capture.hooks.UNIT_EVERY`, the first included), like the
+    on every 4th recorded step (`gradwatch.capture.units.UNIT_EVERY`, the first included), like the
     unit statistics. About 1e-3 is the classic healthy range; orders above means the learning rate
     is too high.
     """
