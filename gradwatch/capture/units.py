@@ -4,7 +4,6 @@ forward and counted for all call sites together in a few batched device operatio
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any
 
@@ -13,7 +12,7 @@ from torch import Tensor, nn
 from torch._utils import _flatten_dense_tensors
 
 from .hooks import _bounds
-from ..measure.host import to_device
+from ..measure.norms import Segments
 
 __all__ = ["UnitBatch", "UnitWindow", "UNIT_EVERY", "UNIT_WINDOW", "SAMPLE"]
 
@@ -204,26 +203,6 @@ class UnitBatch:
                     self._segments.clear()
                 segments = self._segments[key] = Segments(list(sizes), flat.device)
             counts.append(segments.sums(flat))
-
-
-class Segments:
-    """Consecutive runs of given lengths in a flat device vector, made once per layout: their
-    sums in one `torch.segment_reduce` on the CPU, elsewhere from one cumulative sum read at
-    the runs' ends (exact for the 0/1 counts summed here; no host synchronisation)."""
-
-    def __init__(self, lengths: list[int], device: torch.device) -> None:
-        self.lengths = to_device(lengths, torch.int64, device)
-        self.ends = to_device(list(itertools.accumulate(lengths, initial=-1))[1:],
-                              torch.int64, device)
-
-    def sums(self, flat: Tensor) -> Tensor:
-        if flat.is_cpu:
-            return torch.segment_reduce(flat, "sum", lengths=self.lengths)
-        return self.cumulative(flat)
-
-    def cumulative(self, flat: Tensor) -> Tensor:
-        at_ends = flat.cumsum(0).index_select(0, self.ends)
-        return torch.diff(at_ends, prepend=at_ends.new_zeros(1))
 
 
 def _saturated(flat: Tensor, lo: float, hi: float) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from typing import Iterable, Sequence
@@ -11,8 +12,9 @@ import torch
 from torch import Tensor
 
 from ..capture.distributed import global_norms, has_dtensor, is_dtensor
+from .host import to_device
 
-__all__ = ["TINY", "per_tensor_norms", "exact_norm", "exact_norms", "repair_norms", "combine", "tensor_norm",
+__all__ = ["TINY", "Segments", "per_tensor_norms", "exact_norm", "exact_norms", "repair_norms", "combine", "tensor_norm",
            "layer_norms", "segments", "split_norms"]
 
 TINY = 1e-18
@@ -74,6 +76,30 @@ def per_tensor_norms(grads: Sequence[Tensor]) -> Tensor:
     return torch.stack([n.to(device=out_device, dtype=out_dtype) for n in norms])
 
 
+class Segments:
+    """Consecutive runs of given lengths in a flat vector on ``device``, made once per layout:
+    their sums in one `torch.segment_reduce` on the CPU, elsewhere from one cumulative sum read
+    at the runs' ends (exact for 0/1 counts; no host synchronisation: the lengths travel from
+    pinned memory)."""
+
+    def __init__(self, lengths: list[int], device: torch.device) -> None:
+        self._lengths, self.device = lengths, device
+        self.lengths = to_device(lengths, torch.int64, device)
+        self._ends: Tensor | None = None
+
+    def sums(self, flat: Tensor) -> Tensor:
+        if flat.is_cpu:
+            return torch.segment_reduce(flat, "sum", lengths=self.lengths)
+        return self.cumulative(flat)
+
+    def cumulative(self, flat: Tensor) -> Tensor:
+        if self._ends is None:
+            self._ends = to_device(list(itertools.accumulate(self._lengths, initial=-1))[1:],
+                                   torch.int64, self.device)
+        at_ends = flat.cumsum(0).index_select(0, self._ends)
+        return torch.diff(at_ends, prepend=at_ends.new_zeros(1))
+
+
 SEGMENT_MAX = 1024
 """On the CPU, tensors of at most this many entries are reduced to float64 norms together (one
 float64 buffer, a segment sum): a third of ``torch._foreach_norm``'s per-tensor cost there;
@@ -91,8 +117,7 @@ def foreach_norm64(tensors: Sequence[Tensor]) -> Tensor:
         return torch.stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float64))
     part = [tensors[k] for k in small]
     flat = torch._utils._flatten_dense_tensors(part).double()
-    lengths = torch.tensor([sizes[k] for k in small])
-    summed = torch.segment_reduce(flat.square_(), "sum", lengths=lengths).sqrt_()
+    summed = Segments([sizes[k] for k in small], flat.device).sums(flat.square_()).sqrt_()
     if len(small) == len(tensors):
         return summed
     out = torch.empty(len(tensors), dtype=torch.float64)
