@@ -5,7 +5,7 @@ an array operation; no step walks the layers in Python."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -123,6 +123,7 @@ class _Shape:
     recurrent: list[bool]
     shared: list[bool]
     head: int | None  # position of the head
+    memo: dict[str, Any] = field(default_factory=dict)  # the rules' per-layout memo
 
 
 def _shape(cols: StepColumns, watched: Any, judge: Judge, cache: dict[Any, _Shape]) -> _Shape:
@@ -166,11 +167,12 @@ def assemble(cols: StepColumns, watched: Any, judge: Judge, spikes: SpikeTracker
                     recurrent=shape.recurrent, shared=shape.shared,
                     saturating=watched.saturating, loss=cols.loss, act_on=act_on,
                     weight=shape.weight, uid=shape.layout.columns, absent=cols.absent,
-                    stale=cols.stale)
+                    stale=cols.stale, memo=shape.memo)
     verdicts = judge.judge(view)
     healthy = math.isfinite(cols.total) and not cols.overflow
     if healthy:
-        ratio, z, total_spike = spikes.observe(shape.layout.columns, norms, cols.total, th)
+        ratio, z, total_spike = spikes.observe(shape.layout.columns, norms, cols.total, th,
+                                               whole=shape.layout.in_order)
     else:
         ratio, z, total_spike = np.zeros(len(idx)), np.zeros(len(idx)), False
     layers = LayerColumns(shape.layout.names, norms, act, act_on, verdicts.status,

@@ -38,6 +38,15 @@ class Layout:
             object.__setattr__(self, "_in_order", found)
         return found
 
+    @property
+    def width(self) -> int:
+        """The number of columns a row needs to hold these layers (the largest column + 1)."""
+        found = self.__dict__.get("_width")
+        if found is None:
+            found = int(self.columns.max()) + 1 if len(self.columns) else 0
+            object.__setattr__(self, "_width", found)
+        return found
+
 
 @dataclass(frozen=True)
 class RecordRow:
@@ -125,8 +134,7 @@ class History(Sequence[StepRecord]):
     def append(self, row: RecordRow) -> None:
         """Stores ``row`` (the oldest record leaves once ``capacity`` are kept)."""
         cols = row.layout.columns
-        width = int(cols.max()) + 1 if len(cols) else 0
-        slot = self._slot(width)
+        slot = self._slot(row.layout.width)
         s, o = self._scalars, self._objects
         s["step"][slot] = row.step
         s["total_norm"][slot] = row.total_norm

@@ -83,13 +83,15 @@ class Ledger:
         run["amp_overflow"] += record.amp_overflow
         run["nonfinite"] += record.nonfinite
         cols, c = row.layout.columns, row.layers
-        if len(cols) and int(cols.max()) >= len(self._counts):
-            more = int(cols.max()) + 1 - len(self._counts)
+        if row.layout.width > len(self._counts):
+            more = row.layout.width - len(self._counts)
             self._counts = np.vstack([self._counts, np.zeros((more, self._counts.shape[1]),
                                                              dtype=np.int64)])
-        flagged = c.status != 0
-        self._counts[cols[flagged], c.status[flagged]] += 1
-        self._counts[cols[c.spike > 0], len(STATUS_CODES)] += 1
+        if c.status.any():
+            flagged = c.status != 0
+            self._counts[cols[flagged], c.status[flagged]] += 1
+        if c.spike.any():
+            self._counts[cols[c.spike > 0], len(STATUS_CODES)] += 1
         for logger in self.loggers:
             logger(record)
         return record

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
 import math
-import statistics
 from collections import deque
 from typing import Any, Mapping
 
@@ -19,6 +19,7 @@ class LossCurve:
     def __init__(self, window: int) -> None:
         self.window = window
         self.recent: deque[float] = deque(maxlen=window)
+        self._sorted: list[float] = []  # ``recent`` in order, for its median without a sort
         self.first = self.start = self.now = self.best = math.nan
         self.off = False
 
@@ -28,9 +29,12 @@ class LossCurve:
         self.off = self.off or loss <= 0
         if math.isnan(self.first):
             self.first = loss
+        if len(self.recent) == self.window:  # the oldest leaves the window
+            del self._sorted[bisect.bisect_left(self._sorted, self.recent[0])]
         self.recent.append(loss)
+        bisect.insort(self._sorted, loss)
         if len(self.recent) == self.window:
-            self.now = statistics.median(self.recent)
+            self.now = _median(self._sorted)
             if math.isnan(self.start):
                 self.start = self.now
             self.best = self.now if math.isnan(self.best) else min(self.best, self.now)
@@ -51,6 +55,15 @@ class LossCurve:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.recent.clear()
         self.recent.extend(float(v) for v in state.get("recent", ()))
+        self._sorted = sorted(self.recent)
         for key in ("first", "start", "now", "best"):
             setattr(self, key, float(state.get(key, math.nan)))
         self.off = bool(state.get("off", False))
+
+
+def _median(ordered: list[float]) -> float:
+    """`statistics.median` of an already sorted list (the same arithmetic)."""
+    n = len(ordered)
+    if n % 2:
+        return ordered[n // 2]
+    return (ordered[n // 2 - 1] + ordered[n // 2]) / 2

@@ -50,6 +50,7 @@ class Judge:
         self._last: dict[str, tuple[Hit, StepView]] = {}  # each rule's latest hit
         self.states: dict[str, dict[str, Any]] = {r.kind: {} for r in self.rules}
         self.names: dict[str, int] = {}  # layer name -> row of the rules' per-layer memory
+        self._named: dict[str, tuple[tuple[str, ...], set[str]]] = {}  # see `_unnamed`
 
     def uids(self, names: Sequence[str]) -> np.ndarray:
         """The memory row of each named layer (new names get new rows)."""
@@ -131,17 +132,15 @@ class Judge:
                 kind = born
         key = kind if store is self.findings else f"note:{kind}"
         old = store.get(kind)
-        positions = hit.positions.tolist()
         if old is not None:  # held again: count it, add the layers not named yet
             self._steps[key] += 1
             if not kind.startswith("nonfinite"):
-                names, known = view.names, set(old.layers)
-                more = [names[i] for i in positions if names[i] not in known]
-                more += [n for n in hit.names if n not in known and n not in more]
+                more = self._unnamed(key, old.layers, hit, view)
                 if more:
-                    store[kind] = dataclasses.replace(old, layers=old.layers + tuple(more))
+                    store[kind] = dataclasses.replace(old, layers=old.layers + more)
+                    self._named[key] = (store[kind].layers, self._named[key][1])
             return None
-        layers = tuple(view.names[i] for i in positions) + hit.names
+        layers = tuple(view.names[i] for i in hit.positions.tolist()) + hit.names
         if kind.startswith("nonfinite") and view.birth is not None:
             layers = (view.birth,)
         cause, remedy, plans = explain(kind, view, hit)
@@ -150,6 +149,20 @@ class Judge:
                               first_step=view.step, steps=1, plans=plans, note=hit.note)
         self._steps[key] = 1
         return store[kind]
+
+    def _unnamed(self, key: str, layers: tuple[str, ...], hit: Hit,
+                 view: StepView) -> tuple[str, ...]:
+        """The layers ``hit`` names that ``layers`` (a kept finding's) does not, in the hit's
+        order. The set of named layers is kept per finding, not rebuilt at every step it
+        holds."""
+        memo = self._named.get(key)
+        if memo is None or memo[0] is not layers:  # first use, or changed elsewhere
+            memo = self._named[key] = (layers, set(layers))
+        known, names = memo[1], view.names
+        more = [names[i] for i in hit.positions.tolist() if names[i] not in known]
+        more += [n for n in hit.names if n not in known and n not in more]
+        known.update(more)
+        return tuple(more)
 
     def _supersede(self, kind: str) -> Finding:
         """An alarm of ``kind`` that now holds as a note (the loss fell since): the note, with

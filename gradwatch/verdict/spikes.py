@@ -79,17 +79,25 @@ class SpikeTracker:
                                                (self.count, self.mean, self.var))
 
     def observe(self, columns: np.ndarray, norms: np.ndarray, total: float,
-                th: Thresholds) -> tuple[np.ndarray, np.ndarray, bool]:
+                th: Thresholds, whole: bool = False) -> tuple[np.ndarray, np.ndarray, bool]:
         """Updates each layer's statistics (``columns``: the layers' entries) with its norm;
         returns each layer's spike ratio to its running mean (0: no spike), its z-score, and
-        whether the total norm spiked. The arithmetic is `RunningStats.observe`'s."""
+        whether the total norm spiked. The arithmetic is `RunningStats.observe`'s. ``whole``:
+        ``columns`` is 0, 1, 2, ... (then, when every norm is usable and every entry is
+        there, the arrays are updated whole instead of gathered and scattered)."""
         ratio, z_out = np.zeros(len(norms), dtype=np.float64), np.zeros(len(norms))
         spiked = bool(self.total.observe(total, th))
         if th.spike is None or not len(columns):
             return ratio, z_out, spiked
         self._grow(int(columns.max()) + 1)
         ok = (norms > 0) & (norms < math.inf)
-        cols, n = columns[ok], norms[ok]
+        every = whole and len(columns) == len(self.count) and bool(ok.all())
+        if every and self._steady(norms, th):
+            return ratio, z_out, spiked
+        if every:
+            cols, n = slice(None), norms
+        else:
+            cols, n = columns[ok], norms[ok]
         x = np.log10(n)
         mean, count, var = self.mean[cols], self.count[cols], self.var[cols]
         std = np.sqrt(var)
@@ -103,12 +111,36 @@ class SpikeTracker:
         beta = np.where(warm, th.spike_momentum, count / (count + 1))
         delta = x - mean
         first = count == 0
-        self.mean[cols] = np.where(first, x, mean + (1 - beta) * delta)
-        self.var[cols] = np.where(first, var, beta * (var + (1 - beta) * delta * delta))
-        self.count[cols] = count + 1
+        new_mean = np.where(first, x, mean + (1 - beta) * delta)
+        new_var = np.where(first, var, beta * (var + (1 - beta) * delta * delta))
+        if every:
+            self.mean, self.var, self.count = new_mean, new_var, count + 1
+            if spike.any():
+                ratio[spike], z_out[spike] = r[spike], z[spike]
+            return ratio, z_out, spiked
+        self.mean[cols], self.var[cols], self.count[cols] = new_mean, new_var, count + 1
         where = np.flatnonzero(ok)[spike]
         ratio[where], z_out[where] = r[spike], z[spike]
         return ratio, z_out, spiked
+
+    def _steady(self, norms: np.ndarray, th: Thresholds) -> bool:
+        """The common step, in fewer array operations: every entry is there, warm, has a
+        spread and does not spike. Then the entries are updated (the same arithmetic as
+        `observe`'s) and True is returned; otherwise nothing changes and it returns False."""
+        count = self.count
+        if not len(count) or count.min() < max(th.spike_warmup, 1):
+            return False
+        std = np.sqrt(self.var)
+        if not std.min() > 0:
+            return False
+        delta = np.log10(norms) - self.mean
+        if (delta / std > th.spike).any():
+            return False
+        beta = th.spike_momentum
+        self.mean = self.mean + (1 - beta) * delta
+        self.var = beta * (self.var + (1 - beta) * delta * delta)
+        self.count = count + 1
+        return True
 
     def state_dict(self, names: Sequence[str]) -> dict[str, Any]:
         """``names``: the layer name of each entry."""

@@ -64,6 +64,7 @@ class StepView:
     stale: bool | None = None  # the gradients still held the last step's values
     curve: Any = None  # the run's `LossCurve` so far (set by the judge)
     cache: dict[str, Any] = field(default_factory=dict)  # shared by the rules of one step
+    memo: dict[str, Any] = field(default_factory=dict)  # shared by the steps of one layout
 
     def __post_init__(self) -> None:
         n = len(self.names)
@@ -182,16 +183,12 @@ def depth_trend(view: StepView) -> list[Trend]:
     if cached is not None:
         return cached
     view.cache["trend"] = out = []
-    h = view.head
-    if h is None:
+    span = view.memo.get("trend")
+    if span is None:  # which layers, and how many per side: fixed while the layout is
+        span = view.memo["trend"] = _trend_span(view)
+    if span is None:
         return out
-    keep = view.weight[:h + 1].copy()
-    if len(view.shared):
-        keep &= ~np.asarray(view.shared[:h + 1], dtype=bool)
-    idx = np.flatnonzero(keep)
-    if len(idx) < 3:
-        return out
-    k = max(1, len(idx) // 3)
+    idx, k = span
     for what, values, measured in (("gradient", view.norms, None),
                                    ("output-gradient", view.act, view.act_on)):
         if measured is not None and not measured[idx].all():
@@ -203,9 +200,23 @@ def depth_trend(view: StepView) -> list[Trend]:
         if ref <= 0:
             continue
         first = vals[:k]
-        out.append(Trend(what, float(first.max()) / ref, median(first) / ref, idx,
-                         vals / ref))
+        view.cache[f"ref:{what}"] = ref  # the output side's median (`entering` reads it)
+        out.append(Trend(what, float(first.max()) / ref, median(first) / ref, idx, vals / ref))
     return out
+
+
+def _trend_span(view: StepView) -> tuple[np.ndarray, int] | None:
+    """The positions `depth_trend` reads and the size of each side (None: fewer than 3)."""
+    h = view.head
+    if h is None:
+        return None
+    keep = view.weight[:h + 1].copy()
+    if len(view.shared):
+        keep &= ~np.asarray(view.shared[:h + 1], dtype=bool)
+    idx = np.flatnonzero(keep)
+    if len(idx) < 3:
+        return None
+    return idx, max(1, len(idx) // 3)
 
 
 def entering(view: StepView) -> float | None:
@@ -217,15 +228,16 @@ def entering(view: StepView) -> float | None:
     in a healthy net however small they are, while a gradient that every block scales down on
     its way (an activation after each residual sum) arrives orders smaller."""
     trend = next((t for t in depth_trend(view) if t.what == "output-gradient"), None)
-    on = np.flatnonzero(view.act_on)
-    if trend is None or not len(on):
+    if trend is None:
         return None
-    first = float(view.act[on[0]])
+    on = int(view.act_on.argmax())  # the first measured layer
+    if not view.act_on[on]:
+        return None
+    first = float(view.act[on])
     if not math.isfinite(first):
         return None
-    k = max(1, len(trend.layers) // 3)
-    ref = median(view.act[trend.layers[-k:]])
-    return first / ref if ref > 0 else None
+    ref = view.cache["ref:output-gradient"]
+    return first / ref
 
 
 class Rule:
