@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from .hooks import Stale
-from ..measure.norms import TINY, foreach_norm64, repair_norms
+from ..measure.batched import foreach_norm64, grouped_norms
+from ..measure.norms import TINY, repair_norms
 
 __all__ = ['Events', 'Collected', 'BATCH_TENSORS', 'BATCH_NUMEL', 'is_container', 'TaskNote']
 
@@ -89,7 +90,9 @@ def _norms64(tensors: list[Tensor], finiteness: bool = False, direct: bool = Fal
                 norms = torch._foreach_norm(tensors, 2, dtype=torch.float64)
                 return torch.stack([n.to(device, non_blocking=True) for n in norms])
             return foreach_norm64(tensors)
-        n32 = torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32))
+        n32 = grouped_norms(tensors)  # float32 tensors: fewer kernels, the same bits
+        if n32 is None:
+            n32 = torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32))
         values = n32.tolist()
         if (finiteness or min(values) >= TINY) and sum(values) < math.inf:  # NaN fails too
             return n32.double()

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch._utils import _flatten_dense_tensors
 
 from .hooks import _bounds
-from ..measure.norms import Segments
+from ..measure.batched import Segments
 
 __all__ = ["UnitBatch", "UnitWindow", "UNIT_EVERY", "UNIT_WINDOW", "SAMPLE"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections import defaultdict
 from typing import Iterable, Sequence
@@ -12,9 +11,10 @@ import torch
 from torch import Tensor
 
 from ..capture.distributed import global_norms, has_dtensor, is_dtensor
-from .host import to_device
+from .batched import foreach_norm64, grouped_norms
 
-__all__ = ["TINY", "Segments", "per_tensor_norms", "exact_norm", "exact_norms", "repair_norms", "combine", "tensor_norm",
+__all__ = ["TINY", "per_tensor_norms", "exact_norm", "exact_norms", "exact_norms_tensor",
+           "repair_norms", "combine", "tensor_norm",
            "layer_norms", "segments", "split_norms"]
 
 TINY = 1e-18
@@ -47,10 +47,14 @@ def per_tensor_norms(grads: Sequence[Tensor]) -> Tensor:
     if has_dtensor(grads):
         return global_norms(grads)
     out_device, first_dtype = grads[0].device, grads[0].dtype
-    if first_dtype in (torch.float32, torch.float64) and all(
-            g.dtype == first_dtype and g.device == out_device and not g.is_sparse and g.numel()
-            for g in grads):  # the common case, one group: no grouping, no conversions
-        return torch.stack(torch._foreach_norm(grads, 2))
+    if first_dtype in (torch.float32, torch.float64):  # the common case, one dtype and device
+        if out_device.type == "cpu":
+            found = grouped_norms(grads)
+            if found is not None:
+                return found
+        elif all(g.dtype == first_dtype and g.device == out_device and not g.is_sparse
+                 and g.numel() for g in grads):
+            return torch.stack(torch._foreach_norm(list(grads), 2))
     # float64 gradients keep float64 norms; everything else is reduced in float32
     out_dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
@@ -76,70 +80,33 @@ def per_tensor_norms(grads: Sequence[Tensor]) -> Tensor:
     return torch.stack([n.to(device=out_device, dtype=out_dtype) for n in norms])
 
 
-class Segments:
-    """Consecutive runs of given lengths in a flat vector on ``device``, made once per layout:
-    their sums in one `torch.segment_reduce` on the CPU, elsewhere from one cumulative sum read
-    at the runs' ends (exact for 0/1 counts; no host synchronisation: the lengths travel from
-    pinned memory)."""
-
-    def __init__(self, lengths: list[int], device: torch.device) -> None:
-        self._lengths, self.device = lengths, device
-        self.lengths = to_device(lengths, torch.int64, device)
-        self._ends: Tensor | None = None
-
-    def sums(self, flat: Tensor) -> Tensor:
-        if flat.is_cpu:
-            return torch.segment_reduce(flat, "sum", lengths=self.lengths)
-        return self.cumulative(flat)
-
-    def cumulative(self, flat: Tensor) -> Tensor:
-        if self._ends is None:
-            self._ends = to_device(list(itertools.accumulate(self._lengths, initial=-1))[1:],
-                                   torch.int64, self.device)
-        at_ends = flat.cumsum(0).index_select(0, self._ends)
-        return torch.diff(at_ends, prepend=at_ends.new_zeros(1))
-
-
-SEGMENT_MAX = 1024
-"""On the CPU, tensors of at most this many entries are reduced to float64 norms together (one
-float64 buffer, a segment sum): a third of ``torch._foreach_norm``'s per-tensor cost there;
-beyond it the per-tensor kernel is faster."""
-
-
-def foreach_norm64(tensors: Sequence[Tensor]) -> Tensor:
-    """The float64 L2 norm of each (dense, real, non-empty) tensor, as a float64 vector on the
-    first tensor's device: ``torch._foreach_norm(tensors, 2, dtype=torch.float64)`` stacked,
-    with the small CPU tensors (`SEGMENT_MAX`) summed together instead. Both reduce in float64;
-    they differ by summation order (about 1e-16 relative)."""
-    sizes = [t.numel() if t.is_cpu else 0 for t in tensors]
-    small = [k for k, n in enumerate(sizes) if 0 < n <= SEGMENT_MAX]
-    if len(small) < 8:
-        return torch.stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float64))
-    part = [tensors[k] for k in small]
-    flat = torch._utils._flatten_dense_tensors(part).double()
-    summed = Segments([sizes[k] for k in small], flat.device).sums(flat.square_()).sqrt_()
-    if len(small) == len(tensors):
-        return summed
-    out = torch.empty(len(tensors), dtype=torch.float64)
-    out[small] = summed
-    rest = [k for k in range(len(tensors)) if not 0 < sizes[k] <= SEGMENT_MAX]
-    out[rest] = torch.stack(torch._foreach_norm([tensors[k] for k in rest], 2,
-                                                dtype=torch.float64)).to("cpu")
-    return out
-
-
 def split_norms(grads: Sequence[Tensor], exact: np.ndarray) -> Tensor:
     """`per_tensor_norms` with the tensors marked in ``exact`` reduced in float64 directly
     (those whose norm underflowed float32 at the last measured step: a vanishing net's input
     side), the others in float32 as torch does: one pass over each tensor instead of a
     float32 pass and a float64 redo. A float64 vector on the CPU."""
     out = torch.empty(len(grads), dtype=torch.float64)
-    idx64 = np.flatnonzero(exact).tolist()
-    idx32 = np.flatnonzero(~exact).tolist()
+    idx64, idx32, at64, at32 = _split(exact)
     if idx32:
-        out[idx32] = per_tensor_norms([grads[k] for k in idx32]).double()
-    out[idx64] = torch.tensor(exact_norms([grads[k] for k in idx64]), dtype=torch.float64)
+        out.index_copy_(0, at32, per_tensor_norms([grads[k] for k in idx32]).double())
+    out.index_copy_(0, at64, exact_norms_tensor([grads[k] for k in idx64]))
     return out
+
+
+_SPLITS: dict[bytes, tuple[list[int], list[int], Tensor, Tensor]] = {}
+
+
+def _split(exact: np.ndarray) -> tuple[list[int], list[int], Tensor, Tensor]:
+    """The positions ``exact`` marks and the others, as lists and as index tensors."""
+    key = np.packbits(exact).tobytes() + len(exact).to_bytes(8, "little")
+    found = _SPLITS.get(key)
+    if found is None:
+        if len(_SPLITS) > 64:
+            _SPLITS.clear()
+        idx64, idx32 = np.flatnonzero(exact).tolist(), np.flatnonzero(~exact).tolist()
+        found = _SPLITS[key] = (idx64, idx32, torch.tensor(idx64, dtype=torch.int64),
+                                torch.tensor(idx32, dtype=torch.int64))
+    return found
 
 
 def exact_norm(grad: Tensor) -> float:
@@ -150,13 +117,21 @@ def exact_norm(grad: Tensor) -> float:
 def exact_norms(tensors: Sequence[Tensor]) -> list[float]:
     """The float64 L2 norm of each tensor (exact over fp32's whole range), as floats, in one
     batched ``torch._foreach_norm`` call per device (zero-size and sparse tensors aside)."""
+    return exact_norms_tensor(tensors).tolist()
+
+
+def exact_norms_tensor(tensors: Sequence[Tensor]) -> Tensor:
+    """`exact_norms` as a float64 vector on the CPU."""
+    if not tensors:
+        return torch.zeros(0, dtype=torch.float64)
     dense = [_dense(t) for t in tensors]
     if any(t.is_complex() for t in dense):  # |z| is the real tensor with the same norm
         dense = [t.abs() if t.is_complex() else t for t in dense]
     devices = {t.device for t in dense}
     if len(devices) == 1 and all(t.numel() for t in dense):
-        return foreach_norm64(dense).tolist()
-    return [torch.linalg.vector_norm(t, dtype=torch.float64).item() for t in dense]
+        return foreach_norm64(dense).cpu()
+    return torch.tensor([torch.linalg.vector_norm(t, dtype=torch.float64).item()
+                         for t in dense], dtype=torch.float64)
 
 
 def repair_norms(norms: Sequence[float], grads: Sequence[Tensor],

@@ -12,7 +12,7 @@ from torch import nn
 from gradwatch import GradWatch
 from gradwatch.capture.hooks import Slot
 from gradwatch.capture.units import SAMPLE, UNIT_EVERY, UnitBatch, UnitWindow
-from gradwatch.measure.norms import Segments
+from gradwatch.measure.batched import Segments
 
 
 def _saturated_share(y: torch.Tensor, lo: float, hi: float) -> tuple[int, int]:

@@ -81,7 +81,7 @@ def test_foreach_norm64_equals_torch_float64_norms_for_small_large_and_odd_tenso
     """The segment path (small CPU tensors summed together in float64) against
     ``torch.linalg.vector_norm(t, dtype=float64)`` per tensor: small and large, fp16, a
     non-contiguous view, values whose float32 squares underflow or overflow."""
-    from gradwatch.measure.norms import SEGMENT_MAX, foreach_norm64
+    from gradwatch.measure.batched import SEGMENT_MAX, foreach_norm64
 
     g = torch.Generator().manual_seed(0)
     tensors = [torch.randn(16, generator=g) * 1e-25, torch.randn(16, 16, generator=g),
@@ -96,3 +96,72 @@ def test_foreach_norm64_equals_torch_float64_norms_for_small_large_and_odd_tenso
     assert torch.allclose(got, want, rtol=1e-14, atol=0)
     few = tensors[:3]  # below the batch worth a segment sum: the per-tensor kernel
     assert torch.allclose(foreach_norm64(few), want[:3], rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_grouped_cpu_norms_are_foreach_norm_bit_for_bit(threads):
+    """Tensors of one shape are reduced by rows of a stacked matrix on the CPU; every norm must
+    be the bits ``torch._foreach_norm`` (so ``clip_grad_norm_``) gives: shapes repeated and
+    single, sizes around the vector width and `GROUP_MAX`, scales near fp32's limits, NaN/inf,
+    float64, and layouts that must not be grouped (channels-last, transposed)."""
+    from gradwatch.measure.batched import GROUP_MAX, grouped_norms
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(threads)
+        shapes = [(16, 16), (16,), (7, 5), (1,), (3,), (33,), (64, 16), (10, 10, 3), (255,),
+                  (GROUP_MAX,), (GROUP_MAX + 1,), (2, 3, 3, 3), (4, 4)]
+        for dtype in (torch.float32, torch.float64):
+            tensors = []
+            for k in range(160):
+                shape = shapes[(k * 7) % len(shapes)] if k % 11 else shapes[k % 3]
+                scale = 10.0 ** float(torch.randint(-20, 20, (), generator=gen))
+                tensors.append(torch.randn(shape, generator=gen, dtype=dtype) * scale)
+            tensors[5] = tensors[5].clone().fill_(0.0)
+            tensors[9][0] = math.nan
+            tensors[17][-1] = math.inf
+            tensors[23] = torch.randn(8, 4, 3, 3, dtype=dtype).to(
+                memory_format=torch.channels_last)
+            tensors[24] = torch.randn(2, 3, 3, 3, dtype=dtype).to(
+                memory_format=torch.channels_last)
+            want = torch.stack(torch._foreach_norm(tensors, 2))
+            for got in (per_tensor_norms(tensors), grouped_norms(tensors)):
+                assert got is not None
+                assert got.dtype == dtype
+                assert torch.equal(got.isnan(), want.isnan())
+                assert torch.equal(got.nan_to_num(), want.nan_to_num())
+            # contiguous only: the grouped path itself
+            dense = [t.contiguous() for t in tensors if t.isfinite().all()]
+            want = torch.stack(torch._foreach_norm(dense, 2))
+            assert torch.equal(grouped_norms(dense), want)
+            transposed = [torch.randn(16, 12, dtype=dtype).t() for _ in range(6)]
+            assert torch.equal(grouped_norms(transposed),
+                               torch.stack(torch._foreach_norm(transposed, 2)))
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_grouped_norms_give_clip_grad_norms_total_bit_for_bit():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*(torch.nn.Linear(16, 16) for _ in range(30)))
+    model(torch.randn(4, 16)).square().mean().backward()
+    grads = [p.grad for p in model.parameters()]
+    total = torch.linalg.vector_norm(per_tensor_norms(grads))
+    assert torch.equal(total, torch.nn.utils.get_total_norm(grads))
+    assert torch.equal(total, torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9))
+
+
+def test_grouped_norms_declines_what_it_cannot_reduce_bit_for_bit():
+    from gradwatch.measure.batched import grouped_norms
+
+    a = [torch.randn(4, 4) for _ in range(6)]
+    assert grouped_norms(a + [torch.randn(4, 4, dtype=torch.float64)]) is None  # mixed dtypes
+    assert grouped_norms([t.bfloat16() for t in a]) is None  # reduced in another dtype
+    assert grouped_norms(a + [torch.randn(4, 4).to_sparse()]) is None
+    assert grouped_norms(a + [torch.zeros(0)]) is None
+    assert grouped_norms([]) is None
+    # per_tensor_norms still handles all of these, through its general path
+    mixed = a + [torch.randn(4, 4).to_sparse(), torch.zeros(0)]
+    want = [torch.linalg.vector_norm(t.to_dense() if t.is_sparse else t).item() for t in mixed]
+    assert per_tensor_norms(mixed).tolist() == pytest.approx(want, rel=1e-6)

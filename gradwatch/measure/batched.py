@@ -1,0 +1,159 @@
+"""Per-tensor reductions batched into a few kernels, for many small tensors: norms grouped by
+shape (bit for bit what ``torch._foreach_norm`` gives), and sums over consecutive runs of a
+flat vector (float64 norms, unit counts). Layouts are planned once and remembered."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import operator
+from collections import defaultdict
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .host import to_device
+
+__all__ = ["GROUP_MAX", "SEGMENT_MAX", "grouped_norms", "Segments", "foreach_norm64"]
+
+GROUP_MAX = 1 << 15
+"""On the CPU, contiguous float32/float64 tensors of at most this many entries that share a
+shape have their norms taken together (`grouped_norms`); bigger ones one by one."""
+
+_SHAPE, _DTYPE = operator.attrgetter("shape"), operator.attrgetter("dtype")
+_LAYOUT, _IS_CPU = operator.attrgetter("layout"), operator.attrgetter("is_cpu")
+
+
+class _Plan:
+    """How `grouped_norms` reduces CPU tensors of given shapes: the groups of two or more
+    small tensors of one shape (an index getter and the count each), the others, and where
+    each tensor's norm lands in the concatenated results."""
+
+    def __init__(self, shapes: tuple[torch.Size, ...]) -> None:
+        sizes = [math.prod(shape) for shape in shapes]
+        self.empty = 0 in sizes
+        by_shape: dict[torch.Size, list[int]] = defaultdict(list)
+        rest: list[int] = []
+        for i, (shape, n) in enumerate(zip(shapes, sizes)):
+            (by_shape[shape] if 0 < n <= GROUP_MAX else rest).append(i)
+        groups = [idx for idx in by_shape.values() if len(idx) > 1]
+        self.rest = sorted(rest + [idx[0] for idx in by_shape.values() if len(idx) == 1])
+        self.groups = [(operator.itemgetter(*idx), len(idx)) for idx in groups]
+        order = [i for idx in groups for i in idx] + self.rest
+        self.in_order = order == list(range(len(shapes)))
+        inverse = [0] * len(order)
+        for position, i in enumerate(order):
+            inverse[i] = position
+        self.inverse = torch.tensor(inverse, dtype=torch.int64)
+
+    def norms(self, tensors: Sequence[Tensor]) -> Tensor:
+        """The tensors' norms (see `grouped_norms`, which checks what they are)."""
+        if len(tensors) < 4 or not self.groups or not all(map(Tensor.is_contiguous, tensors)):
+            return torch.stack(torch._foreach_norm(list(tensors), 2))
+        parts = [torch.linalg.vector_norm(torch.stack(get(tensors)).view(count, -1), dim=1)
+                 for get, count in self.groups]
+        if self.rest:
+            parts.append(torch.stack(torch._foreach_norm([tensors[i] for i in self.rest], 2)))
+        joined = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return joined if self.in_order else joined.index_select(0, self.inverse)
+
+
+_PLANS: dict[tuple[torch.Size, ...], _Plan] = {}
+
+
+def _plan(tensors: Sequence[Tensor]) -> _Plan:
+    shapes = tuple(map(_SHAPE, tensors))
+    plan = _PLANS.get(shapes)
+    if plan is None:
+        if len(_PLANS) > 64:  # layouts keep changing: forget the old ones
+            _PLANS.clear()
+        plan = _PLANS[shapes] = _Plan(shapes)
+    return plan
+
+
+def grouped_norms(tensors: Sequence[Tensor]) -> Tensor | None:
+    """``torch.stack(torch._foreach_norm(tensors, 2))``, bit for bit, in fewer kernels, for
+    dense non-empty CPU tensors of one dtype, float32 or float64; None for any other input.
+
+    On the CPU ``_foreach_norm`` runs one ``linalg.vector_norm`` per tensor (about 1 us each).
+    The 2-norm of a contiguous float32/float64 tensor reduces its one contiguous run of
+    entries with the same vectorised kernel that a row-wise norm of a stacked matrix applies
+    to each row (ATen's last-dimension reduction), so tensors of one shape (`GROUP_MAX`
+    entries at most) are stacked and reduced by rows: one stack and one norm per shape. Other
+    memory layouts (a channels-last gradient reduces in memory order) take ``_foreach_norm``.
+    The checks read attributes in C (about 0.04 us per tensor each).
+    """
+    if not tensors or not all(map(_IS_CPU, tensors)):
+        return None
+    dtypes = set(map(_DTYPE, tensors))
+    if len(dtypes) != 1 or dtypes.pop() not in (torch.float32, torch.float64) \
+            or set(map(_LAYOUT, tensors)) != {torch.strided}:
+        return None
+    plan = _plan(tensors)
+    return None if plan.empty else plan.norms(tensors)
+
+
+class Segments:
+    """Consecutive runs of given lengths in a flat vector on ``device``, made once per layout:
+    their sums in one `torch.segment_reduce` on the CPU, elsewhere from one cumulative sum read
+    at the runs' ends (exact for 0/1 counts; no host synchronisation: the lengths travel from
+    pinned memory)."""
+
+    def __init__(self, lengths: list[int], device: torch.device) -> None:
+        self._lengths, self.device = lengths, device
+        self.lengths = to_device(lengths, torch.int64, device)
+        self._ends: Tensor | None = None
+
+    def sums(self, flat: Tensor) -> Tensor:
+        if flat.is_cpu:
+            return torch.segment_reduce(flat, "sum", lengths=self.lengths)
+        return self.cumulative(flat)
+
+    def cumulative(self, flat: Tensor) -> Tensor:
+        if self._ends is None:
+            self._ends = to_device(list(itertools.accumulate(self._lengths, initial=-1))[1:],
+                                   torch.int64, self.device)
+        at_ends = flat.cumsum(0).index_select(0, self._ends)
+        return torch.diff(at_ends, prepend=at_ends.new_zeros(1))
+
+
+SEGMENT_MAX = 1024
+"""On the CPU, tensors of at most this many entries are reduced to float64 norms together (one
+float64 buffer, a segment sum): a third of ``torch._foreach_norm``'s per-tensor cost there;
+beyond it the per-tensor kernel is faster."""
+
+
+_SEGMENTS: dict[tuple[tuple[int, ...], torch.device], Segments] = {}
+
+
+def _segments(lengths: tuple[int, ...], device: torch.device) -> Segments:
+    """The `Segments` of ``lengths`` on ``device``, made once per layout."""
+    found = _SEGMENTS.get((lengths, device))
+    if found is None:
+        if len(_SEGMENTS) > 64:  # layouts keep changing: forget the old ones
+            _SEGMENTS.clear()
+        found = _SEGMENTS[(lengths, device)] = Segments(list(lengths), device)
+    return found
+
+
+def foreach_norm64(tensors: Sequence[Tensor]) -> Tensor:
+    """The float64 L2 norm of each (dense, real, non-empty) tensor, as a float64 vector on the
+    first tensor's device: ``torch._foreach_norm(tensors, 2, dtype=torch.float64)`` stacked,
+    with the small CPU tensors (`SEGMENT_MAX`) summed together instead. Both reduce in float64;
+    they differ by summation order (about 1e-16 relative)."""
+    sizes = [t.numel() if t.is_cpu else 0 for t in tensors]
+    small = [k for k, n in enumerate(sizes) if 0 < n <= SEGMENT_MAX]
+    if len(small) < 8:
+        return torch.stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float64))
+    part = list(tensors) if len(small) == len(tensors) else [tensors[k] for k in small]
+    flat = torch._utils._flatten_dense_tensors(part).double()
+    summed = _segments(tuple(sizes[k] for k in small), flat.device).sums(flat.square_()).sqrt_()
+    if len(small) == len(tensors):
+        return summed
+    out = torch.empty(len(tensors), dtype=torch.float64)
+    out[small] = summed
+    rest = [k for k in range(len(tensors)) if not 0 < sizes[k] <= SEGMENT_MAX]
+    out[rest] = torch.stack(torch._foreach_norm([tensors[k] for k in rest], 2,
+                                                dtype=torch.float64)).to("cpu")
+    return out
