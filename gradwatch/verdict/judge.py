@@ -50,6 +50,11 @@ class Judge:
         self._last: dict[str, tuple[Hit, StepView]] = {}  # each rule's latest hit
         self.states: dict[str, dict[str, Any]] = {r.kind: {} for r in self.rules}
         self.names: dict[str, int] = {}  # layer name -> row of the rules' per-layer memory
+        # what the loop reads of each rule, looked up once: (rule, the statistics whose
+        # absence skips it or None, persistent, its window, the status code or None)
+        self._plan = [(r, frozenset(r.reads) if r.optional else None, r.persistent,
+                       self.windows[r.kind], None if r.status is None else
+                       STATUS_CODES.index(r.status)) for r in self.rules]
         self._named: dict[str, tuple[tuple[str, ...], set[str]]] = {}  # see `_unnamed`
 
     def uids(self, names: Sequence[str]) -> np.ndarray:
@@ -69,15 +74,15 @@ class Judge:
         self.curve.add(view.loss)
         view.curve = self.curve
         present = view.measured
-        for rule in self.rules:
-            if rule.optional and present.isdisjoint(rule.reads):
+        th, states, persistence = self.th, self.states, self.th.persistence
+        for rule, reads, persistent, window, code in self._plan:
+            if reads is not None and present.isdisjoint(reads):
                 continue  # not measured this step: its window spans the steps it was
             # on a non-finite step only the rules that say so run: the others' statistics are
             # NaN-polluted consequences (e.g. relu(NaN) reads as dead units)
-            skip = broke and rule.persistent and rule.kind != "amp_overflow"
-            hit = None if skip else rule.check(view, self.th, self.states[rule.kind])
-            window = self.windows[rule.kind]
-            if broke and hit is None and rule.persistent and any(window) \
+            skip = broke and persistent and rule.kind != "amp_overflow"
+            hit = None if skip else rule.check(view, th, states[rule.kind])
+            if broke and hit is None and persistent and any(window) \
                     and rule.kind in self._last:
                 # the run went non-finite while this condition was building up: the NaN/Inf is
                 # its outcome, so report it now, with the evidence of its latest step
@@ -88,13 +93,13 @@ class Judge:
                     new.append(finding)
                 continue
             window.append(hit is not None)
-            if hit is not None:
-                self._last[rule.kind] = (hit, view)
-            need = len(window) if rule.kind == "amp_overflow" else self.th.persistence
-            holds = hit is not None and (not rule.persistent or (
-                len(window) >= need and sum(window) >= need))
-            if not holds:
+            if hit is None:
                 continue
+            self._last[rule.kind] = (hit, view)
+            if persistent:
+                need = len(window) if rule.kind == "amp_overflow" else persistence
+                if len(window) < need or sum(window) < need:
+                    continue
             if hit.note:  # true but harmless: no status, kept apart from the findings
                 finding = self._keep(rule, hit, view, self.notes)
                 if rule.kind in self.findings:
@@ -102,8 +107,7 @@ class Judge:
                 if finding is not None:
                     new.append(finding)
                 continue
-            if rule.status is not None:
-                code = STATUS_CODES.index(rule.status)
+            if code is not None:
                 for mark in hit.marks:
                     free = status[mark.layers] == 0
                     where = mark.layers[free]
