@@ -137,20 +137,73 @@ def _segments(lengths: tuple[int, ...], device: torch.device) -> Segments:
     return found
 
 
+class _Flat:
+    """How `foreach_norm64` lays CPU tensors of given shapes into one flat buffer: those of at
+    most `SEGMENT_MAX` entries grouped by shape (one stack per shape instead of one view per
+    tensor), the others apart."""
+
+    def __init__(self, shapes: tuple[torch.Size, ...]) -> None:
+        sizes = [math.prod(shape) for shape in shapes]
+        by_shape: dict[torch.Size, list[int]] = defaultdict(list)
+        for i, (shape, n) in enumerate(zip(shapes, sizes)):
+            if 0 < n <= SEGMENT_MAX:
+                by_shape[shape].append(i)
+        groups = list(by_shape.values())
+        self.getters = [operator.itemgetter(*idx) if len(idx) > 1 else _single(idx[0])
+                        for idx in groups]
+        order = [i for idx in groups for i in idx]
+        self.count = len(order)
+        self.lengths = tuple(sizes[i] for i in order)
+        self.order = torch.tensor(order, dtype=torch.int64)
+        self.rest = [i for i, n in enumerate(sizes) if not 0 < n <= SEGMENT_MAX]
+
+    def flat(self, tensors: Sequence[Tensor]) -> Tensor:
+        """The small tensors' entries, in float64, one after another in the plan's order."""
+        return torch.cat([torch.stack(get(tensors)).view(-1) for get in self.getters]).double()
+
+
+def _single(i: int):
+    return lambda tensors: (tensors[i],)
+
+
+_FLATS: dict[tuple[torch.Size, ...], _Flat] = {}
+
+
 def foreach_norm64(tensors: Sequence[Tensor]) -> Tensor:
     """The float64 L2 norm of each (dense, real, non-empty) tensor, as a float64 vector on the
     first tensor's device: ``torch._foreach_norm(tensors, 2, dtype=torch.float64)`` stacked,
     with the small CPU tensors (`SEGMENT_MAX`) summed together instead. Both reduce in float64;
-    they differ by summation order (about 1e-16 relative)."""
+    they differ by summation order (about 1e-16 relative). The segment sums do not depend on
+    where a tensor sits in the buffer, so the buffer is laid out by shape (`_Flat`)."""
+    if not tensors or not all(map(_IS_CPU, tensors)):
+        return _foreach_norm64_mixed(tensors)
+    shapes = tuple(map(_SHAPE, tensors))
+    plan = _FLATS.get(shapes)
+    if plan is None:
+        if len(_FLATS) > 64:  # layouts keep changing: forget the old ones
+            _FLATS.clear()
+        plan = _FLATS[shapes] = _Flat(shapes)
+    if plan.count < 8:
+        return torch.stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float64))
+    summed = _segments(plan.lengths, torch.device("cpu")).sums(
+        plan.flat(tensors).square_()).sqrt_()
+    out = torch.empty(len(tensors), dtype=torch.float64)
+    out.index_copy_(0, plan.order, summed)
+    if plan.rest:
+        out[plan.rest] = torch.stack(torch._foreach_norm([tensors[k] for k in plan.rest], 2,
+                                                         dtype=torch.float64))
+    return out
+
+
+def _foreach_norm64_mixed(tensors: Sequence[Tensor]) -> Tensor:
+    """`foreach_norm64` of tensors not all on the CPU: its small CPU ones summed together."""
     sizes = [t.numel() if t.is_cpu else 0 for t in tensors]
     small = [k for k, n in enumerate(sizes) if 0 < n <= SEGMENT_MAX]
     if len(small) < 8:
         return torch.stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float64))
-    part = list(tensors) if len(small) == len(tensors) else [tensors[k] for k in small]
+    part = [tensors[k] for k in small]
     flat = torch._utils._flatten_dense_tensors(part).double()
     summed = _segments(tuple(sizes[k] for k in small), flat.device).sums(flat.square_()).sqrt_()
-    if len(small) == len(tensors):
-        return summed
     out = torch.empty(len(tensors), dtype=torch.float64)
     out[small] = summed
     rest = [k for k in range(len(tensors)) if not 0 < sizes[k] <= SEGMENT_MAX]

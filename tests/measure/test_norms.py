@@ -165,3 +165,25 @@ def test_grouped_norms_declines_what_it_cannot_reduce_bit_for_bit():
     mixed = a + [torch.randn(4, 4).to_sparse(), torch.zeros(0)]
     want = [torch.linalg.vector_norm(t.to_dense() if t.is_sparse else t).item() for t in mixed]
     assert per_tensor_norms(mixed).tolist() == pytest.approx(want, rel=1e-6)
+
+
+def test_foreach_norm64_laid_out_by_shape_is_the_plain_flat_sum_bit_for_bit():
+    """Laying the small tensors out by shape changes where each sits in the float64 buffer,
+    not its segment's sum: the same bits as one flat buffer in the tensors' order, and as any
+    permutation of the tensors."""
+    from gradwatch.measure.batched import _foreach_norm64_mixed, foreach_norm64
+
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(16, 16), (16,), (7, 5), (1,), (33,), (32, 32), (1025,), (10, 10, 3), (5,)]
+    tensors = []
+    for k in range(90):
+        t = torch.randn(shapes[(k * 5) % len(shapes)], generator=gen)
+        t = t * 10.0 ** float(torch.randint(-30, 30, (), generator=gen))
+        if k % 7 == 3 and t.dim() == 2:
+            t = t.t()  # non-contiguous: read in logical order either way
+        tensors.append(t.bfloat16() if k % 11 == 5 else t)
+    got = foreach_norm64(tensors)
+    assert torch.equal(got, _foreach_norm64_mixed(tensors))  # the one-flat-buffer path
+    perm = torch.randperm(len(tensors), generator=gen).tolist()
+    shuffled = foreach_norm64([tensors[i] for i in perm])
+    assert torch.equal(shuffled, got[perm])
