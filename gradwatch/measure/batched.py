@@ -74,7 +74,8 @@ def _plan(tensors: Sequence[Tensor]) -> _Plan:
 
 def grouped_norms(tensors: Sequence[Tensor]) -> Tensor | None:
     """``torch.stack(torch._foreach_norm(tensors, 2))``, bit for bit, in fewer kernels, for
-    dense non-empty CPU tensors of one dtype, float32 or float64; None for any other input.
+    dense non-empty CPU tensors (plain `torch.Tensor`, no subclass) of one dtype, float32 or
+    float64; None for any other input.
 
     On the CPU ``_foreach_norm`` runs one ``linalg.vector_norm`` per tensor (about 1 us each).
     The 2-norm of a contiguous float32/float64 tensor reduces its one contiguous run of
@@ -84,8 +85,8 @@ def grouped_norms(tensors: Sequence[Tensor]) -> Tensor | None:
     memory layouts (a channels-last gradient reduces in memory order) take ``_foreach_norm``.
     The checks read attributes in C (about 0.04 us per tensor each).
     """
-    if not tensors or not all(map(_IS_CPU, tensors)):
-        return None
+    if not tensors or set(map(type, tensors)) != {Tensor} or not all(map(_IS_CPU, tensors)):
+        return None  # (a subclass, as a DTensor, may stack and reduce its own way)
     dtypes = set(map(_DTYPE, tensors))
     if len(dtypes) != 1 or dtypes.pop() not in (torch.float32, torch.float64) \
             or set(map(_LAYOUT, tensors)) != {torch.strided}:
@@ -175,7 +176,7 @@ def foreach_norm64(tensors: Sequence[Tensor]) -> Tensor:
     with the small CPU tensors (`SEGMENT_MAX`) summed together instead. Both reduce in float64;
     they differ by summation order (about 1e-16 relative). The segment sums do not depend on
     where a tensor sits in the buffer, so the buffer is laid out by shape (`_Flat`)."""
-    if not tensors or not all(map(_IS_CPU, tensors)):
+    if not tensors or set(map(type, tensors)) != {Tensor} or not all(map(_IS_CPU, tensors)):
         return _foreach_norm64_mixed(tensors)
     shapes = tuple(map(_SHAPE, tensors))
     plan = _FLATS.get(shapes)

@@ -161,6 +161,7 @@ def test_grouped_norms_declines_what_it_cannot_reduce_bit_for_bit():
     assert grouped_norms(a + [torch.randn(4, 4).to_sparse()]) is None
     assert grouped_norms(a + [torch.zeros(0)]) is None
     assert grouped_norms([]) is None
+    assert grouped_norms([torch.nn.Parameter(t) for t in a]) is None  # a subclass
     # per_tensor_norms still handles all of these, through its general path
     mixed = a + [torch.randn(4, 4).to_sparse(), torch.zeros(0)]
     want = [torch.linalg.vector_norm(t.to_dense() if t.is_sparse else t).item() for t in mixed]
