@@ -135,6 +135,11 @@ def test_grouped_cpu_norms_are_foreach_norm_bit_for_bit(threads):
             dense = [t.contiguous() for t in tensors if t.isfinite().all()]
             want = torch.stack(torch._foreach_norm(dense, 2))
             assert torch.equal(grouped_norms(dense), want)
+            # views into one flat buffer at odd offsets (DDP's gradient_as_bucket_view)
+            flat = torch.randn(20_000, generator=gen, dtype=dtype)
+            starts = [0, 3, 300, 301, 1000, 1257, 5001, 9999]
+            views = [flat[s:s + 256].view(16, 16) for s in starts]
+            assert torch.equal(grouped_norms(views), torch.stack(torch._foreach_norm(views, 2)))
             transposed = [torch.randn(16, 12, dtype=dtype).t() for _ in range(6)]
             assert torch.equal(grouped_norms(transposed),
                                torch.stack(torch._foreach_norm(transposed, 2)))
