@@ -8,7 +8,7 @@ import itertools
 import math
 import operator
 from collections import defaultdict
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -60,15 +60,27 @@ class _Plan:
 
 
 _PLANS: dict[tuple[torch.Size, ...], _Plan] = {}
+_FLATS: dict[tuple[torch.Size, ...], "_Flat"] = {}
+_SEEN: dict[tuple[torch.Size, ...], None] = {}
 
 
-def _plan(tensors: Sequence[Tensor]) -> _Plan:
+def _planned(plans: dict[tuple[torch.Size, ...], Any], make: Callable[[Any], Any],
+             tensors: Sequence[Tensor]) -> Any:
+    """The plan in ``plans`` for the shapes of ``tensors``, made by ``make`` the second time
+    those shapes are met: None the first time (the caller then takes its plain path), so a
+    layout that changes at every step (experts routed differently, gradients that come and go)
+    costs a lookup, not a plan, per step. At most 64 plans and 256 layouts met once are kept."""
     shapes = tuple(map(_SHAPE, tensors))
-    plan = _PLANS.get(shapes)
+    plan = plans.get(shapes)
     if plan is None:
-        if len(_PLANS) > 64:  # layouts keep changing: forget the old ones
-            _PLANS.clear()
-        plan = _PLANS[shapes] = _Plan(shapes)
+        if shapes not in _SEEN:
+            if len(_SEEN) > 256:
+                _SEEN.clear()
+            _SEEN[shapes] = None
+            return None
+        if len(plans) > 64:  # layouts keep changing: forget the old ones
+            plans.clear()
+        plan = plans[shapes] = make(shapes)
     return plan
 
 
@@ -91,8 +103,8 @@ def grouped_norms(tensors: Sequence[Tensor]) -> Tensor | None:
     if len(dtypes) != 1 or dtypes.pop() not in (torch.float32, torch.float64) \
             or set(map(_LAYOUT, tensors)) != {torch.strided}:
         return None
-    plan = _plan(tensors)
-    return None if plan.empty else plan.norms(tensors)
+    plan = _planned(_PLANS, _Plan, tensors)
+    return None if plan is None or plan.empty else plan.norms(tensors)
 
 
 class Segments:
@@ -167,9 +179,6 @@ def _single(i: int):
     return lambda tensors: (tensors[i],)
 
 
-_FLATS: dict[tuple[torch.Size, ...], _Flat] = {}
-
-
 def foreach_norm64(tensors: Sequence[Tensor]) -> Tensor:
     """The float64 L2 norm of each (dense, real, non-empty) tensor, as a float64 vector on the
     first tensor's device: ``torch._foreach_norm(tensors, 2, dtype=torch.float64)`` stacked,
@@ -178,12 +187,9 @@ def foreach_norm64(tensors: Sequence[Tensor]) -> Tensor:
     where a tensor sits in the buffer, so the buffer is laid out by shape (`_Flat`)."""
     if not tensors or set(map(type, tensors)) != {Tensor} or not all(map(_IS_CPU, tensors)):
         return _foreach_norm64_mixed(tensors)
-    shapes = tuple(map(_SHAPE, tensors))
-    plan = _FLATS.get(shapes)
+    plan = _planned(_FLATS, _Flat, tensors)
     if plan is None:
-        if len(_FLATS) > 64:  # layouts keep changing: forget the old ones
-            _FLATS.clear()
-        plan = _FLATS[shapes] = _Flat(shapes)
+        return _foreach_norm64_mixed(tensors)
     if plan.count < 8:
         return torch.stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float64))
     summed = _segments(plan.lengths, torch.device("cpu")).sums(
@@ -205,6 +211,8 @@ def _foreach_norm64_mixed(tensors: Sequence[Tensor]) -> Tensor:
     part = [tensors[k] for k in small]
     flat = torch._utils._flatten_dense_tensors(part).double()
     summed = _segments(tuple(sizes[k] for k in small), flat.device).sums(flat.square_()).sqrt_()
+    if len(small) == len(tensors):
+        return summed
     out = torch.empty(len(tensors), dtype=torch.float64)
     out[small] = summed
     rest = [k for k in range(len(tensors)) if not 0 < sizes[k] <= SEGMENT_MAX]

@@ -98,13 +98,21 @@ def test_foreach_norm64_equals_torch_float64_norms_for_small_large_and_odd_tenso
     assert torch.allclose(foreach_norm64(few), want[:3], rtol=1e-14, atol=0)
 
 
+def _grouped(tensors):
+    """`grouped_norms` once the layout was met (the first time it declines: see `_planned`)."""
+    from gradwatch.measure.batched import grouped_norms
+
+    grouped_norms(tensors)
+    return grouped_norms(tensors)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_grouped_cpu_norms_are_foreach_norm_bit_for_bit(threads):
     """Tensors of one shape are reduced by rows of a stacked matrix on the CPU; every norm must
     be the bits ``torch._foreach_norm`` (so ``clip_grad_norm_``) gives: shapes repeated and
     single, sizes around the vector width and `GROUP_MAX`, scales near fp32's limits, NaN/inf,
     float64, and layouts that must not be grouped (channels-last, transposed)."""
-    from gradwatch.measure.batched import GROUP_MAX, grouped_norms
+    from gradwatch.measure.batched import GROUP_MAX
 
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -126,7 +134,7 @@ def test_grouped_cpu_norms_are_foreach_norm_bit_for_bit(threads):
             tensors[24] = torch.randn(2, 3, 3, 3, dtype=dtype).to(
                 memory_format=torch.channels_last)
             want = torch.stack(torch._foreach_norm(tensors, 2))
-            for got in (per_tensor_norms(tensors), grouped_norms(tensors)):
+            for got in (per_tensor_norms(tensors), _grouped(tensors)):
                 assert got is not None
                 assert got.dtype == dtype
                 assert torch.equal(got.isnan(), want.isnan())
@@ -134,14 +142,14 @@ def test_grouped_cpu_norms_are_foreach_norm_bit_for_bit(threads):
             # contiguous only: the grouped path itself
             dense = [t.contiguous() for t in tensors if t.isfinite().all()]
             want = torch.stack(torch._foreach_norm(dense, 2))
-            assert torch.equal(grouped_norms(dense), want)
+            assert torch.equal(_grouped(dense), want)
             # views into one flat buffer at odd offsets (DDP's gradient_as_bucket_view)
             flat = torch.randn(20_000, generator=gen, dtype=dtype)
             starts = [0, 3, 300, 301, 1000, 1257, 5001, 9999]
             views = [flat[s:s + 256].view(16, 16) for s in starts]
-            assert torch.equal(grouped_norms(views), torch.stack(torch._foreach_norm(views, 2)))
+            assert torch.equal(_grouped(views), torch.stack(torch._foreach_norm(views, 2)))
             transposed = [torch.randn(16, 12, dtype=dtype).t() for _ in range(6)]
-            assert torch.equal(grouped_norms(transposed),
+            assert torch.equal(_grouped(transposed),
                                torch.stack(torch._foreach_norm(transposed, 2)))
     finally:
         torch.set_num_threads(old)
@@ -158,15 +166,13 @@ def test_grouped_norms_give_clip_grad_norms_total_bit_for_bit():
 
 
 def test_grouped_norms_declines_what_it_cannot_reduce_bit_for_bit():
-    from gradwatch.measure.batched import grouped_norms
-
     a = [torch.randn(4, 4) for _ in range(6)]
-    assert grouped_norms(a + [torch.randn(4, 4, dtype=torch.float64)]) is None  # mixed dtypes
-    assert grouped_norms([t.bfloat16() for t in a]) is None  # reduced in another dtype
-    assert grouped_norms(a + [torch.randn(4, 4).to_sparse()]) is None
-    assert grouped_norms(a + [torch.zeros(0)]) is None
-    assert grouped_norms([]) is None
-    assert grouped_norms([torch.nn.Parameter(t) for t in a]) is None  # a subclass
+    assert _grouped(a + [torch.randn(4, 4, dtype=torch.float64)]) is None  # mixed dtypes
+    assert _grouped([t.bfloat16() for t in a]) is None  # reduced in another dtype
+    assert _grouped(a + [torch.randn(4, 4).to_sparse()]) is None
+    assert _grouped(a + [torch.zeros(0)]) is None
+    assert _grouped([]) is None
+    assert _grouped([torch.nn.Parameter(t) for t in a]) is None  # a subclass
     # per_tensor_norms still handles all of these, through its general path
     mixed = a + [torch.randn(4, 4).to_sparse(), torch.zeros(0)]
     want = [torch.linalg.vector_norm(t.to_dense() if t.is_sparse else t).item() for t in mixed]
@@ -188,8 +194,26 @@ def test_foreach_norm64_laid_out_by_shape_is_the_plain_flat_sum_bit_for_bit():
         if k % 7 == 3 and t.dim() == 2:
             t = t.t()  # non-contiguous: read in logical order either way
         tensors.append(t.bfloat16() if k % 11 == 5 else t)
-    got = foreach_norm64(tensors)
-    assert torch.equal(got, _foreach_norm64_mixed(tensors))  # the one-flat-buffer path
+    first = foreach_norm64(tensors)  # a layout met for the first time: the flat path
+    got = foreach_norm64(tensors)  # met before: laid out by shape
+    assert torch.equal(got, _foreach_norm64_mixed(tensors)) and torch.equal(got, first)
     perm = torch.randperm(len(tensors), generator=gen).tolist()
-    shuffled = foreach_norm64([tensors[i] for i in perm])
-    assert torch.equal(shuffled, got[perm])
+    shuffled = [tensors[i] for i in perm]
+    foreach_norm64(shuffled)
+    assert torch.equal(foreach_norm64(shuffled), got[perm])
+
+
+def test_layouts_that_change_every_step_are_not_planned():
+    """Gradients that come and go (experts routed differently each step) give a new layout at
+    every step: it is looked up, not planned, and the plans kept stay bounded."""
+    from gradwatch.measure import batched
+
+    gen = torch.Generator().manual_seed(4)
+    pool = [torch.randn(8, 8, generator=gen) for _ in range(40)]
+    planned = len(batched._PLANS)
+    for step in range(30):  # a different subset, never seen before, each step
+        subset = [t for k, t in enumerate(pool) if (k * 7 + step) % 5 != 0][: 20 + step % 7]
+        subset = subset[step % 3:] + [torch.randn(step + 1, generator=gen)]
+        assert torch.equal(per_tensor_norms(subset), torch.stack(torch._foreach_norm(subset, 2)))
+    assert len(batched._PLANS) == planned  # each layout is new (its last tensor has a new size)
+    assert len(batched._SEEN) <= 257
