@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .host import to_device
 
-__all__ = ["GROUP_MAX", "SEGMENT_MAX", "grouped_norms", "Segments", "foreach_norm64"]
+__all__ = ["GROUP_MAX", "SEGMENT_MAX", "grouped_norms", "Segments", "foreach_norm64", "remember"]
 
 GROUP_MAX = 1 << 15
 """On the CPU, contiguous float32/float64 tensors of at most this many entries that share a
@@ -25,20 +25,39 @@ _SHAPE, _DTYPE = operator.attrgetter("shape"), operator.attrgetter("dtype")
 _LAYOUT, _IS_CPU = operator.attrgetter("layout"), operator.attrgetter("is_cpu")
 
 
+def remember(cache: dict[Any, Any], key: Any, make: Callable[[], Any], limit: int = 64) -> Any:
+    """``cache[key]``, made by ``make()`` when missing; a cache past ``limit`` entries (layouts
+    that keep changing) is emptied first."""
+    found = cache.get(key)
+    if found is None:
+        if len(cache) > limit:
+            cache.clear()
+        found = cache[key] = make()
+    return found
+
+
+def _by_shape(shapes: tuple[torch.Size, ...], limit: int
+              ) -> tuple[list[int], list[list[int]], list[int]]:
+    """Each tensor's entry count, the positions of the tensors of 1 to ``limit`` entries
+    grouped by shape (in order of first appearance), and the positions of the others."""
+    sizes = [math.prod(shape) for shape in shapes]
+    by_shape: dict[torch.Size, list[int]] = defaultdict(list)
+    rest: list[int] = []
+    for i, (shape, n) in enumerate(zip(shapes, sizes)):
+        (by_shape[shape] if 0 < n <= limit else rest).append(i)
+    return sizes, list(by_shape.values()), rest
+
+
 class _Plan:
     """How `grouped_norms` reduces CPU tensors of given shapes: the groups of two or more
     small tensors of one shape (an index getter and the count each), the others, and where
     each tensor's norm lands in the concatenated results."""
 
     def __init__(self, shapes: tuple[torch.Size, ...]) -> None:
-        sizes = [math.prod(shape) for shape in shapes]
+        sizes, by_shape, rest = _by_shape(shapes, GROUP_MAX)
         self.empty = 0 in sizes
-        by_shape: dict[torch.Size, list[int]] = defaultdict(list)
-        rest: list[int] = []
-        for i, (shape, n) in enumerate(zip(shapes, sizes)):
-            (by_shape[shape] if 0 < n <= GROUP_MAX else rest).append(i)
-        groups = [idx for idx in by_shape.values() if len(idx) > 1]
-        self.rest = sorted(rest + [idx[0] for idx in by_shape.values() if len(idx) == 1])
+        groups = [idx for idx in by_shape if len(idx) > 1]
+        self.rest = sorted(rest + [idx[0] for idx in by_shape if len(idx) == 1])
         self.groups = [(operator.itemgetter(*idx), len(idx)) for idx in groups]
         order = [i for idx in groups for i in idx] + self.rest
         self.in_order = order == list(range(len(shapes)))
@@ -61,7 +80,7 @@ class _Plan:
 
 _PLANS: dict[tuple[torch.Size, ...], _Plan] = {}
 _FLATS: dict[tuple[torch.Size, ...], "_Flat"] = {}
-_SEEN: dict[tuple[torch.Size, ...], None] = {}
+_SEEN: dict[tuple[torch.Size, ...], bool] = {}
 
 
 def _planned(plans: dict[tuple[torch.Size, ...], Any], make: Callable[[Any], Any],
@@ -74,13 +93,9 @@ def _planned(plans: dict[tuple[torch.Size, ...], Any], make: Callable[[Any], Any
     plan = plans.get(shapes)
     if plan is None:
         if shapes not in _SEEN:
-            if len(_SEEN) > 256:
-                _SEEN.clear()
-            _SEEN[shapes] = None
+            remember(_SEEN, shapes, lambda: True, limit=256)
             return None
-        if len(plans) > 64:  # layouts keep changing: forget the old ones
-            plans.clear()
-        plan = plans[shapes] = make(shapes)
+        plan = remember(plans, shapes, lambda: make(shapes))
     return plan
 
 
@@ -142,12 +157,7 @@ _SEGMENTS: dict[tuple[tuple[int, ...], torch.device], Segments] = {}
 
 def _segments(lengths: tuple[int, ...], device: torch.device) -> Segments:
     """The `Segments` of ``lengths`` on ``device``, made once per layout."""
-    found = _SEGMENTS.get((lengths, device))
-    if found is None:
-        if len(_SEGMENTS) > 64:  # layouts keep changing: forget the old ones
-            _SEGMENTS.clear()
-        found = _SEGMENTS[(lengths, device)] = Segments(list(lengths), device)
-    return found
+    return remember(_SEGMENTS, (lengths, device), lambda: Segments(list(lengths), device))
 
 
 class _Flat:
@@ -156,19 +166,13 @@ class _Flat:
     tensor), the others apart."""
 
     def __init__(self, shapes: tuple[torch.Size, ...]) -> None:
-        sizes = [math.prod(shape) for shape in shapes]
-        by_shape: dict[torch.Size, list[int]] = defaultdict(list)
-        for i, (shape, n) in enumerate(zip(shapes, sizes)):
-            if 0 < n <= SEGMENT_MAX:
-                by_shape[shape].append(i)
-        groups = list(by_shape.values())
+        sizes, groups, self.rest = _by_shape(shapes, SEGMENT_MAX)
         self.getters = [operator.itemgetter(*idx) if len(idx) > 1 else _single(idx[0])
                         for idx in groups]
         order = [i for idx in groups for i in idx]
         self.count = len(order)
         self.lengths = tuple(sizes[i] for i in order)
         self.order = torch.tensor(order, dtype=torch.int64)
-        self.rest = [i for i, n in enumerate(sizes) if not 0 < n <= SEGMENT_MAX]
 
     def flat(self, tensors: Sequence[Tensor]) -> Tensor:
         """The small tensors' entries, in float64, one after another in the plan's order."""
@@ -186,10 +190,10 @@ def foreach_norm64(tensors: Sequence[Tensor]) -> Tensor:
     they differ by summation order (about 1e-16 relative). The segment sums do not depend on
     where a tensor sits in the buffer, so the buffer is laid out by shape (`_Flat`)."""
     if not tensors or set(map(type, tensors)) != {Tensor} or not all(map(_IS_CPU, tensors)):
-        return _foreach_norm64_mixed(tensors)
+        return _flat_norm64(tensors)
     plan = _planned(_FLATS, _Flat, tensors)
     if plan is None:
-        return _foreach_norm64_mixed(tensors)
+        return _flat_norm64(tensors)
     if plan.count < 8:
         return torch.stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float64))
     summed = _segments(plan.lengths, torch.device("cpu")).sums(
@@ -202,8 +206,9 @@ def foreach_norm64(tensors: Sequence[Tensor]) -> Tensor:
     return out
 
 
-def _foreach_norm64_mixed(tensors: Sequence[Tensor]) -> Tensor:
-    """`foreach_norm64` of tensors not all on the CPU: its small CPU ones summed together."""
+def _flat_norm64(tensors: Sequence[Tensor]) -> Tensor:
+    """`foreach_norm64` with its small CPU tensors in one flat buffer in their own order (for
+    tensors not all plain CPU ones, and for a layout met the first time)."""
     sizes = [t.numel() if t.is_cpu else 0 for t in tensors]
     small = [k for k, n in enumerate(sizes) if 0 < n <= SEGMENT_MAX]
     if len(small) < 8:

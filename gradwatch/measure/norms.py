@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ..capture.distributed import global_norms, has_dtensor, is_dtensor
-from .batched import foreach_norm64, grouped_norms
+from .batched import foreach_norm64, grouped_norms, remember
 
 __all__ = ["TINY", "per_tensor_norms", "exact_norm", "exact_norms", "exact_norms_tensor",
            "repair_norms", "combine", "tensor_norm",
@@ -98,15 +98,13 @@ _SPLITS: dict[bytes, tuple[list[int], list[int], Tensor, Tensor]] = {}
 
 def _split(exact: np.ndarray) -> tuple[list[int], list[int], Tensor, Tensor]:
     """The positions ``exact`` marks and the others, as lists and as index tensors."""
-    key = np.packbits(exact).tobytes() + len(exact).to_bytes(8, "little")
-    found = _SPLITS.get(key)
-    if found is None:
-        if len(_SPLITS) > 64:
-            _SPLITS.clear()
+    def make() -> tuple[list[int], list[int], Tensor, Tensor]:
         idx64, idx32 = np.flatnonzero(exact).tolist(), np.flatnonzero(~exact).tolist()
-        found = _SPLITS[key] = (idx64, idx32, torch.tensor(idx64, dtype=torch.int64),
-                                torch.tensor(idx32, dtype=torch.int64))
-    return found
+        return (idx64, idx32, torch.tensor(idx64, dtype=torch.int64),
+                torch.tensor(idx32, dtype=torch.int64))
+
+    key = np.packbits(exact).tobytes() + len(exact).to_bytes(8, "little")
+    return remember(_SPLITS, key, make)
 
 
 def exact_norm(grad: Tensor) -> float:

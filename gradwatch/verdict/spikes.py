@@ -83,21 +83,17 @@ class SpikeTracker:
         """Updates each layer's statistics (``columns``: the layers' entries) with its norm;
         returns each layer's spike ratio to its running mean (0: no spike), its z-score, and
         whether the total norm spiked. The arithmetic is `RunningStats.observe`'s. ``whole``:
-        ``columns`` is 0, 1, 2, ... (then, when every norm is usable and every entry is
-        there, the arrays are updated whole instead of gathered and scattered)."""
+        ``columns`` is 0, 1, 2, ... (then, on the common step, `_steady` updates the arrays whole
+        instead of gathering and scattering them)."""
         ratio, z_out = np.zeros(len(norms), dtype=np.float64), np.zeros(len(norms))
         spiked = bool(self.total.observe(total, th))
         if th.spike is None or not len(columns):
             return ratio, z_out, spiked
         self._grow(int(columns.max()) + 1)
         ok = (norms > 0) & (norms < math.inf)
-        every = whole and len(columns) == len(self.count) and bool(ok.all())
-        if every and self._steady(norms, th):
+        if whole and len(columns) == len(self.count) and ok.all() and self._steady(norms, th):
             return ratio, z_out, spiked
-        if every:
-            cols, n = slice(None), norms
-        else:
-            cols, n = columns[ok], norms[ok]
+        cols, n = columns[ok], norms[ok]
         x = np.log10(n)
         mean, count, var = self.mean[cols], self.count[cols], self.var[cols]
         std = np.sqrt(var)
@@ -111,14 +107,9 @@ class SpikeTracker:
         beta = np.where(warm, th.spike_momentum, count / (count + 1))
         delta = x - mean
         first = count == 0
-        new_mean = np.where(first, x, mean + (1 - beta) * delta)
-        new_var = np.where(first, var, beta * (var + (1 - beta) * delta * delta))
-        if every:
-            self.mean, self.var, self.count = new_mean, new_var, count + 1
-            if spike.any():
-                ratio[spike], z_out[spike] = r[spike], z[spike]
-            return ratio, z_out, spiked
-        self.mean[cols], self.var[cols], self.count[cols] = new_mean, new_var, count + 1
+        self.mean[cols] = np.where(first, x, mean + (1 - beta) * delta)
+        self.var[cols] = np.where(first, var, beta * (var + (1 - beta) * delta * delta))
+        self.count[cols] = count + 1
         where = np.flatnonzero(ok)[spike]
         ratio[where], z_out[where] = r[spike], z[spike]
         return ratio, z_out, spiked

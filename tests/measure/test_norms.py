@@ -183,7 +183,7 @@ def test_foreach_norm64_laid_out_by_shape_is_the_plain_flat_sum_bit_for_bit():
     """Laying the small tensors out by shape changes where each sits in the float64 buffer,
     not its segment's sum: the same bits as one flat buffer in the tensors' order, and as any
     permutation of the tensors."""
-    from gradwatch.measure.batched import _foreach_norm64_mixed, foreach_norm64
+    from gradwatch.measure.batched import _flat_norm64, foreach_norm64
 
     gen = torch.Generator().manual_seed(3)
     shapes = [(16, 16), (16,), (7, 5), (1,), (33,), (32, 32), (1025,), (10, 10, 3), (5,)]
@@ -196,7 +196,7 @@ def test_foreach_norm64_laid_out_by_shape_is_the_plain_flat_sum_bit_for_bit():
         tensors.append(t.bfloat16() if k % 11 == 5 else t)
     first = foreach_norm64(tensors)  # a layout met for the first time: the flat path
     got = foreach_norm64(tensors)  # met before: laid out by shape
-    assert torch.equal(got, _foreach_norm64_mixed(tensors)) and torch.equal(got, first)
+    assert torch.equal(got, _flat_norm64(tensors)) and torch.equal(got, first)
     perm = torch.randperm(len(tensors), generator=gen).tolist()
     shuffled = [tensors[i] for i in perm]
     foreach_norm64(shuffled)
