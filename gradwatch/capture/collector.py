@@ -45,7 +45,7 @@ class Collector(GradHooks, RecurrentHooks):
             for out in (True, False)}  # leaf tensor hooks (Stale when pickled); node hooks
         # live on the autograd graph only, so they are plain partials (cheaper to call)
         self._node_hooks: dict[tuple[Any, ...], Callable[..., None] | None] = {}  # per
-        # (layer, output_nr, node type, input node type): the hook reading the input's slot
+        # (layer, output_nr, node type): the hook reading the input's slot (None: not direct)
         self.conv_like = [isinstance(m, nn.modules.conv._ConvNd) for m in self.modules]
         self.activations = activations
         self.armed = False
@@ -76,6 +76,7 @@ class Collector(GradHooks, RecurrentHooks):
         self._first = layers[0].params[0] if layers else None
         self._held_numel = [0, 0, 0]  # entries held: outputs, output grads, input grads
         self._direct = [False, False]  # reduce output/input gradients in float64 at once
+        self._tiny = [False, False]  # this step's: a norm below float32's safe range
         self.zeroing = ZeroCheck()  # were the gradients zeroed since the last step?
 
     def module_of_layer(self, layer: int) -> int | None:
@@ -148,14 +149,17 @@ class Collector(GradHooks, RecurrentHooks):
         self._held_numel = [0, 0, 0]
         data.tasks = set(self._tasks)
         self._tasks.clear()
+        reduced = (bool(self._grads_out or data.out_norms), False)
         if finite:
             self._outputs, self._grads_in = [], []
             data.forward_bad, data.forward_norms, data.in_norms = [], [], []
             data.inp = Events()
         else:
+            reduced = (reduced[0], bool(self._grads_in or data.in_norms))
             self._flush_outputs()
             self._flush_grads(self._grads_in, data.in_norms)
         self._flush_grads(self._grads_out, data.out_norms)
+        self._next_step_grads(reduced)
         self.data, self._last_layer = Collected(), -1
         return data
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from torch import Tensor
 
-from .collected import BATCH_NUMEL, BATCH_TENSORS, _norms64, _task
+from .collected import BATCH_NUMEL, HELD_GRADS, _norms64, _task
 from ..measure.norms import TINY
 
 __all__ = ["GradHooks"]
@@ -30,6 +30,7 @@ class GradHooks:
     _grads_in: list[Tensor]
     _held_numel: list[int]
     _direct: list[bool]
+    _tiny: list[bool]
 
     def _hook_node(self, out: Tensor, args: Any, layer: int) -> bool:
         """One post-hook on the node that made the module's output, when that node also takes
@@ -37,18 +38,21 @@ class GradHooks:
         to the input (a single-op module, as a Linear or a convolution without a separate
         bias is). Returns False (nothing registered) otherwise. Which of the node's inputs is
         the module's is looked up in ``next_functions`` the first time a layer makes a node of
-        that type from an input of that type, and remembered (``next_functions`` builds a
-        tuple per input and a Python object per node: most of the cost, and garbage)."""
+        that type, and remembered: the module's code decides it. Looking it up again would
+        cost a tuple per input and a Python object per node, alive until the backward (the
+        input's ``grad_fn``): garbage the collector walks. (A module that converts its input
+        only sometimes, ``x.float()`` on half inputs, then reports the input gradient of the
+        converted copy: the same values in the copy's dtype.)"""
         if len(args) != 1 or type(args[0]) is not Tensor:
             return False
         node = out.grad_fn
         x = args[0]
         if node is None or not x.requires_grad or x.is_leaf:
             return False
-        src = x.grad_fn
-        key = (layer, out.output_nr, type(node), type(src))
+        key = (layer, out.output_nr, type(node))
         hook = self._node_hooks.get(key, _UNSEEN)
         if hook is _UNSEEN:
+            src = x.grad_fn
             hook = self._node_hooks[key] = next((functools.partial(
                 self.on_node_io, layer, out.output_nr, k) for k, (nxt, _) in enumerate(
                 node.next_functions) if nxt is src), None)
@@ -87,10 +91,10 @@ class GradHooks:
         self._grads_in.append(inp)
         held[1] += out.numel()
         held[2] += inp.numel()
-        if len(self._grads_out) >= BATCH_TENSORS or held[1] >= BATCH_NUMEL:
+        if len(self._grads_out) >= HELD_GRADS or held[1] >= BATCH_NUMEL:
             held[1] = 0
             self._flush_grads(self._grads_out, data.out_norms)
-        if len(self._grads_in) >= BATCH_TENSORS or held[2] >= BATCH_NUMEL:
+        if len(self._grads_in) >= HELD_GRADS or held[2] >= BATCH_NUMEL:
             held[2] = 0
             self._flush_grads(self._grads_in, data.in_norms)
 
@@ -123,7 +127,7 @@ class GradHooks:
             pending.append(grad)
             k = 1 if is_output else 2
             self._held_numel[k] += grad.numel()
-            if len(pending) >= BATCH_TENSORS or self._held_numel[k] >= BATCH_NUMEL:
+            if len(pending) >= HELD_GRADS or self._held_numel[k] >= BATCH_NUMEL:
                 self._held_numel[k] = 0
                 self._flush_grads(pending, data.out_norms if is_output else data.in_norms)
 
@@ -138,5 +142,15 @@ class GradHooks:
             norms = _norms64(pending, direct=self._direct[k])
             into.append(norms)
             pending.clear()
-            # float64 at once next time if this batch had norms below float32's safe range
-            self._direct[k] = norms.device.type == "cpu" and bool((norms < TINY).any())
+            # float64 at once next step if this step had norms below float32's safe range
+            if norms.device.type == "cpu" and not self._tiny[k]:
+                self._tiny[k] = bool((norms < TINY).any())
+
+    def _next_step_grads(self, reduced: tuple[bool, bool]) -> None:
+        """Sets, for each direction whose gradients this step reduced (``reduced``), whether
+        the next step reduces them in float64 at once: this step had a norm below float32's
+        safe range (a vanishing net). A direction left unreduced keeps its choice."""
+        for k in (0, 1):
+            if reduced[k]:
+                self._direct[k] = self._tiny[k]
+            self._tiny[k] = False
