@@ -7,13 +7,17 @@ launch-bound GPU step. Beside it a 48-layer Transformer encoder (d_model 32, 2 h
 8, batch 2: 48 x 6 = 288 watched layers) as a real deep model. Configurations are interleaved
 step by step (`_measure.interleave`); the figure reported is the median extra time per step
 over the bare step of the same round, divided by the number of watched layers, with its
-interquartile range. ``--memory`` adds the history's bytes per layer per record (from its
+interquartile range. Each round starts from a full ``gc.collect()``, so that table leaves out the
+full collections a long run pays; ``--gc`` measures them: each configuration alone for 1,500
+steps at L = 400 (mean step time with every collection in it, time in the collector, full
+collections, and objects moved to the oldest generation per step). ``--memory`` adds the history's bytes per layer per record (from its
 columns, and from the process's allocations over 1,500 records at L = 400) and the resident
 memory over a long run with the history full.
 
     python benchmarks/scaling.py                       # L = 25, 100, 400 and the Transformer
     python benchmarks/scaling.py --depths 25,100 --budget 10 --no-transformer --out s.json
     python benchmarks/scaling.py --memory --long 50000  # + memory (about 3 minutes more)
+    python benchmarks/scaling.py --gc --depths 400 --no-transformer  # + garbage collection
 """
 
 from __future__ import annotations
@@ -127,6 +131,60 @@ def history_memory(depth: int = 400, records: int = 1500) -> dict[str, float]:
             "records": records, "layers": depth}
 
 
+GC_CONFIGS = ("bare", "gw_params", "gw_default", "gw_every10")
+
+
+def collector_cost(depth: int = 400, steps: int = 1500) -> dict[str, dict[str, float]]:
+    """Per configuration, run alone for ``steps`` steps from a full collection (all models built
+    first, so every run sees the same heap): the mean step time with every collection in it,
+    the time spent in the garbage collector and its full collections per 1,000 steps, and (in
+    a second, untimed pass of ``steps // 5`` steps) the objects that each collection of the
+    middle generation moves to the oldest one, per step. Those promotions are what sets off a
+    full collection (when they reach a quarter of the objects already there), and a full
+    collection walks every object of the program."""
+    runs = {c: _step(c, lambda: chain(depth)) for c in GC_CONFIGS}
+    out = {}
+    for config, step in runs.items():
+        for _ in range(30):
+            step()
+        spent, full, started = [0.0], [0], [0.0]
+
+        def timer(phase: str, info: dict) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+                return
+            spent[0] += time.perf_counter() - started[0]
+            full[0] += info["generation"] == 2
+
+        gc.collect()
+        gc.callbacks.append(timer)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        wall = time.perf_counter() - start
+        gc.callbacks.remove(timer)
+        promoted, oldest = [0], [0]
+
+        def counter(phase: str, info: dict) -> None:
+            if info["generation"] != 1:
+                return
+            if phase == "start":
+                oldest[0] = len(gc.get_objects(2))
+            else:
+                promoted[0] += len(gc.get_objects(2)) - oldest[0]
+
+        gc.collect()
+        gc.callbacks.append(counter)
+        for _ in range(steps // 5):
+            step()
+        gc.callbacks.remove(counter)
+        out[config] = {"step_ms": wall / steps * 1e3, "collector_us": spent[0] / steps * 1e6,
+                       "full_per_1000": full[0] / steps * 1e3,
+                       "promoted_per_step": promoted[0] / (steps // 5),
+                       "objects": len(gc.get_objects()), "layers": depth, "steps": steps}
+    return out
+
+
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -153,6 +211,19 @@ def flat_memory(steps: int, depth: int = 25, history: int = 1000) -> dict[str, l
     return {"step": marks, "rss_mb": rss, "wall_s": time.perf_counter() - start}
 
 
+def _print_table(results: dict, names: list[str]) -> None:
+    """The interleaved table: median [p25–p75] extra µs per watched layer per step."""
+    print("| added host time per watched layer per step (µs) | "
+          + " | ".join(f"{n} ({results[n]['bare']['layers']} layers)" for n in names) + " |")
+    print("|---|" + "---|" * len(names))
+    for config in CONFIGS[1:]:
+        cells = [f"{results[n][config]['median']:.1f} [{results[n][config]['p25']:.1f}–"
+                 f"{results[n][config]['p75']:.1f}]" for n in names]
+        print(f"| {config} | " + " | ".join(cells) + " |")
+    print("| bare step (ms) | " + " | ".join(f"{results[n]['bare']['step_ms']:.2f}"
+                                              for n in names) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--depths", default="25,100,400", help="comma-separated L (default 25,100,400)")
@@ -161,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-transformer", action="store_true", help="skip the 48-layer Transformer")
     p.add_argument("--memory", action="store_true", help="also measure the history's memory")
     p.add_argument("--long", type=int, default=50_000, help="steps of the flat-memory run")
+    p.add_argument("--gc", action="store_true",
+                   help="also measure garbage collection, each configuration alone (L = 400)")
+    p.add_argument("--gc-steps", type=int, default=1500, help="steps of each --gc run")
     p.add_argument("--out", default=None, help="write the results to this JSON file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -172,15 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[scaling] {name} ...", file=sys.stderr, flush=True)
         results[name] = run(build, args.budget)
     names = list(results)
-    print("| added host time per watched layer per step (µs) | "
-          + " | ".join(f"{n} ({results[n]['bare']['layers']} layers)" for n in names) + " |")
-    print("|---|" + "---|" * len(names))
-    for config in CONFIGS[1:]:
-        cells = [f"{results[n][config]['median']:.1f} [{results[n][config]['p25']:.1f}–"
-                 f"{results[n][config]['p75']:.1f}]" for n in names]
-        print(f"| {config} | " + " | ".join(cells) + " |")
-    print("| bare step (ms) | " + " | ".join(f"{results[n]['bare']['step_ms']:.2f}"
-                                              for n in names) + " |")
+    if names:
+        _print_table(results, names)
     memory = None
     if args.memory:
         print("[scaling] history memory ...", file=sys.stderr, flush=True)
@@ -191,10 +258,22 @@ def main(argv: list[str] | None = None) -> int:
               f"{h['layers']}, {h['records']} records)")
         print(f"resident memory over {args.long} steps (history full at 1,000): " + ", ".join(
             f"{s}: {m:.1f} MB" for s, m in zip(f["step"], f["rss_mb"])))
+    collection = None
+    if args.gc:
+        print("[scaling] garbage collection ...", file=sys.stderr, flush=True)
+        collection = collector_cost(steps=args.gc_steps)
+        bare = collection["bare"]
+        print(f"\n| alone, L = 400, {bare['steps']} steps | mean step (ms) | extra µs/layer "
+              "| in the collector (µs/step) | full collections per 1,000 steps | promoted "
+              "objects per step |\n|---|---|---|---|---|---|")
+        for config, c in collection.items():
+            extra = (c["step_ms"] - bare["step_ms"]) * 1e3 / c["layers"]
+            print(f"| {config} | {c['step_ms']:.2f} | {extra:.1f} | {c['collector_us']:.0f} | "
+                  f"{c['full_per_1000']:.1f} | {c['promoted_per_step']:.0f} |")
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
             json.dump({"threads": args.threads, "load": os.getloadavg(), "results": results,
-                       "memory": memory}, fh, indent=1)
+                       "memory": memory, "gc": collection}, fh, indent=1)
     return 0
 
 

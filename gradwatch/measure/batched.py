@@ -21,7 +21,7 @@ GROUP_MAX = 1 << 15
 """On the CPU, contiguous float32/float64 tensors of at most this many entries that share a
 shape have their norms taken together (`grouped_norms`); bigger ones one by one."""
 
-_SHAPE, _DTYPE = operator.attrgetter("shape"), operator.attrgetter("dtype")
+_DTYPE, _NUMEL = operator.attrgetter("dtype"), Tensor.numel
 _LAYOUT, _IS_CPU = operator.attrgetter("layout"), operator.attrgetter("is_cpu")
 
 
@@ -36,10 +36,11 @@ def remember(cache: dict[Any, Any], key: Any, make: Callable[[], Any], limit: in
     return found
 
 
-def _by_shape(shapes: tuple[torch.Size, ...], limit: int
+def _by_shape(tensors: Sequence[Tensor], limit: int
               ) -> tuple[list[int], list[list[int]], list[int]]:
     """Each tensor's entry count, the positions of the tensors of 1 to ``limit`` entries
     grouped by shape (in order of first appearance), and the positions of the others."""
+    shapes = [t.shape for t in tensors]
     sizes = [math.prod(shape) for shape in shapes]
     by_shape: dict[torch.Size, list[int]] = defaultdict(list)
     rest: list[int] = []
@@ -49,18 +50,18 @@ def _by_shape(shapes: tuple[torch.Size, ...], limit: int
 
 
 class _Plan:
-    """How `grouped_norms` reduces CPU tensors of given shapes: the groups of two or more
-    small tensors of one shape (an index getter and the count each), the others, and where
-    each tensor's norm lands in the concatenated results."""
+    """How `grouped_norms` reduces CPU tensors laid out as the ones it was made from: the groups
+    of two or more small tensors of one shape (an index getter and the count each), the others,
+    and where each tensor's norm lands in the concatenated results."""
 
-    def __init__(self, shapes: tuple[torch.Size, ...]) -> None:
-        sizes, by_shape, rest = _by_shape(shapes, GROUP_MAX)
+    def __init__(self, tensors: Sequence[Tensor]) -> None:
+        sizes, by_shape, rest = _by_shape(tensors, GROUP_MAX)
         self.empty = 0 in sizes
         groups = [idx for idx in by_shape if len(idx) > 1]
         self.rest = sorted(rest + [idx[0] for idx in by_shape if len(idx) == 1])
         self.groups = [(operator.itemgetter(*idx), len(idx)) for idx in groups]
         order = [i for idx in groups for i in idx] + self.rest
-        self.in_order = order == list(range(len(shapes)))
+        self.in_order = order == list(range(len(tensors)))
         inverse = [0] * len(order)
         for position, i in enumerate(order):
             inverse[i] = position
@@ -69,33 +70,43 @@ class _Plan:
     def norms(self, tensors: Sequence[Tensor]) -> Tensor:
         """The tensors' norms (see `grouped_norms`, which checks what they are)."""
         if len(tensors) < 4 or not self.groups or not all(map(Tensor.is_contiguous, tensors)):
-            return torch.stack(torch._foreach_norm(list(tensors), 2))
-        parts = [torch.linalg.vector_norm(torch.stack(get(tensors)).view(count, -1), dim=1)
-                 for get, count in self.groups]
+            return _foreach_norms(tensors)
+        try:  # (a group whose shapes changed at equal sizes: ``stack`` refuses it)
+            parts = [torch.linalg.vector_norm(torch.stack(get(tensors)).view(count, -1), dim=1)
+                     for get, count in self.groups]
+        except RuntimeError:
+            return _foreach_norms(tensors)
         if self.rest:
-            parts.append(torch.stack(torch._foreach_norm([tensors[i] for i in self.rest], 2)))
+            parts.append(_foreach_norms([tensors[i] for i in self.rest]))
         joined = parts[0] if len(parts) == 1 else torch.cat(parts)
         return joined if self.in_order else joined.index_select(0, self.inverse)
 
 
-_PLANS: dict[tuple[torch.Size, ...], _Plan] = {}
-_FLATS: dict[tuple[torch.Size, ...], "_Flat"] = {}
-_SEEN: dict[tuple[torch.Size, ...], bool] = {}
+def _foreach_norms(tensors: Sequence[Tensor]) -> Tensor:
+    return torch.stack(torch._foreach_norm(list(tensors), 2))
 
 
-def _planned(plans: dict[tuple[torch.Size, ...], Any], make: Callable[[Any], Any],
+_PLANS: dict[tuple[int, ...], _Plan] = {}
+_FLATS: dict[tuple[int, ...], "_Flat"] = {}
+_SEEN: dict[tuple[int, ...], bool] = {}
+
+
+def _planned(plans: dict[tuple[int, ...], Any], make: Callable[[Any], Any],
              tensors: Sequence[Tensor]) -> Any:
-    """The plan in ``plans`` for the shapes of ``tensors``, made by ``make`` the second time
-    those shapes are met: None the first time (the caller then takes its plain path), so a
+    """The plan in ``plans`` for the layout of ``tensors``, made by ``make`` the second time
+    that layout is met: None the first time (the caller then takes its plain path), so a
     layout that changes at every step (experts routed differently, gradients that come and go)
-    costs a lookup, not a plan, per step. At most 64 plans and 256 layouts met once are kept."""
-    shapes = tuple(map(_SHAPE, tensors))
-    plan = plans.get(shapes)
+    costs a lookup, not a plan, per step. At most 64 plans and 256 layouts met once are kept.
+    A layout is looked up by the tensors' entry counts (plain ints: reading every shape would
+    make a `torch.Size`, a tuple the garbage collector tracks, per tensor per call); a plan
+    made from the shapes stacks only tensors of one shape (``stack`` checks it)."""
+    key = tuple(map(_NUMEL, tensors))
+    plan = plans.get(key)
     if plan is None:
-        if shapes not in _SEEN:
-            remember(_SEEN, shapes, lambda: True, limit=256)
+        if key not in _SEEN:
+            remember(_SEEN, key, lambda: True, limit=256)
             return None
-        plan = remember(plans, shapes, lambda: make(shapes))
+        plan = remember(plans, key, lambda: make(tensors))
     return plan
 
 
@@ -161,12 +172,12 @@ def _segments(lengths: tuple[int, ...], device: torch.device) -> Segments:
 
 
 class _Flat:
-    """How `foreach_norm64` lays CPU tensors of given shapes into one flat buffer: those of at
-    most `SEGMENT_MAX` entries grouped by shape (one stack per shape instead of one view per
-    tensor), the others apart."""
+    """How `foreach_norm64` lays CPU tensors laid out as the ones it was made from into one
+    flat buffer: those of at most `SEGMENT_MAX` entries grouped by shape (one stack per shape
+    instead of one view per tensor), the others apart."""
 
-    def __init__(self, shapes: tuple[torch.Size, ...]) -> None:
-        sizes, groups, self.rest = _by_shape(shapes, SEGMENT_MAX)
+    def __init__(self, tensors: Sequence[Tensor]) -> None:
+        sizes, groups, self.rest = _by_shape(tensors, SEGMENT_MAX)
         self.getters = [operator.itemgetter(*idx) if len(idx) > 1 else _single(idx[0])
                         for idx in groups]
         order = [i for idx in groups for i in idx]
@@ -196,8 +207,11 @@ def foreach_norm64(tensors: Sequence[Tensor]) -> Tensor:
         return _flat_norm64(tensors)
     if plan.count < 8:
         return torch.stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float64))
-    summed = _segments(plan.lengths, torch.device("cpu")).sums(
-        plan.flat(tensors).square_()).sqrt_()
+    try:  # (a group whose shapes changed at equal sizes: ``stack`` refuses it)
+        flat = plan.flat(tensors)
+    except RuntimeError:
+        return _flat_norm64(tensors)
+    summed = _segments(plan.lengths, torch.device("cpu")).sums(flat.square_()).sqrt_()
     out = torch.empty(len(tensors), dtype=torch.float64)
     out.index_copy_(0, plan.order, summed)
     if plan.rest:

@@ -217,3 +217,23 @@ def test_layouts_that_change_every_step_are_not_planned():
         assert torch.equal(per_tensor_norms(subset), torch.stack(torch._foreach_norm(subset, 2)))
     assert len(batched._PLANS) == planned  # each layout is new (its last tensor has a new size)
     assert len(batched._SEEN) <= 257
+
+
+def test_layouts_are_looked_up_by_size_and_a_shape_changed_at_equal_size_is_still_exact():
+    """Plans are looked up by the tensors' entry counts: tensors of one size but another shape
+    at the same places (a (16, 16) weight where a (256,) one was, in one group or split
+    across two) still get `_foreach_norm`'s bits, and float64 norms the flat path's."""
+    from gradwatch.measure.batched import _flat_norm64, foreach_norm64
+
+    gen = torch.Generator().manual_seed(5)
+    first = [(16, 16), (256,), (16, 16), (8, 32), (4, 16), (64,), (4, 16), (3,)] * 4
+    later = [(256,), (16, 16), (16, 16), (16, 16), (16, 4), (64,), (64,), (3,)] * 4
+    together = [(16, 16)] * 16 + [(4, 16)] * 16
+    apart = [(256,)] * 16 + [(64,)] * 16
+    for a, b in ((first, later), (together, apart), (apart, together)):
+        for shapes in (a, a, b, b, a):  # planned at the second call, then met with b's shapes
+            tensors = [torch.randn(s, generator=gen) * 10.0 ** float(
+                torch.randint(-25, 25, (), generator=gen)) for s in shapes]
+            assert torch.equal(per_tensor_norms(tensors),
+                               torch.stack(torch._foreach_norm(tensors, 2)))
+            assert torch.equal(foreach_norm64(tensors), _flat_norm64(tensors))
