@@ -11,7 +11,7 @@ from .hooks import Stale
 from ..measure.batched import foreach_norm64, grouped_norms
 from ..measure.norms import TINY, repair_norms
 
-__all__ = ['Events', 'Collected', 'BATCH_TENSORS', 'BATCH_NUMEL', 'HELD_GRADS', 'is_container', 'TaskNote']
+__all__ = ['Events', 'Collected', 'BATCH_TENSORS', 'BATCH_NUMEL', 'is_container', 'TaskNote']
 
 
 @dataclass
@@ -65,16 +65,11 @@ BATCH_NUMEL = 1 << 22
 tensor, and a model of many small layers makes a few calls per step. Held outputs that a
 finite step never reads (the NaN checks) are dropped unreduced. An output changed in place
 before its batch is reduced (an in-place ReLU after it) is checked as changed: NaN stays NaN
-there."""
+there. A gradient's norm is its own whatever batch it is reduced in
+(`gradwatch.measure.batched`), and whether a step's gradients are reduced in float64 at once is
+decided per step, from the last step's (`GradHooks._flush_grads`), so the numbers do not depend
+on where the batches end."""
 
-
-HELD_GRADS = 64
-"""Activation gradients are reduced every 64 of each direction (output, input), not held to
-`BATCH_TENSORS`: each held gradient is a live Python object, and objects that live through
-the backward pass get moved to the garbage collector's oldest generation, whose growth sets
-off the full collections of the user's whole program. A gradient's norm is its own whatever
-batch it is reduced in (`gradwatch.measure.batched`), and the float64-or-float32 choice is
-made per step (`GradHooks._flush_grads`), so the numbers do not depend on this size."""
 
 
 def is_container(module: nn.Module) -> bool:

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from torch import Tensor
 
-from .collected import BATCH_NUMEL, HELD_GRADS, _norms64, _task
+from .collected import BATCH_NUMEL, BATCH_TENSORS, _norms64, _task
 from ..measure.norms import TINY
 
 __all__ = ["GradHooks"]
@@ -91,10 +91,10 @@ class GradHooks:
         self._grads_in.append(inp)
         held[1] += out.numel()
         held[2] += inp.numel()
-        if len(self._grads_out) >= HELD_GRADS or held[1] >= BATCH_NUMEL:
+        if len(self._grads_out) >= BATCH_TENSORS or held[1] >= BATCH_NUMEL:
             held[1] = 0
             self._flush_grads(self._grads_out, data.out_norms)
-        if len(self._grads_in) >= HELD_GRADS or held[2] >= BATCH_NUMEL:
+        if len(self._grads_in) >= BATCH_TENSORS or held[2] >= BATCH_NUMEL:
             held[2] = 0
             self._flush_grads(self._grads_in, data.in_norms)
 
@@ -127,7 +127,7 @@ class GradHooks:
             pending.append(grad)
             k = 1 if is_output else 2
             self._held_numel[k] += grad.numel()
-            if len(pending) >= HELD_GRADS or self._held_numel[k] >= BATCH_NUMEL:
+            if len(pending) >= BATCH_TENSORS or self._held_numel[k] >= BATCH_NUMEL:
                 self._held_numel[k] = 0
                 self._flush_grads(pending, data.out_norms if is_output else data.in_norms)
 

@@ -1,6 +1,7 @@
-"""Activation gradients are reduced a few dozen at a time during the backward pass
-(`gradwatch.capture.collected.HELD_GRADS`): the numbers must not depend on that size, a NaN born
-in any batch must still be located, and no more gradients than that are held at once."""
+"""Activation gradients are reduced in batches during the backward pass
+(`gradwatch.capture.collected.BATCH_TENSORS`, made small here): the numbers must not depend on
+where the batches end, a NaN born in any batch must still be located, and no more gradients
+than a batch are held at once."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from gradwatch.bench.nets import IdentityChain
 
 
 def _act_norms(held: int, monkeypatch, steps: int = 3) -> list[dict[str, float]]:
-    monkeypatch.setattr("gradwatch.capture.gradhooks.HELD_GRADS", held)
+    monkeypatch.setattr("gradwatch.capture.gradhooks.BATCH_TENSORS", held)
     torch.manual_seed(0)
     model = IdentityChain(100, width=3, c=0.5)  # output gradients 0.5^(99-k) sqrt(3)
     watch = GradWatch(model)
@@ -77,7 +78,7 @@ class _Birth(nn.Linear):
 def test_nan_born_in_backward_is_located_in_any_batch(at, monkeypatch):
     """With batches of 8 gradients, a NaN born in the backward pass of layer ``at`` (in the
     first, a middle or the last batch reduced) is located at that layer."""
-    monkeypatch.setattr("gradwatch.capture.gradhooks.HELD_GRADS", 8)
+    monkeypatch.setattr("gradwatch.capture.gradhooks.BATCH_TENSORS", 8)
     torch.manual_seed(0)
     layers = [nn.Linear(4, 4) for _ in range(50)]
     layers[at] = _Birth(4, 4)
@@ -95,9 +96,9 @@ def test_nan_born_in_backward_is_located_in_any_batch(at, monkeypatch):
 
 
 def test_no_more_gradients_are_held_than_a_batch(monkeypatch):
-    """During the backward pass of a 60-layer chain, at most `HELD_GRADS` (10 here) gradients of
+    """During the backward pass of a 60-layer chain, at most `BATCH_TENSORS` (10 here) gradients of
     each direction wait for their norm; the records' norms are torch's."""
-    monkeypatch.setattr("gradwatch.capture.gradhooks.HELD_GRADS", 10)
+    monkeypatch.setattr("gradwatch.capture.gradhooks.BATCH_TENSORS", 10)
     torch.manual_seed(0)
     model = nn.Sequential(*(nn.Sequential(nn.Linear(4, 4), nn.Tanh()) for _ in range(60)))
     reference = copy.deepcopy(model)
