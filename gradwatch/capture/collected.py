@@ -103,8 +103,8 @@ def _norms64(tensors: list[Tensor], finiteness: bool = False, direct: bool = Fal
         return torch.tensor(repair_norms(values, tensors), dtype=torch.float64)
 
 
-def _task() -> int:
-    return torch._C._current_graph_task_id()
+_task = torch._C._current_graph_task_id
+"""The id of the autograd graph task running now (-1 outside a backward pass)."""
 
 
 class TaskNote:

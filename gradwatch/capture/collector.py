@@ -17,6 +17,8 @@ from .zeroing import ZeroCheck
 from .hooks import _ELEMENTWISE, Hook, Slot, iter_tensors
 from .layers import Layer, activation_kind
 
+_is_compiling = torch.compiler.is_compiling  # (dynamo folds this very function to True)
+
 __all__ = ["Collector", "UNIT_EVERY",
            "is_container"]
 
@@ -177,7 +179,7 @@ class Collector(GradHooks, RecurrentHooks):
     def on_forward(self, index: int, module: nn.Module, args: Any, output: Any) -> None:
         if self.amp_poll is not None:
             self.amp_poll()  # an identity check unless an iteration ended unmeasured
-        compiling = torch.compiler.is_compiling()
+        compiling = _is_compiling()
         if compiling:
             self.compiled = True
         if not self.armed or (self._only_units[index] and not self.units_on):
