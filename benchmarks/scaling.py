@@ -7,17 +7,18 @@ launch-bound GPU step. Beside it a 48-layer Transformer encoder (d_model 32, 2 h
 8, batch 2: 48 x 6 = 288 watched layers) as a real deep model. Configurations are interleaved
 step by step (`_measure.interleave`); the figure reported is the median extra time per step
 over the bare step of the same round, divided by the number of watched layers, with its
-interquartile range. Each round starts from a full ``gc.collect()``, so that table leaves out the
-full collections a long run pays; ``--gc`` measures them: each configuration alone for 1,500
-steps at L = 400 (mean step time with every collection in it, time in the collector, full
-collections, and objects moved to the oldest generation per step). ``--memory`` adds the history's bytes per layer per record (from its
-columns, and from the process's allocations over 1,500 records at L = 400) and the resident
-memory over a long run with the history full.
+interquartile range. Each round starts from a full ``gc.collect()``, so that table leaves
+out the full collections a long run pays; ``--gc`` measures them: each configuration alone for
+1,500 steps at L = 400 (mean step time with every collection in it, which differs by a tenth
+between runs; time in the collector, and in its full collections; objects moved to the oldest
+generation per step, which decides how often a full collection comes). ``--memory`` adds the
+history's bytes per layer per record (from its columns, and from the process's allocations over
+1,500 records at L = 400) and the resident memory over a long run with the history full.
 
     python benchmarks/scaling.py                       # L = 25, 100, 400 and the Transformer
     python benchmarks/scaling.py --depths 25,100 --budget 10 --no-transformer --out s.json
     python benchmarks/scaling.py --memory --long 50000  # + memory (about 3 minutes more)
-    python benchmarks/scaling.py --gc --depths 400 --no-transformer  # + garbage collection
+    python benchmarks/scaling.py --gc               # + garbage collection (about 3 minutes)
 """
 
 from __future__ import annotations
@@ -147,14 +148,17 @@ def collector_cost(depth: int = 400, steps: int = 1500) -> dict[str, dict[str, f
     for config, step in runs.items():
         for _ in range(30):
             step()
-        spent, full, started = [0.0], [0], [0.0]
+        spent, full, full_s, started = [0.0], [0], [0.0], [0.0]
 
         def timer(phase: str, info: dict) -> None:
             if phase == "start":
                 started[0] = time.perf_counter()
                 return
-            spent[0] += time.perf_counter() - started[0]
-            full[0] += info["generation"] == 2
+            took = time.perf_counter() - started[0]
+            spent[0] += took
+            if info["generation"] == 2:
+                full[0] += 1
+                full_s[0] += took
 
         gc.collect()
         gc.callbacks.append(timer)
@@ -179,7 +183,7 @@ def collector_cost(depth: int = 400, steps: int = 1500) -> dict[str, dict[str, f
             step()
         gc.callbacks.remove(counter)
         out[config] = {"step_ms": wall / steps * 1e3, "collector_us": spent[0] / steps * 1e6,
-                       "full_per_1000": full[0] / steps * 1e3,
+                       "full_us": full_s[0] / steps * 1e6, "full_per_1000": full[0] / steps * 1e3,
                        "promoted_per_step": promoted[0] / (steps // 5),
                        "objects": len(gc.get_objects()), "layers": depth, "steps": steps}
     return out
@@ -263,13 +267,13 @@ def main(argv: list[str] | None = None) -> int:
         print("[scaling] garbage collection ...", file=sys.stderr, flush=True)
         collection = collector_cost(steps=args.gc_steps)
         bare = collection["bare"]
-        print(f"\n| alone, L = 400, {bare['steps']} steps | mean step (ms) | extra µs/layer "
-              "| in the collector (µs/step) | full collections per 1,000 steps | promoted "
-              "objects per step |\n|---|---|---|---|---|---|")
+        print(f"\n| alone, L = 400, {bare['steps']} steps | mean step (ms) | in the collector "
+              "(µs/step) | of which full collections | full collections per 1,000 steps | "
+              "objects promoted per step |\n|---|---|---|---|---|---|")
         for config, c in collection.items():
-            extra = (c["step_ms"] - bare["step_ms"]) * 1e3 / c["layers"]
-            print(f"| {config} | {c['step_ms']:.2f} | {extra:.1f} | {c['collector_us']:.0f} | "
-                  f"{c['full_per_1000']:.1f} | {c['promoted_per_step']:.0f} |")
+            print(f"| {config} | {c['step_ms']:.2f} | {c['collector_us']:.0f} | "
+                  f"{c['full_us']:.0f} | {c['full_per_1000']:.1f} | "
+                  f"{c['promoted_per_step']:.0f} |")
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
             json.dump({"threads": args.threads, "load": os.getloadavg(), "results": results,
