@@ -239,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gc", action="store_true",
                    help="also measure garbage collection, each configuration alone (L = 400)")
     p.add_argument("--gc-steps", type=int, default=1500, help="steps of each --gc run")
+    p.add_argument("--gc-depth", type=int, default=400, help="L of the --gc runs (default 400)")
     p.add_argument("--out", default=None, help="write the results to this JSON file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -265,9 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     collection = None
     if args.gc:
         print("[scaling] garbage collection ...", file=sys.stderr, flush=True)
-        collection = collector_cost(steps=args.gc_steps)
+        collection = collector_cost(args.gc_depth, args.gc_steps)
         bare = collection["bare"]
-        print(f"\n| alone, L = 400, {bare['steps']} steps | mean step (ms) | in the collector "
+        print(f"\n| alone, L = {bare['layers']}, {bare['steps']} steps | mean step (ms) | in the collector "
               "(µs/step) | of which full collections | full collections per 1,000 steps | "
               "objects promoted per step |\n|---|---|---|---|---|---|")
         for config, c in collection.items():

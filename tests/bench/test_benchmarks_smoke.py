@@ -118,3 +118,20 @@ def test_history_memory_per_layer_record_is_small_and_flat():
     assert mem["measured_bytes_per_layer_record"] <= 48
     flat = scaling.flat_memory(1500, depth=10, history=100)
     assert max(flat["rss_mb"][2:]) - min(flat["rss_mb"][2:]) < 2.0  # MB, after the ring filled
+
+
+def test_scaling_benchmark_measures_garbage_collection(tmp_path):
+    """``--gc`` runs each configuration alone and writes its collector figures; the objects
+    promoted per step are counted (no timing is asserted)."""
+    out = tmp_path / "gc.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "scaling.py"), "--depths", "",
+                           "--no-transformer", "--gc", "--gc-steps", "20", "--gc-depth", "30",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    collection = json.loads(out.read_text())["gc"]
+    assert list(collection) == ["bare", "gw_params", "gw_default", "gw_every10"]
+    for figures in collection.values():
+        assert figures["layers"] == 30 and figures["steps"] == 20
+        assert figures["step_ms"] > 0 and figures["promoted_per_step"] >= 0
+        assert 0 <= figures["full_us"] <= figures["collector_us"]
+    assert "| gw_default |" in proc.stdout
