@@ -71,7 +71,6 @@ decided per step, from the last step's (`GradHooks._flush_grads`), so the number
 on where the batches end."""
 
 
-
 def is_container(module: nn.Module) -> bool:
     """Whether ``module`` is torch's plain `nn.Sequential`: its forward only calls its children,
     so its output is its last child's and hooking it adds nothing."""
