@@ -78,7 +78,8 @@ class Collector(GradHooks, RecurrentHooks):
         self._first = layers[0].params[0] if layers else None
         self._held_numel = [0, 0, 0]  # entries held: outputs, output grads, input grads
         self._direct = [False, False]  # reduce output/input gradients in float64 at once
-        self._tiny = [False, False]  # this step's: a norm below float32's safe range
+        self._tiny: list[bool | None] = [None, None]  # this step's: a norm below float32's
+        # safe range (None: nothing reduced yet)
         self.zeroing = ZeroCheck()  # were the gradients zeroed since the last step?
 
     def module_of_layer(self, layer: int) -> int | None:
@@ -151,17 +152,15 @@ class Collector(GradHooks, RecurrentHooks):
         self._held_numel = [0, 0, 0]
         data.tasks = set(self._tasks)
         self._tasks.clear()
-        reduced = (bool(self._grads_out or data.out_norms), False)
         if finite:
             self._outputs, self._grads_in = [], []
             data.forward_bad, data.forward_norms, data.in_norms = [], [], []
             data.inp = Events()
         else:
-            reduced = (reduced[0], bool(self._grads_in or data.in_norms))
             self._flush_outputs()
             self._flush_grads(self._grads_in, data.in_norms)
         self._flush_grads(self._grads_out, data.out_norms)
-        self._next_step_grads(reduced)
+        self._next_step_grads()
         self.data, self._last_layer = Collected(), -1
         return data
 

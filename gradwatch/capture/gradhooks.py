@@ -30,7 +30,7 @@ class GradHooks:
     _grads_in: list[Tensor]
     _held_numel: list[int]
     _direct: list[bool]
-    _tiny: list[bool]
+    _tiny: list[bool | None]
 
     def _hook_node(self, out: Tensor, args: Any, layer: int) -> bool:
         """One post-hook on the node that made the module's output, when that node also takes
@@ -143,14 +143,14 @@ class GradHooks:
             into.append(norms)
             pending.clear()
             # float64 at once next step if this step had norms below float32's safe range
-            if norms.device.type == "cpu" and not self._tiny[k]:
-                self._tiny[k] = bool((norms < TINY).any())
+            if norms.device.type == "cpu":
+                self._tiny[k] = self._tiny[k] or bool((norms < TINY).any())
 
-    def _next_step_grads(self, reduced: tuple[bool, bool]) -> None:
-        """Sets, for each direction whose gradients this step reduced (``reduced``), whether
-        the next step reduces them in float64 at once: this step had a norm below float32's
-        safe range (a vanishing net). A direction left unreduced keeps its choice."""
+    def _next_step_grads(self) -> None:
+        """Sets, for each direction whose gradients this step reduced, whether the next step
+        reduces them in float64 at once: this step had a norm below float32's safe range (a
+        vanishing net). A direction left unreduced (None) keeps its choice."""
         for k in (0, 1):
-            if reduced[k]:
+            if self._tiny[k] is not None:
                 self._direct[k] = self._tiny[k]
-            self._tiny[k] = False
+            self._tiny[k] = None
