@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 from .hooks import Stale
 from ..measure.batched import foreach_norm64, grouped_norms
 from ..measure.norms import TINY, repair_norms
 
-__all__ = ['Events', 'Collected', 'BATCH_TENSORS', 'BATCH_NUMEL', 'is_container', 'TaskNote']
+__all__ = ['Events', 'UnitEntry', 'Collected', 'BATCH_TENSORS', 'BATCH_NUMEL', 'is_container', 'TaskNote']
 
 
 @dataclass
@@ -29,6 +29,18 @@ class Events:
         return len(self.layer)
 
 
+class UnitEntry(NamedTuple):
+    """One activation call's unit statistic: ``statistic`` ("dead_frac" or "sat_frac") of
+    ``layer``, counted over ``n`` units (rectifiers) or outputs (saturating modules) at call
+    ``site``. A rectifier's site includes its units' shape (the key of its window): the count
+    of its last call in a step is the union of its calls' (`gradwatch.measure.read`)."""
+
+    layer: int
+    statistic: str
+    n: int
+    site: tuple[int, ...]
+
+
 @dataclass
 class Collected:
     """What the hooks gathered since the last measurement (a recorded step's forward/backward)."""
@@ -44,8 +56,8 @@ class Collected:
     """Input-gradient events (w.r.t. a layer's input): read only on a non-finite step."""
     out_norms: list[Tensor] = field(default_factory=list)  # output-gradient events' norms
     in_norms: list[Tensor] = field(default_factory=list)  # input-gradient events' norms
-    units: list[tuple[int, str, int]] = field(default_factory=list)
-    """(layer, statistic, of how many) per activation call: alive units, saturated outputs."""
+    units: list[UnitEntry] = field(default_factory=list)
+    """One per activation call: alive units, saturated outputs."""
     unit_counts: list[Tensor] = field(default_factory=list)
     """Their counts: float64 device vectors whose concatenation is aligned with ``units``."""
     time: dict[int, list[Any]] = field(default_factory=dict)  # layer -> first/last ratios

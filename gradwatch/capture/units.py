@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch._utils import _flatten_dense_tensors
 
+from .collected import UnitEntry
 from .hooks import _bounds
 from ..measure.batched import Segments
 
@@ -109,8 +110,8 @@ class UnitBatch:
     `add` keeps, per call, the per-unit maximum over the batch (rectifiers; one reduction)
     or the output itself (saturating modules with at most `SAMPLE` outputs; larger outputs are
     sampled and counted at once). `finish` then counts every site in a few batched
-    operations and returns ``(entries, counts)``: ``(layer, statistic, of how many)`` per
-    site and one float64 device vector of counts aligned with them. A held output changed in
+    operations and returns ``(entries, counts)``: a `UnitEntry` per call and one float64 device
+    vector of counts aligned with them. A held output changed in
     place before `finish` (its version moved) is left out of that step's statistics."""
 
     def __init__(self, window: UnitWindow) -> None:
@@ -120,8 +121,8 @@ class UnitBatch:
 
     def clear(self) -> None:
         self._rect: list[tuple[int, tuple[int, int], Tensor, int]] = []  # + measured step
-        self._sat: list[tuple[int, Tensor, int, float, float]] = []  # (layer, y, version, lo, hi)
-        self._ready: list[tuple[int, str, Tensor, int]] = []  # counted at once: large outputs
+        self._sat: list[tuple[UnitEntry, Tensor, int, float, float]] = []  # + y, version, lo, hi
+        self._ready: list[tuple[UnitEntry, Tensor]] = []  # counted at once: large outputs
 
     def __len__(self) -> int:
         return len(self._rect) + len(self._sat) + len(self._ready)
@@ -141,23 +142,24 @@ class UnitBatch:
             return
         lo, hi = _bounds(module)
         if y.numel() <= SAMPLE and not y.is_inference():  # (no version counter there)
-            self._sat.append((layer, y, y._version, lo, hi))
+            self._sat.append((UnitEntry(layer, "sat_frac", y.numel(), site), y, y._version,
+                              lo, hi))
             return
         flat = y.detach().reshape(-1)
         flat = flat[::-(-flat.numel() // SAMPLE)]
-        self._ready.append((layer, "sat_frac", torch.count_nonzero(_saturated(flat, lo, hi)),
-                            flat.numel()))
+        self._ready.append((UnitEntry(layer, "sat_frac", flat.numel(), site),
+                            torch.count_nonzero(_saturated(flat, lo, hi))))
 
-    def finish(self) -> tuple[list[tuple[int, str, int]], Tensor | None]:
-        entries: list[tuple[int, str, int]] = []
+    def finish(self) -> tuple[list[UnitEntry], Tensor | None]:
+        entries: list[UnitEntry] = []
         counts: list[Tensor] = []
         with torch.inference_mode(False), torch.no_grad():  # the window's tensors stay normal
             # tensors even when a forward ran, or the step is measured, under inference mode
             self._count_rectifiers(entries, counts)
             self._count_saturated(entries, counts)
         if self._ready:
-            entries += [(layer, stat, n) for layer, stat, _, n in self._ready]
-            counts.append(torch.stack([c for _, _, c, _ in self._ready]).double())
+            entries += [entry for entry, _ in self._ready]
+            counts.append(torch.stack([c for _, c in self._ready]).double())
         self.clear()
         if not counts:
             return entries, None
@@ -170,7 +172,8 @@ class UnitBatch:
             return
         window = self.window
         tops = [top for _, _, top, _ in rect]
-        entries += [(layer, "dead_frac", top.numel()) for layer, _, top, _ in rect]
+        entries += [UnitEntry(layer, "dead_frac", top.numel(), (*site, *top.shape))
+                    for layer, site, top, _ in rect]
         if len({site for _, site, _, _ in rect}) == len(rect) and len(
                 {(t.dtype, t.device) for t in tops}) == 1 and all(
                 k == window.index for _, _, _, k in rect):
@@ -184,15 +187,15 @@ class UnitBatch:
         counts.append(torch.stack(alive).double())
 
     def _count_saturated(self, entries: list, counts: list[Tensor]) -> None:
-        groups: dict[tuple, list[tuple[int, Tensor]]] = {}
-        for layer, y, version, lo, hi in self._sat:
+        groups: dict[tuple, list[tuple[UnitEntry, Tensor]]] = {}
+        for entry, y, version, lo, hi in self._sat:
             if y._version == version:  # else changed in place since: not what the module gave
-                groups.setdefault((y.dtype, y.device, lo, hi), []).append((layer, y))
+                groups.setdefault((y.dtype, y.device, lo, hi), []).append((entry, y))
         for (_, _, lo, hi), items in groups.items():
             ys = [y for _, y in items]
-            sizes = tuple(y.numel() for y in ys)
+            sizes = tuple(entry.n for entry, _ in items)
             flat = _saturated(_flatten_dense_tensors(ys), lo, hi).double()
-            entries += [(layer, "sat_frac", n) for (layer, _), n in zip(items, sizes)]
+            entries += [entry for entry, _ in items]
             if len(ys) == 1:
                 counts.append(flat.sum().reshape(1))
                 continue

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..capture.collected import Collected
+from ..capture.collected import Collected, UnitEntry
 from .host import HostBatch
 from .norms import layer_norms
 from .norms import TINY, combine, repair_norms
@@ -18,7 +18,7 @@ from .statistics import Statistic
 
 __all__ = ["StepNumbers", "start_read", "finish_read",
            "read_step", "read_norms", "device_total",
-           "layer_values"]
+           "layer_values", "unit_counts"]
 
 
 def device_total(norms_dev: Tensor, grads: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -58,14 +58,32 @@ def layer_values(data: Collected, host: dict[str, list[float]], inv_scale: float
             act[has] = norm[has] * inv_scale
             act_on = has
     values: dict[str, np.ndarray] = {}
-    for k, (layer_i, stat, n) in enumerate(data.units):
-        count = host["units"][k]
+    for (layer_i, stat, _), (count, n) in unit_counts(data.units, host.get("units", ())).items():
         share = 1.0 - count / n if stat == "dead_frac" else count / n  # alive / saturated
         col = values.setdefault(stat, np.full(n_layers, math.nan))
         col[layer_i] = share if math.isnan(col[layer_i]) else max(share, col[layer_i])
     for layer_i, vals in zip(data.time, _chunks(host.get("time", []), data.time)):
         values.setdefault("time_ratio", np.full(n_layers, math.nan))[layer_i] = min(vals)
     return act, act_on, values
+
+
+def unit_counts(entries: Sequence[UnitEntry], counts: Sequence[float]
+                ) -> dict[tuple[int, str, tuple[int, ...]], tuple[float, int]]:
+    """(count, of how many) per (layer, statistic, call site). A site called several times in
+    a step (a module shared across depth or time) is counted over all its calls: a rectifier's
+    units alive on any of them (its window counts them in call order, so its last call's count
+    is that union), a saturating module's outputs at a bound over all it gave. A layer then
+    reads its worst site (`layer_values`)."""
+    out: dict[tuple[int, str, tuple[int, ...]], tuple[float, int]] = {}
+    for entry, count in zip(entries, counts):
+        key = (entry.layer, entry.statistic, entry.site)
+        old = out.get(key)
+        if old is not None and entry.statistic == "sat_frac":
+            count, n = old[0] + count, old[1] + entry.n
+        else:
+            n = entry.n
+        out[key] = (count, n)
+    return out
 
 
 def _chunks(flat: list[float], groups: dict[Any, list[Any]]) -> list[list[float]]:

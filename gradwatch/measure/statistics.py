@@ -124,7 +124,9 @@ class DeadUnits(Statistic):
     """Share of a layer's units that a following ReLU-family module kept at zero on every input
     of the last `gradwatch.capture.units.UNIT_WINDOW` measured steps (dead units), from the
     forward outputs of every 4th recorded step (`gradwatch.capture.units.UNIT_EVERY`, the
-    first included)."""
+    first included). A module called several times in a step (shared across time or depth)
+    counts a unit alive when it fired on any of its calls; a layer followed by several such
+    modules reads the largest share."""
 
     name, label, reads, log_scale = "dead_frac", "dead-unit share", "forward", False
 
@@ -137,7 +139,9 @@ class Saturation(Statistic):
     softmax-like) within 1% of its range from a bound, from the forward outputs of every 4th
     recorded step (an evenly strided sample of at most 4096 outputs). Outputs of at most 4096
     entries are counted together when the step is measured; one changed in place before then
-    (its version moved: not what the module gave) is left out of that step."""
+    (its version moved: not what the module gave) is left out of that step. A module called
+    several times in a step is counted over all its calls' outputs; a layer followed by
+    several such modules reads the largest share."""
 
     name, label, reads, log_scale = "sat_frac", "saturated share", "forward", False
 
