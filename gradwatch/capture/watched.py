@@ -30,6 +30,9 @@ class WatchedSet:
     what is trainable: `refresh` notices a parameter whose ``requires_grad`` changed or an
     optimizer param group added after the watch was created, and rebuilds the set (hooks,
     forward order) so gradwatch always watches, measures and clips what the optimizer steps.
+    A param group over layers already watched changes only which are stepped (the hooks and
+    what they gathered in that step stay); when the layers change, that step's hooks ran on
+    the old set and it has no output-gradient norms (and no warning that hooks did not run).
     (Parameters registered on the model after the watch was created are seen once they join
     the optimizer.)
 
@@ -44,12 +47,20 @@ class WatchedSet:
         self.amp_poll: Callable[[], None] | None = None
         self.collector: Collector | None = None
         self._warned_no_act = False
+        self.rebuilt = False  # rebuilt since the last measured step's check
         self._build()
 
     def _build(self) -> None:
         old = self.collector
         self._all_params = list(self.model.parameters())
-        self.layers = discover_layers(self.model)
+        layers = discover_layers(self.model)
+        if old is not None and _key(layers) == _key(self.layers):
+            # only what the optimizer steps changed (a param group added): the hooks, what
+            # they gathered in this step and the forward order stay
+            self._stepped()
+            return
+        self.rebuilt = old is not None  # (this step's hooks ran on the old set: none to read)
+        self.layers = layers
         self.params = [p for layer in self.layers for p in layer.params]
         ends = list(itertools.accumulate(len(layer.params) for layer in self.layers))
         self.slices = [slice(e - len(layer.params), e) for layer, e in zip(self.layers, ends)]
@@ -67,12 +78,16 @@ class WatchedSet:
         self.param_layer = np.asarray(layer_of, dtype=np.int64)  # the layer of each param
         self.runs = segments(self.param_layer)  # its runs, for `layer_norms`
         self.tiny: np.ndarray | None = None  # params whose norm underflowed fp32 last time
+        self.updates = UpdateTracker(self.params, layer_of, len(self.layers),
+                                     UpdateRatio.sample) if self.optimizer is not None else None
+        self._stepped()
+
+    def _stepped(self) -> None:
+        """Which layers the optimizer steps (all without one)."""
         stepped = None if self.optimizer is None else {
             id(p) for g in self.optimizer.param_groups for p in g["params"]}
         self.stepped = np.array([stepped is None or any(id(p) in stepped for p in layer.params)
                                  for layer in self.layers], dtype=bool)
-        self.updates = UpdateTracker(self.params, layer_of, len(self.layers),
-                                     UpdateRatio.sample) if self.optimizer is not None else None
         self._signature = self._current_signature()
 
     def _current_signature(self) -> tuple[int, int]:
@@ -107,7 +122,9 @@ class WatchedSet:
     def check_activation_grads(self, data: Any) -> None:
         """Warns once when activation hooks ran no backward (created after the forward, or
         torch.compile ignored hooks added after its first call)."""
-        if data is not None and self.activations and not (len(data.out) or len(data.inp)) and not self._warned_no_act:
+        rebuilt, self.rebuilt = self.rebuilt, False
+        if data is not None and self.activations and not (len(data.out) or len(data.inp)) \
+                and not self._warned_no_act and not rebuilt:
             self._warned_no_act = True
             warnings.warn(NO_ACTIVATION_GRADS, UserWarning, stacklevel=user_stacklevel())
 
@@ -131,3 +148,7 @@ class WatchedSet:
             handle.remove()
         if self.collector is not None:
             self.collector.close()
+
+
+def _key(layers: list[Any]) -> list[tuple[str, tuple[int, ...]]]:
+    return [(layer.name, tuple(map(id, layer.params))) for layer in layers]

@@ -75,6 +75,42 @@ def test_parameter_unfrozen_and_added_later_is_watched_and_skipped():
     assert rec.skipped and "4" in rec.layers and rec.layers["4"].status is Status.NONFINITE
 
 
+def test_a_param_group_added_keeps_the_steps_output_gradients_and_a_freeze_warns_nothing():
+    """Adding a param group changes what is stepped, not the layers: the step it happens at
+    keeps its output-gradient norms (plain torch's). Freezing a layer rebuilds the set: that
+    step has none, and no warning blames the hooks."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    opt = torch.optim.SGD(model[0].parameters(), lr=0.1)
+    outs = {}
+
+    def keep(i):
+        def hook(module, args, y):
+            if y.requires_grad:
+                y.register_hook(lambda g: outs.__setitem__(i, g.norm()))
+        return hook
+
+    for i in (0, 2):
+        model[i].register_forward_hook(keep(i))
+    with GradWatch(model, optimizer=opt) as watch:
+        for step in range(3):
+            if step == 1:
+                opt.add_param_group({"params": list(model[2].parameters())})
+            if step == 2:
+                model[0].requires_grad_(False)
+            opt.zero_grad()
+            model(torch.randn(5, 3)).square().sum().backward()
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                opt.step()
+            rec = watch.history[-1]
+            if step < 2:
+                assert [rec.layers[n].act_norm for n in ("0", "2")] == [
+                    pytest.approx(outs[i].item(), rel=1e-6) for i in (0, 2)]
+        assert watch.layer_names == ("2",) and rec.layers["2"].act_norm is None
+        assert list(watch._watched.stepped) == [True]
+
+
 def test_closure_optimizers_are_refused_with_the_fix():
     model = mlp()
     opt = torch.optim.LBFGS(model.parameters(), max_iter=2)
