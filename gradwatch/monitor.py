@@ -19,7 +19,7 @@ from .capture.hooks import Hook, user_stacklevel
 from .record.ledger import Ledger, run_header
 from .verdict.diagnosis import nonfinite_message
 from .options import NonFiniteGradientError, OnNonFinite, check_loss, check_manual_step, \
-    refuse_closure, validate
+    check_state, refuse_closure, validate
 from .record.recorder import Recorder
 from .record.history import History
 from .record.records import Finding, StepRecord
@@ -198,6 +198,7 @@ class GradWatch:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restores what `state_dict` saved, so a resumed run behaves as if never interrupted."""
+        check_state(state)
         self._step = int(state["step"])
         self._recorder.load_state_dict(state, self._step)
         if self.policy is not None and state.get("clip") is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import torch
 from torch import nn
@@ -12,7 +12,7 @@ from torch import nn
 from .verdict.thresholds import Thresholds
 
 __all__ = ["ON_NONFINITE", "OnNonFinite", "NonFiniteGradientError", "validate", "refuse_closure",
-           "check_manual_step", "check_loss"]
+           "check_manual_step", "check_loss", "check_state"]
 
 ON_NONFINITE = ("warn", "raise", "skip", "zero")
 OnNonFinite = Literal["warn", "raise", "skip", "zero"]
@@ -29,6 +29,13 @@ def validate(model: Any, optimizer: Any, thresholds: Any, activations: Any, ever
     if not isinstance(model, nn.Module):
         raise TypeError(f"Expected `model` to be a torch.nn.Module, but got "
                         f"{type(model).__name__}; pass the model itself (not its parameters).")
+    scripted = next((name or "(root)" for name, m in model.named_modules()
+                     if isinstance(m, torch.jit.ScriptModule)), None)
+    if scripted is not None:
+        raise TypeError(f"Expected `model` to be an eager module, but `{scripted}` is a "
+                        f"TorchScript module (torch.jit.script/trace), which takes no forward "
+                        f"hooks; watch the module before scripting it (torch.compile is "
+                        f"supported: attach GradWatch before the first compiled call).")
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"Expected `optimizer` to be a torch.optim.Optimizer or None, but got "
                         f"{type(optimizer).__name__}.")
@@ -119,3 +126,22 @@ def check_loss(loss: Any) -> Any:
                         f"{type(loss).__name__} {loss!r:.60}; pass the loss you call "
                         f"backward() on.")
     return float(loss)
+
+
+_STATE_KEYS = ("step", "stats", "total_stats", "counts", "run")
+
+
+def check_state(state: Any) -> None:
+    """Refuses, with what to pass instead, a state that `GradWatch.state_dict` did not make."""
+    if not isinstance(state, Mapping):
+        raise TypeError(f"Expected `state` to be the dict GradWatch.state_dict() returned, but "
+                        f"got {type(state).__name__}.")
+    missing = [k for k in _STATE_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"Expected `state` to be the dict GradWatch.state_dict() returned, but "
+                         f"it lacks {missing} (it has {sorted(map(str, state))[:8]}); pass "
+                         f"that dict, e.g. checkpoint['gradwatch'] if you saved it under that "
+                         f"key.")
+    step = state["step"]
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+        raise ValueError(f"Expected state['step'] to be an int >= 0, but got {step!r}.")

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import random
+import re
 
 import pytest
 import torch
@@ -61,6 +62,22 @@ def test_load_state_dict_rejects_another_model():
         GradWatch(other).load_state_dict({**saved, "stats": {"nope": saved["stats"]["0"]}})
 
 
+@pytest.mark.parametrize("state, error, match", [
+    ([1, 2], TypeError, "the dict GradWatch.state_dict\\(\\) returned, but got list"),
+    ({"model": {}}, ValueError, "lacks \\['step', 'stats'.*checkpoint\\['gradwatch'\\]"),
+    ("step", ValueError, "state\\['step'\\] to be an int >= 0, but got -1"),
+])
+def test_load_state_dict_says_what_to_pass_instead_of_a_foreign_dict(state, error, match):
+    saved = GradWatch(mlp()).state_dict()
+    if state == "step":
+        state = {**saved, "step": -1}
+    watch = GradWatch(mlp())
+    before = watch.state_dict()
+    with pytest.raises(error, match=match):
+        watch.load_state_dict(state)
+    assert watch.state_dict() == before  # refused before anything was restored
+
+
 class _Callable:
     def __call__(self, record):
         pass
@@ -90,6 +107,15 @@ def test_bad_input_names_the_argument(kwargs, error, match):
     model = kwargs.pop("model", mlp())
     with pytest.raises(error, match=match):
         GradWatch(model, **kwargs)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_a_torchscript_module_is_refused_with_the_fix():
+    inner = torch.jit.script(nn.Linear(2, 2))
+    for model, where in ((inner, "(root)"), (nn.Sequential(nn.Linear(2, 2), inner), "1")):
+        with pytest.raises(TypeError, match=f"`{re.escape(where)}` is a TorchScript module.*"
+                                            f"before scripting it"):
+            GradWatch(model)
 
 
 def test_model_without_trainable_parameters():
