@@ -268,3 +268,14 @@ def zero_grads(loss: Callable[[nn.Module, tuple[Any, ...]], torch.Tensor], prefi
                 f"{prefix}trainable_tensors": float(len(params)),
                 f"{prefix}out_grad": max(outs, default=0.0)}
     return probe
+
+
+def weight_sum(prefix: str = "") -> Callable[[nn.Module, tuple[Any, ...]], dict[str, float]]:
+    """A probe: the float64 sum of every trainable entry's magnitude (the same before and
+    after training only when the optimizer moved no weight), under ``prefix + "weight_sum"``."""
+    def probe(model: nn.Module, batch: tuple[Any, ...]) -> dict[str, float]:
+        with torch.no_grad():
+            total = sum(float(p.double().abs().sum()) for p in model.parameters()
+                        if p.requires_grad)
+        return {f"{prefix}weight_sum": total}
+    return probe

@@ -1,6 +1,7 @@
 """Runs of the bugs that crash nothing (labels written from the construction before any
-verdict was read): part of the model cut off the loss, and gradients never zeroed; with the
-healthy counterparts a user meets (a frozen encoder, zero_grad between forward and backward).
+verdict was read): part of the model cut off the loss, gradients never zeroed, and weights the
+optimizer never moves; with the healthy counterparts a user meets (a frozen encoder, a backbone
+frozen by a learning rate of 0 beside a head that trains).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ CUT = ("PyTorch docs, Autograd mechanics (detach, no_grad, .data and integer ten
        "requires_grad=False")
 NO_ZERO = ("PyTorch docs, torch.optim (zero_grad before each backward; .grad accumulates); "
            "Sutskever et al. 2013 (momentum)")
+STILL = ("PyTorch docs, torch.optim (every update is scaled by the learning rate; LambdaLR "
+         "multiplies the initial one by the function's value)")
 
 
 class CutEncoder(nn.Module):
@@ -74,6 +77,30 @@ def _no_zero_grad(model: nn.Module, opt: str, lr: float) -> Setup:
     return setup
 
 
+def _still(how: str) -> Setup:
+    """A ReLU MLP whose optimizer moves no weight: AdamW at lr 0 (``lr0``), or SGD whose
+    LambdaLR factor is ``step // 1000`` (0 for the whole run: ``intdiv``)."""
+    model = nets.mlp([IMG, 128, 128, 10], nn.ReLU, init="he")
+    setup = image(model, lr=0.0 if how == "lr0" else 1e-2, size=16,
+                  opt="adamw" if how == "lr0" else "sgd",
+                  probe=nets.weight_sum(), after=nets.weight_sum("after_"))
+    if how == "intdiv":
+        torch.optim.lr_scheduler.LambdaLR(setup.optimizer, lambda step: step // 1000)
+    return setup
+
+
+def _lr0_backbone() -> Setup:
+    """The same MLP with its first two layers frozen by a param group at lr 0, the head
+    trained at 1e-3 (AdamW)."""
+    model = nets.mlp([IMG, 128, 128, 10], nn.ReLU, init="he")
+    setup = image(model, size=16)
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    setup.optimizer = torch.optim.AdamW(
+        [{"params": [p for m in layers[:2] for p in m.parameters()], "lr": 0.0},
+         {"params": list(layers[2].parameters())}], lr=1e-3)
+    return setup
+
+
 def _p(name: str, family: str, label: Label, build: Any, checks: tuple[str, ...],
        note: str) -> Run:
     return Run(name, family, label, build, checks, 40, False, (), note)
@@ -103,7 +130,14 @@ SILENT_RUNS: tuple[Run, ...] = (
     _p("sgd_no_zero_grad_cnn", "cnn", Label("not_zeroed", cite=NO_ZERO),
        lambda: _no_zero_grad(nets.small_cnn(), "sgd", 1e-3), ("grad_grows",),
        note="BN CNN, SGD 1e-3 momentum 0.9, no zero_grad()"),
+    _p("adamw_lr0_mlp", "mlp", Label("not_moving", cite=STILL), lambda: _still("lr0"),
+       ("unmoved",), note="ReLU MLP, AdamW at lr 0"),
+    _p("lambdalr_intdiv_mlp", "mlp", Label("not_moving", cite=STILL),
+       lambda: _still("intdiv"), ("unmoved",),
+       note="ReLU MLP, SGD 1e-2 with LambdaLR(lambda step: step // 1000): a factor of 0"),
     # healthy counterparts
+    _p("lr0_backbone_mlp", "mlp", Label(HEALTHY), _lr0_backbone, ("falls",),
+       note="the same MLP, its first two layers frozen by a param group at lr 0, head AdamW"),
     _p("frozen_cnn_encoder", "cnn", Label(HEALTHY),
        lambda: _cut(_cnn_encoder, 64, "", lr=1e-2, frozen=True), ("falls",),
        note="BN CNN encoder frozen (requires_grad False, not in the optimizer), head trained"),

@@ -15,7 +15,8 @@ HEALTHY = "healthy"
 # The finding kinds of `GradWatch.diagnose()` (see /tmp/gw_team.md); a label is one of them or HEALTHY.
 KINDS = ("vanishing", "exploding", "divergence", "dead_units", "saturation",
          "vanishing_through_time", "nonfinite_forward", "nonfinite_backward", "nonfinite_loss",
-         "amp_overflow", "stalled", "zero_gradient", "loss_rising", "no_gradient", "not_zeroed")
+         "amp_overflow", "stalled", "zero_gradient", "loss_rising", "no_gradient", "not_zeroed",
+         "not_moving")
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,9 @@ CHECKS: dict[str, tuple[str, Callable[[Trace], bool]]] = {
                   and t.evidence.get("out_grad", 0.0) >= 1e-3),
     "ends_above_start": ("the last 5 losses average >= 1.5x the first 5 (the loss climbs)",
                          lambda t: sum(t.losses[-5:]) >= 1.5 * sum(t.losses[:5])),
+    "unmoved": ("every trainable weight is the same after training as before, while the "
+                "step-0 gradient norm is > 0", lambda t: t.grad_norms[0] > 0 and
+                t.evidence.get("weight_sum") == t.evidence.get("after_weight_sum")),
 }
 
 

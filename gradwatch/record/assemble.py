@@ -167,7 +167,7 @@ def assemble(cols: StepColumns, watched: Any, judge: Judge, spikes: SpikeTracker
                     recurrent=shape.recurrent, shared=shape.shared,
                     saturating=watched.saturating, loss=cols.loss, act_on=act_on,
                     weight=shape.weight, uid=shape.layout.columns, absent=cols.absent,
-                    stale=cols.stale, memo=shape.memo)
+                    stale=cols.stale, memo=shape.memo, stepped=watched.stepped[idx])
     verdicts = judge.judge(view)
     healthy = math.isfinite(cols.total) and not cols.overflow
     if healthy:

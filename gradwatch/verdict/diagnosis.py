@@ -96,6 +96,16 @@ def explain(kind: str, view: StepView, hit: Hit) -> tuple[str, str, Plans]:
                 "call optimizer.zero_grad() once per optimizer step (after optimizer.step(), "
                 "or before the first backward of the next step when accumulating)",
                 (("zero_grad",),))
+    if kind == "not_moving":
+        return ("optimizer.step() changes no weight although the gradients are not 0: the "
+                "learning rate is 0 (a scheduler or warm-up that stays at 0, such as a "
+                "LambdaLR factor computed with integer division, or lr=0 passed by mistake), "
+                "or every update is below the weights' resolution (bfloat16 or float16 weights "
+                "with a learning rate near 0 round them away)",
+                "print optimizer.param_groups[i]['lr'] (and the scheduler's factor) at this "
+                "step; keep the weights in float32 (autocast for the compute, or float32 master "
+                "weights) when the model is bfloat16/float16",
+                (("check_lr",), ("fp32_weights",)))
     if kind == "loss_rising":
         return ("the optimizer steps make the loss worse: gradients not zeroed between steps "
                 "accumulate (and momentum amplifies them), the step follows the gradient "

@@ -1,11 +1,14 @@
 """Verdict rules for bugs that crash nothing: a part of the model that no gradient reaches,
-and gradients that are never zeroed between optimizer steps."""
+gradients that are never zeroed between optimizer steps, and weights the optimizer never
+moves."""
 
 from __future__ import annotations
 
-from .view import Hit, Rule
+import numpy as np
 
-__all__ = ["NoGradient", "NotZeroed"]
+from .view import Hit, Mark, Rule
+
+__all__ = ["NoGradient", "NotZeroed", "NotMoving"]
 
 
 class NoGradient(Rule):
@@ -60,3 +63,47 @@ class NotZeroed(Rule):
                        f"recorded steps in a row (bound not_zeroed={th.not_zeroed}): each "
                        f"step's gradient is added to all the earlier ones (total gradient norm "
                        f"now {view.total:.3g})", {"steps": streak})
+
+
+class NotMoving(Rule):
+    """The optimizer moves no weight: every layer it steps that got a non-zero gradient has an
+    update/weight ratio of exactly 0 (its sampled entries are the same after
+    ``optimizer.step()`` as before), on `Thresholds.not_moving` measured update ratios in a
+    row. A learning rate of 0 does it, and so do updates all below the weights' resolution
+    (low-precision weights and a learning rate near 0; where only most of them round away,
+    as with bfloat16 weights of which some are near 0, some entries move and this does not
+    hold). A param group with a learning rate of 0 beside groups that train (a backbone
+    frozen that way) is not this: some layer moves.
+    Non-finite and AMP-overflow steps, whose updates are skipped, leave the streak as it is.
+    Once the weights moved at a measured step, a later streak is a note, not an alarm: the
+    last steps of a long schedule that decays to 0 round every update away (on a small MLP,
+    the last 41 (Adam) to 61 (SGD) steps of a million-step cosine schedule)."""
+
+    kind, reads, optional = "not_moving", ("update_ratio",), True
+    persistent = False  # the streak is its persistence
+
+    def check(self, view, th, state):
+        ratio = view.values.get("update_ratio")
+        if th.not_moving is None or ratio is None or view.broken or view.overflow:
+            return None
+        moved = np.isfinite(ratio) & (view.norms > 0) & np.isfinite(view.norms)
+        if view.stepped is not None:
+            moved &= view.stepped
+        idx = np.flatnonzero(moved)
+        if not len(idx):
+            return None  # nothing stepped got a gradient: no evidence either way
+        still = not ratio[idx].any()
+        streak = state["streak"] = state.get("streak", 0.0) + 1 if still else 0.0
+        if not still:
+            state["moved"] = 1.0
+        if streak < th.not_moving:
+            return None
+        hit = Hit([Mark(idx, "update/weight ratio {:.3g} with gradient", ratio[idx])],
+                  f"optimizer.step() left every weight it steps unchanged ({len(idx)} "
+                  f"layer(s) with a non-zero gradient, update/weight ratio exactly 0) on "
+                  f"{int(streak)} measured steps in a row (bound not_moving={th.not_moving}; "
+                  f"measured every 4th recorded step)", {"steps": streak})
+        if state.get("moved"):
+            hit.note = ("the weights moved earlier in the run: a learning rate that decays to "
+                        "(nearly) 0 stops them at the end of its schedule")
+        return hit

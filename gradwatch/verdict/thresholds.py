@@ -13,7 +13,7 @@ _NUMBER_FIELDS = ("vanishing", "exploding", "relative_vanishing", "relative_expl
                   "spike_min_ratio", "spike_momentum", "spike_warmup", "window", "persistence", "recovery",
                   "divergence_update_ratio", "dead_units", "saturation", "time_vanishing",
                   "stalled_loss", "stalled_gradient", "zero_gradient", "loss_rising", "loss_falling",
-                  "no_gradient", "not_zeroed")
+                  "no_gradient", "not_zeroed", "not_moving")
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,15 @@ class Thresholds:
     ``optimizer.step()`` when the next backward pass begins, on this many recorded steps in a
     row: ``zero_grad()`` was not called, so gradients accumulate across steps (needs the
     optimizer and ``activations=True``; None: off)."""
+    not_moving: int | None = 8
+    """Not moving when no layer the optimizer steps changed across ``optimizer.step()`` (every
+    update/weight ratio exactly 0) although they got non-zero gradients, on this many measured
+    update ratios in a row (they are measured on every 4th recorded step, so 8 spans 29
+    recorded steps): a learning rate of 0 (a scheduler or warm-up stuck at 0), or updates
+    all below the weights' resolution (low-precision weights, a learning rate near 0). After
+    the weights moved, a streak is a note (the end of a schedule that decays to 0: on a small
+    MLP, the last 41 to 61 steps of a million-step cosine schedule); needs the optimizer;
+    None: off."""
     loss_rising: float | None = 1.5
     """Loss rising when the median loss of the last `window` recorded steps is at least this
     times the median of the first `window` (persistent; needs the loss; healthy zoo runs end at
@@ -151,7 +160,7 @@ class Thresholds:
         if not 0 <= self.stalled_gradient < 1:
             raise ValueError(f"Expected `Thresholds.stalled_gradient` in [0, 1), but got "
                              f"{self.stalled_gradient!r}.")
-        for name in ("zero_gradient", "no_gradient", "not_zeroed"):
+        for name in ("zero_gradient", "no_gradient", "not_zeroed", "not_moving"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < 1):

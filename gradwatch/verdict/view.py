@@ -18,7 +18,7 @@ __all__ = ["REMEDIES", "StepView", "Mark", "Hit", "Trend", "depth_trend", "enter
 
 REMEDIES = ("relu", "he_init", "xavier_init", "normalization", "residual", "lower_lr", "warmup",
             "clip", "weight_decay", "loss_scaling", "fix_op", "gated_rnn", "logit_loss",
-            "nonzero_init", "zero_grad", "reconnect")
+            "nonzero_init", "zero_grad", "reconnect", "check_lr", "fp32_weights")
 """The machine-readable remedy codes a `Finding` may name."""
 
 _EMPTY = np.zeros(0)
@@ -62,6 +62,7 @@ class StepView:
     uid: np.ndarray | None = None
     absent: Sequence[str] | None = None  # layers that ran and are stepped but got no gradient
     stale: bool | None = None  # the gradients still held the last step's values
+    stepped: np.ndarray | None = None  # stepped by the optimizer (None: every layer)
     curve: Any = None  # the run's `LossCurve` so far (set by the judge)
     cache: dict[str, Any] = field(default_factory=dict)  # shared by the rules of one step
     memo: dict[str, Any] = field(default_factory=dict)  # shared by the steps of one layout

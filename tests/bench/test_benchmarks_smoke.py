@@ -135,3 +135,16 @@ def test_scaling_benchmark_measures_garbage_collection(tmp_path):
         assert figures["step_ms"] > 0 and figures["promoted_per_step"] >= 0
         assert 0 <= figures["full_us"] <= figures["collector_us"]
     assert "| gw_default |" in proc.stdout
+
+
+def test_schedule_tail_benchmark_smoke():
+    """The last 60 steps of a million-step cosine schedule: a still streak long enough to be
+    a note (the weights moved before), never a finding."""
+    script = SCRIPT.parent / "schedule_tail.py"
+    proc = subprocess.run([sys.executable, str(script), "--totals", "1000000", "--optimizers",
+                           "adam", "--tail", "60"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| adam"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    measured = int(cells[2].split(" / ")[0])
+    assert measured >= 8 and cells[3] == "-" and cells[4] == "not_moving", row
