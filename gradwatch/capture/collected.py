@@ -47,6 +47,7 @@ class Collected:
 
     completed: list[int] = field(default_factory=list)  # module ids in forward completion order
     forward_bad: list[int] = field(default_factory=list)  # module of each checked output
+    # (``~module`` for the inputs of the step's first module: the batch entering the model)
     forward_norms: list[Tensor] = field(default_factory=list)
     """float64 norms of the checked outputs (NaN/Inf iff the output holds NaN/Inf), in chunks,
     aligned with ``forward_bad``."""

@@ -57,6 +57,7 @@ class Collector(GradHooks, RecurrentHooks):
         self._grads_out: list[Tensor] = []  # output gradients waiting for their batched norm
         self._grads_in: list[Tensor] = []  # input gradients waiting for their batched norm
         self._last_layer = -1
+        self._entry = -1  # the first module to complete in a step: its inputs entered the model
         self.units_on = True  # measure dead/saturated units in this forward (set per step)
         self.unit_window = UnitWindow()  # which units fired, over the last measured steps
         self.unit_batch = UnitBatch(self.unit_window)  # this forward's, counted at `take`
@@ -161,7 +162,7 @@ class Collector(GradHooks, RecurrentHooks):
             self._flush_grads(self._grads_in, data.in_norms)
         self._flush_grads(self._grads_out, data.out_norms)
         self._next_step_grads()
-        self.data, self._last_layer = Collected(), -1
+        self.data, self._last_layer, self._entry = Collected(), -1, -1
         return data
 
     def _flush_outputs(self) -> None:
@@ -194,6 +195,8 @@ class Collector(GradHooks, RecurrentHooks):
             tensors = [output] if output.is_floating_point() or output.is_complex() else []
         else:
             tensors = [t for t in iter_tensors(output) if t.is_floating_point() or t.is_complex()]
+        if not recomputing and self._entry in (-1, index) and self._hold_inputs(index, args):
+            self._entry = index  # the first module with a floating input: the batch enters
         if not (self.elementwise[index] or recomputing):  # element-wise: finite in, finite out
             held = self._outputs
             for t in tensors:  # NaN/Inf anywhere makes the float64 norm non-finite
@@ -225,6 +228,20 @@ class Collector(GradHooks, RecurrentHooks):
                         t is h for h in hooked):
                     hooked.append(t)
                     self._hook_grad(t, layer, False)
+
+    def _hold_inputs(self, index: int, args: Any) -> bool:
+        """Holds the floating inputs of the step's first module that has any, for the NaN
+        check, tagged ``~index`` in `Collected.forward_bad`: a NaN already there came with the
+        batch (or from the forward code before any module), not from the module. Returns
+        whether it held one."""
+        held = False
+        for t in iter_tensors(args):
+            if (t.is_floating_point() or t.is_complex()) and t.numel():
+                self._outputs.append(t)
+                self.data.forward_bad.append(~index)
+                self._held_numel[0] += t.numel()
+                held = True
+        return held
 
     def _unit_stats(self, kind: str, y: Tensor, module: nn.Module, index: int) -> None:
         """Notes an activation's output for the batched unit statistics (`UnitBatch`): the

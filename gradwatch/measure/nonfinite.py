@@ -14,33 +14,34 @@ __all__ = ["locate_nonfinite", "event_values"]
 
 def locate_nonfinite(collector: Collector, data: Collected, host: dict[str, list[float]],
                      layer_names: Sequence[str], norms: dict[int, float],
-                     order: Sequence[int]) -> tuple[str | None, str | None]:
-    """(origin, birth) of a non-finite step: the first module in forward order whose output
-    went non-finite; else in backward order the first output gradient that went non-finite
-    (the gradient entering the model: the loss) or a module whose input gradient went
-    non-finite while its output gradient was finite; else the parameter gradients."""
+                     order: Sequence[int]) -> tuple[str | None, str | None, bool]:
+    """(origin, birth, entered) of a non-finite step: the first module in forward order whose
+    output went non-finite (``entered``: its input already was, the batch entering the model);
+    else in backward order the first output gradient that went non-finite (the gradient
+    entering the model: the loss) or a module whose input gradient went non-finite while its
+    output gradient was finite; else the parameter gradients."""
     for module, total in zip(data.forward_bad, host.get("forward", [])):
         if not math.isfinite(total):
-            return "forward", collector.names[module]
+            return "forward", collector.names[~module if module < 0 else module], module < 0
     events = [(e, v) for e, v in event_values(data, host)
               if not data.tasks or e[2] in data.tasks]
     for k, ((layer, is_output, _, gid), v) in enumerate(events):
         if math.isfinite(v):
             continue
         if is_output and k == 0:
-            return "loss", None
+            return "loss", None, False
         # the same bad gradient reaches a module's input: it went bad inside that module's
         # backward; reaching only outputs, it went bad between modules (at this output)
         same = list(itertools.takewhile(lambda e: e[3] == gid, (e for e, _ in events[k:])))
         inside = next((e[0] for e in same if not e[1]), None)
         if inside is not None:
-            return "backward", layer_names[inside]
+            return "backward", layer_names[inside], False
         between = _applied_after(collector, data.completed, layer, events[k - 1][0][0])
-        return "backward", between if between is not None else layer_names[layer]
+        return "backward", between if between is not None else layer_names[layer], False
     for i in sorted(order, key=lambda i: -order.index(i)):
         if i in norms and not math.isfinite(norms[i]):
-            return "backward", layer_names[i]
-    return None, None
+            return "backward", layer_names[i], False
+    return None, None, False
 
 
 def event_values(data: Collected, host: dict[str, list[float]]

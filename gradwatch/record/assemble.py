@@ -44,6 +44,7 @@ class StepColumns:
     loss: float | None = None
     absent: list[str] | None = None  # ran, stepped, require grad, no gradient (None: unknown)
     stale: bool | None = None  # gradients not zeroed since the last step (None: not checked)
+    entered: bool = False  # the NaN/Inf was already in the batch entering the model
 
     @classmethod
     def overflowed(cls, step: int, n_layers: int) -> StepColumns:
@@ -84,9 +85,10 @@ def pending_step(step: int, watched: Any, data: Any, got: Any, present: list[boo
             value = s.combine(vals) if vals else None
             col[i] = math.nan if value is None else value
     origin = birth = None
+    entered = False
     if not math.isfinite(got.total) and not overflow and data is not None:
         order = [i for i in w.forward.order if has[i]]
-        origin, birth = locate_nonfinite(w.collector, data, got.host, w.names,
+        origin, birth, entered = locate_nonfinite(w.collector, data, got.host, w.names,
                                          {i: float(norms[i]) for i in order}, order)
     loss = got.host.get("loss")
     stale = got.host.get("stale")
@@ -95,7 +97,7 @@ def pending_step(step: int, watched: Any, data: Any, got: Any, present: list[boo
         absent = _cut_off(w, has)
     return StepColumns(step, has, norms, act, act_on, values, got.total, coef, skipped,
                        overflow, origin, birth, loss=loss[0] if loss else None, absent=absent,
-                       stale=bool(stale[0]) if stale else None)
+                       stale=bool(stale[0]) if stale else None, entered=entered)
 
 
 def _cut_off(w: Any, has: np.ndarray) -> list[str]:
@@ -167,7 +169,8 @@ def assemble(cols: StepColumns, watched: Any, judge: Judge, spikes: SpikeTracker
                     recurrent=shape.recurrent, shared=shape.shared,
                     saturating=watched.saturating, loss=cols.loss, act_on=act_on,
                     weight=shape.weight, uid=shape.layout.columns, absent=cols.absent,
-                    stale=cols.stale, memo=shape.memo, stepped=watched.stepped[idx])
+                    stale=cols.stale, memo=shape.memo, stepped=watched.stepped[idx],
+                    entered=cols.entered)
     verdicts = judge.judge(view)
     healthy = math.isfinite(cols.total) and not cols.overflow
     if healthy:

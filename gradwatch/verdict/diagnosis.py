@@ -127,6 +127,14 @@ def explain(kind: str, view: StepView, hit: Hit) -> tuple[str, str, Plans]:
                 "use a gated cell (LSTM/GRU), shorter sequences or truncated backpropagation, "
                 "skip/attention connections over time, and clip the gradient norm",
                 (("gated_rnn", "clip"),))
+    if kind == "nonfinite_forward" and view.entered:
+        return (f"the batch entering the model already held NaN/Inf when it reached "
+                f"`{view.birth}`, the first module given a floating input: a corrupt sample, "
+                f"a normalisation that divides by a zero std, an augmentation, or the forward "
+                f"code before that module",
+                "check the data: assert torch.isfinite(x).all() on each batch, then look at "
+                "the loading, normalisation and augmentation of the samples that fail it",
+                (("check_data",),))
     if kind == "nonfinite_forward":
         return (f"an operation in `{view.birth}` produced NaN/Inf in the forward pass (an "
                 f"overflow, a log of 0, a division by 0, a sqrt of a negative), so every "
@@ -201,7 +209,10 @@ def format_findings(findings: Sequence[Finding], notes: Sequence[Finding] = ()) 
 
 def nonfinite_message(record: StepRecord) -> str:
     """The warning (or error) text of a step whose gradients went non-finite."""
-    where = {"forward": f"born in the forward pass at {record.first_nonfinite!r}",
+    entered = any(f.kind == "nonfinite_forward" and "check_data" in f.remedies
+                  for f in record.findings)
+    where = {"forward": f"already in the batch entering {record.first_nonfinite!r}" if entered
+             else f"born in the forward pass at {record.first_nonfinite!r}",
              "loss": "born in the loss"}.get(
         record.nonfinite_origin or "", f"first non-finite in the backward pass at "
                                        f"{record.first_nonfinite!r}")

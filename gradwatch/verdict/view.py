@@ -18,7 +18,7 @@ __all__ = ["REMEDIES", "StepView", "Mark", "Hit", "Trend", "depth_trend", "enter
 
 REMEDIES = ("relu", "he_init", "xavier_init", "normalization", "residual", "lower_lr", "warmup",
             "clip", "weight_decay", "loss_scaling", "fix_op", "gated_rnn", "logit_loss",
-            "nonzero_init", "zero_grad", "reconnect", "check_lr", "fp32_weights")
+            "nonzero_init", "zero_grad", "reconnect", "check_lr", "fp32_weights", "check_data")
 """The machine-readable remedy codes a `Finding` may name."""
 
 _EMPTY = np.zeros(0)
@@ -63,6 +63,7 @@ class StepView:
     absent: Sequence[str] | None = None  # layers that ran and are stepped but got no gradient
     stale: bool | None = None  # the gradients still held the last step's values
     stepped: np.ndarray | None = None  # stepped by the optimizer (None: every layer)
+    entered: bool = False  # the NaN/Inf was already in the input of `birth` (the batch)
     curve: Any = None  # the run's `LossCurve` so far (set by the judge)
     cache: dict[str, Any] = field(default_factory=dict)  # shared by the rules of one step
     memo: dict[str, Any] = field(default_factory=dict)  # shared by the steps of one layout
@@ -143,8 +144,7 @@ class Hit:
 
 
 def median(values: np.ndarray) -> float:
-    """The median, as `statistics.median` computes it (the mean of the two middle values of
-    an even count), without `numpy.median`'s fixed cost on small arrays."""
+    """`statistics.median`'s value, without `numpy.median`'s fixed cost on small arrays."""
     s = np.sort(values)
     n = len(s)
     return float(s[n // 2]) if n % 2 else float((s[n // 2 - 1] + s[n // 2]) / 2)

@@ -196,6 +196,38 @@ def test_nan_born_in_forward_is_located_even_with_a_reused_module():
     assert [f.kind for f in watch.diagnose()] == ["nonfinite_forward"]
 
 
+@pytest.mark.parametrize("where", ["first_batch", "second_micro_batch", "weights"])
+def test_nan_in_the_batch_is_told_apart_from_nan_born_in_a_module(where):
+    """NaN in the data reaches the first module's input: the finding says the batch, with the
+    remedy `check_data`. NaN weights in a later layer make that layer's output non-finite from
+    a finite input: the layer, as before. Two micro-batches per step: the second one's NaN is
+    found too. Plain torch confirms where the NaN is."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1))
+    batches = [torch.randn(4, 2, 3), torch.randn(4, 2, 3)]
+    if where == "weights":
+        with torch.no_grad():
+            model[3].weight[0, 0] = math.inf
+    else:
+        batches[0 if where == "first_batch" else 1][1, 0, 2] = math.nan
+    assert torch.isfinite(model[1](model[0](batches[0]))).all() == (where != "first_batch")
+    with GradWatch(model) as watch:
+        with pytest.warns(RuntimeWarning) as warned:
+            for x in batches:
+                model(x).sum().backward()
+            rec = watch.step()
+    (finding,) = watch.diagnose()
+    assert finding.kind == "nonfinite_forward" and rec.nonfinite_origin == "forward"
+    message = str(warned[0].message)
+    if where == "weights":
+        assert rec.first_nonfinite == "3" and finding.remedies == ("fix_op", "lower_lr")
+        assert "the output of `3`" in finding.evidence and "forward pass at '3'" in message
+    else:
+        assert rec.first_nonfinite == "0" and finding.remedies == ("check_data",)
+        assert "the batch entering the model" in finding.evidence
+        assert "already in the batch entering '0'" in message and "isfinite" in finding.remedy
+
+
 class _BadBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
