@@ -48,6 +48,7 @@ class Recorder:
         self.thresholds, self.statistics = thresholds, statistics
         self._held: StepColumns | Deferred | None = None
         self._layouts: dict[Any, Any] = {}
+        self.entered = False  # the last record's NaN/Inf was already in the batch
 
     @property
     def holding(self) -> bool:
@@ -102,6 +103,7 @@ class Recorder:
                 _add_updates(cols, self.watched.updates.ratios(
                     (flat[:len(flat) // 2], flat[len(flat) // 2:])))
             p = cols
+        self.entered = p.entered  # (the warning of a non-finite step reads it)
         row = assemble(p, self.watched, self.judge, self.spikes, self.thresholds,
                        self._layouts)
         self.ledger.name_columns(self.judge.names)

@@ -207,10 +207,9 @@ def format_findings(findings: Sequence[Finding], notes: Sequence[Finding] = ()) 
     return "\n".join(lines)
 
 
-def nonfinite_message(record: StepRecord) -> str:
-    """The warning (or error) text of a step whose gradients went non-finite."""
-    entered = any(f.kind == "nonfinite_forward" and "check_data" in f.remedies
-                  for f in record.findings)
+def nonfinite_message(record: StepRecord, entered: bool = False) -> str:
+    """The warning (or error) text of a step whose gradients went non-finite (``entered``:
+    the NaN/Inf was already in the batch entering the model)."""
     where = {"forward": f"already in the batch entering {record.first_nonfinite!r}" if entered
              else f"born in the forward pass at {record.first_nonfinite!r}",
              "loss": "born in the loss"}.get(
