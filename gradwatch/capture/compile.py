@@ -9,8 +9,10 @@ __all__ = ["compiled_names", "unwrap_compiled", "compiled_warning", "NO_ACTIVATI
 NO_ACTIVATION_GRADS = (
     "GradWatch saw no gradient w.r.t. any layer output although the parameters have gradients: "
     "its activation hooks did not run, so every act_norm is None. Either GradWatch was created "
-    "after this step's forward pass, or the model runs under torch.compile and the hooks were "
-    "added after its first compiled call (such hooks are ignored, pytorch#117265). Attach "
+    "after this step's forward pass, or watch.step() was called again without a new forward "
+    "and backward (it measures the same gradients twice), or the model runs under "
+    "torch.compile and the hooks were added after its first compiled call (such hooks are "
+    "ignored, pytorch#117265). Call watch.step() once per backward; attach "
     "GradWatch before torch.compile (or before the compiled model's first call), or pass "
     "activations=False to measure parameter gradients only (those norms and clipping are "
     "unaffected). This warning is shown once."

@@ -118,6 +118,18 @@ def test_a_torchscript_module_is_refused_with_the_fix():
             GradWatch(model)
 
 
+def test_step_called_twice_for_one_backward_says_so():
+    model = mlp()
+    with GradWatch(model) as watch:
+        loss_of(model, *batch()).backward()
+        first = watch.step()
+        with pytest.warns(UserWarning, match="watch.step\\(\\) was called again without a "
+                                             "new forward and backward"):
+            second = watch.step()
+    assert second.total_norm == first.total_norm  # the same gradients, measured twice
+    assert first.layers["0"].act_norm is not None and second.layers["0"].act_norm is None
+
+
 def test_model_without_trainable_parameters():
     frozen = mlp().requires_grad_(False)
     with pytest.raises(ValueError, match="no.*trainable|none requires grad"):
