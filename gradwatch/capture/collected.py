@@ -11,7 +11,8 @@ from .hooks import Stale
 from ..measure.batched import foreach_norm64, grouped_norms
 from ..measure.norms import TINY, repair_norms
 
-__all__ = ['Events', 'UnitEntry', 'Collected', 'BATCH_TENSORS', 'BATCH_NUMEL', 'is_container', 'TaskNote']
+__all__ = ['Events', 'UnitEntry', 'Collected', 'BATCH_TENSORS', 'BATCH_NUMEL', 'is_container',
+           'TaskNote']
 
 
 @dataclass

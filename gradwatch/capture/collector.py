@@ -57,7 +57,7 @@ class Collector(GradHooks, RecurrentHooks):
         self._grads_out: list[Tensor] = []  # output gradients waiting for their batched norm
         self._grads_in: list[Tensor] = []  # input gradients waiting for their batched norm
         self._last_layer = -1
-        self._entry = -1  # the first module to complete in a step: its inputs entered the model
+        self._entry = -1  # the step's first module given a floating input (the batch enters)
         self.units_on = True  # measure dead/saturated units in this forward (set per step)
         self.unit_window = UnitWindow()  # which units fired, over the last measured steps
         self.unit_batch = UnitBatch(self.unit_window)  # this forward's, counted at `take`

@@ -111,8 +111,8 @@ class UnitBatch:
     or the output itself (saturating modules with at most `SAMPLE` outputs; larger outputs are
     sampled and counted at once). `finish` then counts every site in a few batched
     operations and returns ``(entries, counts)``: a `UnitEntry` per call and one float64 device
-    vector of counts aligned with them. A held output changed in
-    place before `finish` (its version moved) is left out of that step's statistics."""
+    vector of counts aligned with them. A held output changed in place before `finish` (its
+    version moved) is left out of that step's statistics."""
 
     def __init__(self, window: UnitWindow) -> None:
         self.window = window

@@ -120,8 +120,9 @@ class WatchedSet:
             c.detach()
 
     def check_activation_grads(self, data: Any) -> None:
-        """Warns once when activation hooks ran no backward (created after the forward, or
-        torch.compile ignored hooks added after its first call)."""
+        """Warns once when activation hooks ran no backward (created after the forward, a
+        second ``step()`` for one backward, or torch.compile ignored hooks added after its
+        first call); not on a step at which the watched set was rebuilt."""
         rebuilt, self.rebuilt = self.rebuilt, False
         if data is not None and self.activations and not (len(data.out) or len(data.inp)) \
                 and not self._warned_no_act and not rebuilt:
