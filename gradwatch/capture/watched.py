@@ -83,18 +83,36 @@ class WatchedSet:
         self._stepped()
 
     def _stepped(self) -> None:
-        """Which layers the optimizer steps (all without one)."""
+        """Which layers and parameters the optimizer steps (all without one)."""
         stepped = None if self.optimizer is None else {
             id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        self.param_stepped = np.array([stepped is None or id(p) in stepped
+                                       for p in self.params], dtype=bool)
         self.stepped = np.array([stepped is None or any(id(p) in stepped for p in layer.params)
                                  for layer in self.layers], dtype=bool)
+        self.all_stepped = bool(self.param_stepped.all())
+        self.first_stepped = [p for p, s in zip(self.params, self.param_stepped) if s][:8]
         self._signature = self._current_signature()
 
-    def _current_signature(self) -> tuple[int, int]:
+    def stepped_among(self, present: list[bool] | None) -> np.ndarray | None:
+        """The positions, among the parameters that have a gradient (``present``: which do;
+        None: all), of those the optimizer steps: what the total norm and clipping read, as
+        ``clip_grad_norm_(optimizer's parameters)`` would. None when that is all of them."""
+        if self.all_stepped:
+            return None
+        keep = self.param_stepped if present is None else self.param_stepped[
+            np.asarray(present, dtype=bool)]
+        return None if keep.all() else np.flatnonzero(keep)
+
+    def _current_signature(self) -> tuple[int, tuple[tuple[int, int, int, int], ...]]:
+        """What is trainable (a count) and what the optimizer steps: per param group its list
+        and that list's length, first and last tensor (a list replaced by another of the same
+        length, as a group switched to other layers, changes it; a few reads per group)."""
         trainable = sum(map(_REQUIRES_GRAD, self._all_params))
-        stepped = 0 if self.optimizer is None else sum(
-            len(g["params"]) for g in self.optimizer.param_groups)
-        return trainable, stepped
+        if self.optimizer is None:
+            return trainable, ()
+        return trainable, tuple((id(ps), len(ps), id(ps[0]) if ps else 0, id(ps[-1]) if ps else 0)
+                                for ps in (g["params"] for g in self.optimizer.param_groups))
 
     def refresh(self) -> bool:
         """Rebuilds the set when what is trainable changed; returns whether it did."""

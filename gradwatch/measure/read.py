@@ -21,19 +21,29 @@ __all__ = ["StepNumbers", "start_read", "finish_read",
            "layer_values", "unit_counts"]
 
 
-def device_total(norms_dev: Tensor, grads: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-    """The total norm on the device, with the float64 repair `repair_norms` does on the host
-    (so clipping gives the same result whether or not a step is recorded), and the exact
-    float64 per-tensor norms; no host sync (one extra pass over the gradients)."""
-    total32 = torch.linalg.vector_norm(norms_dev)
+def _at(norms: Tensor, sel: np.ndarray | None) -> Tensor:
+    """The entries ``sel`` picks (all when None), on the norms' device."""
+    return norms if sel is None else norms[torch.as_tensor(sel, device=norms.device)]
+
+
+def device_total(norms_dev: Tensor, grads: Sequence[Tensor],
+                 sel: np.ndarray | None = None) -> tuple[Tensor, Tensor]:
+    """The total norm on the device (over the gradients ``sel`` picks: those the optimizer
+    steps; None: all), with the float64 repair `repair_norms` does on the host (so clipping
+    gives the same result whether or not a step is recorded), and the exact float64 norms of
+    every gradient; no host sync (one extra pass over the gradients)."""
+    picked = _at(norms_dev, sel)
+    total32 = torch.linalg.vector_norm(picked)
     dense = [g.coalesce()._values() if g.is_sparse else g for g in grads]
     if all(g.numel() for g in dense):
         exact = torch.stack(torch._foreach_norm(dense, 2, dtype=torch.float64))
     else:
         exact = torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64) for g in dense])
     exact = exact.to(norms_dev.device)
-    good = torch.isfinite(norms_dev).all() & (norms_dev.min() >= TINY)
-    return torch.where(good, total32.double(), torch.linalg.vector_norm(exact)), exact
+    if not picked.numel():
+        return total32.double(), exact
+    good = torch.isfinite(picked).all() & (picked.min() >= TINY)
+    return torch.where(good, total32.double(), torch.linalg.vector_norm(_at(exact, sel))), exact
 
 
 def layer_values(data: Collected, host: dict[str, list[float]], inv_scale: float,
@@ -115,16 +125,18 @@ class StepNumbers:
 def start_read(grads: Sequence[Tensor], params: Sequence[Tensor], norms_dev: Tensor, *,
                scale: Tensor | None, data: Collected | None, statistics: Sequence[Statistic],
                recording: bool, extra: dict[str, Any] | None = None,
-               host_norms: list[float] | None = None) -> HostBatch:
+               host_norms: list[float] | None = None,
+               total_of: np.ndarray | None = None) -> HostBatch:
     """Gathers everything a step's record needs into one `HostBatch` (nothing copied yet;
-    ``host_norms``: the norms and their total already read, `read_norms`)."""
+    ``host_norms``: the norms and their total already read, `read_norms`; ``total_of``: the
+    gradients the total is over, those the optimizer steps, None: all)."""
     batch = HostBatch(norms_dev.device)
     if host_norms is not None:
         batch.add_floats("norms", host_norms[:-1])
         batch.add_floats("total32", host_norms[-1:])
     else:
         batch.add("norms", norms_dev)
-        batch.add("total32", torch.linalg.vector_norm(norms_dev).reshape(1))
+        batch.add("total32", torch.linalg.vector_norm(_at(norms_dev, total_of)).reshape(1))
     batch.add("scale", [scale.double()] if scale is not None else [1.0])
     if data is not None:
         batch.add("act_out", _joined(data.out_norms))
@@ -147,12 +159,14 @@ def _joined(chunks: list[Tensor]) -> Tensor | list[float]:
 
 def finish_read(host: dict[str, list[float]], scaled: bool,
                 grads: Sequence[Tensor] | None = None,
-                exact: np.ndarray | None = None) -> StepNumbers:
+                exact: np.ndarray | None = None,
+                total_of: np.ndarray | None = None) -> StepNumbers:
     """Forms the norms from the copied values. Healthy steps log (and clip with) torch's own
     fp32 total, so clipping is bit-identical to ``clip_grad_norm_``; steps whose fp32 norms
     over- or underflow get exact float64 norms: recomputed from ``grads``, or copied along
     (``"exact"``) when the record is formed a step later. ``exact``: the tensors whose norms
-    were reduced in float64 already (`gradwatch.measure.norms.split_norms`)."""
+    were reduced in float64 already (`gradwatch.measure.norms.split_norms`). The total is
+    over the norms ``total_of`` picks (those the optimizer steps; None: all)."""
     raw = host["norms"]
     act_inv = 1.0 / host["scale"][0]
     inv = act_inv if scaled else 1.0
@@ -162,32 +176,41 @@ def finish_read(host: dict[str, list[float]], scaled: bool,
         fixed = repair_norms(raw, grads, exact)
     norms = fixed if inv == 1.0 else [n * inv for n in fixed]
     total32 = host["total32"][0]
-    exact = exact is not None or fixed != raw or not TINY <= total32 < math.inf
-    return StepNumbers(host, norms, combine(norms) if exact else total32 * inv, act_inv)
+    if total_of is None:
+        exact = exact is not None or fixed != raw or not TINY <= total32 < math.inf
+        return StepNumbers(host, norms, combine(norms) if exact else total32 * inv, act_inv)
+    picked = total_of.tolist()  # exact when a picked norm was repaired (or reduced so)
+    exact = (exact is not None and bool(exact[total_of].any())) or any(
+        fixed[k] != raw[k] for k in picked) or not TINY <= total32 < math.inf
+    return StepNumbers(host, norms, combine([norms[k] for k in picked]) if exact
+                       else total32 * inv, act_inv)
 
 
 def read_step(grads: Sequence[Tensor], params: Sequence[Tensor], norms_dev: Tensor, *,
               scale: Tensor | None, scaled: bool, data: Collected | None,
               statistics: Sequence[Statistic], recording: bool, loss: Any = None,
               host_norms: list[float] | None = None,
-              exact: np.ndarray | None = None) -> StepNumbers:
+              exact: np.ndarray | None = None,
+              total_of: np.ndarray | None = None) -> StepNumbers:
     """`start_read` and `finish_read` with one blocking copy in between (``loss``: the
     user's loss of the step, a 0-d tensor or a float, copied along as ``"loss"``;
     ``host_norms``: the norms and their fp32 total, already read, as `read_norms` gives)."""
     if data is None and not (recording and statistics) and scale is None and (
             not isinstance(loss, Tensor) or loss.device.type == "cpu"):  # the norms only
-        host_norms = read_norms(norms_dev) if host_norms is None else host_norms
+        host_norms = read_norms(norms_dev, total_of) if host_norms is None else host_norms
         host = {"norms": host_norms[:-1], "total32": host_norms[-1:], "scale": [1.0]}
         if loss is not None:
             host["loss"] = [float(loss)]
-        return finish_read(host, scaled, grads, exact)
+        return finish_read(host, scaled, grads, exact, total_of)
     batch = start_read(grads, params, norms_dev, scale=scale, data=data, statistics=statistics,
                        recording=recording, extra=None if loss is None else {"loss": [loss]},
-                       host_norms=host_norms)
-    return finish_read(batch.fetch(), scaled, grads, exact)
+                       host_norms=host_norms, total_of=total_of)
+    return finish_read(batch.fetch(), scaled, grads, exact, total_of)
 
 
-def read_norms(norms_dev: Tensor) -> list[float]:
+def read_norms(norms_dev: Tensor, total_of: np.ndarray | None = None) -> list[float]:
     """The per-tensor norms and their fp32 total (torch's, as ``clip_grad_norm_`` computes
-    it), read in one copy: ``[n_0, ..., n_k, total]``."""
-    return torch.cat((norms_dev, torch.linalg.vector_norm(norms_dev).reshape(1))).tolist()
+    it; over the norms ``total_of`` picks, None: all), read in one copy:
+    ``[n_0, ..., n_k, total]``."""
+    total = torch.linalg.vector_norm(_at(norms_dev, total_of)).reshape(1)
+    return torch.cat((norms_dev, total)).tolist()

@@ -32,12 +32,13 @@ class Outcome:
     skipped: bool
     overflow: bool
     inflight: InFlight | None = None
+    total_of: np.ndarray | None = None  # the gradients the total is over (None: all)
 
     def finish(self) -> StepNumbers:
         """The step's numbers (waits for a deferred copy; normally long done)."""
         if self.got is None:
             host = self.inflight.result()
-            self.got = finish_read(host, False)
+            self.got = finish_read(host, False, total_of=self.total_of)
             self.coef = host["coef"][0]
             self.inflight = None
         return self.got
@@ -71,15 +72,17 @@ def measure_step(watched: Any, amp: Any, policy: Any, statistics: Sequence[Any],
     exact = w.tiny if present is None and w.tiny is not None and w.tiny.any() \
         and grads[0].device.type == "cpu" and recording and amp.scaler is None else None
     norms_dev = per_tensor_norms(grads) if exact is None else split_norms(grads, exact)
+    sel = w.stepped_among(present)  # the total and clipping read what the optimizer steps
     checking = on_nonfinite in ("skip", "zero")
     if not (recording or checking or policy.needs_host_norm
             or norms_dev.device.type == "cpu"):  # clip on the device: no host sync
-        policy.clip_(grads, device_total(norms_dev, grads)[0], params=params,
-                     is_output=w.is_output(params))
+        cgrads, cparams = _subset(grads, sel), _subset(params, sel)
+        total = device_total(norms_dev, grads, sel)[0]
+        policy.clip_(cgrads, total, params=cparams, is_output=w.is_output(cparams))
         return None
     c = w.collector
     # on the CPU reading the norms costs nothing: a step known finite skips the NaN checks
-    host_norms = read_norms(norms_dev) if norms_dev.device.type == "cpu" else None
+    host_norms = read_norms(norms_dev, sel) if norms_dev.device.type == "cpu" else None
     finite = None if host_norms is None else math.isfinite(host_norms[-1])
     data = c.take(finite) if c.armed else None
     if data is not None:  # the head (AGC's final layer) is known before clipping
@@ -87,10 +90,11 @@ def measure_step(watched: Any, amp: Any, policy: Any, statistics: Sequence[Any],
     if defer and not scaled and amp.scaler is None and on_nonfinite in ("warn", "zero") and (
             policy is None or not policy.needs_host_norm):
         return _deferred(w, policy, statistics, grads, params, norms_dev, present, data,
-                         zero=on_nonfinite == "zero", recording=recording, loss=loss)
+                         zero=on_nonfinite == "zero", recording=recording, loss=loss, sel=sel)
     got = read_step(grads, params, norms_dev, scale=amp.loss_scale(), scaled=scaled,
                     data=data, statistics=statistics, recording=recording,
-                    loss=loss if recording else None, host_norms=host_norms, exact=exact)
+                    loss=loss if recording else None, host_norms=host_norms, exact=exact,
+                    total_of=sel)
     if norms_dev.device.type == "cpu" and not has_dtensor(grads):  # for the next step
         w.tiny = np.asarray(got.norms) < TINY if present is None else None
     overflow = amp.overflow(scaled, got.total)
@@ -104,7 +108,8 @@ def measure_step(watched: Any, amp: Any, policy: Any, statistics: Sequence[Any],
             zero_nonfinite_(grads)
     coef = 1.0
     if policy is not None and not (skipped or overflow):
-        coef = clip_step(policy, grads, params, w.is_output(params), got.total,
+        cgrads, cparams = _subset(grads, sel), _subset(params, sel)
+        coef = clip_step(policy, cgrads, cparams, w.is_output(cparams), got.total,
                          zeroed=on_nonfinite == "zero" and not finite, recording=recording)
     if not recording:
         return None
@@ -158,25 +163,31 @@ class GradStash:
             self._stashed = None
 
 
+def _subset(items: list[Any], sel: np.ndarray | None) -> list[Any]:
+    return items if sel is None else [items[k] for k in sel.tolist()]
+
+
 def _deferred(w: Any, policy: Any, statistics: Sequence[Any], grads: list[Tensor],
               params: list[Tensor], norms_dev: Tensor, present: list[bool] | None, data: Any, *,
-              zero: bool, recording: bool, loss: Any = None) -> Outcome | None:
-    """The sync-free path: clip with the device total, zero NaN/Inf on the device, and start
-    the record's copy without waiting."""
-    total, exact = device_total(norms_dev, grads)
+              zero: bool, recording: bool, loss: Any = None,
+              sel: np.ndarray | None = None) -> Outcome | None:
+    """The sync-free path: clip with the device total (over ``sel``, the stepped gradients;
+    None: all), zero NaN/Inf on the device, and start the record's copy without waiting."""
+    cgrads, cparams = _subset(grads, sel), _subset(params, sel)
+    total, exact = device_total(norms_dev, grads, sel)
     if zero:  # cannot ask the host whether NaN is there: replace it unconditionally
         zero_nonfinite_(grads)
     coef = torch.ones((), dtype=torch.float64, device=norms_dev.device)
     if policy is not None:
-        result = policy.clip_(grads, total, params=params, is_output=w.is_output(params))
+        result = policy.clip_(cgrads, total, params=cparams, is_output=w.is_output(cparams))
         if isinstance(result, Tensor):
             coef = result.double().reshape(())
         else:  # element- or unit-wise: post-clip over pre-clip total, on the device
-            after = torch.linalg.vector_norm(per_tensor_norms(grads).double())
+            after = torch.linalg.vector_norm(per_tensor_norms(cgrads).double())
             coef = torch.where(total > 0, after / total, coef)
     if not recording:
         return None
     batch = start_read(grads, params, norms_dev, scale=None, data=data, statistics=statistics,
                        recording=recording, extra={"exact": exact, "coef": [coef], **(
-                           {"loss": [loss]} if loss is not None else {})})
-    return Outcome(data, None, present, 1.0, False, False, inflight=batch.start())
+                           {"loss": [loss]} if loss is not None else {})}, total_of=sel)
+    return Outcome(data, None, present, 1.0, False, False, inflight=batch.start(), total_of=sel)

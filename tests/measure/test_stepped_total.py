@@ -1,0 +1,96 @@
+"""The total norm and clipping read what the optimizer steps, as
+``clip_grad_norm_(optimizer's parameters)`` does: gradients of trainable layers the optimizer
+does not step (a backbone left out of it, the discriminator in a GAN module) are recorded per
+layer but neither counted in the total nor clipped."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from gradwatch import GradWatch
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                         nn.Linear(16, 3))
+
+
+@pytest.mark.parametrize("sync_records", [None, False])
+def test_head_only_training_clips_like_clip_grad_norm_over_the_head(sync_records):
+    """The backbone requires grad but is not in the optimizer, so its gradients are never
+    zeroed and grow every step; the head's clipping must not see them."""
+    model, ref = _mlp(), _mlp()
+    opt = torch.optim.SGD(model[4].parameters(), lr=0.1)
+    ref_opt = torch.optim.SGD(ref[4].parameters(), lr=0.1)
+    watch = GradWatch(model, optimizer=opt, clip=0.3, sync_records=sync_records)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 8, generator=g), torch.randint(0, 3, (16,), generator=g)
+    totals = []
+    for _ in range(12):
+        opt.zero_grad()
+        ref_opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        F.cross_entropy(ref(x), y).backward()
+        totals.append(torch.nn.utils.clip_grad_norm_(ref[4].parameters(), 0.3).item())
+        opt.step()
+        ref_opt.step()
+    watch.close()
+    records = list(watch.history)
+    assert [r.total_norm for r in records] == pytest.approx(totals, rel=1e-6)
+    assert any(t > 0.3 for t in totals) and any(t <= 0.3 for t in totals)  # both branches
+    for a, b in zip(model.parameters(), ref.parameters()):
+        assert torch.equal(a, b)
+    # the backbone is still watched: its own (growing, never zeroed) gradient is recorded
+    back = [r.layers["0"].norm for r in records]
+    assert back[-1] == pytest.approx(torch.linalg.vector_norm(
+        torch.cat([model[0].weight.grad.reshape(-1), model[0].bias.grad])).item(), rel=1e-6)
+    assert back[-1] > 5 * back[0]
+
+
+def test_a_gan_module_watched_with_the_generator_optimizer():
+    """G and D in one module, the watch given G's optimizer: G's loss leaves gradients in D
+    too; the total and the clip are G's alone (bit-identical weights)."""
+    def build():
+        torch.manual_seed(0)
+        return nn.ModuleDict({"G": nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 8)),
+                              "D": nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))})
+    gan, ref = build(), build()
+    opt, ref_opt = (torch.optim.Adam(m["G"].parameters(), lr=1e-2) for m in (gan, ref))
+    watch = GradWatch(gan, optimizer=opt, clip=0.05)
+    z = torch.randn(8, 4, generator=torch.Generator().manual_seed(2))
+    for _ in range(6):
+        for m, o in ((gan, opt), (ref, ref_opt)):
+            m.zero_grad()
+            m["D"](m["G"](z)).mean().backward()
+        expected = torch.nn.utils.clip_grad_norm_(ref["G"].parameters(), 0.05).item()
+        opt.step()
+        ref_opt.step()
+        assert watch.history[-1].total_norm == pytest.approx(expected, rel=1e-6)
+        assert watch.history[-1].layers["D.0"].norm > 0  # D's gradient is recorded, not clipped
+    for a, b in zip(gan.parameters(), ref.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_a_param_group_switched_to_other_layers_moves_the_total():
+    """``param_groups[0]["params"]`` replaced by a list of the same length (another layer):
+    the watch follows what is stepped now."""
+    model = _mlp()
+    opt = torch.optim.SGD(model[4].parameters(), lr=0.1)
+    watch = GradWatch(model, optimizer=opt)
+    x = torch.randn(16, 8, generator=torch.Generator().manual_seed(3))
+    for step in range(4):
+        if step == 2:
+            opt.param_groups[0]["params"] = list(model[2].parameters())
+        opt.zero_grad()
+        model.zero_grad()
+        model(x).square().mean().backward()
+        stepped = model[4] if step < 2 else model[2]
+        expected = torch.linalg.vector_norm(torch.cat(
+            [p.grad.reshape(-1) for p in stepped.parameters()])).item()
+        opt.step()
+        assert watch.history[-1].total_norm == pytest.approx(expected, rel=1e-6)
+    watch.close()
