@@ -232,7 +232,7 @@ class GradWatch:
     def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._stash.restore()
         if self.activations and self._step % self.every == 0 and not self._closed:
-            self._watched.collector.zeroing.snapshot(self._watched.params)
+            self._watched.collector.zeroing.snapshot(self._watched.first_stepped)
         if self._recorder.after_optimizer_step():
             self._flush()
 

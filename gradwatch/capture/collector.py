@@ -141,6 +141,7 @@ class Collector(GradHooks, RecurrentHooks):
 
     def close(self) -> None:
         self.detach()
+        self.zeroing.disarm()
         self.armed = False
 
     def take(self, finite: bool | None = None) -> Collected:
@@ -162,6 +163,7 @@ class Collector(GradHooks, RecurrentHooks):
             self._flush_grads(self._grads_in, data.in_norms)
         self._flush_grads(self._grads_out, data.out_norms)
         self._next_step_grads()
+        data.stale = self.zeroing.result()
         self.data, self._last_layer, self._entry = Collected(), -1, -1
         return data
 

@@ -19,11 +19,10 @@ _UNSEEN = object()
 class GradHooks:
     """The part of `gradwatch.capture.collector.Collector` that registers and runs the
     gradient hooks: it needs ``armed``, ``data`` (a `gradwatch.capture.collected.Collected`),
-    ``zeroing``, the pending gradient lists and their held sizes."""
+    the pending gradient lists and their held sizes."""
 
     armed: bool
     data: Any
-    zeroing: Any
     _grad_hooks: dict[tuple[int, bool, int], Callable[..., None]]
     _node_hooks: dict[tuple[Any, ...], Callable[..., None] | None]
     _grads_out: list[Tensor]
@@ -75,8 +74,6 @@ class GradHooks:
             return
         data = self.data
         evo, evi = data.out, data.inp
-        if self.zeroing.armed and not (evo.layer or evi.layer):
-            data.stale = self.zeroing.check()
         task, seq = _task(), len(evo.seq) + len(evi.seq)
         evo.layer.append(layer)
         evo.task.append(task)
@@ -116,8 +113,6 @@ class GradHooks:
     def on_grad(self, layer: int, is_output: bool, grad: Tensor) -> None:
         if self.armed:
             data = self.data
-            if self.zeroing.armed and not (len(data.out) or len(data.inp)):
-                data.stale = self.zeroing.check()
             ev = data.out if is_output else data.inp
             ev.layer.append(layer)
             ev.task.append(_task())

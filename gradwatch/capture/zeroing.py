@@ -1,5 +1,6 @@
-"""Were the gradients zeroed between two optimizer steps? One gradient's first entries, kept
-right after ``optimizer.step()`` and compared when the next backward pass begins."""
+"""Were the gradients zeroed between two optimizer steps? One stepped gradient's first entries,
+kept right after ``optimizer.step()`` and looked at whenever a backward pass is about to add to
+that gradient, until the next step."""
 
 from __future__ import annotations
 
@@ -8,39 +9,82 @@ from typing import Any, Sequence
 
 from torch import Tensor
 
+from .hooks import Hook
+
 __all__ = ["ZeroCheck"]
 
 
 class ZeroCheck:
-    """Remembers one gradient after an optimizer step (`snapshot`) and tells, at the first
-    gradient of the next backward pass (before any input-side parameter accumulates), whether
-    it is still the same tensor with the same entries (`check`): nobody zeroed it."""
+    """Remembers one gradient after an optimizer step (`snapshot`) and tells at the next step
+    (`result`) whether the optimizer is about to step a gradient that still holds it: nobody
+    zeroed it in between.
+
+    A hook on the kept parameter looks at its gradient each time a backward pass is about to
+    add to it. The gradient counts as zeroed when, at one of those times, it was None, another
+    tensor, or all zeros in its kept entries; as stale when it still held exactly the kept
+    entries at one of them and was never zeroed. So a loop with several backward passes per
+    step (a GAN's generator loss flowing through the discriminator before the discriminator's
+    ``zero_grad()``) is judged by whether the gradient was reset before the step, not by the
+    first pass; accumulating micro-batches after a reset is not stale either."""
 
     def __init__(self) -> None:
         self._kept: tuple[Tensor, Any, Tensor] | None = None
+        self._handle: Any = None
+        self._hook = Hook(self, "_on_grad")
+        self._reset = False  # None or replaced at some pass (known on the host)
+        self._zeroed: Any = None  # zeroed in place at some pass (a device bool)
+        self._stale: Any = None  # held the kept entries at some pass (a device bool)
 
     @property
     def armed(self) -> bool:
         return self._kept is not None
 
     def snapshot(self, params: Sequence[Tensor]) -> None:
-        """Keeps the first 16 entries of the gradient of the first of ``params`` (of the first
-        8) that has a dense, non-empty one; a weak reference to the gradient tensor itself."""
-        self._kept = None
+        """Keeps the first 16 entries of the gradient of the first of ``params`` (the
+        parameters the optimizer steps; the first 8 are tried) that has a dense, non-empty
+        one, a weak reference to the gradient tensor itself, and hooks the parameter."""
+        self.disarm()
         for p in params[:8]:
             g = p.grad
-            if g is not None and not g.is_sparse and g.numel():
+            if g is not None and not g.is_sparse and g.numel() and p.requires_grad:
                 self._kept = (p, weakref.ref(g), g.detach().reshape(-1)[:16].clone())
+                self._handle = p.register_hook(self._hook)
                 return
 
-    def check(self) -> Any:
-        """Whether the kept gradient was left as it was (a device bool, or False when it was
-        set to None or replaced); the kept copy is dropped."""
-        kept, self._kept = self._kept, None
-        if kept is None:
+    def _on_grad(self, grad: Tensor) -> None:
+        """Before a backward pass adds ``grad`` to the kept parameter's gradient."""
+        kept = self._kept
+        if kept is None or self._reset:
             return None
         param, ref, sample = kept
         g = param.grad
         if g is None or g is not ref():
-            return False  # set to None by zero_grad(), or replaced
-        return (g.detach().reshape(-1)[:16] == sample).all() & sample.ne(0).any()
+            self._reset = True  # set to None by zero_grad(), or replaced
+            return None
+        now = g.detach().reshape(-1)[:16]
+        zeroed = ~now.ne(0).any()
+        stale = (now == sample).all() & sample.ne(0).any()
+        self._zeroed = zeroed if self._zeroed is None else self._zeroed | zeroed
+        self._stale = stale if self._stale is None else self._stale | stale
+        return None
+
+    def result(self) -> Any:
+        """Whether the kept gradient reaches this step unzeroed (a device bool; False when it
+        was reset on the host's sight; None when no backward pass reached it or nothing was
+        kept); disarms."""
+        if self._kept is None:
+            return None
+        if self._reset:
+            out: Any = False
+        elif self._stale is None:
+            out = None
+        else:
+            out = self._stale & ~self._zeroed
+        self.disarm()
+        return out
+
+    def disarm(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+        self._kept = self._handle = self._zeroed = self._stale = None
+        self._reset = False

@@ -135,3 +135,81 @@ def test_the_check_reads_the_same_gradient_plain_torch_accumulates():
     first = lin.weight.grad.clone()
     lin(x).sum().backward()
     assert torch.allclose(lin.weight.grad, 2 * first)
+
+
+class _Gan(nn.Module):
+    """A generator and a discriminator in one module, as many GAN codes keep them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.G = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 8))
+        self.D = nn.Sequential(nn.Linear(8, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+
+
+def _gan_steps(gan: _Gan, watch_d: bool, *, zero_d: bool = True, steps: int = 10):
+    """The pytorch/examples DCGAN loop: D steps on real and fake, then G's loss flows back
+    through D (adding to D's gradients) before D's next ``zero_grad()``. Returns the watch and,
+    in plain torch, how many of D's steps used a gradient that still held the previous step's."""
+    torch.manual_seed(1)
+    opt_d = torch.optim.Adam(gan.D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_g = torch.optim.Adam(gan.G.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    bce = nn.BCEWithLogitsLoss()
+    real, z = torch.randn(16, 8), torch.randn(16, 4)
+    ones, zeros = torch.ones(16, 1), torch.zeros(16, 1)
+    watch = GradWatch(gan.D if watch_d else gan.G, optimizer=opt_d if watch_d else opt_g)
+    stale_steps = 0
+    for _ in range(steps):
+        if zero_d:
+            gan.D.zero_grad()
+        before = None if gan.D[0].weight.grad is None else gan.D[0].weight.grad.clone()
+        fake = gan.G(z)
+        (bce(gan.D(real), ones) + bce(gan.D(fake.detach()), zeros)).backward()
+        if before is not None and zero_d:
+            assert before.abs().sum() > 0  # G's pass left a gradient in D, reset by zero_grad
+        stale_steps += before is not None and not zero_d
+        opt_d.step()
+        gan.G.zero_grad()
+        bce(gan.D(fake), ones).backward()
+        opt_g.step()
+    watch.close()
+    return watch, stale_steps
+
+
+def test_a_gan_whose_generator_loss_runs_through_the_discriminator_is_not_not_zeroed():
+    """G's backward adds to D's gradients after D's step; D's ``zero_grad()`` comes before D's
+    next backward, so D never steps a stale gradient: no finding. Forget that ``zero_grad()``
+    and D steps the sum of all its gradients: found."""
+    watch, stale = _gan_steps(_Gan(), watch_d=True)
+    assert stale == 0 and [f.kind for f in watch.diagnose()] == []
+    watch, stale = _gan_steps(_Gan(), watch_d=True, zero_d=False)
+    assert stale == 9  # plain torch: every step after the first
+    found = {f.kind: f for f in watch.diagnose()}
+    assert "not_zeroed" in found and found["not_zeroed"].first_step == 3
+
+
+def test_not_zeroed_reads_the_gradients_the_optimizer_steps():
+    """A backbone left out of the optimizer (its gradients grow, never zeroed, never stepped)
+    is not `not_zeroed`; a head whose optimizer is never zeroed, beside a backbone whose
+    optimizer is, is."""
+    def run(zero_head: bool, backbone_opt: bool) -> set[str]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+        head = torch.optim.SGD(model[2].parameters(), lr=0.05)
+        back = torch.optim.SGD(model[0].parameters(), lr=0.05) if backbone_opt else None
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.randn(32, 8, generator=g), torch.randint(0, 3, (32,), generator=g)
+        with GradWatch(model, optimizer=head) as watch:
+            for _ in range(12):
+                if zero_head:
+                    head.zero_grad()
+                if back is not None:
+                    back.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                if back is not None:
+                    back.step()
+                head.step()
+        return {f.kind for f in watch.diagnose()}
+
+    assert run(zero_head=True, backbone_opt=False) == set()
+    assert "not_zeroed" in run(zero_head=False, backbone_opt=True)
+    assert run(zero_head=True, backbone_opt=True) == set()
