@@ -75,12 +75,15 @@ def explain(kind: str, view: StepView, hit: Hit) -> tuple[str, str, Plans]:
         else:
             cause = ("these layers get exactly 0 while the rest get a gradient: float16 "
                      "without loss scaling underflows small gradients to 0 (the input side "
-                     "first), or a product of two factors both initialised at 0 (LoRA's A and "
-                     "B, a LayerScale of 0 times a zero-initialised layer) cuts them off")
+                     "first), a product of two factors both initialised at 0 (LoRA's A and "
+                     "B, a LayerScale of 0 times a zero-initialised layer) cuts them off, or "
+                     "the loss never reads what they output (multiplied by 0, masked out, a "
+                     "branch the head ignores on this task)")
         return (cause,
                 "initialise one factor of each product away from 0 (LoRA: A random, B = 0; "
                 "LayerScale 1e-5, not 0); in float16, scale the loss (torch.amp.GradScaler) "
-                "or use bfloat16", (("nonzero_init",), ("loss_scaling",)))
+                "or use bfloat16; layers the task does not use can be frozen "
+                "(requires_grad_(False))", (("nonzero_init",), ("loss_scaling",)))
     if kind == "no_gradient":
         return ("the forward pass cuts these layers off the loss: a `.detach()`, a "
                 "`torch.no_grad()` block, `.data`, an integer cast (argmax, .long()) or a "

@@ -16,7 +16,9 @@ __all__ = ["DeadUnits", "ZeroGradient", "LossRising", "Saturation", "ThroughTime
 class DeadUnits(Rule):
     """Most units of a layer output exactly 0 after its ReLU for every input of the last
     measured steps (`gradwatch.capture.units.UNIT_WINDOW`: a unit silent on one small batch is
-    not dead), and weight layers whose gradient is then exactly 0.
+    not dead), and weight layers whose gradient is then exactly 0. A step with no layer of
+    dead units is no hit, whatever gradients are 0 at it (a residual branch dropped by
+    stochastic depth, an expert no token was routed to: `ZeroGradient` judges lasting zeros).
 
     A dead unit gets no gradient, so dying is absorbing: a layer whose dead share fell by a
     quarter or more within the rule's window (`REVIVED`; units came back as the layers before
@@ -31,27 +33,30 @@ class DeadUnits(Rule):
         if th.dead_units is None:
             return None
         share = view.values.get("dead_frac")
-        hit = Hit([], "")
-        worst_of = np.ones(len(view.names))
-        if share is not None:
-            on = np.flatnonzero(~np.isnan(share))
-            recent = grow(state, "shares", view, math.nan, width=th.window)
-            count = grow(state, "measured", view, 0.0)
-            uid = view.uid[on]  # the last `window` measured shares of each layer, in a ring
-            recent[uid, count[uid].astype(np.int64) % th.window] = share[on]
-            count[uid] += 1
-            peak = np.fmax.reduce(recent[uid], axis=1)
-            dead = on[(share[on] >= th.dead_units) & (share[on] >= self.REVIVED * peak)]
-            hit.add(dead, "{:.0f}% of its units are dead", 100 * share[dead])
-            worst_of[on] = np.where(share[on] != 0, share[on], 1.0)
-        if view.head is not None and view.norms[view.head] > 0:
-            hit.add(np.flatnonzero((view.norms == 0) & view.weight), "gradient exactly 0")
-        named = hit.positions
-        if not len(named):
+        if share is None:
             return None
-        worst = float(worst_of[named].max())
-        hit.evidence = (f"{len(named)} layer(s) with at least {100 * th.dead_units:.0f}% dead "
-                        f"units (worst {100 * worst:.0f}%)")
+        on = np.flatnonzero(~np.isnan(share))
+        recent = grow(state, "shares", view, math.nan, width=th.window)
+        count = grow(state, "measured", view, 0.0)
+        uid = view.uid[on]  # the last `window` measured shares of each layer, in a ring
+        recent[uid, count[uid].astype(np.int64) % th.window] = share[on]
+        count[uid] += 1
+        peak = np.fmax.reduce(recent[uid], axis=1)
+        dead = on[(share[on] >= th.dead_units) & (share[on] >= self.REVIVED * peak)]
+        if not len(dead):
+            return None
+        hit = Hit([], "")
+        hit.add(dead, "{:.0f}% of its units are dead", 100 * share[dead])
+        zero = np.zeros(0, dtype=np.int64)
+        if view.head is not None and view.norms[view.head] > 0:
+            zero = np.flatnonzero((view.norms == 0) & view.weight)
+            hit.add(zero, "gradient exactly 0")
+        worst = float(share[dead].max())
+        zero = np.setdiff1d(zero, dead)
+        hit.evidence = (f"{len(dead)} layer(s) with at least {100 * th.dead_units:.0f}% dead "
+                        f"units (worst {100 * worst:.0f}%)" + (
+                            f"; {len(zero)} weight layer(s) with a gradient of exactly 0"
+                            if len(zero) else ""))
         hit.numbers = {"dead_frac": worst}
         curve = view.curve
         if th.loss_falling is not None and curve is not None and curve.fell(th.loss_falling):

@@ -138,3 +138,54 @@ def test_remedy_plans_keep_what_goes_together():
     assert "[relu+he_init, normalization, residual]" in format_findings([found])
     old = {k: v for k, v in found.to_dict().items() if k != "plans"}  # a record from before
     assert Finding.from_dict(old).plans == tuple((c,) for c in found.remedies)
+
+
+class _DroppedBranches(nn.Module):
+    """Residual ReLU blocks whose branches are dropped on a fixed schedule (stochastic depth
+    made deterministic): a dropped branch's layers get a gradient of exactly 0 at that step,
+    while their units are alive."""
+
+    def __init__(self, depth: int = 6) -> None:
+        super().__init__()
+        self.inp, self.head = nn.Linear(8, 32), nn.Linear(32, 3)
+        self.fc1 = nn.ModuleList(nn.Linear(32, 32) for _ in range(depth))
+        self.fc2 = nn.ModuleList(nn.Linear(32, 32) for _ in range(depth))
+        self.acts = nn.ModuleList(nn.ReLU() for _ in range(depth))
+        self.step = 0
+
+    def forward(self, x):
+        h = self.inp(x)
+        for i, (a, act, b) in enumerate(zip(self.fc1, self.acts, self.fc2)):
+            if (self.step + i) % 2:  # every block is dropped on every other step
+                h = h + 0.0 * b(act(a(h)))
+            else:
+                h = h + b(act(a(h)))
+        return self.head(h)
+
+
+def test_layers_of_a_dropped_branch_are_not_dead_units():
+    torch.manual_seed(0)
+    model = _DroppedBranches()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 8, generator=g), torch.randint(0, 3, (32,), generator=g)
+    fired = [torch.zeros(32, dtype=torch.bool) for _ in model.acts]
+    def seen(k):
+        def hook(module, args, out):
+            fired[k] |= (out > 0).any(0)
+        return hook
+
+    hooks = [act.register_forward_hook(seen(k)) for k, act in enumerate(model.acts)]
+    with GradWatch(model, optimizer=opt) as watch:
+        for step in range(40):
+            model.step = step
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            watch.note_loss(loss)
+            opt.step()
+    for h in hooks:
+        h.remove()
+    assert all(f.float().mean() > 0.9 for f in fired)  # plain torch: the units fire
+    assert any(r.layers["fc1.0"].norm == 0 for r in watch.history)
+    assert [f.kind for f in watch.diagnose() + watch.notes()] == []
