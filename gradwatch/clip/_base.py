@@ -34,9 +34,37 @@ def by_device_and_dtype(grads: Sequence[Tensor]) -> dict[tuple[torch.device, tor
 
 
 def factor_dtype(grads: Sequence[Tensor]) -> torch.dtype:
-    """The dtype ``clip_grad_norm_`` forms its total norm and factor in: the gradients' dtypes
-    promoted together (float64 if any gradient is float64; bfloat16 for bfloat16 gradients)."""
-    return functools.reduce(torch.promote_types, {g.dtype for g in grads})
+    """The dtype ``clip_grad_norm_`` forms its total norm and factor in: the gradients' norm
+    dtypes (real: float32 for complex64, float64 for complex128) promoted together (float64 if
+    any gradient is float64; bfloat16 for bfloat16 gradients)."""
+    return functools.reduce(torch.promote_types, {g.dtype.to_real() for g in grads})
+
+
+def _clamped(max_norm: float, total: Tensor) -> Tensor:
+    """``min(1, max_norm / (total + 1e-6))`` in ``total``'s dtype, as ``clip_grads_with_norm_``
+    forms it."""
+    return torch.clamp(max_norm / (total + EPS), max=1.0)
+
+
+def _device_factor(max_norm: float, total: Tensor, dtype: torch.dtype) -> Tensor:
+    """The factor for a 0-d tensor ``total`` in ``dtype``, on ``total``'s device (no host sync):
+    formed in ``dtype``, or, where ``total`` is finite but past ``dtype``'s range (float32
+    gradients with a norm above 3.4e38), formed in float64 and rounded to ``dtype``, instead of
+    the 0 an inf total would give."""
+    narrow = total.to(dtype)
+    coef = _clamped(max_norm, narrow)
+    if torch.finfo(dtype).max >= torch.finfo(total.dtype).max:  # every total fits
+        return coef
+    past = torch.isinf(narrow) & torch.isfinite(total)
+    return torch.where(past, _clamped(max_norm, total.double()).to(dtype), coef)
+
+
+def _host_factor(max_norm: float, total: float, dtype: torch.dtype) -> Tensor:
+    """`_device_factor` for a float ``total``: a 0-d CPU tensor in ``dtype``."""
+    total_t = torch.tensor(total, dtype=dtype)
+    if math.isinf(total_t.item()) and math.isfinite(total):  # past dtype's range
+        return _clamped(max_norm, torch.tensor(total, dtype=torch.float64)).to(dtype)
+    return _clamped(max_norm, total_t)
 
 
 def clip_with_norm_(grads: Sequence[Tensor], max_norm: float,
@@ -46,7 +74,10 @@ def clip_with_norm_(grads: Sequence[Tensor], max_norm: float,
     The arithmetic of ``torch.nn.utils.clip_grads_with_norm_``: the factor is a tensor in
     `factor_dtype` (``max_norm / (total_norm + 1e-6)``, clamped at 1) multiplied into every
     (device, dtype) group with ``torch._foreach_mul_``, so the result is bit-identical to
-    ``clip_grad_norm_(params, max_norm)`` given the total norm it computes. A tensor
+    ``clip_grad_norm_(params, max_norm)`` given the total norm it computes. A finite total past
+    the factor dtype's range (float32 gradients whose exact norm exceeds 3.4e38, where torch's
+    own total is inf and its factor 0) gets its factor formed in float64 and rounded to that
+    dtype (`_device_factor`), so the gradients are scaled to ``max_norm`` instead. A tensor
     ``total_norm`` never leaves the device (the factor is always multiplied in, no host sync) and
     the factor is returned as a 0-d tensor; a float one gives a float, and a factor of exactly 1
     is not multiplied in (``x * 1 == x``).
@@ -55,11 +86,11 @@ def clip_with_norm_(grads: Sequence[Tensor], max_norm: float,
         return 1.0
     dtype = factor_dtype(grads)
     if isinstance(total_norm, Tensor):
-        coef = torch.clamp(max_norm / (total_norm.to(dtype) + EPS), max=1.0)
+        coef = _device_factor(max_norm, total_norm, dtype)
         for (device, _), group in by_device_and_dtype(grads).items():
             torch._foreach_mul_(group, coef.to(device))
         return coef
-    coef_t = torch.clamp(max_norm / (torch.tensor(total_norm, dtype=dtype) + EPS), max=1.0)
+    coef_t = _host_factor(max_norm, total_norm, dtype)
     coef = coef_t.item()
     if coef != 1.0:  # a NaN factor is multiplied in too, as torch does
         for (device, _), group in by_device_and_dtype(grads).items():

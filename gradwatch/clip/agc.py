@@ -12,10 +12,15 @@ __all__ = ["AGC"]
 
 
 def _unitwise_norm(x: Tensor) -> Tensor:
-    """Norm of each output unit (row over its fan-in); biases and scalars as one unit."""
+    """Norm of each output unit (row over its fan-in); biases and scalars as one unit.
+
+    Accumulated in float64 (complex128 for complex ``x``): float32's squares overflow for
+    entries past ~1.8e19 and its norms past 3.4e38, where a float32 norm of inf would make the
+    unit's factor 0 and zero it."""
+    wide = torch.complex128 if x.is_complex() else torch.float64
     if x.ndim <= 1:
-        return torch.linalg.vector_norm(x)
-    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim)), keepdim=True)
+        return torch.linalg.vector_norm(x, dtype=wide)
+    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim)), keepdim=True, dtype=wide)
 
 
 class AGC(ClipPolicy):
@@ -24,7 +29,8 @@ class AGC(ClipPolicy):
     For each unit i: if ‖G_i‖ / max(‖W_i‖, eps) > clipping,
     G_i ← clipping·max(‖W_i‖, eps)/‖G_i‖·G_i.
     The paper uses clipping=0.01 at batch 4096 (larger for smaller batches) and does not clip the
-    final linear layer: ``skip_output=True`` leaves the output-side layer alone.
+    final linear layer: ``skip_output=True`` leaves the output-side layer alone. The norms and
+    the factor are formed in float64 and the factor rounded to the gradient's dtype.
     """
 
     def __init__(self, clipping: float = 0.01, eps: float = 1e-3, *,
