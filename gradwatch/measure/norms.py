@@ -13,13 +13,19 @@ from torch import Tensor
 from ..capture.distributed import global_norms, has_dtensor, is_dtensor
 from .batched import foreach_norm64, grouped_norms, remember
 
-__all__ = ["TINY", "per_tensor_norms", "exact_norm", "exact_norms", "exact_norms_tensor",
-           "repair_norms", "combine", "tensor_norm",
-           "layer_norms", "segments", "split_norms"]
+__all__ = ["TINY", "SAFE64", "per_tensor_norms", "exact_norm", "exact_norms",
+           "exact_norms_tensor", "scaled_norm64", "device_norms64", "repair_norms", "combine",
+           "tensor_norm", "layer_norms", "segments", "split_norms"]
 
 TINY = 1e-18
 """Below this an fp32 norm may have lost digits to underflowing squares (and above ~1.8e19 the
 squares overflow to inf); such norms are recomputed in float64, where both are exact."""
+
+SAFE64 = 1e-140
+"""At or above this a float64 norm is exact: the squares it lost to float64's underflow (each
+off by at most 4.9e-324, the smallest subnormal) weigh under n·1e-43 of its square. Below it,
+and at inf (squares of entries past ~1.3e154 overflow), `exact_norms` rescales float64 tensors
+by their largest entry first (`scaled_norm64`)."""
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -108,13 +114,16 @@ def _split(exact: np.ndarray) -> tuple[list[int], list[int], Tensor, Tensor]:
 
 
 def exact_norm(grad: Tensor) -> float:
-    """The L2 norm of ``grad`` computed in float64 (exact over fp32's whole range), as a float."""
-    return torch.linalg.vector_norm(_dense(grad), dtype=torch.float64).item()
+    """The L2 norm of ``grad`` computed in float64, as a float: exact over fp32's whole range,
+    and for float64 entries whose squares over- or underflow (`exact_norms`)."""
+    return exact_norms([grad])[0]
 
 
 def exact_norms(tensors: Sequence[Tensor]) -> list[float]:
     """The float64 L2 norm of each tensor (exact over fp32's whole range), as floats, in one
-    batched ``torch._foreach_norm`` call per device (zero-size and sparse tensors aside)."""
+    batched ``torch._foreach_norm`` call per device (zero-size and sparse tensors aside).
+    Float64 tensors whose norm comes out below `SAFE64` or non-finite (squares that under- or
+    overflow float64 itself) are redone by `scaled_norm64`, one by one."""
     return exact_norms_tensor(tensors).tolist()
 
 
@@ -127,15 +136,70 @@ def exact_norms_tensor(tensors: Sequence[Tensor]) -> Tensor:
         dense = [t.abs() if t.is_complex() else t for t in dense]
     devices = {t.device for t in dense}
     if len(devices) == 1 and all(t.numel() for t in dense):
-        return foreach_norm64(dense).cpu()
-    return torch.tensor([torch.linalg.vector_norm(t, dtype=torch.float64).item()
-                         for t in dense], dtype=torch.float64)
+        return _rescued64(dense, foreach_norm64(dense).cpu())
+    return _rescued64(dense, torch.tensor(
+        [torch.linalg.vector_norm(t, dtype=torch.float64).item() for t in dense],
+        dtype=torch.float64))
+
+
+def _rescued64(dense: Sequence[Tensor], norms: Tensor) -> Tensor:
+    """``norms`` with those of float64 tensors outside [`SAFE64`, inf) redone by
+    `scaled_norm64` (no other dtype can over- or underflow float64's squares)."""
+    if not any(t.dtype == torch.float64 for t in dense):
+        return norms
+    values = norms.tolist()
+    redo = [k for k, (t, v) in enumerate(zip(dense, values))
+            if t.dtype == torch.float64 and not SAFE64 <= v < math.inf]
+    if not redo:
+        return norms
+    for k in redo:
+        values[k] = scaled_norm64(dense[k])
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def scaled_norm64(t: Tensor) -> float:
+    """The L2 norm of a dense real tensor as ‖t / m‖·m, with m its largest magnitude: right
+    where the squares of float64 entries over- or underflow (1e200, 1e-200). An all-zero or
+    empty tensor gives 0, one with an inf entry inf, one with a NaN entry NaN."""
+    if not t.numel():
+        return 0.0
+    peak = t.abs().amax().item()
+    if not 0 < peak < math.inf:  # all zeros, or inf/NaN: the plain norm says so
+        return torch.linalg.vector_norm(t, dtype=torch.float64).item()
+    return torch.linalg.vector_norm(t / peak, dtype=torch.float64).item() * peak
+
+
+def device_norms64(tensors: Sequence[Tensor]) -> Tensor:
+    """The exact float64 norms of `exact_norms` without a host sync, on the first tensor's
+    device (for the sync-free path): float64 tensors' norms outside [`SAFE64`, inf) are
+    replaced, through ``torch.where``, by ‖t / m‖·m with m the largest magnitude, which costs
+    two more passes over each float64 tensor (none over the others)."""
+    dense = [_dense(t) for t in tensors]
+    dense = [t.abs() if t.is_complex() else t for t in dense]
+    device = dense[0].device
+    if all(t.numel() for t in dense):
+        out = torch.stack([n.to(device) for n in torch._foreach_norm(dense, 2,
+                                                                      dtype=torch.float64)])
+    else:
+        out = torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64).to(device)
+                           for t in dense])
+    for k, t in enumerate(dense):
+        if t.dtype == torch.float64 and t.numel():
+            peak = torch.linalg.vector_norm(t, ord=math.inf)
+            usable = (peak > 0) & (peak < math.inf)  # not all zeros, no inf or NaN entry
+            safe = torch.where(usable, peak, torch.ones_like(peak))
+            scaled = (torch.linalg.vector_norm(t / safe) * safe).to(device)
+            wrong = ~((out[k] >= SAFE64) & (out[k] < math.inf))
+            out[k] = torch.where(usable.to(device) & wrong, scaled, out[k])
+    return out
 
 
 def repair_norms(norms: Sequence[float], grads: Sequence[Tensor],
                  exact: np.ndarray | None = None) -> list[float]:
-    """Recomputes in float64 each fp32 norm that may be wrong (non-finite or below `TINY`),
-    except those ``exact`` marks as computed in float64 already (`split_norms`).
+    """Recomputes in float64 each norm that may be wrong (non-finite or below `TINY`: fp32
+    squares that over- or underflowed, and float64 ones, which `exact_norms` rescales), except
+    those ``exact`` marks as computed in float64 already (`split_norms`). A norm that is NaN
+    or inf because an entry is stays so.
 
     Only pathological tensors are touched (all of them in one batched call), so a healthy step
     costs nothing here.
@@ -166,18 +230,20 @@ def combine(norms: Iterable[float]) -> float:
 def tensor_norm(t: Tensor) -> Tensor | float:
     """The L2 norm of one tensor, right over fp32's whole range.
 
-    On the CPU the fp32 norm is read at once (there is no device to wait for), recomputed in
-    float64 only when it may be wrong, and returned as a Python float. On accelerators it is a
-    0-d float64 tensor reduced in float64 directly, which costs no host synchronisation.
+    On the CPU the fp32 (float64) norm is read at once (there is no device to wait for),
+    recomputed in float64 (rescaled, `scaled_norm64`) only when it may be wrong, and returned
+    as a Python float. On accelerators it is a 0-d float64 tensor reduced in float64 directly,
+    which costs no host synchronisation (float64 entries past ~1e154 give inf there).
     """
     if t.device.type != "cpu":
         return torch.linalg.vector_norm(t, dtype=torch.float64)
+    if t.dtype == torch.float64:
+        value = torch.linalg.vector_norm(t).item()
+        return value if SAFE64 <= value < math.inf else scaled_norm64(t)
     if t.dtype == torch.float32:
         value = torch.linalg.vector_norm(t).item()
-    elif t.dtype != torch.float64:
-        value = torch.linalg.vector_norm(t, dtype=torch.float32).item()
     else:
-        return torch.linalg.vector_norm(t).item()
+        value = torch.linalg.vector_norm(t, dtype=torch.float32).item()
     if TINY <= value < math.inf:
         return value
     return torch.linalg.vector_norm(t, dtype=torch.float64).item()
@@ -202,7 +268,7 @@ def layer_norms(param_layer: np.ndarray, norms: np.ndarray, n_layers: int,
     peak = np.maximum.reduceat(norms, starts)  # NaN wins, then inf
     usable = (peak > 0) & (peak < math.inf)
     safe = np.where(usable, peak, 1.0)
-    scaled = norms / np.repeat(safe, counts)
+    scaled = np.where(np.repeat(usable, counts), norms / np.repeat(safe, counts), 0.0)
     combined = np.sqrt(np.add.reduceat(scaled * scaled, starts)) * safe
     out[layers] = np.where(usable, combined, peak)  # all 0: 0; inf: inf; NaN: NaN
     return out, has

@@ -13,7 +13,7 @@ from torch import Tensor
 from ..capture.collected import Collected, UnitEntry
 from .host import HostBatch
 from .norms import layer_norms
-from .norms import TINY, combine, repair_norms
+from .norms import TINY, combine, device_norms64, repair_norms
 from .statistics import Statistic
 
 __all__ = ["StepNumbers", "start_read", "finish_read",
@@ -34,12 +34,7 @@ def device_total(norms_dev: Tensor, grads: Sequence[Tensor],
     every gradient; no host sync (one extra pass over the gradients)."""
     picked = _at(norms_dev, sel)
     total32 = torch.linalg.vector_norm(picked)
-    dense = [g.coalesce()._values() if g.is_sparse else g for g in grads]
-    if all(g.numel() for g in dense):
-        exact = torch.stack(torch._foreach_norm(dense, 2, dtype=torch.float64))
-    else:
-        exact = torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64) for g in dense])
-    exact = exact.to(norms_dev.device)
+    exact = device_norms64(grads).to(norms_dev.device)  # (float64 ones rescaled if need be)
     if not picked.numel():
         return total32.double(), exact
     good = torch.isfinite(picked).all() & (picked.min() >= TINY)

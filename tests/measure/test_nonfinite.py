@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -151,3 +152,39 @@ def test_nan_born_in_the_backward_of_a_parameter_free_module_names_that_module()
     assert rec.nonfinite_origin == "backward" and rec.first_nonfinite == "3"
     assert [f.kind for f in watch.diagnose()] == ["nonfinite_backward"]
     assert watch.diagnose()[0].layers == ("3",)
+
+
+@pytest.mark.parametrize("mode", ["warn", "raise", "skip", "zero"])
+@pytest.mark.parametrize("value", [1e200, 1e-200])
+def test_float64_gradients_whose_squares_over_or_underflow_are_finite_steps(mode, value):
+    """Issues r_f64_overflow / r_f64_underflow: finite float64 entries of 1e200 (squares
+    overflow) or 1e-200 (squares underflow) get their true norm, and no on_nonfinite action."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1 / value)  # an update of 0.1
+    before = model.weight.detach().clone()
+    with GradWatch(model, optimizer=opt, on_nonfinite=mode, activations=False) as watch:
+        for p in model.parameters():
+            p.grad = torch.full_like(p, value)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no "non-finite gradient" warning
+            opt.step()
+        rec = watch.history[-1]
+    assert rec.total_norm == pytest.approx(math.hypot(*[value] * 10), rel=1e-12, abs=0)
+    assert not rec.nonfinite and rec.first_nonfinite is None
+    assert rec.layers["(root)"].norm == pytest.approx(rec.total_norm, rel=1e-12, abs=0)
+    assert not torch.equal(before, model.weight)  # the step was taken, gradients kept
+
+
+@pytest.mark.parametrize("bad", [math.inf, math.nan])
+def test_float64_gradients_with_a_real_inf_or_nan_entry_are_still_non_finite(bad):
+    model = nn.Linear(4, 2).double()
+    with GradWatch(model, on_nonfinite="raise", activations=False) as watch:
+        for p in model.parameters():
+            p.grad = torch.full_like(p, 1e200)
+        model.weight.grad[0, 0] = bad
+        with pytest.raises(NonFiniteGradientError):
+            watch.step()
+        rec = watch.history[-1]
+    assert rec.nonfinite and not math.isfinite(rec.total_norm)
+    assert math.isnan(rec.total_norm) == math.isnan(bad)
