@@ -6,9 +6,11 @@ import csv
 import json
 import os
 import warnings
+from dataclasses import fields
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Mapping
 
+from ..measure.statistics import BUILTIN
 from ..record.records import StepRecord
 from .runlog import HEADER_KEY, Run, read_jsonl, read_runs
 
@@ -20,6 +22,11 @@ Logger = Callable[[StepRecord], None]
 after `GradWatch.load_state_dict` (a resumed run)."""
 
 _LAYER_FLAGS = ("status", "spike", "reason")
+_STEP_KEYS = tuple(f.name for f in fields(StepRecord) if f.name not in ("step", "layers"))
+"""Every step-level key a `StepRecord.to_dict()` can have (``findings`` only on some steps)."""
+_HOOK_STATISTICS = tuple(s.name for s in BUILTIN if s.reads not in ("grad", "param"))
+"""The per-layer statistics gradwatch's hooks measure (``act_norm``, ``update_ratio``, ...):
+present on the steps and layers where they were measured."""
 
 
 def _jsonable(obj: Any) -> Any:
@@ -50,8 +57,13 @@ class _FileLogger:
     """
 
     _terminator = "\n"
+    _example = "run.jsonl"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"Expected `path` to be a file path (str or os.PathLike), but got "
+                            f"{type(path).__name__}; pass e.g. "
+                            f"{type(self).__name__}({self._example!r}).")
         self.path = Path(path)
         self._file: IO[str] | None = None
 
@@ -117,46 +129,81 @@ def _cell(v: Any) -> Any:
     return v
 
 
-def _rows(data: Mapping[str, Any], run_id: str | None) -> Iterator[dict[str, Any]]:
-    """Long-format rows of one ``StepRecord.to_dict()``: one per layer, every key written."""
+def _layer_keys(data: Mapping[str, Any], statistics: list[str]) -> list[str]:
+    """The per-layer columns: norm, act_norm, every statistic a layer can have (the hooks', the
+    run's declared ``statistics`` and any other key of ``data``'s layers), then the flags."""
     layers: Mapping[str, Mapping[str, Any]] = data.get("layers") or {}
-    layer_keys = list(dict.fromkeys(k for s in layers.values() for k in s))
-    layer_keys = ([k for k in layer_keys if k not in _LAYER_FLAGS]
-                  + [k for k in _LAYER_FLAGS if k in layer_keys])
-    taken = {"step", "layer", *layer_keys}
+    keys = dict.fromkeys(["norm", *_HOOK_STATISTICS, *statistics,
+                          *(k for s in layers.values() for k in s)])
+    return [k for k in keys if k not in _LAYER_FLAGS] + list(_LAYER_FLAGS)
+
+
+def _rows(data: Mapping[str, Any], run_id: str | None, layer_keys: list[str]
+          ) -> Iterator[dict[str, Any]]:
+    """Long-format rows of one ``StepRecord.to_dict()``: one per layer, every key written (a
+    step-level key that is also a layer key, ``spike``, gets a ``step_`` prefix)."""
+    layers: Mapping[str, Mapping[str, Any]] = data.get("layers") or {}
+    keys = list(dict.fromkeys([*layer_keys, *(k for s in layers.values() for k in s)]))
+    taken = {"step", "layer", *keys}
     step_level = {(f"step_{k}" if k in taken else k): _cell(v)
                   for k, v in data.items() if k not in ("step", "layers")}
     if run_id is not None:
         step_level["run_id"] = run_id
     for name, stat in (layers.items() if layers else [("", {})]):
         row: dict[str, Any] = {"step": data.get("step"), "layer": name}
-        row.update((k, _cell(stat.get(k))) for k in layer_keys)
+        row.update((k, _cell(stat.get(k))) for k in keys)
         row.update(step_level)
         yield row
+
+
+def _new_columns(data: Mapping[str, Any], run_id: str | None, layer_keys: list[str]
+                 ) -> list[str]:
+    """The header of a new file: the columns of ``data``'s rows and of every step-level key a
+    record can have (``findings``, ``loss``, ...), in the record's order, run_id last."""
+    full = {**data, **{k: None for k in _STEP_KEYS if k not in data}}
+    return list(next(_rows(full, run_id, layer_keys)))
+
+
+def _statistic_names(header: Mapping[str, Any]) -> list[str]:
+    """The names in a run header's ``statistics`` (``[{"name": ..., "label": ...}, ...]``)."""
+    stats = header.get("statistics")
+    if not isinstance(stats, (list, tuple)):
+        return []
+    return [s["name"] for s in stats if isinstance(s, Mapping) and isinstance(s.get("name"), str)]
 
 
 class CsvLogger(_FileLogger):
     """Appends one row per (step, layer) to ``path`` in long format and flushes per record.
 
-    Columns come from the first record's keys: step, layer, the layer's statistics (norm,
-    act_norm and any further per-layer statistic), status, spike, reason, then the step-level
-    values (total_norm, clip_coef, first_nonfinite, step_spike, skipped, amp_overflow, ...) and,
-    after ``start_run``, run_id. Booleans are written 0/1, missing values empty. Appending to an
-    existing file keeps that file's columns; keys it has no column for are dropped with a warning.
+    A new file's header has every column a record of the run can have: step, layer, the layer's
+    statistics (norm, act_norm, the ones gradwatch's hooks measure such as update_ratio and
+    dead_frac, the run's own statistics from ``start_run``), status, spike, reason, then the
+    step-level values (total_norm, clip_coef, first_nonfinite, nonfinite_origin, step_spike,
+    skipped, amp_overflow, loss, findings as JSON) and, after ``start_run``, run_id. Booleans
+    are written 0/1, missing values (a statistic not measured at a step) empty. Appending to an
+    existing file keeps that file's columns; keys it has no column for (a file written by an
+    older gradwatch or another run) are dropped with a warning.
     """
 
     _terminator = "\r\n"  # csv's own line ending
+    _example = "run.csv"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         super().__init__(path)
         self._columns: list[str] | None = None
+        self._layer_keys: list[str] = []
+        self._statistics: list[str] = []
+        self._appending = False
         self._run_id: str | None = None
         self._dropped: set[str] = set()
 
     def start_run(self, header: Mapping[str, Any]) -> None:
-        """Remembers the run id; rows then carry a ``run_id`` column (when the file has one)."""
-        rid = _check_header(header).get("run_id")
+        """Remembers the run id (rows then carry a ``run_id`` column, when the file has one) and
+        the run's statistics (a new file gets a column for each)."""
+        header = _check_header(header)
+        rid = header.get("run_id")
         self._run_id = None if rid is None else str(rid)
+        self._statistics = _statistic_names(header)
 
     def _existing_columns(self) -> list[str] | None:
         if not self.path.is_file() or self.path.stat().st_size == 0:
@@ -165,21 +212,36 @@ class CsvLogger(_FileLogger):
             return next(csv.reader(f), None) or None
 
     def __call__(self, record: StepRecord) -> None:
-        rows = list(_rows(record.to_dict(), self._run_id))
+        data = record.to_dict()
         new_file = False
         if self._columns is None:
+            self._layer_keys = _layer_keys(data, self._statistics)
             self._columns = self._existing_columns()
+            self._appending = self._columns is not None
             if self._columns is None:
-                self._columns, new_file = list(rows[0]), True
-        extra = set(rows[0]) - set(self._columns) - self._dropped
+                self._columns, new_file = _new_columns(data, self._run_id, self._layer_keys), True
+        rows = list(_rows(data, self._run_id, self._layer_keys))
+        missing = set(rows[0]) - set(self._columns) - self._dropped
+        extra = {k for k in missing if any(row[k] != "" for row in rows)}  # a value is lost
         if extra:
             self._dropped |= extra
-            warnings.warn(f"{self!r}: no column for {sorted(extra)} in the file's header "
-                          f"(written from its first record); those values are not written. "
-                          f"Log to a new file to keep them.", stacklevel=2)
+            self._warn_dropped(sorted(extra))
         f = self._open()
         writer = csv.DictWriter(f, self._columns, restval="", extrasaction="ignore")
         if new_file:
             writer.writeheader()
         writer.writerows(rows)
         f.flush()
+
+    def _warn_dropped(self, keys: list[str]) -> None:
+        if self._appending:
+            why = ("in the header of the file it appends to (written by an earlier run or an "
+                   "older gradwatch)")
+            fix = "Log to a new file to keep them."
+        else:
+            why = ("in the header it wrote from the first record (the run header did not "
+                   "declare them)")
+            fix = ("Call start_run(header) with the run's \"statistics\" before the first record "
+                   "to keep them.")
+        warnings.warn(f"{self!r}: no column for {keys} {why}; those values are not written. "
+                      f"{fix}", stacklevel=3)

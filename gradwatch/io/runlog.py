@@ -27,7 +27,8 @@ def scan_log(path: str | os.PathLike[str], *, progress: bool = False) -> LogScan
     Raises:
         FileNotFoundError: ``path`` does not exist.
         IsADirectoryError: ``path`` is a directory.
-        LogFormatError: The file is not UTF-8 text.
+        LogFormatError: The file is not UTF-8 text, or none of its lines is a gradwatch
+            record or run header (e.g. the CSV written by `CsvLogger`).
     """
     path = Path(path)
     if path.is_dir():
@@ -71,12 +72,14 @@ def read_runs(path: str | os.PathLike[str]) -> list[Run]:
     with the ``run_id`` of an earlier run continues it: that run's records with step >= the
     header's ``resume_step`` (or >= the first new record's step) are replaced by the new ones.
     A line that cannot be read (a kill cuts the line being written) or is not a gradwatch record
-    is skipped with a warning naming the line; everything else is kept.
+    is skipped with a warning naming the line; everything else is kept. A file with no record
+    or header at all (a CSV log, another tool's file) raises instead.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         IsADirectoryError: ``path`` is a directory.
-        LogFormatError: The file is not UTF-8 text.
+        LogFormatError: The file is not UTF-8 text, or none of its lines is a gradwatch
+            record or run header (e.g. the CSV written by `CsvLogger`).
     """
     scan = scan_log(path)
     _warn(scan, stacklevel=2)
@@ -122,7 +125,8 @@ def read_jsonl(path: str | os.PathLike[str], run: int | str | None = None
     Raises:
         FileNotFoundError: ``path`` does not exist.
         IsADirectoryError: ``path`` is a directory.
-        LogFormatError: The file is not UTF-8 text.
+        LogFormatError: The file is not UTF-8 text, or none of its lines is a gradwatch
+            record or run header (e.g. the CSV written by `CsvLogger`).
         ValueError: No such run.
     """
     scan = scan_log(path)

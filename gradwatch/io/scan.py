@@ -16,7 +16,7 @@ _MAX_WARNINGS = 10
 
 
 class LogFormatError(ValueError):
-    """The file as a whole is not a gradwatch log (e.g. not UTF-8 text)."""
+    """The file as a whole is not a gradwatch log (not UTF-8 text, or no line of it is)."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,27 @@ def _lines(raw: bytes) -> Iterator[tuple[int, bytes]]:
             yield i, line
 
 
+_CSV_START = b"step,layer,"
+"""How the header of a file written by `CsvLogger` starts."""
+
+
+def _looks_csv(path: Path, first: bytes) -> bool:
+    return path.suffix.lower() == ".csv" or first.startswith(_CSV_START)
+
+
+def _not_a_log(scan: LogScan, first: bytes) -> str:
+    """Why a file none of whose lines is a record or run header is not a log."""
+    path = scan.path
+    if _looks_csv(path, first):
+        return (f"{path}: not a gradwatch log: it looks like the CSV written by CsvLogger, "
+                f"which is for spreadsheets (and pandas.read_csv); read_runs, read_jsonl and "
+                f"`gradwatch report` read the JSON-lines file written by JsonlLogger.")
+    p = scan.problems[0]
+    return (f"{path}: not a gradwatch log (none of its {scan.lines} lines is a gradwatch record "
+            f"or run header; line {p.line}: {p.message}); pass the JSON-lines file written by "
+            f"JsonlLogger.")
+
+
 def scan_lines(lines: Iterable[tuple[int, bytes]], path: Path) -> LogScan:
     """Assembles runs from numbered lines; the core of `scan_log` (see `read_runs`)."""
     scan = LogScan(path, [])
@@ -131,8 +152,10 @@ def scan_lines(lines: Iterable[tuple[int, bytes]], path: Path) -> LogScan:
     last_step: int | None = None  # of the current segment (since the last header)
     pending_cut = False  # the first record after a resume also cuts at its own step
     decode_errors = 0
+    first = b""
     for i, raw in lines:
         scan.lines = i
+        first = first or raw
         try:
             obj = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
@@ -189,5 +212,8 @@ def scan_lines(lines: Iterable[tuple[int, bytes]], path: Path) -> LogScan:
     if decode_errors and not builders:
         raise LogFormatError(f"{path}: not a UTF-8 text file ({decode_errors} undecodable "
                              f"line(s)); expected a JSON-lines log written by JsonlLogger.")
+    if not builders and scan.problems and (scan.lines > 1 or _looks_csv(path, first)):
+        # one error, not a warning per line (one cut line alone is a run killed mid-write)
+        raise LogFormatError(_not_a_log(scan, first))
     scan.runs = [b.build(k) for k, b in enumerate(builders)]
     return scan

@@ -348,18 +348,35 @@ def test_csv_writes_every_key_of_the_records(tmp_path):
     log(_Extra(1))
     log.close()
     rows = list(csv.reader(open(path, newline="", encoding="utf-8")))
-    assert rows[0] == ["step", "layer", "norm", "act_norm", "update_ratio", "weight_norm",
-                       "status", "spike", "reason", "total_norm", "clip_coef", "first_nonfinite",
-                       "step_spike", "skipped", "amp_overflow", "run_id"]
-    assert rows[1] == ["0", "fc1", "0.5", "", "0.001", "2.0", "vanishing", "1", "a, b", "1.5",
-                       "1.0", "", "0", "0", "0", "r1"]
+    # every column a record can have: the hooks' statistics and the step-level keys the first
+    # record lacks (nonfinite_origin, findings, loss) included
+    assert rows[0] == ["step", "layer", "norm", "act_norm", "update_ratio", "dead_frac",
+                       "sat_frac", "time_ratio", "weight_norm", "status", "spike", "reason",
+                       "total_norm", "clip_coef", "first_nonfinite", "step_spike", "skipped",
+                       "amp_overflow", "nonfinite_origin", "findings", "loss", "run_id"]
+    assert rows[1] == ["0", "fc1", "0.5", "", "0.001", "", "", "", "2.0", "vanishing", "1",
+                       "a, b", "1.5", "1.0", "", "0", "0", "0", "", "", "", "r1"]
     assert rows[4][:5] == ["1", "fc2", "1.0", "", "0.002"] and len(rows) == 5
+
+
+_OLD_COLUMNS = ["step", "layer", "norm", "act_norm", "update_ratio", "weight_norm", "status",
+                "spike", "reason", "total_norm", "clip_coef", "first_nonfinite", "step_spike",
+                "skipped", "amp_overflow"]
+"""The header gradwatch 0.2 wrote for `_Extra` records: columns from the first record only."""
+
+
+def _old_csv(path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(_OLD_COLUMNS)
+        for layer, norm in (("fc1", "0.5"), ("fc2", "1.0")):
+            writer.writerow(["0", layer, norm, "", "0.001", "2.0", "vanishing", "1", "a, b",
+                             "1.5", "1.0", "", "0", "0", "0"])
 
 
 def test_csv_append_keeps_the_file_columns_and_warns_on_new_keys(tmp_path):
     path = tmp_path / "r.csv"
-    with CsvLogger(path) as log:
-        log(_Extra(0))
+    _old_csv(path)  # written by an older gradwatch: no `loss` column
     data = path.read_bytes()
     path.write_bytes(data[:-9])  # killed mid-row
     with CsvLogger(path) as log, pytest.warns(UserWarning, match=r"no column for \['loss'\]"):
