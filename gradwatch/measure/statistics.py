@@ -18,7 +18,9 @@ steps, batched on the device, and lands in ``LayerStat.values[name]``, the logs 
 
 from __future__ import annotations
 
-from typing import ClassVar, Iterable, Literal, Sequence
+import math
+import numbers
+from typing import Any, ClassVar, Iterable, Literal, Sequence
 
 import torch
 from torch import Tensor
@@ -27,7 +29,7 @@ from . import norms
 
 __all__ = ["Statistic", "GradNorm", "OutputGradNorm", "UpdateRatio", "WeightNorm",
            "ZeroFraction", "DeadUnits", "Saturation", "TimeRatio", "BUILTIN", "label_of",
-           "check_statistics"]
+           "check_statistics", "values_per_tensor", "layer_value"]
 
 Reads = Literal["grad", "param", "output_grad", "update", "forward", "time"]
 
@@ -194,3 +196,38 @@ def check_statistics(statistics: object) -> tuple[Statistic, ...]:
         names.add(s.name)
         out.append(s)
     return tuple(out)
+
+
+def values_per_tensor(statistic: Statistic, n_values: int, n_tensors: int) -> int:
+    """How many values `per_tensor` gave per tensor (k of an (n, k) result, 1 of a 1-d one),
+    from the number of values it returned for ``n_tensors`` tensors (a length the host knows).
+
+    Raises:
+        ValueError: ``n_values`` is not one value (or one row of k) per tensor.
+    """
+    if n_tensors == 0:
+        return 1
+    if n_values < n_tensors or n_values % n_tensors:
+        raise ValueError(f"Expected statistic {statistic.name!r} ({type(statistic).__name__}) "
+                         f"to return one value per tensor from per_tensor: {n_tensors} values "
+                         f"for the {n_tensors} tensors it was given (or a ({n_tensors}, k) "
+                         f"tensor), but it returned {n_values} value{'s' * (n_values != 1)}; "
+                         f"return e.g. torch.stack([f(t) for t in tensors]).")
+    return n_values // n_tensors
+
+
+def layer_value(statistic: Statistic, values: Sequence[Any]) -> float:
+    """``statistic.combine(values)`` as a float (NaN where it gives None: not measured).
+
+    Raises:
+        TypeError: `combine` returned something other than a number or None.
+    """
+    value = statistic.combine(values)
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Expected statistic {statistic.name!r} ({type(statistic).__name__}) "
+                        f"to return a number or None from combine, but it returned "
+                        f"{type(value).__name__} ({value!r:.60}); return a Python float, "
+                        f"e.g. float(...) of a tensor.")
+    return float(value)

@@ -13,6 +13,7 @@ import numpy as np
 from ..measure.nonfinite import locate_nonfinite
 from ..measure.norms import layer_norms
 from ..measure.read import layer_values
+from ..measure.statistics import layer_value, values_per_tensor
 from ..verdict.judge import Judge
 from ..verdict.spikes import SpikeTracker
 from ..verdict.thresholds import Thresholds
@@ -75,15 +76,14 @@ def pending_step(step: int, watched: Any, data: Any, got: Any, present: list[boo
         if per is None:  # a forced record of an unrecorded non-finite step
             continue
         count = sum(present) if present is not None else len(w.params)
-        k = len(per) // max(count, 1)  # columns per tensor: (n,) or (n, k) results
+        k = values_per_tensor(s, len(per), count)  # columns per tensor: (n,) or (n, k) results
         at = iter(per if k == 1 else [tuple(per[j:j + k]) for j in range(0, len(per), k)])
         by_param = [next(at) if present is None or present[j] else None
                     for j in range(len(w.params))]
         col = values[s.name] = np.full(n, math.nan)
         for i in np.flatnonzero(has).tolist():
             vals = [v for v in by_param[w.slices[i]] if v is not None]
-            value = s.combine(vals) if vals else None
-            col[i] = math.nan if value is None else value
+            col[i] = layer_value(s, vals) if vals else math.nan
     origin = birth = None
     entered = False
     if not math.isfinite(got.total) and not overflow and data is not None:

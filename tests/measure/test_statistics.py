@@ -318,3 +318,81 @@ def test_update_sums_on_accelerators_match_the_cpu_segment_sums():
         sums.append(tracker.after_device())
     assert sums[0].shape == (2, 4)
     torch.testing.assert_close(sums[1], sums[0], rtol=1e-6, atol=0)
+
+
+# ------------------------------------------------------------------ a statistic that misbehaves
+class _Count(Statistic):
+    """Returns ``len(tensors) + extra`` values, or a 0-d tensor with ``extra=None``."""
+
+    label = "count"
+
+    def __init__(self, name: str, extra: int | None) -> None:
+        self.name, self.extra = name, extra
+
+    def per_tensor(self, tensors):
+        if self.extra is None:
+            return torch.tensor(1.0)
+        return torch.arange(len(tensors) + self.extra, dtype=torch.float32)
+
+
+def _one_step(stat: Statistic) -> GradWatch:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))  # 4 tensors
+    watch = GradWatch(model, statistics=[stat])
+    model(torch.randn(5, 4)).sum().backward()
+    try:
+        watch.step()
+    finally:
+        watch.close()
+    return watch
+
+
+@pytest.mark.parametrize("extra, got", [(3, "7 values"), (-1, "3 values"), (None, "1 value")])
+def test_per_tensor_with_a_wrong_count_is_refused_naming_the_statistic(extra, got):
+    """r_stat_shape: 7 values were recorded as garbage; 3 or a 0-d tensor gave `range() arg 3
+    must not be zero`."""
+    with pytest.raises(ValueError) as err:
+        _one_step(_Count("odd_count", extra))
+    assert str(err.value) == (
+        f"Expected statistic 'odd_count' (_Count) to return one value per tensor from "
+        f"per_tensor: 4 values for the 4 tensors it was given (or a (4, k) tensor), but it "
+        f"returned {got}; return e.g. torch.stack([f(t) for t in tensors]).")
+
+
+def test_per_tensor_with_one_value_or_row_per_tensor_is_recorded():
+    watch = _one_step(_Count("index", 0))  # values 0, 1 (layer "0"), 2, 3 (layer "2")
+    assert {k: s.values["index"] for k, s in watch.history[-1].layers.items()} == {
+        "0": pytest.approx(1.0), "2": pytest.approx(math.sqrt(13.0))}
+
+
+class _BadCombine(Statistic):
+    name, label = "bad_combine", "bad"
+
+    def __init__(self, result: object) -> None:
+        self.result = result
+
+    def per_tensor(self, tensors):
+        return torch.ones(len(tensors))
+
+    def combine(self, values):
+        return self.result
+
+
+@pytest.mark.parametrize("result, shown", [
+    ("big", "str ('big')"), ([1.0, 2.0], "list ([1.0, 2.0])"), (True, "bool (True)"),
+    (torch.tensor(2.0), "Tensor (tensor(2.))")])
+def test_combine_returning_a_non_number_is_refused_naming_the_statistic(result, shown):
+    with pytest.raises(TypeError) as err:
+        _one_step(_BadCombine(result))
+    assert str(err.value) == (
+        f"Expected statistic 'bad_combine' (_BadCombine) to return a number or None from "
+        f"combine, but it returned {shown}; return a Python float, e.g. float(...) of a tensor.")
+
+
+def test_combine_returning_none_or_a_numpy_number_is_recorded():
+    import numpy as np
+
+    assert all("bad_combine" not in s.values for s in _one_step(_BadCombine(None))
+               .history[-1].layers.values())  # None: not measured
+    got = _one_step(_BadCombine(np.float32(0.5))).history[-1].layers
+    assert {k: s.values["bad_combine"] for k, s in got.items()} == {"0": 0.5, "2": 0.5}
