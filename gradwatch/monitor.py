@@ -19,7 +19,7 @@ from .capture.hooks import Hook, user_stacklevel
 from .record.ledger import Ledger, run_header
 from .verdict.diagnosis import nonfinite_message
 from .options import NonFiniteGradientError, OnNonFinite, check_loss, check_manual_step, \
-    check_state, refuse_closure, validate
+    check_state, deepcopy_fields, note_watch, refuse_closure, refuse_pickle, validate
 from .record.recorder import Recorder
 from .record.history import History
 from .record.records import Finding, StepRecord
@@ -92,8 +92,7 @@ class GradWatch:
         self.loggers = self._ledger.loggers
         self._recorder = Recorder(w, self._ledger, self.thresholds, self.statistics)
         self._stash = GradStash()
-        self._step, self._closed = 0, False
-        self._loss: Any = None  # the user's loss for the step being measured
+        self._step, self._closed, self._loss = 0, False, None  # (the step's loss, if given)
         self._optimizer_handles: list[Any] = []
         if optimizer is not None:
             self._optimizer_handles += [
@@ -101,6 +100,9 @@ class GradWatch:
                 optimizer.register_step_post_hook(Hook(self, "_after_optimizer_step"))]
         self._finalizer = weakref.finalize(self, w.close, self._optimizer_handles)
         self._sync_hooks()
+        note_watch(self, optimizer)
+
+    __reduce_ex__, __deepcopy__ = refuse_pickle, deepcopy_fields  # (state_dict() is saved)
 
     # ------------------------------------------------------------------ public API
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
+import warnings
+import weakref
 from typing import Any, Literal, Mapping
 
 import torch
@@ -12,7 +15,8 @@ from torch import nn
 from .verdict.thresholds import Thresholds
 
 __all__ = ["ON_NONFINITE", "OnNonFinite", "NonFiniteGradientError", "validate", "refuse_closure",
-           "check_manual_step", "check_loss", "check_state"]
+           "check_manual_step", "check_loss", "check_state", "note_watch", "refuse_pickle",
+           "deepcopy_fields"]
 
 ON_NONFINITE = ("warn", "raise", "skip", "zero")
 OnNonFinite = Literal["warn", "raise", "skip", "zero"]
@@ -36,9 +40,24 @@ def validate(model: Any, optimizer: Any, thresholds: Any, activations: Any, ever
                         f"TorchScript module (torch.jit.script/trace), which takes no forward "
                         f"hooks; watch the module before scripting it (torch.compile is "
                         f"supported: attach GradWatch before the first compiled call).")
+    lazy = next((name for name, p in model.named_parameters()
+                 if isinstance(p, nn.parameter.UninitializedParameter)), None)
+    if lazy is not None:
+        raise ValueError(f"Expected `model` to have initialised parameters, but `{lazy}` belongs "
+                         f"to a lazy module (nn.LazyLinear, ...) that has not run yet; run one "
+                         f"forward pass (a dummy batch) before creating GradWatch.")
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"Expected `optimizer` to be a torch.optim.Optimizer or None, but got "
-                        f"{type(optimizer).__name__}.")
+                        f"{type(optimizer).__name__}; for an optimizer of another kind, "
+                        f"construct GradWatch without `optimizer=` and call watch.step() after "
+                        f"backward() and before its step().")
+    if optimizer is not None and not hasattr(optimizer, "_optimizer_step_pre_hooks") and type(
+            optimizer).register_step_pre_hook is torch.optim.Optimizer.register_step_pre_hook:
+        raise TypeError(f"Expected `optimizer` to be an initialised torch.optim.Optimizer, but "
+                        f"{type(optimizer).__name__} never called Optimizer.__init__ (as some "
+                        f"Lookahead wrappers do), so its step() runs no hooks; pass the "
+                        f"optimizer it wraps (e.g. optimizer=opt.optimizer), or construct "
+                        f"GradWatch without `optimizer=` and call watch.step() after backward().")
     if optimizer is not None:
         mine = {id(p) for p in model.parameters()}
         stepped = [p for group in optimizer.param_groups for p in group["params"]]
@@ -122,7 +141,7 @@ def check_loss(loss: Any) -> Any:
         loss = loss.detach()
         return loss if loss.dim() == 0 else loss.reshape(())
     if isinstance(loss, bool) or not isinstance(loss, numbers.Real):
-        raise TypeError(f"Expected `loss` to be a 0-d tensor or a number (or None), but got "
+        raise TypeError(f"Expected `loss` to be a 0-d tensor or a number, but got "
                         f"{type(loss).__name__} {loss!r:.60}; pass the loss you call "
                         f"backward() on.")
     return float(loss)
@@ -145,3 +164,38 @@ def check_state(state: Any) -> None:
     step = state["step"]
     if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
         raise ValueError(f"Expected state['step'] to be an int >= 0, but got {step!r}.")
+
+
+_WATCHING: weakref.WeakKeyDictionary[Any, weakref.WeakSet] = weakref.WeakKeyDictionary()
+"""The open watches of each optimizer (see `note_watch`)."""
+
+
+def note_watch(watch: Any, optimizer: Any) -> None:
+    """Warns when ``optimizer`` already has an open GradWatch (a notebook cell run twice): both
+    would measure and clip each of its steps, the later one reading what the earlier clipped."""
+    if optimizer is None:
+        return
+    watches = _WATCHING.setdefault(optimizer, weakref.WeakSet())
+    if any(not getattr(w, "_closed", True) for w in watches):
+        warnings.warn(f"this {type(optimizer).__name__} is already watched by an open GradWatch: "
+                      f"both measure (and clip) each of its steps, the later one reading what "
+                      f"the earlier clipped. Call close() on the other one (or create watches "
+                      f"with `with GradWatch(...) as watch:`); a watch that is garbage-collected "
+                      f"closes itself.", UserWarning, stacklevel=3)
+    watches.add(watch)
+
+
+def refuse_pickle(watch: Any, protocol: int = 2) -> Any:
+    """``GradWatch.__reduce_ex__``: a watch holds hooks on a live model and autograd types;
+    what can be saved and restored is its `state_dict`."""
+    raise TypeError("GradWatch cannot be pickled: save watch.state_dict() (plain numbers) and "
+                    "call load_state_dict() on a GradWatch created for the restored model.")
+
+
+def deepcopy_fields(watch: Any, memo: dict[int, Any]) -> Any:
+    """``GradWatch.__deepcopy__``: a field-by-field copy (pickling is refused, copying is not)."""
+    new = type(watch).__new__(type(watch))
+    memo[id(watch)] = new
+    for key, value in watch.__dict__.items():
+        setattr(new, key, copy.deepcopy(value, memo))
+    return new

@@ -61,8 +61,10 @@ def measure_step(watched: Any, amp: Any, policy: Any, statistics: Sequence[Any],
         params = [p for p, g in zip(w.params, grads) if g is not None]
         grads = [g for g in grads if g is not None]
     if not params:
-        warnings.warn("GradWatch found no gradients to measure: call it after backward().",
-                      RuntimeWarning, stacklevel=user_stacklevel())
+        warnings.warn("GradWatch found no gradients to measure: no watched parameter has a "
+                      ".grad. Call it after loss.backward(); torch.autograd.grad returns "
+                      "gradients without storing them in .grad: assign them (p.grad = g) "
+                      "first.", RuntimeWarning, stacklevel=user_stacklevel())
         return None
     scaled = amp.grads_scaled()
     if scaled and policy is not None:

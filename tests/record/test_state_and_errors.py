@@ -145,7 +145,7 @@ def test_step_with_optimizer_given_and_without_gradients():
         with pytest.raises(RuntimeError, match="called for you"):
             watch.step()
     with GradWatch(model) as watch:
-        with pytest.warns(RuntimeWarning, match="after backward"):
+        with pytest.warns(RuntimeWarning, match="after loss.backward"):
             assert watch.step() is None
 
 

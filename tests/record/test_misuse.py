@@ -1,0 +1,119 @@
+"""Misuse that used to fail late or silently now fails at once, or warns, with the fix: lazy
+modules, optimizers that run no hooks or are not optimizers, one optimizer watched twice,
+pickling a watch, training with torch.autograd.grad."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import warnings
+from collections import defaultdict
+
+import pytest
+import torch
+from torch import nn
+
+from gradwatch import GradWatch
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def _step(model: nn.Module, opt: torch.optim.Optimizer) -> None:
+    opt.zero_grad()
+    model(torch.randn(5, 4)).square().mean().backward()
+    opt.step()
+
+
+def test_a_lazy_module_that_has_not_run_is_refused_with_the_fix():
+    model = nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.Linear(8, 2))
+    with pytest.raises(ValueError, match=r"`0.weight` belongs to a lazy module.*forward pass"):
+        GradWatch(model)
+    model(torch.randn(3, 5))  # initialised: watched
+    assert len(GradWatch(model).layer_names) == 2
+
+
+class _LookaheadNoInit(torch.optim.Optimizer):
+    """A wrapper that subclasses Optimizer without calling its __init__ (its step runs no
+    hooks), as some widely copied Lookahead implementations do."""
+
+    def __init__(self, base: torch.optim.Optimizer) -> None:
+        self.optimizer, self.param_groups, self.state = base, base.param_groups, defaultdict(dict)
+
+    def step(self, closure=None):
+        return self.optimizer.step(closure)
+
+
+class _Plain:
+    def __init__(self, params) -> None:
+        self.params = list(params)
+
+    def step(self) -> None:
+        with torch.no_grad():
+            for p in self.params:
+                p -= 0.1 * p.grad
+
+
+def test_optimizers_that_run_no_hooks_are_refused_with_the_fix():
+    model = _mlp()
+    base = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with pytest.raises(TypeError, match=r"never called Optimizer.__init__.*opt.optimizer"):
+        GradWatch(model, optimizer=_LookaheadNoInit(base))
+    with pytest.raises(TypeError, match=r"without `optimizer=` and call watch.step\(\)"):
+        GradWatch(model, optimizer=_Plain(model.parameters()))
+    watch = GradWatch(model, optimizer=base)  # the wrapped one works through the wrapper
+    wrapper = _LookaheadNoInit(base)
+    for _ in range(3):
+        base.zero_grad()
+        model(torch.randn(5, 4)).square().mean().backward()
+        wrapper.step()
+    assert len(watch.history) == 3
+
+
+def test_one_optimizer_watched_twice_warns_and_a_closed_or_other_one_does_not():
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    first = GradWatch(model, optimizer=opt, clip=0.01)
+    with pytest.warns(UserWarning, match=r"SGD is already watched by an open GradWatch"):
+        second = GradWatch(model, optimizer=opt)
+    second.close()
+    first.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GradWatch(model, optimizer=opt).close()  # the others are closed
+        a = GradWatch(model, optimizer=torch.optim.SGD(model[0].parameters(), lr=0.1))
+        b = GradWatch(model, optimizer=torch.optim.SGD(model[2].parameters(), lr=0.1))
+        a.close()
+        b.close()
+
+
+def test_a_watch_refuses_pickling_with_the_fix_and_still_deep_copies():
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    watch = GradWatch(model, optimizer=opt)
+    _step(model, opt)
+    with pytest.raises(TypeError, match=r"cannot be pickled: save watch.state_dict\(\)"):
+        pickle.dumps(watch)
+    twin = copy.deepcopy(watch)
+    assert twin.step_count == 1 and twin.history[-1].total_norm == watch.history[-1].total_norm
+    state = watch.state_dict()
+    other = _mlp()
+    fresh = GradWatch(other, optimizer=torch.optim.SGD(other.parameters(), lr=0.1))
+    fresh.load_state_dict(pickle.loads(pickle.dumps(state)))
+    assert fresh.step_count == 1
+
+
+def test_training_with_autograd_grad_says_where_the_gradients_went():
+    model = _mlp()
+    watch = GradWatch(model)
+    loss = model(torch.randn(5, 4)).square().mean()
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    with pytest.warns(RuntimeWarning, match=r"torch.autograd.grad.*p.grad = g"):
+        assert watch.step() is None
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g
+    record = watch.step()
+    expected = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    assert record.total_norm == pytest.approx(expected.item(), rel=1e-6)
