@@ -10,12 +10,14 @@ from typing import Any, Callable
 
 import numpy as np
 from torch import nn
+from torch.nn.modules.module import register_module_module_registration_hook, \
+    register_module_parameter_registration_hook
 
 from .forward import ForwardOrder
 from .compile import NO_ACTIVATION_GRADS
 from ..measure.norms import segments
 from .collector import Collector
-from .hooks import user_stacklevel
+from .hooks import Hook, user_stacklevel
 from .layers import discover_layers
 from ..measure.updates import UpdateTracker
 from ..measure.statistics import UpdateRatio
@@ -33,8 +35,11 @@ class WatchedSet:
     A param group over layers already watched changes only which are stepped (the hooks and
     what they gathered in that step stay); when the layers change, that step's hooks ran on
     the old set and it has no output-gradient norms (and no warning that hooks did not run).
-    (Parameters registered on the model after the watch was created are seen once they join
-    the optimizer.)
+    A module or parameter assigned on one of the model's modules after the watch was created
+    (``model.fc = nn.Linear(...)``, ``model[2] = ...``) is seen by torch's global registration
+    hooks, which mark the set for a rebuild at its next measured step (nothing runs per step
+    for it); the new layer is watched, and without an optimizer stepped; with one, once it
+    joins the optimizer.
 
     Args:
         model: The (unwrapped) model.
@@ -48,11 +53,22 @@ class WatchedSet:
         self.collector: Collector | None = None
         self._warned_no_act = False
         self.rebuilt = False  # rebuilt since the last measured step's check
+        self.dirty = False  # a module or parameter was assigned in the model since the build
+        hook = Hook(self, "_assigned")
+        self._tree_handles = [register_module_module_registration_hook(hook),
+                              register_module_parameter_registration_hook(hook)]
         self._build()
+
+    def _assigned(self, module: nn.Module, name: str, value: Any) -> None:
+        """A torch registration hook: ``value`` was assigned as ``module.name``."""
+        if id(module) in self._module_ids:
+            self.dirty = True
 
     def _build(self) -> None:
         old = self.collector
+        self.dirty = False
         self._all_params = list(self.model.parameters())
+        self._module_ids = {id(m) for m in self.model.modules()}
         layers = discover_layers(self.model)
         if old is not None and _key(layers) == _key(self.layers):
             # only what the optimizer steps changed (a param group added): the hooks, what
@@ -116,7 +132,7 @@ class WatchedSet:
 
     def refresh(self) -> bool:
         """Rebuilds the set when what is trainable changed; returns whether it did."""
-        if self._current_signature() == self._signature:
+        if not self.dirty and self._current_signature() == self._signature:
             return False
         self._build()
         return True
@@ -163,7 +179,7 @@ class WatchedSet:
 
     def close(self, handles: list[Any] = ()) -> None:
         """Removes the model's hooks and the given (optimizer) hook handles."""
-        for handle in handles:
+        for handle in [*handles, *self._tree_handles]:
             handle.remove()
         if self.collector is not None:
             self.collector.close()
