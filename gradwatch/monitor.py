@@ -19,7 +19,7 @@ from .capture.hooks import Hook, user_stacklevel
 from .record.ledger import Ledger, run_header
 from .verdict.diagnosis import nonfinite_message
 from .options import NonFiniteGradientError, OnNonFinite, check_loss, check_manual_step, \
-    check_state, deepcopy_fields, note_watch, refuse_closure, refuse_pickle, validate
+    deepcopy_fields, load_or_restore, note_watch, refuse_closure, refuse_pickle, validate
 from .record.recorder import Recorder
 from .record.history import History
 from .record.records import Finding, StepRecord
@@ -44,7 +44,7 @@ class GradWatch:
             do not call `step` yourself then. Closure optimizers (LBFGS) are refused: call
             `step` inside the closure instead.
         thresholds: The bounds of the verdict rules (default `Thresholds()`).
-        clip: ``None``, a max global norm (``clip=1.0`` is ``clip_grad_norm_(params, 1.0)``),
+        clip: ``None``, a max global norm (``clip=1.0``: ``clip_grad_norm_`` of what is stepped),
             ``"auto"`` (`gradwatch.clip.ZClip`), or a `gradwatch.clip` policy. Clipping gives
             the same result on recorded and unrecorded steps.
         activations: Also measure output-gradient norms, dead/saturated units, gradients
@@ -93,11 +93,9 @@ class GradWatch:
         self._recorder = Recorder(w, self._ledger, self.thresholds, self.statistics)
         self._stash = GradStash()
         self._step, self._closed, self._loss = 0, False, None  # (the step's loss, if given)
-        self._optimizer_handles: list[Any] = []
-        if optimizer is not None:
-            self._optimizer_handles += [
-                optimizer.register_step_pre_hook(Hook(self, "_before_optimizer_step")),
-                optimizer.register_step_post_hook(Hook(self, "_after_optimizer_step"))]
+        self._optimizer_handles: list[Any] = [] if optimizer is None else [
+            optimizer.register_step_pre_hook(Hook(self, "_before_optimizer_step")),
+            optimizer.register_step_post_hook(Hook(self, "_after_optimizer_step"))]
         self._finalizer = weakref.finalize(self, w.close, self._optimizer_handles)
         self._sync_hooks()
         note_watch(self, optimizer)
@@ -155,10 +153,7 @@ class GradWatch:
         """Gives the loss of the step about to be measured (``loss=`` of `step`); with
         ``optimizer=``, call it after ``backward()`` and before ``optimizer.step()``. The last
         loss noted before a step is the step's; it is dropped once the step is measured."""
-        if self._closed:
-            raise RuntimeError("GradWatch.note_loss() was called after close(); create a new "
-                               "GradWatch to keep monitoring.")
-        self._loss = check_loss(loss)
+        self._loss = check_loss(loss, closed=self._closed)
 
     def diagnose(self) -> list[Finding]:
         """What is wrong with this run so far, most severe first (empty when nothing is)."""
@@ -199,8 +194,11 @@ class GradWatch:
                 "units": self._watched.collector.unit_window.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restores what `state_dict` saved, so a resumed run behaves as if never interrupted."""
-        check_state(state)
+        """Restores what `state_dict` saved, so a resumed run behaves as if never interrupted
+        (a state that does not load is refused, naming its key, and leaves the watch as it was)."""
+        load_or_restore(self, state, self._load)
+
+    def _load(self, state: Mapping[str, Any]) -> None:
         self._step = int(state["step"])
         self._recorder.load_state_dict(state, self._step)
         if self.policy is not None and state.get("clip") is not None:

@@ -15,8 +15,8 @@ from torch import nn
 from .verdict.thresholds import Thresholds
 
 __all__ = ["ON_NONFINITE", "OnNonFinite", "NonFiniteGradientError", "validate", "refuse_closure",
-           "check_manual_step", "check_loss", "check_state", "note_watch", "refuse_pickle",
-           "deepcopy_fields"]
+           "check_manual_step", "check_loss", "check_state", "load_or_restore", "note_watch",
+           "refuse_pickle", "deepcopy_fields"]
 
 ON_NONFINITE = ("warn", "raise", "skip", "zero")
 OnNonFinite = Literal["warn", "raise", "skip", "zero"]
@@ -128,9 +128,12 @@ def check_manual_step(closed: bool, optimizer: Any) -> None:
                            "construct GradWatch without `optimizer=`.")
 
 
-def check_loss(loss: Any) -> Any:
+def check_loss(loss: Any, closed: bool = False) -> Any:
     """The loss as gradwatch keeps it: a detached one-element tensor (no host sync), or a
-    float; raises TypeError/ValueError for anything else."""
+    float; raises TypeError/ValueError for anything else (RuntimeError on a ``closed`` watch)."""
+    if closed:
+        raise RuntimeError("GradWatch.note_loss() was called after close(); create a new "
+                           "GradWatch to keep monitoring.")
     if isinstance(loss, torch.Tensor):
         if loss.numel() != 1:
             raise ValueError(f"Expected `loss` to be the reduced loss (one element), but got a "
@@ -164,6 +167,31 @@ def check_state(state: Any) -> None:
     step = state["step"]
     if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
         raise ValueError(f"Expected state['step'] to be an int >= 0, but got {step!r}.")
+    for key, kind in _STATE_TYPES.items():
+        if key in state and not isinstance(state[key], kind):
+            raise ValueError(f"Expected state[{key!r}] to be a "
+                             f"{'dict' if kind is Mapping else 'list'} as "
+                             f"GradWatch.state_dict() wrote it, but got "
+                             f"{type(state[key]).__name__} {state[key]!r:.60}; pass the dict "
+                             f"state_dict() returned, unchanged.")
+
+
+_STATE_TYPES: dict[str, Any] = {"stats": Mapping, "total_stats": Mapping, "counts": (list, tuple),
+                                "run": Mapping, "judge": Mapping, "units": (list, tuple)}
+
+
+def load_or_restore(watch: Any, state: Any, load: Any) -> None:
+    """``load(state)`` after `check_state`; when it fails, the watch's own state from before is
+    loaded back and a ValueError says the state did not load (the first error is its cause)."""
+    check_state(state)
+    before = watch.state_dict()
+    try:
+        load(state)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+        load(before)
+        raise ValueError(f"Expected `state` to be what GradWatch.state_dict() returned, but "
+                         f"loading it failed ({type(e).__name__}: {e}); the watch is unchanged. "
+                         f"Pass the dict state_dict() returned, unchanged.") from e
 
 
 _WATCHING: weakref.WeakKeyDictionary[Any, weakref.WeakSet] = weakref.WeakKeyDictionary()

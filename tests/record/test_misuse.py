@@ -5,6 +5,7 @@ pickling a watch, training with torch.autograd.grad."""
 from __future__ import annotations
 
 import copy
+import json
 import pickle
 import warnings
 from collections import defaultdict
@@ -19,6 +20,11 @@ from gradwatch import GradWatch
 def _mlp() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def _same(a: dict, b: dict) -> bool:
+    """Equal states (NaN equal to NaN, as after a JSON round trip)."""
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
 def _step(model: nn.Module, opt: torch.optim.Optimizer) -> None:
@@ -117,3 +123,34 @@ def test_training_with_autograd_grad_says_where_the_gradients_went():
     record = watch.step()
     expected = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
     assert record.total_norm == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("key, value", [("run", None), ("counts", None), ("stats", None),
+                                        ("total_stats", [1, 2]), ("judge", "x")])
+def test_a_state_with_a_bad_value_is_refused_naming_its_key(key, value):
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    watch = GradWatch(model, optimizer=opt)
+    for _ in range(3):
+        _step(model, opt)
+    state = watch.state_dict()
+    other = _mlp()
+    fresh = GradWatch(other, optimizer=torch.optim.SGD(other.parameters(), lr=0.1))
+    before = fresh.state_dict()
+    with pytest.raises(ValueError, match=rf"state\[{key!r}\] to be a"):
+        fresh.load_state_dict({**state, key: value})
+    assert fresh.step_count == 0 and _same(fresh.state_dict(), before)
+
+
+def test_a_state_that_fails_inside_leaves_the_watch_as_it_was():
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    watch = GradWatch(model, optimizer=opt)
+    for _ in range(3):
+        _step(model, opt)
+    state = watch.state_dict()
+    before = watch.state_dict()
+    bad = {**state, "step": 7, "stats": {"0": {"count": "many"}}}  # a dict, wrong inside
+    with pytest.raises(ValueError, match=r"loading it failed .*the watch is unchanged"):
+        watch.load_state_dict(bad)
+    assert watch.step_count == 3 and _same(watch.state_dict(), before)
