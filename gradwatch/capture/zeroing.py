@@ -28,7 +28,7 @@ class ZeroCheck:
     first pass; accumulating micro-batches after a reset is not stale either."""
 
     def __init__(self) -> None:
-        self._kept: tuple[Tensor, Any, Tensor] | None = None
+        self._kept: tuple[Tensor, Any, Any] | None = None  # param, its grad, the 16 entries
         self._handle: Any = None
         self._hook = Hook(self, "_on_grad")
         self._reset = False  # None or replaced at some pass (known on the host)
@@ -47,7 +47,9 @@ class ZeroCheck:
         for p in params[:8]:
             g = p.grad
             if g is not None and not g.is_sparse and g.numel() and p.requires_grad:
-                self._kept = (p, weakref.ref(g), g.detach().reshape(-1)[:16].clone())
+                head = g.detach().reshape(-1)[:16]  # (on the CPU read at once: host lists)
+                self._kept = (p, weakref.ref(g), head.tolist() if g.device.type == "cpu"
+                              else head.clone())
                 self._handle = p.register_hook(self._hook)
                 return
 
@@ -62,8 +64,11 @@ class ZeroCheck:
             self._reset = True  # set to None by zero_grad(), or replaced
             return None
         now = g.detach().reshape(-1)[:16]
-        zeroed = ~now.ne(0).any()
-        stale = (now == sample).all() & sample.ne(0).any()
+        if isinstance(sample, list):  # the CPU: plain bools
+            values = now.tolist()
+            zeroed, stale = not any(values), values == sample and any(sample)
+        else:  # a device: device bools, no host sync
+            zeroed, stale = ~now.ne(0).any(), (now == sample).all() & sample.ne(0).any()
         self._zeroed = zeroed if self._zeroed is None else self._zeroed | zeroed
         self._stale = stale if self._stale is None else self._stale | stale
         return None
@@ -78,6 +83,8 @@ class ZeroCheck:
             out: Any = False
         elif self._stale is None:
             out = None
+        elif isinstance(self._stale, bool):
+            out = self._stale and not self._zeroed
         else:
             out = self._stale & ~self._zeroed
         self.disarm()
