@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ..capture.collected import Collected, UnitEntry
+from .batched import remember
 from .host import HostBatch
 from .norms import layer_norms
 from .norms import TINY, combine, device_norms64, repair_norms
@@ -21,9 +22,17 @@ __all__ = ["StepNumbers", "start_read", "finish_read",
            "layer_values", "unit_counts"]
 
 
+_PICKS: dict[Any, Tensor] = {}
+
+
 def _at(norms: Tensor, sel: np.ndarray | None) -> Tensor:
-    """The entries ``sel`` picks (all when None), on the norms' device."""
-    return norms if sel is None else norms[torch.as_tensor(sel, device=norms.device)]
+    """The entries ``sel`` picks (all when None), on the norms' device; the index tensor is
+    made once per selection and device (a host-to-device copy waits for the device)."""
+    if sel is None:
+        return norms
+    index = remember(_PICKS, (sel.tobytes(), norms.device),
+                     lambda: torch.as_tensor(sel, device=norms.device))
+    return norms[index]
 
 
 def device_total(norms_dev: Tensor, grads: Sequence[Tensor],
