@@ -30,8 +30,9 @@ def _at(norms: Tensor, sel: np.ndarray | None) -> Tensor:
     made once per selection and device (a host-to-device copy waits for the device)."""
     if sel is None:
         return norms
-    index = remember(_PICKS, (sel.tobytes(), norms.device),
-                     lambda: torch.as_tensor(sel, device=norms.device))
+    index = remember(_PICKS, (sel.tobytes(), norms.device), lambda: torch.from_numpy(sel) if
+                     norms.device.type == "cpu" else torch.from_numpy(sel).pin_memory().to(
+                         norms.device, non_blocking=True))  # (pinned: the copy does not wait)
     return norms[index]
 
 
