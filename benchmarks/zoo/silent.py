@@ -58,15 +58,16 @@ def _cnn_encoder() -> nn.Module:
     return nn.Sequential(*list(nets.small_cnn())[:-1])  # everything but the linear head
 
 
-def _cut(encoder: Any, width: int, how: str, *, lr: float = 1e-3, frozen: bool = False
-         ) -> Setup:
+def _cut(encoder: Any, width: int, how: str, *, lr: float = 1e-3, frozen: bool = False,
+         outside: bool = False) -> Setup:
     model = CutEncoder(encoder(), nn.Sequential(nn.Linear(width, 64), nn.ReLU(),
                                                 nn.Linear(64, 10)), how)
     if frozen:  # frozen on purpose: not trained, and not in the optimizer
         model.encoder.requires_grad_(False)
     setup = image(model, lr=lr, size=16, probe=nets.zero_grads(ce_loss),
                   after=nets.zero_grads(ce_loss, "after_"))
-    if frozen:
+    if frozen or outside:  # (outside: left out of the optimizer but still requiring grad, so
+        # its gradients are computed, never zeroed by the optimizer, and never stepped)
         setup.optimizer = torch.optim.AdamW(model.head.parameters(), lr=lr)
     return setup
 
@@ -141,6 +142,10 @@ SILENT_RUNS: tuple[Run, ...] = (
     _p("frozen_cnn_encoder", "cnn", Label(HEALTHY),
        lambda: _cut(_cnn_encoder, 64, "", lr=1e-2, frozen=True), ("falls",),
        note="BN CNN encoder frozen (requires_grad False, not in the optimizer), head trained"),
+    _p("outside_optimizer_mlp_encoder", "mlp", Label(HEALTHY),
+       lambda: _cut(_mlp_encoder, 64, "", lr=1e-2, outside=True), ("falls",),
+       note="MLP encoder left out of the optimizer (still requiring grad: its gradients grow, "
+            "never zeroed, never stepped), head trained"),
     _p("trained_mlp_encoder", "mlp", Label(HEALTHY),
        lambda: _cut(_mlp_encoder, 64, ""), ("falls",),
        note="the same MLP encoder and head, nothing cut"),

@@ -139,8 +139,9 @@ def _shape(cols: StepColumns, watched: Any, judge: Judge, cache: dict[Any, _Shap
         names = tuple(layers[i].name for i in index.tolist())
         roles = [layers[i].role for i in index.tolist()]
         head = np.flatnonzero(index == fwd.head) if fwd.head is not None else ()
-        found = _Shape(index, Layout(names, judge.uids(names)), roles,
-                       np.array([r == "weight" for r in roles], dtype=bool),
+        found = _Shape(index, Layout(names, judge.uids(names)), roles,  # the rules judge
+                       np.array([r == "weight" for r in roles], dtype=bool)  # weight layers
+                       & watched.stepped[index],  # the optimizer steps (`StepView.weight`)
                        [layers[i].recurrent for i in index.tolist()],
                        [i in fwd.repeated for i in index.tolist()],
                        int(head[0]) if len(head) else None)

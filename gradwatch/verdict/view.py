@@ -58,7 +58,7 @@ class StepView:
     saturating: bool = False
     loss: float | None = None  # the user's loss of the step, when passed
     act_on: np.ndarray | None = None
-    weight: np.ndarray | None = None  # role == "weight"
+    weight: np.ndarray | None = None  # role == "weight" (and stepped: what rules judge)
     uid: np.ndarray | None = None
     absent: Sequence[str] | None = None  # layers that ran and are stepped but got no gradient
     stale: bool | None = None  # the gradients still held the last step's values

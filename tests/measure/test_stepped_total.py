@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gradwatch import GradWatch
+from gradwatch import GradWatch, Thresholds
 
 
 def _mlp() -> nn.Module:
@@ -94,3 +94,25 @@ def test_a_param_group_switched_to_other_layers_moves_the_total():
         opt.step()
         assert watch.history[-1].total_norm == pytest.approx(expected, rel=1e-6)
     watch.close()
+
+
+def test_layers_left_out_of_the_optimizer_are_not_judged():
+    """Their gradients are never zeroed and grow step after step (an input side far above the
+    output side: an `exploding` depth trend if they were judged, here with a bound of 20 that
+    the backbone's growth crosses); the layers that train are healthy, so nothing is found and
+    nothing flagged."""
+    model = _mlp()
+    opt = torch.optim.AdamW(model[4].parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g)
+    th = Thresholds(relative_exploding=20.0)
+    with GradWatch(model, optimizer=opt, thresholds=th) as watch:
+        for _ in range(40):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            watch.note_loss(loss)
+            opt.step()
+    first, last = watch.history[0], watch.history[-1]
+    assert last.layers["0"].norm > 20 * first.layers["0"].norm  # the backbone's, growing
+    assert watch.diagnose() == [] and not any(r.flagged for r in watch.history)
