@@ -148,3 +148,13 @@ def test_schedule_tail_benchmark_smoke():
     cells = [c.strip() for c in row.strip("|").split("|")]
     measured = int(cells[2].split(" / ")[0])
     assert measured >= 8 and cells[3] == "-" and cells[4] == "not_moving", row
+
+
+def test_hook_floor_benchmark_smoke():
+    """It runs and gives a number per configuration (values are timings: not asserted)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("hook_floor", SCRIPT.parent / "hook_floor.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    extra = module.measure(3, rounds=2, per_round=2)
+    assert set(extra) == set(module.CONFIGS) and extra["bare"] == 0.0
