@@ -47,9 +47,9 @@ class ZeroCheck:
         for p in params[:8]:
             g = p.grad
             if g is not None and not g.is_sparse and g.numel() and p.requires_grad:
-                head = g.detach().reshape(-1)[:16]  # (on the CPU read at once: host lists)
-                self._kept = (p, weakref.ref(g), head.tolist() if g.device.type == "cpu"
-                              else head.clone())
+                head = g.detach().reshape(-1)[:16]  # (a plain CPU tensor: read as a list)
+                plain = g.device.type == "cpu" and type(g) is Tensor  # (not a DTensor shard)
+                self._kept = (p, weakref.ref(g), head.tolist() if plain else head.clone())
                 self._handle = p.register_hook(self._hook)
                 return
 
