@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime
 import uuid
+import warnings
 from collections import Counter
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..capture.hooks import user_stacklevel
 from .history import History, RecordRow
 from .records import STATUS_CODES, StepRecord
 
@@ -32,6 +34,7 @@ class Ledger:
     def __init__(self, loggers: Sequence[Callable[[StepRecord], None]], history: int,
                  header: Mapping[str, Any]) -> None:
         self.loggers = tuple(loggers)
+        self._dropped: set[int] = set()  # loggers that raised: called no more (see `_call`)
         self.records = History(history)
         self.run: Counter[str] = Counter()
         self.run_id = uuid.uuid4().hex
@@ -72,7 +75,7 @@ class Ledger:
             for logger in self.loggers:
                 start = getattr(logger, "start_run", None)
                 if callable(start):
-                    start(header)
+                    self._call(logger, start, header)
         self.records.append(row)
         record = self.records.row_record(row)
         run = self.run
@@ -93,14 +96,31 @@ class Ledger:
         if c.spike.any():
             self._counts[cols[c.spike > 0], len(STATUS_CODES)] += 1
         for logger in self.loggers:
-            logger(record)
+            self._call(logger, logger, record)
         return record
+
+    def _call(self, logger: Any, fn: Callable[..., Any], *args: Any, closing: bool = False
+              ) -> None:
+        """``fn(*args)`` of ``logger``; if it raises, the run goes on without that logger (the
+        optimizer step is done, the record is in the history) and a warning says so. A logger
+        dropped so is still closed (``closing``)."""
+        if id(logger) in self._dropped and not closing:
+            return
+        try:
+            fn(*args)
+        except Exception as e:  # a disk full or a logging service down must not stop training
+            self._dropped.add(id(logger))
+            name = getattr(logger, "__name__", type(logger).__name__)
+            warnings.warn(f"gradwatch logger {name} raised {type(e).__name__}: {e}; it gets no "
+                          f"further records in this run (they stay in watch.history and "
+                          f"watch.state_dict(); fix it and pass it to a new GradWatch).",
+                          RuntimeWarning, stacklevel=user_stacklevel())
 
     def close(self) -> None:
         for logger in self.loggers:
             close = getattr(logger, "close", None)
             if callable(close):
-                close()
+                self._call(logger, close, closing=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id,

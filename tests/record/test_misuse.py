@@ -154,3 +154,32 @@ def test_a_state_that_fails_inside_leaves_the_watch_as_it_was():
     with pytest.raises(ValueError, match=r"loading it failed .*the watch is unchanged"):
         watch.load_state_dict(bad)
     assert watch.step_count == 3 and _same(watch.state_dict(), before)
+
+
+def test_a_logger_that_raises_warns_and_training_goes_on(tmp_path):
+    """A disk full or a logging service down: the optimizer step stands, the record is kept,
+    the logger gets nothing more, the others keep logging, and it is still closed."""
+    calls, closed = [], []
+
+    class Flaky:
+        def __call__(self, record):
+            calls.append(record.step)
+            if record.step == 1:
+                raise OSError("No space left on device")
+
+        def close(self):
+            closed.append(True)
+
+    kept = []
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    watch = GradWatch(model, optimizer=opt, loggers=[Flaky(), kept.append])
+    _step(model, opt)
+    before = model[0].weight.detach().clone()
+    with pytest.warns(RuntimeWarning, match=r"logger Flaky raised OSError: No space left"):
+        _step(model, opt)
+    assert not torch.equal(before, model[0].weight)  # the step was taken
+    _step(model, opt)
+    watch.close()
+    assert calls == [0, 1] and [r.step for r in kept] == [0, 1, 2] and closed == [True]
+    assert [r.step for r in watch.history] == [0, 1, 2]
