@@ -120,14 +120,15 @@ class WatchedSet:
             np.asarray(present, dtype=bool)]
         return None if keep.all() else np.flatnonzero(keep)
 
-    def _current_signature(self) -> tuple[int, tuple[tuple[int, int, int, int], ...]]:
-        """What is trainable (a count) and what the optimizer steps: per param group its list
-        and that list's length, first and last tensor (a list replaced by another of the same
-        length, as a group switched to other layers, changes it; a few reads per group)."""
+    def _current_signature(self) -> tuple[int, tuple[tuple[int, int, int], ...]]:
+        """What is trainable (a count) and what the optimizer steps: per param group the
+        length, first and last tensor of its list (a group switched to other layers with a list
+        of the same length changes it; a few reads per group, and a wrapper that builds its
+        lists anew at each read does not)."""
         trainable = sum(map(_REQUIRES_GRAD, self._all_params))
         if self.optimizer is None:
             return trainable, ()
-        return trainable, tuple((id(ps), len(ps), id(ps[0]) if ps else 0, id(ps[-1]) if ps else 0)
+        return trainable, tuple((len(ps), id(ps[0]) if ps else 0, id(ps[-1]) if ps else 0)
                                 for ps in (g["params"] for g in self.optimizer.param_groups))
 
     def refresh(self) -> bool:
