@@ -42,12 +42,13 @@ class NoGradient(Rule):
 
 
 class NotZeroed(Rule):
-    """Gradients are never zeroed: when a backward pass begins, a gradient still holds exactly
-    the values it had right after the previous ``optimizer.step()`` (the same tensor, the same
-    entries), on `Thresholds.not_zeroed` recorded steps in a row. Each step then adds its
-    gradient to all the previous ones, and with momentum the steps grow until the loss climbs.
-    Accumulating micro-batches between two optimizer steps is not this: the check runs at the
-    first backward after a step. It needs the optimizer and ``activations=True``."""
+    """Gradients are never zeroed: a gradient the optimizer steps still held exactly the values
+    it had right after the previous ``optimizer.step()`` (the same tensor, the same entries)
+    when a backward pass added to it, and was never reset before the next step
+    (`gradwatch.capture.zeroing.ZeroCheck`), on `Thresholds.not_zeroed` recorded steps in a
+    row. Each step then adds its gradient to all the previous ones, and with momentum the steps
+    grow until the loss climbs. Accumulating micro-batches after a reset is not this. It needs
+    the optimizer and ``activations=True``."""
 
     kind, reads = "not_zeroed", ("norm",)
     persistent = False  # the streak is its persistence
@@ -58,11 +59,12 @@ class NotZeroed(Rule):
         streak = state["streak"] = state.get("streak", 0.0) + 1 if view.stale else 0.0
         if streak < th.not_zeroed:
             return None
-        return Hit([], f"when the backward pass began, the gradients still held the values "
-                       f"they had after the previous optimizer.step() on {int(streak)} "
-                       f"recorded steps in a row (bound not_zeroed={th.not_zeroed}): each "
-                       f"step's gradient is added to all the earlier ones (total gradient norm "
-                       f"now {view.total:.3g})", {"steps": streak})
+        return Hit([], f"a gradient the optimizer steps still held the values it had after "
+                       f"the previous optimizer.step() when the next backward added to it, and "
+                       f"was not reset before the next step, on {int(streak)} recorded steps "
+                       f"in a row (bound not_zeroed={th.not_zeroed}): each step's gradient is "
+                       f"added to all the earlier ones (total gradient norm now "
+                       f"{view.total:.3g})", {"steps": streak})
 
 
 class NotMoving(Rule):
