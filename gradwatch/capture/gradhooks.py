@@ -103,6 +103,14 @@ class GradHooks:
         if node is None:
             t.register_hook(self._grad_hooks[(layer, is_output, -1)])
             return
+        base = t._base
+        if is_output and base is not None and base.grad_fn is not None \
+                and base.numel() == t.numel():
+            # a reshaping view of what made the output (a Linear on a 3-D input: addmm, then
+            # view): hook the node that made the data, which stays in the graph when the output
+            # is later written in place through the view (masking), where the view's node
+            # is replaced and a hook on it never runs; the same entries, so the same norm
+            t, node = base, base.grad_fn
         key = (layer, is_output, t.output_nr)
         hook = self._grad_hooks.get(key)
         if hook is None:

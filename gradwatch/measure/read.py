@@ -48,7 +48,15 @@ def device_total(norms_dev: Tensor, grads: Sequence[Tensor],
     if not picked.numel():
         return total32.double(), exact
     good = torch.isfinite(picked).all() & (picked.min() >= TINY)
-    return torch.where(good, total32.double(), torch.linalg.vector_norm(_at(exact, sel))), exact
+    return torch.where(good, total32.double(), _scaled_total(_at(exact, sel))), exact
+
+
+def _scaled_total(norms: Tensor) -> Tensor:
+    """The L2 norm of float64 ``norms`` as ‖n / m‖·m (m the largest): right where the squares
+    of norms past ~1e154 (float64 gradients of 1e200) overflow; NaN or inf stay so."""
+    peak = norms.max()
+    safe = torch.where((peak > 0) & torch.isfinite(peak), peak, torch.ones_like(peak))
+    return torch.linalg.vector_norm(norms / safe) * safe
 
 
 def layer_values(data: Collected, host: dict[str, list[float]], inv_scale: float,
@@ -180,6 +188,9 @@ def finish_read(host: dict[str, list[float]], scaled: bool,
     else:
         fixed = repair_norms(raw, grads, exact)
     norms = fixed if inv == 1.0 else [n * inv for n in fixed]
+    if total_of is not None and not scaled and act_inv != 1.0:  # a GradScaler unscaled only
+        stepped = set(total_of.tolist())  # what the optimizer steps: the others' norms still
+        norms = [n if k in stepped else n * act_inv for k, n in enumerate(norms)]  # carry it
     total32 = host["total32"][0]
     if total_of is None:
         exact = exact is not None or fixed != raw or not TINY <= total32 < math.inf

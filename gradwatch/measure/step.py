@@ -107,7 +107,7 @@ def measure_step(watched: Any, amp: Any, policy: Any, statistics: Sequence[Any],
         if on_nonfinite == "skip":
             skipped = stash.stash(optimizer)
         elif on_nonfinite == "zero":
-            zero_nonfinite_(grads)
+            zero_nonfinite_(_subset(grads, sel))
     coef = 1.0
     if policy is not None and not (skipped or overflow):
         cgrads, cparams = _subset(grads, sel), _subset(params, sel)
@@ -176,9 +176,11 @@ def _deferred(w: Any, policy: Any, statistics: Sequence[Any], grads: list[Tensor
     """The sync-free path: clip with the device total (over ``sel``, the stepped gradients;
     None: all), zero NaN/Inf on the device, and start the record's copy without waiting."""
     cgrads, cparams = _subset(grads, sel), _subset(params, sel)
-    total, exact = device_total(norms_dev, grads, sel)
-    if zero:  # cannot ask the host whether NaN is there: replace it unconditionally
-        zero_nonfinite_(grads)
+    total, exact = device_total(norms_dev, grads, sel)  # the record's: before any zeroing
+    if zero:  # cannot ask the host whether NaN is there: replace it unconditionally (in what
+        zero_nonfinite_(cgrads)  # the optimizer steps, as the host path does) and clip with
+        if policy is not None:  # the total re-measured after it, as the host path does
+            total = device_total(per_tensor_norms(cgrads), cgrads)[0]
     coef = torch.ones((), dtype=torch.float64, device=norms_dev.device)
     if policy is not None:
         result = policy.clip_(cgrads, total, params=cparams, is_output=w.is_output(cparams))

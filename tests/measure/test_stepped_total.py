@@ -116,3 +116,70 @@ def test_layers_left_out_of_the_optimizer_are_not_judged():
     first, last = watch.history[0], watch.history[-1]
     assert last.layers["0"].norm > 20 * first.layers["0"].norm  # the backbone's, growing
     assert watch.diagnose() == [] and not any(r.flagged for r in watch.history)
+
+
+@pytest.mark.parametrize("sync_records", [None, False])
+@pytest.mark.parametrize("partial", [False, True])
+def test_zero_then_clip_matches_nan_to_num_then_clip_grad_norm(sync_records, partial):
+    """on_nonfinite="zero" with a norm clip: the NaN entry is zeroed and the rest clipped with
+    the total re-measured after zeroing, on the host path and the sync-free one (which clipped
+    with the NaN total before: every stepped gradient, then every weight, became NaN)."""
+    model = _mlp()
+    stepped = list(model[4].parameters()) if partial else list(model.parameters())
+    opt = torch.optim.SGD(stepped, lr=0.1)
+    watch = GradWatch(model, optimizer=opt, clip=0.5, on_nonfinite="zero",
+                      sync_records=sync_records)
+    x = torch.randn(16, 8, generator=torch.Generator().manual_seed(4))
+    opt.zero_grad()
+    model(x).square().mean().backward()
+    model[4].weight.grad[0, 0] = float("nan")
+    expected = [torch.nan_to_num(p.grad, nan=0.0) for p in stepped]
+    torch.nn.utils.clip_grad_norm_(expected, 0.5)  # (clips the list of tensors in place)
+    grads_seen = []
+    hook = opt.register_step_pre_hook(lambda o, a, k: grads_seen.append(
+        [p.grad.clone() for p in stepped]))
+    opt.step()
+    hook.remove()
+    watch.close()
+    for got, want in zip(grads_seen[0], expected):
+        assert torch.allclose(got, want, rtol=1e-6, atol=0)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_gradscaler_unscales_only_what_the_optimizer_steps():
+    """``scaler.unscale_(optimizer)`` leaves a trainable layer outside the optimizer at the loss
+    scale: its recorded norm is unscaled by gradwatch (it was 65,536 times too large)."""
+    model, ref = _mlp(), _mlp()
+    opt = torch.optim.SGD(model[4].parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    watch = GradWatch(model, optimizer=opt, scaler=scaler)
+    x = torch.randn(16, 8, generator=torch.Generator().manual_seed(5))
+    opt.zero_grad()
+    scaler.scale(model(x).square().mean()).backward()
+    ref(x).square().mean().backward()
+    scaler.step(opt)
+    scaler.update()
+    watch.close()
+    record = watch.history[-1]
+    for name in ("0", "2", "4"):
+        assert record.layers[name].norm == pytest.approx(_norm_of(ref[int(name)]), rel=1e-5)
+
+
+def _norm_of(module: nn.Module) -> float:
+    return torch.linalg.vector_norm(torch.cat([p.grad.reshape(-1)
+                                               for p in module.parameters()])).item()
+
+
+@pytest.mark.parametrize("sync_records", [None, False])
+def test_float64_gradients_past_1e154_clip_the_same_on_both_paths(sync_records):
+    model = nn.Linear(4, 2).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    watch = GradWatch(model, optimizer=opt, clip=1.0, activations=False,
+                      sync_records=sync_records)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 1e200)
+    opt.step()
+    watch.close()
+    after = torch.linalg.vector_norm(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    assert after.item() == pytest.approx(1.0, rel=1e-9)
+    assert watch.history[-1].total_norm == pytest.approx(1e200 * 10 ** 0.5, rel=1e-12)
