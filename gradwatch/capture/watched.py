@@ -49,6 +49,7 @@ class WatchedSet:
 
     def __init__(self, model: nn.Module, *, activations: bool, optimizer: Any) -> None:
         self.model, self.activations, self.optimizer = model, activations, optimizer
+        self.stepping: Any = None  # without `optimizer`: the one whose step is measured (`follow`)
         self.amp_poll: Callable[[], None] | None = None
         self.collector: Collector | None = None
         self._warned_no_act = False
@@ -98,10 +99,20 @@ class WatchedSet:
                                      UpdateRatio.sample) if self.optimizer is not None else None
         self._stepped()
 
+    def follow(self, optimizer: Any) -> None:
+        """Without an own optimizer (a framework steps it, measured by ``watch.step()``): the
+        one about to step, whose parameters the total, clipping and rules then read; the set
+        is updated at the next measured step (`refresh`). None: every watched parameter."""
+        self.stepping = optimizer
+
+    def _stepper(self) -> Any:
+        return self.optimizer if self.optimizer is not None else self.stepping
+
     def _stepped(self) -> None:
         """Which layers and parameters the optimizer steps (all without one)."""
-        stepped = None if self.optimizer is None else {
-            id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        source = self._stepper()
+        stepped = None if source is None else {
+            id(p) for g in source.param_groups for p in g["params"]}
         self.param_stepped = np.array([stepped is None or id(p) in stepped
                                        for p in self.params], dtype=bool)
         self.stepped = np.array([stepped is None or any(id(p) in stepped for p in layer.params)
@@ -126,10 +137,11 @@ class WatchedSet:
         of the same length changes it; a few reads per group, and a wrapper that builds its
         lists anew at each read does not)."""
         trainable = sum(map(_REQUIRES_GRAD, self._all_params))
-        if self.optimizer is None:
+        source = self._stepper()
+        if source is None:
             return trainable, ()
         return trainable, tuple((len(ps), id(ps[0]) if ps else 0, id(ps[-1]) if ps else 0)
-                                for ps in (g["params"] for g in self.optimizer.param_groups))
+                                for ps in (g["params"] for g in source.param_groups))
 
     def refresh(self) -> bool:
         """Rebuilds the set when what is trainable changed; returns whether it did."""

@@ -95,7 +95,8 @@ class GradWatchCallback(WatchOwner, pl.Callback):
             return
         if self.gate is not None:
             self.gate.open()  # measures (and clips) now; the update ratio spans the real step
-        else:
+        else:  # several optimizers, or a GradScaler: the total, clipping and rules read what
+            self.watch._watched.follow(unwrap_optimizer(optimizer))  # this one steps
             self.watch.step()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,

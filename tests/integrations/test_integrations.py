@@ -332,3 +332,50 @@ def test_hf_callback_measures_update_ratios_with_the_trainers_optimizer(tmp_path
     ratios = [s.values.get("update_ratio") for s in first.layers.values()]
     assert any(r is not None and r > 0 for r in ratios)
     assert read_runs(log)[-1].header["options"]["optimizer"] == "AdamW"
+
+
+def test_lightning_manual_optimization_with_two_optimizers_reads_the_one_stepping(tmp_path):
+    """A GAN under manual optimization: at each optimizer's step the total norm (and clipping,
+    and the rules) read that optimizer's parameters, as clip_grad_norm_ over them would; G's
+    backward leaves gradients in D that D's step later zeroes, and they are not in G's total."""
+    pl = pytest.importorskip("lightning.pytorch")
+    from gradwatch.integrations.lightning import GradWatchCallback
+
+    own: list[float] = []
+
+    class Gan(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+            self.G = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 16))
+            self.D = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1))
+
+        def training_step(self, batch, i):
+            (x,) = batch
+            opt_g, opt_d = self.optimizers()
+            z = torch.randn(x.shape[0], 8, generator=torch.Generator().manual_seed(i))
+            loss_d = nn.functional.softplus(-self.D(x)).mean() + nn.functional.softplus(
+                self.D(self.G(z).detach())).mean()
+            opt_d.zero_grad()
+            self.manual_backward(loss_d)
+            own.append(torch.nn.utils.get_total_norm([p.grad for p in self.D.parameters()]).item())
+            opt_d.step()
+            loss_g = nn.functional.softplus(-self.D(self.G(z))).mean()
+            opt_g.zero_grad()
+            self.manual_backward(loss_g)
+            own.append(torch.nn.utils.get_total_norm([p.grad for p in self.G.parameters()]).item())
+            opt_g.step()
+
+        def configure_optimizers(self):
+            return [torch.optim.Adam(self.G.parameters(), lr=1e-3),
+                    torch.optim.Adam(self.D.parameters(), lr=1e-3)]
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(96, 16))
+    watch = GradWatchCallback(log_layers=False)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", callbacks=[watch], logger=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(Gan(), torch.utils.data.DataLoader(data, batch_size=32))
+    assert len(watch.history) == len(own) == 6
+    assert [r.total_norm for r in watch.history] == pytest.approx(own, rel=1e-6)
