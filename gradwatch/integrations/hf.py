@@ -68,7 +68,9 @@ class GradWatchCallback(WatchOwner, TrainerCallback):
             warnings.warn(f"The Trainer clips (max_grad_norm={args.max_grad_norm}) before "
                           f"on_pre_optimizer_step, so gradwatch records post-clip norms; set "
                           f"max_grad_norm=0 and GradWatchCallback(clip={args.max_grad_norm}) to "
-                          f"record pre-clip norms with the same clipping.", UserWarning,
+                          f"record pre-clip norms with the same clipping (the same when the "
+                          f"optimizer steps every trainable parameter: the Trainer clips "
+                          f"model.parameters(), gradwatch what the optimizer steps).", UserWarning,
                           stacklevel=2)
         self._close()  # a previous train() that raised left its watch open
         inner = unwrap_optimizer(optimizer)

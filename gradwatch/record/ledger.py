@@ -112,8 +112,8 @@ class Ledger:
             self._dropped.add(id(logger))
             name = getattr(logger, "__name__", type(logger).__name__)
             warnings.warn(f"gradwatch logger {name} raised {type(e).__name__}: {e}; it gets no "
-                          f"further records in this run (they stay in watch.history and "
-                          f"watch.state_dict(); fix it and pass it to a new GradWatch).",
+                          f"further records in this run (they stay in watch.history; fix it and "
+                          f"pass it to a new GradWatch).",
                           RuntimeWarning, stacklevel=user_stacklevel())
 
     def close(self) -> None:
