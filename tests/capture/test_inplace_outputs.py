@@ -56,3 +56,33 @@ def test_an_output_written_in_place_through_a_view_keeps_its_output_gradient(ste
         assert watch.history[-1].layers["proj"].norm == pytest.approx(torch.linalg.vector_norm(
             torch.cat([p.grad.reshape(-1) for p in ref.proj.parameters()])).item(), rel=1e-6)
     watch.close()
+
+
+class _Reshape(nn.Module):
+    """A layer whose output only reshapes its input (its parameter feeds the loss elsewhere):
+    the output is a view whose base is the input, so its own gradient is hooked, not the
+    input's (which sums every consumer of the input)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], -1)  # (two inputs: hooked tensor by tensor)
+
+
+def test_an_output_that_reshapes_its_input_reads_its_own_gradient():
+    torch.manual_seed(0)
+    inp, reshape, head = nn.Linear(8, 12), _Reshape(), nn.Linear(12, 2)
+    model = nn.ModuleDict({"inp": inp, "reshape": reshape, "head": head})
+    watch = GradWatch(model)
+    x = torch.randn(5, 8)
+    h = inp(x)
+    out = reshape(h, torch.ones(5))
+    out.retain_grad()
+    loss = head(out).square().mean() + (reshape.gain * h).square().mean()  # h used twice
+    loss.backward()
+    record = watch.step()
+    expected = torch.linalg.vector_norm(out.grad, dtype=torch.float64).item()
+    assert record.layers["reshape"].act_norm == pytest.approx(expected, rel=1e-6)
+    watch.close()
