@@ -223,7 +223,7 @@ class Collector(GradHooks, RecurrentHooks):
                 return
             for t in tensors:
                 if t.requires_grad:
-                    self._hook_grad(t, layer, True, args)
+                    self._hook_grad(t, layer, True)
             hooked: list[Tensor] = []  # an input passed twice (attention's q, k, v): once
             for t in iter_tensors(args):
                 if t.requires_grad and t.is_floating_point() and not any(

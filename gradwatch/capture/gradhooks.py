@@ -95,7 +95,7 @@ class GradHooks:
             held[2] = 0
             self._flush_grads(self._grads_in, data.in_norms)
 
-    def _hook_grad(self, t: Tensor, layer: int, is_output: bool, args: Any = ()) -> None:
+    def _hook_grad(self, t: Tensor, layer: int, is_output: bool) -> None:
         """Hands the gradient w.r.t. ``t`` to `on_grad`: a pre-hook on ``t``'s autograd node
         (half the cost of ``Tensor.register_hook``, the same gradient: before any in-place op
         that follows), or a tensor hook on a leaf."""
@@ -103,15 +103,6 @@ class GradHooks:
         if node is None:
             t.register_hook(self._grad_hooks[(layer, is_output, -1)])
             return
-        base = t._base
-        if is_output and base is not None and base.grad_fn is not None \
-                and base.numel() == t.numel() and not any(base is a for a in args):
-            # a reshaping view of what made the output (a Linear on a 3-D input: addmm, then
-            # view): hook the node that made the data, which stays in the graph when the output
-            # is later written in place through the view (masking), where the view's node
-            # is replaced and a hook on it never runs; the same entries, so the same norm
-            # (not when the base is an input: an output that only reshapes its input)
-            t, node = base, base.grad_fn
         key = (layer, is_output, t.output_nr)
         hook = self._grad_hooks.get(key)
         if hook is None:
