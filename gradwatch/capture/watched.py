@@ -144,10 +144,19 @@ class WatchedSet:
                                 for ps in (g["params"] for g in source.param_groups))
 
     def refresh(self) -> bool:
-        """Rebuilds the set when what is trainable changed; returns whether it did."""
-        if not self.dirty and self._current_signature() == self._signature:
+        """Rebuilds the set when what is trainable changed, or only which parameters are
+        stepped when only the optimizer's groups did (no walk over the model); returns whether
+        anything changed."""
+        if self.dirty:
+            self._build()
+            return True
+        now = self._current_signature()
+        if now == self._signature:
             return False
-        self._build()
+        if now[0] == self._signature[0]:  # the same trainable set: a group added or switched
+            self._stepped()
+        else:
+            self._build()
         return True
 
     def sync(self, *, armed: bool, every_step: bool, keep: bool, closed: bool,
