@@ -14,7 +14,7 @@ from ..capture.distributed import global_norms, has_dtensor, is_dtensor
 from .batched import foreach_norm64, grouped_norms, remember
 
 __all__ = ["TINY", "SAFE64", "per_tensor_norms", "exact_norm", "exact_norms",
-           "exact_norms_tensor", "scaled_norm64", "device_norms64", "repair_norms", "combine",
+           "exact_norms_tensor", "scaled_norm", "scaled_norm64", "device_norms64", "repair_norms", "combine",
            "tensor_norm", "layer_norms", "segments", "split_norms"]
 
 TINY = 1e-18
@@ -158,15 +158,18 @@ def _rescued64(dense: Sequence[Tensor], norms: Tensor) -> Tensor:
 
 
 def scaled_norm64(t: Tensor) -> float:
-    """The L2 norm of a dense real tensor as ‖t / m‖·m, with m its largest magnitude: right
-    where the squares of float64 entries over- or underflow (1e200, 1e-200). An all-zero or
-    empty tensor gives 0, one with an inf entry inf, one with a NaN entry NaN."""
-    if not t.numel():
-        return 0.0
-    peak = t.abs().amax().item()
-    if not 0 < peak < math.inf:  # all zeros, or inf/NaN: the plain norm says so
-        return torch.linalg.vector_norm(t, dtype=torch.float64).item()
-    return torch.linalg.vector_norm(t / peak, dtype=torch.float64).item() * peak
+    """`scaled_norm` of a dense real tensor, read as a float (0 for an empty one)."""
+    return scaled_norm(t).item() if t.numel() else 0.0
+
+
+def scaled_norm(t: Tensor) -> Tensor:
+    """The L2 norm of a dense, non-empty real tensor as ‖t / m‖·m, with m its largest
+    magnitude, on its device (no host sync): right where the squares of float64 entries over-
+    or underflow (1e200, 1e-200). An all-zero tensor gives 0, one with an inf entry inf, one
+    with a NaN entry NaN (m is then 1: the plain norm says so)."""
+    peak = torch.linalg.vector_norm(t, ord=math.inf)
+    safe = torch.where((peak > 0) & (peak < math.inf), peak, torch.ones_like(peak))
+    return torch.linalg.vector_norm(t / safe) * safe
 
 
 def device_norms64(tensors: Sequence[Tensor]) -> Tensor:
@@ -185,12 +188,8 @@ def device_norms64(tensors: Sequence[Tensor]) -> Tensor:
                            for t in dense])
     for k, t in enumerate(dense):
         if t.dtype == torch.float64 and t.numel():
-            peak = torch.linalg.vector_norm(t, ord=math.inf)
-            usable = (peak > 0) & (peak < math.inf)  # not all zeros, no inf or NaN entry
-            safe = torch.where(usable, peak, torch.ones_like(peak))
-            scaled = (torch.linalg.vector_norm(t / safe) * safe).to(device)
             wrong = ~((out[k] >= SAFE64) & (out[k] < math.inf))
-            out[k] = torch.where(usable.to(device) & wrong, scaled, out[k])
+            out[k] = torch.where(wrong, scaled_norm(t).to(device), out[k])
     return out
 
 

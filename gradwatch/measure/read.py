@@ -14,7 +14,7 @@ from ..capture.collected import Collected, UnitEntry
 from .batched import remember
 from .host import HostBatch
 from .norms import layer_norms
-from .norms import TINY, combine, device_norms64, repair_norms
+from .norms import TINY, combine, device_norms64, repair_norms, scaled_norm
 from .statistics import Statistic
 
 __all__ = ["StepNumbers", "start_read", "finish_read",
@@ -48,15 +48,8 @@ def device_total(norms_dev: Tensor, grads: Sequence[Tensor],
     if not picked.numel():
         return total32.double(), exact
     good = torch.isfinite(picked).all() & (picked.min() >= TINY)
-    return torch.where(good, total32.double(), _scaled_total(_at(exact, sel))), exact
-
-
-def _scaled_total(norms: Tensor) -> Tensor:
-    """The L2 norm of float64 ``norms`` as ‖n / m‖·m (m the largest): right where the squares
-    of norms past ~1e154 (float64 gradients of 1e200) overflow; NaN or inf stay so."""
-    peak = norms.max()
-    safe = torch.where((peak > 0) & torch.isfinite(peak), peak, torch.ones_like(peak))
-    return torch.linalg.vector_norm(norms / safe) * safe
+    # (scaled: the squares of norms past ~1e154, float64 gradients of 1e200, overflow)
+    return torch.where(good, total32.double(), scaled_norm(_at(exact, sel))), exact
 
 
 def layer_values(data: Collected, host: dict[str, list[float]], inv_scale: float,

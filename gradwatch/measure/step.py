@@ -75,10 +75,10 @@ def measure_step(watched: Any, amp: Any, policy: Any, statistics: Sequence[Any],
         and grads[0].device.type == "cpu" and recording and amp.scaler is None else None
     norms_dev = per_tensor_norms(grads) if exact is None else split_norms(grads, exact)
     sel = w.stepped_among(present)  # the total and clipping read what the optimizer steps
+    cgrads, cparams = _subset(grads, sel), _subset(params, sel)
     checking = on_nonfinite in ("skip", "zero")
     if not (recording or checking or policy.needs_host_norm
             or norms_dev.device.type == "cpu"):  # clip on the device: no host sync
-        cgrads, cparams = _subset(grads, sel), _subset(params, sel)
         total = device_total(norms_dev, grads, sel)[0]
         policy.clip_(cgrads, total, params=cparams, is_output=w.is_output(cparams))
         return None
@@ -107,10 +107,9 @@ def measure_step(watched: Any, amp: Any, policy: Any, statistics: Sequence[Any],
         if on_nonfinite == "skip":
             skipped = stash.stash(optimizer)
         elif on_nonfinite == "zero":
-            zero_nonfinite_(_subset(grads, sel))
+            zero_nonfinite_(cgrads)
     coef = 1.0
     if policy is not None and not (skipped or overflow):
-        cgrads, cparams = _subset(grads, sel), _subset(params, sel)
         coef = clip_step(policy, cgrads, cparams, w.is_output(cparams), got.total,
                          zeroed=on_nonfinite == "zero" and not finite, recording=recording)
     if not recording:
