@@ -67,6 +67,11 @@ class Collected:
     """Whether the gradients still held the last optimizer step's values when this backward
     began (a device bool; None: not checked)."""
     tasks: set[int] = field(default_factory=set)  # graph tasks that accumulated parameter grads
+    idle: Any = None
+    """Bool per watched layer: its first parameter's ``.grad`` was not accumulated by any
+    backward pass of the step (a gradient zeroed in place and left so: the layer was not
+    used); None where that is not known (no accumulation seen at all, as when a wrapper
+    assigns ``.grad`` itself, or ``activations=False``)."""
 
 
 BATCH_TENSORS = 1024
@@ -124,16 +129,19 @@ _task = torch._C._current_graph_task_id
 
 class TaskNote:
     """The post-accumulate hook on a layer's first parameter: notes which backward pass (graph
-    task) accumulates into ``.grad`` (an ``autograd.grad`` pass does not). It holds only the
-    set it writes to; in a pickled or copied model it is a `gradwatch.capture.hooks.Stale`."""
+    task) accumulates into ``.grad`` (an ``autograd.grad`` pass does not), and that the layer's
+    gradient was accumulated (a ``.grad`` zeroed in place and never reached since still holds a
+    tensor: this tells the two apart). It holds only the sets it writes to; in a pickled or
+    copied model it is a `gradwatch.capture.hooks.Stale`."""
 
-    __slots__ = ("tasks",)
+    __slots__ = ("tasks", "used", "layer")
 
-    def __init__(self, tasks: set[int]) -> None:
-        self.tasks = tasks
+    def __init__(self, tasks: set[int], used: set[int], layer: int) -> None:
+        self.tasks, self.used, self.layer = tasks, used, layer
 
     def __call__(self, param: Tensor) -> None:
         self.tasks.add(torch._C._current_graph_task_id())
+        self.used.add(self.layer)
 
     def __reduce__(self) -> tuple[Any, tuple[()]]:
         return (Stale, ())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 from typing import Any, Callable
+
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -72,10 +74,13 @@ class Collector(GradHooks, RecurrentHooks):
         self._only_units = [i in only for i in range(len(self.modules))]
         # which backward passes accumulate into .grad (not autograd.grad ones): a hook on each
         # layer's first parameter, attached with the forward hooks (not on unrecorded steps)
-        self._accumulating = [layer.params[0] for layer in layers if not layer.params[0].is_sparse
-                              and hasattr(layer.params[0], "register_post_accumulate_grad_hook")]
+        self._accumulating = [(i, layer.params[0]) for i, layer in enumerate(layers)
+                              if not layer.params[0].is_sparse and hasattr(
+                                  layer.params[0], "register_post_accumulate_grad_hook")]
         self._tasks: set[int] = set()
-        self._on_accumulate = TaskNote(self._tasks)
+        self._used: set[int] = set()  # layers whose first parameter's .grad was accumulated
+        self._tracked = np.zeros(len(layers), dtype=bool)
+        self._tracked[[i for i, _ in self._accumulating]] = True
         self._first = layers[0].params[0] if layers else None
         self._held_numel = [0, 0, 0]  # entries held: outputs, output grads, input grads
         self._direct = [False, False]  # reduce output/input gradients in float64 at once
@@ -119,7 +124,7 @@ class Collector(GradHooks, RecurrentHooks):
         slots = []
         if self.activations:
             slots += [Slot(p, "_post_accumulate_grad_hooks", p.register_post_accumulate_grad_hook,
-                           self._on_accumulate) for p in self._accumulating]
+                           TaskNote(self._tasks, self._used, i)) for i, p in self._accumulating]
         for i, module in enumerate(self.modules):
             if self.owner_of[i] >= 0 or not (self.elementwise[i] or self.container[i]):
                 slots.append(Slot(module, "_forward_hooks", module.register_forward_hook,
@@ -154,6 +159,10 @@ class Collector(GradHooks, RecurrentHooks):
         self._held_numel = [0, 0, 0]
         data.tasks = set(self._tasks)
         self._tasks.clear()
+        if self._used and self.activations:  # (none seen: unknown, as under FSDP2)
+            data.idle = self._tracked.copy()
+            data.idle[list(self._used)] = False
+        self._used.clear()
         if finite:
             self._outputs, self._grads_in = [], []
             data.forward_bad, data.forward_norms, data.in_norms = [], [], []

@@ -46,6 +46,7 @@ class StepColumns:
     absent: list[str] | None = None  # ran, stepped, require grad, no gradient (None: unknown)
     stale: bool | None = None  # gradients not zeroed since the last step (None: not checked)
     entered: bool = False  # the NaN/Inf was already in the batch entering the model
+    idle: np.ndarray | None = None  # a .grad held but not accumulated this step (None: unknown)
 
     @classmethod
     def overflowed(cls, step: int, n_layers: int) -> StepColumns:
@@ -92,16 +93,18 @@ def pending_step(step: int, watched: Any, data: Any, got: Any, present: list[boo
                                          {i: float(norms[i]) for i in order}, order)
     loss = got.host.get("loss")
     stale = got.host.get("stale")
-    absent = None
+    absent = idle = None
     if data is not None:  # the hooks saw what ran in this forward
-        absent = _cut_off(w, has)
+        idle = data.idle if data.idle is not None and len(data.idle) == n else None
+        absent = _cut_off(w, has if idle is None else has & ~idle)
     return StepColumns(step, has, norms, act, act_on, values, got.total, coef, skipped,
                        overflow, origin, birth, loss=loss[0] if loss else None, absent=absent,
-                       stale=bool(stale[0]) if stale else None, entered=entered)
+                       stale=bool(stale[0]) if stale else None, entered=entered, idle=idle)
 
 
 def _cut_off(w: Any, has: np.ndarray) -> list[str]:
-    """The layers no gradient reached although they require grad, are stepped and their own
+    """The layers no gradient reached (``has``: one did; a ``.grad`` zeroed in place that no
+    backward pass added to is none) although they require grad, are stepped and their own
     module ran, and that ran before the first layer (in forward order) that got a gradient:
     the input side cut off the loss. A module whose output the loss does not read (a pooler a
     classification head skips, a branch a task leaves unused) runs after gradient-receiving
@@ -171,7 +174,7 @@ def assemble(cols: StepColumns, watched: Any, judge: Judge, spikes: SpikeTracker
                     saturating=watched.saturating, loss=cols.loss, act_on=act_on,
                     weight=shape.weight, uid=shape.layout.columns, absent=cols.absent,
                     stale=cols.stale, memo=shape.memo, stepped=watched.stepped[idx],
-                    entered=cols.entered)
+                    entered=cols.entered, idle=cols.idle[idx] if cols.idle is not None else None)
     verdicts = judge.judge(view)
     healthy = math.isfinite(cols.total) and not cols.overflow
     if healthy:

@@ -73,8 +73,10 @@ class ZeroGradient(Rule):
     step after step is not: two factors both initialised at 0 (LoRA's A and B) give each other
     a gradient of 0 forever, and float16 without loss scaling underflows the input side's to
     0. LoRA's A gets 0 at step 0 only (B starts at 0 by design), a zero-initialised head's
-    inputs likewise: the streak is what tells them apart. Dead ReLU units (`DeadUnits`) are
-    left to their own rule."""
+    inputs likewise: the streak is what tells them apart. A layer no backward pass of the step
+    added to (its ``.grad`` zeroed in place, the layer unused: an auxiliary head on other steps)
+    neither extends nor ends its streak. Dead ReLU units (`DeadUnits`) are left to their own
+    rule."""
 
     kind, status, reads = "zero_gradient", Status.DEAD, ("norm",)
 
@@ -86,7 +88,10 @@ class ZeroGradient(Rule):
             return None  # no streak to extend or end (the common step)
         streak = grow(state, "streak", view, 0.0)
         w = view.uid[view.weight]
-        streak[w] = np.where(zero_now, streak[w] + 1, 0.0)
+        counted = np.where(zero_now, streak[w] + 1, 0.0)
+        if view.idle is not None:  # not used in this step (a .grad zeroed in place): no news
+            counted = np.where(view.idle[view.weight], streak[w], counted)
+        streak[w] = counted
         state["active"] = float(streak.any())
         zero = np.flatnonzero(view.weight)[streak[w] >= th.zero_gradient]
         if not len(zero):

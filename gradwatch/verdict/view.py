@@ -64,6 +64,7 @@ class StepView:
     stale: bool | None = None  # the gradients still held the last step's values
     stepped: np.ndarray | None = None  # stepped by the optimizer (None: every layer)
     entered: bool = False  # the NaN/Inf was already in the input of `birth` (the batch)
+    idle: np.ndarray | None = None  # holds a .grad no backward pass added to (None: unknown)
     curve: Any = None  # the run's `LossCurve` so far (set by the judge)
     cache: dict[str, Any] = field(default_factory=dict)  # shared by the rules of one step
     memo: dict[str, Any] = field(default_factory=dict)  # shared by the steps of one layout

@@ -196,3 +196,58 @@ def test_vanishing_behind_skip_connections_is_seen_at_the_first_layer():
     assert rec.layers["conv1"].act_norm == pytest.approx(kept["first"], rel=1e-4)
     (found,) = [f for f in watch.diagnose() if f.kind == "vanishing"]
     assert "conv1" in found.layers and "first layer" in found.evidence
+
+
+class _AuxNet(nn.Module):
+    """A trunk and head, and an auxiliary head used only when ``aux`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.head, self.aux = nn.Linear(8, 16), nn.Linear(16, 2), nn.Linear(16, 2)
+        self.use_aux = False
+
+    def forward(self, x):
+        h = torch.tanh(self.l1(x))
+        out = self.head(h)
+        return out + self.aux(h) if self.use_aux else out
+
+
+@pytest.mark.parametrize("zero_weights", [False, True])
+def test_a_layer_used_only_on_unrecorded_steps_is_no_zero_gradient(zero_weights):
+    """``zero_grad(set_to_none=False)`` leaves the auxiliary head a .grad of exactly 0 on the
+    steps it does not run: no backward pass added to it (plain torch: its weight's gradient is
+    0 and untouched there). With every=2 and the head used on odd steps only, every recorded
+    step saw that left-over 0: a false zero_gradient and status dead. A trunk that does run
+    and gets exactly 0 through a zeroed head is still named."""
+    torch.manual_seed(0)
+    net = _AuxNet()
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(0)
+    with GradWatch(net, optimizer=opt, every=2) as watch:
+        for step in range(24):
+            net.use_aux = step % 2 == 1
+            opt.zero_grad(set_to_none=False)
+            x = torch.randn(16, 8, generator=g)
+            F.cross_entropy(net(x), torch.randint(0, 2, (16,), generator=g)).backward()
+            if step >= 2 and not net.use_aux:  # plain torch: a 0 nobody added to
+                assert float(net.aux.weight.grad.abs().max()) == 0.0
+            opt.step()
+        assert watch.diagnose() == []
+        assert all(rec.layers["aux"].status is Status.OK for rec in watch.history
+                   if "aux" in rec.layers)
+    if zero_weights:  # the trunk's weights at 0 and tanh: l1 gets exactly 0 on every step
+        torch.manual_seed(0)
+        net = _AuxNet()
+        with torch.no_grad():
+            net.head.weight.zero_()
+            net.aux.weight.zero_()
+        opt = torch.optim.SGD(net.l1.parameters(), lr=0.05)
+        with GradWatch(net, optimizer=opt, every=2) as watch:
+            for step in range(24):
+                net.use_aux = step % 2 == 1
+                opt.zero_grad(set_to_none=False)
+                x = torch.randn(16, 8, generator=g)
+                net(x).square().mean().backward()
+                opt.step()
+            found = [f for f in watch.diagnose() if f.kind == "zero_gradient"]
+            assert found and found[0].layers == ("l1",)
