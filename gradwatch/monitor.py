@@ -241,7 +241,7 @@ class GradWatch:
         self._flush_amp_skips(measuring=True)
         loss, self._loss = self._loss, None
         recording = self._step % self.every == 0
-        if not recording and self.policy is None and self.on_nonfinite not in ("skip", "zero"):
+        if not recording and self.policy is None and self.on_nonfinite == "warn":
             self._advance()
             return None
         w = self._watched

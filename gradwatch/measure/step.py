@@ -76,7 +76,7 @@ def measure_step(watched: Any, amp: Any, policy: Any, statistics: Sequence[Any],
     norms_dev = per_tensor_norms(grads) if exact is None else split_norms(grads, exact)
     sel = w.stepped_among(present)  # the total and clipping read what the optimizer steps
     cgrads, cparams = _subset(grads, sel), _subset(params, sel)
-    checking = on_nonfinite in ("skip", "zero")
+    checking = on_nonfinite != "warn"  # "raise", "skip", "zero": every step
     if not (recording or checking or policy.needs_host_norm
             or norms_dev.device.type == "cpu"):  # clip on the device: no host sync
         total = device_total(norms_dev, grads, sel)[0]

@@ -17,7 +17,7 @@ from torch import nn
 
 from conftest import batch, loss_of, mlp
 from reference import AttentionNet
-from gradwatch import GradWatch, Status
+from gradwatch import GradWatch, NonFiniteGradientError, Status
 from gradwatch.clip import AGC
 
 
@@ -54,6 +54,29 @@ def test_skip_at_an_unrecorded_step_is_recorded_counted_and_warned():
         assert [r.step for r in watch.history] == [0, 2] and watch.history[1].skipped
         text = watch.summary()
     assert "non-finite 1, skipped 1" in text
+
+
+def test_raise_at_an_unrecorded_step_raises_there_before_the_weights_change():
+    """on_nonfinite="raise" checks every step like "skip": with every=5 a NaN gradient at
+    step 2 raises there, with the layer it was born in, and the optimizer never steps it
+    (it stepped the NaN into every weight and raised only at step 5)."""
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with GradWatch(model, optimizer=opt, on_nonfinite="raise", every=5) as watch:
+        for step in range(4):
+            opt.zero_grad()
+            loss_of(model, *batch(seed=step)).backward()
+            if step == 2:
+                model[0].weight.grad[0, 0] = math.nan
+                before = copy.deepcopy(model.state_dict())
+                with pytest.raises(NonFiniteGradientError, match="step 2"):
+                    opt.step()
+                for k, v in model.state_dict().items():
+                    assert torch.equal(v, before[k])
+                model[0].weight.grad[0, 0] = 0.0  # the user repairs it and goes on
+            opt.step()
+        assert [r.step for r in watch.history] == [0, 2] and watch.history[1].nonfinite
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_parameter_unfrozen_and_added_later_is_watched_and_skipped():
