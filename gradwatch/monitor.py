@@ -19,7 +19,7 @@ from .capture.hooks import Hook, user_stacklevel
 from .record.ledger import Ledger, run_header
 from .verdict.diagnosis import nonfinite_message
 from .options import NonFiniteGradientError, OnNonFinite, check_loss, check_manual_step, \
-    deepcopy_fields, load_or_restore, note_watch, refuse_closure, refuse_pickle, validate
+    deepcopy_fields, load_or_restore, note_other_layers, note_watch, refuse_closure, refuse_pickle, validate
 from .record.recorder import Recorder
 from .record.history import History
 from .record.records import Finding, StepRecord
@@ -106,10 +106,9 @@ class GradWatch:
 
     @property
     def history(self) -> History:
-        """The most recent records, oldest first (at most ``history`` of them): a live
-        sequence kept as columns (`gradwatch.record.history.History`; it grows as the run
-        goes on), whose `StepRecord` entries are built when read. ``list(watch.history)``
-        keeps a snapshot."""
+        """The most recent records, oldest first (at most ``history`` of them): a live sequence
+        kept as columns (`gradwatch.record.history.History`), whose `StepRecord` entries are
+        built when read. ``list(watch.history)`` keeps a snapshot."""
         self._flush()
         return self._ledger.records
 
@@ -187,23 +186,27 @@ class GradWatch:
 
     def state_dict(self) -> dict[str, Any]:
         """Step counter, spike statistics, rule windows, findings, counters, clip state, which
-        units fired lately."""
+        units fired lately, the layers' names."""
         self._flush()
         return {"step": self._step, **self._recorder.state_dict(),
                 "clip": self.policy.state_dict() if self.policy is not None else None,
-                "units": self._watched.collector.unit_window.state_dict()}
+                "units": self._watched.collector.unit_window.state_dict(),
+                "layers": self._watched.names}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restores what `state_dict` saved, so a resumed run behaves as if never interrupted
         (a state that does not load is refused, naming its key, and leaves the watch as it was)."""
         load_or_restore(self, state, self._load)
 
-    def _load(self, state: Mapping[str, Any]) -> None:
+    def _load(self, state: Mapping[str, Any], resumed: bool = True) -> None:
+        note_other_layers(state.get("layers"), self._watched.names)
         self._step = int(state["step"])
-        self._recorder.load_state_dict(state, self._step)
+        self._recorder.load_state_dict(state)
         if self.policy is not None and state.get("clip") is not None:
             self.policy.load_state_dict(state["clip"])
         self._watched.collector.unit_window.load_state_dict(state.get("units", []))
+        if resumed:  # (last: a state that fails to load marks nothing)
+            self._ledger.mark_resumed(self._step)
         self._sync_hooks()
 
     def __enter__(self) -> GradWatch:
@@ -242,8 +245,7 @@ class GradWatch:
         loss, self._loss = self._loss, None
         recording = self._step % self.every == 0
         if not recording and self.policy is None and self.on_nonfinite == "warn":
-            self._advance()
-            return None
+            return self._advance()
         w = self._watched
         if w.refresh():
             self._recorder.watched_changed()
@@ -291,7 +293,7 @@ class GradWatch:
         self._sync_hooks()
 
     def _sync_hooks(self) -> None:
-        every_step = self.on_nonfinite in ("raise", "skip", "zero")
+        every_step = self.on_nonfinite != "warn"
         self._watched.sync(armed=not self._closed and (self._step % self.every == 0 or every_step),
                            every_step=every_step, keep=self._amp.skips is not None,
                            closed=self._closed, units=self._step // self.every % UNIT_EVERY == 0,

@@ -7,7 +7,7 @@ import math
 import numbers
 import warnings
 import weakref
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -16,6 +16,7 @@ from .verdict.thresholds import Thresholds
 
 __all__ = ["ON_NONFINITE", "OnNonFinite", "NonFiniteGradientError", "validate", "refuse_closure",
            "check_manual_step", "check_loss", "check_state", "load_or_restore", "note_watch",
+           "note_other_layers",
            "refuse_pickle", "deepcopy_fields"]
 
 ON_NONFINITE = ("warn", "raise", "skip", "zero")
@@ -176,19 +177,36 @@ def check_state(state: Any) -> None:
                              f"state_dict() returned, unchanged.")
 
 
+def note_other_layers(saved: Any, layers: Sequence[str]) -> None:
+    """Warns when a state was saved by a watch that lacked some of ``layers`` (``saved``: its
+    layer names; None for a state from before they were saved): those start afresh, and the
+    head and the depth trends may have moved. (A state with statistics of layers this model
+    lacks is refused when the spike statistics load.)"""
+    if saved is None:
+        return
+    new = [n for n in layers if n not in set(saved)]
+    if new:
+        warnings.warn(f"the state was saved by a watch without {len(new)} of this watch's "
+                      f"{len(layers)} layers ({new[:5]}{' ...' if len(new) > 5 else ''}): their "
+                      f"statistics start afresh. Load a state saved for this model to resume "
+                      f"exactly.", UserWarning, stacklevel=5)
+
+
 _STATE_TYPES: dict[str, Any] = {"stats": Mapping, "total_stats": Mapping, "counts": (list, tuple),
-                                "run": Mapping, "judge": Mapping, "units": (list, tuple)}
+                                "run": Mapping, "judge": Mapping, "units": (list, tuple),
+                                "layers": (list, tuple)}
 
 
 def load_or_restore(watch: Any, state: Any, load: Any) -> None:
     """``load(state)`` after `check_state`; when it fails, the watch's own state from before is
-    loaded back and a ValueError says the state did not load (the first error is its cause)."""
+    loaded back (``load(before, resumed=False)``: the run is not marked as resumed) and a
+    ValueError says the state did not load (the first error is its cause)."""
     check_state(state)
     before = watch.state_dict()
     try:
         load(state)
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
-        load(before)
+    except Exception as e:  # (a malformed entry fails wherever it is read: torch, numpy)
+        load(before, resumed=False)
         raise ValueError(f"Expected `state` to be what GradWatch.state_dict() returned, but "
                          f"loading it failed ({type(e).__name__}: {e}); the watch is unchanged. "
                          f"Pass the dict state_dict() returned, unchanged.") from e

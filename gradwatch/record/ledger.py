@@ -127,12 +127,15 @@ class Ledger:
                 "counts": [[layer, what, n] for (layer, what), n in self.flags.items()],
                 "run": dict(self.run)}
 
-    def load_state_dict(self, state: Mapping[str, Any], step: int) -> None:
-        """Restores the counters and the run id; loggers get a resumed header next."""
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restores the counters and the run id (`mark_resumed` then tells the loggers)."""
         self._restored = Counter({(layer, what): int(n) for layer, what, n in state["counts"]})
         self._counts[:] = 0
         self.run = Counter({k: int(v) for k, v in state["run"].items()})
         self.run_id = str(state.get("run_id", self.run_id))
+
+    def mark_resumed(self, step: int) -> None:
+        """Loggers get a header saying the run resumed at ``step`` before the next record."""
         self._resume_step, self._started = step, False
 
 

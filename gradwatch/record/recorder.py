@@ -118,13 +118,13 @@ class Recorder:
         return {**self.spikes.state_dict(list(self.judge.names)), **self.ledger.state_dict(),
                 "judge": self.judge.state_dict()}
 
-    def load_state_dict(self, state: Mapping[str, Any], step: int) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.judge.load_state_dict(state.get("judge", {}))
         self.judge.uids(self.watched.names)
         self.judge.uids(list(state["stats"]))
         self.spikes.load_state_dict(state, self.judge.names, self.watched.names)
         self.ledger.name_columns(self.judge.names)
-        self.ledger.load_state_dict(state, step)
+        self.ledger.load_state_dict(state)
 
 
 def _add_updates(cols: StepColumns, ratios: np.ndarray | None) -> None:

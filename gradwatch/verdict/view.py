@@ -83,8 +83,7 @@ class StepView:
             self.values = {k: v for k, v in self.values.items() if not np.isnan(v).all()}
         if self.weight is None:
             self.weight = np.array([r == "weight" for r in self.roles], dtype=bool)
-        if self.uid is None:
-            self.uid = np.arange(n)
+        self.uid = np.arange(n) if self.uid is None else self.uid
 
     @property
     def broken(self) -> bool:

@@ -156,6 +156,50 @@ def test_a_state_that_fails_inside_leaves_the_watch_as_it_was():
     assert watch.step_count == 3 and _same(watch.state_dict(), before)
 
 
+def test_a_state_failing_in_torch_is_refused_restored_and_the_log_is_not_resumed(tmp_path):
+    """A unit window of the wrong length fails inside torch (a RuntimeError from reshape): it
+    was not caught, so the watch stayed half-loaded (step 10 of the other run). Refused now,
+    and the put-back state writes no "resumed" header into the log of a run that never
+    resumed."""
+    from gradwatch.io.loggers import JsonlLogger
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "run.jsonl"
+    watch = GradWatch(model, optimizer=opt, loggers=[JsonlLogger(path)])
+    for _ in range(4):
+        _step(model, opt)
+    before = watch.state_dict()
+    bad = {**before, "step": 10, "units": [[[1, 2, 3], [1, 2]]]}  # 6 units, 2 counts
+    with pytest.raises(ValueError, match=r"loading it failed .*the watch is unchanged"):
+        watch.load_state_dict(bad)
+    assert watch.step_count == 4 and _same(watch.state_dict(), before)
+    _step(model, opt)
+    watch.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    headers = [line["gradwatch_run"] for line in lines if "gradwatch_run" in line]
+    assert len(headers) == 1 and headers[0]["resumed"] is False
+
+
+def test_a_state_saved_without_some_of_the_layers_warns_naming_them():
+    small, big = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)), \
+        nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    opt = torch.optim.SGD(small.parameters(), lr=0.1)
+    watch = GradWatch(small, optimizer=opt)
+    for _ in range(3):
+        _step(small, opt)
+    state = watch.state_dict()
+    assert state["layers"] == ["0", "2"]
+    fresh = GradWatch(big, optimizer=torch.optim.SGD(big.parameters(), lr=0.1))
+    with pytest.warns(UserWarning, match=r"without 1 of this watch's 3 layers \(\['4'\]\)"):
+        fresh.load_state_dict(state)
+    assert fresh.step_count == 3
+    same = GradWatch(small, optimizer=opt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same.load_state_dict(state)
+        same.load_state_dict({k: v for k, v in state.items() if k != "layers"})  # older states
+
+
 def test_a_logger_that_raises_warns_and_training_goes_on(tmp_path):
     """A disk full or a logging service down: the optimizer step stands, the record is kept,
     the logger gets nothing more, the others keep logging, and it is still closed."""
