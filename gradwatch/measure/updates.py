@@ -19,7 +19,11 @@ class UpdateTracker:
 
     A tensor of more than ``sample`` entries is read in 16 evenly spaced runs of
     ``sample // 16`` consecutive entries (a few cache lines each, not one per entry), each
-    read entry standing for numel / (entries read).
+    read entry standing for numel / (entries read). Entries are taken in memory order, so a
+    dense tensor in another layout (a channels_last conv weight) is read like a contiguous
+    one; a complex entry is read as its (real, imaginary) pair, so the norms are of |·|. The
+    buffers hold every sampled dtype exactly (float32, float64 with a float64 tensor), so
+    Δθ is formed at the parameters' own precision.
     """
 
     RUNS = 16
@@ -32,34 +36,40 @@ class UpdateTracker:
         self._measured = False
 
     def _usable(self, p: Tensor) -> bool:
-        return not is_dtensor(p) and p.is_contiguous() and p.numel() > 0
+        return not is_dtensor(p) and p.numel() > 0 and _in_memory_order(p) is not None
 
     def _sample_view(self, p: Tensor) -> Tensor:
-        flat = p.detach().view(-1)
+        """The entries of ``p`` that are read: all of them up to `sample`, else the 16 runs (in
+        memory order, counted in ``p``'s own entries, complex ones included)."""
+        flat = _in_memory_order(p.detach())
         if flat.numel() <= self.sample:
             return flat
         spacing = flat.numel() // self.RUNS
         return flat[:spacing * self.RUNS].view(self.RUNS, spacing)[:, :self.sample // self.RUNS]
 
     def _build(self) -> None:
-        self._sampled = [p for p in self.params if self._usable(p)]
-        self._layers = [layer for p, layer in zip(self.params, self.layer_of) if self._usable(p)]
+        usable = [self._usable(p) for p in self.params]
+        self._sampled = [p for p, ok in zip(self.params, usable) if ok]
+        self._layers = [layer for layer, ok in zip(self.layer_of, usable) if ok]
         self._ptrs = [p.data_ptr() for p in self._sampled]
-        views = [self._sample_view(p) for p in self._sampled]
+        picked = [self._sample_view(p) for p in self._sampled]
+        # the (real, imaginary) pairs of a complex sample: ‖·‖² over them is Σ|z|²
+        views = [torch.view_as_real(v) if v.is_complex() else v for v in picked]
         self._views = views
         if not views or len({v.device for v in views}) > 1:
             self._views = []
             return
         device, sizes = views[0].device, [v.numel() for v in views]
+        dtype = _exact_dtype([v.dtype for v in views])
         # each tensor's sample sits in a row of `width` entries, zero-padded: the per-tensor
         # sums are then one row-wise sum (segment_reduce is ~65 us for 15 K entries on a CPU)
         width = max(sizes)
-        self._flat = [torch.zeros(len(views), width, dtype=torch.float32, device=device)
+        self._flat = [torch.zeros(len(views), width, dtype=dtype, device=device)
                       for _ in range(2)]  # before, after
         self._bufs = [[row[:n].view(v.shape) for row, n, v in zip(flat, sizes, views)]
                       for flat in self._flat]
-        self._weights = to_device([p.numel() / v.numel() for p, v in zip(self._sampled, views)],
-                                  torch.float32, device)
+        self._weights = to_device([p.numel() / v.numel() for p, v in zip(self._sampled, picked)],
+                                  dtype, device)
 
     def before(self) -> None:
         """Snapshot the sampled entries (call right before ``optimizer.step()``)."""
@@ -97,3 +107,19 @@ class UpdateTracker:
         out = np.full(self.n_layers, np.nan)
         out[ok] = np.sqrt(a[ok] / b[ok])
         return out
+
+
+def _in_memory_order(t: Tensor) -> Tensor | None:
+    """A 1-D view of ``t``'s entries in the order they lie in memory, or None when they are not
+    one dense block (overlapping or with gaps). A norm over all entries does not depend on
+    their order, and the same view reads the same entries before and after the step."""
+    order = sorted(range(t.dim()), key=lambda d: -t.stride(d))  # the outermost dimension first
+    dense = t.permute(order)
+    return dense.view(-1) if dense.is_contiguous() else None
+
+
+def _exact_dtype(dtypes: Sequence[torch.dtype]) -> torch.dtype:
+    """The buffer dtype, one that holds every sampled entry exactly: float64 when a tensor is
+    float64 (float32 widens to it exactly), else float32 (half precision and float8 widen to it
+    exactly). On a device without float64 no tensor is float64, so none is asked for."""
+    return torch.float64 if torch.float64 in dtypes else torch.float32
