@@ -79,19 +79,22 @@ def activation_kind(module: nn.Module) -> str | None:
 
 
 def discover_layers(model: nn.Module) -> list[Layer]:
-    """The layers of ``model`` in ``named_modules`` order; a shared parameter counts once."""
+    """The layers of ``model`` in ``named_modules`` order; a shared parameter counts once. A
+    parameter with no entries (``nn.Linear(d, 0)``: zero extra targets) is none: its gradient
+    norm is 0 whatever happens, no evidence of anything."""
     seen: set[int] = set()
     layers = []
     for name, module in model.named_modules():
         named = [(n, p) for n, p in module.named_parameters(recurse=False)
-                 if p.requires_grad and id(p) not in seen]
+                 if p.requires_grad and id(p) not in seen and p.numel() > 0]
         seen.update(id(p) for _, p in named)
         if named:
             layers.append(Layer(name or "(root)", tuple(p for _, p in named),
                                 layer_role(module, named), isinstance(module, nn.RNNBase)))
     if not layers:
-        raise ValueError("Expected `model` to have trainable parameters, but none requires grad; "
-                         "unfreeze some (p.requires_grad_(True)) or watch another module.")
+        raise ValueError("Expected `model` to have trainable parameters, but none with entries "
+                         "requires grad; unfreeze some (p.requires_grad_(True)) or watch another "
+                         "module.")
     return layers
 
 

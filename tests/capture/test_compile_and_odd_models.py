@@ -231,12 +231,48 @@ def test_zero_size_parameters():
     nn.functional.mse_loss(model(x)[:, :3], y).backward()
     expected = param_grad_norms(model)  # "(root)" owns the empty `nothing`
     total = norm([p.grad for p in model.parameters()])
+    bias = norm([model.empty.bias.grad])  # (before clipping)
     rec = watch.step()
-    assert rec.layers["(root)"].norm == 0.0
+    assert "(root)" not in rec.layers  # no entries: no layer (its norm is 0 whatever happens)
+    assert rec.layers["empty"].norm == pytest.approx(bias, rel=1e-6)
     for name, value in expected.items():
-        assert rec.layers[name].norm == pytest.approx(value, rel=1e-6)
+        if name != "(root)":
+            assert rec.layers[name].norm == pytest.approx(value, rel=1e-6)
     assert rec.total_norm == pytest.approx(total, rel=1e-6)
     assert math.isfinite(rec.clip_coef) and rec.clip_coef < 1
+
+
+def test_a_zero_width_branch_is_no_layer_and_a_healthy_run_stays_quiet():
+    """An ``nn.Linear(16, 0)`` head (zero extra targets) concatenated to the output has a
+    gradient norm of exactly 0 every step: it was a layer, taken as the head, and gave a
+    false stalled and zero_gradient while the loss fell."""
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.extra = nn.Linear(8, 16), nn.Linear(16, 3), nn.Linear(16, 0)
+
+        def forward(self, x):
+            h = torch.tanh(self.a(x))
+            return torch.cat([self.b(h), self.extra(h)], dim=1)
+
+    model = Net()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g)
+    losses = []
+    with GradWatch(model, optimizer=opt) as watch:
+        for _ in range(40):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            watch.note_loss(loss)
+            opt.step()
+            losses.append(loss.item())
+        assert losses[-1] < 0.8 * losses[0]  # it learns
+        assert watch.head == "b" and "extra" not in watch.layer_names
+        assert watch.diagnose() == [] and watch.notes() == []
 
 
 class _Pair(nn.Module):
