@@ -194,8 +194,15 @@ class History(Sequence[StepRecord]):
         return self._record((self._next - n + (i % n)) % self.capacity)
 
     def __iter__(self) -> Iterator[StepRecord]:
-        for k in range(len(self)):
-            yield self[k]
+        """The records held when iteration starts (records added meanwhile are not visited);
+        RuntimeError if one is dropped by the ring before it is reached."""
+        end = self._next
+        for j in range(end - len(self), end):
+            if j < self._next - self.capacity:
+                raise RuntimeError(f"the history dropped record {j} of the run while it was "
+                                   f"being iterated ({self._next - end} records were added); "
+                                   f"iterate over a snapshot: list(watch.history)")
+            yield self._record(j % self.capacity)
 
     def row_record(self, row: RecordRow) -> StepRecord:
         """The record of ``row`` at full precision (what the step returns, loggers see)."""

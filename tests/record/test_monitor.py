@@ -235,3 +235,30 @@ def test_history_is_a_ring_of_columns_read_as_records():
     assert hist[-1].layers["0"].norm == pytest.approx(
         torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model[0].parameters()]))
         .item(), rel=1e-6)
+
+
+def test_iterating_the_history_while_training_visits_the_held_records_or_raises():
+    """An iterator made over the history visits the records held when it started, even as new
+    ones come; when the ring drops one it has not reached, it raises instead of skipping it (it
+    yielded step 7, then 11, 12, 13, 14 with no word)."""
+    torch.manual_seed(0)
+    model = mlp()
+    watch = GradWatch(model, history=5)
+
+    def step(seed):
+        model.zero_grad()
+        loss_of(model, *batch(seed=seed)).backward()
+        watch.step()
+
+    for k in range(12):
+        step(k)
+    it = iter(watch.history)
+    assert next(it).step == 7
+    step(12)  # records 8..11 are still held
+    assert [next(it).step for _ in range(2)] == [8, 9]
+    for k in range(13, 16):  # now the ring holds 11..15: 10 is gone before it was reached
+        step(k)
+    with pytest.raises(RuntimeError, match=r"list\(watch.history\)"):
+        next(it)
+    assert [r.step for r in list(watch.history)] == [11, 12, 13, 14, 15]
+    watch.close()
