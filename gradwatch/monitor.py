@@ -272,7 +272,7 @@ class GradWatch:
                           f"mean over a batch whose labels are all ignored",
                           RuntimeWarning, stacklevel=user_stacklevel())
         if record is not None and record.nonfinite:
-            message = nonfinite_message(record, self._recorder.entered)
+            message = nonfinite_message(record, self._recorder.already)
             if self.on_nonfinite == "raise":
                 raise NonFiniteGradientError(message + "; pass on_nonfinite='skip' to skip.")
             warnings.warn(message, RuntimeWarning, stacklevel=user_stacklevel())

@@ -45,7 +45,7 @@ class StepColumns:
     loss: float | None = None
     absent: list[str] | None = None  # ran, stepped, require grad, no gradient (None: unknown)
     stale: bool | None = None  # gradients not zeroed since the last step (None: not checked)
-    entered: bool = False  # the NaN/Inf was already in the batch entering the model
+    already: str | None = None  # the NaN/Inf was already in the "batch" or the "weights"
     idle: np.ndarray | None = None  # a .grad held but not accumulated this step (None: unknown)
 
     @classmethod
@@ -85,11 +85,10 @@ def pending_step(step: int, watched: Any, data: Any, got: Any, present: list[boo
         for i in np.flatnonzero(has).tolist():
             vals = [v for v in by_param[w.slices[i]] if v is not None]
             col[i] = layer_value(s, vals) if vals else math.nan
-    origin = birth = None
-    entered = False
+    origin = birth = already = None
     if not math.isfinite(got.total) and not overflow and data is not None:
         order = [i for i in w.forward.order if has[i]]
-        origin, birth, entered = locate_nonfinite(w.collector, data, got.host, w.names,
+        origin, birth, already = locate_nonfinite(w.collector, data, got.host, w.names,
                                          {i: float(norms[i]) for i in order}, order)
     loss = got.host.get("loss")
     stale = got.host.get("stale")
@@ -99,7 +98,7 @@ def pending_step(step: int, watched: Any, data: Any, got: Any, present: list[boo
         absent = _cut_off(w, has if idle is None else has & ~idle)
     return StepColumns(step, has, norms, act, act_on, values, got.total, coef, skipped,
                        overflow, origin, birth, loss=loss[0] if loss else None, absent=absent,
-                       stale=bool(stale[0]) if stale else None, entered=entered, idle=idle)
+                       stale=bool(stale[0]) if stale else None, already=already, idle=idle)
 
 
 def _cut_off(w: Any, has: np.ndarray) -> list[str]:
@@ -174,7 +173,7 @@ def assemble(cols: StepColumns, watched: Any, judge: Judge, spikes: SpikeTracker
                     saturating=watched.saturating, loss=cols.loss, act_on=act_on,
                     weight=shape.weight, uid=shape.layout.columns, absent=cols.absent,
                     stale=cols.stale, memo=shape.memo, stepped=watched.stepped[idx],
-                    entered=cols.entered, idle=cols.idle[idx] if cols.idle is not None else None)
+                    already=cols.already, idle=cols.idle[idx] if cols.idle is not None else None)
     verdicts = judge.judge(view)
     healthy = math.isfinite(cols.total) and not cols.overflow
     if healthy:

@@ -48,7 +48,7 @@ class Recorder:
         self.thresholds, self.statistics = thresholds, statistics
         self._held: StepColumns | Deferred | None = None
         self._layouts: dict[Any, Any] = {}
-        self.entered = False  # the last record's NaN/Inf was already in the batch
+        self.already: str | None = None  # where the last record's NaN/Inf already was
 
     @property
     def holding(self) -> bool:
@@ -103,7 +103,7 @@ class Recorder:
                 _add_updates(cols, self.watched.updates.ratios(
                     (flat[:len(flat) // 2], flat[len(flat) // 2:])))
             p = cols
-        self.entered = p.entered  # (the warning of a non-finite step reads it)
+        self.already = p.already  # (the warning of a non-finite step reads it)
         row = assemble(p, self.watched, self.judge, self.spikes, self.thresholds,
                        self._layouts)
         self.ledger.name_columns(self.judge.names)

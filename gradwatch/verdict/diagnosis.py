@@ -130,7 +130,17 @@ def explain(kind: str, view: StepView, hit: Hit) -> tuple[str, str, Plans]:
                 "use a gated cell (LSTM/GRU), shorter sequences or truncated backpropagation, "
                 "skip/attention connections over time, and clip the gradient norm",
                 (("gated_rnn", "clip"),))
-    if kind == "nonfinite_forward" and view.entered:
+    if kind == "nonfinite_forward" and view.already == "weights":
+        return (f"the weights of `{view.birth}` were already NaN/Inf when this forward pass "
+                f"ran: an earlier optimizer.step() wrote them (an update that overflowed; "
+                f"Adam's eps underflowing to 0 in float16, so that 0/0 = NaN; a non-finite "
+                f"gradient stepped unchecked)",
+                "find the step whose update_ratio went inf/NaN at that layer (on_nonfinite='skip' "
+                "or 'raise' stop a non-finite gradient before it is stepped); keep the weights "
+                "and the optimizer state in float32 (autocast for the compute), or raise Adam's "
+                "eps (1e-4 in float16); lower the learning rate and clip the gradient norm",
+                (("fp32_weights",), ("lower_lr", "clip")))
+    if kind == "nonfinite_forward" and view.already == "batch":
         return (f"the batch entering the model already held NaN/Inf when it reached "
                 f"`{view.birth}`, the first module given a floating input: a corrupt sample, "
                 f"a normalisation that divides by a zero std, an augmentation, or the forward "
@@ -210,10 +220,13 @@ def format_findings(findings: Sequence[Finding], notes: Sequence[Finding] = ()) 
     return "\n".join(lines)
 
 
-def nonfinite_message(record: StepRecord, entered: bool = False) -> str:
-    """The warning (or error) text of a step whose gradients went non-finite (``entered``:
-    the NaN/Inf was already in the batch entering the model)."""
-    where = {"forward": f"already in the batch entering {record.first_nonfinite!r}" if entered
+def nonfinite_message(record: StepRecord, already: str | None = None) -> str:
+    """The warning (or error) text of a step whose gradients went non-finite (``already``:
+    the NaN/Inf was already in the "batch" entering the model, or in the birth module's
+    "weights")."""
+    where = {"forward": f"already in the batch entering {record.first_nonfinite!r}"
+             if already == "batch" else f"already in the weights of {record.first_nonfinite!r} "
+             f"(an earlier optimizer step wrote NaN/Inf into them)" if already == "weights"
              else f"born in the forward pass at {record.first_nonfinite!r}",
              "loss": "born in the loss"}.get(
         record.nonfinite_origin or "", f"first non-finite in the backward pass at "

@@ -39,8 +39,9 @@ class NonFinite(Rule):
                             f"is finite (total norm {fmt3(view.total)})")
             return hit
         where = {"forward": f"the input of `{view.birth}`, the first module given a floating "
-                            f"input (the batch entering the model)" if view.entered else
-                            f"the output of `{view.birth}` in the forward pass",
+                            f"input (the batch entering the model)" if view.already == "batch"
+                 else f"the output of `{view.birth}` in the forward pass" + (
+                     ", whose weights were already non-finite" if view.already else ""),
                  "backward": f"the backward pass at `{view.birth}`",
                  "loss": "the loss (the gradient entering the model)"}[origin]
         hit.evidence = (f"step {view.step}: gradients non-finite (total norm {view.total}); "

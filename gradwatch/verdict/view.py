@@ -63,7 +63,7 @@ class StepView:
     absent: Sequence[str] | None = None  # layers that ran and are stepped but got no gradient
     stale: bool | None = None  # the gradients still held the last step's values
     stepped: np.ndarray | None = None  # stepped by the optimizer (None: every layer)
-    entered: bool = False  # the NaN/Inf was already in the input of `birth` (the batch)
+    already: str | None = None  # the NaN/Inf was in `birth`'s "batch" input or "weights"
     idle: np.ndarray | None = None  # holds a .grad no backward pass added to (None: unknown)
     curve: Any = None  # the run's `LossCurve` so far (set by the judge)
     cache: dict[str, Any] = field(default_factory=dict)  # shared by the rules of one step
