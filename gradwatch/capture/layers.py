@@ -92,9 +92,9 @@ def discover_layers(model: nn.Module) -> list[Layer]:
             layers.append(Layer(name or "(root)", tuple(p for _, p in named),
                                 layer_role(module, named), isinstance(module, nn.RNNBase)))
     if not layers:
-        raise ValueError("Expected `model` to have trainable parameters, but none with entries "
-                         "requires grad; unfreeze some (p.requires_grad_(True)) or watch another "
-                         "module.")
+        raise ValueError("Expected `model` to have trainable parameters, but none requires grad "
+                         "(or has any entries); unfreeze some (p.requires_grad_(True)) or watch "
+                         "another module.")
     return layers
 
 

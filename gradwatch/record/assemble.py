@@ -44,6 +44,7 @@ class StepColumns:
     birth: str | None = None
     loss: float | None = None
     absent: list[str] | None = None  # ran, stepped, require grad, no gradient (None: unknown)
+    unread: list[str] | None = None  # the same, but after gradient-receiving layers
     stale: bool | None = None  # gradients not zeroed since the last step (None: not checked)
     already: str | None = None  # the NaN/Inf was already in the "batch" or the "weights"
     idle: np.ndarray | None = None  # a .grad held but not accumulated this step (None: unknown)
@@ -92,28 +93,28 @@ def pending_step(step: int, watched: Any, data: Any, got: Any, present: list[boo
                                          {i: float(norms[i]) for i in order}, order)
     loss = got.host.get("loss")
     stale = got.host.get("stale")
-    absent = idle = None
+    absent = unread = idle = None
     if data is not None:  # the hooks saw what ran in this forward
         idle = data.idle if data.idle is not None and len(data.idle) == n else None
-        absent = _cut_off(w, has if idle is None else has & ~idle)
+        absent, unread = _cut_off(w, has if idle is None else has & ~idle)
     return StepColumns(step, has, norms, act, act_on, values, got.total, coef, skipped,
                        overflow, origin, birth, loss=loss[0] if loss else None, absent=absent,
-                       stale=bool(stale[0]) if stale else None, already=already, idle=idle)
+                       stale=bool(stale[0]) if stale else None, already=already, idle=idle, unread=unread)
 
 
-def _cut_off(w: Any, has: np.ndarray) -> list[str]:
+def _cut_off(w: Any, has: np.ndarray) -> tuple[list[str], list[str]]:
     """The layers no gradient reached (``has``: one did; a ``.grad`` zeroed in place that no
     backward pass added to is none) although they require grad, are stepped and their own
     module ran, and that ran before the first layer (in forward order) that got a gradient:
     the input side cut off the loss. A module whose output the loss does not read (a pooler a
     classification head skips, a branch a task leaves unused) runs after gradient-receiving
-    layers and is not named."""
+    layers: those come second (`gradwatch.verdict.silent_rules.UnusedOutput`, a note)."""
     order = np.asarray(w.forward.order, dtype=np.int64)
     got = has[order] & w.forward.ran[order]
     first = int(np.argmax(got)) if got.any() else len(order)
-    before = order[:first]
-    cut = before[~has[before] & w.forward.ran[before] & w.stepped[before]]
-    return [w.layers[i].name for i in cut.tolist()]
+    lost = ~has[order] & w.forward.ran[order] & w.stepped[order]
+    return [w.layers[i].name for i in order[:first][lost[:first]].tolist()], \
+        [w.layers[i].name for i in order[first:][lost[first:]].tolist()]
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ def assemble(cols: StepColumns, watched: Any, judge: Judge, spikes: SpikeTracker
                     recurrent=shape.recurrent, shared=shape.shared,
                     saturating=watched.saturating, loss=cols.loss, act_on=act_on,
                     weight=shape.weight, uid=shape.layout.columns, absent=cols.absent,
-                    stale=cols.stale, memo=shape.memo, stepped=watched.stepped[idx],
+                    unread=cols.unread, stale=cols.stale, memo=shape.memo, stepped=watched.stepped[idx],
                     already=cols.already, idle=cols.idle[idx] if cols.idle is not None else None)
     verdicts = judge.judge(view)
     healthy = math.isfinite(cols.total) and not cols.overflow

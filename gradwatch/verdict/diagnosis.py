@@ -93,6 +93,13 @@ def explain(kind: str, view: StepView, hit: Hit) -> tuple[str, str, Plans]:
                 "requires_grad_(False) you did not mean between these layers and the loss; if "
                 "they are frozen on purpose, set requires_grad_(False) on their parameters or "
                 "leave them out of the optimizer", (("reconnect",),))
+    if kind == "unused_output":
+        return ("the loss does not read these layers' output (it is computed from other "
+                "outputs), so their parameters never change while the rest of the model trains",
+                "if the loss should read them, compute it from that output (check which head or "
+                "output the loss uses); if they are unused on purpose, freeze them "
+                "(requires_grad_(False)) or leave them out of the optimizer (DDP otherwise needs "
+                "find_unused_parameters=True)", (("reconnect",),))
     if kind == "not_zeroed":
         return ("optimizer.zero_grad() (or model.zero_grad()) is not called between optimizer "
                 "steps, so every backward adds its gradient to all the earlier ones",

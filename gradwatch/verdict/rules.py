@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from ..record.records import Status
-from .silent_rules import NoGradient, NotMoving, NotZeroed
+from .silent_rules import NoGradient, NotMoving, NotZeroed, UnusedOutput
 from .unit_rules import DeadUnits, LossRising, Saturation, ThroughTime, ZeroGradient
 from .view import REMEDIES, Hit, Mark, Rule, StepView, Trend, add_absolute, depth_trend, median, \
     entering, fmt3, has_signal, signal
@@ -193,6 +193,6 @@ class Stalled(Rule):
 
 RULES: tuple[Rule, ...] = (NonFinite(), AmpOverflow(), Divergence(), DepthExploding(),
                            DepthVanishing(), Stalled(), ThroughTime(), DeadUnits(),
-                           ZeroGradient(), NoGradient(), NotZeroed(), NotMoving(), Saturation(),
-                           LossRising())
+                           ZeroGradient(), NoGradient(), UnusedOutput(), NotZeroed(), NotMoving(),
+                           Saturation(), LossRising())
 """Every verdict rule, most severe first: the first rule that gives a layer a status wins."""

@@ -8,7 +8,7 @@ import numpy as np
 
 from .view import Hit, Mark, Rule
 
-__all__ = ["NoGradient", "NotZeroed", "NotMoving"]
+__all__ = ["NoGradient", "UnusedOutput", "NotZeroed", "NotMoving"]
 
 
 class NoGradient(Rule):
@@ -39,6 +39,36 @@ class NoGradient(Rule):
                        f"pass, while {len(view.names)} other layer(s) get gradients "
                        f"(bound no_gradient={th.no_gradient})",
                    {"layers": float(len(cut))}, names=cut)
+
+
+class UnusedOutput(Rule):
+    """A note: layers that require grad, are stepped by the optimizer and ran in the forward
+    pass after layers that got a gradient, but get none themselves on `Thresholds.no_gradient`
+    recorded steps in a row: the loss does not read their output. Often meant (a pooler a
+    token-level loss skips, a head kept for another task), so it sets no status; a bug when
+    that output was the one to train (the loss computed from another head), which nothing
+    else can see: a layer with no gradient is in no record. Needs ``activations=True``."""
+
+    kind, reads = "unused_output", ("norm",)
+    persistent = False  # the streak is its persistence
+
+    def check(self, view, th, state):
+        if th.no_gradient is None or view.unread is None:
+            return None
+        old = state.get("streak", {})
+        streak = state["streak"] = {n: old.get(n, 0) + 1 for n in view.unread}
+        unread = tuple(n for n, k in streak.items() if k >= th.no_gradient)
+        if not unread:
+            return None
+        shown = ", ".join(f"`{n}`" for n in unread[:4]) + (f" and {len(unread) - 4} more"
+                                                           if len(unread) > 4 else "")
+        return Hit([], f"{shown} ({len(unread)} layer(s)) ran after layers that get gradients "
+                       f"but got no gradient on {min(streak[n] for n in unread)} recorded steps "
+                       f"in a row, although they require grad and are stepped by the optimizer "
+                       f"(bound no_gradient={th.no_gradient})", {"layers": float(len(unread))},
+                   names=unread, note="an output the loss does not read is often meant (a "
+                                      "pooler a token-level loss skips, a head for another "
+                                      "task); it is a bug if the loss should read it")
 
 
 class NotZeroed(Rule):

@@ -61,6 +61,7 @@ class StepView:
     weight: np.ndarray | None = None  # role == "weight" (and stepped: what rules judge)
     uid: np.ndarray | None = None
     absent: Sequence[str] | None = None  # layers that ran and are stepped but got no gradient
+    unread: Sequence[str] | None = None  # the same, run after layers that got one
     stale: bool | None = None  # the gradients still held the last step's values
     stepped: np.ndarray | None = None  # stepped by the optimizer (None: every layer)
     already: str | None = None  # the NaN/Inf was in `birth`'s "batch" input or "weights"
@@ -92,8 +93,7 @@ class StepView:
         return not self.overflow and (self.origin is not None or not math.isfinite(self.total))
 
     @property
-    def measured(self) -> set[str]:
-        """The statistics measured at this step (``loss`` included when it was passed)."""
+    def measured(self) -> set[str]:  # the statistics measured at this step (and the loss)
         return set(self.values) | ({"loss"} if self.loss is not None else set())
 
 

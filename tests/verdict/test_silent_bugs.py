@@ -92,11 +92,49 @@ class _Pooled(nn.Module):
         return self.head(h)
 
 
-def test_a_module_whose_output_the_loss_does_not_read_stays_quiet():
+def test_a_module_whose_output_the_loss_does_not_read_is_a_note_not_an_alarm():
+    """No finding and no status: the pooler is often meant to be unused. But a note says the
+    loss does not read it, from the no_gradient-th recorded step on (before: nothing at all, so
+    a loss computed from the wrong head went unseen)."""
     model = _Pooled()
     watch = _train(model, torch.optim.Adam(model.parameters(), lr=1e-2))
     assert model.pool.weight.grad is None and model.enc.weight.grad is not None
     assert watch.diagnose() == []
+    (note,) = watch.notes()
+    assert note.kind == "unused_output" and note.layers == ("pool",)
+    assert note.first_step == 4 and note.steps == 8 and note.remedies == ("reconnect",)
+    assert "no gradient on 5 recorded steps in a row" in note.evidence
+    frozen = _Pooled()  # frozen on purpose, or left out of the optimizer: nothing to say
+    frozen.pool.requires_grad_(False)
+    assert _train(frozen, torch.optim.Adam(frozen.parameters(), lr=1e-2)).notes() == []
+    outside = _Pooled()
+    opt = torch.optim.Adam([*outside.enc.parameters(), *outside.head.parameters()], lr=1e-2)
+    assert _train(outside, opt).notes() == []
+
+
+class _WrongHead(nn.Module):
+    """The loss reads the auxiliary head; the real output head runs last and is never read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.aux, self.head = nn.Linear(8, 16), nn.Linear(16, 3), nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.enc(x))
+        self.out = self.head(h)  # what the loss should read
+        return self.aux(h)
+
+
+def test_a_loss_computed_from_the_wrong_head_names_the_head_it_skips():
+    model = _WrongHead()
+    watch = _train(model, torch.optim.Adam(model.parameters(), lr=1e-2))
+    assert model.head.weight.grad is None  # plain torch: the head never trains
+    assert [(n.kind, n.layers) for n in watch.notes()] == [("unused_output", ("head",))]
+    assert watch.diagnose() == []
+    other = _WrongHead()
+    off = _train(other, torch.optim.Adam(other.parameters(), lr=1e-2),
+                 watch_kw={"thresholds": Thresholds(no_gradient=None)})
+    assert off.notes() == []
 
 
 def test_a_bound_of_none_turns_the_rule_off():
