@@ -20,7 +20,10 @@ class GlobalNorm(ClipPolicy):
     every gradient g ← g·min(1, max_norm / (‖g‖ + 1e-6)), with ‖g‖ the global L2 norm.
 
     Bit-identical to ``clip_grad_norm_(params, max_norm)`` given the same total norm: the factor
-    is formed in the gradients' dtype (see `clip_with_norm_`). ``clip=1.0`` is ``GlobalNorm(1.0)``.
+    is formed in the gradients' dtype (see `clip_with_norm_`). gradwatch's total is torch's for
+    float32, float64 and complex gradients and any mix of them; for float16/bfloat16 ones it is
+    the more accurate float32 total (torch rounds the norms to that dtype), so the factor can
+    differ there. ``clip=1.0`` is ``GlobalNorm(1.0)``.
     """
 
     def __init__(self, max_norm: float) -> None:
@@ -52,11 +55,20 @@ class Value(ClipPolicy):
 
 def _exact_norms(group: Sequence[Tensor]) -> Tensor:
     """L2 norm of each tensor, accumulated in float64: exact for entries from 1e-35 to 1e35 in
-    any floating dtype (fp32 squares of such entries under- or overflow)."""
+    any floating dtype (fp32 squares of such entries under- or overflow). A complex tensor's is
+    that of |g| (the real tensor with its norm: a float64 reduction needs a real input)."""
     dense = [g.coalesce()._values() if g.is_sparse else g for g in group]
+    dense = [d.abs() if d.is_complex() else d for d in dense]
     if all(d.numel() for d in dense) and not any(g.is_sparse for g in group):
         return torch.stack(torch._foreach_norm(dense, 2, dtype=torch.float64))
     return torch.stack([torch.linalg.vector_norm(d, dtype=torch.float64) for d in dense])
+
+
+def _factor_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a per-tensor factor is rounded to: float64 for float64 and complex128
+    gradients (real dtype float64, a factor as exact as their entries), else float32 (a real
+    factor for complex64: it scales the real and imaginary parts alike)."""
+    return torch.float64 if dtype.to_real() == torch.float64 else torch.float32
 
 
 class PerTensorNorm(ClipPolicy):
@@ -65,12 +77,13 @@ class PerTensorNorm(ClipPolicy):
     and no epsilon.
 
     The factor c / max(‖g‖, c) is formed in float64 from the float64-accumulated norm, rounded
-    to float32 (float64 for float64 gradients) and multiplied in, the product rounded once to
-    the gradient's dtype. A tensor with ‖g‖ ≤ c is left bit-for-bit unchanged (factor exactly
-    1); an all-zero tensor too. A tensor with an inf entry gets factor 0 (its finite entries
-    become 0, the inf ones NaN) and one with a NaN entry becomes all NaN, as in Keras.
-    Never reads anything on the host (no sync). The Keras MNIST tutorial's ``clipnorm=1.0`` is
-    ``PerTensorNorm(1.0)``.
+    to float32 (float64 for float64 and complex128 gradients) and multiplied in, the product
+    rounded once to the gradient's dtype; a complex tensor's norm is that of |g|, and its real
+    factor scales the real and imaginary parts alike. A tensor with ‖g‖ ≤ c is left bit-for-bit
+    unchanged (factor exactly 1); an all-zero tensor too. A tensor with an inf entry gets factor
+    0 (its finite entries become 0, the inf ones NaN) and one with a NaN entry becomes all NaN,
+    as in Keras. Never reads anything on the host (no sync). The Keras MNIST tutorial's
+    ``clipnorm=1.0`` is ``PerTensorNorm(1.0)``.
     """
 
     def __init__(self, max_norm: float) -> None:
@@ -82,7 +95,7 @@ class PerTensorNorm(ClipPolicy):
             norms = _exact_norms(group)
             limit = torch.full_like(norms, self.max_norm)
             factors = (limit / torch.maximum(norms, limit)).to(  # true division: c / c == 1
-                torch.float64 if dtype == torch.float64 else torch.float32)
+                _factor_dtype(dtype))
             for g, factor in zip(group, factors.unbind()):
                 if dtype in _LOW_PRECISION:  # product in float32, rounded once, on any device
                     g.copy_(g.float().mul_(factor))

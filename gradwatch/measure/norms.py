@@ -13,7 +13,7 @@ from torch import Tensor
 from ..capture.distributed import global_norms, has_dtensor, is_dtensor
 from .batched import foreach_norm64, grouped_norms, remember
 
-__all__ = ["TINY", "SAFE64", "per_tensor_norms", "exact_norm", "exact_norms",
+__all__ = ["TINY", "SAFE64", "GROUPS", "per_tensor_norms", "exact_norm", "exact_norms",
            "exact_norms_tensor", "scaled_norm", "scaled_norm64", "device_norms64", "repair_norms", "combine",
            "tensor_norm", "layer_norms", "segments", "split_norms"]
 
@@ -42,9 +42,10 @@ def per_tensor_norms(grads: Sequence[Tensor]) -> Tensor:
 
     Norms are accumulated in float32 (half-precision gradients included) with
     ``torch._foreach_norm``; zero-size and sparse tensors take the slow path. The result is a
-    float32 (float64 if any gradient is float64) vector on the device of ``grads[0]``, in the
-    order of ``grads``. It can be inf or 0
-    for finite, nonzero entries beyond fp32's range of squares: pass it through `repair_norms`.
+    float32 (float64 if any gradient's real dtype is float64) vector on the device of
+    ``grads[0]``, in the order of ``grads``, marked with their groups where they span several
+    (`GROUPS`). It can be inf or 0 for finite, nonzero entries beyond fp32's range of squares:
+    pass it through `repair_norms`.
     Sharded ``DTensor`` gradients (FSDP2) get their global norms, in float64, from
     `gradwatch.capture.distributed.global_norms` (one collective).
     """
@@ -61,17 +62,18 @@ def per_tensor_norms(grads: Sequence[Tensor]) -> Tensor:
         elif all(g.dtype == first_dtype and g.device == out_device and not g.is_sparse
                  and g.numel() for g in grads):
             return torch.stack(torch._foreach_norm(list(grads), 2))
-    # float64 gradients keep float64 norms; everything else is reduced in float32
-    out_dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
+    out_dtype = torch.float64 if any(g.dtype.to_real() == torch.float64 for g in grads) \
+        else torch.float32  # float64 and complex128 gradients keep torch's float64 norms
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
+    keys = [(g.device, g.dtype) for g in grads]
     norms: list[Tensor | None] = [None] * len(grads)
     convert = False  # whether some norm is not yet out_dtype on out_device
-    for i, g in enumerate(grads):
+    for i, (g, key) in enumerate(zip(grads, keys)):
         if g.is_sparse or g.numel() == 0:
             norms[i] = torch.linalg.vector_norm(_dense(g), dtype=out_dtype).reshape(())
             convert = True
         else:
-            groups[(g.device, g.dtype)].append(i)
+            groups[key].append(i)
     for (device, dtype), idx in groups.items():
         tensors = [grads[i] for i in idx]
         if dtype in _LOW_PRECISION:
@@ -81,9 +83,21 @@ def per_tensor_norms(grads: Sequence[Tensor]) -> Tensor:
         convert = convert or device != out_device or result[0].dtype != out_dtype
         for i, n in zip(idx, result):
             norms[i] = n
-    if not convert:  # the common case: skip one .to() per tensor (~3 us each on the CPU)
-        return torch.stack(norms)
-    return torch.stack([n.to(device=out_device, dtype=out_dtype) for n in norms])
+    if convert:  # (the common case skips one .to() per tensor, ~3 us each on the CPU)
+        norms = [n.to(device=out_device, dtype=out_dtype) for n in norms]
+    return _grouped(torch.stack(norms), keys)
+
+
+GROUPS = "gradwatch_groups"
+"""Attribute of a `per_tensor_norms` result: its gradients' (device, dtype)s, where they span
+several (torch's total reduces group by group, `gradwatch.measure.read.total_norm`)."""
+
+
+def _grouped(norms: Tensor, keys: list[tuple[torch.device, torch.dtype]]) -> Tensor:
+    """``norms``, marked with ``keys`` (`GROUPS`) when they name more than one group."""
+    if len(set(keys)) > 1:
+        setattr(norms, GROUPS, tuple(keys))
+    return norms
 
 
 def split_norms(grads: Sequence[Tensor], exact: np.ndarray) -> Tensor:
@@ -232,8 +246,11 @@ def tensor_norm(t: Tensor) -> Tensor | float:
     On the CPU the fp32 (float64) norm is read at once (there is no device to wait for),
     recomputed in float64 (rescaled, `scaled_norm64`) only when it may be wrong, and returned
     as a Python float. On accelerators it is a 0-d float64 tensor reduced in float64 directly,
-    which costs no host synchronisation (float64 entries past ~1e154 give inf there).
+    which costs no host synchronisation (float64 entries past ~1e154 give inf there). A complex
+    tensor is measured as |t| (the real tensor with its norm), in its real dtype.
     """
+    if t.is_complex():
+        t = t.abs()
     if t.device.type != "cpu":
         return torch.linalg.vector_norm(t, dtype=torch.float64)
     if t.dtype == torch.float64:

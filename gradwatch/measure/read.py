@@ -9,16 +9,17 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 from ..capture.collected import Collected, UnitEntry
 from .batched import remember
 from .host import HostBatch
 from .norms import layer_norms
-from .norms import TINY, combine, device_norms64, repair_norms, scaled_norm
+from .norms import GROUPS, TINY, combine, device_norms64, repair_norms, scaled_norm
 from .statistics import Statistic
 
 __all__ = ["StepNumbers", "start_read", "finish_read",
-           "read_step", "read_norms", "device_total",
+           "read_step", "read_norms", "device_total", "total_norm", "torch_order",
            "layer_values", "unit_counts"]
 
 
@@ -36,6 +37,44 @@ def _at(norms: Tensor, sel: np.ndarray | None) -> Tensor:
     return norms[index]
 
 
+_ORDERS: dict[Any, tuple[np.ndarray | None]] = {}
+
+
+def torch_order(norms: Tensor, sel: np.ndarray | None) -> np.ndarray | None:
+    """The positions, among the norms ``sel`` picks (None: all), in the order
+    ``torch.nn.utils.get_total_norm`` stacks them: group after group, each (device, dtype) in
+    its tensors' order. None when that is their own order: always where `per_tensor_norms`
+    found a single group (it marks the others, `GROUPS`), so that case costs one attribute
+    read. Made once per layout."""
+    keys = getattr(norms, GROUPS, None)
+    if keys is None:
+        return None
+    picked = keys if sel is None else tuple(keys[k] for k in sel.tolist())
+    return remember(_ORDERS, picked, lambda: (_group_order(picked),))[0]
+
+
+def _group_order(keys: Sequence[tuple[torch.device, torch.dtype]]) -> np.ndarray | None:
+    """Where torch's total puts the norm of each tensor of these (device, dtype)s: torch's own
+    grouping (`_group_tensors_by_device_and_dtype`, as ``get_total_norm`` calls it) run on
+    empty stand-ins, read back group by group; None when nothing moves."""
+    stand_ins = [torch.empty(0, dtype=dtype, device=device) for device, dtype in keys]
+    position = {id(t): k for k, t in enumerate(stand_ins)}
+    groups = _group_tensors_by_device_and_dtype([stand_ins])
+    order = [position[id(t)] for [tensors], _ in groups.values() for t in tensors]
+    return None if order == sorted(order) else np.asarray(order, dtype=np.int64)
+
+
+def total_norm(norms: Tensor, sel: np.ndarray | None = None) -> Tensor:
+    """The L2 norm of the norms ``sel`` picks (None: all), a 0-d tensor on their device, as
+    ``get_total_norm`` forms it from the same per-tensor norms: ``vector_norm`` over them
+    stacked in torch's order (`torch_order`). Gradients that span several (device, dtype)s
+    (float32 and float64 layers, complex64 with a float32 head) thus get torch's total bit for
+    bit; in parameter order its last bit differs on a few % of steps."""
+    picked = _at(norms, sel)
+    order = torch_order(norms, sel)
+    return torch.linalg.vector_norm(picked if order is None else _at(picked, order))
+
+
 def device_total(norms_dev: Tensor, grads: Sequence[Tensor],
                  sel: np.ndarray | None = None) -> tuple[Tensor, Tensor]:
     """The total norm on the device (over the gradients ``sel`` picks: those the optimizer
@@ -43,7 +82,7 @@ def device_total(norms_dev: Tensor, grads: Sequence[Tensor],
     gives the same result whether or not a step is recorded), and the exact float64 norms of
     every gradient; no host sync (one extra pass over the gradients)."""
     picked = _at(norms_dev, sel)
-    total32 = torch.linalg.vector_norm(picked)
+    total32 = total_norm(norms_dev, sel)
     exact = device_norms64(grads).to(norms_dev.device)  # (float64 ones rescaled if need be)
     if not picked.numel():
         return total32.double(), exact
@@ -142,7 +181,7 @@ def start_read(grads: Sequence[Tensor], params: Sequence[Tensor], norms_dev: Ten
         batch.add_floats("total32", host_norms[-1:])
     else:
         batch.add("norms", norms_dev)
-        batch.add("total32", torch.linalg.vector_norm(_at(norms_dev, total_of)).reshape(1))
+        batch.add("total32", total_norm(norms_dev, total_of).reshape(1))
     batch.add("scale", [scale.double()] if scale is not None else [1.0])
     if data is not None:
         batch.add("act_out", _joined(data.out_norms))
@@ -168,7 +207,8 @@ def finish_read(host: dict[str, list[float]], scaled: bool,
                 exact: np.ndarray | None = None,
                 total_of: np.ndarray | None = None) -> StepNumbers:
     """Forms the norms from the copied values. Healthy steps log (and clip with) torch's own
-    fp32 total, so clipping is bit-identical to ``clip_grad_norm_``; steps whose fp32 norms
+    total (`total_norm`), so clipping is bit-identical to ``clip_grad_norm_`` (float16/bfloat16
+    gradients: their float32 total, which torch rounds to their dtype); steps whose fp32 norms
     over- or underflow get exact float64 norms: recomputed from ``grads``, or copied along
     (``"exact"``) when the record is formed a step later. ``exact``: the tensors whose norms
     were reduced in float64 already (`gradwatch.measure.norms.split_norms`). The total is
@@ -219,7 +259,7 @@ def read_step(grads: Sequence[Tensor], params: Sequence[Tensor], norms_dev: Tens
 
 def read_norms(norms_dev: Tensor, total_of: np.ndarray | None = None) -> list[float]:
     """The per-tensor norms and their fp32 total (torch's, as ``clip_grad_norm_`` computes
-    it; over the norms ``total_of`` picks, None: all), read in one copy:
+    it, `total_norm`; over the norms ``total_of`` picks, None: all), read in one copy:
     ``[n_0, ..., n_k, total]``."""
-    total = torch.linalg.vector_norm(_at(norms_dev, total_of)).reshape(1)
+    total = total_norm(norms_dev, total_of).reshape(1)
     return torch.cat((norms_dev, total)).tolist()
