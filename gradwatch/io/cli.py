@@ -22,6 +22,10 @@ _FIGURES = (("flow.png", "Gradient flow across layers (first, middle and last st
             ("loss.png", "Loss over steps (as passed to gradwatch)"))
 
 
+PLOT_INSTALL = ('install it with pip install matplotlib (or pip install -e ".[plot]" in the '
+                'gradwatch checkout)')
+"""How to get matplotlib: gradwatch is not on a package index, so no ``gradwatch[plot]``."""
+
 _MOST_WARNINGS = 10  # bad lines named one by one; the rest are counted
 
 
@@ -59,9 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--html", action="store_true",
                      help="also write report.html with the figures embedded (self-contained)")
     rep.add_argument("--vanishing", type=float, metavar="NORM",
-                     help="shade norms below NORM as vanishing (default: the run's thresholds)")
+                     help="absolute vanishing bound to draw: a dotted line in flow.png and a "
+                          "mark on the heat map's colour bar (default: the run's thresholds; "
+                          "the shaded bands are the relative bounds the verdicts read)")
     rep.add_argument("--exploding", type=float, metavar="NORM",
-                     help="shade norms above NORM as exploding (default: the run's thresholds)")
+                     help="absolute exploding bound to draw, as --vanishing (default: the "
+                          "run's thresholds)")
     rep.add_argument("--skip-bad-lines", action="store_true",
                      help="skip lines that are JSON but not gradwatch records instead of stopping")
     rep.add_argument("--no-progress", action="store_true",
@@ -165,7 +172,7 @@ def _render(run: Run, out: Path, *, title: str, bounds: dict[str, float | None],
     from tqdm import tqdm
 
     from ..plot import plot_flow, plot_heatmap, plot_loss, plot_norms
-    from ..plot.loss import has_loss
+    from ..plot.loss import passed_loss
     from ..plot.norms import global_clip_level
     from .report import html_report, markdown_report
 
@@ -183,7 +190,9 @@ def _render(run: Run, out: Path, *, title: str, bounds: dict[str, float | None],
             "norms.png": lambda p: plot_norms(records, path=p, clip_level=global_clip_level(clip)),
             "heatmap.png": lambda p: plot_heatmap(records, path=p, **bounds),
             "loss.png": lambda p: plot_loss(records, path=p)}
-    figures = [f for f in _FIGURES if f[0] != "loss.png" or has_loss(records)]
+    # no loss passed: no loss figure, silently (it is optional); a loss passed but NaN/Inf at
+    # every step: plot_loss refuses, and the warning below says why loss.png is missing
+    figures = [f for f in _FIGURES if f[0] != "loss.png" or passed_loss(records)]
     written = []
     for name, _caption in tqdm(figures, desc="rendering", unit=" figures", disable=not progress,
                                leave=False):
@@ -234,7 +243,7 @@ def _report(args: argparse.Namespace) -> int:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise CliError("the report needs matplotlib; pip install 'gradwatch[plot]'.") from None
+        raise CliError(f"the report needs matplotlib; {PLOT_INSTALL}.") from None
     out = args.out if args.out is not None else default_out(args.log)
     index_lines = [f"# gradwatch report: {args.log.name} ({len(runs)} runs)", ""]
     for run in (r for r in chosen if r.records):

@@ -110,13 +110,24 @@ class JsonlLogger(_FileLogger):
         self._write({HEADER_KEY: _check_header(header)})
 
     def __call__(self, record: StepRecord) -> None:
-        self._write(record.to_dict())
+        self._write(_record_dict(record))
 
     def _write(self, obj: Mapping[str, Any]) -> None:
         line = json.dumps(obj, separators=(",", ":"), default=_jsonable) + "\n"
         f = self._open()
         f.write(line)
         f.flush()
+
+
+def _record_dict(record: Any) -> dict[str, Any]:
+    """``record.to_dict()``, or a clear error naming ``record`` when it is not a StepRecord (a
+    plain dict would fail with "'dict' object has no attribute 'to_dict'")."""
+    if not callable(getattr(record, "to_dict", None)):
+        raise TypeError(f"Expected `record` to be a gradwatch StepRecord (what GradWatch passes "
+                        f"its loggers), but got {type(record).__name__}"
+                        + ("; rebuild it with StepRecord.from_dict(d)"
+                           if isinstance(record, Mapping) else "") + ".")
+    return record.to_dict()
 
 
 def _cell(v: Any) -> Any:
@@ -212,7 +223,7 @@ class CsvLogger(_FileLogger):
             return next(csv.reader(f), None) or None
 
     def __call__(self, record: StepRecord) -> None:
-        data = record.to_dict()
+        data = _record_dict(record)
         new_file = False
         if self._columns is None:
             self._layer_keys = _layer_keys(data, self._statistics)

@@ -43,6 +43,8 @@ def _check_layer(name: str, stat: Any) -> str | None:
     for key, value in stat.items():  # plain type tests: this runs for every layer of every line
         t = type(value)
         if t is float or t is int:
+            if key in ("norm", "act_norm") and value < 0:  # NaN passes: it is a measurement
+                return f"{where}.{key}` must be a norm >= 0 (or NaN/Infinity), but got {value!r}"
             if key not in ("status", "spike", "reason"):
                 continue
         elif value is None:
@@ -53,6 +55,26 @@ def _check_layer(name: str, stat: Any) -> str | None:
             continue
         wants = _LAYER_WANTS.get(key, "a number or null")
         return f"{where}.{key}` must be {wants}, but got {_show(value)}"
+    return None
+
+
+def _check_findings(findings: Any) -> str | None:
+    """Why a line's ``findings`` is not a list of `Finding.to_dict()` objects (naming the
+    entry and key), or None: the record reader would fail with a bare KeyError otherwise."""
+    if not isinstance(findings, list):
+        return f"`findings` must be a list of finding objects, but got {_show(findings)}"
+    for k, f in enumerate(findings):
+        if not isinstance(f, dict):
+            return f"`findings[{k}]` must be an object (a finding), but got {_show(f)}"
+        if not isinstance(f.get("kind"), str):
+            return (f"`findings[{k}]` has no key `kind`" if "kind" not in f else
+                    f"`findings[{k}].kind` must be a string, but got {_show(f['kind'])}")
+        for key in ("layers", "remedies", "plans"):
+            if key in f and not isinstance(f[key], list):
+                return f"`findings[{k}].{key}` must be a list, but got {_show(f[key])}"
+        for key in ("first_step", "steps"):
+            if key in f and not (_is_num(f[key]) and math.isfinite(f[key])):
+                return f"`findings[{k}].{key}` must be a whole number, but got {_show(f[key])}"
     return None
 
 
@@ -77,6 +99,11 @@ def check_record_dict(obj: Any) -> str | None:
     for key, (ok, what) in rules.items():
         if key in obj and not ok(obj[key]):
             return f"`{key}` must be {what}, but got {_show(obj[key])}"
+    if obj["total_norm"] < 0:  # NaN passes: a non-finite step is a measurement
+        return f"`total_norm` must be a norm >= 0 (or NaN/Infinity), but got {obj['total_norm']!r}"
+    why = _check_findings(obj.get("findings", []))
+    if why:
+        return why
     for name, stat in obj.get("layers", {}).items():
         why = _check_layer(name, stat)
         if why:

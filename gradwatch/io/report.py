@@ -4,26 +4,22 @@ from __future__ import annotations
 
 import base64
 import html
+from pathlib import Path, PurePath
 from collections import Counter
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..verdict.diagnosis import NOTHING, details, headline
 from ..record.records import STATUSES, Finding, Status, StepRecord
 from .runsummary import RunSummary, findings_of, fmt, summarize
+from .reportargs import check_header as _check_header, check_images as _check_images, \
+    check_records as _check, declared_labels as _labels
+from .summary import FINITE_NOTE, of_finite
 from ..measure.statistics import label_of
 
 __all__ = ["findings", "diagnosis_lines", "run_overview", "layer_table", "markdown_report",
            "html_report", "settings"]
 
 _CORE = (Status.VANISHING, Status.EXPLODING, Status.NONFINITE)
-
-
-def _check(records: Iterable[StepRecord]) -> list[StepRecord]:
-    recs = list(records)
-    if not recs:
-        raise ValueError("Expected `records` to hold at least one StepRecord, but got none; "
-                         "record a step first or check that the log is not empty.")
-    return recs
 
 
 def _steps(steps: Sequence[int], most: int = 8) -> str:
@@ -46,14 +42,18 @@ def run_overview(records: Iterable[StepRecord]) -> list[tuple[str, str]]:
     Raises:
         ValueError: ``records`` is empty.
     """
-    s = summarize(_check(records))
+    return _overview(summarize(_check(records)))
+
+
+def _overview(s: RunSummary) -> list[tuple[str, str]]:
     n = s.kept
+    finite = (f" ({s.total_finite} of {n} steps finite)" if s.total_finite < n else "")
     return [
         ("recorded steps", f"{n} (steps {s.first_step} .. {s.last_step})"),
         ("layers watched", str(len(s.layers))),
         ("total norm (finite steps)",
          f"min {fmt(s.total_min)} · median {fmt(s.total_median)} · max {fmt(s.total_max)}"
-         if s.total_median is not None else "no finite value"),
+         + finite if s.total_median is not None else f"no finite value in {n} steps"),
         ("clipped steps", f"{s.clipped} of {n} ({100 * s.clipped / n:.1f}%)"
          + (f", median coefficient {fmt(s.clip_coef_median)}" if s.clipped else "")),
         ("steps with non-finite gradients", f"{len(s.nonfinite_steps)}"
@@ -81,26 +81,43 @@ def settings(header: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     return rows
 
 
-def layer_table(records: Iterable[StepRecord]) -> tuple[list[str], list[list[str]]]:
+def layer_table(records: Iterable[StepRecord], *, header: Mapping[str, Any] | None = None
+                ) -> tuple[list[str], list[list[str]]]:
     """Header and one row per layer (forward order): norms and how often each verdict fired.
+
+    A median or max over fewer records than hold the layer (NaN/Inf left out) reads
+    ``m (k/n)``: over the ``k`` finite of ``n`` values. A statistic declared in the run
+    ``header`` (its ``"statistics"``) is named by its label.
 
     Raises:
         ValueError: ``records`` is empty.
     """
-    s = summarize(_check(records))
+    return _table(summarize(_check(records)), _check_header(header))
+
+
+def _table(s: RunSummary, header: Mapping[str, Any] | None = None
+           ) -> tuple[list[str], list[list[str]]]:
     shown = _shown_statuses(s)
     extra = [k for k in s.statistics if k not in ("norm", "act_norm")]
-    header = ["#", "layer", "last norm", "median norm", "max norm", "median act norm",
-              *(f"median {label_of(k)}" for k in extra), *(STATUSES[st].label for st in shown),
-              "spikes"]
+    declared = _labels(header)
+    head = ["#", "layer", "last norm", "median norm", "max norm", "median act norm",
+            *(f"median {declared.get(k) or label_of(k)}" for k in extra),
+            *(STATUSES[st].label for st in shown), "spikes"]
     rows = []
     for i, layer in enumerate(s.layers):
         rows.append([str(i), layer.name, fmt(layer.last.norm if layer.last else None),
-                     fmt(layer.median_norm), fmt(layer.max_norm),
+                     of_finite(layer.median_norm, layer.finite, layer.kept),
+                     of_finite(layer.max_norm, layer.finite, layer.kept),
                      fmt(layer.medians.get("act_norm")),
                      *(fmt(layer.medians.get(k)) for k in extra),
                      *(str(layer.statuses.get(st.value, 0)) for st in shown), str(layer.spikes)])
-    return header, rows
+    return head, rows
+
+
+def _table_note(s: RunSummary) -> str | None:
+    """The footnote under the layer table when some layer's norms were non-finite."""
+    return FINITE_NOTE[0].upper() + FINITE_NOTE[1:] + "." if any(
+        x.finite < x.kept for x in s.layers) else None
 
 
 def findings(records: Iterable[StepRecord], *, most: int = 3) -> list[str]:
@@ -110,7 +127,10 @@ def findings(records: Iterable[StepRecord], *, most: int = 3) -> list[str]:
         ValueError: ``records`` is empty.
     """
     recs = _check(records)
-    s = summarize(recs)
+    return _findings(recs, summarize(recs), most)
+
+
+def _findings(recs: Sequence[StepRecord], s: RunSummary, most: int = 3) -> list[str]:
     n, out = s.kept, []
     bad = [r for r in recs if r.nonfinite]
     if bad:
@@ -197,22 +217,26 @@ def markdown_report(records: Iterable[StepRecord], *, title: str = "gradwatch re
         ValueError: ``records`` is empty.
     """
     recs = _check(records)
+    header = _check_header(header)
+    images = _check_images(images, (str, PurePath), "a relative path (str) of a figure")
+    s = summarize(recs)
     lines = [f"# {title}", "", "## Diagnosis", ""]
     lines += _md_diagnosis(diagnosis_lines(recs, diagnosis))
     lines += ["", "## Layer statuses over the run", ""]
-    lines += [f"- {f}" for f in findings(recs)]
+    lines += [f"- {f}" for f in _findings(recs, s)]
     lines += ["", "## Run overview", ""]
-    lines += _md_table(["quantity", "value"], run_overview(recs))
+    lines += _md_table(["quantity", "value"], _overview(s))
     if settings(header):
         lines += ["", "## Settings (from the run header)", ""]
         lines += _md_table(["setting", "value"], settings(header))
     if images:
         lines += ["", "## Figures", ""]
         for caption, path in images.items():
-            lines += [f"### {caption}", "", f"![{caption}]({path})", ""]
-    header, rows = layer_table(recs)
+            lines += [f"### {caption}", "", f"![{caption}]({Path(path).as_posix()})", ""]
     lines += ["", "## Layers (forward order, input first)", ""]
-    lines += _md_table(header, rows)
+    lines += _md_table(*_table(s, header))
+    note = _table_note(s)
+    lines += ["", note] if note else []
     return "\n".join(lines) + "\n"
 
 
@@ -252,12 +276,15 @@ def html_report(records: Iterable[StepRecord], *, title: str = "gradwatch report
         ValueError: ``records`` is empty.
     """
     recs = _check(records)
+    header = _check_header(header)
+    images = _check_images(images, bytes, "PNG bytes")
+    s = summarize(recs)
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
              f"</title><style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
              "<h2>Diagnosis</h2>" + _html_diagnosis(diagnosis_lines(recs, diagnosis)),
-             "<h2>Layer statuses over the run</h2><ul>" + "".join(f"<li>{_inline(f)}</li>" for f in findings(recs))
+             "<h2>Layer statuses over the run</h2><ul>" + "".join(f"<li>{_inline(f)}</li>" for f in _findings(recs, s))
              + "</ul>", "<h2>Run overview</h2>",
-             _html_table(["quantity", "value"], run_overview(recs))]
+             _html_table(["quantity", "value"], _overview(s))]
     if settings(header):
         parts += ["<h2>Settings (from the run header)</h2>",
                   _html_table(["setting", "value"], settings(header))]
@@ -267,6 +294,7 @@ def html_report(records: Iterable[StepRecord], *, title: str = "gradwatch report
             data = base64.b64encode(png).decode("ascii")
             parts.append(f"<h3>{html.escape(caption)}</h3><img alt='{html.escape(caption)}' "
                          f"src='data:image/png;base64,{data}'>")
-    parts += ["<h2>Layers (forward order, input first)</h2>", _html_table(*layer_table(recs)),
-              "</body></html>"]
+    note = _table_note(s)
+    parts += ["<h2>Layers (forward order, input first)</h2>", _html_table(*_table(s, header)),
+              f"<p><small>{html.escape(note)}</small></p>" if note else "", "</body></html>"]
     return "\n".join(parts) + "\n"

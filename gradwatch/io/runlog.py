@@ -30,6 +30,9 @@ def scan_log(path: str | os.PathLike[str], *, progress: bool = False) -> LogScan
         LogFormatError: The file is not UTF-8 text, or none of its lines is a gradwatch
             record or run header (e.g. the CSV written by `CsvLogger`).
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"Expected `path` to be a file path (str or os.PathLike) of a JSON-lines "
+                        f"log, but got {type(path).__name__}; pass e.g. 'run.jsonl'.")
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"Expected `path` to be a JSON-lines log, but {str(path)!r} is "

@@ -12,7 +12,8 @@ from typing import Iterable, Mapping, Sequence
 
 from ..record.records import STATUSES, Finding, LayerStat, Status, StepRecord
 
-__all__ = ["fmt", "layer_order", "LayerSummary", "RunSummary", "summarize", "findings_of"]
+__all__ = ["fmt", "layer_order", "LayerSummary", "RunSummary", "summarize", "findings_of",
+           "statistic_names"]
 
 
 def fmt(x: float | None) -> str:
@@ -41,8 +42,22 @@ def layer_order(records: Sequence[StepRecord]) -> list[str]:
 
 
 def _median(values: Iterable[float | None]) -> float | None:
+    """The median of the finite values (None without one); callers say how many were not."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return statistics.median(finite) if finite else None
+
+
+def statistic_names(per_layer: Iterable[Sequence[Mapping[str, float | None]]]) -> list[str]:
+    """Every statistic named in any record of any layer (``norm`` and ``act_norm`` first, then
+    as the newest records order them), so a statistic measured only on some steps (every 4th,
+    an ``every=N`` log, a wrapped history) or only by some layers (``dead_frac`` after a ReLU)
+    still gets its column. ``per_layer`` holds each layer's ``numbers()`` dicts, oldest first,
+    which `summarize` builds anyway: one pass, no extra work per record."""
+    names: dict[str, None] = {}
+    for numbers in per_layer:
+        for nums in reversed(numbers):
+            names.update(dict.fromkeys(nums))
+    return list(names)
 
 
 @dataclass(frozen=True)
@@ -57,6 +72,8 @@ class LayerSummary:
     statuses: Mapping[str, int]  # status value -> recorded steps (counted over the whole run)
     spikes: int
     latest: Mapping[str, float | None] = field(default_factory=dict)  # last measured value
+    kept: int = 0  # records holding this layer (what median_norm and max_norm read)
+    finite: int = 0  # of those, the records whose norm is finite (what they are over)
 
 
 @dataclass(frozen=True)
@@ -84,6 +101,7 @@ class RunSummary:
     statistics: tuple[str, ...]  # every per-layer statistic seen, by name
     findings: tuple[Finding, ...] = field(default=())
     notes: tuple[Finding, ...] = field(default=())  # true, likely harmless (`Finding.note`)
+    total_finite: int = 0  # kept records with a finite total norm (what min/median/max are over)
 
 
 def _status_of_kind() -> dict[str, Status]:
@@ -141,6 +159,25 @@ def findings_of(records: Iterable[StepRecord], notes: bool = False) -> list[Find
     return out
 
 
+def _layer_summary(name: str, stats: Sequence[LayerStat],
+                   numbers: Sequence[Mapping[str, float | None]], stat_names: Sequence[str],
+                   last: LayerStat | None, flags: Mapping[tuple[str, str], int]) -> LayerSummary:
+    """One layer's `LayerSummary` from its stats (oldest first) and their ``numbers()``: the
+    medians and max over finite values, with how many of the records those were."""
+    finite = [s.norm for s in stats if math.isfinite(s.norm)]
+    latest = {}
+    for k in stat_names:
+        latest[k] = next((nums[k] for nums in reversed(numbers) if nums.get(k) is not None), None)
+    return LayerSummary(
+        name=name, last=last, median_norm=statistics.median(finite) if finite else None,
+        max_norm=max(finite) if finite else None,
+        medians={k: _median(nums.get(k) for nums in numbers) for k in stat_names},
+        latest=latest,
+        statuses={st.value: flags.get((name, st.value), 0) for st in STATUSES
+                  if st is not Status.OK},
+        spikes=flags.get((name, "spike"), 0), kept=len(stats), finite=len(finite))
+
+
 def summarize(records: Iterable[StepRecord], *, steps: int | None = None,
               run: Mapping[str, int] | None = None,
               flags: Mapping[tuple[str, str], int] | None = None,
@@ -176,24 +213,11 @@ def summarize(records: Iterable[StepRecord], *, steps: int | None = None,
                 if s.spike:
                     counted[(n, "spike")] += 1
         flags = counted
-    stat_names: list[str] = []
-    for r in recs[-1:] + recs[:1]:
-        for s in r.layers.values():
-            stat_names += [k for k in s.numbers() if k not in stat_names]
-            break
-    layers = []
-    for name in names:
-        stats = [r.layers[name] for r in recs if name in r.layers]
-        finite = [s.norm for s in stats if math.isfinite(s.norm)]
-        layers.append(LayerSummary(
-            name=name, last=recs[-1].layers.get(name),
-            median_norm=_median(s.norm for s in stats), max_norm=max(finite) if finite else None,
-            medians={k: _median(s.numbers().get(k) for s in stats) for k in stat_names},
-            latest={k: next((s.numbers()[k] for s in reversed(stats)
-                             if s.numbers().get(k) is not None), None) for k in stat_names},
-            statuses={st.value: flags.get((name, st.value), 0) for st in STATUSES
-                      if st is not Status.OK},
-            spikes=flags.get((name, "spike"), 0)))
+    stats_of = {name: [r.layers[name] for r in recs if name in r.layers] for name in names}
+    numbers_of = {name: [s.numbers() for s in stats] for name, stats in stats_of.items()}
+    stat_names = statistic_names(numbers_of.values())
+    layers = [_layer_summary(name, stats_of[name], numbers_of[name], stat_names,
+                             recs[-1].layers.get(name), flags) for name in names]
     run = run if run is not None else {
         "recorded": len(recs), "clipped": len(clipped), "skipped": sum(r.skipped for r in recs),
         "nonfinite": len(bad), "spikes": sum(r.spike for r in recs),
@@ -205,7 +229,7 @@ def summarize(records: Iterable[StepRecord], *, steps: int | None = None,
         total_last=recs[-1].total_norm if recs else None,
         total_min=min(totals) if totals else None,
         total_median=statistics.median(totals) if totals else None,
-        total_max=max(totals) if totals else None,
+        total_max=max(totals) if totals else None, total_finite=len(totals),
         clipped=int(run.get("clipped", len(clipped))),
         clip_coef_median=_median(r.clip_coef for r in clipped),
         nonfinite_steps=tuple(r.step for r in bad),

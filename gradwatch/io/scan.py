@@ -152,12 +152,14 @@ def scan_lines(lines: Iterable[tuple[int, bytes]], path: Path) -> LogScan:
     last_step: int | None = None  # of the current segment (since the last header)
     pending_cut = False  # the first record after a resume also cuts at its own step
     decode_errors = 0
+    alien = False  # a complete JSON line with no record key: another tool's file
     first = b""
     for i, raw in lines:
         scan.lines = i
         first = first or raw
         try:
-            obj = json.loads(raw.decode("utf-8"))
+            # utf-8-sig: the byte-order mark an editor may save first is not a cut line
+            obj = json.loads(raw.decode("utf-8-sig"))
         except UnicodeDecodeError:
             decode_errors += 1
             scan.problems.append(LineProblem(i, "unreadable", "not UTF-8 text"))
@@ -195,12 +197,18 @@ def scan_lines(lines: Iterable[tuple[int, bytes]], path: Path) -> LogScan:
                 why = f"StepRecord.from_dict rejected it ({err})"
         if why:
             scan.problems.append(LineProblem(i, "schema", why))
+            alien = alien or not (isinstance(obj, dict) and ("step" in obj or "total_norm" in obj))
             continue
         if current is None or (last_step is not None and record.step <= last_step):
             if current is not None:
+                rid = (current.header or {}).get("run_id")
+                where = (f"in the run of line {current.line} (id {str(rid)[:8]})"
+                         if current.header is not None else "")
                 scan.notes.append(f"{path}:{i}: step {record.step} follows step {last_step} "
-                                  f"without a run header; read as the start of a new run "
-                                  f"(a log appended to by a second run?)")
+                                  f"{where + ' ' if where else ''}without a run header; "
+                                  f"the records from here are read as a separate run without "
+                                  f"header (a log appended to by a second run, or a run that "
+                                  f"restarted its step count?)")
             current = _Builder(None, i)
             builders.append(current)
             pending_cut = False
@@ -212,8 +220,9 @@ def scan_lines(lines: Iterable[tuple[int, bytes]], path: Path) -> LogScan:
     if decode_errors and not builders:
         raise LogFormatError(f"{path}: not a UTF-8 text file ({decode_errors} undecodable "
                              f"line(s)); expected a JSON-lines log written by JsonlLogger.")
-    if not builders and scan.problems and (scan.lines > 1 or _looks_csv(path, first)):
-        # one error, not a warning per line (one cut line alone is a run killed mid-write)
+    if not builders and scan.problems and (scan.lines > 1 or alien or _looks_csv(path, first)):
+        # one error, not a warning per line (one cut line alone is a run killed mid-write;
+        # one complete JSON line of another shape is another tool's file)
         raise LogFormatError(_not_a_log(scan, first))
     scan.runs = [b.build(k) for k, b in enumerate(builders)]
     return scan

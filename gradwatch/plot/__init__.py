@@ -3,10 +3,13 @@ per-layer value histograms per epoch.
 
 Plotting only reads records (live ``watch.history`` or ``read_jsonl(path)``); matplotlib is
 imported inside the functions, so ``import gradwatch`` never pulls it in. Every function returns a
-`matplotlib.figure.Figure`, draws into ``ax=`` when given and saves a PNG to ``path=`` when given.
-Values a log axis cannot show are drawn at its edges: non-finite norms as a black ``X`` at the top,
-zero norms as a ``0`` at the bottom. Layer statuses take their colour and label from the status
-table of `gradwatch.record.records`; a status without an entry is drawn in a neutral grey, never an error.
+`matplotlib.figure.Figure` and saves a PNG to ``path=`` when given; all but `plot_histograms` (a
+panel per layer) draw into ``ax=`` when given. The records must be one run, in increasing step
+order. Values a log axis cannot show are drawn at its edges: non-finite norms as a black ``X`` at
+the top, zero norms as a ``0`` at the bottom; a point with no finite neighbour gets a marker.
+Layer statuses take their colour and label from the status table of `gradwatch.record.records`;
+a status without an entry is drawn in a neutral grey (the log reader skips a line whose status
+this version does not know).
 """
 
 from __future__ import annotations

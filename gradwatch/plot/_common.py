@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = ["Which", "WHICH_LABEL", "StatusStyle", "STATUS_MARKERS", "NEUTRAL_STYLE", "MAX_TICK_LABELS",
-           "absolute_bounds", "check_records", "layered_records", "check_which", "edge_marks",
+           "absolute_bounds", "check_records", "layered_records", "check_which", "draw_series",
+           "edge_marks",
            "finish", "layer_order", "legend", "log_limits", "name_ticks",
            "new_axes", "plural", "short", "split", "status_style", "thresholds_from", "value"]
 
@@ -58,6 +59,15 @@ DECADES_KEPT = 3.0  # a threshold band further than this from the data is named,
 
 
 def check_records(records: Iterable[StepRecord]) -> list[StepRecord]:
+    """The records as a list: StepRecords of one run, in increasing step order.
+
+    Records of several runs (``read_jsonl(path, run="all")``) would share one step axis and be
+    drawn as a zigzag back to step 0; they are refused with the way to plot each run apart.
+    """
+    if records is None or isinstance(records, (str, bytes, dict)) or hasattr(
+            records, "__fspath__"):
+        raise TypeError(f"Expected `records` to be StepRecords (watch.history or "
+                        f"list(gradwatch.read_jsonl(path))), but got {type(records).__name__}.")
     recs = list(records)
     if not recs:
         raise ValueError("Expected `records` to hold at least one StepRecord, but got none; "
@@ -66,6 +76,15 @@ def check_records(records: Iterable[StepRecord]) -> list[StepRecord]:
         if not isinstance(r, StepRecord):
             raise TypeError(f"Expected `records` to hold StepRecord objects, but got "
                             f"{type(r).__name__}; read a log with gradwatch.read_jsonl(path).")
+    steps = np.fromiter((r.step for r in recs), dtype=float, count=len(recs))
+    back = np.flatnonzero(np.diff(steps) <= 0)
+    if back.size:
+        i = int(back[0]) + 1
+        raise ValueError(f"Expected `records` of one run in increasing step order, but record "
+                         f"{i} has step {recs[i].step} after step {recs[i - 1].step}; records "
+                         f"of several runs (read_jsonl(path, run='all')) cannot share one step "
+                         f"axis: plot each run apart (for run in read_runs(path): "
+                         f"plot_norms(run.records)) or pick one with read_jsonl(path, run=k).")
     return recs
 
 
@@ -154,10 +173,31 @@ def new_axes(ax: Axes | None, size: tuple[float, float]) -> tuple[Figure, Axes]:
 
 
 def finish(fig: Figure, path: str | os.PathLike[str] | None) -> Figure:
+    """Saves ``fig`` at ``path`` (a PNG unless the name says another format matplotlib knows;
+    folders created) when given; returns it. A directory is refused, naming ``path``:
+    matplotlib would silently write ``DIR.png`` beside it."""
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        target = Path(path)
+        if target.is_dir():
+            raise ValueError(f"Expected `path` to be a PNG file name, but {str(target)!r} is a "
+                             f"directory; pass e.g. {str(target / 'figure.png')!r}.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(target, dpi=110)
     return fig
+
+
+def draw_series(ax: Axes, x: np.ndarray, y: np.ndarray, **style: Any) -> Any:
+    """``ax.plot(x, y, **style)`` plus a marker on each finite point without a finite
+    neighbour: a line needs two points, so a one-record run or a finite step between NaN
+    steps would otherwise draw nothing and read as "no data". Returns the line."""
+    line, = ax.plot(x, y, **style)
+    ok = np.isfinite(y)
+    alone = ok & ~np.r_[False, ok[:-1]] & ~np.r_[ok[1:], False]
+    if alone.any():
+        ax.plot(x[alone], y[alone], ls="none", marker="o",
+                ms=max(3.0, 1.6 * float(style.get("lw", 1.5))), color=line.get_color(),
+                zorder=line.get_zorder())
+    return line
 
 
 def short(name: str, width: int = 30) -> str:
@@ -183,11 +223,14 @@ def name_ticks(axis: Any, names: Sequence[str], most: int = MAX_TICK_LABELS) -> 
 
 
 def edge_marks(ax: Axes, x: np.ndarray, nonfinite: np.ndarray, zero: np.ndarray,
-                color: Any, labelled: set[str]) -> None:
-    """Draws off-scale values at the axes' edges (non-finite at the top, zeros at the bottom)."""
+                color: Any, labelled: set[str],
+                labels: tuple[str, str] = ("non-finite (drawn at top)",
+                                           "zero norm (drawn at bottom)")) -> None:
+    """Draws off-scale values at the axes' edges (non-finite at the top, zeros at the bottom),
+    each kind labelled once (``labels``: the non-finite and the zero label)."""
     edge = ax.get_xaxis_transform()  # x in data units, y in axes fraction
-    for mask, y, marker, c, label in ((nonfinite, 0.97, "X", "black", "non-finite (drawn at top)"),
-                                      (zero, 0.03, "$0$", color, "zero norm (drawn at bottom)")):
+    for mask, y, marker, c, label in ((nonfinite, 0.97, "X", "black", labels[0]),
+                                      (zero, 0.03, "$0$", color, labels[1])):
         if mask.any():
             ax.scatter(x[mask], np.full(int(mask.sum()), y), transform=edge, marker=marker, s=60,
                        color=c, label=None if label in labelled else label, zorder=5,

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
+import operator
 import os
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from ..record.records import Status, StepRecord
-from ._common import (WHICH_LABEL, Which, absolute_bounds, edge_marks, finish, layered_records,
-                      legend, log_limits, name_ticks, new_axes, short, split, status_style, value)
+from ._common import (WHICH_LABEL, Which, absolute_bounds, draw_series, edge_marks, finish,
+                      layered_records, legend, log_limits, name_ticks, new_axes, short, split,
+                      status_style, value)
 from .depth import depth_reference, relative_bounds
 from .ticks import log_ticks
 
@@ -58,7 +61,10 @@ def plot_flow(records: Iterable[StepRecord], *, steps: int | Sequence[int] | Non
         norms. A bound far beyond the data is named in the legend, not drawn.
 
     Raises:
-        ValueError: No records, no per-layer statistics, an unknown step, or bad bounds.
+        ValueError: No records, records not in increasing step order (several runs), no
+            per-layer statistics, an unknown step or ``head``, or bad bounds.
+        TypeError: ``steps`` not whole numbers, ``roles`` not a mapping, or a relative bound
+            not a number.
     """
     from matplotlib import colormaps
 
@@ -68,7 +74,7 @@ def plot_flow(records: Iterable[StepRecord], *, steps: int | Sequence[int] | Non
     if steps is None:
         chosen = [recs[i] for i in sorted({0, len(recs) // 2, len(recs) - 1})]
     else:
-        wanted = [steps] if isinstance(steps, int) else list(steps)
+        wanted = _steps(steps)
         unknown = [s for s in wanted if s not in by_step]
         if unknown or not wanted:
             raise ValueError(f"Expected `steps` among the recorded steps ({recs[0].step} .. "
@@ -79,10 +85,16 @@ def plot_flow(records: Iterable[StepRecord], *, steps: int | Sequence[int] | Non
                          "(recorded with activations=False?); use which='norm'.")
     if which != "norm":
         vanishing = exploding = None
-    rel_v = (getattr(thresholds, "relative_vanishing", None) if relative_vanishing is None
-             else relative_vanishing)
-    rel_e = (getattr(thresholds, "relative_exploding", None) if relative_exploding is None
-             else relative_exploding)
+    rel_v = _relative("relative_vanishing", getattr(thresholds, "relative_vanishing", None)
+                      if relative_vanishing is None else relative_vanishing)
+    rel_e = _relative("relative_exploding", getattr(thresholds, "relative_exploding", None)
+                      if relative_exploding is None else relative_exploding)
+    if roles is not None and not isinstance(roles, Mapping):
+        raise TypeError(f"Expected `roles` to map layer name -> role (a run header's "
+                        f"\"roles\"), but got {type(roles).__name__}.")
+    if head is not None and head not in names:
+        raise ValueError(f"Expected `head` among the recorded layers (e.g. {names[-3:]}), but "
+                         f"got {head!r}.")
 
     fig, ax = new_axes(ax, (min(9.5 + 0.1 * len(names), 18), 5.5 if len(names) <= 20 else 7.5))
     size = 70 if len(names) <= 30 else 30
@@ -98,8 +110,8 @@ def plot_flow(records: Iterable[StepRecord], *, steps: int | Sequence[int] | Non
             refs.append((ref, color))
         y, nonfinite, zero = split([value(r, n, which) for n in names])
         all_y.extend(y[np.isfinite(y)])
-        ax.plot(x, y, "-", marker="o" if len(names) <= 60 else None, ms=3, lw=1.6, color=color,
-                label=f"step {r.step}")
+        draw_series(ax, x, y, marker="o" if len(names) <= 60 else None, ms=3, lw=1.6,
+                    color=color, label=f"step {r.step}")
         edge_marks(ax, x, nonfinite, zero, color, labelled)
         for i, n in enumerate(names):
             stat = r.layers.get(n)
@@ -132,3 +144,35 @@ def plot_flow(records: Iterable[StepRecord], *, steps: int | Sequence[int] | Non
     ax.grid(True, which="major", axis="y", alpha=0.3)
     legend(ax, [f"step {r.step}" for r in chosen])
     return finish(fig, path)
+
+
+def _steps(steps: Any) -> list[int]:
+    """``steps`` (one step or several; numpy integers too) as a list of ints, or a clear error."""
+    try:
+        return [operator.index(steps)]
+    except TypeError:
+        pass
+    if isinstance(steps, (str, bytes)) or not isinstance(steps, Iterable):
+        raise TypeError(f"Expected `steps` to be a step number or a list of them, but got "
+                        f"{steps!r} ({type(steps).__name__}).")
+    out = []
+    for s in steps:
+        try:
+            out.append(operator.index(s))
+        except TypeError:
+            raise TypeError(f"Expected `steps` to hold whole step numbers, but got {s!r} "
+                            f"({type(s).__name__}).") from None
+    return out
+
+
+def _relative(name: str, factor: Any) -> float | None:
+    """A relative bound as a float > 0 (None: no band), or a clear error naming it."""
+    if factor is None:
+        return None
+    if isinstance(factor, bool) or not isinstance(factor, (int, float, np.number)):
+        raise TypeError(f"Expected `{name}` to be a number (a factor of the output side's "
+                        f"median norm), but got {factor!r} ({type(factor).__name__}).")
+    value = float(factor)
+    if not 0 < value < math.inf:
+        raise ValueError(f"Expected `{name}` to be a factor > 0 and finite, but got {value!r}.")
+    return value

@@ -53,14 +53,26 @@ class Histogram:
 
     @classmethod
     def coerce(cls, data: Any) -> Histogram:
-        """A `Histogram` from itself, ``{"counts", "edges"}`` (results.json), a pair, or values."""
+        """A `Histogram` from itself, ``{"counts", "edges"}`` (results.json), a ``(counts,
+        edges)`` pair (tuple or list, ``len(edges) == len(counts) + 1``), or raw values."""
         if isinstance(data, Histogram):
             return data
         if isinstance(data, Mapping):
+            missing = [k for k in ("counts", "edges") if k not in data]
+            if missing:
+                raise ValueError(f"Expected a histogram dict with keys 'counts' and 'edges', "
+                                 f"but it has no {' or '.join(map(repr, missing))} (keys: "
+                                 f"{sorted(map(str, data))}).")
             return cls(tuple(map(float, data["counts"])), tuple(map(float, data["edges"])))
-        if (isinstance(data, tuple) and len(data) == 2 and np.ndim(data[0]) == 1
+        if (isinstance(data, (tuple, list)) and len(data) == 2 and np.ndim(data[0]) == 1
                 and np.ndim(data[1]) == 1 and len(data[1]) == len(data[0]) + 1):
             return cls(tuple(map(float, data[0])), tuple(map(float, data[1])))
+        try:
+            np.asarray(data, dtype=float)
+        except (ValueError, TypeError):
+            raise ValueError(f"Expected a histogram: a (counts, edges) pair with one more edge "
+                             f"than counts, {{'counts', 'edges'}}, or raw values (an array), but "
+                             f"got a ragged {type(data).__name__} that is none of these.") from None
         return cls.of(data)
 
     def to_dict(self) -> dict[str, list[float]]:

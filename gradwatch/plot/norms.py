@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+import operator
 import os
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
 from ..record.records import StepRecord
-from ._common import (WHICH_LABEL, Which, check_records, check_which, edge_marks, finish,
-                      layer_order, legend, log_limits, new_axes, plural, short, split, value)
+from ._common import (WHICH_LABEL, Which, check_records, check_which, draw_series, edge_marks,
+                      finish, layer_order, legend, log_limits, new_axes, plural, short, split,
+                      value)
+from .band import draw_band
 from .ticks import log_ticks
 
 if TYPE_CHECKING:
@@ -69,27 +72,35 @@ def plot_norms(records: Iterable[StepRecord], *, layers: Sequence[str] | None = 
             (`global_clip_level` reads it from a policy or a log header's ``options.clip``).
         band: Draw every layer at once as the median over layers with the min–max range
             shaded, for many layers whose lines would lie on each other; ``layers`` are drawn
-            as lines on top.
+            as lines on top. Both are over every layer with a value, zeros included; zero and
+            NaN/Inf layers are marked at the edges (`gradwatch.plot.band`).
 
     Returns:
         The figure.
 
     Raises:
-        ValueError: No records, an unknown layer name, or ``max_layers`` < 0.
+        ValueError: No records, records not in increasing step order (several runs), an
+            unknown layer name, ``max_layers`` < 0, or ``clip_level`` < 0.
+        TypeError: ``layers`` given as one string, or a non-number ``max_layers`` or
+            ``clip_level``.
     """
     from matplotlib import colormaps
+    from matplotlib.ticker import MaxNLocator
 
     recs = check_records(records)
     check_which(which)
     names = layer_order(recs)
+    clip_level = _check_level(clip_level)
     if layers is None and band:
         shown = []
     elif layers is None:
-        if max_layers < 0:
-            raise ValueError(f"Expected `max_layers` >= 0, but got {max_layers}.")
+        max_layers = _check_count(max_layers)
         keep = np.unique(np.linspace(0, len(names) - 1, min(len(names), max_layers)).round())
         shown = [names[int(i)] for i in keep] if names and max_layers else []
     else:
+        if isinstance(layers, str):
+            raise TypeError(f"Expected `layers` to be a list of layer names, but got the string "
+                            f"{layers!r}; pass [{layers!r}].")
         unknown = [n for n in layers if n not in names]
         if unknown:
             raise ValueError(f"Expected `layers` among the recorded layers (e.g. {names[:5]}), "
@@ -101,13 +112,15 @@ def plot_norms(records: Iterable[StepRecord], *, layers: Sequence[str] | None = 
     labelled: set[str] = set()
     all_y: list[float] = []
     depth = colormaps["viridis"]
+    band_labels = [f"median of {len(names)} layers", f"min–max of {len(names)} layers"]
     if band and names:
-        _band(ax, x, [[value(r, n, which) for n in names] for r in recs], len(names), all_y)
+        band_labels = list(draw_band(ax, x, [[value(r, n, which) for n in names] for r in recs],
+                                     len(names), all_y, labelled))
     for n in shown:
         y, nonfinite, zero = split([value(r, n, which) for r in recs])
         color = depth(0.9 * names.index(n) / max(len(names) - 1, 1))
         all_y.extend(y[np.isfinite(y)])
-        ax.plot(x, y, lw=1, color=color, label=short(n))
+        draw_series(ax, x, y, lw=1, color=color, label=short(n))
         edge_marks(ax, x, nonfinite, zero, color, labelled)
         spiked = np.array([bool(r.layers.get(n) and r.layers[n].spike) for r in recs])
         if spiked.any() and which == "norm":
@@ -117,14 +130,14 @@ def plot_norms(records: Iterable[StepRecord], *, layers: Sequence[str] | None = 
 
     total, t_nonfinite, t_zero = split([r.total_norm for r in recs])
     all_y.extend(total[np.isfinite(total)])
-    ax.plot(x, total, lw=2.6, color="black", label="total (all layers)", zorder=3)
+    draw_series(ax, x, total, lw=2.6, color="black", label="total (all layers)", zorder=3)
     edge_marks(ax, x, t_nonfinite, t_zero, "black", labelled)
     clipped = np.array([r.clipped for r in recs])
     if clipped.any():
         after = total * np.array([r.clip_coef for r in recs])
-        ax.plot(x, after, lw=1.2, ls="--", color="black", label="total after clipping")
+        draw_series(ax, x, after, lw=1.2, ls="--", color="black", label="total after clipping")
         _rug(ax, x, clipped, f"clipped ({int(clipped.sum())} of {len(recs)} steps)")
-    if clip_level is not None and 0 < clip_level < math.inf:
+    if clip_level is not None:
         ax.axhline(clip_level, color="tab:orange", lw=1.2, ls="-.",
                    label=f"clip level (max norm {clip_level:g})")
         all_y.append(clip_level)
@@ -149,6 +162,7 @@ def plot_norms(records: Iterable[StepRecord], *, layers: Sequence[str] | None = 
     ax.set_yscale("log")
     ax.set_ylim(*log_limits(all_y))
     log_ticks(ax.yaxis)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(WHICH_LABEL[which] + " (log)")
     hidden = (f" (all {len(names)} layers: median and range)" if band else
@@ -161,9 +175,35 @@ def plot_norms(records: Iterable[StepRecord], *, layers: Sequence[str] | None = 
     elif shown:  # the legend says it is a subset even under a custom title
         heading = ("layer (colour = depth)" if not hidden else
                    f"layer (colour = depth;\n{len(shown)} of {len(names)} shown, evenly spaced)")
-    legend(ax, [f"median of {len(names)} layers", f"min–max of {len(names)} layers"]
-           + [short(n) for n in shown] + ["total (all layers)"], title=heading)
+    legend(ax, band_labels + [short(n) for n in shown] + ["total (all layers)"], title=heading)
     return finish(fig, path)
+
+
+def _check_count(max_layers: Any) -> int:
+    """``max_layers`` as an int >= 0 (numpy integers too), or a clear error naming it."""
+    try:
+        count = operator.index(max_layers)
+    except TypeError:
+        raise TypeError(f"Expected `max_layers` to be a whole number >= 0, but got "
+                        f"{max_layers!r} ({type(max_layers).__name__}).") from None
+    if count < 0 or isinstance(max_layers, bool):
+        raise ValueError(f"Expected `max_layers` to be a whole number >= 0, but got "
+                         f"{max_layers!r}.")
+    return count
+
+
+def _check_level(clip_level: Any) -> float | None:
+    """``clip_level`` as a positive float (None, 0 and inf: no line), or a clear error."""
+    if clip_level is None:
+        return None
+    if isinstance(clip_level, bool) or not isinstance(clip_level, (int, float, np.number)):
+        raise TypeError(f"Expected `clip_level` to be a number (the max norm clipped at), but "
+                        f"got {clip_level!r} ({type(clip_level).__name__}).")
+    level = float(clip_level)
+    if math.isnan(level) or level < 0:
+        raise ValueError(f"Expected `clip_level` to be a max norm >= 0 (0 or inf: no line), "
+                         f"but got {level!r}.")
+    return level if 0 < level < math.inf else None
 
 
 def _rug(ax: Axes, x: np.ndarray, mask: np.ndarray, label: str) -> None:
@@ -183,20 +223,3 @@ def _rug(ax: Axes, x: np.ndarray, mask: np.ndarray, label: str) -> None:
             start = None
     ax.broken_barh(spans, (0.0, 0.025), transform=ax.get_xaxis_transform(), color="tab:orange",
                    label=label, zorder=4)
-
-
-def _band(ax: Axes, x: np.ndarray, per_step: list[list[float | None]], n: int,
-          all_y: list[float]) -> None:
-    """The median over layers per step as a line and their min–max range shaded (finite,
-    positive values only)."""
-    table = np.array([[np.nan if v is None else v for v in row] for row in per_step], dtype=float)
-    table[~np.isfinite(table) | (table <= 0)] = np.nan
-    ok = np.isfinite(table).any(axis=1)
-    lo = np.full(len(x), np.nan)
-    hi, mid = lo.copy(), lo.copy()
-    lo[ok], hi[ok] = np.nanmin(table[ok], axis=1), np.nanmax(table[ok], axis=1)
-    mid[ok] = np.nanmedian(table[ok], axis=1)
-    ax.fill_between(x, lo, hi, color="tab:blue", alpha=0.2, lw=0, label=f"min–max of {n} layers")
-    ax.plot(x, mid, lw=1.4, color="tab:blue", label=f"median of {n} layers")
-    all_y.extend(v for v in np.concatenate([lo, hi]) if np.isfinite(v))
-

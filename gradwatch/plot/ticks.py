@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["PLAIN_RANGE", "log_label", "log_ticks", "log10_ticks"]
+__all__ = ["PLAIN_RANGE", "log_label", "log_ticks", "log10_positions", "log10_ticks"]
 
 PLAIN_RANGE = (1e-3, 1e4)  # an axis whose ticks all lie here is labelled 0.005, 1, 2000
 
@@ -58,12 +58,32 @@ def _formatter(exponents: bool = False) -> Any:
     return LogTickFormatter()
 
 
-def log10_ticks(axis: Any) -> None:
-    """Ticks on an axis of log10 values (a colour bar) at whole decades, labelled with the
-    values themselves in `log_ticks`' style (``10^-4``, not ``-4``)."""
-    from matplotlib.ticker import MaxNLocator
+def log10_positions(lo: float, hi: float, most: int = 9) -> list[float]:
+    """Tick positions on an axis of log10 values from ``lo`` to ``hi``: whole decades when at
+    least two fit (every k-th decade past ``most``), else log10 of 1, 2, 5 × 10^k, else of
+    1..9 × 10^k; never the fractional exponents (0.0251189) a plain locator picks."""
+    lo, hi = min(lo, hi), max(lo, hi)
+    decades = list(range(math.ceil(lo - 1e-9), math.floor(hi + 1e-9) + 1))
+    if len(decades) >= 2:
+        step = max(1, math.ceil(len(decades) / most))
+        return [float(d) for d in decades[::step]]
+    for mantissas in ((1, 2, 5), tuple(range(1, 10))):
+        found = [math.log10(m) + k for k in range(math.floor(lo) - 1, math.ceil(hi) + 1)
+                 for m in mantissas if lo - 1e-9 <= math.log10(m) + k <= hi + 1e-9]
+        if len(found) >= 2:
+            return found
+    rounded = {math.log10(float(f"{10 ** v:.2g}")) for v in np.linspace(lo, hi, 3)}
+    return sorted(v for v in rounded if lo - 0.05 <= v <= hi + 0.05)  # 2-digit labels
 
-    axis.set_major_locator(MaxNLocator(nbins=8, integer=True))
+
+def log10_ticks(axis: Any) -> None:
+    """Ticks on an axis of log10 values (a colour bar) whose limits are set, at whole decades
+    (or 1, 2, 5 × 10^k on a range under two decades: `log10_positions`), labelled with the
+    values themselves in `log_ticks`' style (``10^-4``, not ``-4``)."""
+    from matplotlib.ticker import FixedLocator
+
+    lo, hi = axis.get_view_interval()
+    axis.set_major_locator(FixedLocator(log10_positions(float(lo), float(hi))))
     axis.set_major_formatter(_formatter(exponents=True))
 
 

@@ -60,7 +60,8 @@ def test_run_overview_numbers():
     finite = [t for t in TOTALS if math.isfinite(t)]
     assert rows["recorded steps"] == "6 (steps 0 .. 5)"
     assert rows["total norm (finite steps)"] == (
-        f"min {min(finite):.3g} · median {statistics.median(finite):.3g} · max {max(finite):.3g}")
+        f"min {min(finite):.3g} · median {statistics.median(finite):.3g} · max {max(finite):.3g}"
+        f" ({len(finite)} of 6 steps finite)")  # the NaN step is left out, and said so
     # clipped: 3.0 and 4.0 (coef 2/total), and the NaN step (coef 0)
     assert rows["clipped steps"].startswith("3 of 6 (50.0%)")
     assert rows["steps with non-finite gradients"] == "1 (step 3)"
@@ -76,10 +77,11 @@ def test_layer_table_rows():
     assert [row[1] for row in rows] == ["fc1", "fc2"]
     fc1, fc2 = table["fc1"], table["fc2"]
     assert fc1["last norm"] == f"{6e-9:.3g}"
-    assert fc1["median norm"] == f"{statistics.median([1e-9, 2e-9, 3e-9, 5e-9, 6e-9]):.3g}"
+    # over the 5 finite of the 6 records (step 3 is NaN), and the cell says so
+    assert fc1["median norm"] == f"{statistics.median([1e-9, 2e-9, 3e-9, 5e-9, 6e-9]):.3g} (5/6)"
     assert fc1["median act norm"] == f"{statistics.median([0.1 * k for k in range(1, 7)]):.3g}"
     assert (fc1["vanishing"], fc1["exploding"], fc1["non-finite"]) == ("5", "0", "1")
-    assert fc2["max norm"] == "2" and fc2["median act norm"] == "–"
+    assert fc2["max norm"] == "2 (5/6)" and fc2["median act norm"] == "–"
     assert (fc2["vanishing"], fc2["non-finite"], fc2["spikes"]) == ("0", "1", "1")
 
 
@@ -95,7 +97,8 @@ def test_findings_name_the_problems_worst_first():
 def test_markdown_and_html_reports():
     md = markdown_report(_records(), title="T", images={"Flow": "flow.png"})
     assert md.startswith("# T\n") and "![Flow](flow.png)" in md
-    assert "| 1 | fc2 | 0.5 | 1 | 2 | – | 0 | 0 | 1 | 1 |" in md  # norms total/2, NaN skipped
+    # norms total/2; the NaN step is left out of median and max, and the cells say so
+    assert "| 1 | fc2 | 0.5 | 1 (5/6) | 2 (5/6) | – | 0 | 0 | 1 | 1 |" in md
     png = b"\x89PNG\r\n\x1a\nfake"
     page = html_report(_records(), title="<T>", images={"Flow": png})
     assert "<title>&lt;T&gt;</title>" in page and "<code>fc2</code>" in page
@@ -533,8 +536,10 @@ def test_cli_without_matplotlib(tmp_path, capsys, monkeypatch):
     _write_run(log, _records(), _header("m1"))
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     code, err = _run(["report", str(log), "--out", str(tmp_path / "o")], capsys)
-    assert code == 1 and err == "gradwatch: error: the report needs matplotlib; pip install " \
-                                "'gradwatch[plot]'.\n"
+    # gradwatch is not on a package index: the hint names matplotlib itself, or the checkout
+    assert code == 1 and err == "gradwatch: error: the report needs matplotlib; install it " \
+        "with pip install matplotlib (or pip install -e \".[plot]\" in the gradwatch " \
+        "checkout).\n"
     assert not (tmp_path / "o").exists()
     assert main(["report", str(log), "--list"]) == 0  # listing needs no matplotlib
     assert "1 run" in capsys.readouterr().out

@@ -416,12 +416,15 @@ def test_norms_band_is_median_and_range_over_all_layers_and_draws_the_clip_level
         n: LayerStat(norm=float(v)) for n, v in zip(names, row)}) for s, row in enumerate(table)]
     ax = plot_norms(recs, band=True, layers=["l0"], clip_level=1.0).axes[0]
     finite = np.where(np.isfinite(table), table, np.nan)
-    np.testing.assert_allclose(_line(ax, "median of 9 layers").get_ydata(),
+    # the labels say a NaN layer was left out (and its step is marked at the top)
+    np.testing.assert_allclose(_line(ax, "median of 9 layers (NaN left out)").get_ydata(),
                                np.nanmedian(finite, axis=1))
-    spread = _collection(ax, "min–max of 9 layers").get_paths()[0].vertices[:, 1]
+    spread = _collection(ax, "min–max of 9 layers (NaN left out)").get_paths()[0].vertices[:, 1]
     assert spread.min() == pytest.approx(np.nanmin(finite)) and spread.max() == pytest.approx(
         np.nanmax(finite))
-    assert [ln.get_label() for ln in ax.get_lines()][:2] == ["median of 9 layers", "l0"]
+    assert [ln.get_label() for ln in ax.get_lines()][:2] == [
+        "median of 9 layers (NaN left out)", "l0"]
+    assert _edge_x(ax, "a layer's norm non-finite (drawn at top)") == [2.0]
     assert list(_line(ax, "clip level (max norm 1)").get_ydata()) == [1.0, 1.0]
     assert "all 9 layers: median and range" in ax.get_title()
 
