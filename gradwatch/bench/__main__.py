@@ -112,7 +112,7 @@ def _preflight(args: argparse.Namespace, names: Sequence[str]) -> str | None:
     """Everything that can fail before an experiment runs; the error line, or None."""
     if importlib.util.find_spec("matplotlib") is None:
         return "the bench draws figures with matplotlib, which is not installed; fix by " \
-               "pip install 'gradwatch[bench]'."
+               "pip install matplotlib (or pip install -e '.[bench]' in a gradwatch checkout)."
     if args.device == "cuda":
         import torch
 
@@ -121,7 +121,8 @@ def _preflight(args: argparse.Namespace, names: Sequence[str]) -> str | None:
     if needs_mnist(names):
         if importlib.util.find_spec("torchvision") is None:
             return "the MNIST experiments read data through torchvision, which is not " \
-                   "installed; fix by pip install 'gradwatch[bench]'."
+                   "installed; fix by pip install torchvision (or pip install -e '.[bench]' " \
+                   "in a gradwatch checkout)."
         error, notice = mnist_problem(args.data_dir)
         if error:
             return error

@@ -129,7 +129,9 @@ def load_mnist(data_dir: str | os.PathLike[str] | None = None, *, train_limit: i
     try:
         from torchvision.datasets import MNIST
     except ImportError as err:
-        raise ImportError("gradwatch.bench.data needs torchvision: pip install 'gradwatch[bench]'.") from err
+        raise ImportError("gradwatch.bench.data needs torchvision: pip install torchvision "
+                          "matplotlib (or pip install -e '.[bench]' in a gradwatch "
+                          "checkout).") from err
     root = resolve_data_root(data_dir, cache_dir=cache_dir)
     splits = []
     for train, limit in ((True, train_limit), (False, test_limit)):

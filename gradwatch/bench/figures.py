@@ -11,7 +11,7 @@ __all__ = ["Reference", "Panel", "plot_layer_profiles", "plot_curves", "save_rec
            "records_figure", "histogram_figures", "require_matplotlib"]
 
 Lines = Mapping[str, tuple[Sequence[float], Sequence[float]]]
-INSTALL = "pip install 'gradwatch[bench]'"
+INSTALL = "pip install torchvision matplotlib (or pip install -e '.[bench]' in a gradwatch checkout)"
 
 
 @dataclass(frozen=True)

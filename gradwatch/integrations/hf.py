@@ -18,7 +18,8 @@ try:
     from transformers import TrainerCallback
 except ImportError as err:
     raise ImportError("gradwatch.integrations.hf needs transformers; install it with "
-                      "pip install 'gradwatch[hf]'.") from err
+                      "pip install transformers accelerate (or pip install -e '.[hf]' in a "
+                      "gradwatch checkout).") from err
 
 from ..io.loggers import Logger
 from ..monitor import GradWatch

@@ -20,7 +20,8 @@ except ImportError:  # the standalone package
         import pytorch_lightning as pl
     except ImportError as err:
         raise ImportError("gradwatch.integrations.lightning needs PyTorch Lightning; install it "
-                          "with pip install 'gradwatch[lightning]'.") from err
+                          "with pip install lightning (or pip install -e '.[lightning]' in a "
+                          "gradwatch checkout).") from err
 
 from ..io.loggers import Logger
 from ..monitor import GradWatch

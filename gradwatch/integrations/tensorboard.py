@@ -26,7 +26,8 @@ class TensorBoardLogger:
         layers: Also write the per-layer norms (one chart per layer).
 
     Raises:
-        ImportError: TensorBoard is not installed (``pip install 'gradwatch[tensorboard]'``).
+        ImportError: TensorBoard is not installed (``pip install tensorboard``, or
+            ``pip install -e '.[tensorboard]'`` in a gradwatch checkout).
     """
 
     def __init__(self, writer_or_logdir: Any, *, prefix: str = "gradwatch",
@@ -36,7 +37,8 @@ class TensorBoardLogger:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as err:
                 raise ImportError(f"TensorBoardLogger needs TensorBoard ({err}); install it with "
-                                  f"pip install 'gradwatch[tensorboard]'.") from err
+                                  f"pip install tensorboard (or pip install -e "
+                                  f"'.[tensorboard]' in a gradwatch checkout).") from err
             self.writer, self._owned = SummaryWriter(log_dir=os.fspath(writer_or_logdir)), True
         elif callable(getattr(writer_or_logdir, "add_scalar", None)):
             self.writer, self._owned = writer_or_logdir, False

@@ -14,7 +14,7 @@ __all__ = ["WandbLogger", "STATUS_CODES", "history_row"]
 STATUS_CODES: dict[str, int] = {status.value: i for i, status in enumerate(Status)}
 """The number logged for each layer status (``ok`` is 0), in the order `Status` declares them."""
 
-_INSTALL = "pip install 'gradwatch[wandb]'"
+_INSTALL = "pip install wandb (or pip install -e '.[wandb]' in a gradwatch checkout)"
 
 
 def _import_wandb() -> Any:
@@ -142,7 +142,8 @@ class WandbLogger:
         **init_kwargs: Passed to ``wandb.init`` when this logger starts its own run.
 
     Raises:
-        ImportError: wandb is not installed (``pip install 'gradwatch[wandb]'``).
+        ImportError: wandb is not installed (``pip install wandb``, or
+            ``pip install -e '.[wandb]'`` in a gradwatch checkout).
     """
 
     def __init__(self, run: Any = None, *, prefix: str = "grad",

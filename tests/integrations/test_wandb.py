@@ -256,7 +256,7 @@ def test_bad_arguments_say_what_to_fix():
 
 def test_missing_wandb_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb now raises ImportError
-    with pytest.raises(ImportError, match=r"pip install 'gradwatch\[wandb\]'"):
+    with pytest.raises(ImportError, match=r"pip install wandb \(or pip install -e '\.\[wandb\]'"):
         WandbLogger()
 
 
