@@ -3,6 +3,8 @@ gradient reaching the first and the last time step."""
 
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 import torch
@@ -35,10 +37,13 @@ class RecurrentHooks:
     def on_time_grad(self, layer: int, dim: int, grad: Tensor) -> None:
         if not self.armed:
             return
+        # the gradient reaching the first time step against the largest reaching any: the last
+        # step the loss reads (a padded tail gets none, and is no "last" to compare with)
         g = grad.detach()
-        first = torch.linalg.vector_norm(g.select(dim, 0), dtype=torch.float64)
-        last = torch.linalg.vector_norm(g.select(dim, -1), dtype=torch.float64)
-        ratio = torch.where(last > 0, first / last, torch.zeros_like(first))
+        per_step = torch.linalg.vector_norm(g, dim=[d for d in range(g.dim()) if d != dim],
+                                            dtype=torch.float64)
+        peak = per_step.max()
+        ratio = torch.where(peak > 0, per_step[0] / peak, torch.full_like(peak, math.nan))
         self.data.time.setdefault(layer, []).append(ratio)
 
     # ---------------------------------------------------------------- helpers

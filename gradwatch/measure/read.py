@@ -118,7 +118,9 @@ def layer_values(data: Collected, host: dict[str, list[float]], inv_scale: float
         col = values.setdefault(stat, np.full(n_layers, math.nan))
         col[layer_i] = share if math.isnan(col[layer_i]) else max(share, col[layer_i])
     for layer_i, vals in zip(data.time, _chunks(host.get("time", []), data.time)):
-        values.setdefault("time_ratio", np.full(n_layers, math.nan))[layer_i] = min(vals)
+        vals = [v for v in vals if v == v]  # (NaN: no gradient reached any time step)
+        if vals:
+            values.setdefault("time_ratio", np.full(n_layers, math.nan))[layer_i] = min(vals)
     return act, act_on, values
 
 

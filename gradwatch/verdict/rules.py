@@ -90,13 +90,15 @@ class DepthVanishing(Rule):
     state: a ratio that has grown `Thresholds.recovery`-fold since its lowest, or
     √recovery-fold within the window (LayerScale-style γ ≈ 0 at init, growing as it trains),
     is no verdict. Layers whose own gradient is below the absolute `Thresholds.vanishing`
-    carry the status too."""
+    carry the status too. A step whose total norm is above `Thresholds.exploding` is no
+    vanishing one, whatever the input side gets (1e19 against 1e29 on the way to a NaN)."""
 
     kind, status, reads = "vanishing", Status.VANISHING, ("norm", "act_norm")
 
     def check(self, view, th, state):
         bound = th.relative_vanishing
-        if bound is None or view.head is None or not has_signal(view, th):
+        if bound is None or view.head is None or not has_signal(view, th) or (
+                th.exploding is not None and view.total > th.exploding):
             return None
         found = None
         trends = [(t.what, t.starved, t.layers, t.rel) for t in depth_trend(view)]

@@ -127,7 +127,9 @@ class LossRising(Rule):
     rates) and healthy runs never end that far above where they started. It needs the loss
     (``GradWatch.step(loss=...)`` or `GradWatch.note_loss`) and a positive one (a loss that
     goes negative, as a log-likelihood may, has no ratio): the evidence names the total
-    gradient norm and the update/weight ratio beside it."""
+    gradient norm and the update/weight ratio beside it. A rise the loss has since fallen back
+    from (`Thresholds.loss_falling` below its start: a warm-up or a restart that began at a
+    small loss, as a fine-tune does) becomes a note."""
 
     kind, reads, optional = "loss_rising", ("loss",), True
 
@@ -141,7 +143,17 @@ class LossRising(Rule):
             return None
         now, start, best = curve.now, curve.start, curve.best
         if not now >= bound * start:
-            return None
+            peak = state.get("peak")
+            if peak is None or th.loss_falling is None or not curve.fell(th.loss_falling):
+                return None
+            return Hit([], f"the loss rose to {peak:.2g}x its first {th.window} steps' median "
+                           f"({fmt3(start)}; bound loss_rising={bound:g}) and fell back: its "
+                           f"median over the last {th.window} recorded steps is {fmt3(now)}, "
+                           f"{now / start:.2g}x", {"loss": now, "start": start},
+                       note=f"the loss is now below its start (bound "
+                            f"loss_falling={th.loss_falling:g}): a warm-up or a restart that "
+                            f"began at a small loss, not a run getting worse")
+        state["peak"] = max(state.get("peak", 0.0), now / start)
         ratio = view.values.get("update_ratio")
         ratios = ratio[view.weight & np.isfinite(ratio)] if ratio is not None else ()
         update = (f", median update/weight ratio {fmt3(median((ratios)))}"
@@ -181,7 +193,10 @@ class Saturation(Rule):
 
 
 class ThroughTime(Rule):
-    """The gradient reaching a recurrent module's first time step is orders below the last's."""
+    """The gradient reaching a recurrent module's first time step is orders below the largest
+    reaching any step (the last one the loss reads). True of any LSTM/GRU read at its last state
+    over 30 steps or more from initialisation on, and harmless when the task needs only recent
+    steps: while the loss falls it is a note (`Thresholds.loss_falling`), as dead units are."""
 
     kind, status, reads, optional = ("vanishing_through_time", Status.VANISHING,
                                      ("time_ratio",), True)
@@ -194,7 +209,14 @@ class ThroughTime(Rule):
         if not len(idx):
             return None
         worst = float(ratio[idx].min())
-        return Hit([Mark(idx, "first/last time-step gradient ratio {:.2g}", ratio[idx])],
-                   f"the gradient reaching the first time step is {worst:.2g}x the one "
-                   f"reaching the last (bound time_vanishing={th.time_vanishing:g})",
-                   {"time_ratio": worst})
+        hit = Hit([Mark(idx, "first/last time-step gradient ratio {:.2g}", ratio[idx])],
+                  f"the gradient reaching the first time step is {worst:.2g}x the largest "
+                  f"reaching a time step (bound time_vanishing={th.time_vanishing:g})",
+                  {"time_ratio": worst})
+        curve = view.curve
+        if th.loss_falling is not None and curve is not None and curve.fell(th.loss_falling):
+            hit.note = (f"the loss falls meanwhile: median {fmt3(curve.now)} over the last "
+                        f"{th.window} recorded steps, from {fmt3(curve.first)} at the first "
+                        f"(bound loss_falling={th.loss_falling:g}): the task needs no memory "
+                        f"that long")
+        return hit

@@ -222,22 +222,26 @@ def test_a_unit_silent_on_one_batch_is_alive_while_it_fired_within_the_window():
 
 
 class _Recurrent(nn.Module):
-    def __init__(self, kind: type[nn.RNNBase], batch_first: bool):
+    def __init__(self, kind: type[nn.RNNBase], batch_first: bool, read: int = -1):
         super().__init__()
         self.rnn = kind(3, 5, batch_first=batch_first)
         self.head = nn.Linear(5, 1)
-        self.batch_first = batch_first
+        self.batch_first, self.read = batch_first, read  # the time step the head reads
 
     def forward(self, x):
         out = self.rnn(x)[0]
-        return self.head(out[:, -1] if self.batch_first else out[-1])
+        return self.head(out[:, self.read] if self.batch_first else out[self.read])
 
 
+@pytest.mark.parametrize("read", [-1, 5])  # the last step, or step 5 of 9 (a padded tail)
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU, nn.RNN])
-def test_time_ratio_is_the_first_over_the_last_step_input_gradient(kind, batch_first):
+def test_time_ratio_is_the_first_over_the_largest_step_input_gradient(kind, batch_first, read):
+    """‖∂L/∂x_0‖ over the largest ‖∂L/∂x_t‖: the last step the loss reads. With a padded tail
+    (the head reads step 5), steps 6-8 get exactly 0: the ratio over the last step was 0, a
+    false vanishing_through_time on every right-padded classifier."""
     torch.manual_seed(0)
-    model = _Recurrent(kind, batch_first)
+    model = _Recurrent(kind, batch_first, read)
     ref = copy.deepcopy(model)
     x = torch.randn(2, 9, 3) if batch_first else torch.randn(9, 2, 3)
     with GradWatch(model) as watch:
@@ -246,7 +250,9 @@ def test_time_ratio_is_the_first_over_the_last_step_input_gradient(kind, batch_f
     leaf = x.clone().requires_grad_()
     ref(leaf).sum().backward()
     dim = 1 if batch_first else 0
-    expected = norm([leaf.grad.select(dim, 0)]) / norm([leaf.grad.select(dim, -1)])
+    per_step = [norm([leaf.grad.select(dim, t)]) for t in range(9)]
+    assert (per_step[-1] == 0.0) == (read == 5)
+    expected = per_step[0] / max(per_step)
     assert 0 < expected < 1
     assert rec.layers["rnn"].values["time_ratio"] == pytest.approx(expected, rel=1e-6)
     assert x.grad is None  # the user's input was left alone

@@ -4,6 +4,9 @@ absolute bound, and vanishing behind skip connections."""
 
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -251,3 +254,75 @@ def test_a_layer_used_only_on_unrecorded_steps_is_no_zero_gradient(zero_weights)
                 opt.step()
             found = [f for f in watch.diagnose() if f.kind == "zero_gradient"]
             assert found and found[0].layers == ("l1",)
+
+
+def test_a_rise_the_loss_fell_back_from_becomes_a_note():
+    """A fine-tune starts at a small loss; its warm-up lifts it 2.4x, then it ends far below
+    its start: an alarm while it is up, a note once it is back under loss_falling x the start
+    (it stayed an alarm to the end). A loss that stays up stays an alarm."""
+    from gradwatch.verdict.judge import Judge
+    from gradwatch.verdict.rules import StepView
+
+    def judge_of(losses):
+        judge = Judge(Thresholds())
+        for step, loss in enumerate(losses):
+            judge.judge(StepView(step, ["a", "b", "c"], ["weight"] * 3, [1.0] * 3, [None] * 3,
+                                 [{}] * 3, 2, 1.7, loss=loss))
+        return judge
+
+    rise = [0.012] * 5 + [0.028] * 10
+    (alarm,) = judge_of(rise).diagnose()
+    assert alarm.kind == "loss_rising"
+    judge = judge_of(rise + [0.003] * 10)
+    assert judge.diagnose() == []
+    (note,) = judge.diagnose(notes=True)
+    assert note.kind == "loss_rising" and note.first_step == alarm.first_step
+    assert "fell back" in note.evidence and note.steps > alarm.steps
+    assert [f.kind for f in judge_of(rise + [0.011] * 10).diagnose()] == ["loss_rising"]
+
+
+def test_vanishing_through_time_is_a_note_while_the_loss_falls():
+    """A GRU read at its last state over 40 steps: the gradient reaching the first step is
+    below 1e-6 of the last from initialisation on (plain torch), yet the task (the last token)
+    needs no long memory and the loss falls: a note. The same net on a task it cannot learn
+    (the first token) keeps the alarm."""
+    def run(label_at):
+        torch.manual_seed(0)
+        emb, rnn, head = nn.Embedding(10, 16), nn.GRU(16, 32, batch_first=True), nn.Linear(32, 10)
+        model = nn.ModuleDict({"emb": emb, "rnn": rnn, "head": head})
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        g = torch.Generator().manual_seed(0)
+        with GradWatch(model, optimizer=opt) as watch:
+            for _ in range(40):
+                x = torch.randint(0, 10, (32, 40), generator=g)
+                opt.zero_grad()
+                loss = F.cross_entropy(head(rnn(emb(x))[0][:, -1]), x[:, label_at])
+                loss.backward()
+                watch.note_loss(loss)
+                opt.step()
+            return watch.diagnose(), watch.notes(), watch.history[-1]
+    found, notes, rec = run(-1)
+    assert rec.layers["rnn"].values.get("time_ratio", 1.0) < 1e-6 or any(
+        n.kind == "vanishing_through_time" for n in notes)
+    assert not any(f.kind == "vanishing_through_time" for f in found)
+    assert [n.kind for n in notes] == ["vanishing_through_time"]
+    found, notes, _ = run(0)
+    assert "vanishing_through_time" in [f.kind for f in found]
+
+
+def test_a_step_past_the_exploding_bound_is_no_vanishing_one():
+    """On the way to a NaN the input side got 1e-10 of the output side's gradient while the
+    total was 5e29 (the probe's MNIST MLP at lr 2): it is exploding, not vanishing (both were
+    reported). The same depth profile at a total of ~1 is a vanishing one."""
+    from gradwatch.verdict.judge import Judge
+    from gradwatch.verdict.rules import StepView
+
+    def kinds(scale):
+        judge = Judge(Thresholds())
+        norms = [1e-10 * scale] * 2 + [1e-5 * scale] * 2 + [scale] * 2
+        for step in range(8):
+            judge.judge(StepView(step, list("abcdef"), ["weight"] * 6, norms, [None] * 6,
+                                 [{}] * 6, 5, float(np.linalg.norm(norms))))
+        return [f.kind for f in judge.diagnose()]
+    assert kinds(1.0) == ["vanishing"]
+    assert "vanishing" not in kinds(5e29)
