@@ -97,6 +97,8 @@ class GradWatch:
             optimizer.register_step_pre_hook(Hook(self, "_before_optimizer_step")),
             optimizer.register_step_post_hook(Hook(self, "_after_optimizer_step"))]
         self._finalizer = weakref.finalize(self, w.close, self._optimizer_handles)
+        if optimizer is not None and activations:  # (tells a backward thrown away at step 0)
+            w.collector.zeroing.snapshot(w.first_stepped)
         self._sync_hooks()
         note_watch(self, optimizer)
 
@@ -139,8 +141,7 @@ class GradWatch:
                 the record's numbers (no extra host sync); unrecorded steps never read it.
 
         Raises:
-            RuntimeError: The watch is closed, or it was given ``optimizer=`` (use
-                `note_loss` then).
+            RuntimeError: The watch is closed, or was given ``optimizer=`` (use `note_loss`).
         """
         check_manual_step(self._closed, self.optimizer)
         if loss is not None:
@@ -217,10 +218,9 @@ class GradWatch:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"step={self._step}"
-        return (f"GradWatch(layers={len(self._watched.layers)}, every={self.every}, "
-                f"clip={self.policy!r}, activations={self.activations}, "
-                f"on_nonfinite={self.on_nonfinite!r}, {state}, "
-                f"recorded={self._ledger.run['recorded']})")
+        return (f"GradWatch(layers={len(self._watched.layers)}, every={self.every}, clip="
+                f"{self.policy!r}, activations={self.activations}, on_nonfinite="
+                f"{self.on_nonfinite!r}, {state}, recorded={self._ledger.run['recorded']})")
 
     # ------------------------------------------------------------------ the step
 

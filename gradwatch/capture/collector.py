@@ -172,6 +172,8 @@ class Collector(GradHooks, RecurrentHooks):
             self._flush_grads(self._grads_in, data.in_norms)
         self._flush_grads(self._grads_out, data.out_norms)
         self._next_step_grads()
+        if self.zeroing.dropped:  # passes thrown away by a zero_grad() before the real one
+            data.tasks -= self.zeroing.dropped
         data.stale = self.zeroing.result()
         self.data, self._last_layer, self._entry = Collected(), -1, -1
         return data

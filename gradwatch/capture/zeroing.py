@@ -7,11 +7,14 @@ from __future__ import annotations
 import weakref
 from typing import Any, Sequence
 
+import torch
 from torch import Tensor
 
 from .hooks import Hook
 
 __all__ = ["ZeroCheck"]
+
+_task = torch._C._current_graph_task_id
 
 
 class ZeroCheck:
@@ -25,7 +28,12 @@ class ZeroCheck:
     entries at one of them and was never zeroed. So a loop with several backward passes per
     step (a GAN's generator loss flowing through the discriminator before the discriminator's
     ``zero_grad()``) is judged by whether the gradient was reset before the step, not by the
-    first pass; accumulating micro-batches after a reset is not stale either."""
+    first pass; accumulating micro-batches after a reset is not stale either.
+
+    The same hook tells which backward passes were thrown away: a pass that finds the gradient
+    None after earlier passes of the step added to it follows a ``zero_grad()``, so those
+    passes' gradients never reach the step (`dropped`; a reset in place, with
+    ``set_to_none=False``, is not told apart from a gradient of zeros)."""
 
     def __init__(self) -> None:
         self._kept: tuple[Tensor, Any, Any] | None = None  # param, its grad, the 16 entries
@@ -34,6 +42,8 @@ class ZeroCheck:
         self._reset = False  # None or replaced at some pass (known on the host)
         self._zeroed: Any = None  # zeroed in place at some pass (a device bool)
         self._stale: Any = None  # held the kept entries at some pass (a device bool)
+        self._passes: list[int] = []  # the graph tasks that added to it since the last reset
+        self.dropped: set[int] = set()  # graph tasks whose gradients a reset threw away
 
     @property
     def armed(self) -> bool:
@@ -42,7 +52,8 @@ class ZeroCheck:
     def snapshot(self, params: Sequence[Tensor]) -> None:
         """Keeps the first 16 entries of the gradient of the first of ``params`` (the
         parameters the optimizer steps; the first 8 are tried) that has a dense, non-empty
-        one, a weak reference to the gradient tensor itself, and hooks the parameter."""
+        one, a weak reference to the gradient tensor itself, and hooks the parameter. With none
+        (before the first step) the first is hooked to tell thrown-away passes only."""
         self.disarm()
         for p in params[:8]:
             g = p.grad
@@ -52,14 +63,25 @@ class ZeroCheck:
                 self._kept = (p, weakref.ref(g), head.tolist() if plain else head.clone())
                 self._handle = p.register_hook(self._hook)
                 return
+        if params and params[0].requires_grad:
+            self._kept = (params[0], None, None)
+            self._handle = params[0].register_hook(self._hook)
 
     def _on_grad(self, grad: Tensor) -> None:
         """Before a backward pass adds ``grad`` to the kept parameter's gradient."""
         kept = self._kept
-        if kept is None or self._reset:
+        if kept is None:
             return None
         param, ref, sample = kept
         g = param.grad
+        task = _task()
+        if g is None and self._passes and task not in self._passes:
+            self.dropped.update(self._passes)  # reset since those passes: thrown away
+            self._passes.clear()
+        if task not in self._passes:
+            self._passes.append(task)
+        if self._reset or ref is None:
+            return None
         if g is None or g is not ref():
             self._reset = True  # set to None by zero_grad(), or replaced
             return None
@@ -95,3 +117,4 @@ class ZeroCheck:
             self._handle.remove()
         self._kept = self._handle = self._zeroed = self._stale = None
         self._reset = False
+        self._passes, self.dropped = [], set()

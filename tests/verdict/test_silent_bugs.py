@@ -251,3 +251,62 @@ def test_not_zeroed_reads_the_gradients_the_optimizer_steps():
     assert run(zero_head=True, backbone_opt=False) == set()
     assert "not_zeroed" in run(zero_head=False, backbone_opt=True)
     assert run(zero_head=True, backbone_opt=True) == set()
+
+
+def _summing_output_grads(into: dict, key: str):
+    """A forward hook adding the squared output gradient of every backward pass to into[key]."""
+    def hook(module, args, out):
+        out.register_hook(lambda g: into.__setitem__(key, into.get(key, 0.0)
+                                                     + g.double().square().sum().item()))
+    return hook
+
+
+@pytest.mark.parametrize("watch_step", [0, 3])
+def test_a_backward_thrown_away_by_zero_grad_is_not_in_act_norm(watch_step):
+    """A backward pass whose gradients ``zero_grad()`` throws away before the pass that is
+    stepped (a probe batch, a skipped one) reaches no parameter: its output gradients must not
+    count either (act_norm was the root-sum-square of both passes: 15.3 for plain torch's
+    0.193). Parameter norms were right all along."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    seen: dict[str, float] = {}
+    model[2].register_forward_hook(_summing_output_grads(seen, "sq"))
+    g = torch.Generator().manual_seed(0)
+    with GradWatch(model, optimizer=opt) as watch:
+        for step in range(watch_step + 1):
+            opt.zero_grad()
+            model(torch.randn(16, 8, generator=g)).square().mean().mul(100).backward()
+            opt.zero_grad()
+            seen.clear()
+            model(torch.randn(16, 8, generator=g)).square().mean().backward()
+            opt.step()
+        assert watch.history[-1].layers["2"].act_norm == pytest.approx(seen["sq"] ** 0.5,
+                                                                       rel=1e-6)
+
+
+def test_a_discriminator_watch_leaves_out_the_generator_pass_through_it():
+    """pytorch/examples DCGAN order, a watch on D: the generator's loss flows through D after
+    D's step; D's zero_grad() throws that pass away. D's act_norm is plain torch's over the
+    passes it steps (it read sqrt(D² + G²): 0.233 for 0.201)."""
+    gan = _Gan()
+    torch.manual_seed(1)
+    opt_d = torch.optim.Adam(gan.D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_g = torch.optim.Adam(gan.G.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    bce = nn.BCEWithLogitsLoss()
+    real, z = torch.randn(16, 8), torch.randn(16, 4)
+    ones, zeros = torch.ones(16, 1), torch.zeros(16, 1)
+    sq: dict[str, float] = {}
+    gan.D[2].register_forward_hook(_summing_output_grads(sq, "d"))
+    with GradWatch(gan.D, optimizer=opt_d) as watch:
+        for _ in range(4):
+            gan.D.zero_grad()
+            sq.clear()
+            fake = gan.G(z)
+            (bce(gan.D(real), ones) + bce(gan.D(fake.detach()), zeros)).backward()
+            stepped = sq["d"] ** 0.5
+            opt_d.step()
+            assert watch.history[-1].layers["2"].act_norm == pytest.approx(stepped, rel=1e-6)
+            gan.G.zero_grad()
+            bce(gan.D(fake), ones).backward()  # through D: thrown away at D's next zero_grad
+            opt_g.step()
