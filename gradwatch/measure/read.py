@@ -16,7 +16,7 @@ from .batched import remember
 from .host import HostBatch
 from .norms import layer_norms
 from .norms import GROUPS, TINY, combine, device_norms64, repair_norms, scaled_norm
-from .statistics import Statistic
+from .statistics import Statistic, checked_per_tensor
 
 __all__ = ["StepNumbers", "start_read", "finish_read",
            "read_step", "read_norms", "device_total", "total_norm", "torch_order",
@@ -156,7 +156,7 @@ def use_statistics(statistics: Sequence[Statistic], grads: Sequence[Tensor],
     """Adds each user statistic's per-tensor values to the step's host copy."""
     for s in statistics:
         tensors = grads if s.reads == "grad" else [p.detach() for p in params]
-        batch.add(f"stat:{s.name}", s.per_tensor(tensors))
+        batch.add(f"stat:{s.name}", checked_per_tensor(s, s.per_tensor(tensors), len(tensors)))
 
 
 @dataclass

@@ -29,7 +29,7 @@ from . import norms
 
 __all__ = ["Statistic", "GradNorm", "OutputGradNorm", "UpdateRatio", "WeightNorm",
            "ZeroFraction", "DeadUnits", "Saturation", "TimeRatio", "BUILTIN", "label_of",
-           "check_statistics", "values_per_tensor", "layer_value"]
+           "check_statistics", "checked_per_tensor", "values_per_tensor", "layer_value", "RESERVED"]
 
 Reads = Literal["grad", "param", "output_grad", "update", "forward", "time"]
 
@@ -168,6 +168,13 @@ BUILTIN: tuple[Statistic, ...] = (GradNorm(), OutputGradNorm(), UpdateRatio(), D
 
 _LABELS = {s.name: s.label for s in BUILTIN}
 
+RESERVED = frozenset({s.name for s in BUILTIN if s.reads not in ("grad", "param")} | {
+    "norm", "status", "spike", "reason", "values", "layer", "layers", "run_id", "nonfinite",
+    "step", "total_norm", "clip_coef", "first_nonfinite", "skipped", "amp_overflow",
+    "nonfinite_origin", "findings", "loss"})
+"""Names a user statistic cannot take: the statistics gradwatch's hooks measure (the rules read
+them by name) and the fields of a record and of a CSV row."""
+
 
 def label_of(name: str, statistics: Iterable[Statistic] = ()) -> str:
     """The label of the statistic called ``name`` (the name itself when unknown)."""
@@ -182,7 +189,7 @@ def check_statistics(statistics: object) -> tuple[Statistic, ...]:
     if isinstance(statistics, Statistic) or not isinstance(statistics, (list, tuple)):
         raise TypeError(f"Expected `statistics` to be a list of gradwatch.measure.statistics.Statistic, "
                         f"but got {type(statistics).__name__}; wrap it: statistics=[MyStat()].")
-    out, names = [], {"norm", "act_norm", "status", "spike", "reason"}
+    out, names = [], set(RESERVED)
     for s in statistics:
         if not isinstance(s, Statistic):
             raise TypeError(f"Expected each of `statistics` to be a Statistic instance, but got "
@@ -191,11 +198,37 @@ def check_statistics(statistics: object) -> tuple[Statistic, ...]:
             raise ValueError(f"Expected statistic {s.name!r} to read 'grad' or 'param', but it "
                              f"reads {s.reads!r}; the other kinds are built in.")
         if not s.name or not isinstance(s.name, str) or s.name in names:
-            raise ValueError(f"Expected each statistic to have a unique `name` other than "
-                             f"{sorted(names)}, but got {s.name!r}.")
+            raise ValueError(f"Expected each statistic to have a unique `name`, not one of "
+                             f"gradwatch's own ({', '.join(sorted(RESERVED))}), but got "
+                             f"{s.name!r} ({type(s).__name__}); rename it (name = 'my_...').")
         names.add(s.name)
         out.append(s)
     return tuple(out)
+
+
+def checked_per_tensor(statistic: Statistic, result: Any, n_tensors: int) -> Any:
+    """``result`` of `Statistic.per_tensor` for ``n_tensors`` tensors, when it is a tensor of
+    shape (n,) or (n, k) (a count that only divides, as 2n values in one row or (1, n, k),
+    mixed the tensors' values: one layer read another's).
+
+    Raises:
+        ValueError: a tensor of another shape.
+    """
+    if isinstance(result, Tensor) and n_tensors and not (
+            result.dim() in (1, 2) and result.shape[0] == n_tensors
+            and (result.dim() == 1 or result.shape[1] > 0)):
+        raise _count_error(statistic, result.numel(), n_tensors, tuple(result.shape))
+    return result
+
+
+def _count_error(statistic: Statistic, n_values: int, n_tensors: int,
+                 shape: tuple[int, ...] | None = None) -> ValueError:
+    shown = f"{n_values} value{'s' * (n_values != 1)}" + (
+        f" (shape {shape})" if shape is not None else "")
+    return ValueError(f"Expected statistic {statistic.name!r} ({type(statistic).__name__}) to "
+                      f"return one value per tensor from per_tensor: {n_tensors} values for the "
+                      f"{n_tensors} tensors it was given (or a ({n_tensors}, k) tensor), but it "
+                      f"returned {shown}; return e.g. torch.stack([f(t) for t in tensors]).")
 
 
 def values_per_tensor(statistic: Statistic, n_values: int, n_tensors: int) -> int:
@@ -208,11 +241,7 @@ def values_per_tensor(statistic: Statistic, n_values: int, n_tensors: int) -> in
     if n_tensors == 0:
         return 1
     if n_values < n_tensors or n_values % n_tensors:
-        raise ValueError(f"Expected statistic {statistic.name!r} ({type(statistic).__name__}) "
-                         f"to return one value per tensor from per_tensor: {n_tensors} values "
-                         f"for the {n_tensors} tensors it was given (or a ({n_tensors}, k) "
-                         f"tensor), but it returned {n_values} value{'s' * (n_values != 1)}; "
-                         f"return e.g. torch.stack([f(t) for t in tensors]).")
+        raise _count_error(statistic, n_values, n_tensors)
     return n_values // n_tensors
 
 

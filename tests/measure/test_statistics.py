@@ -338,6 +338,9 @@ class _Count(Statistic):
     def per_tensor(self, tensors):
         if self.extra is None:
             return torch.tensor(1.0)
+        if isinstance(self.extra, tuple):  # a shape made of the tensor count n
+            shape = tuple(len(tensors) * -d if d < 0 else d for d in self.extra)
+            return torch.arange(math.prod(shape), dtype=torch.float32).reshape(shape)
         return torch.arange(len(tensors) + self.extra, dtype=torch.float32)
 
 
@@ -353,10 +356,14 @@ def _one_step(stat: Statistic) -> GradWatch:
     return watch
 
 
-@pytest.mark.parametrize("extra, got", [(3, "7 values"), (-1, "3 values"), (None, "1 value")])
+@pytest.mark.parametrize("extra, got", [(3, "7 values (shape (7,))"), (-1, "3 values (shape (3,))"),
+                                        (None, "1 value (shape ())"),
+                                        ((-2,), "8 values (shape (8,))"),
+                                        ((1, -1, 2), "8 values (shape (1, 4, 2))")])
 def test_per_tensor_with_a_wrong_count_is_refused_naming_the_statistic(extra, got):
     """r_stat_shape: 7 values were recorded as garbage; 3 or a 0-d tensor gave `range() arg 3
-    must not be zero`."""
+    must not be zero`; 2n values in one row, or a (1, n, 2) tensor, passed the count check
+    (a multiple of n) and mixed the tensors' values."""
     with pytest.raises(ValueError) as err:
         _one_step(_Count("odd_count", extra))
     assert str(err.value) == (
@@ -402,3 +409,20 @@ def test_combine_returning_none_or_a_numpy_number_is_recorded():
                .history[-1].layers.values())  # None: not measured
     got = _one_step(_BadCombine(np.float32(0.5))).history[-1].layers
     assert {k: s.values["bad_combine"] for k, s in got.items()} == {"0": 0.5, "2": 0.5}
+
+
+@pytest.mark.parametrize("name", ["dead_frac", "update_ratio", "sat_frac", "time_ratio",
+                                  "step", "layer", "total_norm"])
+def test_a_statistic_cannot_take_a_name_gradwatch_reads_or_writes(name):
+    """A user statistic named dead_frac replaced the measured one and the rules read it (a
+    healthy MLP was diagnosed dead_units); one named step or layer overwrote the CSV's
+    columns. Refused, naming the statistic and the fix."""
+    class Clash(Statistic):
+        def per_tensor(self, tensors):
+            return torch.stack([t.abs().max() for t in tensors])
+
+    stat = Clash()
+    stat.name = name
+    with pytest.raises(ValueError, match=rf"not one of gradwatch's own .*but got '{name}' "
+                                         rf"\(Clash\); rename it"):
+        GradWatch(mlp(), statistics=[stat])
