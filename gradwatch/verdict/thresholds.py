@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,7 +114,12 @@ class Thresholds:
     """Observations before spikes are reported."""
 
     def __post_init__(self) -> None:
-        for name in _NUMBER_FIELDS:
+        for name in _NUMBER_FIELDS:  # numpy scalars (np.int64(5), np.float32(0.5)) as Python's
+            value = getattr(self, name)
+            if isinstance(value, numbers.Integral) and not isinstance(value, (bool, int)):
+                object.__setattr__(self, name, int(value))
+            elif isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
+                object.__setattr__(self, name, float(value))
             value = getattr(self, name)
             if value is None and name not in ("vanishing", "exploding", "spike_min_ratio",
                                               "spike_momentum", "spike_warmup", "window",

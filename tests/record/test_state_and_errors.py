@@ -167,6 +167,18 @@ def test_bad_thresholds_name_the_field(kwargs, error, match):
         Thresholds(**kwargs)
 
 
+def test_numpy_scalars_are_taken_as_python_numbers():
+    """np.int64(10000) was refused as "not a number"; the values equal the plain ones and the
+    thresholds serialise as they would."""
+    import numpy as np
+    th = Thresholds(exploding=np.int64(10000), window=np.int64(6), dead_units=np.float32(0.5),
+                    not_moving=np.int32(8))
+    assert th == Thresholds(exploding=10000, window=6, dead_units=0.5, not_moving=8)
+    assert type(th.window) is int and type(th.dead_units) is float
+    with pytest.raises(ValueError, match="window"):
+        Thresholds(window=np.int64(0))
+
+
 def test_running_stats_flag_a_spike_only_after_warmup():
     th = Thresholds(spike=4.0, spike_warmup=10)
     stats = RunningStats()
