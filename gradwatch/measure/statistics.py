@@ -113,8 +113,9 @@ class ZeroFraction(Statistic):
 
     def per_tensor(self, tensors: Sequence[Tensor]) -> Tensor:
         rows = [torch.stack([(t == 0).sum() if not t.is_sparse else
-                             t.new_tensor(t.numel() - t.coalesce()._values().count_nonzero()),
-                             t.new_tensor(t.numel())]).double() for t in tensors]
+                             t.numel() - t.coalesce()._values().count_nonzero(),
+                             torch.tensor(t.numel(), device=t.device)]).double()
+                for t in tensors]  # (a complex entry is 0 when both parts are: t == 0)
         return torch.stack(rows)  # (zeros, entries) per tensor
 
     def combine(self, values: Sequence[tuple[float, float]]) -> float | None:

@@ -426,3 +426,16 @@ def test_a_statistic_cannot_take_a_name_gradwatch_reads_or_writes(name):
     with pytest.raises(ValueError, match=rf"not one of gradwatch's own .*but got '{name}' "
                                          rf"\(Clash\); rename it"):
         GradWatch(mlp(), statistics=[stat])
+
+
+def test_zero_fraction_counts_sparse_and_complex_entries_without_warnings():
+    """It warned (a tensor copied with new_tensor; complex cast to real) on every recorded step
+    of a sparse or complex model; the counts were and are those of plain torch."""
+    import warnings
+    dense = torch.tensor([0.0, 1.0, 0.0])
+    sparse = torch.sparse_coo_tensor([[0, 2]], [0.0, 3.0], (5,))
+    complex_ = torch.tensor([0j, 1j, 0j, 2 + 0j])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rows = ZeroFraction().per_tensor([dense, sparse, complex_])
+    assert rows.tolist() == [[2.0, 3.0], [5 - 1, 5.0], [2.0, 4.0]]
