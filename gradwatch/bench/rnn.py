@@ -131,7 +131,7 @@ def _tt_text(runs: list[dict]) -> str:
     kinds = {f["kind"] for r in runs for f in r["findings"]}
     tt = runs[0]["through_time"]
     view = (", ".join(f"{k}={v:.3g}" for k, v in tt.items()) if tt
-            else "no through-time statistic in this gradwatch")
+            else "no time_ratio at seed 0's last record (no finite gradient reached a time step)")
     return (f"{sum(r['flagged'] for r in runs)}/{len(runs)} runs flagged; findings "
             f"{sorted(kinds) or 'none'}; seed 0: {runs[0]['verdict']}; through-time view: {view}")
 

@@ -37,13 +37,14 @@ class RecurrentHooks:
     def on_time_grad(self, layer: int, dim: int, grad: Tensor) -> None:
         if not self.armed:
             return
-        # the gradient reaching the first time step against the largest reaching any: the last
-        # step the loss reads (a padded tail gets none, and is no "last" to compare with)
+        # the gradient reaching the first time step against the one reaching the last step that
+        # gets any (a padded tail gets none: no "last" to compare with); no host sync
         g = grad.detach()
         per_step = torch.linalg.vector_norm(g, dim=[d for d in range(g.dim()) if d != dim],
                                             dtype=torch.float64)
-        peak = per_step.max()
-        ratio = torch.where(peak > 0, per_step[0] / peak, torch.full_like(peak, math.nan))
+        steps = torch.arange(per_step.numel(), device=per_step.device)
+        last = per_step[torch.where(per_step > 0, steps, 0).max()]
+        ratio = torch.where(last > 0, per_step[0] / last, torch.full_like(last, math.nan))
         self.data.time.setdefault(layer, []).append(ratio)
 
     # ---------------------------------------------------------------- helpers

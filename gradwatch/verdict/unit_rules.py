@@ -193,8 +193,8 @@ class Saturation(Rule):
 
 
 class ThroughTime(Rule):
-    """The gradient reaching a recurrent module's first time step is orders below the largest
-    reaching any step (the last one the loss reads). True of any LSTM/GRU read at its last state
+    """The gradient reaching a recurrent module's first time step is orders below the one
+    reaching the last step that gets any (the last one the loss reads). True of any LSTM/GRU read at its last state
     over 30 steps or more from initialisation on, and harmless when the task needs only recent
     steps: while the loss falls it is a note (`Thresholds.loss_falling`), as dead units are."""
 
@@ -210,8 +210,8 @@ class ThroughTime(Rule):
             return None
         worst = float(ratio[idx].min())
         hit = Hit([Mark(idx, "first/last time-step gradient ratio {:.2g}", ratio[idx])],
-                  f"the gradient reaching the first time step is {worst:.2g}x the largest "
-                  f"reaching a time step (bound time_vanishing={th.time_vanishing:g})",
+                  f"the gradient reaching the first time step is {worst:.2g}x the one "
+                  f"reaching the last (bound time_vanishing={th.time_vanishing:g})",
                   {"time_ratio": worst})
         curve = view.curve
         if th.loss_falling is not None and curve is not None and curve.fell(th.loss_falling):

@@ -236,8 +236,8 @@ class _Recurrent(nn.Module):
 @pytest.mark.parametrize("read", [-1, 5])  # the last step, or step 5 of 9 (a padded tail)
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU, nn.RNN])
-def test_time_ratio_is_the_first_over_the_largest_step_input_gradient(kind, batch_first, read):
-    """‖∂L/∂x_0‖ over the largest ‖∂L/∂x_t‖: the last step the loss reads. With a padded tail
+def test_time_ratio_is_the_first_over_the_last_reached_step_input_gradient(kind, batch_first, read):
+    """‖∂L/∂x_0‖ over ‖∂L/∂x_t‖ of the last step t that gets any: the last the loss reads. With a padded tail
     (the head reads step 5), steps 6-8 get exactly 0: the ratio over the last step was 0, a
     false vanishing_through_time on every right-padded classifier."""
     torch.manual_seed(0)
@@ -252,7 +252,9 @@ def test_time_ratio_is_the_first_over_the_largest_step_input_gradient(kind, batc
     dim = 1 if batch_first else 0
     per_step = [norm([leaf.grad.select(dim, t)]) for t in range(9)]
     assert (per_step[-1] == 0.0) == (read == 5)
-    expected = per_step[0] / max(per_step)
+    last = max(t for t in range(9) if per_step[t] > 0)
+    assert last == (8 if read == -1 else 5)
+    expected = per_step[0] / per_step[last]
     assert 0 < expected < 1
     assert rec.layers["rnn"].values["time_ratio"] == pytest.approx(expected, rel=1e-6)
     assert x.grad is None  # the user's input was left alone
