@@ -196,7 +196,9 @@ class ThroughTime(Rule):
     """The gradient reaching a recurrent module's first time step is orders below the one
     reaching the last step that gets any (the last one the loss reads). True of any LSTM/GRU read at its last state
     over 30 steps or more from initialisation on, and harmless when the task needs only recent
-    steps: while the loss falls it is a note (`Thresholds.loss_falling`), as dead units are."""
+    steps: while the loss has fallen to `Thresholds.loss_falling` squared of its start (0.56:
+    a task being learned, not a noisy loss dipping, as a net that cannot recall across the
+    sequence still learns the targets' mean) it is a note."""
 
     kind, status, reads, optional = ("vanishing_through_time", Status.VANISHING,
                                      ("time_ratio",), True)
@@ -214,9 +216,10 @@ class ThroughTime(Rule):
                   f"reaching the last (bound time_vanishing={th.time_vanishing:g})",
                   {"time_ratio": worst})
         curve = view.curve
-        if th.loss_falling is not None and curve is not None and curve.fell(th.loss_falling):
+        if th.loss_falling is not None and curve is not None \
+                and curve.fell(th.loss_falling ** 2):
             hit.note = (f"the loss falls meanwhile: median {fmt3(curve.now)} over the last "
                         f"{th.window} recorded steps, from {fmt3(curve.first)} at the first "
-                        f"(bound loss_falling={th.loss_falling:g}): the task needs no memory "
-                        f"that long")
+                        f"(bound loss_falling²={th.loss_falling ** 2:.3g}): the task needs no "
+                        f"memory that long")
         return hit
