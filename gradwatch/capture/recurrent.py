@@ -43,8 +43,10 @@ class RecurrentHooks:
         per_step = torch.linalg.vector_norm(g, dim=[d for d in range(g.dim()) if d != dim],
                                             dtype=torch.float64)
         steps = torch.arange(per_step.numel(), device=per_step.device)
-        last = per_step[torch.where(per_step > 0, steps, 0).max()]
-        ratio = torch.where(last > 0, per_step[0] / last, torch.full_like(last, math.nan))
+        reached = (per_step > 0) & torch.isfinite(per_step)  # (NaN/Inf: no ratio, not 0)
+        last = per_step[torch.where(reached, steps, 0).max()]
+        ratio = torch.where(reached.any() & torch.isfinite(per_step[0]), per_step[0] / last,
+                            torch.full_like(last, math.nan))
         self.data.time.setdefault(layer, []).append(ratio)
 
     # ---------------------------------------------------------------- helpers
