@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _measure import interleave, paired_ratios, summarise  # noqa: E402
 from _workloads import make_workload  # noqa: E402
+from _cli import seconds  # noqa: E402
 
 from gradwatch import GradWatch  # noqa: E402
 
@@ -59,7 +60,8 @@ CONFIGS = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=40.0)
+    parser.add_argument("--budget", type=seconds, default=40.0,
+                        help="seconds of timed rounds (default 40)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     workload = make_workload("mlp")

@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from peers import PEERS, HEADERS, markdown, run_models  # noqa: E402
+from _cli import name_list, out_file, positive_float  # noqa: E402
 
 __all__ = ["count_syncs", "main"]
 
@@ -80,26 +81,24 @@ def sync_table(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=25.0,
+    parser.add_argument("--budget", type=positive_float, default=25.0,
                         help="seconds of timed rounds per model (25; three models)")
-    parser.add_argument("--models", default="mlp,resnet18,transformer")
+    parser.add_argument("--models", default="mlp,resnet18,transformer", type=name_list())
     parser.add_argument("--device", default="cuda",
                         help="cuda (default), or cpu to try the script without a GPU")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+    parser.add_argument("--out", type=out_file, default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                       "results", "gpu.json"))
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("benchmarks/gpu.py: skipped, no CUDA device (torch.cuda.is_available() is False "
               f"with torch {torch.__version__}); nothing was measured.")
         return 0
-    if args.budget <= 0:
-        parser.error(f"Expected --budget to be > 0 seconds, but got {args.budget}.")
     name = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
             else "CPU (dry run)")
     opts = dict(warmup=2, min_rounds=5, max_rounds=200,
-                budget=dict.fromkeys(args.models.split(","), args.budget))
+                budget=dict.fromkeys(args.models, args.budget))
     start = time.perf_counter()
-    result = run_models(args.models.split(","), list(PEERS), opts, device=args.device,
+    result = run_models(args.models, list(PEERS), opts, device=args.device,
                         group=_grouped(args.device), block=1, steps_per_call=STEPS_PER_CALL,
                         probe=count_syncs)
     wall = time.perf_counter() - start

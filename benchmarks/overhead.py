@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _measure import (interleave, linear_fit, paired_ratios, python_bytes_per_call,  # noqa: E402
                       step_peak_bytes, summarise)
 from _workloads import Workload, deep_chain, make_workload  # noqa: E402
+from _cli import int_list, name_list, out_file, positive_int, seconds  # noqa: E402
 
 from gradwatch import GradWatch  # noqa: E402
 
@@ -386,11 +387,14 @@ def main(argv: list[str] | None = None) -> dict:
     mode.add_argument("--quick", action="store_true", help="about 1-2 minutes, fewer rounds")
     mode.add_argument("--smoke", action="store_true",
                       help="seconds: a tiny model, two rounds (for the test suite; numbers are noise)")
-    parser.add_argument("--out", default="overhead_results.json", help="where to write the JSON")
-    parser.add_argument("--models", help="comma-separated: mlp, resnet18, transformer, tiny")
-    parser.add_argument("--deep-sizes", help="comma-separated parameter-tensor counts ('' to skip)")
-    parser.add_argument("--budget", type=float, help="seconds of timing per model")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--out", default="overhead_results.json", type=out_file,
+                        help="where to write the JSON")
+    parser.add_argument("--models", type=name_list(chains=True),
+                        help="comma-separated: mlp, resnet18, transformer, tiny")
+    parser.add_argument("--deep-sizes", type=int_list,
+                        help="comma-separated parameter-tensor counts ('' to skip)")
+    parser.add_argument("--budget", type=seconds, help="seconds of timing per model")
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch intra-op threads (default 1: on a shared 2-core machine, two "
                              "threads make a step wait on a descheduled thread, which swamps "
                              "the differences measured here)")
@@ -399,9 +403,9 @@ def main(argv: list[str] | None = None) -> dict:
     mode_name = "quick" if args.quick else "smoke" if args.smoke else "default"
     opts = dict(PRESETS[mode_name])
     if args.models is not None:
-        opts["models"] = args.models
+        opts["models"] = ",".join(args.models)
     if args.deep_sizes is not None:
-        opts["sizes"] = args.deep_sizes
+        opts["sizes"] = ",".join(map(str, args.deep_sizes))
     if args.budget is not None:
         opts["budget"] = {name: args.budget for name in opts["budget"]}
     torch.set_num_threads(args.threads)

@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _measure import interleave, paired_ratios, summarise  # noqa: E402
 from _workloads import Workload, make_workload  # noqa: E402
+from _cli import name_list, out_file, positive_int  # noqa: E402
 
 from gradwatch import GradWatch  # noqa: E402
 
@@ -305,16 +306,16 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: the MLP, 2 rounds")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1)")
-    parser.add_argument("--models", help="comma-separated subset of mlp,resnet18,transformer")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="torch intra-op threads (1)")
+    parser.add_argument("--models", type=name_list(),
+                        help="comma-separated subset of mlp,resnet18,transformer")
+    parser.add_argument("--out", type=out_file, default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                       "results", "peers.json"))
     args = parser.parse_args(argv)
-    if args.threads < 1:
-        parser.error(f"Expected --threads to be >= 1, but got {args.threads}.")
     torch.set_num_threads(args.threads)
     opts = PRESETS["quick" if args.quick else "default"]
-    models = (args.models or opts["models"]).split(",")
+    models = args.models or opts["models"].split(",")
     start, load = time.perf_counter(), os.getloadavg()
     result = run_models(models, list(PEERS), opts)
     result["meta"] = {

@@ -37,6 +37,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _measure import interleave, summarise  # noqa: E402
+from _cli import int_list, out_file, positive_int, seconds  # noqa: E402
 
 from gradwatch import GradWatch  # noqa: E402
 
@@ -230,20 +231,22 @@ def _print_table(results: dict, names: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--depths", default="25,100,400", help="comma-separated L (default 25,100,400)")
-    p.add_argument("--budget", type=float, default=40.0, help="seconds of timed rounds per model")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--depths", default="25,100,400", type=int_list,
+                   help="comma-separated L (default 25,100,400; '' for none)")
+    p.add_argument("--budget", type=seconds, default=40.0,
+                   help="seconds of timed rounds per model")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     p.add_argument("--no-transformer", action="store_true", help="skip the 48-layer Transformer")
     p.add_argument("--memory", action="store_true", help="also measure the history's memory")
-    p.add_argument("--long", type=int, default=50_000, help="steps of the flat-memory run")
+    p.add_argument("--long", type=positive_int, default=50_000, help="steps of the flat-memory run")
     p.add_argument("--gc", action="store_true",
                    help="also measure garbage collection, each configuration alone (L = 400)")
-    p.add_argument("--gc-steps", type=int, default=1500, help="steps of each --gc run")
-    p.add_argument("--gc-depth", type=int, default=400, help="L of the --gc runs (default 400)")
-    p.add_argument("--out", default=None, help="write the results to this JSON file")
+    p.add_argument("--gc-steps", type=positive_int, default=1500, help="steps of each --gc run")
+    p.add_argument("--gc-depth", type=positive_int, default=400, help="L of the --gc runs (default 400)")
+    p.add_argument("--out", default=None, type=out_file, help="write the results to this JSON file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    models = {f"L = {d}": (lambda d=int(d): chain(d)) for d in args.depths.split(",") if d}
+    models = {f"L = {d}": (lambda d=d: chain(d)) for d in args.depths}
     if not args.no_transformer:
         models["Transformer 48"] = transformer
     results = {}

@@ -38,6 +38,7 @@ from torch.nn import functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.zoo.tasks import image_task  # noqa: E402
+from benchmarks._cli import out_file, positive_int  # noqa: E402
 from gradwatch import GradWatch  # noqa: E402
 
 __all__ = ["MODELS", "build", "train_one", "never_firing", "main"]
@@ -225,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=40, help="training steps per model (default 40)")
     p.add_argument("--only", nargs="+", default=(), metavar="NAME", help="just these models")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--out", default=None, help="write every result to this JSON file")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
+    p.add_argument("--out", default=None, type=out_file, help="write every result to this JSON file")
     args = p.parse_args(argv)
     if args.steps < 5:
         p.error(f"--steps must be at least 5 (the loss is compared over 5 steps), got {args.steps}")

@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _measure import interleave, paired_ratios, summarise  # noqa: E402
 from _workloads import make_workload  # noqa: E402
+from _cli import name_list, out_file, positive_int, seconds  # noqa: E402
 
 CONFIGS = {"param": dict(activations=False), "act": {}, "every10": dict(every=10)}
 BUDGET = {"mlp": 1.0, "resnet18": 3.0, "transformer": 2.0, "tiny": 0.2}  # chain<L>: 1.0  # x --budget
@@ -65,18 +66,18 @@ def arm(package: object, config: str | None, workload: object):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ref", default="3915e21", help="the earlier commit (default %(default)s)")
-    parser.add_argument("--models", default="mlp,resnet18,transformer")
-    parser.add_argument("--budget", type=float, default=30.0,
+    parser.add_argument("--models", default="mlp,resnet18,transformer", type=name_list(chains=True))
+    parser.add_argument("--budget", type=seconds, default=30.0,
                         help="seconds of timing per model, scaled per model (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="versions.json")
+    parser.add_argument("--threads", type=positive_int, default=1)
+    parser.add_argument("--out", default="versions.json", type=out_file)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     import gradwatch
 
     before = load_before(args.ref)
     results = {"ref": args.ref, "threads": args.threads, "load": os.getloadavg(), "models": {}}
-    for name in args.models.split(","):
+    for name in args.models:
         workload = make_workload(name)
         fns, watches = {}, []
         fns["bare"], _ = arm(gradwatch, None, workload)

@@ -1,7 +1,8 @@
 """Run the labelled zoo under GradWatch (default thresholds), print the verdict table, save JSONL.
 
-``python -m benchmarks.zoo [--quick] [--only NAME ...] [--out DIR]`` from the repository root
-(or ``python benchmarks/zoo/run.py``). It is a measurement: it exits 0 whatever gradwatch says.
+``python -m benchmarks.zoo [--quick] [--only NAME ...] [--out DIR] [--force]`` from the repository
+root (or ``python benchmarks/zoo/run.py``). It is a measurement: it exits 0 whatever gradwatch
+says. An ``--out`` that already holds a zoo.jsonl is kept unless ``--force``.
 """
 
 from __future__ import annotations
@@ -105,37 +106,92 @@ def totals(results: list[dict[str, Any]], split: str) -> str:
             f"{sum(r['sane'] for r in rs)} of {len(rs)}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[Run], str]:
+    """Parses and checks the flags before any run: the arguments, the runs and the JSONL path.
+
+    Bad input is a usage error (exit 2, one line): a non-positive ``--threads``, unknown
+    ``--only`` names, an ``--out`` that is a file or cannot be made, and an ``--out`` that
+    already holds an earlier run's zoo.jsonl (kept unless ``--force``: a ``--only`` rerun into
+    the default folder would otherwise wipe a full run's records).
+    """
+    from benchmarks._cli import positive_int
+
     p = argparse.ArgumentParser(prog="python -m benchmarks.zoo", description=__doc__)
     p.add_argument("--quick", action="store_true", help="the reduced set (the test suite's)")
     p.add_argument("--only", nargs="+", default=(), metavar="NAME", help="just these runs")
     p.add_argument("--out", default="/tmp/gw-zoo", help="folder for zoo.jsonl (default /tmp/gw-zoo)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--force", action="store_true",
+                   help="replace the zoo.jsonl of an earlier run in --out (kept otherwise)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     p.add_argument("--list", action="store_true", help="print the runs and their labels, then exit")
     args = p.parse_args(argv)
+    try:
+        runs = select(args.quick, args.only)
+    except ValueError:
+        known = {r.name for r in all_runs()}
+        bad = [n for n in args.only if n not in known]
+        p.error(f"--only: unknown run name(s) {', '.join(map(repr, bad))}; see the names with "
+                f"python -m benchmarks.zoo --list")
+    path = os.path.join(args.out, "zoo.jsonl")
+    if args.list:
+        return args, runs, path
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        p.error(f"--out {args.out!r} is (or lies under) a file, not a folder; pass a folder")
+    except OSError as err:
+        p.error(f"--out {args.out!r} cannot be created ({err.strerror or err}); pass a folder")
+    earlier = _earlier_runs(path)
+    if earlier and not args.force:
+        p.error(f"--out {args.out!r} already holds {path} with {earlier} runs of an earlier zoo "
+                f"run; pass --force to replace it, or another --out")
+    if earlier:
+        print(f"replacing {path} ({earlier} runs of an earlier zoo run; --force)", flush=True)
+    return args, runs, path
+
+
+def _earlier_runs(path: str) -> int:
+    """How many runs an existing zoo.jsonl holds (0 when there is none)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return sum(1 for line in fh if line.strip())
+    except OSError:
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, runs, path = _args(argv)
     torch.set_num_threads(args.threads)
-    runs = select(args.quick, args.only)
     if args.list:
         for r in runs:
             print(f"{r.name:30s} {r.split:9s} {r.label.kind:24s} {r.label.birth or '':34s} {r.note}")
         return 0
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "zoo.jsonl")
     results, start = [], time.perf_counter()
+    stopped = None
     with open(path, "w") as fh:
-        for i, run in enumerate(runs, 1):
-            gone = missing(run)
-            if gone:
-                print(f"[{i}/{len(runs)}] {run.name}: skipped (needs {', '.join(gone)})", flush=True)
-                continue
-            print(f"[{i}/{len(runs)}] {run.name} ...", end=" ", flush=True)
-            r = run_one(run)
-            results.append(r)
-            fh.write(json.dumps(r) + "\n")
-            fh.flush()
-            print(f"{r['trace']['wall_s']:.1f}s sane={r['sane']} said: "
-                  f"{Verdict(**r['verdict']).text()}", flush=True)
-    wall = time.perf_counter() - start
+        try:
+            for i, run in enumerate(runs, 1):
+                gone = missing(run)
+                if gone:
+                    print(f"[{i}/{len(runs)}] {run.name}: skipped (needs {', '.join(gone)})",
+                          flush=True)
+                    continue
+                print(f"[{i}/{len(runs)}] {run.name} ...", end=" ", flush=True)
+                r = run_one(run)
+                results.append(r)
+                fh.write(json.dumps(r) + "\n")
+                fh.flush()
+                print(f"{r['trace']['wall_s']:.1f}s sane={r['sane']} said: "
+                      f"{Verdict(**r['verdict']).text()}", flush=True)
+        except KeyboardInterrupt:  # the finished runs are in zoo.jsonl: show their table
+            stopped = f"interrupted (Ctrl-C) after {len(results)} of {len(runs)} runs"
+            print(f"\n{stopped}", flush=True)
+    _report(results, path, time.perf_counter() - start)
+    return 130 if stopped else 0
+
+
+def _report(results: list[dict[str, Any]], path: str, wall: float) -> None:
+    """Prints the verdict table, the totals per split and where the records are."""
     print(f"\nverdicts from diagnose(); default Thresholds(); {torch.get_num_threads()} "
           f"thread(s); wall {wall:.1f} s\n")
     print("| run | split | label | gradwatch said | verdict | sane | s |")
@@ -149,8 +205,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if insane:
         print(f"runs failing their own sanity checks (fix the zoo, not gradwatch): {insane}")
     print(f"records and metadata: {path}")
-    return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -110,9 +110,11 @@ def run_bench(names: Sequence[str] | None = None, *, budget: Budget | str = "def
             result.seconds = time.perf_counter() - t0
             results.append(result)
             # Rewritten after every experiment: an interrupted run keeps what it finished.
+            # `planned`: until the last one, the report names the experiments not run yet, so
+            # a run killed outright (SIGKILL, out of memory) still says what it lacks
             paths = write_report(ctx.out, results, budget=budget,
                                  seconds=time.perf_counter() - start, device=str(dev),
-                                 threads=threads)
+                                 threads=threads, planned=planned)
             # one line per experiment on stderr, bars or not (a redirected run shows it too)
             print(f"[gradwatch.bench] {k} of {len(planned)} experiments: {name} "
                   f"{result.seconds:.0f} s, elapsed {time.perf_counter() - start:.0f} s",

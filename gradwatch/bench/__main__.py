@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import importlib.util
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -45,13 +46,27 @@ def mnist_problem(data_dir: str | None) -> tuple[str | None, str | None]:
     given = data_dir or os.environ.get("GRADWATCH_DATA")
     root = Path(given).expanduser() if given else default_cache_dir()
     raw = root / "MNIST" / "raw"
+    origin = "--data-dir" if data_dir else "GRADWATCH_DATA" if given else "the cache"
     if _has_files(raw):
-        return None, None
+        return _bad_file(raw, origin, given is not None), None
     if given:
-        origin = "--data-dir" if data_dir else "GRADWATCH_DATA"
         return (f"MNIST is not under {str(raw)!r} (from {origin}); fix by: {GET_MNIST}.", None)
     return None, (f"MNIST is not in the cache {str(raw)!r}; trying a download through "
                   f"torchvision (about 12 MB). Offline? {GET_MNIST}.")
+
+
+def _bad_file(raw: Path, origin: str, given: bool) -> str | None:
+    """The error line for a truncated, corrupt or mismatched MNIST file under ``raw``, or None."""
+    from .preflight import mnist_file_problem
+
+    found = mnist_file_problem(raw)
+    if found is None:
+        return None
+    path, problem = found
+    fix = ("replace it with a fresh copy of the official file, or point --data-dir (or "
+           "GRADWATCH_DATA) at a folder with good files" if given else
+           f"delete it so that torchvision downloads it again, or {GET_MNIST}")
+    return f"MNIST file {str(path)!r} {problem} (found through {origin}); fix by: {fix}."
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -134,7 +149,9 @@ def _preflight(args: argparse.Namespace, names: Sequence[str]) -> str | None:
                 load_mnist(None, train_limit=1, test_limit=1)
             except (FileNotFoundError, OSError, RuntimeError) as err:
                 return f"could not download MNIST ({type(err).__name__}); fix by: {GET_MNIST}."
-    return None
+    from .preflight import out_problem
+
+    return out_problem(args.out)  # last: it creates the folder the run is about to fill
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -149,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.seeds is not None and args.seeds < 1:
         parser.error(f"--seeds must be a positive integer, got {args.seeds}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be a positive integer (torch threads), got {args.threads}; "
+                     f"leave it out for the default")
     unknown = [n for n in args.names if n not in EXPERIMENTS]
     if unknown:
         parser.error(f"unknown experiment(s) {', '.join(unknown)}; choose from "
@@ -173,19 +193,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(problem)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     start = time.time()
+    previous = _on_sigterm()
     try:
         md, js = run_bench(args.names or None, budget=budget, out=args.out, device=args.device,
                            data_dir=args.data_dir, seeds=args.seeds, threads=args.threads,
                            progress=progress)
-    except (FileNotFoundError, ValueError, ImportError) as err:
+    except (OSError, ValueError, ImportError) as err:
         return _fail(_stopped(args.out, start, f"{type(err).__name__}: {err}"))
     except KeyboardInterrupt:
         return _fail(_stopped(args.out, start, "interrupted (Ctrl-C)"), 130)
+    except Terminated:
+        return _fail(_stopped(args.out, start, "terminated (SIGTERM)"), 143)
     except Exception as err:  # a bug: keep the traceback, but never leave an unmarked report
         _stopped(args.out, start, f"{type(err).__name__}: {err}")
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     print(f"report: {md}\nnumbers: {js}")
     return 0
+
+
+class Terminated(Exception):
+    """Raised in the main thread when the bench gets SIGTERM (``kill``, a job scheduler)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _on_sigterm() -> Any:
+    """Makes SIGTERM stop the run as Ctrl-C does (report marked partial, one line, exit 143).
+
+    Returns the previous handler to restore, or None where no handler can be set (not the
+    main thread).
+    """
+    try:
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:
+        return None
 
 
 def _stopped(out: str, start: float, reason: str) -> str:

@@ -121,7 +121,7 @@ def load_mnist(data_dir: str | os.PathLike[str] | None = None, *, train_limit: i
 
     Raises:
         FileNotFoundError: The files are missing and could not be downloaded.
-        ValueError: A limit is not a positive int.
+        ValueError: A limit is not a positive int, or a split's image and label counts differ.
     """
     for name, value in (("train_limit", train_limit), ("test_limit", test_limit)):
         if value is not None and (not isinstance(value, int) or value < 1):
@@ -139,6 +139,11 @@ def load_mnist(data_dir: str | os.PathLike[str] | None = None, *, train_limit: i
             ds = MNIST(str(root), train=train, download=download)
         except (RuntimeError, OSError) as err:
             raise FileNotFoundError(_missing_message(root, err)) from err
+        if len(ds.data) != len(ds.targets):  # torchvision loads mismatched files silently
+            split = "train" if train else "t10k"
+            raise ValueError(f"MNIST under {str(root / 'MNIST' / 'raw')!r}: the {split} files "
+                             f"hold {len(ds.data)} images but {len(ds.targets)} labels; replace "
+                             f"them with the four files of one download.")
         images, labels = ds.data[:limit], ds.targets[:limit]
         splits += [images.unsqueeze(1).to(torch.float32).div_(255.0), labels.to(torch.int64)]
     return Mnist(*splits, root=root)

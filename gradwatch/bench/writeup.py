@@ -167,7 +167,7 @@ def write_report(out: Path, results: Sequence[ExperimentResult], *, budget: Budg
     payload = {"meta": meta, "calibration": cal,
                "experiments": {r.name: r.to_dict() for r in results}}
     json_path = out / "results.json"
-    json_path.write_text(json.dumps(_clean(payload), indent=1, allow_nan=False), encoding="utf-8")
+    _write(json_path, json.dumps(_clean(payload), indent=1, allow_nan=False))
 
     lines = ["# gradwatch bench report", ""]
     if partial:
@@ -201,17 +201,27 @@ def write_report(out: Path, results: Sequence[ExperimentResult], *, budget: Budg
     for res in results:
         lines += _experiment_section(res)
     md_path = out / "report.md"
-    md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (out / "report.html").write_text(html_page(lines, out, title="gradwatch bench report"),
-                                     encoding="utf-8")
+    _write(md_path, "\n".join(lines) + "\n")
+    _write(out / "report.html", html_page(lines, out, title=_TITLE))
     return md_path, json_path
 
 
-def mark_partial(out: Path, reason: str) -> bool:
-    """Marks an existing report in ``out`` as partial (banner and ``meta.partial``).
+_TITLE = "gradwatch bench report"
 
-    For runs stopped by an error or Ctrl-C after some experiments finished. Returns whether a
-    report was there to mark.
+
+def _write(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` whole or not at all (a stop mid-write keeps the old file)."""
+    part = path.with_name(path.name + ".part")
+    part.write_text(text, encoding="utf-8")
+    part.replace(path)
+
+
+def mark_partial(out: Path, reason: str) -> bool:
+    """Marks an existing report in ``out`` as partial: a banner in report.md and report.html,
+    and ``meta.partial`` in results.json (the reason, then the experiments not run).
+
+    For runs stopped by an error, Ctrl-C or SIGTERM after some experiments finished. Returns
+    whether a report was there to mark.
     """
     md, js = out / "report.md", out / "results.json"
     if not md.is_file():
@@ -222,9 +232,14 @@ def mark_partial(out: Path, reason: str) -> bool:
     if body and body[0].startswith(stopped):  # replace an earlier stop, keep "not run: ..."
         body = body[2:]
     banner = [f"{stopped} {reason}", ""]
-    md.write_text("\n".join(head + banner + body), encoding="utf-8")
+    lines = head + banner + body
+    _write(md, "\n".join(lines))
+    _write(out / "report.html", html_page(lines, out, title=_TITLE))
     if js.is_file():
         payload = json.loads(js.read_text(encoding="utf-8"))
-        payload.setdefault("meta", {})["partial"] = f"stopped early: {reason}"
-        js.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+        not_run = [ln[len(PARTIAL_BANNER) + 1:] for ln in body
+                   if ln.startswith(PARTIAL_BANNER) and "experiments finished; not run:" in ln]
+        payload.setdefault("meta", {})["partial"] = "; ".join([f"stopped early: {reason}",
+                                                               *not_run])
+        _write(js, json.dumps(payload, indent=1))
     return True

@@ -89,7 +89,8 @@ def test_report_marks_missing_experiments_and_stopped_runs_partial(tmp_path):
     stopped = f"{PARTIAL_BANNER} The run stopped early: interrupted (Ctrl-C)"
     assert [ln for ln in lines if ln.startswith(PARTIAL_BANNER)] == [stopped, expected]
     assert lines[:5] == ["# gradwatch bench report", "", stopped, "", expected]
-    assert json.loads(js.read_text())["meta"]["partial"] == "stopped early: interrupted (Ctrl-C)"
+    assert json.loads(js.read_text())["meta"]["partial"] == (
+        "stopped early: interrupted (Ctrl-C); 1 of 3 experiments finished; not run: xor, grid.")
     assert not mark_partial(tmp_path / "none", "x")
 
 
