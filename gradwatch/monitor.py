@@ -19,7 +19,8 @@ from .capture.hooks import Hook, user_stacklevel
 from .record.ledger import Ledger, run_header
 from .verdict.diagnosis import nonfinite_message
 from .options import NonFiniteGradientError, OnNonFinite, check_loss, check_manual_step, \
-    deepcopy_fields, load_or_restore, note_other_layers, note_watch, refuse_closure, refuse_pickle, validate
+    deepcopy_fields, load_clip_state, load_or_restore, note_other_layers, note_watch, refuse_closure, \
+    refuse_pickle, validate
 from .record.recorder import Recorder
 from .record.history import History
 from .record.records import Finding, StepRecord
@@ -203,8 +204,7 @@ class GradWatch:
         note_other_layers(state.get("layers"), self._watched.names)
         self._step = int(state["step"])
         self._recorder.load_state_dict(state)
-        if self.policy is not None and state.get("clip") is not None:
-            self.policy.load_state_dict(state["clip"])
+        load_clip_state(self.policy, state.get("clip"))
         self._watched.collector.unit_window.load_state_dict(state.get("units", []))
         if resumed:  # (last: a state that fails to load marks nothing)
             self._ledger.mark_resumed(self._step)

@@ -16,7 +16,7 @@ from .verdict.thresholds import Thresholds
 
 __all__ = ["ON_NONFINITE", "OnNonFinite", "NonFiniteGradientError", "validate", "refuse_closure",
            "check_manual_step", "check_loss", "check_state", "load_or_restore", "note_watch",
-           "note_other_layers",
+           "note_other_layers", "load_clip_state",
            "refuse_pickle", "deepcopy_fields"]
 
 ON_NONFINITE = ("warn", "raise", "skip", "zero")
@@ -175,6 +175,24 @@ def check_state(state: Any) -> None:
                              f"GradWatch.state_dict() wrote it, but got "
                              f"{type(state[key]).__name__} {state[key]!r:.60}; pass the dict "
                              f"state_dict() returned, unchanged.")
+
+
+def load_clip_state(policy: Any, saved: Any) -> None:
+    """Loads a clip policy's saved statistics, and warns where the state and the watch disagree
+    about them: statistics saved with no policy here to take them (dropped), or a policy here
+    that keeps statistics (ZClip, AutoClip) and a state without them (it starts afresh)."""
+    if policy is None:
+        if saved:
+            warnings.warn("the state carries a clip policy's statistics but this watch does not "
+                          "clip: they are dropped. Pass the same clip= as the saved watch to "
+                          "resume them.", UserWarning, stacklevel=5)
+        return
+    if saved is not None:
+        policy.load_state_dict(saved)
+    elif policy.state_dict():
+        warnings.warn(f"the state has no statistics for this watch's clip policy ({policy!r}; it "
+                      f"was saved by a watch that did not clip that way): the policy starts "
+                      f"afresh.", UserWarning, stacklevel=5)
 
 
 def note_other_layers(saved: Any, layers: Sequence[str]) -> None:

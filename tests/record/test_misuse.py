@@ -227,3 +227,29 @@ def test_a_logger_that_raises_warns_and_training_goes_on(tmp_path):
     watch.close()
     assert calls == [0, 1] and [r.step for r in kept] == [0, 1, 2] and closed == [True]
     assert [r.step for r in watch.history] == [0, 1, 2]
+
+
+def test_a_state_and_a_watch_that_clip_differently_warn_what_happens_to_the_clip_statistics():
+    """A ZClip watch loading a state saved without clipping started its warm-up afresh without
+    a word; a watch without clipping dropped a saved ZClip's statistics silently."""
+    def trained(clip, steps=25):
+        model = _mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        watch = GradWatch(model, optimizer=opt, clip=clip)
+        for _ in range(steps):
+            _step(model, opt)
+        return watch
+
+    plain, zclip = trained(None).state_dict(), trained("auto").state_dict()
+    assert zclip["clip"]["mean"] is not None and plain["clip"] is None
+    with pytest.warns(UserWarning, match=r"no statistics for this watch's clip policy \(ZClip"):
+        trained("auto", 0).load_state_dict(plain)
+    with pytest.warns(UserWarning, match="carries a clip policy's statistics but this watch "
+                                         "does not clip: they are dropped"):
+        trained(None, 0).load_state_dict(zclip)
+    same = trained("auto", 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same.load_state_dict(zclip)
+        trained(1.0, 0).load_state_dict(plain)  # a stateless policy has nothing to resume
+    assert same.policy.state_dict() == zclip["clip"]
