@@ -6,16 +6,22 @@ default). To record pre-clip norms, set ``max_grad_norm=0`` and let gradwatch cl
 (``GradWatchCallback(clip=1.0)`` is the same global-norm clip); otherwise the recorded norms are
 the already clipped ones, and the callback warns once. The Trainer's optimizer is handed to
 `GradWatch` (through a `StepGate` opened at that event), so update/weight ratios and the
-``divergence`` finding work as in a plain loop.
+``divergence`` finding work as in a plain loop. The watch's state is saved with each checkpoint
+(``gradwatch_state.pt`` in its folder) and loaded back when the Trainer resumes from one in
+``output_dir``, so a resumed run's counters, rule windows and findings go on.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any, Sequence
 
+import torch
+
 try:
     from transformers import TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 except ImportError as err:
     raise ImportError("gradwatch.integrations.hf needs transformers; install it with "
                       "pip install transformers accelerate (or pip install -e '.[hf]' in a "
@@ -27,7 +33,10 @@ from ..verdict.thresholds import Thresholds
 from ._gate import StepGate, unwrap_optimizer
 from ._owner import WatchOwner
 
-__all__ = ["GradWatchCallback"]
+__all__ = ["GradWatchCallback", "STATE_FILE"]
+
+STATE_FILE = "gradwatch_state.pt"
+"""The watch's `GradWatch.state_dict` in each checkpoint folder the Trainer writes."""
 
 
 class GradWatchCallback(WatchOwner, TrainerCallback):
@@ -81,6 +90,30 @@ class GradWatchCallback(WatchOwner, TrainerCallback):
                           f"ratio and cannot find `divergence`.", UserWarning, stacklevel=2)
         self.gate = StepGate(inner) if inner is not None else None
         self.watch = GradWatch(model, optimizer=self.gate, **self.options)
+        self._resume_checked = False  # (the Trainer loads a resumed step count after this)
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """At the first step: a run resumed at step k loads the state saved with checkpoint-k."""
+        if self.watch is None or getattr(self, "_resume_checked", True):
+            return
+        self._resume_checked = True
+        if not state.global_step or self.watch.step_count:
+            return
+        path = os.path.join(_checkpoint(args, state), STATE_FILE)
+        if os.path.isfile(path):
+            self.watch.load_state_dict(torch.load(path, weights_only=True))
+        else:
+            warnings.warn(f"The Trainer resumed at step {state.global_step}, but {path} holds no "
+                          f"gradwatch state (GradWatchCallback saves one with each checkpoint "
+                          f"in output_dir): the watch starts afresh, its steps counted from 0.",
+                          UserWarning, stacklevel=2)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Saves the watch's state into the checkpoint folder the Trainer just wrote."""
+        folder = _checkpoint(args, state)
+        if self.watch is not None and getattr(args, "should_save", True) \
+                and os.path.isdir(folder):
+            torch.save(self.watch.state_dict(), os.path.join(folder, STATE_FILE))
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.watch is None:
@@ -92,3 +125,8 @@ class GradWatchCallback(WatchOwner, TrainerCallback):
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._close()
+
+
+def _checkpoint(args: Any, state: Any) -> str:
+    """The folder the Trainer writes the checkpoint of ``state.global_step`` to."""
+    return os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")

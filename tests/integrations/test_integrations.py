@@ -254,6 +254,49 @@ def test_hf_trainer_records_every_optimizer_step_and_clips_once(tmp_path):
         assert rec.clip_coef == pytest.approx(0.5 / (total + 1e-6), rel=1e-5)
 
 
+def _gpt2_saving(out, callback, *, resume=None):
+    """The tiny GPT-2 for 4 optimizer steps, a checkpoint every 2, optionally resumed."""
+    transformers = pytest.importorskip("transformers")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    config = transformers.GPT2Config(vocab_size=32, n_positions=16, n_embd=16, n_layer=2,
+                                     n_head=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                     bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config)
+    g = torch.Generator().manual_seed(0)
+    data = [{"input_ids": row, "labels": row} for row in torch.randint(0, 32, (32, 8), generator=g)]
+    args = transformers.TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=4, max_steps=4, learning_rate=1e-2,
+        max_grad_norm=0, report_to=[], use_cpu=True, save_strategy="steps", save_steps=2,
+        logging_strategy="no", disable_tqdm=True, seed=0)
+    transformers.Trainer(model=model, args=args, train_dataset=data,
+                         callbacks=[callback]).train(resume_from_checkpoint=resume)
+
+
+def test_hf_trainer_resumed_from_a_checkpoint_resumes_the_watch(tmp_path):
+    """The callback saves the watch's state with each checkpoint and loads it when the Trainer
+    resumes from one: the resumed run's records are the uninterrupted run's (steps 2 and 3,
+    the same numbers) and its counters go on (it started afresh at step 0, without a word).
+    Without a saved state it says so."""
+    pytest.importorskip("transformers")
+    from gradwatch.integrations.hf import STATE_FILE, GradWatchCallback
+
+    whole = GradWatchCallback(clip=0.5)
+    _gpt2_saving(tmp_path, whole)
+    assert (tmp_path / "checkpoint-2" / STATE_FILE).is_file()
+    resumed = GradWatchCallback(clip=0.5)
+    _gpt2_saving(tmp_path, resumed, resume=str(tmp_path / "checkpoint-2"))
+    assert [r.step for r in resumed.history] == [2, 3]
+    for a, b in zip(whole.history[2:], resumed.history):
+        assert b.total_norm == pytest.approx(a.total_norm, rel=1e-6)
+        assert {k: s.norm for k, s in b.layers.items()} == pytest.approx(
+            {k: s.norm for k, s in a.layers.items()}, rel=1e-6)
+    (tmp_path / "checkpoint-2" / STATE_FILE).unlink()
+    with pytest.warns(UserWarning, match=r"resumed at step 2, but .* holds no gradwatch state"):
+        _gpt2_saving(tmp_path, GradWatchCallback(clip=0.5),
+                     resume=str(tmp_path / "checkpoint-2"))
+
+
 def test_hf_trainer_clipping_conflicts_are_explained(tmp_path):
     pytest.importorskip("transformers")
     from gradwatch.integrations.hf import GradWatchCallback
