@@ -202,7 +202,8 @@ def note_other_layers(saved: Any, layers: Sequence[str]) -> None:
     lacks is refused when the spike statistics load.)"""
     if saved is None:
         return
-    new = [n for n in layers if n not in set(saved)]
+    known = set(saved)
+    new = [n for n in layers if n not in known]
     if new:
         warnings.warn(f"the state was saved by a watch without {len(new)} of this watch's "
                       f"{len(layers)} layers ({new[:5]}{' ...' if len(new) > 5 else ''}): their "

@@ -4,6 +4,8 @@ moves."""
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from .view import Hit, Mark, Rule
@@ -26,15 +28,11 @@ class NoGradient(Rule):
     def check(self, view, th, state):
         if th.no_gradient is None or view.absent is None:
             return None
-        old = state.get("streak", {})
-        streak = state["streak"] = {n: old.get(n, 0) + 1 for n in view.absent}
-        cut = tuple(n for n, k in streak.items() if k >= th.no_gradient)
+        cut, steps = _streak(state, view.absent, th.no_gradient)
         if not cut or not len(view.names):
             return None
-        shown = ", ".join(f"`{n}`" for n in cut[:4]) + (f" and {len(cut) - 4} more"
-                                                        if len(cut) > 4 else "")
-        return Hit([], f"no gradient reaches {shown} ({len(cut)} layer(s)) on "
-                       f"{min(streak[n] for n in cut)} recorded steps in a row, although they "
+        return Hit([], f"no gradient reaches {_listed(cut)} ({len(cut)} layer(s)) on "
+                       f"{steps} recorded steps in a row, although they "
                        f"require grad, are stepped by the optimizer and ran in the forward "
                        f"pass, while {len(view.names)} other layer(s) get gradients "
                        f"(bound no_gradient={th.no_gradient})",
@@ -55,20 +53,31 @@ class UnusedOutput(Rule):
     def check(self, view, th, state):
         if th.no_gradient is None or view.unread is None:
             return None
-        old = state.get("streak", {})
-        streak = state["streak"] = {n: old.get(n, 0) + 1 for n in view.unread}
-        unread = tuple(n for n, k in streak.items() if k >= th.no_gradient)
+        unread, steps = _streak(state, view.unread, th.no_gradient)
         if not unread:
             return None
-        shown = ", ".join(f"`{n}`" for n in unread[:4]) + (f" and {len(unread) - 4} more"
-                                                           if len(unread) > 4 else "")
-        return Hit([], f"{shown} ({len(unread)} layer(s)) ran after layers that get gradients "
-                       f"but got no gradient on {min(streak[n] for n in unread)} recorded steps "
-                       f"in a row, although they require grad and are stepped by the optimizer "
+        return Hit([], f"{_listed(unread)} ({len(unread)} layer(s)) ran after layers that get "
+                       f"gradients but got no gradient on {steps} recorded steps in a row, although they require grad and are stepped by the optimizer "
                        f"(bound no_gradient={th.no_gradient})", {"layers": float(len(unread))},
                    names=unread, note="an output the loss does not read is often meant (a "
                                       "pooler a token-level loss skips, a head for another "
                                       "task); it is a bug if the loss should read it")
+
+
+def _streak(state: dict, names: Sequence[str], bound: int) -> tuple[tuple[str, ...], int]:
+    """Counts, in ``state``, the recorded steps in a row each of ``names`` has been named (a
+    name missing from a step starts over); the names at ``bound`` or more, and their shortest
+    streak."""
+    old = state.get("streak", {})
+    streak = state["streak"] = {n: old.get(n, 0) + 1 for n in names}
+    over = tuple(n for n, k in streak.items() if k >= bound)
+    return over, min((streak[n] for n in over), default=0)
+
+
+def _listed(names: Sequence[str]) -> str:
+    """The first four names in backticks, and how many more."""
+    return ", ".join(f"`{n}`" for n in names[:4]) + (f" and {len(names) - 4} more"
+                                                    if len(names) > 4 else "")
 
 
 class NotZeroed(Rule):
