@@ -33,6 +33,8 @@ class Outcome:
     overflow: bool
     inflight: InFlight | None = None
     total_of: np.ndarray | None = None  # the gradients the total is over (None: all)
+    gradless: bool = False  # no watched parameter had a gradient (``got`` is None)
+    loss: float | None = None  # the step's loss, read on a gradless step only
 
     def finish(self) -> StepNumbers:
         """The step's numbers (waits for a deferred copy; normally long done)."""
@@ -61,11 +63,15 @@ def measure_step(watched: Any, amp: Any, policy: Any, statistics: Sequence[Any],
         params = [p for p, g in zip(w.params, grads) if g is not None]
         grads = [g for g in grads if g is not None]
     if not params:
-        warnings.warn("GradWatch found no gradients to measure: no watched parameter has a "
-                      ".grad. Call it after loss.backward(); torch.autograd.grad returns "
-                      "gradients without storing them in .grad: assign them (p.grad = g) "
-                      "first.", RuntimeWarning, stacklevel=user_stacklevel())
-        return None
+        warnings.warn(_no_gradient_message(optimizer is not None), RuntimeWarning,
+                      stacklevel=user_stacklevel())
+        if not (w.params and recording and optimizer is not None):
+            return None  # (nothing trainable; or watch.step() called before backward)
+        data = w.collector.take(True) if w.collector.armed else None
+        if data is not None:
+            w.forward.learn(data.completed)
+        return Outcome(data, None, None, 1.0, False, False, gradless=True,
+                       loss=None if loss is None else float(loss))
     scaled = amp.grads_scaled()
     if scaled and policy is not None:
         amp.unscale_for_clipping()
@@ -115,6 +121,20 @@ def measure_step(watched: Any, amp: Any, policy: Any, statistics: Sequence[Any],
     if not recording:
         return None
     return Outcome(data, got, present, coef, skipped, overflow)
+
+
+def _no_gradient_message(stepping: bool) -> str:
+    """The warning of a step at which no watched parameter has a ``.grad``."""
+    if stepping:  # measured for optimizer.step(): the loop did call backward
+        return ("GradWatch found no gradients at optimizer.step(): no watched parameter has "
+                "a .grad, so the step changes nothing. The loss does not depend on the "
+                "parameters (detached, or rebuilt from a number as in "
+                "torch.tensor(loss.item(), requires_grad=True)), or the gradients were "
+                "cleared between loss.backward() and optimizer.step() (zero_grad() after "
+                "backward).")
+    return ("GradWatch found no gradients to measure: no watched parameter has a .grad. Call "
+            "it after loss.backward(); torch.autograd.grad returns gradients without storing "
+            "them in .grad: assign them (p.grad = g) first.")
 
 
 def clip_step(policy: Any, grads: Sequence[Tensor], params: Sequence[Tensor],

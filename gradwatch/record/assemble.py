@@ -56,6 +56,19 @@ class StepColumns:
         return cls(step, np.zeros(n_layers, dtype=bool), nan, nan.copy(),
                    np.zeros(n_layers, dtype=bool), {}, math.inf, 1.0, False, True)
 
+    @classmethod
+    def gradless(cls, step: int, watched: Any, data: Any, loss: float | None) -> StepColumns:
+        """A step at which no watched parameter had a gradient: a record with no layers (total
+        norm 0), every layer the optimizer steps (that ran, where the hooks saw it) absent."""
+        n = len(watched.layers)
+        order = np.asarray(watched.forward.order, dtype=np.int64)
+        named = watched.stepped[order] & (watched.forward.ran[order] if data is not None
+                                          else True)
+        nan = np.full(n, math.nan)
+        return cls(step, np.zeros(n, dtype=bool), nan, nan.copy(), np.zeros(n, dtype=bool), {},
+                   0.0, 1.0, False, False, loss=loss,
+                   absent=[watched.layers[i].name for i in order[named].tolist()])
+
 
 def pending_step(step: int, watched: Any, data: Any, got: Any, present: list[bool] | None,
                  statistics: Sequence[Any], coef: float, skipped: bool, overflow: bool
@@ -176,7 +189,7 @@ def assemble(cols: StepColumns, watched: Any, judge: Judge, spikes: SpikeTracker
                     unread=cols.unread, stale=cols.stale, memo=shape.memo, stepped=watched.stepped[idx],
                     already=cols.already, idle=cols.idle[idx] if cols.idle is not None else None)
     verdicts = judge.judge(view)
-    healthy = math.isfinite(cols.total) and not cols.overflow
+    healthy = math.isfinite(cols.total) and not cols.overflow and len(idx) > 0
     if healthy:
         ratio, z, total_spike = spikes.observe(shape.layout.columns, norms, cols.total, th,
                                                whole=shape.layout.in_order)

@@ -61,6 +61,9 @@ class Recorder:
 
     def hold(self, step: int, out: Any) -> bool:
         """Keeps a measured step; True when its record must be formed at once (non-finite)."""
+        if out.gradless:  # no gradient at all: a record that says so, formed at once
+            self._held = StepColumns.gradless(step, self.watched, out.data, out.loss)
+            return True
         if out.inflight is not None:  # the copy is in flight: the record forms at the next step
             self._held = Deferred(step, out)
             return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
@@ -33,12 +34,15 @@ def explain(kind: str, view: StepView, hit: Hit) -> tuple[str, str, Plans]:
                     "(at most 0.25 for sigmoid) at every layer, so it shrinks geometrically "
                     "towards the input",
                     "use a ReLU-family activation with He initialisation, or add batch/layer "
-                    "normalisation or residual connections",
+                    "normalisation (where the model has it, check that it runs in training "
+                    "mode: model.train()) or residual connections",
                     (("relu", "he_init"), ("normalization",), ("residual",)))
-        return ("the initial weights are too small for the depth: each layer scales the "
-                "gradient down",
+        return ("the weights are too small for the depth: each layer scales the gradient down "
+                "(from the start: too small an initialisation; later in the run: weights that "
+                "training shrank, as a strong weight decay does)",
                 "initialise with He (ReLU) or Xavier/Glorot (tanh, linear) so each layer keeps "
-                "the gradient's variance, or add normalisation or residual connections",
+                "the gradient's variance, or add normalisation or residual connections; if the "
+                "weights shrank in training, lower the weight decay",
                 (("he_init",), ("xavier_init",), ("normalization",), ("residual",)))
     if kind == "exploding":
         return ("weights too large for the depth (each layer scales the gradient up), or a "
@@ -68,10 +72,18 @@ def explain(kind: str, view: StepView, hit: Hit) -> tuple[str, str, Plans]:
                 (("lower_lr",), ("he_init",), ("normalization",)))
     if kind == "zero_gradient":
         if hit.numbers.get("all"):
-            cause = ("every weight layer that gets a gradient gets exactly 0 although gradient "
-                     "enters the model: two factors both initialised at 0 (LoRA's A and B, a "
-                     "LayerScale of 0 times a zero-initialised last layer) give each other a "
-                     "gradient of 0, so neither ever moves")
+            cause = ("every weight layer gets a gradient of exactly 0 at the optimizer step "
+                     "although gradient flowed through the layers' outputs in the backward "
+                     "pass: the gradients were erased between loss.backward() and "
+                     "optimizer.step() (zero_grad(set_to_none=False) after backward, "
+                     "clip_grad_norm_ with max_norm=0, code that writes 0 into .grad), or two "
+                     "factors both initialised at 0 (LoRA's A and B, a LayerScale of 0 times a "
+                     "zero-initialised last layer) give each other a gradient of 0")
+            return (cause,
+                    "look between loss.backward() and optimizer.step() for a zero_grad(), a "
+                    "clip with max_norm=0 or a write to .grad; initialise one factor of each "
+                    "product away from 0 (LoRA: A random, B = 0; LayerScale 1e-5, not 0)",
+                    (("zero_grad",), ("nonzero_init",)))
         else:
             cause = ("these layers get exactly 0 while the rest get a gradient: float16 "
                      "without loss scaling underflows small gradients to 0 (the input side "
@@ -84,6 +96,16 @@ def explain(kind: str, view: StepView, hit: Hit) -> tuple[str, str, Plans]:
                 "LayerScale 1e-5, not 0); in float16, scale the loss (torch.amp.GradScaler) "
                 "or use bfloat16; layers the task does not use can be frozen "
                 "(requires_grad_(False))", (("nonzero_init",), ("loss_scaling",)))
+    if kind == "no_gradient" and hit.numbers.get("all"):
+        return ("no parameter the optimizer steps has a gradient when it steps, so nothing "
+                "trains: the loss does not depend on them (computed from a detached tensor, or "
+                "rebuilt from a number as in torch.tensor(loss.item(), requires_grad=True)), "
+                "or the gradients are cleared between loss.backward() and optimizer.step() (a "
+                "zero_grad() after backward)",
+                "compute the loss from the model's output with no .item(), .detach() or "
+                "torch.tensor(...) in between, and call zero_grad() before backward (or after "
+                "optimizer.step()), never between backward and the step",
+                (("reconnect",), ("zero_grad",)))
     if kind == "no_gradient":
         return ("the forward pass cuts these layers off the loss: a `.detach()`, a "
                 "`torch.no_grad()` block, `.data`, an integer cast (argmax, .long()) or a "
@@ -134,8 +156,9 @@ def explain(kind: str, view: StepView, hit: Hit) -> tuple[str, str, Plans]:
     if kind == "vanishing_through_time":
         return ("the recurrence multiplies the gradient by its Jacobian at every time step, so "
                 "it fades over a long sequence",
-                "use a gated cell (LSTM/GRU), shorter sequences or truncated backpropagation, "
-                "skip/attention connections over time, and clip the gradient norm",
+                "with a plain RNN, a gated cell (LSTM/GRU); shorter sequences or truncated "
+                "backpropagation, skip/attention connections over time, and clip the gradient "
+                "norm",
                 (("gated_rnn", "clip"),))
     if kind == "nonfinite_forward" and view.already == "weights":
         return (f"the weights of `{view.birth}` were already NaN/Inf when this forward pass "
@@ -167,12 +190,21 @@ def explain(kind: str, view: StepView, hit: Hit) -> tuple[str, str, Plans]:
                 f"the forward values were finite (e.g. sqrt or pow at 0, a custom backward)",
                 f"fix the operation's gradient at `{view.birth}` (add an epsilon inside sqrt/"
                 f"pow, check custom autograd Functions)", (("fix_op",),))
+    if kind == "nonfinite_loss" and view.loss is not None and math.isfinite(view.loss):
+        return ("the loss is finite but the gradient it sends into the model is NaN/Inf: an "
+                "operation in the loss has an infinite slope where it is evaluated (a pow with "
+                "an exponent below 1 at 0, as a focal loss's (1 - p) ** gamma at p = 1; a sqrt "
+                "or a norm at 0), and its backward multiplies that by 0 or overflows",
+                "keep the loss's pow/sqrt away from 0 ((1 - p).clamp_min(1e-6) ** gamma, "
+                "sqrt(x + eps)) or write that part of the loss with a finite slope",
+                (("fix_op",),))
     if kind == "nonfinite_loss":
-        return ("the loss itself is NaN/Inf (a log of a zero probability, a division by 0, "
-                "a mean over no elements when every label is ignored)",
+        return ("the loss is NaN/Inf (a log of a zero probability, a division by 0, a mean "
+                "over no elements when every label is ignored, a float16 loss above 65504)",
                 "compute the loss from logits (cross_entropy, BCEWithLogitsLoss), clamp "
                 "probabilities before log, and check the targets (a batch with no label left "
-                "needs a sum, not a mean)", (("fix_op",),))
+                "needs a sum, not a mean); compute a float16 model's loss in float32",
+                (("fix_op",),))
     if kind == "amp_overflow":
         return ("the AMP loss scale overflows on every step: the scaled gradients do not fit "
                 "in float16",

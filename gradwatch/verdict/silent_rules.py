@@ -20,7 +20,9 @@ class NoGradient(Rule):
     (``requires_grad=False``, or left out of the optimizer), modules that did not run (an
     expert no token was routed to) and modules that ran after gradient-receiving layers but
     whose output the loss does not read (a pooler a token-level head skips) are not named. It
-    needs the forward hooks (``activations=True``) to see what ran."""
+    needs the forward hooks (``activations=True``) to see what ran, except when no layer at all
+    has a gradient at the optimizer step (a loss that does not depend on the parameters, or
+    gradients cleared between backward and step): then every stepped layer is named."""
 
     kind, reads = "no_gradient", ("norm",)
     persistent = False  # the streak is its persistence
@@ -29,8 +31,15 @@ class NoGradient(Rule):
         if th.no_gradient is None or view.absent is None:
             return None
         cut, steps = _streak(state, view.absent, th.no_gradient)
-        if not cut or not len(view.names):
+        if not cut:
             return None
+        if not len(view.names):  # no layer at all has a gradient at the optimizer step
+            loss = "" if view.loss is None else f" while the loss is {view.loss:.3g}"
+            return Hit([], f"no watched layer has a gradient at the optimizer step: none of "
+                           f"{_listed(cut)} ({len(cut)} layer(s) that require grad and are "
+                           f"stepped by the optimizer) got one on {steps} recorded steps in a "
+                           f"row{loss} (bound no_gradient={th.no_gradient})",
+                       {"layers": float(len(cut)), "all": 1.0}, names=cut)
         return Hit([], f"no gradient reaches {_listed(cut)} ({len(cut)} layer(s)) on "
                        f"{steps} recorded steps in a row, although they "
                        f"require grad, are stepped by the optimizer and ran in the forward "

@@ -273,3 +273,24 @@ def test_the_recorded_loss_is_the_loss_tensors_own_value(dtype, activations):
     expected = torch.linalg.vector_norm(torch.stack(
         [torch.linalg.vector_norm(p.grad) for p in net.parameters()])).item()
     assert record.total_norm == expected
+
+
+def test_a_finite_loss_whose_backward_is_nan_is_not_called_a_nan_loss():
+    """A focal loss (1 - p) ** 0.5 at p = 1: the loss value is finite, its slope infinite, so
+    the gradient entering the model is NaN. The cause names the loss's backward, not a NaN
+    loss (which this loss never is)."""
+    net = nn.Sequential(nn.Linear(2, 2))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[60.0, 0.0], [-60.0, 0.0]]))
+        net[0].bias.zero_()
+    watch = GradWatch(net)
+    p = torch.softmax(net(torch.tensor([[2.0, 0.0]])), 1)[0, 0]
+    loss = -(1 - p) ** 0.5 * torch.log(p)
+    loss.backward()
+    assert p.item() == 1.0 and math.isfinite(loss.item())  # plain torch: finite loss ...
+    assert torch.isnan(net[0].weight.grad).all()  # ... NaN gradient
+    with pytest.warns(RuntimeWarning, match="born in the loss"):
+        watch.step(loss=loss)
+    (f,) = watch.diagnose()
+    assert f.kind == "nonfinite_loss" and "the loss is finite but the gradient" in f.cause
+    assert "the loss is NaN" not in f.cause and "clamp_min" in f.remedy

@@ -310,3 +310,49 @@ def test_a_discriminator_watch_leaves_out_the_generator_pass_through_it():
             gan.G.zero_grad()
             bce(gan.D(fake), ones).backward()  # through D: thrown away at D's next zero_grad
             opt_g.step()
+
+
+def _gradless_run(form: str, *, activations: bool = True, every: int = 1, steps: int = 12):
+    """A loop whose optimizer steps parameters that have no gradient (``form``), with the
+    weights before and after, and the warnings."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.warns(RuntimeWarning) as caught:
+        with GradWatch(model, optimizer=opt, activations=activations, every=every) as watch:
+            for _ in range(steps):
+                opt.zero_grad()
+                loss = F.cross_entropy(model(x), y)
+                if form == "rewrap":  # the loss rebuilt from a number: no graph to the weights
+                    loss = torch.tensor(loss.item(), requires_grad=True)
+                loss.backward()
+                if form == "zero_after_backward":
+                    opt.zero_grad()
+                watch.note_loss(loss)
+                opt.step()
+    unchanged = all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    return watch, unchanged, [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("form", ["rewrap", "zero_after_backward"])
+@pytest.mark.parametrize("activations", [True, False])
+def test_no_gradient_anywhere_is_a_finding_not_an_empty_diagnosis(form, activations):
+    watch, unchanged, warned = _gradless_run(form, activations=activations)
+    assert unchanged  # plain torch: the optimizer stepped nothing
+    (f,) = watch.diagnose()
+    assert f.kind == "no_gradient" and f.layers == ("0", "2")
+    assert (f.first_step, f.steps) == (4, 8)  # the 5th recorded step in a row, and on
+    assert "no watched layer has a gradient" in f.evidence and "zero_grad()" in f.cause
+    assert f.remedies == ("reconnect", "zero_grad")
+    assert watch.history[-1].total_norm == 0.0 and not watch.history[-1].layers
+    assert any("at optimizer.step()" in m and "zero_grad() after backward" in m for m in warned)
+    assert not any("Call it after loss.backward()" in m for m in warned)  # (wrong advice here)
+
+
+def test_no_gradient_anywhere_counts_recorded_steps_under_every():
+    watch, _, _ = _gradless_run("zero_after_backward", every=3, steps=30)
+    (f,) = watch.diagnose()
+    assert f.kind == "no_gradient" and (f.first_step, f.steps) == (12, 6)
+    assert watch.summary().startswith("GradWatch: 30 steps, 10 recorded")

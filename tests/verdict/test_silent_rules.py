@@ -326,3 +326,28 @@ def test_a_step_past_the_exploding_bound_is_no_vanishing_one():
         return [f.kind for f in judge.diagnose()]
     assert kinds(1.0) == ["vanishing"]
     assert "vanishing" not in kinds(5e29)
+
+
+def test_gradients_erased_after_backward_are_named_as_such():
+    """``clip_grad_norm_(max_norm=0)`` zeroes every gradient after the backward pass that
+    filled them: every layer's gradient is exactly 0 while its output got one. The cause and
+    the first remedy name erasure between backward and the step, not only zero-initialised
+    factors (there are none in this net)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+    with GradWatch(model, optimizer=opt) as watch:
+        for _ in range(10):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.0)
+            assert all(p.grad.abs().max() == 0 for p in model.parameters())  # plain torch
+            watch.note_loss(loss)
+            opt.step()
+    (f,) = watch.diagnose()
+    assert f.kind == "zero_gradient" and f.layers == ("0", "2")
+    assert "erased between loss.backward() and optimizer.step()" in f.cause
+    assert f.remedies == ("zero_grad", "nonzero_init") and "max_norm=0" in f.remedy
+    assert watch.history[-1].layers["2"].act_norm > 0  # the output gradient was not 0
