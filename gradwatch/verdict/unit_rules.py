@@ -24,7 +24,10 @@ class DeadUnits(Rule):
     quarter or more within the rule's window (`REVIVED`; units came back as the layers before
     it trained, e.g. a squeeze-excitation layer all negative at init) is no verdict. While the
     loss falls (`Thresholds.loss_falling`) the dead units do not hold the run back (a narrow
-    bottleneck, features the task does not use): the hit is a note."""
+    bottleneck, features the task does not use): the hit is a note. The loss must have fallen
+    so since the units were first seen dead, not only since the run's start: a net that dies
+    once its loss reached chance level (a first loss inflated by unnormalised inputs) did not
+    learn with them."""
 
     kind, status, reads, optional = "dead_units", Status.DEAD, ("dead_frac",), True
     REVIVED = 0.75
@@ -59,10 +62,15 @@ class DeadUnits(Rule):
                             if len(zero) else ""))
         hit.numbers = {"dead_frac": worst}
         curve = view.curve
-        if th.loss_falling is not None and curve is not None and curve.fell(th.loss_falling):
+        if curve is not None and not state.get("since", math.nan) >= 0:
+            state["since"] = curve.now if curve.ready else curve.first  # units first seen dead
+        since = state.get("since", math.nan)
+        if th.loss_falling is not None and curve is not None and curve.fell(th.loss_falling) \
+                and curve.now <= th.loss_falling * since:
             hit.note = (f"the loss falls meanwhile: median {fmt3(curve.now)} over the last "
-                        f"{th.window} recorded steps, from {fmt3(curve.first)} at the first "
-                        f"(bound loss_falling={th.loss_falling:g})")
+                        f"{th.window} recorded steps, from {fmt3(since)} when dead units were "
+                        f"first seen and {fmt3(curve.first)} at the first recorded step (bound "
+                        f"loss_falling={th.loss_falling:g})")
         return hit
 
 
