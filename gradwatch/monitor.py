@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import math
-import warnings
 import weakref
 from typing import Any, Mapping, Sequence
 
@@ -15,12 +13,12 @@ from .capture import compile as cs
 from .capture.amp import AmpState
 from .clip import ClipPolicy, make_policy
 from .capture.units import UNIT_EVERY
-from .capture.hooks import Hook, user_stacklevel
+from .capture.hooks import Hook
 from .record.ledger import Ledger, run_header
-from .verdict.diagnosis import nonfinite_message
 from .options import NonFiniteGradientError, OnNonFinite, check_loss, check_manual_step, \
     deepcopy_fields, load_clip_state, load_or_restore, note_other_layers, note_watch, refuse_closure, \
     refuse_pickle, validate
+from .record.alerts import warn_never_stepped, warn_record
 from .record.recorder import Recorder
 from .record.history import History
 from .record.records import Finding, StepRecord
@@ -158,18 +156,18 @@ class GradWatch:
 
     def diagnose(self) -> list[Finding]:
         """What is wrong with this run so far, most severe first (empty when nothing is)."""
-        self._flush()
+        self._settle()
         return self._recorder.judge.diagnose()
 
     def notes(self) -> list[Finding]:
         """True conditions that look harmless so far (`Finding.note` says why: dead units while
         the loss falls); they set no layer's status and are not among `diagnose`'s findings."""
-        self._flush()
+        self._settle()
         return self._recorder.judge.diagnose(notes=True)
 
     def summary(self) -> str:
         """The diagnosis (and notes) and a per-layer table a person can read."""
-        self._flush()
+        self._settle()
         lg, judge = self._ledger, self._recorder.judge
         return format_summary(summarize(lg.records, steps=self._step, run=lg.run, flags=lg.flags,
                                         findings=judge.diagnose(),
@@ -180,7 +178,7 @@ class GradWatch:
         if self._closed:
             return
         self._flush_amp_skips()
-        self._flush()
+        self._settle()
         self._closed = True
         self._finalizer()
         self._stash.restore()
@@ -258,25 +256,21 @@ class GradWatch:
         if out is None:
             self._advance()
             return None
-        w.check_activation_grads(out.data)
+        w.check_activation_grads(None if out.gradless else out.data)
         now = self._recorder.hold(self._step, out)
         self._advance()
         return self._flush() if now else None
 
     def _flush(self) -> StepRecord | None:
         record = self._recorder.flush()
-        if record is not None and not record.nonfinite and record.loss is not None \
-                and not math.isfinite(record.loss):
-            warnings.warn(f"non-finite loss at step {record.step} ({record.loss}) while every "
-                          f"gradient is finite (total norm {record.total_norm:.3g}): e.g. a "
-                          f"mean over a batch whose labels are all ignored",
-                          RuntimeWarning, stacklevel=user_stacklevel())
-        if record is not None and record.nonfinite:
-            message = nonfinite_message(record, self._recorder.already)
-            if self.on_nonfinite == "raise":
-                raise NonFiniteGradientError(message + "; pass on_nonfinite='skip' to skip.")
-            warnings.warn(message, RuntimeWarning, stacklevel=user_stacklevel())
+        if record is not None:  # (a NaN loss, a non-finite step: warned, or raised)
+            warn_record(record, self._recorder.already, self.on_nonfinite)
         return record
+
+    def _settle(self) -> None:
+        """Forms the held record, for a reader; says if `optimizer=` never stepped."""
+        self._flush()
+        warn_never_stepped(self.optimizer, self._step, self._watched.params)
 
     # ------------------------------------------------------------------ helpers
 

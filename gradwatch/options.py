@@ -12,6 +12,7 @@ from typing import Any, Literal, Mapping, Sequence
 import torch
 from torch import nn
 
+from .record.alerts import NonFiniteGradientError
 from .verdict.thresholds import Thresholds
 
 __all__ = ["ON_NONFINITE", "OnNonFinite", "NonFiniteGradientError", "validate", "refuse_closure",
@@ -21,10 +22,6 @@ __all__ = ["ON_NONFINITE", "OnNonFinite", "NonFiniteGradientError", "validate", 
 
 ON_NONFINITE = ("warn", "raise", "skip", "zero")
 OnNonFinite = Literal["warn", "raise", "skip", "zero"]
-
-
-class NonFiniteGradientError(FloatingPointError):
-    """Raised by ``on_nonfinite="raise"`` when a watched gradient holds NaN or Inf."""
 
 
 def validate(model: Any, optimizer: Any, thresholds: Any, activations: Any, every: Any,
@@ -59,6 +56,10 @@ def validate(model: Any, optimizer: Any, thresholds: Any, activations: Any, ever
                         f"Lookahead wrappers do), so its step() runs no hooks; pass the "
                         f"optimizer it wraps (e.g. optimizer=opt.optimizer), or construct "
                         f"GradWatch without `optimizer=` and call watch.step() after backward().")
+    if optimizer is not None and not getattr(type(optimizer).step, "hooked", False) and type(
+            optimizer).register_step_pre_hook is torch.optim.Optimizer.register_step_pre_hook:
+        optimizer._patch_step_function()  # (as torch's first zero_grad() would: a wrapper that
+        # skipped Optimizer.__init__ but made its hook dicts, as timm's Lookahead, runs no hooks)
     if optimizer is not None:
         mine = {id(p) for p in model.parameters()}
         stepped = [p for group in optimizer.param_groups for p in group["params"]]
@@ -112,10 +113,15 @@ def refuse_closure(optimizer: Any, args: Any, kwargs: Any) -> None:
     the closure, after the step pre-hook has run."""
     closure = args[1] if len(args) > 1 else kwargs.get("closure")  # args[0] is the optimizer
     if closure is not None:
+        base = getattr(optimizer, "base_optimizer", None)
+        hint = ("pass the optimizer whose step() takes no closure (SAM: "
+                "optimizer=opt.base_optimizer, which steps once per iteration)"
+                if isinstance(base, torch.optim.Optimizer) else
+                "construct GradWatch without `optimizer=` and call watch.step() inside your "
+                "closure after loss.backward()")
         raise RuntimeError(f"GradWatch(optimizer=...) cannot watch {type(optimizer).__name__}"
                            f".step(closure): the gradients only exist inside the closure. "
-                           f"Construct GradWatch without `optimizer=` and call watch.step() "
-                           f"inside your closure after loss.backward().")
+                           f"{hint[0].upper()}{hint[1:]}.")
 
 
 def check_manual_step(closed: bool, optimizer: Any) -> None:

@@ -67,6 +67,7 @@ def _host_factor(max_norm: float, total: float, dtype: torch.dtype) -> Tensor:
     return _clamped(max_norm, total_t)
 
 
+@torch.no_grad()  # (gradients made with create_graph=True: the factor is no graph op)
 def clip_with_norm_(grads: Sequence[Tensor], max_norm: float,
                     total_norm: float | Tensor) -> float | Tensor:
     """Scales ``grads`` in place by ``min(1, max_norm / (total_norm + 1e-6))``; returns the factor.

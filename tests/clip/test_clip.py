@@ -526,3 +526,24 @@ def test_property_per_tensor_norm_is_keras_clipnorm(grads, max_norm):
         torch.testing.assert_close(a, _keras_clipnorm(g, max_norm), rtol=_RTOL[g.dtype], atol=0)
         if torch.linalg.vector_norm(g.double()) <= max_norm:
             assert torch.equal(a, g)
+
+
+@pytest.mark.parametrize("clip", [0.05, "auto"])
+def test_clipping_is_no_graph_operation_under_create_graph(clip):
+    """Gradients made with ``backward(create_graph=True)`` (Hessian-vector-product optimizers,
+    Adahessian) carry a graph. ``clip_grad_norm_`` scales them outside it; so must gradwatch,
+    or a later ``autograd.grad`` through ``p.grad`` differentiates the clip factor too."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    watch = GradWatch(model, optimizer=opt, clip=clip)
+    x = torch.randn(16, 4)
+    for _ in range(3):
+        opt.zero_grad()
+        model(x).square().sum().backward(create_graph=True)
+        before = [p.grad.grad_fn for p in model.parameters()]
+        opt.step()
+        after = [p.grad.grad_fn for p in model.parameters()]
+        assert [type(f).__name__ for f in after] == [type(f).__name__ for f in before]
+    assert watch.history[-1].clip_coef < 1.0 or clip == "auto"
+    watch.close()

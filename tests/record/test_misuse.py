@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import pickle
 import warnings
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 
 import pytest
 import torch
@@ -253,3 +254,104 @@ def test_a_state_and_a_watch_that_clip_differently_warn_what_happens_to_the_clip
         same.load_state_dict(zclip)
         trained(1.0, 0).load_state_dict(plain)  # a stateless policy has nothing to resume
     assert same.policy.state_dict() == zclip["clip"]
+
+
+class _LookaheadOwnHooks(_LookaheadNoInit):
+    """timm's Lookahead: no Optimizer.__init__, but the hook dicts made by hand, so torch
+    wraps its step with the hook runner only at the first ``zero_grad()`` on it."""
+
+    def __init__(self, base: torch.optim.Optimizer) -> None:
+        super().__init__(base)
+        self._optimizer_step_pre_hooks = OrderedDict()
+        self._optimizer_step_post_hooks = OrderedDict()
+
+
+def test_a_wrapper_with_hand_made_hook_dicts_is_watched_from_its_first_step():
+    """Zeroed through the model (never ``wrapper.zero_grad()``), its step ran no hooks: no
+    record and no clipping, silently. Now every step is measured and clipped as
+    ``clip_grad_norm_`` would."""
+    model, twin = _mlp(), _mlp()
+    twin.load_state_dict(model.state_dict())
+    wrapper = _LookaheadOwnHooks(torch.optim.SGD(model.parameters(), lr=0.1))
+    plain = torch.optim.SGD(twin.parameters(), lr=0.1)
+    watch = GradWatch(model, optimizer=wrapper, clip=0.01)
+    x = torch.randn(5, 4)
+    for _ in range(3):
+        model.zero_grad()
+        model(x).square().mean().backward()
+        wrapper.step()
+        twin.zero_grad()
+        twin(x).square().mean().backward()
+        torch.nn.utils.clip_grad_norm_(twin.parameters(), 0.01)
+        plain.step()
+    assert [r.step for r in watch.history] == [0, 1, 2]
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
+
+
+class _SAM(torch.optim.Optimizer):
+    """Sharpness-aware minimisation as commonly written (davda54/sam): a first step to the
+    perturbed weights, a second back and the base optimizer's step."""
+
+    def __init__(self, params, base_cls=torch.optim.SGD, rho=0.05, **kw) -> None:
+        super().__init__(params, dict(rho=rho, **kw))
+        self.base_optimizer = base_cls(self.param_groups, **kw)
+
+    @torch.no_grad()
+    def first_step(self) -> None:
+        norm = torch.norm(torch.stack([p.grad.norm() for g in self.param_groups
+                                       for p in g["params"] if p.grad is not None]))
+        for g in self.param_groups:
+            for p in g["params"]:
+                e = p.grad * g["rho"] / (norm + 1e-12)
+                p.add_(e)
+                self.state[p]["e"] = e
+
+    @torch.no_grad()
+    def second_step(self) -> None:
+        for g in self.param_groups:
+            for p in g["params"]:
+                p.sub_(self.state[p]["e"])
+        self.base_optimizer.step()
+
+    def step(self, closure=None):
+        closure()
+        self.first_step()
+        self.zero_grad()
+        closure()
+        self.second_step()
+
+
+def test_sam_points_to_its_base_optimizer():
+    model = _mlp()
+    sam = _SAM(model.parameters(), lr=0.1)
+    x = torch.randn(5, 4)
+
+    def closure():
+        sam.zero_grad()
+        loss = model(x).square().mean()
+        loss.backward()
+        return loss
+
+    with pytest.raises(RuntimeError, match=r"optimizer=opt.base_optimizer"):
+        with GradWatch(model, optimizer=sam):
+            sam.step(closure)
+    # stepped through first_step()/second_step(): the watch never sees sam.step()
+    with pytest.warns(UserWarning, match=r"has seen no _SAM.step\(\).*sam.base_optimizer"):
+        with GradWatch(model, optimizer=sam) as watch:
+            for _ in range(3):
+                closure()
+                sam.first_step()
+                closure()
+                sam.second_step()
+            assert watch.diagnose() == []
+    with GradWatch(model, optimizer=sam.base_optimizer) as watch:  # the way that works
+        for _ in range(3):
+            closure()
+            sam.first_step()
+            sam.zero_grad()
+            closure()
+            grads = [p.grad.norm().item() for p in model.parameters()]
+            sam.second_step()
+    assert [r.step for r in watch.history] == [0, 1, 2]
+    assert watch.history[-1].layers["2"].norm == pytest.approx(
+        math.hypot(grads[2], grads[3]), rel=1e-6)

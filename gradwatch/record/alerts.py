@@ -1,0 +1,47 @@
+"""The warnings (and the error) a record or the end of a run can raise for the user: a NaN
+loss, a non-finite step, an optimizer whose step the watch never saw."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Sequence
+
+from ..capture.hooks import user_stacklevel
+from ..verdict.diagnosis import nonfinite_message
+
+__all__ = ["NonFiniteGradientError", "warn_record", "warn_never_stepped"]
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """Raised by ``on_nonfinite="raise"`` when a watched gradient holds NaN or Inf."""
+
+
+def warn_never_stepped(optimizer: Any, steps: int, params: Sequence[Any]) -> None:
+    """Warns when a watch given ``optimizer=`` has seen no ``optimizer.step()`` although the
+    watched parameters hold gradients: it measured nothing (a wrapper stepped through other
+    methods, as SAM's first_step()/second_step(), runs no step hooks)."""
+    if optimizer is None or steps or not any(p.grad is not None for p in params):
+        return
+    name = type(optimizer).__name__
+    warnings.warn(f"GradWatch(optimizer={name}) has seen no {name}.step() although the watched "
+                  f"parameters have gradients, so it measured nothing. An optimizer stepped "
+                  f"through other methods (SAM's first_step()/second_step()) runs no step hooks: "
+                  f"pass the optimizer whose step() runs each iteration (optimizer="
+                  f"sam.base_optimizer), or construct GradWatch without `optimizer=` and call "
+                  f"watch.step() after backward().", UserWarning, stacklevel=user_stacklevel())
+
+
+def warn_record(record: Any, already: str | None, on_nonfinite: str) -> None:
+    """Warns about a record whose loss is NaN/Inf while its gradients are finite, and about a
+    non-finite step (raises `NonFiniteGradientError` under ``on_nonfinite="raise"``)."""
+    if not record.nonfinite and record.loss is not None and not math.isfinite(record.loss):
+        warnings.warn(f"non-finite loss at step {record.step} ({record.loss}) while every "
+                      f"gradient is finite (total norm {record.total_norm:.3g}): e.g. a mean "
+                      f"over a batch whose labels are all ignored",
+                      RuntimeWarning, stacklevel=user_stacklevel())
+    if record.nonfinite:
+        message = nonfinite_message(record, already)
+        if on_nonfinite == "raise":
+            raise NonFiniteGradientError(message + "; pass on_nonfinite='skip' to skip.")
+        warnings.warn(message, RuntimeWarning, stacklevel=user_stacklevel())
