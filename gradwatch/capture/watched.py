@@ -39,7 +39,10 @@ class WatchedSet:
     (``model.fc = nn.Linear(...)``, ``model[2] = ...``) is seen by torch's global registration
     hooks, which mark the set for a rebuild at its next measured step (nothing runs per step
     for it); the new layer is watched, and without an optimizer stepped; with one, once it
-    joins the optimizer.
+    joins the optimizer. A layer added where those hooks do not tell (``nn.Sequential.insert``
+    and ``nn.ModuleList.insert`` write ``_modules`` directly) is watched once its parameters
+    join the optimizer (`refresh`). A parameter the optimizer steps that is not the model's (a
+    learnable loss temperature) is neither measured nor clipped: a warning says so, once.
 
     Args:
         model: The (unwrapped) model.
@@ -55,6 +58,7 @@ class WatchedSet:
         self._warned_no_act = False
         self.rebuilt = False  # rebuilt since the last measured step's check
         self.dirty = False  # a module or parameter was assigned in the model since the build
+        self._seen: set[int] = set()  # every parameter stepped so far (by id): warned about once
         hook = Hook(self, "_assigned")
         self._tree_handles = [register_module_module_registration_hook(hook),
                               register_module_parameter_registration_hook(hook)]
@@ -69,6 +73,7 @@ class WatchedSet:
         old = self.collector
         self.dirty = False
         self._all_params = list(self.model.parameters())
+        self._model_ids = set(map(id, self._all_params))
         self._module_ids = {id(m) for m in self.model.modules()}
         layers = discover_layers(self.model)
         if old is not None and _key(layers) == _key(self.layers):
@@ -120,6 +125,25 @@ class WatchedSet:
         self.all_stepped = bool(self.param_stepped.all())
         self.first_stepped = [p for p, s in zip(self.params, self.param_stepped) if s][:8]
         self._signature = self._current_signature()
+        if stepped is not None:
+            _warn_outside(self._unseen(source))  # (after a rebuild: none of the model's)
+            self._seen |= stepped
+
+    def _unseen(self, source: Any) -> list[tuple[int, Any]]:
+        """The parameters ``source`` steps, with their group, that were never stepped before
+        and were not the model's at the last build: a layer inserted since, or a parameter kept
+        outside the model (a read per stepped parameter: only when the groups changed)."""
+        return [(i, p) for i, g in enumerate(source.param_groups) for p in g["params"]
+                if id(p) not in self._seen and id(p) not in self._model_ids]
+
+    def _joined(self) -> bool:
+        """Whether the optimizer now steps a parameter of the model that the set did not hold
+        at its build: a layer added where torch's registration hooks do not tell (``insert``
+        writes ``_modules`` directly), then given to the optimizer with ``add_param_group``.
+        One walk over the model, only when the groups changed and hold such a parameter."""
+        source = self._stepper()
+        new = set() if source is None else {id(p) for _, p in self._unseen(source)}
+        return bool(new) and not new.isdisjoint(map(id, self.model.parameters()))
 
     def stepped_among(self, present: list[bool] | None) -> np.ndarray | None:
         """The positions, among the parameters that have a gradient (``present``: which do;
@@ -144,16 +168,17 @@ class WatchedSet:
                                 for ps in (g["params"] for g in source.param_groups))
 
     def refresh(self) -> bool:
-        """Rebuilds the set when what is trainable changed, or only which parameters are
-        stepped when only the optimizer's groups did (no walk over the model); returns whether
-        anything changed."""
+        """Rebuilds the set when what is trainable changed or the optimizer's groups took in
+        parameters of the model the set lacks (a layer inserted), else only which parameters
+        are stepped when only the groups did (no walk over the model); returns whether anything
+        changed."""
         if self.dirty:
             self._build()
             return True
         now = self._current_signature()
         if now == self._signature:
             return False
-        if now[0] == self._signature[0]:  # the same trainable set: a group added or switched
+        if now[0] == self._signature[0] and not self._joined():  # a group added or switched
             self._stepped()
         else:
             self._build()
@@ -205,6 +230,24 @@ class WatchedSet:
             handle.remove()
         if self.collector is not None:
             self.collector.close()
+
+
+def _warn_outside(outside: list[tuple[int, Any]]) -> None:
+    """Warns that the optimizer steps parameters that are not the model's: the total norm
+    (``clip_grad_norm_`` of the optimizer's parameters would count them) and clipping leave
+    them out, and gradwatch cannot name them, so it says how many, their groups and shapes."""
+    if not outside:
+        return
+    n, them = len(outside), "them" if len(outside) > 1 else "it"
+    shown = ", ".join(f"group {i}: shape {tuple(p.shape)}" for i, p in outside[:5]) + (
+        ", ..." if n > 5 else "")
+    warnings.warn(f"the optimizer steps {n} parameter{'s' * (n > 1)} that the watched model "
+                  f"does not hold ({shown}): gradwatch neither measures nor clips {them}, so "
+                  f"total_norm and clip= leave {them} out (clip_grad_norm_ over the optimizer's "
+                  f"parameters counts {them}). To include {them}, make {them} part of the model: "
+                  f"register {them} on one of its modules (`model.temperature = "
+                  f"nn.Parameter(...)`, or the loss module holding {them} as a submodule)",
+                  UserWarning, stacklevel=user_stacklevel())
 
 
 def _key(layers: list[Any]) -> list[tuple[str, tuple[int, ...]]]:
