@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -24,6 +26,11 @@ class UpdateTracker:
     one; a complex entry is read as its (real, imaginary) pair, so the norms are of |·|. The
     buffers hold every sampled dtype exactly (float32, float64 with a float64 tensor), so
     Δθ is formed at the parameters' own precision.
+
+    An optimizer whose step replaces a parameter's storage (``p.data = p.data - lr * p.grad``)
+    is read after the step from the new storage, the same entries; the sums are float32 (for
+    float32 weights), and the few steps whose squares overflow (|θ| above ~1.8e19, the weights
+    still finite) are summed again in float64 on the host.
     """
 
     RUNS = 16
@@ -34,6 +41,7 @@ class UpdateTracker:
         self._views: list[Tensor] | None = None
         self._ptrs: list[int] = []
         self._measured = False
+        self._read: tuple[Tensor, Tensor, Tensor] | None = None  # (θ, Δθ, weights) just read
 
     def _usable(self, p: Tensor) -> bool:
         return not is_dtensor(p) and p.numel() > 0 and _in_memory_order(p) is not None
@@ -51,7 +59,8 @@ class UpdateTracker:
         usable = [self._usable(p) for p in self.params]
         self._sampled = [p for p, ok in zip(self.params, usable) if ok]
         self._layers = [layer for layer, ok in zip(self.layer_of, usable) if ok]
-        self._ptrs = [p.data_ptr() for p in self._sampled]
+        self._ptrs = self._storage()
+        self._layouts = [(p.shape, p.stride(), p.dtype) for p in self._sampled]
         picked = [self._sample_view(p) for p in self._sampled]
         # the (real, imaginary) pairs of a complex sample: ‖·‖² over them is Σ|z|²
         views = [torch.view_as_real(v) if v.is_complex() else v for v in picked]
@@ -71,11 +80,35 @@ class UpdateTracker:
         self._weights = to_device([p.numel() / v.numel() for p, v in zip(self._sampled, picked)],
                                   dtype, device)
 
+    def _storage(self) -> list[int]:
+        """Where each sampled tensor's entries start now: another address, another storage."""
+        return list(map(Tensor.data_ptr, self._sampled))
+
+    def _views_after_rebind(self) -> list[Tensor] | None:
+        """The views to read after a step that replaced storage (``p.data = p.data - lr * g``):
+        those taken before it read the orphaned storage (Δθ = 0). Each replaced tensor's same
+        entries are read from its new storage, through a copy in the old layout when the step
+        changed the layout, dtype or device; None when it changed a shape (no Δθ)."""
+        views = list(self._views)
+        for k, (p, ptr, (shape, stride, dtype)) in enumerate(
+                zip(self._sampled, self._ptrs, self._layouts)):
+            if p.data_ptr() == ptr:
+                continue
+            if p.shape != shape or p.is_complex() != dtype.is_complex:
+                return None
+            new = p.detach()
+            if new.stride() != stride or new.dtype != dtype or new.device != views[k].device:
+                new = torch.empty_strided(shape, stride, dtype=dtype,
+                                          device=views[k].device).copy_(new)
+            v = self._sample_view(new)
+            views[k] = torch.view_as_real(v) if v.is_complex() else v
+        return views
+
     def before(self) -> None:
         """Snapshot the sampled entries (call right before ``optimizer.step()``)."""
-        if self._views is None or [p.data_ptr() for p in self._sampled] != self._ptrs:
+        if self._views is None or self._storage() != self._ptrs:
             self._build()  # first use, or a parameter's storage was replaced
-        self._measured = bool(self._views)
+        self._measured, self._read = bool(self._views), None
         if self._measured:
             torch._foreach_copy_(self._bufs[0], self._views)
 
@@ -91,15 +124,36 @@ class UpdateTracker:
         if not self._measured:
             return None
         self._measured = False
+        views = self._views if self._storage() == self._ptrs else self._views_after_rebind()
+        if views is None:
+            return None
         before, now = self._flat
-        torch._foreach_copy_(self._bufs[1], self._views)
+        torch._foreach_copy_(self._bufs[1], views)
         sums = torch.stack([now.sub_(before), before]).square_().sum(-1)  # padding adds 0
+        self._read = (before, now, self._weights)
         return sums * self._weights
 
     def ratios(self, sums: Any) -> np.ndarray:
         """Per-layer ‖Δθ‖/‖θ‖ from per-tensor (‖Δθ‖², ‖θ‖²) sums: an array over the watched
         layers, NaN where no tensor was sampled or the weights are all 0."""
         d2, w2 = (np.asarray(s, dtype=np.float64) for s in sums)
+        if not math.isfinite(d2.sum() + w2.sum()):  # float32 squares overflow above ~1.8e19
+            with np.errstate(invalid="ignore"):  # inf/inf: weights that are not finite, NaN
+                return self._layer_ratios(*self._float64_sums(d2, w2))
+        return self._layer_ratios(d2, w2)
+
+    def _float64_sums(self, d2: np.ndarray, w2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The sums again in float64 from the entries just read (kept until the next `before`):
+        finite for finite weights, where float32 squares gave inf/inf (a NaN ratio) or a finite
+        ‖Δθ‖² over an infinite ‖θ‖² (a false 0). Rare, so a wait on the device is no matter."""
+        if self._read is None:
+            return d2, w2
+        before, delta, weights = (t.to("cpu", torch.float64) for t in self._read)
+        return ((delta.square().sum(-1) * weights).numpy(),
+                (before.square().sum(-1) * weights).numpy())
+
+    def _layer_ratios(self, d2: np.ndarray, w2: np.ndarray) -> np.ndarray:
+        """Per-layer ‖Δθ‖/‖θ‖ from per-tensor float64 sums."""
         layers = np.asarray(self._layers, dtype=np.int64)
         a = np.bincount(layers, d2, minlength=self.n_layers)
         b = np.bincount(layers, w2, minlength=self.n_layers)
