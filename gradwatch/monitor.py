@@ -222,6 +222,7 @@ class GradWatch:
 
     # ------------------------------------------------------------------ the step
 
+    @torch.compiler.disable  # (a compiled optimizer step runs the hooks eagerly, untraced)
     def _before_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._closed:
             return
@@ -230,6 +231,7 @@ class GradWatch:
         self._recorder.before_optimizer_step(
             measure_updates=(self._step - 1) // self.every % UNIT_EVERY == 0)
 
+    @torch.compiler.disable
     def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._stash.restore()
         if self.activations and self._step % self.every == 0 and not self._closed:

@@ -371,3 +371,33 @@ def test_forward_order_and_module_called_twice():
                                           rel=1e-6)
         assert stat.act_norm == pytest.approx(norm(grads[name]), rel=1e-6)
     watch.close()
+
+
+def test_a_compiled_optimizer_step_runs_the_watch_untraced():
+    """torch's "compiling the optimizer" recipe wraps ``opt.step()`` in torch.compile: dynamo
+    must not trace gradwatch's step hooks (it recompiled on every new float they compute, past
+    its recompile limit: 121 graphs in 30 steps). The records equal plain torch's norms."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=torch.tensor(1e-3))
+    watch = GradWatch(model, optimizer=opt)
+    torch._dynamo.reset()
+    counters.clear()
+    step = torch.compile(opt.step, backend="eager")
+    x, want = torch.randn(32, 8), []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "Dynamo does not know how to trace" from gradwatch
+        for _ in range(12):
+            opt.zero_grad()
+            loss = model(x).square().mean()
+            loss.backward()
+            want.append([grad_norm(model[k].parameters()) for k in (0, 2)])
+            watch.note_loss(loss)
+            step()
+    watch.close()
+    assert counters["stats"]["unique_graphs"] <= 2
+    got = [r.layers[n].norm for r in watch.history for n in ("0", "2")]
+    assert got == pytest.approx([v for pair in want for v in pair], rel=1e-6)
+    assert len(got) == 24
