@@ -28,6 +28,14 @@ def explain(kind: str, view: StepView, hit: Hit) -> tuple[str, str, Plans]:
                 "nothing is needed while the loss falls; if the capacity matters, a leaky "
                 "ReLU-family activation, He initialisation or a lower learning rate keeps "
                 "units alive", (("he_init",), ("lower_lr",)))
+    if hit.note and kind == "exploding":
+        return ("a loss on a large scale (multiplied by a constant, summed over many elements, "
+                "regression targets in the hundreds) makes every gradient as many times larger; "
+                "while the loss falls the steps are not blowing up (an Adam-type step does not "
+                "depend on that scale)",
+                "nothing is needed while the loss falls; a mean-reduced loss or normalised "
+                "targets keep the norm on a common scale (with SGD the learning rate is on the "
+                "loss's scale too)", ())
     if kind == "vanishing":
         if view.saturating:
             return ("saturating activations (sigmoid/tanh) multiply the gradient by their slope "
@@ -233,7 +241,8 @@ def details(finding: Finding) -> list[tuple[str, str]]:
     harmless, likely cause, remedy."""
     f = finding
     return [("evidence", f.evidence)] + ([("harmless", f.note)] if f.note else []) + [
-        ("likely cause", f.cause), ("remedy", f"{f.remedy} [{plan_text(f.plans)}]")]
+        ("likely cause", f.cause),
+        ("remedy", f"{f.remedy} [{plan_text(f.plans)}]" if f.plans else f.remedy)]
 
 
 NOTHING = "Diagnosis: nothing wrong found."

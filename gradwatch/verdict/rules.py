@@ -11,28 +11,11 @@ import numpy as np
 from ..record.records import Status
 from .silent_rules import NoGradient, NotMoving, NotZeroed, UnusedOutput
 from .unit_rules import DeadUnits, LossRising, Saturation, ThroughTime, ZeroGradient
-from .thresholds import Thresholds
 from .view import REMEDIES, Hit, Mark, Rule, StepView, Trend, add_absolute, depth_trend, median, \
     entering, fmt3, has_signal, signal
 
 __all__ = ["StepView", "Hit", "Mark", "Rule", "RULES", "REMEDIES", "Trend", "depth_trend",
            "entering"]
-
-
-def exploding_bound(view: StepView, th: Thresholds) -> float:
-    """`Thresholds.exploding` on the loss's scale: times the step's loss where that is above 1
-    (a loss summed over many elements, on targets in the hundreds or multiplied by a constant
-    has gradients as many times larger, and Adam-type steps do not depend on that scale), the
-    bound itself where the loss is at most 1 or not known."""
-    loss = view.loss
-    if loss is None or not math.isfinite(loss) or loss <= 1.0:
-        return th.exploding
-    return th.exploding * loss
-
-
-def _bound_text(bound: float, th: Thresholds) -> str:
-    return f"exploding {th.exploding:g}" + (
-        "" if bound == th.exploding else f" x the loss {bound / th.exploding:.3g}")
 
 
 class NonFinite(Rule):
@@ -107,16 +90,15 @@ class DepthVanishing(Rule):
     state: a ratio that has grown `Thresholds.recovery`-fold since its lowest, or
     √recovery-fold within the window (LayerScale-style γ ≈ 0 at init, growing as it trains),
     is no verdict. Layers whose own gradient is below the absolute `Thresholds.vanishing`
-    carry the status too. A step whose total norm is above `Thresholds.exploding` (times the
-    loss, `exploding_bound`) is no vanishing one, whatever the input side gets (1e19 against
-    1e29 on the way to a NaN)."""
+    carry the status too. A step whose total norm is above `Thresholds.exploding` is no
+    vanishing one, whatever the input side gets (1e19 against 1e29 on the way to a NaN)."""
 
     kind, status, reads = "vanishing", Status.VANISHING, ("norm", "act_norm")
 
     def check(self, view, th, state):
         bound = th.relative_vanishing
         if bound is None or view.head is None or not has_signal(view, th) or (
-                view.total > exploding_bound(view, th)):
+                view.total > th.exploding):
             return None
         found = None
         trends = [(t.what, t.starved, t.layers, t.rel) for t in depth_trend(view)]
@@ -154,13 +136,16 @@ class DepthVanishing(Rule):
 
 class DepthExploding(Rule):
     """The gradient grows across depth (input side orders above the output side), or the total
-    norm stays above the absolute bound, `Thresholds.exploding` times the loss where the loss
-    is above 1 (`exploding_bound`; as `Stalled` reads the gradient against the loss)."""
+    norm stays above the absolute bound, `Thresholds.exploding`. The absolute bound alone is a
+    note while the loss falls (`Thresholds.loss_falling`, and the step's loss is not above the
+    median of the first ones): a loss on a large scale (multiplied by a constant, summed over
+    many elements, targets in the hundreds) has gradients as large, and an Adam-type step does
+    not depend on that scale; an explosion makes the loss climb."""
 
     kind, status, reads = "exploding", Status.EXPLODING, ("norm", "act_norm", "total_norm")
 
     def check(self, view, th, state):
-        bound, top = th.relative_exploding, exploding_bound(view, th)
+        bound = th.relative_exploding
         for what, _, ratio, idx, rel in (depth_trend(view) if bound is not None else []):
             if ratio > bound:
                 high = rel > bound
@@ -168,13 +153,23 @@ class DepthExploding(Rule):
                           f"the input-side weight layers' median {what} norm is {ratio:.2g}x "
                           f"the output side's (bound relative_exploding={bound:g})",
                           {"ratio": ratio})
-                add_absolute(hit, view, view.norms > top, f"> {_bound_text(top, th)}")
+                add_absolute(hit, view, view.norms > th.exploding,
+                             f"> exploding {th.exploding:g}")
                 return hit
-        if math.isfinite(view.total) and view.total > top:
-            over = np.flatnonzero(view.norms > top)
-            return Hit([Mark(over, "norm {:.3g} > " + _bound_text(top, th), view.norms[over])],
-                       f"total gradient norm {fmt3(view.total)} > {_bound_text(top, th)}",
-                       {"total": view.total})
+        if math.isfinite(view.total) and view.total > th.exploding:
+            over = np.flatnonzero(view.norms > th.exploding)
+            hit = Hit([Mark(over, "norm {:.3g} > exploding " + f"{th.exploding:g}",
+                            view.norms[over])],
+                      f"total gradient norm {fmt3(view.total)} > exploding {th.exploding:g}",
+                      {"total": view.total})
+            curve, loss = view.curve, view.loss
+            if th.loss_falling is not None and curve is not None and loss is not None \
+                    and curve.fell(th.loss_falling) and loss <= curve.start:
+                hit.note = (f"the loss falls meanwhile: median {fmt3(curve.now)} over the last "
+                            f"{th.window} recorded steps, from {fmt3(curve.start)} over the "
+                            f"first (bound loss_falling={th.loss_falling:g}); this step's "
+                            f"{fmt3(loss)}")
+            return hit
         return None
 
 
