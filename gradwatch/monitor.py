@@ -18,7 +18,7 @@ from .record.ledger import Ledger, run_header
 from .options import NonFiniteGradientError, OnNonFinite, check_loss, check_manual_step, \
     deepcopy_fields, load_clip_state, load_or_restore, note_other_layers, note_watch, refuse_closure, \
     refuse_pickle, validate
-from .record.alerts import warn_never_stepped, warn_record
+from .record.alerts import Alerts, warn_never_stepped
 from .record.recorder import Recorder
 from .record.history import History
 from .record.records import Finding, StepRecord
@@ -92,6 +92,7 @@ class GradWatch:
         self._recorder = Recorder(w, self._ledger, self.thresholds, self.statistics)
         self._stash = GradStash()
         self._step, self._closed, self._loss = 0, False, None  # (the step's loss, if given)
+        self._alerts = Alerts(on_nonfinite)
         self._optimizer_handles: list[Any] = [] if optimizer is None else [
             optimizer.register_step_pre_hook(Hook(self, "_before_optimizer_step")),
             optimizer.register_step_post_hook(Hook(self, "_after_optimizer_step"))]
@@ -266,7 +267,7 @@ class GradWatch:
     def _flush(self) -> StepRecord | None:
         record = self._recorder.flush()
         if record is not None:  # (a NaN loss, a non-finite step: warned, or raised)
-            warn_record(record, self._recorder.already, self.on_nonfinite)
+            self._alerts.record(record, self._recorder.already)
         return record
 
     def _settle(self) -> None:

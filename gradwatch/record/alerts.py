@@ -10,7 +10,7 @@ from typing import Any, Sequence
 from ..capture.hooks import user_stacklevel
 from ..verdict.diagnosis import nonfinite_message
 
-__all__ = ["NonFiniteGradientError", "warn_record", "warn_never_stepped"]
+__all__ = ["NonFiniteGradientError", "Alerts", "warn_never_stepped"]
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -32,16 +32,34 @@ def warn_never_stepped(optimizer: Any, steps: int, params: Sequence[Any]) -> Non
                   f"watch.step() after backward().", UserWarning, stacklevel=user_stacklevel())
 
 
-def warn_record(record: Any, already: str | None, on_nonfinite: str) -> None:
-    """Warns about a record whose loss is NaN/Inf while its gradients are finite, and about a
-    non-finite step (raises `NonFiniteGradientError` under ``on_nonfinite="raise"``)."""
-    if not record.nonfinite and record.loss is not None and not math.isfinite(record.loss):
-        warnings.warn(f"non-finite loss at step {record.step} ({record.loss}) while every "
-                      f"gradient is finite (total norm {record.total_norm:.3g}): e.g. a mean "
-                      f"over a batch whose labels are all ignored",
-                      RuntimeWarning, stacklevel=user_stacklevel())
-    if record.nonfinite:
+class Alerts:
+    """The warnings of the records as they form: a NaN loss with finite gradients, and each
+    non-finite step (raised under ``on_nonfinite="raise"``) up to `SHOWN` in a row, then one
+    line saying the rest of that run of non-finite steps is not warned about step by step (a
+    run whose weights went NaN stays NaN: one warning per step buried the first, which says
+    where it was born). A finite step ends the run of them."""
+
+    SHOWN = 3
+
+    def __init__(self, on_nonfinite: str) -> None:
+        self.on_nonfinite, self.in_a_row = on_nonfinite, 0
+
+    def record(self, record: Any, already: str | None) -> None:
+        if not record.nonfinite and record.loss is not None and not math.isfinite(record.loss):
+            warnings.warn(f"non-finite loss at step {record.step} ({record.loss}) while every "
+                          f"gradient is finite (total norm {record.total_norm:.3g}): e.g. a "
+                          f"mean over a batch whose labels are all ignored",
+                          RuntimeWarning, stacklevel=user_stacklevel())
+        if not record.nonfinite:
+            self.in_a_row = 0
+            return
         message = nonfinite_message(record, already)
-        if on_nonfinite == "raise":
+        if self.on_nonfinite == "raise":
             raise NonFiniteGradientError(message + "; pass on_nonfinite='skip' to skip.")
-        warnings.warn(message, RuntimeWarning, stacklevel=user_stacklevel())
+        self.in_a_row += 1
+        if self.in_a_row <= self.SHOWN:
+            warnings.warn(message, RuntimeWarning, stacklevel=user_stacklevel())
+        elif self.in_a_row == self.SHOWN + 1:
+            warnings.warn(message + "; the steps after it that stay non-finite are not warned "
+                          "about one by one (watch.diagnose() and the records have them)",
+                          RuntimeWarning, stacklevel=user_stacklevel())

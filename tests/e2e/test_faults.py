@@ -466,3 +466,29 @@ def test_forward_birth_is_located_in_a_deep_net_before_and_after_a_batch_of_chec
             rec = watch.step()
     assert healthy.first_nonfinite is None and healthy.nonfinite_origin is None
     assert rec.nonfinite_origin == "forward" and rec.first_nonfinite == f"{at}.2"
+
+
+def test_a_run_that_stays_nan_warns_three_steps_then_once_that_it_stops():
+    """Weights made NaN stay NaN: each later step is non-finite. Warning once per step (600
+    warnings in a 600-step run) buried the first, which names the birth. Three steps are
+    warned, then one line says the rest are not; a finite step starts over."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(16, 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        watch = GradWatch(model, optimizer=opt)
+        for step in range(12):
+            if step == 2:
+                with torch.no_grad():
+                    model[0].weight[0, 0] = float("nan")  # NaN from here on, in the weights
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+        watch.close()
+    said = [str(w.message) for w in caught if "non-finite gradient" in str(w.message)]
+    assert len(watch.history) == 12 and all(r.nonfinite for r in list(watch.history)[2:])
+    assert [m.split(":")[0] for m in said] == [f"non-finite gradient at step {k}"
+                                               for k in (2, 3, 4, 5)]
+    assert "not warned about one by one" in said[-1] and "step 2" in said[0]
