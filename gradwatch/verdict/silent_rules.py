@@ -127,7 +127,9 @@ class NotMoving(Rule):
     Non-finite and AMP-overflow steps, whose updates are skipped, leave the streak as it is.
     Once the weights moved at a measured step, a later streak is a note, not an alarm: the
     last steps of a long schedule that decays to 0 round every update away (on a small MLP,
-    the last 41 (Adam) to 61 (SGD) steps of a million-step cosine schedule)."""
+    the last 41 (Adam) to 61 (SGD) steps of a million-step cosine schedule). An alarm whose
+    streak ends (the weights move) becomes a note once the loss has fallen
+    (`Thresholds.loss_falling`): a learning rate held at 0 at the start, then warmed up."""
 
     kind, reads, optional = "not_moving", ("update_ratio",), True
     persistent = False  # the streak is its persistence
@@ -143,11 +145,26 @@ class NotMoving(Rule):
         if not len(idx):
             return None  # nothing stepped got a gradient: no evidence either way
         still = not ratio[idx].any()
-        streak = state["streak"] = state.get("streak", 0.0) + 1 if still else 0.0
+        held = state.get("streak", 0.0)
+        streak = state["streak"] = held + 1 if still else 0.0
         if not still:
             state["moved"] = 1.0
+            curve = view.curve
+            if state.get("alarmed") and th.loss_falling is not None and curve is not None \
+                    and curve.fell(th.loss_falling):  # the alarm's streak ended, and it learns
+                state["alarmed"] = 0.0
+                return Hit([], f"optimizer.step() left every weight it steps unchanged on "
+                               f"{int(state['longest'])} measured steps in a row, then moved "
+                               f"them (update/weight ratio up to {float(ratio[idx].max()):.3g} "
+                               f"now)", {"steps": state["longest"]},
+                           note=f"the weights move since and the loss fell (median "
+                                f"{curve.now:.3g} over the last {th.window} recorded steps, "
+                                f"from {curve.start:.3g}): a learning rate held at 0 at the "
+                                f"start (a delayed warm-up) ended")
         if streak < th.not_moving:
             return None
+        if not state.get("moved"):  # an alarm: a later move with the loss falling ends it
+            state["alarmed"], state["longest"] = 1.0, max(streak, state.get("longest", 0.0))
         hit = Hit([Mark(idx, "update/weight ratio {:.3g} with gradient", ratio[idx])],
                   f"optimizer.step() left every weight it steps unchanged ({len(idx)} "
                   f"layer(s) with a non-zero gradient, update/weight ratio exactly 0) on "

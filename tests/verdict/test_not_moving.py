@@ -82,3 +82,31 @@ def test_weights_that_moved_then_stop_are_a_note_and_a_bound_of_none_is_off():
     assert "not_moving" not in found and "not_moving" not in notes
     with pytest.raises(ValueError, match="not_moving"):
         Thresholds(not_moving=0)
+
+
+@pytest.mark.parametrize("hold, alarm", [(60, False), (300, True)])
+def test_a_learning_rate_held_at_0_then_warmed_up_ends_as_a_note(hold, alarm):
+    """lr 0 for the first ``hold`` steps, then a linear warm-up: the streak is an alarm while it
+    lasts; once the weights move and the loss has fallen it becomes a note (the run trains).
+    Held for the whole run, it stays an alarm."""
+    model = _model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.0 if s < hold else min(1.0, (s - hold + 1) / 50))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g)
+    with GradWatch(model, optimizer=opt) as watch:
+        for _ in range(300):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            watch.note_loss(loss)
+            opt.step()
+            sched.step()
+    first, last = watch.history[0].loss, loss.item()
+    assert (last < 0.5 * first) != alarm  # plain torch: it trained after the hold, or never
+    assert [f.kind for f in watch.diagnose()] == (["not_moving"] if alarm else [])
+    assert [f.kind for f in watch.notes()] == ([] if alarm else ["not_moving"])
+    if not alarm:
+        (note,) = watch.notes()
+        assert note.first_step == 28 and "delayed warm-up" in note.note
