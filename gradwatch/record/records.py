@@ -45,7 +45,7 @@ STATUSES: dict[Status, StatusInfo] = {
     Status.EXPLODING: StatusInfo("exploding", True, "#c44e52"),
     Status.NONFINITE: StatusInfo("non-finite", True, "#8c1c13"),
     Status.DIVERGING: StatusInfo("diverging", True, "#8172b3"),
-    Status.DEAD: StatusInfo("dead units", True, "#55a868"),
+    Status.DEAD: StatusInfo("dead", True, "#55a868"),  # dead units, or a gradient of 0
     Status.SATURATED: StatusInfo("saturated", True, "#937860"),
 }
 """The one table of statuses that the summary, the report and the plots read."""

@@ -351,3 +351,5 @@ def test_gradients_erased_after_backward_are_named_as_such():
     assert "erased between loss.backward() and optimizer.step()" in f.cause
     assert f.remedies == ("zero_grad", "nonzero_init") and "max_norm=0" in f.remedy
     assert watch.history[-1].layers["2"].act_norm > 0  # the output gradient was not 0
+    summary = watch.summary()  # the status is "dead", not "dead units" (a tanh net has none)
+    assert "dead units" not in summary and "    dead " in summary
