@@ -28,14 +28,6 @@ def explain(kind: str, view: StepView, hit: Hit) -> tuple[str, str, Plans]:
                 "nothing is needed while the loss falls; if the capacity matters, a leaky "
                 "ReLU-family activation, He initialisation or a lower learning rate keeps "
                 "units alive", (("he_init",), ("lower_lr",)))
-    if hit.note and kind == "exploding":
-        return ("a loss on a large scale (multiplied by a constant, summed over many elements, "
-                "regression targets in the hundreds) makes every gradient as many times larger; "
-                "while the loss falls the steps are not blowing up (an Adam-type step does not "
-                "depend on that scale)",
-                "nothing is needed while the loss falls; a mean-reduced loss or normalised "
-                "targets keep the norm on a common scale (with SGD the learning rate is on the "
-                "loss's scale too)", ())
     if kind == "vanishing":
         if view.saturating:
             return ("saturating activations (sigmoid/tanh) multiply the gradient by their slope "
@@ -52,6 +44,16 @@ def explain(kind: str, view: StepView, hit: Hit) -> tuple[str, str, Plans]:
                 "the gradient's variance, or add normalisation or residual connections; if the "
                 "weights shrank in training, lower the weight decay",
                 (("he_init",), ("xavier_init",), ("normalization",), ("residual",)))
+    if kind == "exploding" and "total" in hit.numbers:  # the absolute bound, not a trend
+        return ("weights too large for the depth (each layer scales the gradient up), or a "
+                "learning rate that lets them grow; or a loss on a large scale (multiplied by "
+                "a constant, summed over many elements, regression targets in the hundreds), "
+                "whose every gradient is as many times larger",
+                "clip the gradient norm (clip=1.0), initialise with Xavier/He, add "
+                "normalisation, or penalise large weights (weight decay / L2); for a loss on a "
+                "large scale, a mean-reduced loss or normalised targets instead (clipping at a "
+                "fixed norm then only slows training)",
+                (("clip",), ("xavier_init",), ("normalization",), ("weight_decay",)))
     if kind == "exploding":
         return ("weights too large for the depth (each layer scales the gradient up), or a "
                 "learning rate that lets them grow",

@@ -1,14 +1,13 @@
-"""Verdicts that read the loss: a gradient norm that is large only because the loss is (a loss
-multiplied by a constant, regression targets in the hundreds) is a note while the loss falls,
-and dead units are harmless only if the loss fell while they were dead. Each case is checked
-with plain torch first."""
+"""Verdicts and the loss: a gradient norm that is large only because the loss is (a loss
+multiplied by a constant) is named as a possible cause of `exploding`, and dead units are
+harmless only if the loss fell while they were dead. Each case is checked with plain torch
+first."""
 
 from __future__ import annotations
 
 import contextlib
 import warnings
 
-import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -36,50 +35,18 @@ def _classify(scale: float, steps: int = 150):
     return torch.cat([p.detach().flatten() for p in model.parameters()]), watch
 
 
-def test_a_loss_times_a_constant_is_no_explosion_alarm():
+def test_an_absolute_exploding_hit_names_a_loss_on_a_large_scale_as_a_cause():
+    """The absolute bound cannot tell a loss x 1e6 (the same Adam run, every gradient 1e6 times
+    larger) from an explosion, and a falling loss does not either (a ReLU RNN of spectral
+    radius 3 explodes while its loss falls): the finding stays, and its cause and remedy name
+    the loss's scale, with a mean-reduced loss instead of clipping."""
     plain, w1 = _classify(1.0)
     scaled, w6 = _classify(1e6)
     assert torch.allclose(plain, scaled, rtol=1e-4, atol=1e-6)  # plain torch: the same run
-    assert w6.history[-1].total_norm > 1e4  # above the absolute bound, times the loss below
-    assert w1.diagnose() == [] and w6.diagnose() == []
-    assert [f.kind for f in w1.notes()] == [] and [f.kind for f in w6.notes()] == ["exploding"]
-    assert "large scale" in w6.notes()[0].cause and w6.notes()[0].remedies == ()
-
-
-def test_regression_on_targets_in_the_hundreds_is_no_explosion_alarm():
-    torch.manual_seed(0)
-    x = torch.randn(256, 8)
-    y = 300 + 40 * x[:, :1]
-    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
-    opt = torch.optim.Adam(model.parameters(), 1e-1)
-    with GradWatch(model, optimizer=opt) as watch:
-        for _ in range(200):
-            opt.zero_grad()
-            loss = F.mse_loss(model(x), y, reduction="sum")
-            loss.backward()
-            watch.note_loss(loss)
-            opt.step()
-    first, last = watch.history[0], watch.history[-1]
-    assert first.total_norm > 1e5 and last.loss < first.loss / 50  # it learned
-    assert watch.diagnose() == []
-
-
-@pytest.mark.parametrize("losses, alarm", [
-    ([10.0 * 0.7 ** k for k in range(12)], False),  # falling: a note
-    ([1.0] * 12, True),  # flat
-    ([None] * 12, True),  # not given
-    ([10.0 * 0.7 ** k for k in range(11)] + [20.0], True)])  # falling, then a step above the start
-def test_an_absolute_bound_hit_is_a_note_only_while_the_loss_falls(losses, alarm):
-    """Gradients of total norm 1e5, above `Thresholds.exploding` = 1e4, on every step."""
-    net = nn.Sequential(nn.Linear(5, 5), nn.Linear(5, 5))
-    watch = GradWatch(net, activations=False)
-    for loss in losses:
-        for p in net.parameters():
-            p.grad = torch.full_like(p, 1e5 / 60 ** 0.5)  # 60 entries: total norm 1e5
-        rec = watch.step(loss=loss)
-    assert rec.total_norm == pytest.approx(1e5, rel=1e-6)
-    assert [f.kind for f in watch.diagnose()] == (["exploding"] if alarm else [])
-    assert [f.kind for f in watch.notes()] == ([] if alarm else ["exploding"])
+    assert w1.diagnose() == [] and w6.history[-1].total_norm > 1e4
+    (f,) = w6.diagnose()
+    assert f.kind == "exploding" and "> exploding 10000" in f.evidence
+    assert "a loss on a large scale" in f.cause and "mean-reduced loss" in f.remedy
 
 
 def _dead_run(lr: float, seed: int, steps: int = 150):
