@@ -93,13 +93,13 @@ def relative_bounds(ax: Axes, refs: Sequence[tuple[DepthReference, Any]], lo: fl
         if bound is None:
             continue
         label = f"relative {name} band: {sign} {factor:g} × that median ({bound:.2g})"
-        color = status_style(name).color
+        look = _band_look(status_style(name).color, name)
         if lo < bound < hi:
             span = (lo, bound) if name == "vanishing" else (bound, hi)
-            ax.axhspan(*span, color=color, alpha=0.13, lw=0, label=label)
+            ax.axhspan(*span, **look, label=label)
             ax.axhline(bound, color=color_last, ls="--", lw=1.0)
         else:  # a zero-size proxy: the legend still says where the band is
-            ax.add_patch(Rectangle((0, 0), 0, 0, color=color, alpha=0.13, lw=0,
+            ax.add_patch(Rectangle((0, 0), 0, 0, **look,
                                    label=f"{label}, {'below' if sign == '<' else 'above'} "
                                          f"the axis"))
         for r, c in refs[:-1]:
@@ -107,3 +107,14 @@ def relative_bounds(ax: Axes, refs: Sequence[tuple[DepthReference, Any]], lo: fl
                 ax.axhline(bound_of(r), color=c, ls="--", lw=1.0,
                            label=None if earlier else "same bounds at earlier steps (dashed)")
                 earlier = True
+
+
+def _band_look(color: Any, name: str) -> dict[str, Any]:
+    """How a relative band is shaded: a faint fill in its status colour, hatched one way for
+    vanishing and the other way for exploding, so the two bands are told apart where their pale
+    colours look alike, and the lines over them stay readable when a band fills most of the
+    axes (a deep run whose output side's median is tiny)."""
+    from matplotlib.colors import to_rgba
+
+    return dict(facecolor=to_rgba(color, 0.06), edgecolor=to_rgba(color, 0.4), lw=0,
+                hatch="\\\\" if name == "vanishing" else "//")

@@ -52,12 +52,15 @@ def plot_flow(records: Iterable[StepRecord], *, steps: int | Sequence[int] | Non
     Returns:
         The figure. Lines run from input (left) to output (right), one per step, later steps
         darker; flagged layers carry a marker coloured by status (grey diamonds for a status
-        without a declared style), and the layer where a NaN/Inf was born is marked by a dotted
-        vertical line. The shaded bands are the relative bounds the depth verdicts read:
-        ``relative_vanishing`` (``relative_exploding``) times the output side's median norm at
-        the latest drawn step (a black bar over the output side's layers marks that median;
-        earlier steps' bounds are dashed lines in their colours). The absolute bounds are dotted
-        lines labelled "absolute", for ``which="norm"`` only, since they bound parameter-gradient
+        without a declared style) on their norm, or, where a log axis cannot show the norm,
+        on the axes' edge by the edge marks: the top edge for NaN/Inf, the bottom edge for
+        zero, with a legend entry saying so. The layer where a NaN/Inf was born is marked by a
+        dotted vertical line. The shaded, hatched bands (one hatch direction per band) are the
+        relative bounds the depth verdicts read: ``relative_vanishing``
+        (``relative_exploding``) times the output side's median norm at the latest drawn step
+        (a black bar over the output side's layers marks that median; earlier steps' bounds
+        are dashed lines in their colours). The absolute bounds are dotted lines labelled
+        "absolute", for ``which="norm"`` only, since they bound parameter-gradient
         norms. A bound far beyond the data is named in the legend, not drawn.
 
     Raises:
@@ -113,16 +116,7 @@ def plot_flow(records: Iterable[StepRecord], *, steps: int | Sequence[int] | Non
         draw_series(ax, x, y, marker="o" if len(names) <= 60 else None, ms=3, lw=1.6,
                     color=color, label=f"step {r.step}")
         edge_marks(ax, x, nonfinite, zero, color, labelled)
-        for i, n in enumerate(names):
-            stat = r.layers.get(n)
-            if stat is None or stat.status is Status.OK or not np.isfinite(y[i]):
-                continue
-            style = status_style(stat.status)
-            label = f"flagged {style.label}"
-            ax.scatter([i], [y[i]], marker=style.marker, s=size, color=style.color,
-                       edgecolors="black", zorder=4,
-                       label=None if label in labelled else label)
-            labelled.add(label)
+        _flagged(ax, r, names, y, nonfinite, zero, size, labelled)
         if r.first_nonfinite in r.layers:
             ax.axvline(names.index(r.first_nonfinite), color="black", ls=":", lw=1.2,
                        label=f"NaN/Inf born here (step {r.step}): {short(r.first_nonfinite)}")
@@ -144,6 +138,36 @@ def plot_flow(records: Iterable[StepRecord], *, steps: int | Sequence[int] | Non
     ax.grid(True, which="major", axis="y", alpha=0.3)
     legend(ax, [f"step {r.step}" for r in chosen])
     return finish(fig, path)
+
+
+FLAG_EDGE = {"top": 1.0, "bottom": 0.0}  # axes fraction: on the spine, not a value
+
+
+def _flagged(ax: Axes, record: StepRecord, names: Sequence[str], y: np.ndarray,
+             nonfinite: np.ndarray, zero: np.ndarray, size: float, labelled: set[str]) -> None:
+    """Marks the layers ``record`` flags: on their norm where the log axis can draw it, else
+    centred on the edge its edge mark is by (NaN/Inf: top, zero: bottom), where no marker can
+    be read as a value. One scatter per status and place, each kind labelled once; a layer with
+    no value at this step gets no marker."""
+    groups: dict[tuple[str, str], tuple[Any, list[int]]] = {}
+    for i, n in enumerate(names):
+        stat = record.layers.get(n)
+        if stat is None or stat.status is Status.OK:
+            continue
+        where = "" if np.isfinite(y[i]) else "top" if nonfinite[i] else \
+            "bottom" if zero[i] else None
+        if where is not None:
+            style = status_style(stat.status)
+            groups.setdefault((style.label, where), (style, []))[1].append(i)
+    edge = ax.get_xaxis_transform()  # x in data units, y in axes fraction
+    for (name, where), (style, idx) in groups.items():
+        label = f"flagged {name}" + {"": "", "top": " (NaN/Inf norm, on the top edge)",
+                                     "bottom": " (zero norm, on the bottom edge)"}[where]
+        ys = y[idx] if not where else np.full(len(idx), FLAG_EDGE[where])
+        ax.scatter(idx, ys, marker=style.marker, s=size, color=style.color, edgecolors="black",
+                   zorder=4, label=None if label in labelled else label,
+                   **({} if not where else {"transform": edge, "clip_on": False}))
+        labelled.add(label)
 
 
 def _steps(steps: Any) -> list[int]:

@@ -17,7 +17,9 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["plot_heatmap"]
+__all__ = ["ZERO_COLOUR", "plot_heatmap"]
+
+ZERO_COLOUR = "magenta"  # zero norms: off the log scale, and unlike white visible on the page
 
 
 def plot_heatmap(records: Iterable[StepRecord], *, which: Which = "norm",
@@ -28,8 +30,18 @@ def plot_heatmap(records: Iterable[StepRecord], *, which: Which = "norm",
     long runs.
 
     Rows are layers in forward order (input at the top), columns recorded steps. Non-finite
-    cells are red, zero norms white, layers not recorded at a step light grey. The absolute
-    thresholds, when given, are drawn as outlined white lines on the colour bar.
+    cells are red, zero norms magenta (`ZERO_COLOUR`), layers not recorded at a step light
+    grey. The absolute thresholds, when given, are drawn as outlined white lines on the colour
+    bar.
+
+    A long run has more steps than the axes have pixels, and an image resampled to that size
+    keeps one column in every few: a one-step NaN would be counted in the legend but not drawn.
+    So when the figure is drawn (or saved), consecutive steps are merged into columns two pixels
+    wide at that resolution (layers into rows, for more layers than pixel rows): a column is
+    red if any of its cells is non-finite, else magenta if any is zero, else coloured by the
+    largest finite norm among its cells (a norm that was recorded, so a one-step spike stays
+    visible), else grey (nothing recorded); the axis label says how many steps (layers) one
+    holds. Where the cells fit, nothing is merged (`gradwatch.plot.pixels`).
 
     Args:
         records: Recorded steps, e.g. ``watch.history`` or ``list(read_jsonl(path))``.
@@ -37,7 +49,8 @@ def plot_heatmap(records: Iterable[StepRecord], *, which: Which = "norm",
         thresholds: An object with ``vanishing``/``exploding`` attributes (e.g. `Thresholds`).
         vanishing: Lower bound to mark on the colour bar (overrides ``thresholds``).
         exploding: Upper bound to mark on the colour bar (overrides ``thresholds``).
-        cmap: A matplotlib colour map name for the finite values.
+        cmap: A matplotlib colour map name for the finite values (one without red or
+            magenta keeps the flagged cells apart).
         ax: Axes to draw into; a new figure when omitted.
         path: Where to save a PNG.
         title: Figure title; a descriptive default when omitted.
@@ -55,12 +68,14 @@ def plot_heatmap(records: Iterable[StepRecord], *, which: Which = "norm",
     from matplotlib.ticker import FixedLocator, FuncFormatter
     from matplotlib.transforms import offset_copy
 
+    from .pixels import PixelBins
+
     recs, names, vanishing, exploding = layered_records(records, which, thresholds, vanishing,
                                                         exploding)
-    cols = [split([value(r, n, which) for n in names]) for r in recs]
-    y = np.stack([c[0] for c in cols], axis=1)
-    nonfinite = np.stack([c[1] for c in cols], axis=1)
-    zero = np.stack([c[2] for c in cols], axis=1)
+    per_step = [split([value(r, n, which) for n in names]) for r in recs]
+    y = np.stack([c[0] for c in per_step], axis=1)
+    nonfinite = np.stack([c[1] for c in per_step], axis=1)
+    zero = np.stack([c[2] for c in per_step], axis=1)
     missing = np.isnan(y) & ~nonfinite & ~zero
     if which == "act_norm" and missing.all():
         raise ValueError("Expected activation-gradient norms, but these records have none "
@@ -70,12 +85,22 @@ def plot_heatmap(records: Iterable[StepRecord], *, which: Which = "norm",
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (-1.0, 1.0)
     if vmax - vmin < 1e-9:
         vmin, vmax = vmin - 0.5, vmax + 0.5
-    logs[nonfinite], logs[zero] = vmax + 1, vmin - 1  # drawn in the over / under colours
 
     fig, ax = new_axes(ax, (11, max(4.0, min(2.5 + 0.1 * len(names), 9.0))))
-    colours = colormaps[cmap].with_extremes(over="red", under="white", bad="lightgrey")
-    image = ax.imshow(np.ma.masked_invalid(logs), aspect="auto", interpolation="nearest",
-                      cmap=colours, norm=Normalize(vmin, vmax))
+
+    def say_bins(rows: tuple[int, int], cols: tuple[int, int]) -> None:
+        ax.set_xlabel("optimizer step" + _merged(cols, "recorded steps per column"))
+        ax.set_ylabel("layer, in forward order (input at top)" + _merged(rows, "layers per row"))
+
+    image = PixelBins(ax, logs, nonfinite, zero, under=vmin - 1, over=vmax + 1,
+                      on_bins=say_bins, interpolation="nearest", norm=Normalize(vmin, vmax),
+                      cmap=colormaps[cmap].with_extremes(over="red", under=ZERO_COLOUR,
+                                                         bad="lightgrey"))
+    image.set_clip_path(ax.patch)
+    ax.add_image(image)
+    ax.set_aspect("auto")
+    ax.set_xlim(-0.5, len(recs) - 0.5)
+    ax.set_ylim(len(names) - 0.5, -0.5)
     bar = fig.colorbar(image, ax=ax, label=f"{WHICH_LABEL[which]} (log colour scale)")
     log10_ticks(bar.ax.yaxis)
     marked = [(b, label) for b, label in ((vanishing, "vanishing"), (exploding, "exploding"))
@@ -89,11 +114,9 @@ def plot_heatmap(records: Iterable[StepRecord], *, which: Which = "norm",
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: str(step_of[int(round(v))])))
     name_ticks(ax.yaxis, names, most=30)
     ax.tick_params(axis="y", labelsize=8 if len(names) <= 20 else 7)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("layer, in forward order (input at top)")
     ax.set_title(title or f"Gradient norm per layer and step "
                           f"({plural(len(names), 'layer')} x {plural(len(recs), 'step')})")
-    special = [(nonfinite, "red", "non-finite"), (zero, "white", "zero norm"),
+    special = [(nonfinite, "red", "non-finite"), (zero, ZERO_COLOUR, "zero norm"),
                (missing, "lightgrey", "not recorded")]
     handles = [Patch(facecolor=c, edgecolor="black",
                      label=f"{label} ({plural(int(m.sum()), 'cell')})")
@@ -107,3 +130,12 @@ def plot_heatmap(records: Iterable[StepRecord], *, which: Which = "norm",
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.0, 0.0), ncol=3,
                   bbox_transform=below, fontsize="small", frameon=False)
     return finish(fig, path)
+
+
+def _merged(per_bin: tuple[int, int], what: str) -> str:
+    """An axis label's note on merged cells: "" when each bin is one cell."""
+    least, most = per_bin
+    if most == 1:
+        return ""
+    count = f"{least}" if least == most else f"{least}–{most}"
+    return f" ({count} {what}: the largest norm, red / magenta if any is non-finite / zero)"

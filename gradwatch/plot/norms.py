@@ -52,7 +52,8 @@ def plot_norms(records: Iterable[StepRecord], *, layers: Sequence[str] | None = 
                clip_level: float | None = None, band: bool = False) -> Figure:
     """Per-layer gradient norms over training steps on a log scale, with events marked.
 
-    The total norm is the bold black line; where clipping acted, the dashed line is the total
+    The total norm is the bold black line, drawn under the layers' lines (a layer that carries
+    nearly all the gradient lies on it); where clipping acted, the dashed line is the total
     after clipping (``total_norm * clip_coef``) and an orange strip along the bottom edge marks
     the clipped steps. Red
     vertical lines mark steps with non-finite gradients (orange dotted for AMP loss-scale
@@ -130,7 +131,9 @@ def plot_norms(records: Iterable[StepRecord], *, layers: Sequence[str] | None = 
 
     total, t_nonfinite, t_zero = split([r.total_norm for r in recs])
     all_y.extend(total[np.isfinite(total)])
-    draw_series(ax, x, total, lw=2.6, color="black", label="total (all layers)", zorder=3)
+    # under the layer lines: a layer that carries nearly all the gradient (often the head) has
+    # the total's norm, and a thin line drawn over the bold one stays visible
+    draw_series(ax, x, total, lw=2.6, color="black", label="total (all layers)", zorder=1.9)
     edge_marks(ax, x, t_nonfinite, t_zero, "black", labelled)
     clipped = np.array([r.clipped for r in recs])
     if clipped.any():
