@@ -81,19 +81,19 @@ def explain(kind: str, view: StepView, hit: Hit) -> tuple[str, str, Plans]:
                 "activation or normalisation before the ReLU",
                 (("lower_lr",), ("he_init",), ("normalization",)))
     if kind == "zero_gradient":
-        if hit.numbers.get("all"):
-            cause = ("every weight layer gets a gradient of exactly 0 at the optimizer step "
-                     "although gradient flowed through the layers' outputs in the backward "
-                     "pass: the gradients were erased between loss.backward() and "
-                     "optimizer.step() (zero_grad(set_to_none=False) after backward, "
-                     "clip_grad_norm_ with max_norm=0, code that writes 0 into .grad), or two "
-                     "factors both initialised at 0 (LoRA's A and B, a LayerScale of 0 times a "
-                     "zero-initialised last layer) give each other a gradient of 0")
-            return (cause,
+        if hit.numbers.get("all") and _erased(view, hit):
+            return ("every weight layer gets a gradient of exactly 0 at the optimizer step "
+                    "although each got an output gradient above 0 in the backward pass: the "
+                    "gradients were erased between loss.backward() and optimizer.step() "
+                    "(zero_grad(set_to_none=False) after backward, clip_grad_norm_ with "
+                    "max_norm=0, code that writes 0 into .grad)",
                     "look between loss.backward() and optimizer.step() for a zero_grad(), a "
-                    "clip with max_norm=0 or a write to .grad; initialise one factor of each "
-                    "product away from 0 (LoRA: A random, B = 0; LayerScale 1e-5, not 0)",
-                    (("zero_grad",), ("nonzero_init",)))
+                    "clip with max_norm=0 or a write to .grad", (("zero_grad",),))
+        if hit.numbers.get("all"):
+            cause = ("every weight layer that gets a gradient gets exactly 0 although gradient "
+                     "enters the model: two factors both initialised at 0 (LoRA's A and B, a "
+                     "LayerScale of 0 times a zero-initialised last layer) give each other a "
+                     "gradient of 0, so neither ever moves")
         else:
             cause = ("these layers get exactly 0 while the rest get a gradient: float16 "
                      "without loss scaling underflows small gradients to 0 (the input side "
@@ -221,6 +221,15 @@ def explain(kind: str, view: StepView, hit: Hit) -> tuple[str, str, Plans]:
                 "lower GradScaler's init_scale or growth, use bfloat16 autocast, or find the "
                 "layer whose activations overflow", (("loss_scaling",),))
     return ("", "", ())
+
+
+def _erased(view: StepView, hit: Hit) -> bool:
+    """Whether every layer ``hit`` names got an output gradient above 0 in the backward pass:
+    their parameter gradients, exactly 0 at the step, were then erased after it (a factor of
+    a zero product, LoRA's A, gets an output gradient of 0 itself)."""
+    where = hit.positions
+    return bool(len(where)) and bool(view.act_on[where].all()) \
+        and bool((view.act[where] > 0).all())
 
 
 def plan_text(plans: Plans) -> str:
