@@ -24,10 +24,10 @@ class DeadUnits(Rule):
     quarter or more within the rule's window (`REVIVED`; units came back as the layers before
     it trained, e.g. a squeeze-excitation layer all negative at init) is no verdict. While the
     loss falls (`Thresholds.loss_falling`) the dead units do not hold the run back (a narrow
-    bottleneck, features the task does not use): the hit is a note. The loss must have fallen
-    so since the units were first seen dead, not only since the run's start: a net that dies
-    once its loss reached chance level (a first loss inflated by unnormalised inputs) did not
-    learn with them."""
+    bottleneck, features the task does not use): the hit is a note. After `Thresholds.window`
+    measured steps with dead units the loss must have fallen so since they were first seen, not
+    only since the run's start: a net that dies once its loss reached chance level (a first loss
+    inflated by unnormalised inputs) did not learn with them."""
 
     kind, status, reads, optional = "dead_units", Status.DEAD, ("dead_frac",), True
     REVIVED = 0.75
@@ -64,9 +64,10 @@ class DeadUnits(Rule):
         curve = view.curve
         if curve is not None and not state.get("since", math.nan) >= 0:
             state["since"] = curve.now if curve.ready else curve.first  # units first seen dead
-        since = state.get("since", math.nan)
+        since, hits = state.get("since", math.nan), state.get("hits", 0.0) + 1
+        state["hits"] = hits  # (the loss gets `window` measured steps to fall with them)
         if th.loss_falling is not None and curve is not None and curve.fell(th.loss_falling) \
-                and curve.now <= th.loss_falling * since:
+                and (hits <= th.window or curve.now <= th.loss_falling * since):
             hit.note = (f"the loss falls meanwhile: median {fmt3(curve.now)} over the last "
                         f"{th.window} recorded steps, from {fmt3(since)} when dead units were "
                         f"first seen and {fmt3(curve.first)} at the first recorded step (bound "
