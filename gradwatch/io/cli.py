@@ -80,8 +80,9 @@ def _warn(message: str) -> None:
     print(f"gradwatch: warning: {message}", file=sys.stderr)
 
 
-def _scan(path: Path, *, progress: bool, skip_bad: bool) -> LogScan:
-    """Reads the log; one-line errors for what cannot be reported, warnings for the rest."""
+def _scan(path: Path, *, progress: bool, skip_bad: bool, layers: bool = True) -> LogScan:
+    """Reads the log; one-line errors for what cannot be reported, warnings for the rest.
+    With ``layers=False`` (``--list``) the layers are checked, not kept."""
     if path.is_dir():
         inside = sorted(path.glob("*.jsonl"))[:1]
         raise CliError(f"{path}: is a directory; pass the .jsonl file"
@@ -89,7 +90,7 @@ def _scan(path: Path, *, progress: bool, skip_bad: bool) -> LogScan:
     if not path.is_file():
         raise CliError(f"{path}: no such file; pass the JSON-lines log written by JsonlLogger.")
     try:
-        scan = scan_log(path, progress=progress)
+        scan = scan_log(path, progress=progress, layers=layers)
     except LogFormatError as err:
         raise CliError(str(err)) from None
     if not scan.runs and scan.lines > 1 and scan.problems:  # one line, not one per bad line
@@ -176,7 +177,7 @@ def _render(run: Run, out: Path, *, title: str, bounds: dict[str, float | None],
     from ..plot.norms import global_clip_level
     from .report import html_report, markdown_report
 
-    records = list(run.records)
+    records = list(run.records)  # the plots read the records; the reports read the columns
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -203,14 +204,15 @@ def _render(run: Run, out: Path, *, title: str, bounds: dict[str, float | None],
             continue
         written.append(name)
     captions = dict(_FIGURES)
-    (out / "report.md").write_text(
-        markdown_report(records, title=title, header=run.header,
+    (out / "report.md").write_text(  # the run's summary is computed once, for both reports
+        markdown_report(run.records, title=title, header=run.header,
                         images={captions[n]: n for n in written}), encoding="utf-8")
     written.append("report.md")
     if html:
         pngs = {captions[n]: (out / n).read_bytes() for n in written if n in captions}
         (out / "report.html").write_text(
-            html_report(records, title=title, header=run.header, images=pngs), encoding="utf-8")
+            html_report(run.records, title=title, header=run.header, images=pngs),
+            encoding="utf-8")
         written.append("report.html")
     return written
 
@@ -221,7 +223,8 @@ def _report(args: argparse.Namespace) -> int:
         if v is not None and (math.isnan(v) or v < 0):
             raise CliError(f"--{name} must be a norm >= 0 (0 or inf: no band), but got {v!r}.")
     progress = not args.no_progress and sys.stderr.isatty()
-    scan = _scan(args.log, progress=progress, skip_bad=args.skip_bad_lines)
+    scan = _scan(args.log, progress=progress, skip_bad=args.skip_bad_lines,
+                 layers=not args.list)
     runs = scan.runs
     if args.list:
         return _list(scan)

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..record.records import Status
 
-__all__ = ["HEADER_KEY", "check_header", "check_record_dict"]
+__all__ = ["HEADER_KEY", "check_header", "check_layers", "check_record_dict", "check_record_head"]
 
 HEADER_KEY = "gradwatch_run"
 """A line ``{"gradwatch_run": {...}}`` starts a run; every other line is one `StepRecord`."""
@@ -35,16 +35,18 @@ statistic such as ``update_ratio``) hold a number or null."""
 
 
 def _check_layer(name: str, stat: Any) -> str | None:
-    where = f"`layers[{json.dumps(name)}]"
+    """Why one layer's statistics are not what a record holds, or None (the message, with
+    the layer's name as JSON, is built only on a failure)."""
     if not isinstance(stat, dict):
-        return f"{where}` must be an object of statistics, but got {_show(stat)}"
+        return f"{_where(name)}` must be an object of statistics, but got {_show(stat)}"
     if "norm" not in stat:
-        return f"{where}` has no key `norm`"
-    for key, value in stat.items():  # plain type tests: this runs for every layer of every line
+        return f"{_where(name)}` has no key `norm`"
+    for key, value in stat.items():  # plain type tests
         t = type(value)
         if t is float or t is int:
             if key in ("norm", "act_norm") and value < 0:  # NaN passes: it is a measurement
-                return f"{where}.{key}` must be a norm >= 0 (or NaN/Infinity), but got {value!r}"
+                return (f"{_where(name)}.{key}` must be a norm >= 0 (or NaN/Infinity), but got "
+                        f"{value!r}")
             if key not in ("status", "spike", "reason"):
                 continue
         elif value is None:
@@ -54,8 +56,12 @@ def _check_layer(name: str, stat: Any) -> str | None:
               or (t is bool and key == "spike")):
             continue
         wants = _LAYER_WANTS.get(key, "a number or null")
-        return f"{where}.{key}` must be {wants}, but got {_show(value)}"
+        return f"{_where(name)}.{key}` must be {wants}, but got {_show(value)}"
     return None
+
+
+def _where(name: str) -> str:
+    return f"`layers[{json.dumps(name)}]"
 
 
 def _check_findings(findings: Any) -> str | None:
@@ -80,6 +86,22 @@ def _check_findings(findings: Any) -> str | None:
 
 def check_record_dict(obj: Any) -> str | None:
     """Why ``obj`` is not a `StepRecord.to_dict()` (naming the key), or ``None`` when it is."""
+    return check_record_head(obj) or check_layers(obj.get("layers", {}))
+
+
+def check_layers(layers: dict[str, Any]) -> str | None:
+    """Why a record's ``layers`` object is not one of layer statistics (naming the first layer
+    and key that is wrong), or ``None``. Slow: one layer and key at a time (the reader checks
+    in bulk first, `gradwatch.io.layerparse`, and asks here only to name a problem)."""
+    for name, stat in layers.items():
+        why = _check_layer(name, stat)
+        if why:
+            return why
+    return None
+
+
+def check_record_head(obj: Any) -> str | None:
+    """`check_record_dict` without the per-layer checks (`check_layers`)."""
     if not isinstance(obj, dict):
         return f"expected one JSON object per line, but got {_show(obj)}"
     for key in ("step", "total_norm"):
@@ -101,14 +123,7 @@ def check_record_dict(obj: Any) -> str | None:
             return f"`{key}` must be {what}, but got {_show(obj[key])}"
     if obj["total_norm"] < 0:  # NaN passes: a non-finite step is a measurement
         return f"`total_norm` must be a norm >= 0 (or NaN/Infinity), but got {obj['total_norm']!r}"
-    why = _check_findings(obj.get("findings", []))
-    if why:
-        return why
-    for name, stat in obj.get("layers", {}).items():
-        why = _check_layer(name, stat)
-        if why:
-            return why
-    return None
+    return _check_findings(obj.get("findings", []))
 
 
 def check_header(h: Any) -> str | None:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import base64
 import html
 from pathlib import Path, PurePath
-from collections import Counter
 from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
 
 from ..verdict.diagnosis import NOTHING, details, headline
 from ..record.records import STATUSES, Finding, Status, StepRecord
-from .runsummary import RunSummary, findings_of, fmt, summarize
+from .htmlparts import CSS, html_diagnosis, html_table, inline
+from .logrecords import LogRecords, columns_of
+from .runstats import status_hits
+from .runsummary import RunSummary, findings_of, fmt, step_columns, summarize
 from .reportargs import check_header as _check_header, check_images as _check_images, \
     check_records as _check, declared_labels as _labels
 from .summary import FINITE_NOTE, of_finite
@@ -42,7 +46,7 @@ def run_overview(records: Iterable[StepRecord]) -> list[tuple[str, str]]:
     Raises:
         ValueError: ``records`` is empty.
     """
-    return _overview(summarize(_check(records)))
+    return _overview(summarize(columns_of(_check(records))))
 
 
 def _overview(s: RunSummary) -> list[tuple[str, str]]:
@@ -60,13 +64,21 @@ def _overview(s: RunSummary) -> list[tuple[str, str]]:
          + (f" ({_steps(s.nonfinite_steps)})" if s.nonfinite_steps else "")),
         ("of which AMP loss-scale overflows", str(s.amp_overflow)),
         ("skipped optimizer steps", str(s.skipped)),
-        ("where NaN/Inf was born (first_nonfinite)",
-         "; ".join(f"`{where}` ×{k} (first at step {first})" for where, k, first in s.births)
-         or "–"),
+        ("where NaN/Inf was born (first_nonfinite)", _births(s)),
         ("spikes in total norm", f"{len(s.spike_steps)}"
          + (f" ({_steps(s.spike_steps)})" if s.spike_steps else "")),
         ("layer spikes", str(s.layer_spikes)),
     ]
+
+
+def _births(s: RunSummary) -> str:
+    """The first birth of a NaN/Inf (the earliest step), then the places later non-finite
+    steps named, as what followed it (a NaN in the weights shows up first in layer 0)."""
+    if not s.births:
+        return "–"
+    (where, k, first), *later = s.births
+    return f"`{where}` ×{k} (first at step {first})" + ("; followed by: " + "; ".join(
+        f"`{w}` ×{c} (first at step {f})" for w, c, f in later) if later else "")
 
 
 def settings(header: Mapping[str, Any] | None) -> list[tuple[str, str]]:
@@ -92,7 +104,7 @@ def layer_table(records: Iterable[StepRecord], *, header: Mapping[str, Any] | No
     Raises:
         ValueError: ``records`` is empty.
     """
-    return _table(summarize(_check(records)), _check_header(header))
+    return _table(summarize(columns_of(_check(records))), _check_header(header))
 
 
 def _table(s: RunSummary, header: Mapping[str, Any] | None = None
@@ -126,22 +138,24 @@ def findings(records: Iterable[StepRecord], *, most: int = 3) -> list[str]:
     Raises:
         ValueError: ``records`` is empty.
     """
-    recs = _check(records)
+    recs = columns_of(_check(records))
     return _findings(recs, summarize(recs), most)
 
 
-def _findings(recs: Sequence[StepRecord], s: RunSummary, most: int = 3) -> list[str]:
+def _findings(recs: LogRecords, s: RunSummary, most: int = 3) -> list[str]:
     n, out = s.kept, []
-    bad = [r for r in recs if r.nonfinite]
-    if bad:
-        where = f", born in `{bad[0].first_nonfinite}`" if bad[0].first_nonfinite else (
-            ", born in the loss" if bad[0].nonfinite_origin == "loss" else "")
-        out.append(f"Non-finite gradients at {len(bad)} of {n} steps; first at step "
-                   f"{bad[0].step}{where}.")
+    bad = np.flatnonzero(step_columns(recs)["nonfinite"])
+    if bad.size:
+        first = recs[int(bad[0])]
+        where = f", born in `{first.first_nonfinite}`" if first.first_nonfinite else (
+            ", born in the loss" if first.nonfinite_origin == "loss" else "")
+        out.append(f"Non-finite gradients at {bad.size} of {n} steps; first at step "
+                   f"{first.step}{where}.")
     for st in _shown_statuses(s):
-        hits = Counter(name for r in recs for name, x in r.layers.items() if x.status is st)
+        hits = status_hits(recs, st)[0]
         if hits:
-            worst = ", ".join(f"`{name}` ({k}/{n} steps)" for name, k in hits.most_common(most))
+            most_often = sorted(hits, key=lambda hit: hit[1], reverse=True)[:most]
+            worst = ", ".join(f"`{name}` ({k}/{n} steps)" for name, k in most_often)
             out.append(f"{len(hits)} layer(s) flagged {STATUSES[st].label} at least once; "
                        f"most often {worst}.")
     if s.spike_steps:
@@ -177,17 +191,6 @@ def _md_diagnosis(lines: Sequence[str]) -> list[str]:
     return [f"  - {line.strip()}" if line.startswith("  ") else f"- {line}" for line in lines]
 
 
-def _html_diagnosis(lines: Sequence[str]) -> str:
-    out, open_item = [], False
-    for line in lines:
-        if line.startswith("  "):
-            out.append(f"<br><small>{_inline(line.strip())}</small>")
-            continue
-        out.append(("</li>" if open_item else "") + f"<li>{_inline(line)}")
-        open_item = True
-    return "<ul>" + "".join(out) + ("</li>" if open_item else "") + "</ul>"
-
-
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -197,6 +200,13 @@ def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]
              "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
     return lines
+
+
+def _summarized(records: Iterable[StepRecord]) -> tuple[LogRecords, RunSummary]:
+    """The records as columns (copied once, when they are not) and their summary (computed
+    once for a log's records: the command line writes two reports of one run)."""
+    recs = columns_of(_check(records))
+    return recs, summarize(recs)
 
 
 def markdown_report(records: Iterable[StepRecord], *, title: str = "gradwatch report",
@@ -216,12 +226,12 @@ def markdown_report(records: Iterable[StepRecord], *, title: str = "gradwatch re
     Raises:
         ValueError: ``records`` is empty.
     """
-    recs = _check(records)
+    recs, s = _summarized(records)
     header = _check_header(header)
     images = _check_images(images, (str, PurePath), "a relative path (str) of a figure")
-    s = summarize(recs)
     lines = [f"# {title}", "", "## Diagnosis", ""]
-    lines += _md_diagnosis(diagnosis_lines(recs, diagnosis))
+    lines += _md_diagnosis(diagnosis_lines(recs, s.findings if diagnosis is None else diagnosis,
+                                           s.notes))
     lines += ["", "## Layer statuses over the run", ""]
     lines += [f"- {f}" for f in _findings(recs, s)]
     lines += ["", "## Run overview", ""]
@@ -240,25 +250,6 @@ def markdown_report(records: Iterable[StepRecord], *, title: str = "gradwatch re
     return "\n".join(lines) + "\n"
 
 
-_CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;font-size:0.9em}td,th{border:1px solid #ccc;"
-        "padding:2px 8px;text-align:left}th{background:#f3f3f3}img{max-width:100%}"
-        "code{background:#f3f3f3}")
-
-
-def _inline(text: str) -> str:
-    """Escapes text and renders Markdown-style `code` spans."""
-    parts = html.escape(text).split("`")
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
-
-
-def _html_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>"
-                   for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def html_report(records: Iterable[StepRecord], *, title: str = "gradwatch report",
                 images: Mapping[str, bytes] | None = None,
                 diagnosis: Sequence[Finding] | None = None,
@@ -275,19 +266,19 @@ def html_report(records: Iterable[StepRecord], *, title: str = "gradwatch report
     Raises:
         ValueError: ``records`` is empty.
     """
-    recs = _check(records)
+    recs, s = _summarized(records)
     header = _check_header(header)
     images = _check_images(images, bytes, "PNG bytes")
-    s = summarize(recs)
+    statuses = "".join(f"<li>{inline(f)}</li>" for f in _findings(recs, s))
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-             f"</title><style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
-             "<h2>Diagnosis</h2>" + _html_diagnosis(diagnosis_lines(recs, diagnosis)),
-             "<h2>Layer statuses over the run</h2><ul>" + "".join(f"<li>{_inline(f)}</li>" for f in _findings(recs, s))
-             + "</ul>", "<h2>Run overview</h2>",
-             _html_table(["quantity", "value"], _overview(s))]
+             f"</title><style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+             "<h2>Diagnosis</h2>" + html_diagnosis(diagnosis_lines(
+                 recs, s.findings if diagnosis is None else diagnosis, s.notes)),
+             f"<h2>Layer statuses over the run</h2><ul>{statuses}</ul>", "<h2>Run overview</h2>",
+             html_table(["quantity", "value"], _overview(s))]
     if settings(header):
         parts += ["<h2>Settings (from the run header)</h2>",
-                  _html_table(["setting", "value"], settings(header))]
+                  html_table(["setting", "value"], settings(header))]
     if images:
         parts.append("<h2>Figures</h2>")
         for caption, png in images.items():
@@ -295,6 +286,6 @@ def html_report(records: Iterable[StepRecord], *, title: str = "gradwatch report
             parts.append(f"<h3>{html.escape(caption)}</h3><img alt='{html.escape(caption)}' "
                          f"src='data:image/png;base64,{data}'>")
     note = _table_note(s)
-    parts += ["<h2>Layers (forward order, input first)</h2>", _html_table(*_table(s, header)),
+    parts += ["<h2>Layers (forward order, input first)</h2>", html_table(*_table(s, header)),
               f"<p><small>{html.escape(note)}</small></p>" if note else "", "</body></html>"]
     return "\n".join(parts) + "\n"

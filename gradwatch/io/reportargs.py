@@ -6,13 +6,20 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 from ..record.records import StepRecord
+from .logrecords import LogRecords
 
 __all__ = ["check_records", "check_header", "check_images", "declared_labels"]
 
 
-def check_records(records: Iterable[StepRecord]) -> list[StepRecord]:
-    """The records as a list, or a clear error naming ``records`` (a path, a dict from
-    ``json.loads`` or None would otherwise fail deep inside with an AttributeError)."""
+def check_records(records: Iterable[StepRecord]) -> list[StepRecord] | LogRecords:
+    """The records as a list (the records of a log as they are, columns), or a clear error
+    naming ``records`` (a path, a dict from ``json.loads`` or None would otherwise fail deep
+    inside with an AttributeError)."""
+    if isinstance(records, LogRecords):
+        if not len(records):
+            raise ValueError("Expected `records` to hold at least one StepRecord, but got "
+                             "none; check that the log is not empty.")
+        return records
     if records is None or isinstance(records, (str, bytes, Mapping)) or hasattr(
             records, "__fspath__"):
         raise TypeError(f"Expected `records` to be StepRecords (watch.history or "

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import BinaryIO, Iterator, Sequence
 
-from .scan import _MAX_WARNINGS, LineProblem, LogFormatError, LogScan, Run, _lines, \
-    scan_lines
+from .scan import _MAX_WARNINGS, LineProblem, LogFormatError, LogScan, Run, scan_lines
 from .logschema import HEADER_KEY, check_record_dict
 from ..record.records import StepRecord
 
@@ -17,12 +16,26 @@ __all__ = ["HEADER_KEY", "LineProblem", "LogFormatError", "LogScan", "Run", "che
            "select_run"]
 
 
-def scan_log(path: str | os.PathLike[str], *, progress: bool = False) -> LogScan:
+def _lines(f: BinaryIO, bar: object | None = None) -> Iterator[tuple[int, bytes]]:
+    """The numbered non-blank lines of a file, without their ``\n``, read one at a time (the
+    log of a long run can be larger than the memory: never the whole file at once)."""
+    for i, line in enumerate(f, start=1):
+        if bar is not None:
+            bar.update(len(line))  # type: ignore[attr-defined]
+        if line.endswith(b"\n"):
+            line = line[:-1]
+        if line.strip():
+            yield i, line
+
+
+def scan_log(path: str | os.PathLike[str], *, progress: bool = False, layers: bool = True
+             ) -> LogScan:
     """Reads a log without warning: runs, skipped lines and notes, for callers that report them.
 
     Args:
         path: A log written by `JsonlLogger`.
-        progress: Show a tqdm bar over the lines (on stderr).
+        progress: Show a tqdm bar over the bytes read (on stderr).
+        layers: Keep the records' layers (False: check them only, to list the runs).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -40,14 +53,14 @@ def scan_log(path: str | os.PathLike[str], *, progress: bool = False) -> LogScan
     if not path.is_file():
         raise FileNotFoundError(f"Expected `path` to be a JSON-lines log written by gradwatch, "
                                 f"but {str(path)!r} does not exist.")
-    raw = path.read_bytes()
-    lines: Iterable[tuple[int, bytes]] = _lines(raw)
-    if progress:
+    with open(path, "rb") as f:
+        if not progress:
+            return scan_lines(_lines(f), path, layers=layers)
         from tqdm import tqdm
 
-        lines = tqdm(lines, total=raw.count(b"\n") + 1, desc="reading", unit=" lines",
-                     leave=False, mininterval=0.5)
-    return scan_lines(lines, path)
+        with tqdm(total=path.stat().st_size, desc="reading", unit="B", unit_scale=True,
+                  leave=False, mininterval=0.5) as bar:
+            return scan_lines(_lines(f, bar), path, layers=layers)
 
 
 def describe_problem(p: LineProblem) -> str:
@@ -136,7 +149,7 @@ def read_jsonl(path: str | os.PathLike[str], run: int | str | None = None
     _warn(scan, stacklevel=2)
     runs = scan.runs
     if run == "all":
-        return iter([r for one in runs for r in one.records])
+        return (r for one in runs for r in one.records)
     if not runs:
         return iter(())
     if run is None:

@@ -1,5 +1,10 @@
 """One reduction of a run's records (`RunSummary`), read by ``summary()``, the report and the
-bench, with one number formatter and one layer order."""
+bench, with one number formatter and one layer order.
+
+The reduction reads columns (`gradwatch.io.logrecords.LogRecords`: what `read_runs` gives, or
+the records copied into columns once), never a `LayerStat` per layer and record: a run of a
+400-layer model over 100,000 steps is summarised in bounded memory.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
+import numpy as np
+
 from ..record.records import STATUSES, Finding, LayerStat, Status, StepRecord
+from .logrecords import LogRecords, columns_of
+from .runstats import (blocks, finite_medians, gather, latest, layer_names, statistic_names,
+                       status_hits)
 
 __all__ = ["fmt", "layer_order", "LayerSummary", "RunSummary", "summarize", "findings_of",
-           "statistic_names"]
+           "step_columns"]
 
 
 def fmt(x: float | None) -> str:
@@ -29,35 +39,13 @@ def fmt(x: float | None) -> str:
 
 def layer_order(records: Sequence[StepRecord]) -> list[str]:
     """Layers in forward order (input first) as the last record has them, then any others."""
-    if not records:
-        return []
-    names = list(records[-1].layers)
-    seen = set(names)
-    for r in records:
-        for n in r.layers:
-            if n not in seen:
-                seen.add(n)
-                names.append(n)
-    return names
+    return layer_names(columns_of(records))
 
 
 def _median(values: Iterable[float | None]) -> float | None:
     """The median of the finite values (None without one); callers say how many were not."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return statistics.median(finite) if finite else None
-
-
-def statistic_names(per_layer: Iterable[Sequence[Mapping[str, float | None]]]) -> list[str]:
-    """Every statistic named in any record of any layer (``norm`` and ``act_norm`` first, then
-    as the newest records order them), so a statistic measured only on some steps (every 4th,
-    an ``every=N`` log, a wrapped history) or only by some layers (``dead_frac`` after a ReLU)
-    still gets its column. ``per_layer`` holds each layer's ``numbers()`` dicts, oldest first,
-    which `summarize` builds anyway: one pass, no extra work per record."""
-    names: dict[str, None] = {}
-    for numbers in per_layer:
-        for nums in reversed(numbers):
-            names.update(dict.fromkeys(nums))
-    return list(names)
 
 
 @dataclass(frozen=True)
@@ -94,7 +82,7 @@ class RunSummary:
     nonfinite_steps: tuple[int, ...]
     amp_overflow: int
     skipped: int
-    births: tuple[tuple[str, int, int], ...]  # (where, count, first step)
+    births: tuple[tuple[str, int, int], ...]  # (where, count, first step), earliest first
     spike_steps: tuple[int, ...]
     layer_spikes: int
     layers: tuple[LayerSummary, ...]
@@ -111,6 +99,21 @@ def _status_of_kind() -> dict[str, Status]:
     return {r.kind: r.status for r in RULES if r.status is not None}
 
 
+def step_columns(view: LogRecords) -> dict[str, np.ndarray]:
+    """The records' step-level values as arrays (one entry per record): ``step``, ``total``,
+    ``clip``, and the masks ``nonfinite``, ``clipped``, ``spike``, ``skipped``, ``amp``
+    (`StepRecord.nonfinite`, `StepRecord.clipped`, ...)."""
+    store, index = view.store, view.index
+    flags = store.flags[index]
+    total, clip = store.total[index], store.clip[index]
+    amp = (flags & 4) != 0
+    named = np.isin(index, list(store.first)) | np.isin(index, list(store.origin))
+    return {"step": store.step[index], "total": total, "clip": clip, "amp": amp,
+            "nonfinite": ~amp & (named | ~np.isfinite(total)),
+            "clipped": (clip < 1.0) | ~np.isfinite(clip), "spike": (flags & 1) != 0,
+            "skipped": (flags & 2) != 0}
+
+
 def findings_of(records: Iterable[StepRecord], notes: bool = False) -> list[Finding]:
     """The diagnosis a log holds, as the live `GradWatch.diagnose` states it (with ``notes``:
     its notes, as `GradWatch.notes` states them, at the step each was first kept, with the
@@ -123,59 +126,87 @@ def findings_of(records: Iterable[StepRecord], notes: bool = False) -> list[Find
     in the order the live diagnosis adds them. A status two findings of the run share
     (``vanishing`` and ``stalled``) and a kind without a status keep the recorded numbers.
     """
-    recs = list(records)
+    view = columns_of(records)
+    carried = view.store.findings
     first: dict[str, Finding] = {}
     kept: dict[str, Finding] = {}
-    latest: dict[str, bool] = {}  # kind -> whether its latest word is a note
-    for r in recs:
-        for f in r.findings:  # an alarm and a note of one kind: the later supersedes
+    latest_note: dict[str, bool] = {}  # kind -> whether its latest word is a note
+    for i in view.index[np.isin(view.index, list(carried))].tolist():
+        for f in carried[i]:  # an alarm and a note of one kind: the later supersedes
             if f.note:
                 kept[f.kind] = f
-            elif f.kind not in first or latest[f.kind]:
+            elif f.kind not in first or latest_note[f.kind]:
                 first[f.kind] = f
-            latest[f.kind] = bool(f.note)
+            latest_note[f.kind] = bool(f.note)
     if notes:
-        return [f for kind, f in kept.items() if latest[kind]]
-    first = {kind: f for kind, f in first.items() if not latest[kind]}
+        return [f for kind, f in kept.items() if latest_note[kind]]
+    first = {kind: f for kind, f in first.items() if not latest_note[kind]}
     status_of = _status_of_kind()
     shared = Counter(status_of.get(k) for k in first)
+    heads = step_columns(view) if first else {}
     out = []
     for kind, f in first.items():
-        later = [r for r in recs if r.step >= f.first_step]
+        later = heads["step"] >= f.first_step
         if kind.startswith("nonfinite"):
-            out.append(dataclasses.replace(f, steps=max(f.steps, sum(
-                r.nonfinite and not r.amp_overflow for r in later))))
+            out.append(dataclasses.replace(f, steps=max(f.steps, int(
+                (later & heads["nonfinite"]).sum()))))
             continue
         status = status_of.get(kind)
         if status is None or shared[status] > 1:
             out.append(f)
             continue
-        layers, steps = list(f.layers), 0
-        for r in later:
-            hit = [name for name, x in r.layers.items() if x.status is status]
-            steps += bool(hit)
-            layers += [name for name in hit if name not in layers]
+        hits, steps = status_hits(view, status, later)
+        layers = list(f.layers)
+        layers += [name for name, _k in hits if name not in layers]
         out.append(dataclasses.replace(f, layers=tuple(layers), steps=max(steps, f.steps)))
     return out
 
 
-def _layer_summary(name: str, stats: Sequence[LayerStat],
-                   numbers: Sequence[Mapping[str, float | None]], stat_names: Sequence[str],
-                   last: LayerStat | None, flags: Mapping[tuple[str, str], int]) -> LayerSummary:
-    """One layer's `LayerSummary` from its stats (oldest first) and their ``numbers()``: the
-    medians and max over finite values, with how many of the records those were."""
-    finite = [s.norm for s in stats if math.isfinite(s.norm)]
-    latest = {}
-    for k in stat_names:
-        latest[k] = next((nums[k] for nums in reversed(numbers) if nums.get(k) is not None), None)
-    return LayerSummary(
-        name=name, last=last, median_norm=statistics.median(finite) if finite else None,
-        max_norm=max(finite) if finite else None,
-        medians={k: _median(nums.get(k) for nums in numbers) for k in stat_names},
-        latest=latest,
-        statuses={st.value: flags.get((name, st.value), 0) for st in STATUSES
-                  if st is not Status.OK},
-        spikes=flags.get((name, "spike"), 0), kept=len(stats), finite=len(finite))
+def _layer_summaries(view: LogRecords, names: Sequence[str], stat_names: Sequence[str],
+                     last: StepRecord, flags: Mapping[tuple[str, str], int] | None
+                     ) -> tuple[list[LayerSummary], int]:
+    """Each layer's `LayerSummary` (medians and max over its finite values, with how many of
+    its records those were; statuses and spikes counted from the columns unless ``flags``
+    gives them), and the run's layer spikes."""
+    out, spikes = [], 0
+    codes = {st.value: view.store.status_ids.get(st) for st in STATUSES if st is not Status.OK}
+    for block in blocks(names):
+        norm, present = gather(view, block, "norm")
+        medians, maxima, finite = finite_medians(norm, present)
+        cols = {"norm": (norm, present), "act_norm": _act(view, block)}
+        cols.update((k, gather(view, block, "extra", k)) for k in stat_names
+                    if k not in cols and k in view.store.extra)
+        meds = {k: finite_medians(*v)[0] for k, v in cols.items() if k != "norm"}
+        meds["norm"] = medians
+        lasts = {k: latest(*v) for k, v in cols.items()}
+        counted = _counted(view, block, codes)
+        spikes += sum(counted["spike"])
+        for j, name in enumerate(block):
+            count = {key: n[j] for key, n in counted.items()} if flags is None else {
+                key: flags.get((name, key), 0) for key in counted}
+            out.append(LayerSummary(
+                name=name, last=last.layers.get(name), median_norm=medians[j],
+                max_norm=maxima[j],
+                medians={k: meds[k][j] if k in meds else None for k in stat_names},
+                latest={k: lasts[k][j] if k in lasts else None for k in stat_names},
+                statuses={value: count[value] for value in codes}, spikes=count["spike"],
+                kept=int(present[:, j].sum()), finite=finite[j]))
+    return out, spikes
+
+
+def _act(view: LogRecords, block: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    act, present = gather(view, block, "act")
+    return act, present & (gather(view, block, "act_on")[0] > 0)
+
+
+def _counted(view: LogRecords, block: Sequence[str], codes: Mapping[str, int | None]
+             ) -> dict[str, list[int]]:
+    """Per status value (and ``"spike"``): on how many records each layer of the block had it."""
+    status = gather(view, block, "status")[0]
+    out = {value: ((status == code).sum(axis=0).tolist() if code is not None
+                   else [0] * len(block)) for value, code in codes.items()}
+    out["spike"] = (gather(view, block, "spike")[0] > 0).sum(axis=0).tolist()
+    return out
 
 
 def summarize(records: Iterable[StepRecord], *, steps: int | None = None,
@@ -186,57 +217,59 @@ def summarize(records: Iterable[StepRecord], *, steps: int | None = None,
     """Reduces records (and, from a live watch, its run-wide counters) to a `RunSummary`.
 
     Args:
-        records: The records, oldest first.
+        records: The records, oldest first (`read_runs`'s ``Run.records`` are read as the
+            columns they are; other records are copied into columns once).
         steps: Optimizer steps seen; defaults to the last record's step + 1.
         run: Run-wide counters (`gradwatch.record.ledger.COUNTERS`); default: counted from records.
         flags: Steps each (layer, status or "spike") was flagged over the run; default: counted.
         findings: The diagnosis; default: the findings the records carry.
         notes: The notes (true, likely harmless); default: those the records carry.
     """
-    recs = list(records)
-    names = layer_order(recs)
-    totals = [r.total_norm for r in recs if math.isfinite(r.total_norm)]
-    clipped = [r for r in recs if r.clipped]
-    bad = [r for r in recs if r.nonfinite]
-    born: Counter[str] = Counter()
-    first_born: dict[str, int] = {}
-    for r in bad:
-        where = r.first_nonfinite or ("the loss" if r.nonfinite_origin == "loss" else "unknown")
-        born[where] += 1
-        first_born.setdefault(where, r.step)
-    if flags is None:
-        counted: Counter[tuple[str, str]] = Counter()
-        for r in recs:
-            for n, s in r.layers.items():
-                if s.status is not Status.OK:
-                    counted[(n, s.status.value)] += 1
-                if s.spike:
-                    counted[(n, "spike")] += 1
-        flags = counted
-    stats_of = {name: [r.layers[name] for r in recs if name in r.layers] for name in names}
-    numbers_of = {name: [s.numbers() for s in stats] for name, stats in stats_of.items()}
-    stat_names = statistic_names(numbers_of.values())
-    layers = [_layer_summary(name, stats_of[name], numbers_of[name], stat_names,
-                             recs[-1].layers.get(name), flags) for name in names]
+    recs = records if isinstance(records, Sequence) else list(records)
+    view = columns_of(recs)
+    plain = steps is None and run is None and flags is None and findings is None and notes is None
+    if plain and "summary" in view.derived:  # a log's records: summarised once
+        return view.derived["summary"]
+    n = len(view)
+    names = layer_names(view)
+    heads = step_columns(view)
+    totals = [t for t in heads["total"].tolist() if math.isfinite(t)]
+    bad = np.flatnonzero(heads["nonfinite"]).tolist()
+    born: dict[str, list[int]] = {}  # where -> [count, first step], the earliest birth first
+    for k in bad:
+        i = int(view.index[k])
+        where = view.store.first.get(i) or (
+            "the loss" if view.store.origin.get(i) == "loss" else "unknown")
+        born.setdefault(where, [0, int(heads["step"][k])])[0] += 1
+    stat_names = statistic_names(view, names)
+    last = recs[-1] if n else None
+    layers, layer_spikes = _layer_summaries(view, names, stat_names, last, flags) if n \
+        else ([], 0)
+    clipped = heads["clipped"]
     run = run if run is not None else {
-        "recorded": len(recs), "clipped": len(clipped), "skipped": sum(r.skipped for r in recs),
-        "nonfinite": len(bad), "spikes": sum(r.spike for r in recs),
-        "amp_overflow": sum(r.amp_overflow for r in recs)}
-    return RunSummary(
-        steps=steps if steps is not None else (recs[-1].step + 1 if recs else 0),
-        recorded=int(run.get("recorded", len(recs))), kept=len(recs),
-        first_step=recs[0].step if recs else None, last_step=recs[-1].step if recs else None,
-        total_last=recs[-1].total_norm if recs else None,
+        "recorded": n, "clipped": int(clipped.sum()), "skipped": int(heads["skipped"].sum()),
+        "nonfinite": len(bad), "spikes": int(heads["spike"].sum()),
+        "amp_overflow": int(heads["amp"].sum())}
+    step_of = heads["step"].tolist()
+    summary = RunSummary(
+        steps=steps if steps is not None else (step_of[-1] + 1 if n else 0),
+        recorded=int(run.get("recorded", n)), kept=n,
+        first_step=step_of[0] if n else None, last_step=step_of[-1] if n else None,
+        total_last=float(heads["total"][-1]) if n else None,
         total_min=min(totals) if totals else None,
         total_median=statistics.median(totals) if totals else None,
         total_max=max(totals) if totals else None, total_finite=len(totals),
-        clipped=int(run.get("clipped", len(clipped))),
-        clip_coef_median=_median(r.clip_coef for r in clipped),
-        nonfinite_steps=tuple(r.step for r in bad),
+        clipped=int(run.get("clipped", int(clipped.sum()))),
+        clip_coef_median=_median(heads["clip"][clipped].tolist()),
+        nonfinite_steps=tuple(step_of[k] for k in bad),
         amp_overflow=int(run.get("amp_overflow", 0)), skipped=int(run.get("skipped", 0)),
-        births=tuple((w, k, first_born[w]) for w, k in born.most_common()),
-        spike_steps=tuple(r.step for r in recs if r.spike),
-        layer_spikes=sum(len(r.spikes) for r in recs), layers=tuple(layers),
-        statistics=tuple(stat_names),
-        findings=tuple(findings if findings is not None else findings_of(recs)),
-        notes=tuple(notes if notes is not None else findings_of(recs, notes=True)))
+        births=tuple((w, k, first) for w, (k, first) in born.items()),
+        spike_steps=tuple(step_of[k] for k in np.flatnonzero(heads["spike"]).tolist()),
+        layer_spikes=layer_spikes,
+        layers=tuple(layers), statistics=tuple(stat_names),
+        findings=tuple(findings if findings is not None else findings_of(view)),
+        notes=tuple(notes if notes is not None else findings_of(view, notes=True)))
+    if plain:
+        view.derived["summary"] = summary
+    return summary
+

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Mapping
-from .logschema import HEADER_KEY, check_header, check_record_dict
-from ..record.records import StepRecord
+from typing import Any, Iterable, Literal, Mapping, Sequence
+
+from ..record.records import LayerStat, StepRecord
+from .columns import RecordStore
+from .layerparse import JsonLayers, stat_columns
+from .logrecords import LogRecords
+from .logschema import HEADER_KEY, check_header, check_layers, check_record_head
 
 __all__ = ['Run', 'LineProblem', 'LogScan', 'scan_lines', 'LogFormatError']
 
@@ -27,7 +31,8 @@ class Run:
         index: Position in the file's runs (0 first), in the order the runs started.
         header: The ``start_run`` header as written (keys kept as they are), or ``None``.
         records: The run's records in step order; for a resumed run, the records re-done after
-            the resume replace the ones from before it.
+            the resume replace the ones from before it. A sequence read from columns
+            (`LogRecords`): each `StepRecord` is built when read.
         resumes: Headers of the resumes of this run, in file order.
         superseded: Records from before a resume that a resume replaced (steps >= its
             ``resume_step``): training state was rolled back to the checkpoint past them.
@@ -36,9 +41,9 @@ class Run:
 
     index: int
     header: Mapping[str, Any] | None
-    records: tuple[StepRecord, ...]
+    records: Sequence[StepRecord]
     resumes: tuple[Mapping[str, Any], ...] = ()
-    superseded: tuple[StepRecord, ...] = ()
+    superseded: Sequence[StepRecord] = ()
     line: int = 1
 
     @property
@@ -63,7 +68,7 @@ class Run:
         if isinstance(h.get("started"), str):
             parts.append(f"started {h['started']}")
         n = len(self.records)
-        steps = f", steps {self.records[0].step}..{self.records[-1].step}" if n else ""
+        steps = f", steps {_step(self.records, 0)}..{_step(self.records, -1)}" if n else ""
         parts.append(f"{n} record{'s' * (n != 1)}{steps}")
         if self.resumes:
             at = ", ".join(str(r.get("resume_step")) for r in self.resumes)
@@ -74,6 +79,13 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run({self.describe()})"
+
+
+def _step(records: Sequence[StepRecord], k: int) -> int:
+    """The step of ``records[k]``, read from the columns when they are (no record built)."""
+    if isinstance(records, LogRecords):
+        return int(records.store.step[records.index[k]])
+    return records[k].step
 
 
 @dataclass(frozen=True)
@@ -97,29 +109,48 @@ class LogScan:
 
 
 class _Builder:
-    """A run being assembled while the file is read."""
+    """A run being assembled while the file is read: its records by index in the store."""
 
-    def __init__(self, header: Mapping[str, Any] | None, line: int) -> None:
-        self.header, self.line = header, line
-        self.records: list[StepRecord] = []
+    def __init__(self, header: Mapping[str, Any] | None, line: int, store: RecordStore) -> None:
+        self.header, self.line, self.store = header, line, store
+        self.records: list[int] = []
         self.resumes: list[Mapping[str, Any]] = []
-        self.superseded: list[StepRecord] = []
+        self.superseded: list[int] = []
 
     def cut(self, step: int) -> None:
         """Drops the records at ``step`` and after (a resume re-does them)."""
-        keep = [r for r in self.records if r.step < step]
-        self.superseded += [r for r in self.records if r.step >= step]
-        self.records = keep
+        steps = self.store.step
+        self.superseded += [i for i in self.records if steps[i] >= step]
+        self.records = [i for i in self.records if steps[i] < step]
 
     def build(self, index: int) -> Run:
-        return Run(index, self.header, tuple(self.records), tuple(self.resumes),
-                   tuple(self.superseded), self.line)
+        store = self.store
+        return Run(index, self.header, LogRecords(store, self.records), tuple(self.resumes),
+                   LogRecords(store, self.superseded), self.line)
 
 
-def _lines(raw: bytes) -> Iterator[tuple[int, bytes]]:
-    for i, line in enumerate(raw.split(b"\n"), start=1):
-        if line.strip():
-            yield i, line
+def _read_record(obj: dict[str, Any], store: RecordStore, layers: JsonLayers
+                 ) -> tuple[int | None, str | None]:
+    """Appends a record line to the store: (its index, None), or (None, why it is not one).
+
+    The layers are checked in bulk (`JsonLayers`); only a line that fails that is checked layer
+    by layer, to name the problem, or read by `LayerStat.from_dict` when there is none."""
+    why = check_record_head(obj)
+    if why:
+        return None, why
+    found = layers.columns(obj.get("layers", {}))
+    if found is None:
+        why = check_layers(obj.get("layers", {}))
+        if why:
+            return None, why
+    try:
+        head = StepRecord.from_dict({k: v for k, v in obj.items() if k != "layers"})
+        if found is None:
+            found = stat_columns(store, {str(k): LayerStat.from_dict(v)
+                                         for k, v in obj.get("layers", {}).items()})
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        return None, f"StepRecord.from_dict rejected it ({err})"
+    return store.append(head, *found), None
 
 
 _CSV_START = b"step,layer,"
@@ -143,9 +174,15 @@ def _not_a_log(scan: LogScan, first: bytes) -> str:
             f"JsonlLogger.")
 
 
-def scan_lines(lines: Iterable[tuple[int, bytes]], path: Path) -> LogScan:
-    """Assembles runs from numbered lines; the core of `scan_log` (see `read_runs`)."""
+def scan_lines(lines: Iterable[tuple[int, bytes]], path: Path, *, layers: bool = True
+               ) -> LogScan:
+    """Assembles runs from numbered lines; the core of `scan_log` (see `read_runs`).
+
+    With ``layers=False`` the layers are checked but not kept: the runs can be listed
+    (`Run.describe`), and reading a record's layers raises."""
     scan = LogScan(path, [])
+    store = RecordStore(layers)
+    parser = JsonLayers(store)
     builders: list[_Builder] = []
     by_id: dict[str, _Builder] = {}
     current: _Builder | None = None
@@ -182,41 +219,37 @@ def scan_lines(lines: Iterable[tuple[int, bytes]], path: Path) -> LogScan:
                     current.cut(k)
                 pending_cut = True
             else:
-                current = _Builder(header, i)
+                current = _Builder(header, i, store)
                 builders.append(current)
                 if isinstance(rid, str) and rid:
                     by_id[rid] = current
                 pending_cut = False
             last_step = None
             continue
-        why = check_record_dict(obj)
-        if why is None:
-            try:
-                record = StepRecord.from_dict(obj)
-            except (ValueError, TypeError, KeyError, AttributeError) as err:
-                why = f"StepRecord.from_dict rejected it ({err})"
+        index, why = _read_record(obj, store, parser)
         if why:
             scan.problems.append(LineProblem(i, "schema", why))
             alien = alien or not (isinstance(obj, dict) and ("step" in obj or "total_norm" in obj))
             continue
-        if current is None or (last_step is not None and record.step <= last_step):
+        step = int(store.step[index])
+        if current is None or (last_step is not None and step <= last_step):
             if current is not None:
                 rid = (current.header or {}).get("run_id")
                 where = (f"in the run of line {current.line} (id {str(rid)[:8]})"
                          if current.header is not None else "")
-                scan.notes.append(f"{path}:{i}: step {record.step} follows step {last_step} "
+                scan.notes.append(f"{path}:{i}: step {step} follows step {last_step} "
                                   f"{where + ' ' if where else ''}without a run header; "
                                   f"the records from here are read as a separate run without "
                                   f"header (a log appended to by a second run, or a run that "
                                   f"restarted its step count?)")
-            current = _Builder(None, i)
+            current = _Builder(None, i, store)
             builders.append(current)
             pending_cut = False
         if pending_cut:
-            current.cut(record.step)
+            current.cut(step)
             pending_cut = False
-        current.records.append(record)
-        last_step = record.step
+        current.records.append(index)
+        last_step = step
     if decode_errors and not builders:
         raise LogFormatError(f"{path}: not a UTF-8 text file ({decode_errors} undecodable "
                              f"line(s)); expected a JSON-lines log written by JsonlLogger.")
@@ -224,5 +257,6 @@ def scan_lines(lines: Iterable[tuple[int, bytes]], path: Path) -> LogScan:
         # one error, not a warning per line (one cut line alone is a run killed mid-write;
         # one complete JSON line of another shape is another tool's file)
         raise LogFormatError(_not_a_log(scan, first))
+    store.freeze()
     scan.runs = [b.build(k) for k, b in enumerate(builders)]
     return scan

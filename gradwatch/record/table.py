@@ -8,10 +8,31 @@ import numpy as np
 
 from .records import STATUS_CODES, LayerStat, Status
 
-__all__ = ['LayerTable', 'LayerColumns']
+__all__ = ['DictView', 'LayerTable', 'LayerColumns']
 
 
-class LayerTable(Mapping[str, "LayerStat"]):
+class DictView(Mapping[str, "LayerStat"]):
+    """A mapping of layer name to `LayerStat` built on demand (``_dict``) that compares,
+    prints, pickles (as a dict) and copies as a plain dict would."""
+
+    __slots__ = ()
+
+    def _dict(self) -> dict[str, LayerStat]:
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        return self._dict() == (dict(other) if isinstance(other, Mapping) else other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self._dict())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (self._dict(),))
+
+
+class LayerTable(DictView):
     """A record's layers (name -> `LayerStat`, in forward order): a view over per-layer
     columns (`LayerColumns`), turned into `LayerStat` objects the first time an entry is read,
     so a monitor whose records nobody reads per layer builds none. Reads, equality, pickling
@@ -54,17 +75,6 @@ class LayerTable(Mapping[str, "LayerStat"]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._cols.names
-
-    def __eq__(self, other: object) -> bool:
-        return self._dict() == (dict(other) if isinstance(other, Mapping) else other)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return repr(self._dict())
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (dict, (self._dict(),))
 
 
 @dataclass(frozen=True)
