@@ -10,7 +10,7 @@ import numpy as np
 
 from ..record.records import StepRecord
 from ._common import (WHICH_LABEL, Which, finish, layered_records, name_ticks, new_axes, plural,
-                      split, value)
+                      value)
 from .ticks import log10_ticks
 
 if TYPE_CHECKING:
@@ -72,15 +72,10 @@ def plot_heatmap(records: Iterable[StepRecord], *, which: Which = "norm",
 
     recs, names, vanishing, exploding = layered_records(records, which, thresholds, vanishing,
                                                         exploding)
-    per_step = [split([value(r, n, which) for n in names]) for r in recs]
-    y = np.stack([c[0] for c in per_step], axis=1)
-    nonfinite = np.stack([c[1] for c in per_step], axis=1)
-    zero = np.stack([c[2] for c in per_step], axis=1)
-    missing = np.isnan(y) & ~nonfinite & ~zero
+    logs, nonfinite, zero, missing = _cells(recs, names, which)
     if which == "act_norm" and missing.all():
         raise ValueError("Expected activation-gradient norms, but these records have none "
                          "(recorded with activations=False?); use which='norm'.")
-    logs = np.log10(y)
     finite = logs[np.isfinite(logs)]
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (-1.0, 1.0)
     if vmax - vmin < 1e-9:
@@ -139,3 +134,23 @@ def _merged(per_bin: tuple[int, int], what: str) -> str:
         return ""
     count = f"{least}" if least == most else f"{least}–{most}"
     return f" ({count} {what}: the largest norm, red / magenta if any is non-finite / zero)"
+
+
+def _cells(recs: list[StepRecord], names: list[str], which: str
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(log10 norms with NaN where not drawn by value, non-finite, zero, not recorded), layers
+    by records, filled one record at a time into arrays made once: a 400-layer x 100k-step
+    map holds a few matrices of its size, not a list of per-record arrays besides them."""
+    raw = np.full((len(names), len(recs)), np.nan)
+    missing = np.zeros(raw.shape, dtype=bool)
+    for j, r in enumerate(recs):
+        values = [value(r, n, which) for n in names]
+        missing[:, j] = [v is None for v in values]
+        raw[:, j] = [math.nan if v is None else v for v in values]
+    nonfinite = ~np.isfinite(raw) & ~missing
+    zero = (raw <= 0) & ~nonfinite
+    raw[nonfinite | zero] = np.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.log10(raw, out=raw)
+    return raw, nonfinite, zero, missing
+

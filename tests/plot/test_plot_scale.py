@@ -176,3 +176,40 @@ def test_norms_layer_lines_are_drawn_over_the_total():
     ax = plot_norms(recs).axes[0]
     lines = {ln.get_label(): ln for ln in ax.get_lines()}
     assert lines["head"].get_zorder() > lines["total (all layers)"].get_zorder()
+
+
+def test_heatmap_cells_are_built_in_matrices_of_the_map_not_per_record_arrays():
+    """`_cells` gives what the per-record arrays gave (log norms, non-finite, zero, not
+    recorded) and peaks at a few matrices of the map's size: a 400-layer x 100k-step map is
+    320 MB a matrix, so per-record arrays beside the stacked ones cost gigabytes."""
+    import math
+    import tracemalloc
+
+    from gradwatch.plot._common import split, value
+    from gradwatch.plot.heatmap import _cells
+    from gradwatch.record.records import LayerStat, StepRecord
+
+    names = [f"l{k}" for k in range(40)]
+    rng = np.random.default_rng(0)
+    recs = []
+    for step in range(1500):
+        norms = rng.lognormal(size=len(names)).tolist()
+        norms[step % 40] = 0.0 if step % 7 == 0 else norms[step % 40]
+        norms[(step * 3) % 40] = math.nan if step % 11 == 0 else norms[(step * 3) % 40]
+        layers = {n: LayerStat(v, None) for n, v in zip(names, norms) if not (step % 13 == 0
+                                                                           and n == "l5")}
+        recs.append(StepRecord(step, 1.0, 1.0, layers))
+    per_step = [split([value(r, n, "norm") for n in names]) for r in recs]
+    y = np.stack([c[0] for c in per_step], axis=1)
+    nonfinite = np.stack([c[1] for c in per_step], axis=1)
+    zero = np.stack([c[2] for c in per_step], axis=1)
+    with np.errstate(divide="ignore"):
+        want = (np.log10(y), nonfinite, zero, np.isnan(y) & ~nonfinite & ~zero)
+    got = _cells(recs, names, "norm")
+    assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(got, want))
+    assert got[1].any() and got[2].any() and got[3].any()
+    tracemalloc.start()
+    _cells(recs, names, "norm")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 * len(names) * len(recs)  # bytes per cell: a float64 and a few masks
