@@ -54,8 +54,9 @@ def plot_flow(records: Iterable[StepRecord], *, steps: int | Sequence[int] | Non
         darker; flagged layers carry a marker coloured by status (grey diamonds for a status
         without a declared style) on their norm, or, where a log axis cannot show the norm,
         on the axes' edge by the edge marks: the top edge for NaN/Inf, the bottom edge for
-        zero, with a legend entry saying so. The layer where a NaN/Inf was born is marked by a
-        dotted vertical line. The shaded, hatched bands (one hatch direction per band) are the
+        zero, with a legend entry saying so. The layer where NaN/Inf was first born (at the run's
+        first non-finite record, drawn or not) is marked by a dotted vertical line: later
+        non-finite steps may only carry it on (weights an optimizer step made NaN). The shaded, hatched bands (one hatch direction per band) are the
         relative bounds the depth verdicts read: ``relative_vanishing``
         (``relative_exploding``) times the output side's median norm at the latest drawn step
         (a black bar over the output side's layers marks that median; earlier steps' bounds
@@ -117,9 +118,11 @@ def plot_flow(records: Iterable[StepRecord], *, steps: int | Sequence[int] | Non
                     color=color, label=f"step {r.step}")
         edge_marks(ax, x, nonfinite, zero, color, labelled)
         _flagged(ax, r, names, y, nonfinite, zero, size, labelled)
-        if r.first_nonfinite in r.layers:
-            ax.axvline(names.index(r.first_nonfinite), color="black", ls=":", lw=1.2,
-                       label=f"NaN/Inf born here (step {r.step}): {short(r.first_nonfinite)}")
+    born = next((r for r in recs if r.first_nonfinite in r.layers), None)
+    if born is not None:  # the first birth: later non-finite steps may be its consequences
+        ax.axvline(names.index(born.first_nonfinite), color="black", ls=":", lw=1.2,
+                   label=f"NaN/Inf born here (step {born.step}, the first non-finite step): "
+                         f"{short(born.first_nonfinite)}")
 
     near = [b for ref, _ in refs[-1:] for b in (ref.vanishing, ref.exploding)]
     lo, hi = log_limits(all_y, vanishing, exploding, *near)

@@ -495,3 +495,17 @@ def test_histograms_draw_fractions_per_bin_for_each_layer_and_epoch(tmp_path):
         plot_histograms({})
     with pytest.raises(ValueError, match="among"):
         plot_histograms(hists, layers=["nope"])
+
+
+def test_flow_marks_the_first_birth_not_a_later_consequence():
+    """A NaN born at `blocks.1.fc` at step 4, then (weights gone NaN) first seen at the input
+    layer on later steps: the line names the first birth even when only a later step is drawn."""
+    recs = _records()
+    later = [StepRecord(r.step + 10, r.total_norm, 1.0, r.layers,
+                        first_nonfinite=NAMES[0] if r.first_nonfinite else None,
+                        nonfinite_origin="forward" if r.first_nonfinite else None)
+             for r in recs]
+    ax = plot_flow(recs + later, steps=[max(r.step for r in later)]).axes[0]
+    born = [ln for ln in ax.get_lines() if ln.get_label().startswith("NaN/Inf born here")]
+    assert len(born) == 1 and list(born[0].get_xdata()) == [2, 2]
+    assert "blocks.1.fc" in born[0].get_label() and "step 4" in born[0].get_label()
