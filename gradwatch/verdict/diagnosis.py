@@ -252,8 +252,7 @@ def details(finding: Finding) -> list[tuple[str, str]]:
     harmless, likely cause, remedy."""
     f = finding
     return [("evidence", f.evidence)] + ([("harmless", f.note)] if f.note else []) + [
-        ("likely cause", f.cause),
-        ("remedy", f"{f.remedy} [{plan_text(f.plans)}]" if f.plans else f.remedy)]
+        ("likely cause", f.cause), ("remedy", f"{f.remedy} [{plan_text(f.plans)}]")]
 
 
 NOTHING = "Diagnosis: nothing wrong found."

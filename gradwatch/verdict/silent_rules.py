@@ -145,8 +145,7 @@ class NotMoving(Rule):
         if not len(idx):
             return None  # nothing stepped got a gradient: no evidence either way
         still = not ratio[idx].any()
-        held = state.get("streak", 0.0)
-        streak = state["streak"] = held + 1 if still else 0.0
+        streak = state["streak"] = state.get("streak", 0.0) + 1 if still else 0.0
         if not still:
             state["moved"] = 1.0
             curve = view.curve
