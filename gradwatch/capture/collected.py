@@ -47,6 +47,11 @@ class Collected:
     """What the hooks gathered since the last measurement (a recorded step's forward/backward)."""
 
     completed: list[int] = field(default_factory=list)  # module ids in forward completion order
+    passes: list[int] = field(default_factory=list)
+    """Where each call of the model began, as positions in ``completed``: a step may run the
+    model several times (accumulated micro-batches, a validation or target pass under
+    ``no_grad``), and only a module run twice within one call shares its weights across
+    depth (`gradwatch.capture.forward.ForwardOrder.repeated`)."""
     forward_bad: list[int] = field(default_factory=list)  # module of each checked output
     # (``~module`` for the inputs of the step's first module: the batch entering the model)
     forward_norms: list[Tensor] = field(default_factory=list)

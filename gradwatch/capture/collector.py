@@ -125,6 +125,10 @@ class Collector(GradHooks, RecurrentHooks):
         if self.activations:
             slots += [Slot(p, "_post_accumulate_grad_hooks", p.register_post_accumulate_grad_hook,
                            TaskNote(self._tasks, self._used, i)) for i, p in self._accumulating]
+        if self.modules:  # the model's own calls: where each forward pass begins
+            slots.append(Slot(self.modules[0], "_forward_pre_hooks",
+                              self.modules[0].register_forward_pre_hook,
+                              Hook(self, "on_model_call")))
         for i, module in enumerate(self.modules):
             if self.owner_of[i] >= 0 or not (self.elementwise[i] or self.container[i]):
                 slots.append(Slot(module, "_forward_hooks", module.register_forward_hook,
@@ -188,6 +192,10 @@ class Collector(GradHooks, RecurrentHooks):
 
     amp_poll: Callable[[], None] | None = None
     """Called at the start of every hooked forward pass (the AMP skip detector polls there)."""
+
+    def on_model_call(self, module: nn.Module, args: Any) -> None:
+        if self.armed and (_is_compiling() or _task() == -1):  # (not a recomputation)
+            self.data.passes.append(len(self.data.completed))
 
     def on_forward(self, index: int, module: nn.Module, args: Any, output: Any) -> None:
         if self.amp_poll is not None:

@@ -32,23 +32,34 @@ class ForwardOrder:
         self.repeated: frozenset[int] = frozenset()
         """Layers whose module ran more than once in the forward pass (weights shared across
         depth): their gradient sums over several depths, so the depth trend leaves them out."""
-        self._seq: tuple[int, ...] = ()
+        self._seq: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
         self.order_key = 0  # changes whenever `order` does
         self.ran = np.ones(len(layers), dtype=bool)
         """Layers whose own module ran in the last recorded forward pass."""
 
-    def learn(self, completed: Sequence[int]) -> None:
+    def learn(self, completed: Sequence[int], calls: Sequence[int] = ()) -> None:
+        """Learns the order from the modules in ``completed`` order; ``calls`` are the
+        positions in it where a call of the model began (a module is repeated when it ran
+        more than once within one call: accumulated micro-batches or a validation pass under
+        ``no_grad`` run every module once per call)."""
         seq = tuple(completed)
-        if not seq or seq == self._seq:
+        key = (seq, tuple(calls))
+        if not seq or key == self._seq:
             return
-        self._seq, self.known = seq, True
+        self._seq, self.known = key, True
         self.order_key += 1
         first: dict[str, int] = {}
-        runs: dict[str, int] = {}
-        for k, mid in enumerate(seq):
-            name = self.module_names[mid]
-            first.setdefault(name, k)
-            runs[name] = runs.get(name, 0) + 1
+        runs: dict[str, int] = {}  # the most times each module ran within one call
+        cuts = sorted({c for c in calls if 0 < c < len(seq)})
+        for start, end in zip([0, *cuts], [*cuts, len(seq)]):
+            count: dict[str, int] = {}
+            for k in range(start, end):
+                name = self.module_names[seq[k]]
+                first.setdefault(name, k)
+                count[name] = count.get(name, 0) + 1
+            for name, c in count.items():
+                if c > runs.get(name, 0):
+                    runs[name] = c
         pos: dict[int, float] = {}
         uncalled: dict[str, list[int]] = {}  # module -> its layers that never ran themselves
         repeated = set()
