@@ -52,6 +52,10 @@ class Collected:
     model several times (accumulated micro-batches, a validation or target pass under
     ``no_grad``), and only a module run twice within one call shares its weights across
     depth (`gradwatch.capture.forward.ForwardOrder.repeated`)."""
+    loose: list[int] = field(default_factory=list)
+    """Positions in ``completed`` of modules run outside any call of the model with gradients
+    off (a sub-module's features for logging between backward and step): when the model was
+    called, they are no part of its forward order."""
     forward_bad: list[int] = field(default_factory=list)  # module of each checked output
     # (``~module`` for the inputs of the step's first module: the batch entering the model)
     forward_norms: list[Tensor] = field(default_factory=list)

@@ -125,10 +125,12 @@ class Collector(GradHooks, RecurrentHooks):
         if self.activations:
             slots += [Slot(p, "_post_accumulate_grad_hooks", p.register_post_accumulate_grad_hook,
                            TaskNote(self._tasks, self._used, i)) for i, p in self._accumulating]
-        if self.modules:  # the model's own calls: where each forward pass begins
-            slots.append(Slot(self.modules[0], "_forward_pre_hooks",
-                              self.modules[0].register_forward_pre_hook,
-                              Hook(self, "on_model_call")))
+        if self.modules:  # the model's own calls: where each forward pass begins and ends
+            root = self.modules[0]
+            slots += [Slot(root, "_forward_pre_hooks", root.register_forward_pre_hook,
+                           Hook(self, "on_model_call")),
+                      Slot(root, "_forward_hooks", root.register_forward_hook,
+                           Hook(self, "on_model_return"))]
         for i, module in enumerate(self.modules):
             if self.owner_of[i] >= 0 or not (self.elementwise[i] or self.container[i]):
                 slots.append(Slot(module, "_forward_hooks", module.register_forward_hook,
@@ -179,7 +181,7 @@ class Collector(GradHooks, RecurrentHooks):
         if self.zeroing.dropped:  # passes thrown away by a zero_grad() before the real one
             data.tasks -= self.zeroing.dropped
         data.stale = self.zeroing.result()
-        self.data, self._last_layer, self._entry = Collected(), -1, -1
+        self.data, self._last_layer, self._entry, self._in_call = Collected(), -1, -1, 0
         return data
 
     def _flush_outputs(self) -> None:
@@ -193,9 +195,16 @@ class Collector(GradHooks, RecurrentHooks):
     amp_poll: Callable[[], None] | None = None
     """Called at the start of every hooked forward pass (the AMP skip detector polls there)."""
 
+    _in_call = 0  # calls of the model under way (reset at `take`: a call may have raised)
+
     def on_model_call(self, module: nn.Module, args: Any) -> None:
         if self.armed and (_is_compiling() or _task() == -1):  # (not a recomputation)
             self.data.passes.append(len(self.data.completed))
+            self._in_call += 1
+
+    def on_model_return(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._in_call:
+            self._in_call -= 1
 
     def on_forward(self, index: int, module: nn.Module, args: Any, output: Any) -> None:
         if self.amp_poll is not None:
@@ -212,6 +221,8 @@ class Collector(GradHooks, RecurrentHooks):
         data = self.data
         if (self.owner_of[index] >= 0 or not self.elementwise[index]) and not recomputing:
             data.completed.append(index)  # (unit-only modules: hooked on some steps only)
+            if not self._in_call and not torch.is_grad_enabled():
+                data.loose.append(len(data.completed) - 1)
         if isinstance(output, Tensor):
             tensors = [output] if output.is_floating_point() or output.is_complex() else []
         else:

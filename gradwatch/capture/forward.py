@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
@@ -32,20 +33,30 @@ class ForwardOrder:
         self.repeated: frozenset[int] = frozenset()
         """Layers whose module ran more than once in the forward pass (weights shared across
         depth): their gradient sums over several depths, so the depth trend leaves them out."""
-        self._seq: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
+        self._seq: tuple[tuple[int, ...], ...] = ((), (), ())
         self.order_key = 0  # changes whenever `order` does
         self.ran = np.ones(len(layers), dtype=bool)
         """Layers whose own module ran in the last recorded forward pass."""
 
-    def learn(self, completed: Sequence[int], calls: Sequence[int] = ()) -> None:
+    def learn(self, completed: Sequence[int], calls: Sequence[int] = (),
+              loose: Sequence[int] = ()) -> None:
         """Learns the order from the modules in ``completed`` order; ``calls`` are the
         positions in it where a call of the model began (a module is repeated when it ran
         more than once within one call: accumulated micro-batches or a validation pass under
-        ``no_grad`` run every module once per call)."""
-        seq = tuple(completed)
-        key = (seq, tuple(calls))
-        if not seq or key == self._seq:
+        ``no_grad`` run every module once per call). When the model was called, the modules
+        at positions ``loose`` (run outside its calls with gradients off: features taken for
+        logging) are left out."""
+        key = (tuple(completed), tuple(calls), tuple(loose))
+        if not completed or key == self._seq:
             return
+        seq: Sequence[int] = completed
+        if calls and loose:
+            out = set(loose)
+            kept = [k for k in range(len(completed)) if k not in out]
+            seq = [completed[k] for k in kept]
+            calls = [bisect.bisect_left(kept, c) for c in calls]  # the same call, new position
+            if not seq:
+                return
         self._seq, self.known = key, True
         self.order_key += 1
         first: dict[str, int] = {}

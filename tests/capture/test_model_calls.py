@@ -107,3 +107,47 @@ def test_layers_called_from_the_loop_without_the_model_keep_the_old_rule():
         watch.step()
         names = [watch._watched.layers[i].name for i in watch._watched.forward.repeated]
     assert names == ["b"]
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16))
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.encoder(x)))
+
+
+@pytest.mark.parametrize("when", ["between backward and step", "before the forward"])
+def test_a_sub_module_run_under_no_grad_outside_the_model_neither_moves_the_head_nor_agc(when):
+    """Features taken from the encoder for logging (no effect on training in plain torch):
+    the head stays the model's last layer, and AGC, which spares it, trains as without them."""
+    from gradwatch.clip import AGC
+
+    def train(features: bool) -> tuple[nn.Module, str | None, list[str]]:
+        torch.manual_seed(0)
+        model = _Net()
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        g = torch.Generator().manual_seed(1)
+        with GradWatch(model, optimizer=opt, clip=AGC(0.01)) as watch:
+            for _ in range(5):
+                x, y = torch.randn(8, 6, generator=g), torch.randn(8, 3, generator=g)
+                opt.zero_grad()
+                if features and when == "before the forward":
+                    with torch.no_grad():
+                        model.encoder(x)
+                nn.functional.mse_loss(model(x), y).backward()
+                if features and when != "before the forward":
+                    with torch.no_grad():
+                        model.encoder(x)
+                opt.step()
+            layers = list(watch.history[-1].layers)
+        return model, watch.head, layers
+
+    plain, head, layers = train(False)
+    other, head2, layers2 = train(True)
+    assert head == head2 == "head"
+    assert layers == layers2 == ["encoder.0", "encoder.2", "head"]
+    for p, q in zip(plain.parameters(), other.parameters()):
+        assert torch.equal(p, q)
