@@ -39,6 +39,9 @@ class ZeroCheck:
         self._kept: tuple[Tensor, Any, Any] | None = None  # param, its grad, the 16 entries
         self._handle: Any = None
         self._hook = Hook(self, "_on_grad")
+        self._hook_added = Hook(self, "_on_added")
+        self._added: Any = None  # the post-accumulate hook's handle
+        self._seen: tuple[Any, ...] | None = None  # what the pass under way found
         self._reset = False  # None or replaced at some pass (known on the host)
         self._zeroed: Any = None  # zeroed in place at some pass (a device bool)
         self._stale: Any = None  # held the kept entries at some pass (a device bool)
@@ -60,40 +63,66 @@ class ZeroCheck:
             if g is not None and not g.is_sparse and g.numel() and p.requires_grad:
                 head = g.detach().reshape(-1)[:16]  # (a plain CPU tensor: read as a list)
                 plain = g.device.type == "cpu" and type(g) is Tensor  # (not a DTensor shard)
-                self._kept = (p, weakref.ref(g), head.tolist() if plain else head.clone())
-                self._handle = p.register_hook(self._hook)
+                self._hook_param(p, (p, weakref.ref(g), head.tolist() if plain else head.clone()))
                 return
         if params and params[0].requires_grad:
-            self._kept = (params[0], None, None)
-            self._handle = params[0].register_hook(self._hook)
+            self._hook_param(params[0], (params[0], None, None))
+
+    def _hook_param(self, p: Tensor, kept: tuple[Tensor, Any, Any]) -> None:
+        """A hook before each backward pass adds to ``p``'s gradient (`_on_grad`: what it
+        holds then) and, where torch has one, after it added (`_on_added`: the pass did add;
+        an ``autograd.grad`` pass runs the first and not the second)."""
+        self._kept = kept
+        self._handle = p.register_hook(self._hook)
+        if hasattr(p, "register_post_accumulate_grad_hook") and not p.is_sparse:
+            self._added = p.register_post_accumulate_grad_hook(self._hook_added)
 
     def _on_grad(self, grad: Tensor) -> None:
-        """Before a backward pass adds ``grad`` to the kept parameter's gradient."""
+        """Before a backward pass adds ``grad`` to the kept parameter's gradient: what the
+        gradient holds, counted when the pass adds to it (at once without `_on_added`)."""
         kept = self._kept
         if kept is None:
             return None
         param, ref, sample = kept
         g = param.grad
-        task = _task()
-        if g is None and self._passes and task not in self._passes:
+        seen: tuple[Any, ...]
+        if g is None or ref is None or g is not ref():
+            seen = (_task(), g is None, g is not None and ref is not None)
+        else:
+            now = g.detach().reshape(-1)[:16]
+            if isinstance(sample, list):  # the CPU: plain bools
+                values = now.tolist()
+                zeroed, stale = not any(values), values == sample and any(sample)
+            else:  # a device: device bools, no host sync
+                zeroed, stale = ~now.ne(0).any(), (now == sample).all() & sample.ne(0).any()
+            seen = (_task(), False, False, zeroed, stale)
+        if self._added is None:
+            self._count(seen)
+        else:
+            self._seen = seen
+        return None
+
+    def _on_added(self, param: Tensor) -> None:
+        seen, self._seen = self._seen, None
+        if seen is not None and seen[0] == _task():
+            self._count(seen)
+
+    def _count(self, seen: tuple[Any, ...]) -> None:
+        """Counts one pass that added to the gradient (``seen``: what it held before)."""
+        task, was_none, replaced = seen[:3]
+        if was_none and self._passes and task not in self._passes:
             self.dropped.update(self._passes)  # reset since those passes: thrown away
             self._passes.clear()
         if task not in self._passes:
             self._passes.append(task)
-        if self._reset or ref is None:
-            return None
-        if g is None or g is not ref():
+        if self._reset or self._kept is None or self._kept[1] is None:
+            return
+        if was_none or replaced:
             self._reset = True  # set to None by zero_grad(), or replaced
-            return None
-        now = g.detach().reshape(-1)[:16]
-        if isinstance(sample, list):  # the CPU: plain bools
-            values = now.tolist()
-            zeroed, stale = not any(values), values == sample and any(sample)
-        else:  # a device: device bools, no host sync
-            zeroed, stale = ~now.ne(0).any(), (now == sample).all() & sample.ne(0).any()
+            return
+        zeroed, stale = seen[3:]
         self._zeroed = zeroed if self._zeroed is None else self._zeroed | zeroed
         self._stale = stale if self._stale is None else self._stale | stale
-        return None
 
     def result(self) -> Any:
         """Whether the kept gradient reaches this step unzeroed (a device bool; False when it
@@ -115,6 +144,8 @@ class ZeroCheck:
     def disarm(self) -> None:
         if self._handle is not None:
             self._handle.remove()
-        self._kept = self._handle = self._zeroed = self._stale = None
+        if self._added is not None:
+            self._added.remove()
+        self._kept = self._handle = self._added = self._seen = self._zeroed = self._stale = None
         self._reset = False
         self._passes, self.dropped = [], set()

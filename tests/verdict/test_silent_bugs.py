@@ -154,6 +154,39 @@ def test_gradients_never_zeroed_are_named():
     assert found["not_zeroed"].remedies == ("zero_grad",)
 
 
+@pytest.mark.parametrize("write", ["assign", "copy", "backward"])
+def test_gradients_from_autograd_grad_written_each_step_are_not_not_zeroed(write):
+    """``torch.autograd.grad`` adds nothing to ``.grad``: a loop that writes its result into
+    ``.grad`` each step (assigned, or copied in place) needs no ``zero_grad()``. Only a pass
+    that adds to the gradient is looked at; the control adds with ``backward()`` and never
+    zeroes."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    g = torch.Generator().manual_seed(1)
+    with GradWatch(model, optimizer=opt) as watch:
+        for step in range(10):
+            x, y = torch.randn(8, 6, generator=g), torch.randn(8, 3, generator=g)
+            loss = F.mse_loss(model(x), y)
+            params = list(model.parameters())
+            if write == "backward":
+                loss.backward()
+            else:
+                grads = torch.autograd.grad(loss, params)
+                for p, grad in zip(params, grads):
+                    if write == "assign" or p.grad is None:
+                        p.grad = grad
+                    else:
+                        p.grad.copy_(grad)
+            rec_norms = [torch.linalg.vector_norm(p.grad.double()).item() for p in params]
+            opt.step()
+            last = watch.history[-1]
+            assert last.layers["0"].norm == pytest.approx(
+                float(torch.linalg.vector_norm(torch.tensor(rec_norms[:2]))), rel=1e-6)
+    kinds = [f.kind for f in watch.diagnose()]
+    assert kinds == (["not_zeroed"] if write == "backward" else [])
+
+
 @pytest.mark.parametrize("zero, accumulate", [("before", 1), ("after_forward", 1), ("before", 4)])
 def test_zeroing_patterns_and_accumulation_within_a_step_stay_quiet(zero, accumulate):
     torch.manual_seed(0)
