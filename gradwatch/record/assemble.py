@@ -47,7 +47,7 @@ class StepColumns:
     unread: list[str] | None = None  # the same, but after gradient-receiving layers
     stale: bool | None = None  # gradients not zeroed since the last step (None: not checked)
     already: str | None = None  # the NaN/Inf was already in the "batch" or the "weights"
-    idle: np.ndarray | None = None  # a .grad held but not accumulated this step (None: unknown)
+    idle: np.ndarray | None = None  # a .grad of 0 held but not accumulated (None: unknown)
 
     @classmethod
     def overflowed(cls, step: int, n_layers: int) -> StepColumns:
@@ -109,6 +109,8 @@ def pending_step(step: int, watched: Any, data: Any, got: Any, present: list[boo
     absent = unread = idle = None
     if data is not None:  # the hooks saw what ran in this forward
         idle = data.idle if data.idle is not None and len(data.idle) == n else None
+        if idle is not None:  # a .grad set by hand (not accumulated) that is not 0 is one
+            idle = idle & (norms == 0)
         absent, unread = _cut_off(w, has if idle is None else has & ~idle)
     return StepColumns(step, has, norms, act, act_on, values, got.total, coef, skipped,
                        overflow, origin, birth, loss=loss[0] if loss else None, absent=absent,

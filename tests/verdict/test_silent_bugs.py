@@ -187,6 +187,38 @@ def test_gradients_from_autograd_grad_written_each_step_are_not_not_zeroed(write
     assert kinds == (["not_zeroed"] if write == "backward" else [])
 
 
+@pytest.mark.parametrize("assigned", [True, False])
+def test_gradients_set_by_hand_beside_accumulated_ones_are_gradients(assigned):
+    """The encoder's gradients are assigned (``p.grad = 0.5 * g`` from ``autograd.grad``)
+    while the head's accumulate through ``backward(inputs=head)``: the encoder has gradients,
+    so no ``no_gradient``. The control leaves the encoder's zeroed-in-place gradients alone:
+    it gets none, and is named."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                          nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    enc = list(model[0].parameters()) + list(model[2].parameters())
+    head = list(model[4].parameters())
+    g = torch.Generator().manual_seed(1)
+    for p in enc:
+        p.grad = torch.zeros_like(p)  # held, zeroed in place each step: 0 unless assigned
+    with GradWatch(model, optimizer=opt) as watch:
+        for step in range(8):
+            x, y = torch.randn(8, 6, generator=g), torch.randn(8, 3, generator=g)
+            opt.zero_grad(set_to_none=False)
+            loss = F.mse_loss(model(x), y)
+            g_enc = torch.autograd.grad(loss, enc, retain_graph=True)
+            loss.backward(inputs=head)
+            if assigned:
+                for p, grad in zip(enc, g_enc):
+                    p.grad = 0.5 * grad
+            norm0 = torch.linalg.vector_norm(torch.cat([p.grad.reshape(-1) for p in enc[:2]]))
+            opt.step()
+            assert watch.history[-1].layers["0"].norm == pytest.approx(norm0.item(), rel=1e-6)
+    found = [(f.kind, f.layers) for f in watch.diagnose()]
+    assert found == ([] if assigned else [("no_gradient", ("0", "2"))])
+
+
 @pytest.mark.parametrize("zero, accumulate", [("before", 1), ("after_forward", 1), ("before", 4)])
 def test_zeroing_patterns_and_accumulation_within_a_step_stay_quiet(zero, accumulate):
     torch.manual_seed(0)
