@@ -179,7 +179,9 @@ class Saturation(Rule):
     """Most outputs of a hidden saturating activation sit at its bounds, where its slope is ~0,
     and it costs the gradient: even the input side's largest gets less than 1e-2 of the output
     side's median (a net whose skip connections carry the gradient past saturated blocks is not
-    held back by them; the output activation is meant to saturate on confident predictions)."""
+    held back by them; the output activation is meant to saturate on confident predictions).
+    Without a depth trend (fewer than 3 weight layers, or layers run twice in one forward pass)
+    that cost is not known, and the rule is quiet."""
 
     kind, status, reads, optional = "saturation", Status.SATURATED, ("sat_frac",), True
 
@@ -192,8 +194,8 @@ class Saturation(Rule):
         over[view.head] = False
         idx = np.flatnonzero(over)
         trend = depth_trend(view)
-        if not len(idx) or (trend and min(t.starved for t in trend) >= 1e-2):
-            return None
+        if not len(idx) or not trend or min(t.starved for t in trend) >= 1e-2:
+            return None  # (no trend, as in a Siamese net: whether it costs is not known)
         worst = float(sat[idx].max())
         return Hit([Mark(idx, "{:.0f}% of its activations saturated", 100 * sat[idx])],
                    f"{len(idx)} layer(s) whose following sigmoid/tanh outputs are at least "
