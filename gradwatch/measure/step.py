@@ -104,7 +104,8 @@ def measure_step(watched: Any, amp: Any, policy: Any, statistics: Sequence[Any],
                     loss=loss if recording else None, host_norms=host_norms, exact=exact,
                     total_of=sel)
     if norms_dev.device.type == "cpu" and not has_dtensor(grads):  # for the next step
-        w.tiny = np.asarray(got.norms) < TINY if present is None else None
+        found = np.asarray(got.norms)  # (a gradient of exact zeros is no underflow: float32
+        w.tiny = (found < TINY) & (found != 0) if present is None else None  # gets it right)
     overflow = amp.overflow(scaled, got.total)
     finite = math.isfinite(got.total)
     skipped = False

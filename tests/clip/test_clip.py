@@ -110,6 +110,34 @@ def test_float64_model_trains_bit_identically_to_clip_grad_norm():
         assert a.dtype == torch.float64 and torch.equal(a, b)
 
 
+def test_a_gradient_of_exact_zeros_keeps_clipping_bit_identical_at_the_next_step():
+    """A zero-initialised output layer gives the hidden layers gradients of exact zeros at the
+    first step. Zeros are no float32 underflow: the next step's total is still torch's float32
+    one, so the clipped run equals a ``clip_grad_norm_`` loop bit for bit."""
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                         nn.Linear(64, 4))
+    nn.init.zeros_(base[4].weight)
+    ref, ours = copy.deepcopy(base), copy.deepcopy(base)
+    opt_r = torch.optim.SGD(ref.parameters(), lr=0.1)
+    opt_o = torch.optim.SGD(ours.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(4)
+    totals = []
+    with GradWatch(ours, optimizer=opt_o, clip=1.0) as watch:
+        for _ in range(10):
+            x, y = torch.randn(16, 32, generator=g) * 20, torch.randint(0, 4, (16,), generator=g)
+            for model, opt in ((ref, opt_r), (ours, opt_o)):
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(x), y).backward()
+                if model is ref:
+                    totals.append(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0).item())
+                opt.step()
+    assert watch.history[0].layers["0"].norm == 0.0  # the first step's exact zeros
+    assert [r.total_norm for r in watch.history] == totals
+    for a, b in zip(ours.parameters(), ref.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_global_norm_with_device_tensor_total_matches_too():
     grads = _grads(scale=10.0)
     ref = _params_with(grads)
