@@ -123,7 +123,9 @@ class WatchedSet:
         self.stepped = np.array([stepped is None or any(id(p) in stepped for p in layer.params)
                                  for layer in self.layers], dtype=bool)
         self.all_stepped = bool(self.param_stepped.all())
-        self.first_stepped = [p for p, s in zip(self.params, self.param_stepped) if s][:8]
+        stepped_params = [p for p, s in zip(self.params, self.param_stepped) if s]
+        self.first_stepped = stepped_params[:8] + stepped_params[-1:] * (len(stepped_params) > 8)
+        """The first 8 stepped parameters, then the last (`ZeroCheck.snapshot` reads both)."""
         self._signature = self._current_signature()
         if stepped is not None:
             _warn_outside(self._unseen(source))  # (after a rebuild: none of the model's)

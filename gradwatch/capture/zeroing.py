@@ -47,6 +47,7 @@ class ZeroCheck:
         self._stale: Any = None  # held the kept entries at some pass (a device bool)
         self._passes: list[int] = []  # the graph tasks that added to it since the last reset
         self.dropped: set[int] = set()  # graph tasks whose gradients a reset threw away
+        self._last: list[Any] = []  # the hooks on the last stepped parameter (`_LastParam`)
 
     @property
     def armed(self) -> bool:
@@ -58,6 +59,10 @@ class ZeroCheck:
         one, a weak reference to the gradient tensor itself, and hooks the parameter. With none
         (before the first step) the first is hooked to tell thrown-away passes only."""
         self.disarm()
+        if params and params[-1] is not params[0] and params[-1].requires_grad \
+                and not params[-1].is_sparse \
+                and hasattr(params[-1], "register_post_accumulate_grad_hook"):
+            self._hook_last(params[-1])  # a pass through the head only: thrown away too?
         for p in params[:8]:
             g = p.grad
             if g is not None and not g.is_sparse and g.numel() and p.requires_grad:
@@ -67,6 +72,29 @@ class ZeroCheck:
                 return
         if params and params[0].requires_grad:
             self._hook_param(params[0], (params[0], None, None))
+
+    def _hook_last(self, p: Tensor) -> None:
+        """Hooks the last stepped parameter (usually the head's) to tell thrown-away passes
+        that never reach the first one: a pass through the head alone, or a backward that
+        raised half-way, before a ``zero_grad()``."""
+        state: dict[str, Any] = {"passes": [], "seen": None}
+        self._last = [p.register_hook(Hook(self, "_last_grad", p, state)),
+                      p.register_post_accumulate_grad_hook(Hook(self, "_last_added", state))]
+
+    def _last_grad(self, p: Tensor, state: dict[str, Any], grad: Tensor) -> None:
+        state["seen"] = (_task(), p.grad is None)
+
+    def _last_added(self, state: dict[str, Any], param: Tensor) -> None:
+        seen, state["seen"] = state["seen"], None
+        if seen is None or seen[0] != _task():
+            return
+        task, was_none = seen
+        passes = state["passes"]
+        if was_none and passes and task not in passes:
+            self.dropped.update(passes)
+            passes.clear()
+        if task not in passes:
+            passes.append(task)
 
     def _hook_param(self, p: Tensor, kept: tuple[Tensor, Any, Any]) -> None:
         """A hook before each backward pass adds to ``p``'s gradient (`_on_grad`: what it
@@ -146,6 +174,9 @@ class ZeroCheck:
             self._handle.remove()
         if self._added is not None:
             self._added.remove()
+        for handle in self._last:
+            handle.remove()
+        self._last = []
         self._kept = self._handle = self._added = self._seen = self._zeroed = self._stale = None
         self._reset = False
         self._passes, self.dropped = [], set()

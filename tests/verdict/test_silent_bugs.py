@@ -350,6 +350,66 @@ def test_a_backward_thrown_away_by_zero_grad_is_not_in_act_norm(watch_step):
                                                                        rel=1e-6)
 
 
+class _RaiseOnce(torch.autograd.Function):
+    """Identity whose backward raises while ``fire`` is set (a backward that fails half-way,
+    after the layers behind it already accumulated)."""
+
+    fire = False
+
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[override]
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        if _RaiseOnce.fire:
+            raise RuntimeError("backward failed")
+        return grad
+
+
+class _StemHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.head = nn.Linear(6, 16), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(_RaiseOnce.apply(torch.relu(self.stem(x))))
+
+
+@pytest.mark.parametrize("thrown", ["head only", "raised half-way"])
+def test_a_thrown_away_pass_that_never_reached_the_first_layer_is_not_in_act_norm(thrown):
+    """A pass through the head alone (an auxiliary loss on the head's parameters), or one whose
+    backward raised before it reached the stem, then ``zero_grad()``: the head's act_norm is
+    the stepped pass's alone, as plain torch's output gradient."""
+    torch.manual_seed(0)
+    model = _StemHead()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen: dict[str, float] = {}
+    model.head.register_forward_hook(_summing_output_grads(seen, "sq"))
+    g = torch.Generator().manual_seed(0)
+    with GradWatch(model, optimizer=opt) as watch:
+        for step in range(3):
+            x, y = torch.randn(8, 6, generator=g), torch.randn(8, 3, generator=g)
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            if thrown == "head only":
+                (10 * loss).backward(inputs=list(model.head.parameters()))
+            else:
+                _RaiseOnce.fire = True
+                try:
+                    (10 * loss).backward()
+                except RuntimeError:
+                    pass
+                finally:
+                    _RaiseOnce.fire = False
+            opt.zero_grad()
+            seen.clear()
+            F.mse_loss(model(x), y).backward()
+            opt.step()
+            assert watch.history[-1].layers["head"].act_norm == pytest.approx(
+                seen["sq"] ** 0.5, rel=1e-6)
+
+
 def test_a_discriminator_watch_leaves_out_the_generator_pass_through_it():
     """pytorch/examples DCGAN order, a watch on D: the generator's loss flows through D after
     D's step; D's zero_grad() throws that pass away. D's act_norm is plain torch's over the
