@@ -22,12 +22,15 @@ class DeadUnits(Rule):
 
     A dead unit gets no gradient, so dying is absorbing: a layer whose dead share fell by a
     quarter or more within the rule's window (`REVIVED`; units came back as the layers before
-    it trained, e.g. a squeeze-excitation layer all negative at init) is no verdict. While the
-    loss falls (`Thresholds.loss_falling`) the dead units do not hold the run back (a narrow
-    bottleneck, features the task does not use): the hit is a note. After `Thresholds.window`
-    measured steps with dead units the loss must have fallen so since they were first seen, not
-    only since the run's start: a net that dies once its loss reached chance level (a first loss
-    inflated by unnormalised inputs) did not learn with them."""
+    it trained, e.g. a squeeze-excitation layer all negative at init) is no verdict. Once the
+    loss has fallen (`Thresholds.loss_falling`: its lowest median of `Thresholds.window`
+    recorded steps against its start) the dead units do not hold the run back (a narrow
+    bottleneck, features the task does not use): the hit is a note, until the median climbs
+    back above where it was when they were first seen (and above the bound), so a noisy loss
+    (mixup) whose median swings keeps its note. After `Thresholds.window` measured steps with
+    dead units the loss must have fallen so since they were first seen, not only since the
+    run's start: a net that dies once its loss reached chance level (a first loss inflated by
+    unnormalised inputs) did not learn with them."""
 
     kind, status, reads, optional = "dead_units", Status.DEAD, ("dead_frac",), True
     REVIVED = 0.75
@@ -66,8 +69,13 @@ class DeadUnits(Rule):
             state["since"] = curve.now if curve.ready else curve.first  # units first seen dead
         since, hits = state.get("since", math.nan), state.get("hits", 0.0) + 1
         state["hits"] = hits  # (the loss gets `window` measured steps to fall with them)
-        if th.loss_falling is not None and curve is not None and curve.fell(th.loss_falling) \
-                and (hits <= th.window or curve.now <= th.loss_falling * since):
+        if curve is not None and curve.ready:  # the lowest median since they were first seen
+            state["low"] = min(state.get("low", math.inf), curve.now)
+        low = state.get("low", math.nan)
+        if th.loss_falling is not None and curve is not None and curve.ready \
+                and curve.best <= th.loss_falling * min(curve.first, curve.start) \
+                and (hits <= th.window or low <= th.loss_falling * since) \
+                and not curve.now > max(since, th.loss_falling * min(curve.first, curve.start)):
             hit.note = (f"the loss falls meanwhile: median {fmt3(curve.now)} over the last "
                         f"{th.window} recorded steps, from {fmt3(since)} when dead units were "
                         f"first seen and {fmt3(curve.first)} at the first recorded step (bound "

@@ -58,6 +58,26 @@ def test_dead_units_are_an_alarm_unless_the_loss_fell_from_its_first_value_and_i
     assert judge.last.status[0] != 0
 
 
+def test_a_noisy_falling_loss_keeps_its_note():
+    """Mixup-like losses: a falling trend times a factor that swings 0.3x-1.7x step to step,
+    so the median of the last 5 swings too (0.5 to 1.1 from step 30). Once the loss has
+    fallen since the units died, the note holds until the loss climbs back above where it
+    was then: one note from its first step, never an alarm, no status (before, the verdict
+    flipped between note and alarm with the median, and here ended an alarm)."""
+    swing = [1.7, 0.3, 1.1, 0.5, 1.5, 0.4, 0.9]
+    losses = [2.3] * 5 + [max(1.0, 2.0 * 0.93 ** k) * swing[k % 7] for k in range(60)]
+    judge, flagged, medians = Judge(Thresholds()), [], []
+    for step, loss in enumerate(losses):
+        v = judge.judge(_view(step, loss, 0.8 if step >= 15 else 0.0))
+        flagged.append(bool(v.status.any()))
+        medians.append(judge.curve.now)
+    assert max(medians[30:]) > 2 * min(medians[30:])  # the median swings
+    assert judge.diagnose() == [] and not any(flagged)
+    (note,) = judge.diagnose(notes=True)
+    # (persistent: it holds from the 4th of the 5 recorded steps with dead units)
+    assert note.kind == "dead_units" and note.first_step == 18 and note.steps == 47
+
+
 def test_loss_falling_none_never_makes_a_note():
     judge = _judge([2.0 * 0.9 ** k for k in range(20)], Thresholds(loss_falling=None))
     assert [f.kind for f in judge.diagnose()] == ["dead_units"]
