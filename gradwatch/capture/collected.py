@@ -12,7 +12,7 @@ from ..measure.batched import foreach_norm64, grouped_norms
 from ..measure.norms import TINY, repair_norms
 
 __all__ = ['Events', 'UnitEntry', 'Collected', 'BATCH_TENSORS', 'BATCH_NUMEL', 'is_container',
-           'TaskNote']
+           'TaskNote', 'batched_norms64']
 
 
 @dataclass
@@ -130,6 +130,25 @@ def _norms64(tensors: list[Tensor], finiteness: bool = False, direct: bool = Fal
         if (finiteness or min(values) >= TINY) and sum(values) < math.inf:  # NaN fails too
             return n32.double()
         return torch.tensor(repair_norms(values, tensors), dtype=torch.float64)
+
+
+def batched_norms64(tensors: list[Tensor], direct: bool = False) -> Tensor | None:
+    """`_norms64` for a batch it could not reduce because some of ``tensors`` are batched by a
+    vmap that has returned (``autograd.grad(..., is_grads_batched=True)`` and
+    ``jacobian(vectorize=True)`` run the backward through a hooked layer under one, handing its
+    hooks batched gradients): NaN for those ("not measured"; their pass adds to no ``.grad``,
+    so a step with an accumulating pass reads none of them), the others' norms as usual. None
+    when none is batched (the failure was something else). Only called after a failure."""
+    f = torch._C._functorch
+    bad = [f.is_functorch_wrapped_tensor(t) or f.is_legacy_batchedtensor(t) for t in tensors]
+    if not any(bad):
+        return None
+    out = torch.full((len(tensors),), math.nan, dtype=torch.float64, device=tensors[0].device)
+    good = [t for t, b in zip(tensors, bad) if not b]
+    if good:
+        keep = torch.tensor([not b for b in bad], device=out.device)
+        out[keep] = _norms64(good, direct=direct).to(out.device)
+    return out
 
 
 _task = torch._C._current_graph_task_id

@@ -14,18 +14,19 @@ from .collected import BATCH_NUMEL, BATCH_TENSORS, Collected, Events, TaskNote, 
 from .layers import owners
 from .gradhooks import GradHooks
 from .recurrent import RecurrentHooks
-from .units import UNIT_EVERY, UnitBatch, UnitWindow
+from .units import UNIT_EVERY, UnitBatch, UnitHooks, UnitWindow
 from .zeroing import ZeroCheck
-from .hooks import _ELEMENTWISE, Hook, Slot, iter_tensors
+from .hooks import _ELEMENTWISE, Hook, Slot, in_vmap, iter_tensors
 from .layers import Layer, activation_kind
 
 _is_compiling = torch.compiler.is_compiling  # (dynamo folds this very function to True)
+_transform = torch._C._functorch.peek_interpreter_stack  # None outside torch.func transforms
 
 __all__ = ["Collector", "UNIT_EVERY",
            "is_container"]
 
 
-class Collector(GradHooks, RecurrentHooks):
+class Collector(GradHooks, RecurrentHooks, UnitHooks):
     """Owns every hook handle on the model and the `Collected` data of the current step.
 
     Args:
@@ -58,6 +59,7 @@ class Collector(GradHooks, RecurrentHooks):
         self._outputs: list[Tensor] = []  # module outputs waiting for their batched check
         self._grads_out: list[Tensor] = []  # output gradients waiting for their batched norm
         self._grads_in: list[Tensor] = []  # input gradients waiting for their batched norm
+        self._leaf_hooks: dict[tuple[int, int, bool], tuple[Any, Any]] = {}  # this step's
         self._last_layer = -1
         self._entry = -1  # the step's first module given a floating input (the batch enters)
         self.units_on = True  # measure dead/saturated units in this forward (set per step)
@@ -144,10 +146,11 @@ class Collector(GradHooks, RecurrentHooks):
                             for i in self._unit_only]
 
     def detach(self) -> None:
-        for slot in self._slots or ():
+        for slot in reversed(self._slots or ()):  # (the last attached first: `Slot.attach`)
             slot.detach()
         for slot in self._unit_slots:
             slot.detach()
+        self._drop_leaf_hooks()
         self._attached = self._units_attached = False
 
     def close(self) -> None:
@@ -159,36 +162,49 @@ class Collector(GradHooks, RecurrentHooks):
         """Hands over what was collected and starts afresh. With ``finite=True`` (the step's
         parameter gradients are known to be finite) what only a non-finite step reads is
         dropped, not computed: the module-output checks and the input-gradient norms (they
-        locate where a NaN was born)."""
-        self._flush_units()
+        locate where a NaN was born). What was held is dropped even when a reduction raises
+        (`_restart`): that step's data is lost, not every later step's."""
         data = self.data
-        self._held_numel = [0, 0, 0]
-        data.tasks = set(self._tasks)
-        self._tasks.clear()
-        if self._used and self.activations:  # (none seen: unknown, as under FSDP2)
-            data.idle = self._tracked.copy()
-            data.idle[list(self._used)] = False
-        self._used.clear()
-        if finite:
-            self._outputs, self._grads_in = [], []
-            data.forward_bad, data.forward_norms, data.in_norms = [], [], []
-            data.inp = Events()
-        else:
-            self._flush_outputs()
-            self._flush_grads(self._grads_in, data.in_norms)
-        self._flush_grads(self._grads_out, data.out_norms)
-        self._next_step_grads()
-        if self.zeroing.dropped:  # passes thrown away by a zero_grad() before the real one
-            data.tasks -= self.zeroing.dropped
-        data.stale = self.zeroing.result()
-        self.data, self._last_layer, self._entry, self._in_call = Collected(), -1, -1, 0
+        try:
+            self._flush_units()
+            data.tasks = set(self._tasks)
+            if self._used and self.activations:  # (none seen: unknown, as under FSDP2)
+                data.idle = self._tracked.copy()
+                data.idle[list(self._used)] = False
+            if finite:
+                data.forward_bad, data.forward_norms, data.in_norms = [], [], []
+                data.inp = Events()
+            else:
+                self._flush_outputs()
+                self._flush_grads(self._grads_in, data.in_norms)
+            self._flush_grads(self._grads_out, data.out_norms)
+            self._next_step_grads()
+            if self.zeroing.dropped:  # passes thrown away by a zero_grad() before the real one
+                data.tasks -= self.zeroing.dropped
+            data.stale = self.zeroing.result()
+        finally:
+            self._restart()
         return data
+
+    def _restart(self) -> None:
+        """Starts the next step's collection afresh: drops the held tensors and this step's
+        leaf hooks (`GradHooks._hook_leaf`)."""
+        self._outputs, self._grads_out, self._grads_in = [], [], []
+        self._held_numel = [0, 0, 0]
+        self.unit_batch.clear()
+        self._tasks.clear()
+        self._used.clear()
+        self.zeroing.disarm()  # (done by `ZeroCheck.result` unless that was not reached)
+        self._drop_leaf_hooks()
+        self.data, self._last_layer, self._entry, self._in_call = Collected(), -1, -1, 0
 
     def _flush_outputs(self) -> None:
         if self._outputs:
-            self.data.forward_norms.append(_norms64(self._outputs, finiteness=True))
-            self._outputs = []
-            self._held_numel[0] = 0
+            try:
+                self.data.forward_norms.append(_norms64(self._outputs, finiteness=True))
+            finally:
+                self._outputs = []
+                self._held_numel[0] = 0
 
     # ---------------------------------------------------------------- hook interface
 
@@ -214,6 +230,9 @@ class Collector(GradHooks, RecurrentHooks):
             self.compiled = True
         if not self.armed or (self._only_units[index] and not self.units_on):
             return
+        if not compiling and _transform() is not None and in_vmap():  # per-sample tensors
+            return  # (vmap, jacrev): reducing them after the transform fails, and their
+            # gradients add to no .grad; torch.func.grad alone is measured as a backward
         # activation checkpointing re-runs forwards inside the backward pass: the forward
         # order, the NaN checks and the unit statistics were taken in the forward; only the
         # gradient hooks are wanted again (the reentrant variant's gradients flow there)
@@ -274,25 +293,3 @@ class Collector(GradHooks, RecurrentHooks):
                 self._held_numel[0] += t.numel()
                 held = True
         return held
-
-    def _unit_stats(self, kind: str, y: Tensor, module: nn.Module, index: int) -> None:
-        """Notes an activation's output for the batched unit statistics (`UnitBatch`): the
-        units that fired within the window (rectifiers), or the outputs within 1% of a bound
-        (saturating modules)."""
-        conv = kind == "rectifier" and y.dim() >= 3 and self.conv_like[self._last_index()]
-        self.unit_batch.add(kind, y, module, conv, self._last_layer, (self._last_layer, index))
-        if len(self.unit_batch) >= BATCH_TENSORS:
-            self._flush_units()
-
-    def _flush_units(self) -> None:
-        entries, counts = self.unit_batch.finish()
-        if counts is not None:
-            self.data.units += entries
-            self.data.unit_counts.append(counts)
-
-    def _last_index(self) -> int:
-        for index in reversed(self.data.completed):
-            if self.owner_of[index] == self._last_layer:
-                return index
-        return 0
-

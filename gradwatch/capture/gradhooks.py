@@ -4,11 +4,12 @@ that hand each output (and input) gradient to batched norms, in backward order."
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import Any, Callable
 
 from torch import Tensor
 
-from .collected import BATCH_NUMEL, BATCH_TENSORS, _norms64, _task
+from .collected import BATCH_NUMEL, BATCH_TENSORS, _norms64, _task, batched_norms64
 from ..measure.norms import TINY
 
 __all__ = ["GradHooks"]
@@ -30,6 +31,7 @@ class GradHooks:
     _held_numel: list[int]
     _direct: list[bool]
     _tiny: list[bool | None]
+    _leaf_hooks: dict[tuple[int, int, bool], tuple[Any, Any]]
 
     def _hook_node(self, out: Tensor, args: Any, layer: int) -> bool:
         """One post-hook on the node that made the module's output, when that node also takes
@@ -98,10 +100,10 @@ class GradHooks:
     def _hook_grad(self, t: Tensor, layer: int, is_output: bool) -> None:
         """Hands the gradient w.r.t. ``t`` to `on_grad`: a pre-hook on ``t``'s autograd node
         (half the cost of ``Tensor.register_hook``, the same gradient: before any in-place op
-        that follows), or a tensor hook on a leaf."""
+        that follows), or a tensor hook on a leaf (`_hook_leaf`)."""
         node = t.grad_fn
         if node is None:
-            t.register_hook(self._grad_hooks[(layer, is_output, -1)])
+            self._hook_leaf(t, layer, is_output)
             return
         key = (layer, is_output, t.output_nr)
         hook = self._grad_hooks.get(key)
@@ -109,6 +111,28 @@ class GradHooks:
             hook = self._grad_hooks[key] = functools.partial(self.on_node_grad, layer,
                                                              is_output, t.output_nr)
         node.register_prehook(hook)
+
+    def _hook_leaf(self, t: Tensor, layer: int, is_output: bool) -> None:
+        """A tensor hook on a leaf that a layer returns or is called on (a module returning its
+        own Parameter, a decoder called on ``self.query_embed.weight``: DETR's queries; a batch
+        that requires grad), for this step only: a Parameter outlives the step, and a hook
+        left on it would fire at every later backward (the norm counted once per step taken,
+        the cost growing with the run). One per tensor, layer and direction in a step (it
+        fires at each backward through the tensor, as a node hook would); removed when the
+        step's data is taken (`_drop_leaf_hooks`), and by ``detach``/``close``. (Rare: the
+        outputs and inputs of layers have a ``grad_fn`` in the common case.)"""
+        key = (id(t), layer, is_output)
+        held = self._leaf_hooks.get(key)
+        if held is not None and held[0]() is t:  # hooked already in this step
+            return
+        self._leaf_hooks[key] = (weakref.ref(t), t.register_hook(
+            self._grad_hooks[(layer, is_output, -1)]))
+
+    def _drop_leaf_hooks(self) -> None:
+        if self._leaf_hooks:
+            for _, handle in self._leaf_hooks.values():
+                handle.remove()
+            self._leaf_hooks.clear()
 
     def on_grad(self, layer: int, is_output: bool, grad: Tensor) -> None:
         if self.armed:
@@ -134,9 +158,15 @@ class GradHooks:
     def _flush_grads(self, pending: list[Tensor], into: list[Tensor]) -> None:
         if pending:
             k = pending is self._grads_in  # which kind: output (0) or input (1) gradients
-            norms = _norms64(pending, direct=self._direct[k])
+            try:
+                norms = _norms64(pending, direct=self._direct[k])
+            except RuntimeError:  # (rare) gradients batched by a vmap: NaN for those
+                norms = batched_norms64(pending, self._direct[k])
+                if norms is None:
+                    raise
+            finally:  # (dropped even when that raised: not held into every later batch)
+                pending.clear()
             into.append(norms)
-            pending.clear()
             # float64 at once next step if this step had norms below float32's safe range
             if norms.device.type == "cpu":
                 self._tiny[k] = self._tiny[k] or bool((norms < TINY).any())

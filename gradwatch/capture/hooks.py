@@ -8,6 +8,7 @@ carries no live hook.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -18,11 +19,13 @@ import torch
 from torch import Tensor, nn
 
 
-__all__ = ["iter_tensors", "Hook", "Slot", "Stale", "user_stacklevel"]
+__all__ = ["iter_tensors", "in_vmap", "Hook", "Slot", "Stale", "user_stacklevel"]
 
 
 def iter_tensors(output: Any) -> Iterator[Tensor]:
-    """The tensors in a module's output: a tensor, or nested tuples, lists and dict values."""
+    """The tensors in a module's output: a tensor, or nested tuples, lists, dict values and
+    the fields of dataclass instances (tested last, after None, the commonest other item: the
+    common cases pay nothing for it)."""
     if isinstance(output, Tensor):
         yield output
     elif isinstance(output, (tuple, list)):
@@ -31,7 +34,17 @@ def iter_tensors(output: Any) -> Iterator[Tensor]:
     elif isinstance(output, dict):
         for item in output.values():
             yield from iter_tensors(item)
+    elif output is not None and dataclasses.is_dataclass(output) and not isinstance(
+            output, type):
+        for f in dataclasses.fields(output):
+            yield from iter_tensors(getattr(output, f.name))
 
+
+
+def in_vmap() -> bool:
+    """Whether a ``torch.func.vmap`` (or a transform built on it: ``jacrev``) is running."""
+    vmap = torch._C._functorch.TransformType.Vmap
+    return any(i.key() == vmap for i in torch._C._functorch.get_interpreter_stack() or ())
 
 
 class Hook:
@@ -62,26 +75,67 @@ class Slot:
     """One hook put into and taken out of the hook dict of a module or tensor (``attr``, e.g.
     ``"_forward_hooks"``) under the key its first registration reserved: attaching it again is
     one dict store, not a new `torch.utils.hooks.RemovableHandle` (about 0.1 against 1.5 µs).
-    It registers afresh when that dict was replaced since."""
+    It registers afresh when that dict was replaced since. The hook keeps its place among the
+    other hooks in the dict (a user's forward hook added after the watch that replaces the
+    output runs after gradwatch's at every recorded step, not only at the first): a dict
+    appends a key stored again at its end, so where other hooks share the dict (rare), the
+    order is rebuilt (`_reinsert`)."""
 
-    __slots__ = ("owner", "attr", "register", "hook", "key", "table")
+    __slots__ = ("owner", "attr", "register", "hook", "key", "table", "order")
 
     def __init__(self, owner: Any, attr: str, register: Callable[[Any], Any], hook: Any) -> None:
         self.owner, self.attr, self.register, self.hook = owner, attr, register, hook
         self.key: int | None = None
         self.table: dict | None = None
+        self.order: tuple[int, ...] = ()  # the dict's keys when last detached beside others
 
     def attach(self) -> None:
         table = getattr(self.owner, self.attr, None)
         if self.key is None or table is not self.table:
             self.key = self.register(self.hook).id
             self.table = getattr(self.owner, self.attr)
+        elif table:  # other hooks there (rare): back in its place, not at the end
+            _reinsert(table, self.key, self.hook, self.order)
         else:
             table[self.key] = self.hook
 
     def detach(self) -> None:
-        if self.table is not None:
-            self.table.pop(self.key, None)
+        table = self.table
+        if table is not None:
+            if len(table) > 1 and self.key in table:  # (rare) others there: note its place
+                self.order = tuple(table)
+            table.pop(self.key, None)
+
+
+def _reinsert(table: dict, key: int, hook: Any, order: tuple[int, ...]) -> None:
+    """Puts ``hook`` back into ``table`` under ``key`` where it was when ``order`` (the keys
+    then) was noted: right after the last hook that came before it and is still there, else
+    right before the first that came after it. Hooks added since went to the front
+    (``prepend=True``) or the end, so they keep their side. With nothing of ``order`` left, in
+    registration order (handle ids grow with it): before the first hook registered after it.
+    (Slots sharing a dict are detached in the reverse order of their attaching, so each notes
+    the ones before it.)"""
+    if key in table:
+        return
+    keys = list(table)
+    if key not in order:
+        order = ()
+    k = order.index(key) if order else 0
+    before = [c for c in order[:k] if c in table]
+    after = [c for c in order[k + 1:] if c in table]
+    if before:
+        pos = keys.index(before[-1]) + 1
+    elif after:
+        pos = keys.index(after[0])
+    else:
+        pos = next((i for i, c in enumerate(keys) if c > key), len(keys))
+    if pos == len(keys):  # (gradwatch's own hooks on the root: the last of them)
+        table[key] = hook
+        return
+    items = [(c, table[c]) for c in keys]
+    items.insert(pos, (key, hook))
+    table.clear()
+    table.update(items)
 
 
 class Stale:

@@ -11,11 +11,11 @@ import torch
 from torch import Tensor, nn
 from torch._utils import _flatten_dense_tensors
 
-from .collected import UnitEntry
+from .collected import BATCH_TENSORS, UnitEntry
 from .hooks import _bounds
 from ..measure.batched import Segments
 
-__all__ = ["UnitBatch", "UnitWindow", "UNIT_EVERY", "UNIT_WINDOW", "SAMPLE"]
+__all__ = ["UnitBatch", "UnitHooks", "UnitWindow", "UNIT_EVERY", "UNIT_WINDOW", "SAMPLE"]
 
 UNIT_EVERY = 4
 """Dead and saturated units and update/weight ratios are measured on every 4th recorded step
@@ -206,6 +206,39 @@ class UnitBatch:
                     self._segments.clear()
                 segments = self._segments[key] = Segments(list(sizes), flat.device)
             counts.append(segments.sums(flat))
+
+
+class UnitHooks:
+    """The part of `gradwatch.capture.collector.Collector` that hands activation outputs to
+    its `UnitBatch` (``unit_batch``) and their counts to ``data``
+    (a `gradwatch.capture.collected.Collected`)."""
+
+    unit_batch: UnitBatch
+    data: Any
+    conv_like: list[bool]
+    owner_of: list[int]
+    _last_layer: int
+
+    def _unit_stats(self, kind: str, y: Tensor, module: nn.Module, index: int) -> None:
+        """Notes an activation's output for the batched unit statistics (`UnitBatch`): the
+        units that fired within the window (rectifiers), or the outputs within 1% of a bound
+        (saturating modules)."""
+        conv = kind == "rectifier" and y.dim() >= 3 and self.conv_like[self._last_index()]
+        self.unit_batch.add(kind, y, module, conv, self._last_layer, (self._last_layer, index))
+        if len(self.unit_batch) >= BATCH_TENSORS:
+            self._flush_units()
+
+    def _flush_units(self) -> None:
+        entries, counts = self.unit_batch.finish()
+        if counts is not None:
+            self.data.units += entries
+            self.data.unit_counts.append(counts)
+
+    def _last_index(self) -> int:
+        for index in reversed(self.data.completed):
+            if self.owner_of[index] == self._last_layer:
+                return index
+        return 0
 
 
 def _saturated(flat: Tensor, lo: float, hi: float) -> Tensor:
