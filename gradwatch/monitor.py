@@ -16,8 +16,9 @@ from .capture.units import UNIT_EVERY
 from .capture.hooks import Hook
 from .record.ledger import Ledger, run_header
 from .options import NonFiniteGradientError, OnNonFinite, check_loss, check_manual_step, \
-    deepcopy_fields, load_clip_state, load_or_restore, note_other_layers, note_watch, refuse_closure, \
-    refuse_pickle, validate
+    clip_state, deepcopy_fields, describe, load_clip_state, load_or_restore, note_other_layers, \
+    note_watch, refuse_closure, refuse_pickle, validate
+from .record.order import CallOrder
 from .record.alerts import Alerts, warn_never_stepped
 from .record.recorder import Recorder
 from .record.history import History
@@ -53,7 +54,7 @@ class GradWatch:
         on_nonfinite: ``"warn"``, ``"raise"`` (`NonFiniteGradientError` after the record is
             logged), ``"skip"`` (parameters and optimizer state untouched; needs
             ``optimizer``) or ``"zero"``. The last three check every step, forward included.
-        scaler: A ``torch.amp.GradScaler``; norms and clipping are then on unscaled gradients.
+        scaler: A ``torch.amp.GradScaler``: norms and clips unscaled (a disabled one is ignored).
         loggers: A list of callables receiving every `StepRecord` (see `gradwatch.io.loggers`).
         history: How many records stay in `history` (loggers still see every record).
         statistics: Extra per-layer `gradwatch.measure.statistics.Statistic` declarations.
@@ -65,14 +66,15 @@ class GradWatch:
             once whatever this says.
     """
 
-    def __init__(self, model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None,
-                 thresholds: Thresholds | None = None,
+    def __init__(self, model: nn.Module, *positional: Any,
+                 optimizer: torch.optim.Optimizer | None = None, thresholds: Thresholds | None = None,
                  clip: float | str | ClipPolicy | None = None, activations: bool = True,
                  every: int = 1, on_nonfinite: OnNonFinite = "warn", scaler: Any = None,
                  loggers: Sequence[Any] = (), history: int = 10_000,
                  statistics: Sequence[Statistic] = (), sync_records: bool | None = None) -> None:
-        validate(model, optimizer, thresholds, activations, every, on_nonfinite, scaler,
-                 loggers, history, clip, sync_records)
+        every, history, scaler = validate(  # (scaler: None for a disabled GradScaler)
+            model, positional, optimizer, thresholds, activations, every, on_nonfinite, scaler,
+            loggers, history, clip, sync_records)
         self.thresholds = thresholds if thresholds is not None else Thresholds()
         self.policy = make_policy(clip)
         self.statistics = check_statistics(statistics)
@@ -93,14 +95,15 @@ class GradWatch:
         self._stash = GradStash()
         self._step, self._closed, self._loss = 0, False, None  # (the step's loss, if given)
         self._alerts = Alerts(on_nonfinite)
-        self._optimizer_handles: list[Any] = [] if optimizer is None else [
+        self._order = CallOrder(w.params, optimizer)  # (its hooks are removed with the others)
+        self._optimizer_handles: list[Any] = self._order.handles + ([] if optimizer is None else [
             optimizer.register_step_pre_hook(Hook(self, "_before_optimizer_step")),
-            optimizer.register_step_post_hook(Hook(self, "_after_optimizer_step"))]
+            optimizer.register_step_post_hook(Hook(self, "_after_optimizer_step"))])
         self._finalizer = weakref.finalize(self, w.close, self._optimizer_handles)
         if optimizer is not None and activations:  # (tells a backward thrown away at step 0)
             w.collector.zeroing.snapshot(w.first_stepped)
         self._sync_hooks()
-        note_watch(self, optimizer)
+        note_watch(self, optimizer, w.params)
 
     __reduce_ex__, __deepcopy__ = refuse_pickle, deepcopy_fields  # (state_dict() is saved)
 
@@ -143,7 +146,7 @@ class GradWatch:
         Raises:
             RuntimeError: The watch is closed, or was given ``optimizer=`` (use `note_loss`).
         """
-        check_manual_step(self._closed, self.optimizer)
+        check_manual_step(self._closed, self.optimizer, self._order)
         if loss is not None:
             self.note_loss(loss)
         record = self._measure()
@@ -154,6 +157,7 @@ class GradWatch:
         ``optimizer=``, call it after ``backward()`` and before ``optimizer.step()``. The last
         loss noted before a step is the step's; it is dropped once the step is measured."""
         self._loss = check_loss(loss, closed=self._closed)
+        self._order.note_loss(self._watched.collector)  # (after optimizer.step(): warns once)
 
     def diagnose(self) -> list[Finding]:
         """What is wrong with this run so far, most severe first (empty when nothing is)."""
@@ -190,7 +194,7 @@ class GradWatch:
         units fired lately, the layers' names."""
         self._flush()
         return {"step": self._step, **self._recorder.state_dict(),
-                "clip": self.policy.state_dict() if self.policy is not None else None,
+                **clip_state(self.policy),  # (its statistics and its class)
                 "units": self._watched.collector.unit_window.state_dict(),
                 "layers": self._watched.names}
 
@@ -203,7 +207,7 @@ class GradWatch:
         note_other_layers(state.get("layers"), self._watched.names)
         self._step = int(state["step"])
         self._recorder.load_state_dict(state)
-        load_clip_state(self.policy, state.get("clip"))
+        load_clip_state(self.policy, state)
         self._watched.collector.unit_window.load_state_dict(state.get("units", []))
         if resumed:  # (last: a state that fails to load marks nothing)
             self._ledger.mark_resumed(self._step)
@@ -212,14 +216,11 @@ class GradWatch:
     def __enter__(self) -> GradWatch:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, *exc: object) -> None:
+        self._order.saw_step |= kind is not None  # (an error's exit: no "never stepped" guess)
         self.close()
 
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else f"step={self._step}"
-        return (f"GradWatch(layers={len(self._watched.layers)}, every={self.every}, clip="
-                f"{self.policy!r}, activations={self.activations}, on_nonfinite="
-                f"{self.on_nonfinite!r}, {state}, recorded={self._ledger.run['recorded']})")
+    __repr__ = describe
 
     # ------------------------------------------------------------------ the step
 
@@ -273,7 +274,7 @@ class GradWatch:
     def _settle(self) -> None:
         """Forms the held record, for a reader; says if `optimizer=` never stepped."""
         self._flush()
-        warn_never_stepped(self.optimizer, self._step, self._watched.params)
+        warn_never_stepped(self.optimizer, self._step or self._order.saw_step, self._watched.params)
 
     # ------------------------------------------------------------------ helpers
 
@@ -291,6 +292,7 @@ class GradWatch:
 
     def _sync_hooks(self) -> None:
         every_step = self.on_nonfinite != "warn"
+        self._order.arm(not self._closed and self._step % self.every == 0)
         self._watched.sync(armed=not self._closed and (self._step % self.every == 0 or every_step),
                            every_step=every_step, keep=self._amp.skips is not None,
                            closed=self._closed, units=self._step // self.every % UNIT_EVERY == 0,

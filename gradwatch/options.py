@@ -3,31 +3,72 @@
 from __future__ import annotations
 
 import copy
-import math
 import numbers
 import warnings
 import weakref
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import nn
 
+from .clip import make_policy
 from .record.alerts import NonFiniteGradientError
+from .record.resume import check_state, clip_state, load_clip_state, load_or_restore, \
+    note_other_layers
+from .verdict.scalars import as_int
 from .verdict.thresholds import Thresholds
 
-__all__ = ["ON_NONFINITE", "OnNonFinite", "NonFiniteGradientError", "validate", "refuse_closure",
+__all__ = ["ON_NONFINITE", "OnNonFinite", "NonFiniteGradientError", "validate", "check_model",
+           "check_options", "active_scaler", "refuse_positional", "refuse_closure",
            "check_manual_step", "check_loss", "check_state", "load_or_restore", "note_watch",
-           "note_other_layers", "load_clip_state",
-           "refuse_pickle", "deepcopy_fields"]
+           "note_other_layers", "load_clip_state", "clip_state",
+           "describe", "refuse_pickle", "deepcopy_fields"]
 
 ON_NONFINITE = ("warn", "raise", "skip", "zero")
 OnNonFinite = Literal["warn", "raise", "skip", "zero"]
 
 
-def validate(model: Any, optimizer: Any, thresholds: Any, activations: Any, every: Any,
-             on_nonfinite: Any, scaler: Any, loggers: Any, history: Any, clip: Any,
-             sync_records: Any = None) -> None:
-    """Raises TypeError/ValueError naming the first bad argument and how to fix it."""
+def validate(model: Any, positional: Sequence[Any], optimizer: Any, thresholds: Any,
+             activations: Any, every: Any, on_nonfinite: Any, scaler: Any, loggers: Any,
+             history: Any, clip: Any, sync_records: Any = None) -> tuple[int, int, Any]:
+    """Raises TypeError/ValueError naming the first bad argument and how to fix it
+    (``positional``: what was passed after the model by position). Returns ``every`` and
+    ``history`` as ints and the scaler to use (None for a disabled GradScaler)."""
+    if positional:
+        refuse_positional(positional)
+    check_model(model, optimizer)
+    if on_nonfinite == "skip" and optimizer is None:
+        raise ValueError("on_nonfinite='skip' needs `optimizer=` so gradwatch can skip the step; "
+                         "pass the optimizer, or use on_nonfinite='zero' or 'raise'.")
+    return check_options(thresholds, activations, every, on_nonfinite, scaler, loggers, history,
+                         clip, sync_records)
+
+
+def refuse_positional(positional: Sequence[Any]) -> None:
+    """The TypeError for arguments after the model passed by position (all are keywords)."""
+    first = positional[0]
+    if isinstance(first, torch.optim.Optimizer) or scheduled_optimizer(first) is not None:
+        name = "scheduler.optimizer" if scheduled_optimizer(first) is not None else "opt"
+        raise TypeError(f"GradWatch takes the model as its only positional argument, but got "
+                        f"a {type(first).__name__} after it; pass the optimizer by keyword: "
+                        f"GradWatch(model, optimizer={name}).")
+    raise TypeError(f"GradWatch takes the model as its only positional argument, but got "
+                    f"{len(positional)} more ({type(first).__name__} {first!r:.40}, ...); pass "
+                    f"the others by keyword (optimizer=..., clip=..., every=...).")
+
+
+def scheduled_optimizer(obj: Any) -> Any:
+    """The optimizer of ``obj`` when it is a learning-rate scheduler (its ``.optimizer``)."""
+    inner = getattr(obj, "optimizer", None)
+    if isinstance(inner, torch.optim.Optimizer) and hasattr(obj, "step") and (
+            isinstance(obj, torch.optim.lr_scheduler.LRScheduler)
+            or hasattr(obj, "get_last_lr") or "Plateau" in type(obj).__name__):
+        return inner
+    return None
+
+
+def check_model(model: Any, optimizer: Any) -> None:
+    """The checks of ``model`` and ``optimizer`` (`validate`)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"Expected `model` to be a torch.nn.Module, but got "
                         f"{type(model).__name__}; pass the model itself (not its parameters).")
@@ -44,7 +85,18 @@ def validate(model: Any, optimizer: Any, thresholds: Any, activations: Any, ever
         raise ValueError(f"Expected `model` to have initialised parameters, but `{lazy}` belongs "
                          f"to a lazy module (nn.LazyLinear, ...) that has not run yet; run one "
                          f"forward pass (a dummy batch) before creating GradWatch.")
+    meta = next((name for name, p in model.named_parameters() if p.is_meta), None)
+    if meta is not None:
+        raise ValueError(f"Expected `model` to have materialised parameters, but `{meta}` is on "
+                         f"the meta device (deferred initialisation), which holds no values; "
+                         f"materialise the model first (model.to_empty(device=...) and "
+                         f"initialise its weights, e.g. with each module's reset_parameters()), "
+                         f"then create GradWatch.")
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        if scheduled_optimizer(optimizer) is not None:
+            raise TypeError(f"Expected `optimizer` to be a torch.optim.Optimizer or None, but "
+                            f"got the learning-rate scheduler {type(optimizer).__name__}; pass "
+                            f"the optimizer it schedules (optimizer=scheduler.optimizer).")
         raise TypeError(f"Expected `optimizer` to be a torch.optim.Optimizer or None, but got "
                         f"{type(optimizer).__name__}; for an optimizer of another kind, "
                         f"construct GradWatch without `optimizer=` and call watch.step() after "
@@ -68,6 +120,13 @@ def validate(model: Any, optimizer: Any, thresholds: Any, activations: Any, ever
                              f"none of its {len(stepped)} parameter(s) belongs to the "
                              f"{type(model).__name__} passed as `model`; pass the optimizer "
                              f"built from model.parameters() (or the model it steps).")
+
+
+def check_options(thresholds: Any, activations: Any, every: Any, on_nonfinite: Any,
+                  scaler: Any = None, loggers: Any = (), history: Any = 10_000, clip: Any = None,
+                  sync_records: Any = None) -> tuple[int, int, Any]:
+    """The checks of GradWatch's options (all but ``model`` and ``optimizer``), shared with the
+    trainer callbacks; returns ``every`` and ``history`` as ints and the scaler to use."""
     if thresholds is not None and not isinstance(thresholds, Thresholds):
         raise TypeError(f"Expected `thresholds` to be a gradwatch.Thresholds or None, but got "
                         f"{type(thresholds).__name__}; build one with Thresholds(vanishing=...).")
@@ -77,15 +136,11 @@ def validate(model: Any, optimizer: Any, thresholds: Any, activations: Any, ever
         raise TypeError(f"Expected `sync_records` to be None (immediate records on the CPU, "
                         f"one step late on accelerators), True or False, but got "
                         f"{sync_records!r}.")
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ValueError(f"Expected `every` to be an int >= 1, but got {every!r}; every=1 "
-                         f"records each step, every=10 each tenth.")
+    every = as_int("every", every, fix="every=1 records each step, every=10 each tenth")
     if on_nonfinite not in ON_NONFINITE:
         raise ValueError(f"Expected `on_nonfinite` to be one of {ON_NONFINITE}, but got "
                          f"{on_nonfinite!r}.")
-    if on_nonfinite == "skip" and optimizer is None:
-        raise ValueError("on_nonfinite='skip' needs `optimizer=` so gradwatch can skip the step; "
-                         "pass the optimizer, or use on_nonfinite='zero' or 'raise'.")
+    scaler = active_scaler(scaler)
     if scaler is not None and not all(hasattr(scaler, a) for a in ("unscale_", "_scale", "is_enabled")):
         raise TypeError(f"Expected `scaler` to be a torch.amp.GradScaler or None, but got "
                         f"{type(scaler).__name__}.")
@@ -101,11 +156,23 @@ def validate(model: Any, optimizer: Any, thresholds: Any, activations: Any, ever
                         f"loggers[{bad}] is {type(loggers[bad]).__name__} {loggers[bad]!r:.60}, "
                         f"which is not callable; pass logger objects, e.g. "
                         f"loggers=[JsonlLogger('run.jsonl')].")
-    if isinstance(history, bool) or not isinstance(history, int) or history < 1:
-        raise ValueError(f"Expected `history` to be an int >= 1, but got {history!r}.")
-    if isinstance(clip, bool) or (isinstance(clip, (int, float)) and not 0 < clip < math.inf):
+    history = as_int("history", history, fix="the number of records watch.history keeps")
+    if isinstance(clip, bool):
         raise ValueError(f"Expected `clip` to be a max norm > 0 (finite), \"auto\", a "
                          f"gradwatch.clip policy or None, but got {clip!r}; e.g. clip=1.0.")
+    make_policy(clip)  # (its errors name `clip`)
+    return every, history, scaler
+
+
+def active_scaler(scaler: Any) -> Any:
+    """``scaler``, or None for a disabled GradScaler (``GradScaler(enabled=False)``, or one torch
+    disabled for want of its device): it scales nothing, so the watch reads gradients as they
+    are, as with ``scaler=None``."""
+    is_enabled = getattr(scaler, "is_enabled", None)
+    if scaler is not None and callable(is_enabled) and hasattr(scaler, "unscale_") \
+            and not is_enabled():
+        return None
+    return scaler
 
 
 def refuse_closure(optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -124,8 +191,9 @@ def refuse_closure(optimizer: Any, args: Any, kwargs: Any) -> None:
                            f"{hint[0].upper()}{hint[1:]}.")
 
 
-def check_manual_step(closed: bool, optimizer: Any) -> None:
-    """Raises when ``watch.step()`` is called on a closed watch or one that steps itself."""
+def check_manual_step(closed: bool, optimizer: Any, order: Any = None) -> None:
+    """Raises when ``watch.step()`` is called on a closed watch or one that steps itself; warns
+    (once) when it comes after ``optimizer.step()`` (``order``: the watch's `CallOrder`)."""
     if closed:
         raise RuntimeError("GradWatch.step() was called after close(); create a new GradWatch "
                            "to keep monitoring.")
@@ -133,6 +201,8 @@ def check_manual_step(closed: bool, optimizer: Any) -> None:
         raise RuntimeError("GradWatch.step() is called for you before every optimizer.step() "
                            "because `optimizer=` was given; remove your call to watch.step() or "
                            "construct GradWatch without `optimizer=`.")
+    if order is not None:
+        order.before_manual_step()
 
 
 def check_loss(loss: Any, closed: bool = False) -> Any:
@@ -157,103 +227,51 @@ def check_loss(loss: Any, closed: bool = False) -> Any:
     return float(loss)
 
 
-_STATE_KEYS = ("step", "stats", "total_stats", "counts", "run")
-
-
-def check_state(state: Any) -> None:
-    """Refuses, with what to pass instead, a state that `GradWatch.state_dict` did not make."""
-    if not isinstance(state, Mapping):
-        raise TypeError(f"Expected `state` to be the dict GradWatch.state_dict() returned, but "
-                        f"got {type(state).__name__}.")
-    missing = [k for k in _STATE_KEYS if k not in state]
-    if missing:
-        raise ValueError(f"Expected `state` to be the dict GradWatch.state_dict() returned, but "
-                         f"it lacks {missing} (it has {sorted(map(str, state))[:8]}); pass "
-                         f"that dict, e.g. checkpoint['gradwatch'] if you saved it under that "
-                         f"key.")
-    step = state["step"]
-    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
-        raise ValueError(f"Expected state['step'] to be an int >= 0, but got {step!r}.")
-    for key, kind in _STATE_TYPES.items():
-        if key in state and not isinstance(state[key], kind):
-            raise ValueError(f"Expected state[{key!r}] to be a "
-                             f"{'dict' if kind is Mapping else 'list'} as "
-                             f"GradWatch.state_dict() wrote it, but got "
-                             f"{type(state[key]).__name__} {state[key]!r:.60}; pass the dict "
-                             f"state_dict() returned, unchanged.")
-
-
-def load_clip_state(policy: Any, saved: Any) -> None:
-    """Loads a clip policy's saved statistics, and warns where the state and the watch disagree
-    about them: statistics saved with no policy here to take them (dropped), or a policy here
-    that keeps statistics (ZClip, AutoClip) and a state without them (it starts afresh)."""
-    if policy is None:
-        if saved:
-            warnings.warn("the state carries a clip policy's statistics but this watch does not "
-                          "clip: they are dropped. Pass the same clip= as the saved watch to "
-                          "resume them.", UserWarning, stacklevel=5)
-        return
-    if saved is not None:
-        policy.load_state_dict(saved)
-    elif policy.state_dict():
-        warnings.warn(f"the state has no statistics for this watch's clip policy ({policy!r}; it "
-                      f"was saved by a watch that did not clip that way): the policy starts "
-                      f"afresh.", UserWarning, stacklevel=5)
-
-
-def note_other_layers(saved: Any, layers: Sequence[str]) -> None:
-    """Warns when a state was saved by a watch that lacked some of ``layers`` (``saved``: its
-    layer names; None for a state from before they were saved): those start afresh, and the
-    head and the depth trends may have moved. (A state with statistics of layers this model
-    lacks is refused when the spike statistics load.)"""
-    if saved is None:
-        return
-    known = set(saved)
-    new = [n for n in layers if n not in known]
-    if new:
-        warnings.warn(f"the state was saved by a watch without {len(new)} of this watch's "
-                      f"{len(layers)} layers ({new[:5]}{' ...' if len(new) > 5 else ''}): their "
-                      f"statistics start afresh. Load a state saved for this model to resume "
-                      f"exactly.", UserWarning, stacklevel=5)
-
-
-_STATE_TYPES: dict[str, Any] = {"stats": Mapping, "total_stats": Mapping, "counts": (list, tuple),
-                                "run": Mapping, "judge": Mapping, "units": (list, tuple),
-                                "layers": (list, tuple)}
-
-
-def load_or_restore(watch: Any, state: Any, load: Any) -> None:
-    """``load(state)`` after `check_state`; when it fails, the watch's own state from before is
-    loaded back (``load(before, resumed=False)``: the run is not marked as resumed) and a
-    ValueError says the state did not load (the first error is its cause)."""
-    check_state(state)
-    before = watch.state_dict()
-    try:
-        load(state)
-    except Exception as e:  # (a malformed entry fails wherever it is read: torch, numpy)
-        load(before, resumed=False)
-        raise ValueError(f"Expected `state` to be what GradWatch.state_dict() returned, but "
-                         f"loading it failed ({type(e).__name__}: {e}); the watch is unchanged. "
-                         f"Pass the dict state_dict() returned, unchanged.") from e
-
-
 _WATCHING: weakref.WeakKeyDictionary[Any, weakref.WeakSet] = weakref.WeakKeyDictionary()
 """The open watches of each optimizer (see `note_watch`)."""
+_OPEN: weakref.WeakSet = weakref.WeakSet()
+"""Every watch made (see `note_watch`; closed ones are skipped)."""
+
+_CLOSE_THE_OTHER = ("Call close() on the other one (or create watches with `with GradWatch(...) "
+                    "as watch:`); a watch that is garbage-collected closes itself.")
 
 
-def note_watch(watch: Any, optimizer: Any) -> None:
+def note_watch(watch: Any, optimizer: Any, params: Sequence[Any]) -> None:
     """Warns when ``optimizer`` already has an open GradWatch (a notebook cell run twice): both
-    would measure and clip each of its steps, the later one reading what the earlier clipped."""
-    if optimizer is None:
-        return
-    watches = _WATCHING.setdefault(optimizer, weakref.WeakSet())
-    if any(not getattr(w, "_closed", True) for w in watches):
-        warnings.warn(f"this {type(optimizer).__name__} is already watched by an open GradWatch: "
-                      f"both measure (and clip) each of its steps, the later one reading what "
-                      f"the earlier clipped. Call close() on the other one (or create watches "
-                      f"with `with GradWatch(...) as watch:`); a watch that is garbage-collected "
-                      f"closes itself.", UserWarning, stacklevel=3)
-    watches.add(watch)
+    would measure and clip each of its steps, the later one reading what the earlier clipped.
+    The same for an open watch of the same parameters (``params``: the new watch's) where one of
+    the two has no ``optimizer=`` (``watch.step()`` of each measures the same gradients); two
+    watches given different optimizers of one model watch what each steps."""
+    if optimizer is not None:
+        watches = _WATCHING.setdefault(optimizer, weakref.WeakSet())
+        twice = any(not getattr(w, "_closed", True) for w in watches)
+        watches.add(watch)
+        if twice:
+            _OPEN.add(watch)
+            warnings.warn(f"this {type(optimizer).__name__} is already watched by an open "
+                          f"GradWatch: both measure (and clip) each of its steps, the later one "
+                          f"reading what the earlier clipped. {_CLOSE_THE_OTHER}", UserWarning,
+                          stacklevel=3)
+            return
+    mine = {id(p) for p in params}
+    other = next((w for w in list(_OPEN) if w is not watch and not getattr(w, "_closed", True)
+                  and (optimizer is None or getattr(w, "optimizer", None) is None)
+                  and any(id(p) in mine for p in w._watched.params)), None)
+    _OPEN.add(watch)
+    if other is not None:
+        shared = sum(id(p) in mine for p in other._watched.params)
+        warnings.warn(f"this model ({shared} of its watched parameters) is already watched by an "
+                      f"open GradWatch: both measure (and clip) its gradients at each step, the "
+                      f"later one reading what the earlier clipped. {_CLOSE_THE_OTHER}",
+                      UserWarning, stacklevel=3)
+
+
+def describe(watch: Any) -> str:
+    """``GradWatch.__repr__``."""
+    state = "closed" if watch._closed else f"step={watch._step}"
+    return (f"GradWatch(layers={len(watch._watched.layers)}, every={watch.every}, clip="
+            f"{watch.policy!r}, activations={watch.activations}, on_nonfinite="
+            f"{watch.on_nonfinite!r}, {state}, recorded={watch._ledger.run['recorded']})")
 
 
 def refuse_pickle(watch: Any, protocol: int = 2) -> Any:

@@ -8,6 +8,10 @@ differently, and a ``state_dict``/``load_state_dict`` pair.
 
 from __future__ import annotations
 
+import math
+import numbers
+
+from ..verdict.scalars import as_real, plain_number
 from ._base import ClipPolicy, clip_with_norm_, factor_dtype
 from .agc import AGC
 from .autoclip import AutoClip
@@ -35,7 +39,14 @@ def make_policy(clip: float | str | ClipPolicy | None) -> ClipPolicy | None:
             return ZClip()
         raise ValueError(f"Expected `clip` to be a max norm, \"auto\", a gradwatch.clip policy or "
                          f"None, but got the string {clip!r}. Use clip=\"auto\" for ZClip.")
-    if isinstance(clip, (int, float)) and not isinstance(clip, bool):
-        return GlobalNorm(clip)
+    if isinstance(clip, type) and issubclass(clip, ClipPolicy):
+        raise TypeError(f"Expected `clip` to be a max norm, \"auto\", a gradwatch.clip policy or "
+                        f"None, but got the class {clip.__name__}; pass an instance: "
+                        f"clip={clip.__name__}(...).")
+    number = plain_number(clip)
+    if isinstance(number, numbers.Real) and not isinstance(number, bool):
+        return GlobalNorm(as_real("clip", number, "to be a max norm > 0 (finite), \"auto\", a "
+                                  "gradwatch.clip policy or None", lambda v: 0 < v < math.inf,
+                                  fix="e.g. clip=1.0"))
     raise TypeError(f"Expected `clip` to be a max norm, \"auto\", a gradwatch.clip policy or None, "
-                    f"but got {type(clip).__name__}.")
+                    f"but got {type(clip).__name__} {clip!r:.60}.")

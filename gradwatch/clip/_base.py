@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from collections import defaultdict
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor
+
+from ..verdict.scalars import as_real
 
 __all__ = ["ClipPolicy", "clip_with_norm_", "factor_dtype"]
 
@@ -17,11 +18,10 @@ EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
 
 
 def check_positive(name: str, value: Any, *, fix: str = "") -> float:
-    """``float(value)`` if it is a finite real number > 0, else a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
-        raise ValueError(f"Expected `{name}` to be a finite number > 0, but got {value!r}"
-                         f"{'; ' + fix if fix else ''}.")
-    return float(value)
+    """``float(value)`` if it is a finite real number > 0 (numpy and 0-d tensor scalars
+    included), else a TypeError (not a number) or ValueError naming ``name``."""
+    return as_real(name, value, "to be a finite number > 0", lambda v: 0 < v < math.inf,
+                   fix=fix)
 
 
 def by_device_and_dtype(grads: Sequence[Tensor]) -> dict[tuple[torch.device, torch.dtype],

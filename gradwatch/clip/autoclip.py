@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..verdict.scalars import as_int, as_real
 from ._base import ClipPolicy, clip_with_norm_
 
 __all__ = ["AutoClip"]
@@ -24,12 +25,9 @@ class AutoClip(ClipPolicy):
     needs_host_norm = True
 
     def __init__(self, percentile: float = 10.0, *, history: int = 10_000) -> None:
-        if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) \
-                or not 0 < percentile <= 100:
-            raise ValueError(f"Expected `percentile` in (0, 100], but got {percentile!r}.")
-        if isinstance(history, bool) or not isinstance(history, int) or history < 1:
-            raise ValueError(f"Expected `history` to be an int >= 1, but got {history!r}.")
-        self.percentile = float(percentile)
+        self.percentile = as_real("percentile", percentile, "in (0, 100]",
+                                  lambda v: 0 < v <= 100)
+        history = as_int("history", history)
         self.norms: deque[float] = deque(maxlen=history)
 
     def clip_(self, grads, total_norm, *, params, is_output):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
+from ..verdict.scalars import as_int, as_real
 from ._base import ClipPolicy, check_positive, clip_with_norm_
 
 __all__ = ["ZClip"]
@@ -62,16 +63,14 @@ class ZClip(ClipPolicy):
                  mode: Literal["zscore", "percentile"] = "zscore",
                  clip_option: Literal["adaptive_scaling", "mean"] = "adaptive_scaling",
                  clip_factor: float = 1.0, skip_update_on_spike: bool = False) -> None:
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
-            raise ValueError(f"Expected `alpha` in (0, 1), but got {alpha!r}.")
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
-            raise ValueError(f"Expected `warmup` to be an int >= 1, but got {warmup!r}.")
+        alpha = as_real("alpha", alpha, "in (0, 1)", lambda v: 0 < v < 1)
+        warmup = as_int("warmup", warmup)
         if mode not in _MODES:
             raise ValueError(f"Expected `mode` to be one of {_MODES}, but got {mode!r}.")
         if clip_option not in _CLIP_OPTIONS:
             raise ValueError(f"Expected `clip_option` to be one of {_CLIP_OPTIONS}, but got "
                              f"{clip_option!r}.")
-        self.alpha, self.warmup = float(alpha), warmup
+        self.alpha, self.warmup = alpha, warmup
         self.z_threshold = check_positive("z_threshold", z_threshold)
         self.max_grad_norm = None if max_grad_norm is None else check_positive(
             "max_grad_norm", max_grad_norm, fix="or None for no cap")

@@ -9,6 +9,7 @@ import warnings
 from ..verdict.diagnosis import format_findings
 from ..io.loggers import Logger
 from ..monitor import GradWatch
+from ..options import check_options
 from ..record.records import Finding, StepRecord
 from ..verdict.thresholds import Thresholds
 
@@ -16,7 +17,9 @@ __all__ = ["WatchOwner"]
 
 
 class WatchOwner:
-    """Holds the options a callback builds its `GradWatch` from, and the watch while it runs."""
+    """Holds the options a callback builds its `GradWatch` from, and the watch while it runs.
+    The options are checked here, at construction, as `GradWatch` checks them (the same errors
+    and messages), not when the fit starts."""
 
     def __init__(self, framework: str, *, thresholds: Thresholds | None, clip: Any,
                  activations: bool, every: int, on_nonfinite: str,
@@ -24,6 +27,8 @@ class WatchOwner:
         if on_nonfinite == "skip":
             raise ValueError(f"on_nonfinite='skip' is not supported with {framework} (it owns "
                              f"optimizer.step()); use 'warn', 'raise' or 'zero'.")
+        every = check_options(thresholds, activations, every, on_nonfinite, loggers=loggers,
+                              clip=clip)[0]  # (GradWatch's checks and messages, before the fit)
         self.options = dict(thresholds=thresholds, clip=clip, activations=activations,
                             every=every, on_nonfinite=on_nonfinite, loggers=tuple(loggers))
         self.watch: GradWatch | None = None

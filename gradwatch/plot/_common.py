@@ -64,6 +64,10 @@ def check_records(records: Iterable[StepRecord]) -> list[StepRecord]:
     Records of several runs (``read_jsonl(path, run="all")``) would share one step axis and be
     drawn as a zigzag back to step 0; they are refused with the way to plot each run apart.
     """
+    fix = _records_fix(records)
+    if fix:
+        raise TypeError(f"Expected `records` to be StepRecords (a list of them), but got "
+                        f"{fix}.")
     if records is None or isinstance(records, (str, bytes, dict)) or hasattr(
             records, "__fspath__"):
         raise TypeError(f"Expected `records` to be StepRecords (watch.history or "
@@ -86,6 +90,19 @@ def check_records(records: Iterable[StepRecord]) -> list[StepRecord]:
                          f"axis: plot each run apart (for run in read_runs(path): "
                          f"plot_norms(run.records)) or pick one with read_jsonl(path, run=k).")
     return recs
+
+
+def _records_fix(records: Any) -> str:
+    """For what is often passed in place of the records (a run read from a log, the watch, one
+    record), what it is and what to pass; else ""."""
+    if isinstance(records, StepRecord):
+        return f"one StepRecord (step {records.step}); pass a list: [record]"
+    if type(records).__name__ == "GradWatch" and hasattr(records, "history"):
+        return "the GradWatch itself; pass its records: watch.history"
+    if hasattr(records, "records") and not hasattr(records, "__iter__"):
+        return (f"a {type(records).__name__} (read_runs(path) gives runs); pass its records: "
+                f"run.records")
+    return ""
 
 
 def check_which(which: str) -> None:

@@ -7,6 +7,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
+from .scalars import ArgumentTypeError, plain_number
 
 __all__ = ["Thresholds"]
 
@@ -114,8 +115,10 @@ class Thresholds:
     """Observations before spikes are reported."""
 
     def __post_init__(self) -> None:
-        for name in _NUMBER_FIELDS:  # numpy scalars (np.int64(5), np.float32(0.5)) as Python's
-            value = getattr(self, name)
+        for name in _NUMBER_FIELDS:  # numpy scalars (np.int64(5), np.float32(0.5)) and 0-d
+            value = plain_number(getattr(self, name))  # tensors as Python's
+            if value is not getattr(self, name):
+                object.__setattr__(self, name, value)
             if isinstance(value, numbers.Integral) and not isinstance(value, (bool, int)):
                 object.__setattr__(self, name, int(value))
             elif isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
@@ -126,7 +129,7 @@ class Thresholds:
                                               "persistence", "recovery", "stalled_gradient"):
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"Expected `Thresholds.{name}` to be a number, but got "
+                raise ArgumentTypeError(f"Expected `Thresholds.{name}` to be a number, but got "
                                 f"{type(value).__name__} {value!r}; e.g. Thresholds({name}="
                                 f"{getattr(Thresholds, name)!r}).")
         for name in ("vanishing", "exploding", "spike_min_ratio"):
@@ -151,14 +154,14 @@ class Thresholds:
             raise ValueError(f"Expected `Thresholds.spike_momentum` in (0, 1), "
                              f"but got {self.spike_momentum!r}.")
         if not isinstance(self.spike_warmup, int) or self.spike_warmup < 1:
-            raise ValueError(f"Expected `Thresholds.spike_warmup` to be an int >= 1, "
+            raise (ValueError if isinstance(self.spike_warmup, int) else ArgumentTypeError)(f"Expected `Thresholds.spike_warmup` to be an int >= 1, "
                              f"but got {self.spike_warmup!r}.")
         if not 1 < self.recovery < math.inf:
             raise ValueError(f"Expected `Thresholds.recovery` > 1 and finite, but got "
                              f"{self.recovery!r}.")
         for name in ("window", "persistence"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"Expected `Thresholds.{name}` to be an int >= 1, but got "
+                raise (ValueError if isinstance(getattr(self, name), int) else ArgumentTypeError)(f"Expected `Thresholds.{name}` to be an int >= 1, but got "
                                  f"{getattr(self, name)!r}.")
         if self.persistence > self.window:
             raise ValueError(f"Expected `Thresholds.persistence` <= `Thresholds.window`, but got "
@@ -170,7 +173,7 @@ class Thresholds:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < 1):
-                raise ValueError(f"Expected `Thresholds.{name}` to be an int >= 1 or None, "
+                raise (ValueError if isinstance(value, int) else ArgumentTypeError)(f"Expected `Thresholds.{name}` to be an int >= 1 or None, "
                                  f"but got {value!r}.")
         if self.loss_rising is not None and not 1 < self.loss_rising < math.inf:
             raise ValueError(f"Expected `Thresholds.loss_rising` > 1 and finite, or None, but "
