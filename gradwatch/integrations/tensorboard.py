@@ -22,16 +22,24 @@ class TensorBoardLogger:
     Args:
         writer_or_logdir: A ``SummaryWriter`` (left open on `close`, only flushed) or a log
             directory for a writer this logger owns and closes.
-        prefix: Tag prefix.
-        layers: Also write the per-layer norms (one chart per layer).
+        prefix: Tag prefix (a non-empty string).
+        layers: Also write the per-layer norms (one chart per layer): True or False.
 
     Raises:
+        ValueError: ``prefix`` is not a non-empty string.
+        TypeError: ``layers`` is not a bool, or ``writer_or_logdir`` is neither a writer nor a
+            directory.
         ImportError: TensorBoard is not installed (``pip install tensorboard``, or
             ``pip install -e '.[tensorboard]'`` in a gradwatch checkout).
     """
 
     def __init__(self, writer_or_logdir: Any, *, prefix: str = "gradwatch",
                  layers: bool = True) -> None:
+        if not isinstance(prefix, str) or not prefix:  # (checked before a writer is made)
+            raise ValueError(f"Expected `prefix` to be a non-empty string, but got {prefix!r}; "
+                             f"e.g. prefix='gradwatch'.")
+        if not isinstance(layers, bool):
+            raise TypeError(f"Expected `layers` to be True or False, but got {layers!r}.")
         if isinstance(writer_or_logdir, (str, os.PathLike)):
             try:
                 from torch.utils.tensorboard import SummaryWriter

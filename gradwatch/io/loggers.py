@@ -13,6 +13,7 @@ from typing import IO, Any, Callable, Iterator, Mapping
 
 from ..measure.statistics import BUILTIN
 from ..record.records import StepRecord
+from .logpaths import check_kind, check_log_path
 from .runlog import HEADER_KEY, Run, read_jsonl, read_runs
 
 __all__ = ["Logger", "JsonlLogger", "CsvLogger", "Run", "read_jsonl", "read_runs"]
@@ -55,10 +56,16 @@ class _FileLogger:
 
     On opening, a file whose last line was cut (a killed run) gets its line ended first, so the
     next record starts on a fresh line instead of being glued to the partial one.
+
+    The constructor refuses (``ValueError``, naming the path and the fix) a path that can never
+    be written (empty, a directory, under a file, in a folder that cannot be created; the
+    missing folders are created now) and an existing file of the other kind (a CSV log given to
+    `JsonlLogger`, a JSON-lines log to `CsvLogger`). Appending to a log of its own kind is fine.
     """
 
     _terminator = "\n"
     _example = "run.jsonl"
+    _kind = "jsonl"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         if not isinstance(path, (str, os.PathLike)):
@@ -67,9 +74,17 @@ class _FileLogger:
                             f"{type(self).__name__}({self._example!r}).")
         self.path = Path(path)
         self._file: IO[str] | None = None
+        check_log_path(path, type(self).__name__, self._example)
+        self._check_kind()
+
+    def _check_kind(self) -> None:
+        """Refuses an existing file of the other kind (again at the first write: another logger
+        may have created the file since)."""
+        check_kind(self.path, self._kind, type(self).__name__)
 
     def _open(self) -> IO[str]:
         if self._file is None:
+            self._check_kind()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             last = b"\n"
             if self.path.is_file() and self.path.stat().st_size:
@@ -100,18 +115,31 @@ class JsonlLogger(_FileLogger):
     """Appends one JSON object per record to ``path`` and flushes it at once.
 
     ``start_run(header)`` (called by `GradWatch`) writes a line ``{"gradwatch_run": header}``
-    that starts a run, so several runs appended to one file stay apart (`read_runs`). A crash
-    or a kill loses at most the line being written; the reader skips it, and the next open
-    starts a fresh line. Non-finite numbers are written as ``NaN``/``Infinity`` (Python's json).
-    Called without ``start_run`` (records logged directly), it writes records only.
+    that starts a run, and every record after it carries the header's ``run_id``, so several
+    runs appended to one file stay apart (`read_runs`), also when they write at the same time
+    (two watches logging to one file). A crash or a kill loses at most the line being written;
+    the reader skips it, and the next open starts a fresh line. Non-finite numbers are written
+    as ``NaN``/``Infinity`` (Python's json). Called without ``start_run`` (records logged
+    directly), it writes records only, without a run id.
     """
 
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(path)
+        self._run_id: str | None = None
+
     def start_run(self, header: Mapping[str, Any]) -> None:
-        """Writes the run header line (every key as given)."""
-        self._write({HEADER_KEY: _check_header(header)})
+        """Writes the run header line (every key as given); the records after it carry its
+        ``run_id``."""
+        header = _check_header(header)
+        rid = header.get("run_id")
+        self._write({HEADER_KEY: header})
+        self._run_id = rid if isinstance(rid, str) and rid else None
 
     def __call__(self, record: StepRecord) -> None:
-        self._write(_record_dict(record))
+        data = _record_dict(record)
+        if self._run_id is not None:
+            data["run_id"] = self._run_id
+        self._write(data)
 
     def _write(self, obj: Mapping[str, Any]) -> None:
         line = json.dumps(obj, separators=(",", ":"), default=_jsonable) + "\n"
@@ -204,6 +232,7 @@ class CsvLogger(_FileLogger):
 
     _terminator = "\r\n"  # csv's own line ending
     _example = "run.csv"
+    _kind = "csv"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         super().__init__(path)
@@ -223,6 +252,7 @@ class CsvLogger(_FileLogger):
         self._statistics = _statistic_names(header)
 
     def _existing_columns(self) -> list[str] | None:
+        self._check_kind()
         if not self.path.is_file() or self.path.stat().st_size == 0:
             return None
         with open(self.path, encoding="utf-8", newline="") as f:

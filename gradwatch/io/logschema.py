@@ -117,7 +117,9 @@ def check_record_head(obj: Any) -> str | None:
              "skipped": (lambda v: isinstance(v, bool), "true or false"),
              "amp_overflow": (lambda v: isinstance(v, bool), "true or false"),
              "loss": (lambda v: v is None or _is_num(v), "a number or null"),
-             "layers": (lambda v: isinstance(v, dict), "an object of layer statistics")}
+             "layers": (lambda v: isinstance(v, dict), "an object of layer statistics"),
+             "run_id": (lambda v: isinstance(v, str) and v != "",
+                        "a non-empty string (the id of its run's header)")}
     for key, (ok, what) in rules.items():
         if key in obj and not ok(obj[key]):
             return f"`{key}` must be {what}, but got {_show(obj[key])}"

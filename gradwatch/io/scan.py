@@ -116,6 +116,8 @@ class _Builder:
         self.records: list[int] = []
         self.resumes: list[Mapping[str, Any]] = []
         self.superseded: list[int] = []
+        self.last_step: int | None = None  # of the current segment (since the last header)
+        self.pending_cut = False  # the first record after a resume also cuts at its own step
 
     def cut(self, step: int) -> None:
         """Drops the records at ``step`` and after (a resume re-does them)."""
@@ -184,10 +186,9 @@ def scan_lines(lines: Iterable[tuple[int, bytes]], path: Path, *, layers: bool =
     store = RecordStore(layers)
     parser = JsonLayers(store)
     builders: list[_Builder] = []
-    by_id: dict[str, _Builder] = {}
-    current: _Builder | None = None
-    last_step: int | None = None  # of the current segment (since the last header)
-    pending_cut = False  # the first record after a resume also cuts at its own step
+    by_id: dict[str, _Builder] = {}  # run id -> the run its header started
+    route: dict[str, _Builder] = {}  # run id -> the run its records join now
+    current: _Builder | None = None  # the run records without a run id join (the last header's)
     decode_errors = 0
     alien = False  # a complete JSON line with no record key: another tool's file
     first = b""
@@ -217,14 +218,15 @@ def scan_lines(lines: Iterable[tuple[int, bytes]], path: Path, *, layers: bool =
                 k = header.get("resume_step")
                 if isinstance(k, int) and not isinstance(k, bool):
                     current.cut(k)
-                pending_cut = True
+                current.pending_cut = True
             else:
                 current = _Builder(header, i, store)
                 builders.append(current)
                 if isinstance(rid, str) and rid:
                     by_id[rid] = current
-                pending_cut = False
-            last_step = None
+            if isinstance(rid, str) and rid:
+                route[rid] = current
+            current.last_step = None
             continue
         index, why = _read_record(obj, store, parser)
         if why:
@@ -232,24 +234,31 @@ def scan_lines(lines: Iterable[tuple[int, bytes]], path: Path, *, layers: bool =
             alien = alien or not (isinstance(obj, dict) and ("step" in obj or "total_norm" in obj))
             continue
         step = int(store.step[index])
-        if current is None or (last_step is not None and step <= last_step):
-            if current is not None:
-                rid = (current.header or {}).get("run_id")
-                where = (f"in the run of line {current.line} (id {str(rid)[:8]})"
-                         if current.header is not None else "")
-                scan.notes.append(f"{path}:{i}: step {step} follows step {last_step} "
+        # a record with a run id (JsonlLogger after start_run) joins that run's records even
+        # when another run's lines come between (two watches writing one file at once)
+        rid = obj.get("run_id")
+        target = route.get(rid) if isinstance(rid, str) else current
+        if target is None or (target.last_step is not None and step <= target.last_step):
+            if target is not None:
+                trid = (target.header or {}).get("run_id")
+                where = (f"in the run of line {target.line} (id {str(trid)[:8]})"
+                         if target.header is not None else "")
+                scan.notes.append(f"{path}:{i}: step {step} follows step {target.last_step} "
                                   f"{where + ' ' if where else ''}without a run header; "
                                   f"the records from here are read as a separate run without "
                                   f"header (a log appended to by a second run, or a run that "
                                   f"restarted its step count?)")
-            current = _Builder(None, i, store)
-            builders.append(current)
-            pending_cut = False
-        if pending_cut:
-            current.cut(step)
-            pending_cut = False
-        current.records.append(index)
-        last_step = step
+            target = _Builder(None, i, store)
+            builders.append(target)
+            if isinstance(rid, str):
+                route[rid] = target
+            else:
+                current = target
+        if target.pending_cut:
+            target.cut(step)
+            target.pending_cut = False
+        target.records.append(index)
+        target.last_step = step
     if decode_errors and not builders:
         raise LogFormatError(f"{path}: not a UTF-8 text file ({decode_errors} undecodable "
                              f"line(s)); expected a JSON-lines log written by JsonlLogger.")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import os
 import uuid
 import warnings
+import weakref
 from collections import Counter
 from typing import Any, Callable, Mapping, Sequence
 
@@ -14,7 +16,7 @@ from ..capture.hooks import user_stacklevel
 from .history import History, RecordRow
 from .records import STATUS_CODES, StepRecord
 
-__all__ = ["Ledger", "COUNTERS", "run_header"]
+__all__ = ["Ledger", "COUNTERS", "check_loggers", "run_header"]
 
 COUNTERS = ("recorded", "clipped", "nonfinite", "skipped", "spikes", "amp_overflow")
 """The run-wide counters the ledger keeps (over every recorded step, not only those kept)."""
@@ -29,11 +31,19 @@ class Ledger:
             method gets the run header before the run's first record and after a resume.
         history: How many records stay in memory.
         header: The run header without its run id and times (thresholds, layers, options).
+
+    Raises:
+        ValueError: A logger listed twice, or two loggers writing one file (a logger with a
+            ``path``, as `JsonlLogger` and `CsvLogger` have): every record would be written
+            twice. Sharing a file (or a logger with ``start_run``) with another open watch is
+            warned about instead (see `check_loggers`).
     """
 
     def __init__(self, loggers: Sequence[Callable[[StepRecord], None]], history: int,
                  header: Mapping[str, Any]) -> None:
         self.loggers = tuple(loggers)
+        check_loggers(self.loggers, [lg.loggers for lg in _OPEN])
+        _OPEN.add(self)
         self._dropped: set[int] = set()  # loggers that raised: called no more (see `_call`)
         self.records = History(history)
         self.run: Counter[str] = Counter()
@@ -117,6 +127,7 @@ class Ledger:
                           RuntimeWarning, stacklevel=user_stacklevel())
 
     def close(self) -> None:
+        _OPEN.discard(self)
         for logger in self.loggers:
             close = getattr(logger, "close", None)
             if callable(close):
@@ -137,6 +148,53 @@ class Ledger:
     def mark_resumed(self, step: int) -> None:
         """Loggers get a header saying the run resumed at ``step`` before the next record."""
         self._resume_step, self._started = step, False
+
+
+_OPEN: weakref.WeakSet[Ledger] = weakref.WeakSet()
+"""The ledgers of the watches not closed yet (a watch garbage-collected leaves it too)."""
+
+
+def _file(logger: Any) -> str | None:
+    """The file a logger writes (its ``path``, resolved), or None."""
+    path = getattr(logger, "path", None)
+    return os.path.realpath(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else None
+
+
+def check_loggers(loggers: Sequence[Any], others: Sequence[Sequence[Any]]) -> None:
+    """Refuses a logger listed twice or two loggers on one file in ``loggers``; warns when a
+    file, or a run-aware logger object, is also used by another open watch (``others``)."""
+    files: dict[str, int] = {}
+    for k, logger in enumerate(loggers):
+        first = next(j for j, x in enumerate(loggers) if x is logger)
+        if first != k:
+            raise ValueError(f"Expected `loggers` to hold each logger once, but loggers[{first}] "
+                             f"and loggers[{k}] are the same {logger!r}: it would get every "
+                             f"record twice; list it once.")
+        path = _file(logger)
+        if path is not None and files.setdefault(path, k) != k:
+            j = files[path]
+            raise ValueError(f"Expected `loggers` to write each file once, but loggers[{j}] "
+                             f"{loggers[j]!r} and loggers[{k}] {logger!r} both write "
+                             f"{path!r}: every record would be written twice, mixed; keep one, "
+                             f"or give the other another path.")
+    shared = {_file(x): x for other in others for x in other if _file(x) is not None}
+    mine = [x for other in others for x in other if callable(getattr(x, "start_run", None))]
+    for k, logger in enumerate(loggers):
+        path = _file(logger)
+        if any(x is logger for x in mine):
+            warnings.warn(f"loggers[{k}] {logger!r} is also a logger of another open "
+                          f"GradWatch: one logger object writes one run at a time, so the "
+                          f"records of both watches would be filed under the run that started "
+                          f"last. Give each watch its own logger (e.g. JsonlLogger('run_g.jsonl')"
+                          f" and JsonlLogger('run_d.jsonl')), or close() the other watch first.",
+                          stacklevel=user_stacklevel())
+        elif path is not None and path in shared:
+            warnings.warn(f"loggers[{k}] {logger!r} writes {path!r}, which an open "
+                          f"GradWatch also writes with {shared[path]!r}: the two runs' lines "
+                          f"interleave in one file. Each record carries its run id, so read_runs "
+                          f"and `gradwatch report` keep the runs apart (--list shows them); for a "
+                          f"file per watch, give each its own path, or close() the other watch "
+                          f"first.", stacklevel=user_stacklevel())
 
 
 def run_header(thresholds: Any, layers: Sequence[Any], statistics: Sequence[Any],

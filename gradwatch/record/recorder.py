@@ -4,7 +4,10 @@ publishes it."""
 
 from __future__ import annotations
 
+import atexit
 import math
+import os
+import weakref
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -47,6 +50,7 @@ class Recorder:
         self.judge.uids(watched.names)  # the history's layer columns: the watched layers first
         self.thresholds, self.statistics = thresholds, statistics
         self._held: StepColumns | Deferred | None = None
+        self._pid = os.getpid()  # (a forked child never writes its parent's held record)
         self._layouts: dict[Any, Any] = {}
         self.already: str | None = None  # where the last record's NaN/Inf already was
 
@@ -66,6 +70,8 @@ class Recorder:
             return True
         if out.inflight is not None:  # the copy is in flight: the record forms at the next step
             self._held = Deferred(step, out)
+            self._pid = os.getpid()
+            _DEFERRED.add(self)  # written at a normal exit if the watch is left open
             return False
         self._held = pending_step(step, self.watched, out.data, out.got, out.present,
                                   self.statistics, out.coef, out.skipped, out.overflow)
@@ -94,6 +100,7 @@ class Recorder:
     def flush(self) -> StepRecord | None:
         """Forms, judges and publishes the held step's record (None when nothing is held)."""
         p, self._held = self._held, None
+        _DEFERRED.discard(self)
         if p is None:
             return None
         if isinstance(p, Deferred):
@@ -128,6 +135,26 @@ class Recorder:
         self.spikes.load_state_dict(state, self.judge.names, self.watched.names)
         self.ledger.name_columns(self.judge.names)
         self.ledger.load_state_dict(state)
+
+
+_DEFERRED: weakref.WeakSet[Recorder] = weakref.WeakSet()
+"""Recorders holding a deferred record (its copy in flight, written at the next step)."""
+
+
+def _flush_at_exit() -> None:
+    """Writes the deferred records of watches still open at a normal interpreter exit (a
+    script that never closed its watch): else the last recorded step is lost. Runs on
+    ``sys.exit``, the end of the script and an uncaught exception; not on SIGTERM with Python's
+    default handler, SIGKILL or ``os._exit`` (no Python code runs then)."""
+    for recorder in list(_DEFERRED):
+        if recorder._pid == os.getpid():
+            try:
+                recorder.flush()
+            except Exception:  # the interpreter is exiting: no traceback over the user's
+                pass
+
+
+atexit.register(_flush_at_exit)
 
 
 def _add_updates(cols: StepColumns, ratios: np.ndarray | None) -> None:
