@@ -4,7 +4,7 @@ The README's numbers then come from a run, not from hand: the table goes between
 ``<!-- bench-table:start -->`` and ``<!-- bench-table:end -->``, and the figure is copied from the
 run's ``figures/`` folder. Usage, after a fresh default run::
 
-    python -m gradwatch.bench --threads 1 --out gradwatch-report
+    python -m gradwatch.bench --threads 1 --out gradwatch-report   # (--force: over an old one)
     python scripts/readme_table.py gradwatch-report/results.json            # writes docs/bench.md
     python scripts/readme_table.py gradwatch-report/results.json --check    # exit 1 if stale
 """

@@ -85,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None,
                         help="folder holding MNIST/raw/ (default: $GRADWATCH_DATA, else the cache)")
     parser.add_argument("--out", default="gradwatch-report", help="report folder")
+    parser.add_argument("--force", action="store_true",
+                        help="replace the report of an earlier run in --out (kept otherwise)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: up to 2, on idle cores only)")
@@ -133,6 +135,13 @@ def _preflight(args: argparse.Namespace, names: Sequence[str]) -> str | None:
 
         if not torch.cuda.is_available():
             return cuda_problem(torch)
+    from .preflight import earlier_report, free_folder, out_problem
+
+    earlier = earlier_report(args.out)
+    if earlier and not args.force:  # (before MNIST: a second run of the same command)
+        return (f"--out {args.out!r} already holds {earlier}, which this run would replace; "
+                f"pass --force to replace it, or keep it and write this run elsewhere with "
+                f"--out {free_folder(args.out)}.")
     if needs_mnist(names):
         if importlib.util.find_spec("torchvision") is None:
             return "the MNIST experiments read data through torchvision, which is not " \
@@ -149,9 +158,10 @@ def _preflight(args: argparse.Namespace, names: Sequence[str]) -> str | None:
                 load_mnist(None, train_limit=1, test_limit=1)
             except (FileNotFoundError, OSError, RuntimeError) as err:
                 return f"could not download MNIST ({type(err).__name__}); fix by: {GET_MNIST}."
-    from .preflight import out_problem
-
-    return out_problem(args.out)  # last: it creates the folder the run is about to fill
+    problem = out_problem(args.out)  # last: it creates the folder the run is about to fill
+    if earlier and not problem:
+        print(f"replacing {earlier} in {args.out} (--force)", file=sys.stderr, flush=True)
+    return problem
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,14 +8,16 @@ what is wrong with a ``.gz`` that already failed its md5.
 
 from __future__ import annotations
 
+import datetime
 import gzip
 import hashlib
+import json
 import struct
 import tempfile
 import zlib
 from pathlib import Path
 
-__all__ = ["out_problem", "mnist_file_problem"]
+__all__ = ["earlier_report", "free_folder", "out_problem", "mnist_file_problem"]
 
 _MAGIC = {"images": 0x00000803, "labels": 0x00000801}
 """IDX magic numbers: unsigned bytes (0x08) in 3 dimensions (images) or 1 (labels)."""
@@ -44,6 +46,36 @@ def out_problem(out: str) -> str | None:
     except OSError as err:
         return f"--out {out!r} cannot be written ({err.strerror or err}); {fix}."
     return None
+
+
+def earlier_report(out: str | Path) -> str | None:
+    """What the bench report already in ``out`` holds ("the report of an earlier bench run
+    (...)"), or None when ``out`` holds no ``results.json``."""
+    js = Path(out).expanduser() / "results.json"
+    if not js.is_file():
+        return None
+    when = datetime.datetime.fromtimestamp(js.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+    try:
+        payload = json.loads(js.read_text(encoding="utf-8"))
+        names = list(payload["experiments"])
+        meta = payload.get("meta") or {}
+        budget = (meta.get("budget") or {}).get("name")
+        what = (f"{len(names)} experiment{'s' * (len(names) != 1)}"
+                + (f" ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})" if names
+                   else "") + (f", budget {budget}" if isinstance(budget, str) else "")
+                + (", partial" if meta.get("partial") else "") + f", written {when}")
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        what = f"written {when}"
+    return f"the report of an earlier bench run (results.json: {what})"
+
+
+def free_folder(out: str | Path) -> str:
+    """``out`` with the first free suffix: ``gradwatch-report-2``, ``-3``, ..."""
+    base = str(out).rstrip("/") or str(out)
+    k = 2
+    while Path(f"{base}-{k}").expanduser().exists():
+        k += 1
+    return f"{base}-{k}"
 
 
 def _kind(name: str) -> str:

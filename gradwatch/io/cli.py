@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .. import __version__
-from .runlog import LogFormatError, LogScan, Run, describe_problem, scan_log, select_run
+from .runlog import LogFormatError, LogScan, Run, describe_problem, pick_run, scan_log
 
 __all__ = ["DEFAULT_ROOT", "build_parser", "default_out", "main"]
 
@@ -30,7 +30,15 @@ _MOST_WARNINGS = 10  # bad lines named one by one; the rest are counted
 
 
 class CliError(Exception):
-    """A user-facing failure: printed as one line, exit status 1."""
+    """A user-facing failure: printed as one line, exit status 1 (``code``: another)."""
+
+    code = 1
+
+
+class UsageError(CliError):
+    """A user-facing failure of the flags: exit status 2."""
+
+    code = 2
 
 
 def default_out(log: Path) -> Path:
@@ -69,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--exploding", type=float, metavar="NORM",
                      help="absolute exploding bound to draw, as --vanishing (default: the "
                           "run's thresholds)")
+    rep.add_argument("--force", action="store_true",
+                     help="write into an --out that holds a bench report (refused otherwise)")
     rep.add_argument("--skip-bad-lines", action="store_true",
                      help="skip lines that are JSON but not gradwatch records instead of stopping")
     rep.add_argument("--no-progress", action="store_true",
@@ -131,19 +141,9 @@ def _list(scan: LogScan) -> int:
 
 
 def _pick(runs: Sequence[Run], text: str) -> Run:
-    """``--run``: an index or a run id (prefix); ambiguous when it is both."""
+    """``--run``: an index or a run id (prefix) (`pick_run`)."""
     try:
-        index: int | None = int(text)
-    except ValueError:
-        index = None
-    by_id = [r for r in runs if r.run_id and r.run_id.startswith(text)]
-    try:
-        if index is not None and -len(runs) <= index < len(runs):
-            if by_id:
-                raise ValueError(f"{text!r} is both a run index and the start of a run id; "
-                                 f"pass more characters of the id")
-            return runs[index]
-        return select_run(runs, text if by_id or index is None else index)
+        return pick_run(runs, text)
     except ValueError as err:
         raise CliError(f"--run {text}: {err} --list shows the runs.") from None
 
@@ -217,12 +217,22 @@ def _render(run: Run, out: Path, *, title: str, bounds: dict[str, float | None],
     return written
 
 
+def _keep_bench(folder: Path, args: argparse.Namespace) -> None:
+    """Refuses (unless ``--force``) a folder holding a bench report: its report.md would go."""
+    if (folder / "results.json").is_file() and not args.force:
+        raise UsageError(f"--out {str(folder)!r} holds a bench report (results.json), whose "
+                         f"report.md this report would replace; pass another --out (or leave "
+                         f"it out: {default_out(args.log)}), or --force to write there anyway.")
+
+
 def _report(args: argparse.Namespace) -> int:
     for name in ("vanishing", "exploding"):
         v = getattr(args, name)
         if v is not None and (math.isnan(v) or v < 0):
             raise CliError(f"--{name} must be a norm >= 0 (0 or inf: no band), but got {v!r}.")
     progress = not args.no_progress and sys.stderr.isatty()
+    if not args.list:  # (before a long log is read)
+        _keep_bench(args.out if args.out is not None else default_out(args.log), args)
     scan = _scan(args.log, progress=progress, skip_bad=args.skip_bad_lines,
                  layers=not args.list)
     runs = scan.runs
@@ -248,6 +258,8 @@ def _report(args: argparse.Namespace) -> int:
     except ImportError:
         raise CliError(f"the report needs matplotlib; {PLOT_INSTALL}.") from None
     out = args.out if args.out is not None else default_out(args.log)
+    for folder in [out] + [out / f"run-{r.index}" for r in chosen if args.all]:
+        _keep_bench(folder, args)
     index_lines = [f"# gradwatch report: {args.log.name} ({len(runs)} runs)", ""]
     for run in (r for r in chosen if r.records):
         folder = out / f"run-{run.index}" if args.all else out
@@ -275,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return {"report": _report}[args.command](args)
     except CliError as err:
         print(f"gradwatch: error: {err}", file=sys.stderr)
-        return 1
+        return err.code
     except OSError as err:
         print(f"gradwatch: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
         return 1

@@ -12,7 +12,7 @@ from .logschema import HEADER_KEY, check_record_dict
 from ..record.records import StepRecord
 
 __all__ = ["HEADER_KEY", "LineProblem", "LogFormatError", "LogScan", "Run", "check_record_dict",
-           "describe_problem", "read_jsonl", "read_runs", "scan_lines", "scan_log",
+           "describe_problem", "pick_run", "read_jsonl", "read_runs", "scan_lines", "scan_log",
            "select_run"]
 
 
@@ -126,6 +126,22 @@ def select_run(runs: Sequence[Run], run: int | str) -> Run:
     why = "matches several runs" if hits else "matches no run id"
     raise ValueError(f"Expected `run` to be a run id (or a unique prefix), but {run!r} {why}; "
                      f"the log has {len(runs)} run(s): {listing}.")
+
+
+def pick_run(runs: Sequence[Run], text: str) -> Run:
+    """The run ``text`` names, as typed on a command line: an index or a run id (prefix);
+    ValueError when it is both, or names none."""
+    try:
+        index: int | None = int(text)
+    except ValueError:
+        index = None
+    by_id = [r for r in runs if r.run_id and r.run_id.startswith(text)]
+    if index is not None and -len(runs) <= index < len(runs):
+        if by_id:
+            raise ValueError(f"{text!r} is both a run index and the start of a run id; pass "
+                             f"more characters of the id")
+        return runs[index]
+    return select_run(runs, text if by_id or index is None else index)
 
 
 def read_jsonl(path: str | os.PathLike[str], run: int | str | None = None
