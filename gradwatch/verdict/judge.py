@@ -97,7 +97,8 @@ class Judge:
                 continue
             self._last[rule.kind] = (hit, view)
             if persistent:
-                need = len(window) if rule.kind == "amp_overflow" else persistence
+                need = window.maxlen if rule.kind == "amp_overflow" else persistence  # (a
+                # full window: the scaler's first overflows while it calibrates are normal)
                 if len(window) < need or sum(window) < need:
                     continue
             if hit.note:  # true but harmless: no status, kept apart from the findings

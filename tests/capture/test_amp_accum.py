@@ -278,3 +278,46 @@ def test_activation_checkpointing_counts_nothing_twice(mode):
             assert checked.layers[name].norm == pytest.approx(s.norm, rel=1e-6)
             # recomputation re-runs forward hooks: a double count would show as sqrt(2)x
             assert checked.layers[name].act_norm == pytest.approx(s.act_norm, rel=1e-6)
+
+
+def _amp_run(init_scale: float, backoff: float = 0.5, steps: int = 30):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, backoff_factor=backoff)
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(64, 10, generator=g)
+    skipped = []
+    with GradWatch(model, optimizer=opt, scaler=scaler) as watch:
+        for i in range(steps):
+            x = torch.randn(128, 64, generator=g)
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.float16):
+                out = model(x)
+            loss = nn.functional.cross_entropy(out.float(), (x @ w).argmax(1), reduction="sum")
+            scaler.scale(loss).backward()
+            watch.note_loss(loss)
+            before = scaler.get_scale()
+            scaler.step(opt)
+            scaler.update()
+            if scaler.get_scale() < before:  # it skipped the step: an overflow
+                skipped.append(i)
+    return watch, skipped
+
+
+@pytest.mark.parametrize("init_exp, overflows", [(13, [0]), (16, [0, 1, 2, 3])])
+def test_the_scalers_first_overflows_while_it_calibrates_are_no_finding(init_exp, overflows):
+    """The GradScaler skips its first steps while its scale falls to fit (torch's default
+    init_scale 2**16 here: 4 in a row): normal, and no `amp_overflow` finding, which needs
+    overflows on all of the last 5 recorded steps (it held at once on a run's first step)."""
+    watch, skipped = _amp_run(2.0 ** init_exp)
+    assert skipped == overflows  # plain torch: the scale fell at exactly these steps
+    assert [r.step for r in watch.history if r.amp_overflow] == overflows
+    assert "amp_overflow" not in [f.kind for f in watch.diagnose()]
+
+
+def test_a_scaler_that_overflows_on_every_step_is_a_finding_from_the_fifth():
+    watch, _ = _amp_run(2.0 ** 40, backoff=1.0 - 1e-9, steps=8)  # (never gets small enough)
+    assert all(r.amp_overflow for r in watch.history)
+    (f,) = [f for f in watch.diagnose() if f.kind == "amp_overflow"]
+    assert f.first_step == 4
