@@ -59,7 +59,11 @@ class AmpOverflow(Rule):
 
 
 class Divergence(Rule):
-    """One optimizer step moved the weight layers by more than their own size."""
+    """One optimizer step moved the weight layers by more than their own size. When later
+    steps stay within the bound and the loss has fallen since (`Thresholds.loss_falling`),
+    the alarm becomes a note: an adaptive optimizer's first update is the learning rate times
+    the gradient's sign in every entry (Adagrad, RMSprop, Adam), more than a wide layer's small
+    initial weights at a large learning rate, once, in a run that trains."""
 
     kind, status, persistent, reads = "divergence", Status.DIVERGING, False, ("update_ratio",)
     optional = True
@@ -74,7 +78,19 @@ class Divergence(Rule):
             return None
         med = median(ratio[idx])
         if med <= bound:
+            curve = view.curve
+            if state.get("alarmed") and th.loss_falling is not None and curve is not None \
+                    and curve.fell(th.loss_falling) and not view.broken:
+                state["alarmed"] = 0.0  # the run trains on: the alarm becomes a note
+                return Hit([], f"median update/weight ratio {fmt3(state['worst'])} at its "
+                               f"worst (> {bound:g}), {fmt3(med)} now",
+                           {"update_ratio": state["worst"]},
+                           note=f"the later steps stay within the bound and the loss fell "
+                                f"(median {fmt3(curve.now)} over the last {th.window} recorded "
+                                f"steps, from {fmt3(curve.start)}): one large step in a run "
+                                f"that trains, as an adaptive optimizer's first update")
             return None
+        state["alarmed"], state["worst"] = 1.0, max(state.get("worst", 0.0), med)
         over = idx[ratio[idx] > bound]
         return Hit([Mark(over, "update/weight ratio {:.3g} > " + f"{bound:g}", ratio[over])],
                    f"median update/weight ratio {fmt3(med)} over {len(idx)} weight layers "
