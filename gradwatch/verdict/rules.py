@@ -191,7 +191,10 @@ class Stalled(Rule):
     with squared error, probabilities clamped before a log: exactly 0) or the loss does not
     read the model's output. A huge loss on logits still gets an O(1) gradient: no stall. It
     needs the loss (``GradWatch.step(loss=...)`` or `GradWatch.note_loss`): without it a
-    stalled net and a converged one look alike, since neither gets a gradient."""
+    stalled net and a converged one look alike, since neither gets a gradient. Gradient that
+    enters through another layer (a measured output gradient above the bound: the main head,
+    when the head the forward order names is an auxiliary one whose loss is weighted 0) is no
+    stall."""
 
     kind, status, reads, optional = "stalled", Status.VANISHING, ("loss",), True
 
@@ -205,6 +208,9 @@ class Stalled(Rule):
         value, what = signal(view)
         if not value <= th.stalled_gradient * min(loss, 1.0):
             return None
+        acts = view.act[view.act_on & np.isfinite(view.act)]
+        if acts.max(initial=0.0) > th.stalled_gradient * min(loss, 1.0):
+            return None  # it enters elsewhere: the loss skips what ran last (a head weighted 0)
         return Hit([Mark(np.array([h]), what + " {:.3g} at loss " + fmt3(loss),
                          np.array([value]))],
                    f"no gradient enters the model: the head's {what} is {fmt3(value)} (at "
