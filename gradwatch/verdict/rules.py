@@ -59,11 +59,14 @@ class AmpOverflow(Rule):
 
 
 class Divergence(Rule):
-    """One optimizer step moved the weight layers by more than their own size. When later
-    steps stay within the bound and the loss has fallen since (`Thresholds.loss_falling`),
-    the alarm becomes a note: an adaptive optimizer's first update is the learning rate times
-    the gradient's sign in every entry (Adagrad, RMSprop, Adam), more than a wide layer's small
-    initial weights at a large learning rate, once, in a run that trains."""
+    """One optimizer step moved the weight layers by more than their own size. When only the
+    first measured update did, and later steps stay within the bound while the loss has fallen
+    (`Thresholds.loss_falling`), the alarm becomes a note: an adaptive optimizer's first update
+    is the learning rate times the gradient's sign in every entry (Adagrad, RMSprop, Adam),
+    more than a wide layer's small initial weights at a large learning rate, once, in a run
+    that trains. A large step later in the run stays an alarm, whatever the loss does (a net
+    killed by one step at its fourth update, its loss "falling" from a start inflated by
+    unnormalised inputs to chance level)."""
 
     kind, status, persistent, reads = "divergence", Status.DIVERGING, False, ("update_ratio",)
     optional = True
@@ -77,20 +80,23 @@ class Divergence(Rule):
         if not len(idx):
             return None
         med = median(ratio[idx])
+        first, state["measured"] = not state.get("measured"), 1.0  # the first measured update?
         if med <= bound:
             curve = view.curve
-            if state.get("alarmed") and th.loss_falling is not None and curve is not None \
-                    and curve.fell(th.loss_falling) and not view.broken:
+            if state.get("alarmed") and not state.get("later") and th.loss_falling is not None \
+                    and curve is not None and curve.fell(th.loss_falling) and not view.broken:
                 state["alarmed"] = 0.0  # the run trains on: the alarm becomes a note
                 return Hit([], f"median update/weight ratio {fmt3(state['worst'])} at its "
                                f"worst (> {bound:g}), {fmt3(med)} now",
                            {"update_ratio": state["worst"]},
                            note=f"the later steps stay within the bound and the loss fell "
                                 f"(median {fmt3(curve.now)} over the last {th.window} recorded "
-                                f"steps, from {fmt3(curve.start)}): one large step in a run "
-                                f"that trains, as an adaptive optimizer's first update")
+                                f"steps, from {fmt3(curve.start)}): one large first update in a "
+                                f"run that trains, as an adaptive optimizer's")
             return None
         state["alarmed"], state["worst"] = 1.0, max(state.get("worst", 0.0), med)
+        if not first:
+            state["later"] = 1.0  # past the first update: an alarm for good
         over = idx[ratio[idx] > bound]
         return Hit([Mark(over, "update/weight ratio {:.3g} > " + f"{bound:g}", ratio[over])],
                    f"median update/weight ratio {fmt3(med)} over {len(idx)} weight layers "
