@@ -219,12 +219,12 @@ def repair_norms(norms: Sequence[float], grads: Sequence[Tensor],
     """
     if norms and min(norms) >= TINY and sum(norms) < math.inf:
         return list(norms)  # the healthy case, checked in C (the sum is NaN or inf if any is)
-    # DTensor norms come exact from `global_norms`; recomputing one locally would be wrong.
-    values = np.asarray(norms, dtype=np.float64)
+    values = np.asarray(norms, dtype=np.float64)  # (DTensors' come exact: `global_norms`)
     suspect = ~((values >= TINY) & (values < math.inf))  # NaN too
     if exact is not None:
         suspect &= ~exact
-    redo = [k for k in np.flatnonzero(suspect).tolist() if not is_dtensor(grads[k])]
+    redo = np.flatnonzero(suspect).tolist()  # (DTensors: one check per type, not each)
+    redo = [k for k in redo if not is_dtensor(grads[k])] if has_dtensor(grads) else redo
     out = list(norms)
     for k, v in zip(redo, exact_norms([grads[k] for k in redo]) if redo else ()):
         out[k] = v
