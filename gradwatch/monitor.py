@@ -11,7 +11,7 @@ from torch import nn
 
 from .capture import compile as cs
 from .capture.amp import AmpState
-from .clip import ClipPolicy, make_policy
+from .clip import ClipPolicy
 from .capture.units import UNIT_EVERY
 from .capture.hooks import Hook
 from .record.ledger import Ledger, run_header
@@ -72,11 +72,10 @@ class GradWatch:
                  every: int = 1, on_nonfinite: OnNonFinite = "warn", scaler: Any = None,
                  loggers: Sequence[Any] = (), history: int = 10_000,
                  statistics: Sequence[Statistic] = (), sync_records: bool | None = None) -> None:
-        every, history, scaler = validate(  # (scaler: None for a disabled GradScaler)
+        every, history, scaler, self.policy = validate(  # (scaler: None if disabled)
             model, positional, optimizer, thresholds, activations, every, on_nonfinite, scaler,
             loggers, history, clip, sync_records)
         self.thresholds = thresholds if thresholds is not None else Thresholds()
-        self.policy = make_policy(clip)
         self.statistics = check_statistics(statistics)
         self.every, self.on_nonfinite, self.activations = every, on_nonfinite, activations
         self.optimizer, self.scaler, self.sync_records = optimizer, scaler, sync_records

@@ -30,10 +30,10 @@ OnNonFinite = Literal["warn", "raise", "skip", "zero"]
 
 def validate(model: Any, positional: Sequence[Any], optimizer: Any, thresholds: Any,
              activations: Any, every: Any, on_nonfinite: Any, scaler: Any, loggers: Any,
-             history: Any, clip: Any, sync_records: Any = None) -> tuple[int, int, Any]:
+             history: Any, clip: Any, sync_records: Any = None) -> tuple[int, int, Any, Any]:
     """Raises TypeError/ValueError naming the first bad argument and how to fix it
     (``positional``: what was passed after the model by position). Returns ``every`` and
-    ``history`` as ints and the scaler to use (None for a disabled GradScaler)."""
+    ``history`` as ints, the scaler to use (None for a disabled GradScaler) and the clip policy."""
     if positional:
         refuse_positional(positional)
     check_model(model, optimizer)
@@ -124,9 +124,10 @@ def check_model(model: Any, optimizer: Any) -> None:
 
 def check_options(thresholds: Any, activations: Any, every: Any, on_nonfinite: Any,
                   scaler: Any = None, loggers: Any = (), history: Any = 10_000, clip: Any = None,
-                  sync_records: Any = None) -> tuple[int, int, Any]:
+                  sync_records: Any = None) -> tuple[int, int, Any, Any]:
     """The checks of GradWatch's options (all but ``model`` and ``optimizer``), shared with the
-    trainer callbacks; returns ``every`` and ``history`` as ints and the scaler to use."""
+    trainer callbacks; returns ``every`` and ``history`` as ints, the scaler to use and the clip
+    policy (`gradwatch.clip.make_policy`, whose errors name `clip`)."""
     if thresholds is not None and not isinstance(thresholds, Thresholds):
         raise TypeError(f"Expected `thresholds` to be a gradwatch.Thresholds or None, but got "
                         f"{type(thresholds).__name__}; build one with Thresholds(vanishing=...).")
@@ -160,8 +161,7 @@ def check_options(thresholds: Any, activations: Any, every: Any, on_nonfinite: A
     if isinstance(clip, bool):
         raise ValueError(f"Expected `clip` to be a max norm > 0 (finite), \"auto\", a "
                          f"gradwatch.clip policy or None, but got {clip!r}; e.g. clip=1.0.")
-    make_policy(clip)  # (its errors name `clip`)
-    return every, history, scaler
+    return every, history, scaler, make_policy(clip)
 
 
 def active_scaler(scaler: Any) -> Any:

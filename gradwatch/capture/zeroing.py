@@ -88,8 +88,12 @@ class ZeroCheck:
         seen, state["seen"] = state["seen"], None
         if seen is None or seen[0] != _task():
             return
-        task, was_none = seen
-        passes = state["passes"]
+        self._note_pass(state["passes"], *seen)
+
+    def _note_pass(self, passes: list[int], task: int, was_none: bool) -> None:
+        """Notes graph task ``task`` among the ``passes`` that added to one watched gradient
+        since its last reset; one that found it None after earlier passes follows a reset,
+        which threw those away (`dropped`)."""
         if was_none and passes and task not in passes:
             self.dropped.update(passes)
             passes.clear()
@@ -138,11 +142,7 @@ class ZeroCheck:
     def _count(self, seen: tuple[Any, ...]) -> None:
         """Counts one pass that added to the gradient (``seen``: what it held before)."""
         task, was_none, replaced = seen[:3]
-        if was_none and self._passes and task not in self._passes:
-            self.dropped.update(self._passes)  # reset since those passes: thrown away
-            self._passes.clear()
-        if task not in self._passes:
-            self._passes.append(task)
+        self._note_pass(self._passes, task, was_none)
         if self._reset or self._kept is None or self._kept[1] is None:
             return
         if was_none or replaced:
