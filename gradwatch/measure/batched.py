@@ -15,7 +15,8 @@ from torch import Tensor
 
 from .host import to_device
 
-__all__ = ["GROUP_MAX", "SEGMENT_MAX", "grouped_norms", "Segments", "foreach_norm64", "remember"]
+__all__ = ["GROUP_MAX", "SEGMENT_MAX", "grouped_norms", "Segments", "foreach_norm64", "remember",
+           "plain_cpu"]
 
 GROUP_MAX = 1 << 15
 """On the CPU, contiguous float32/float64 tensors of at most this many entries that share a
@@ -23,6 +24,17 @@ shape have their norms taken together (`grouped_norms`); bigger ones one by one.
 
 _DTYPE, _NUMEL = operator.attrgetter("dtype"), Tensor.numel
 _LAYOUT, _IS_CPU = operator.attrgetter("layout"), operator.attrgetter("is_cpu")
+
+
+_REAL = frozenset((torch.float16, torch.bfloat16, torch.float32, torch.float64))
+
+
+def plain_cpu(tensors: Sequence[Tensor]) -> bool:
+    """Whether ``tensors`` are all plain (no subclass), dense, real, non-empty CPU tensors,
+    checked in C (about 0.05 us per tensor per check, against 0.1 to 0.2 for a generator)."""
+    return (set(map(type, tensors)) == {Tensor} and all(map(_IS_CPU, tensors))
+            and set(map(_LAYOUT, tensors)) == {torch.strided}
+            and set(map(_DTYPE, tensors)) <= _REAL and all(map(_NUMEL, tensors)))
 
 
 def remember(cache: dict[Any, Any], key: Any, make: Callable[[], Any], limit: int = 64) -> Any:

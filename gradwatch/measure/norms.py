@@ -11,11 +11,11 @@ import torch
 from torch import Tensor
 
 from ..capture.distributed import global_norms, has_dtensor, is_dtensor
-from .batched import foreach_norm64, grouped_norms, remember
+from .batched import _DTYPE, foreach_norm64, grouped_norms, plain_cpu, remember
 
 __all__ = ["TINY", "SAFE64", "GROUPS", "per_tensor_norms", "exact_norm", "exact_norms",
-           "exact_norms_tensor", "scaled_norm", "scaled_norm64", "device_norms64", "repair_norms", "combine",
-           "tensor_norm", "layer_norms", "segments", "split_norms"]
+           "exact_norms_tensor", "scaled_norm", "scaled_norm64", "device_norms64",
+           "repair_norms", "combine", "tensor_norm", "layer_norms", "segments"]
 
 TINY = 1e-18
 """Below this an fp32 norm may have lost digits to underflowing squares (and above ~1.8e19 the
@@ -100,36 +100,8 @@ def _grouped(norms: Tensor, keys: list[tuple[torch.device, torch.dtype]]) -> Ten
     return norms
 
 
-def split_norms(grads: Sequence[Tensor], exact: np.ndarray) -> Tensor:
-    """`per_tensor_norms` with the tensors marked in ``exact`` reduced in float64 directly
-    (those whose norm underflowed float32 at the last measured step: a vanishing net's input
-    side), the others in float32 as torch does: one pass over each tensor instead of a
-    float32 pass and a float64 redo. A float64 vector on the CPU."""
-    out = torch.empty(len(grads), dtype=torch.float64)
-    idx64, idx32, at64, at32 = _split(exact)
-    if idx32:
-        out.index_copy_(0, at32, per_tensor_norms([grads[k] for k in idx32]).double())
-    out.index_copy_(0, at64, exact_norms_tensor([grads[k] for k in idx64]))
-    return out
-
-
-_SPLITS: dict[bytes, tuple[list[int], list[int], Tensor, Tensor]] = {}
-
-
-def _split(exact: np.ndarray) -> tuple[list[int], list[int], Tensor, Tensor]:
-    """The positions ``exact`` marks and the others, as lists and as index tensors."""
-    def make() -> tuple[list[int], list[int], Tensor, Tensor]:
-        idx64, idx32 = np.flatnonzero(exact).tolist(), np.flatnonzero(~exact).tolist()
-        return (idx64, idx32, torch.tensor(idx64, dtype=torch.int64),
-                torch.tensor(idx32, dtype=torch.int64))
-
-    key = np.packbits(exact).tobytes() + len(exact).to_bytes(8, "little")
-    return remember(_SPLITS, key, make)
-
-
 def exact_norm(grad: Tensor) -> float:
-    """The L2 norm of ``grad`` computed in float64, as a float: exact over fp32's whole range,
-    and for float64 entries whose squares over- or underflow (`exact_norms`)."""
+    """The float64 L2 norm of ``grad`` as a float (`exact_norms`)."""
     return exact_norms([grad])[0]
 
 
@@ -145,6 +117,8 @@ def exact_norms_tensor(tensors: Sequence[Tensor]) -> Tensor:
     """`exact_norms` as a float64 vector on the CPU."""
     if not tensors:
         return torch.zeros(0, dtype=torch.float64)
+    if plain_cpu(tensors):  # the common case (a vanishing net's many tensors), checked in C
+        return _rescued64(tensors, foreach_norm64(tensors))
     dense = [_dense(t) for t in tensors]
     if any(t.is_complex() for t in dense):  # |z| is the real tensor with the same norm
         dense = [t.abs() if t.is_complex() else t for t in dense]
@@ -159,7 +133,7 @@ def exact_norms_tensor(tensors: Sequence[Tensor]) -> Tensor:
 def _rescued64(dense: Sequence[Tensor], norms: Tensor) -> Tensor:
     """``norms`` with those of float64 tensors outside [`SAFE64`, inf) redone by
     `scaled_norm64` (no other dtype can over- or underflow float64's squares)."""
-    if not any(t.dtype == torch.float64 for t in dense):
+    if torch.float64 not in set(map(_DTYPE, dense)):
         return norms
     values = norms.tolist()
     redo = [k for k, (t, v) in enumerate(zip(dense, values))
@@ -211,7 +185,8 @@ def repair_norms(norms: Sequence[float], grads: Sequence[Tensor],
                  exact: np.ndarray | None = None) -> list[float]:
     """Recomputes in float64 each norm that may be wrong (non-finite or below `TINY`: fp32
     squares that over- or underflowed, and float64 ones, which `exact_norms` rescales), except
-    those ``exact`` marks as computed in float64 already (`split_norms`). A norm that is NaN
+    those ``exact`` marks as computed in float64 already
+    (`gradwatch.measure.split.split_norms`). A norm that is NaN
     or inf because an entry is stays so.
 
     Only pathological tensors are touched (all of them in one batched call), so a healthy step
@@ -235,9 +210,8 @@ def combine(norms: Iterable[float]) -> float:
     """L2 norm of a vector of norms, in float64 (NaN if any is NaN, inf if any is inf)."""
     values = norms if isinstance(norms, (list, tuple)) else list(norms)
     result = math.hypot(*values)  # scaled internally: no overflow or underflow of the squares
-    if result == math.inf and any(v != v for v in values):
-        return math.nan  # hypot lets inf win over NaN; an undefined norm must stay NaN
-    return result
+    # hypot lets inf win over NaN; an undefined norm must stay NaN
+    return math.nan if result == math.inf and any(v != v for v in values) else result
 
 
 def tensor_norm(t: Tensor) -> Tensor | float:

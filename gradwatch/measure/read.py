@@ -213,7 +213,7 @@ def finish_read(host: dict[str, list[float]], scaled: bool,
     gradients: their float32 total, which torch rounds to their dtype); steps whose fp32 norms
     over- or underflow get exact float64 norms: recomputed from ``grads``, or copied along
     (``"exact"``) when the record is formed a step later. ``exact``: the tensors whose norms
-    were reduced in float64 already (`gradwatch.measure.norms.split_norms`). The total is
+    were reduced in float64 already (`gradwatch.measure.split.split_norms`). The total is
     over the norms ``total_of`` picks (those the optimizer steps; None: all)."""
     raw = host["norms"]
     act_inv = 1.0 / host["scale"][0]
@@ -227,8 +227,11 @@ def finish_read(host: dict[str, list[float]], scaled: bool,
         stepped = set(total_of.tolist())  # what the optimizer steps: the others' norms still
         norms = [n if k in stepped else n * act_inv for k, n in enumerate(norms)]  # carry it
     total32 = host["total32"][0]
+    if exact is not None:  # reduced in float64 (`split_norms`): zeros are torch's too
+        exact = exact & (np.asarray(raw, dtype=np.float64) != 0)
     if total_of is None:
-        exact = exact is not None or fixed != raw or not TINY <= total32 < math.inf
+        exact = (exact is not None and bool(exact.any())) or fixed != raw \
+            or not TINY <= total32 < math.inf
         return StepNumbers(host, norms, combine(norms) if exact else total32 * inv, act_inv)
     picked = total_of.tolist()  # exact when a picked norm was repaired (or reduced so)
     exact = (exact is not None and bool(exact[total_of].any())) or any(

@@ -16,7 +16,8 @@ from .host import InFlight
 from .read import StepNumbers, device_total, finish_read, read_norms, read_step, \
     start_read
 from ..capture.distributed import has_dtensor
-from .norms import TINY, combine, per_tensor_norms, repair_norms, split_norms
+from .norms import TINY, combine, per_tensor_norms, repair_norms
+from .split import NATIVE, as_torch, split_norms
 
 __all__ = ["Outcome", "measure_step", "clip_step", "clip_coef", "zero_nonfinite_", "GradStash"]
 
@@ -91,6 +92,9 @@ def measure_step(watched: Any, amp: Any, policy: Any, statistics: Sequence[Any],
     c = w.collector
     # on the CPU reading the norms costs nothing: a step known finite skips the NaN checks
     host_norms = read_norms(norms_dev, sel) if norms_dev.device.type == "cpu" else None
+    if exact is not None:  # torch's norms and total wherever they are right
+        host_norms, exact = as_torch(host_norms, grads, exact, getattr(norms_dev, NATIVE, None),
+                                     sel)
     finite = None if host_norms is None else math.isfinite(host_norms[-1])
     data = c.take(finite) if c.armed else None
     if data is not None:  # the head (AGC's final layer) is known before clipping
@@ -104,8 +108,8 @@ def measure_step(watched: Any, amp: Any, policy: Any, statistics: Sequence[Any],
                     loss=loss if recording else None, host_norms=host_norms, exact=exact,
                     total_of=sel)
     if norms_dev.device.type == "cpu" and not has_dtensor(grads):  # for the next step
-        found = np.asarray(got.norms)  # (a gradient of exact zeros is no underflow: float32
-        w.tiny = (found < TINY) & (found != 0) if present is None else None  # gets it right)
+        found = np.asarray(got.norms)  # (exact zeros too: one float64 pass, no redo)
+        w.tiny = found < TINY if present is None else None
     overflow = amp.overflow(scaled, got.total)
     finite = math.isfinite(got.total)
     skipped = False

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from gradwatch.measure.norms import (SAFE64, exact_norm, exact_norms, per_tensor_norms,
-                                     repair_norms, scaled_norm64, split_norms, tensor_norm)
+                                     repair_norms, scaled_norm64, tensor_norm)
+from gradwatch.measure.split import split_norms
 
 
 def _hypot(t: torch.Tensor) -> float:
