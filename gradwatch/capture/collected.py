@@ -17,17 +17,26 @@ __all__ = ['Events', 'UnitEntry', 'Collected', 'BATCH_TENSORS', 'BATCH_NUMEL', '
 
 @dataclass
 class Events:
-    """Gradient events of one direction as parallel lists: the layer, the autograd graph task
-    (which backward pass), the id of the gradient tensor and the event's place in the
-    backward order (shared by both directions)."""
+    """Gradient events of one direction, one row each (one append per event in the hook):
+    the layer, the autograd graph task (which backward pass), the id of the gradient tensor
+    and the event's place in the backward order (shared by both directions); read as
+    columns."""
 
-    layer: list[int] = field(default_factory=list)
-    task: list[int] = field(default_factory=list)
-    gid: list[int] = field(default_factory=list)
-    seq: list[int] = field(default_factory=list)
+    rows: list[tuple[int, int, int, int]] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.layer)
+        return len(self.rows)
+
+    def column(self, k: int) -> list[int]:
+        return [row[k] for row in self.rows]
+
+    @property
+    def layer(self) -> list[int]:
+        return self.column(0)
+
+    @property
+    def task(self) -> list[int]:
+        return self.column(1)
 
 
 class UnitEntry(NamedTuple):
@@ -61,6 +70,7 @@ class Collected:
     forward_norms: list[Tensor] = field(default_factory=list)
     """float64 norms of the checked outputs (NaN/Inf iff the output holds NaN/Inf), in chunks,
     aligned with ``forward_bad``."""
+    seq: int = 0  # backward events so far, both directions (the next one's place)
     out: Events = field(default_factory=lambda: Events())
     """Output-gradient events (the gradient w.r.t. a layer's output), in backward order."""
     inp: Events = field(default_factory=lambda: Events())

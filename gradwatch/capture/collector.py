@@ -16,7 +16,7 @@ from .gradhooks import GradHooks
 from .recurrent import RecurrentHooks
 from .units import UNIT_EVERY, UnitBatch, UnitHooks, UnitWindow
 from .zeroing import ZeroCheck
-from .hooks import _ELEMENTWISE, Hook, Slot, in_vmap, iter_tensors
+from .hooks import _ELEMENTWISE, ForwardHook, Hook, Slot, in_vmap, iter_tensors
 from .layers import Layer, activation_kind
 
 _is_compiling = torch.compiler.is_compiling  # (dynamo folds this very function to True)
@@ -68,7 +68,7 @@ class Collector(GradHooks, RecurrentHooks, UnitHooks):
         self._slots: list[Slot] | None = None  # the hooks of a recorded step (made once)
         self._unit_slots: list[Slot] = []  # the activation modules' hooks (unit statistics)
         self._attached = self._units_attached = False
-        self._on_forward = [Hook(self, "on_forward", i) for i in range(len(self.modules))]
+        self._on_forward = [ForwardHook(self, i) for i in range(len(self.modules))]
         self._unit_only = [i for i, (k, e, o) in enumerate(zip(self.kinds, self.elementwise,
                                                                 self.owner_of))
                            if k is not None and e and o < 0]  # hooked for unit statistics only

@@ -75,16 +75,10 @@ class GradHooks:
                 self.on_grad(layer, False, inp)
             return
         data = self.data
-        evo, evi = data.out, data.inp
-        task, seq = _task(), len(evo.seq) + len(evi.seq)
-        evo.layer.append(layer)
-        evo.task.append(task)
-        evo.gid.append(id(out))
-        evo.seq.append(seq)
-        evi.layer.append(layer)
-        evi.task.append(task)
-        evi.gid.append(id(inp))
-        evi.seq.append(seq + 1)
+        task, seq = _task(), data.seq
+        data.seq = seq + 2
+        data.out.rows.append((layer, task, id(out), seq))
+        data.inp.rows.append((layer, task, id(inp), seq + 1))
         held = self._held_numel
         self._grads_out.append(out)
         self._grads_in.append(inp)
@@ -137,11 +131,9 @@ class GradHooks:
     def on_grad(self, layer: int, is_output: bool, grad: Tensor) -> None:
         if self.armed:
             data = self.data
-            ev = data.out if is_output else data.inp
-            ev.layer.append(layer)
-            ev.task.append(_task())
-            ev.gid.append(id(grad))
-            ev.seq.append(len(data.out.seq) + len(data.inp.seq))
+            (data.out if is_output else data.inp).rows.append((layer, _task(), id(grad),
+                                                                data.seq))
+            data.seq += 1
             pending = self._grads_out if is_output else self._grads_in
             pending.append(grad)
             k = 1 if is_output else 2

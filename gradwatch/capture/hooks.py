@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 
-__all__ = ["iter_tensors", "in_vmap", "Hook", "Slot", "Stale", "user_stacklevel"]
+__all__ = ["iter_tensors", "in_vmap", "Hook", "ForwardHook", "Slot", "Stale", "user_stacklevel"]
 
 
 def iter_tensors(output: Any) -> Iterator[Tensor]:
@@ -69,6 +69,20 @@ class Hook:
 
     def __copy__(self) -> Stale:
         return Stale()
+
+
+class ForwardHook(Hook):
+    """`Hook` for ``on_forward`` of the module at ``index`` (a recorded step's hot path: no
+    name lookup, no argument tuple joined per call)."""
+
+    __slots__ = ()
+
+    def __init__(self, target: Any, index: int) -> None:
+        super().__init__(target, "on_forward", index)
+
+    def __call__(self, module: Any, args: Any, output: Any) -> Any:
+        target = self.ref()
+        return None if target is None else target.on_forward(self.args[0], module, args, output)
 
 
 class Slot:

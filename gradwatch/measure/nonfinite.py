@@ -65,10 +65,8 @@ def event_values(data: Collected, host: dict[str, list[float]]
     """Each backward event with its gradient's norm (output and input events are reduced
     apart; see `gradwatch.capture.hooks.Collector.take`)."""
     outs, ins = iter(host.get("act_out", [])), iter(host.get("act_in", []))
-    events = [((layer, True, task, gid), seq) for layer, task, gid, seq in zip(
-        data.out.layer, data.out.task, data.out.gid, data.out.seq)]
-    events += [((layer, False, task, gid), seq) for layer, task, gid, seq in zip(
-        data.inp.layer, data.inp.task, data.inp.gid, data.inp.seq)]
+    events = [((layer, True, task, gid), seq) for layer, task, gid, seq in data.out.rows]
+    events += [((layer, False, task, gid), seq) for layer, task, gid, seq in data.inp.rows]
     events.sort(key=lambda e: e[1])
     return [(e, next(outs if e[1] else ins, math.nan)) for e, _ in events]
 

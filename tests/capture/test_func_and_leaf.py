@@ -357,7 +357,8 @@ def test_slot_keeps_its_place_among_hooks_added_before_and_after():
         calls.clear()
         nn.functional.mse_loss(model(x), y).backward()
         if step % 2 == 0:
-            kinds = [type(h).__name__ for h in model[0]._forward_hooks.values()]
+            kinds = ["Hook" if isinstance(h, Hook) else type(h).__name__
+                     for h in model[0]._forward_hooks.values()]
             orders.append((list(calls), kinds))
         opt.step()
     watch.close()
