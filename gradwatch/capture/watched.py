@@ -157,12 +157,13 @@ class WatchedSet:
             np.asarray(present, dtype=bool)]
         return None if keep.all() else np.flatnonzero(keep)
 
-    def _current_signature(self) -> tuple[int, tuple[tuple[int, int, int], ...]]:
-        """What is trainable (a count) and what the optimizer steps: per param group the
+    def _current_signature(self) -> tuple[bytes, tuple[tuple[int, int, int], ...]]:
+        """What is trainable (a flag per parameter, so one layer frozen as another is unfrozen
+        at the same step counts as a change) and what the optimizer steps: per param group the
         length, first and last tensor of its list (a group switched to other layers with a list
         of the same length changes it; a few reads per group, and a wrapper that builds its
         lists anew at each read does not)."""
-        trainable = sum(map(_REQUIRES_GRAD, self._all_params))
+        trainable = bytes(map(_REQUIRES_GRAD, self._all_params))
         source = self._stepper()
         if source is None:
             return trainable, ()

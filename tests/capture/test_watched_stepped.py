@@ -160,3 +160,39 @@ def test_an_optimizer_over_the_models_parameters_is_not_warned_about(which):
             _run(model, opt)
     assert not [str(w.message) for w in caught if "not hold" in str(w.message)]
     watch.close()
+
+
+@pytest.mark.parametrize("every", [1, 4])
+def test_one_layer_frozen_as_another_is_unfrozen_is_seen(every):
+    """Freezing the head at the step the first layer is unfrozen leaves the number of
+    trainable tensors as it was; the watched set still follows: the unfrozen layer is
+    measured, summed and clipped like ``clip_grad_norm_``, and the frozen one is gone (also
+    when the swap falls on an unrecorded step, ``every=4``)."""
+    def run(watched: bool):
+        torch.manual_seed(0)
+        model = _sequential()
+        model[0].requires_grad_(False)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        watch = GradWatch(model, optimizer=opt, clip=CLIP, every=every) if watched else None
+        g = torch.Generator().manual_seed(1)
+        totals = []
+        for step in range(12):
+            if step == 3:
+                model[0].requires_grad_(True)
+                model[4].requires_grad_(False)
+            x, y = torch.randn(16, 8, generator=g), torch.randint(0, 2, (16,), generator=g)
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            if not watched:
+                totals.append(torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP).item())
+            opt.step()
+        return model, totals, watch
+
+    ref, totals, _ = run(False)
+    ours, _, watch = run(True)
+    after = [r for r in watch.history if r.step >= 3]
+    assert after and all("0" in r.layers and "4" not in r.layers for r in after)
+    assert [r.total_norm for r in watch.history] == [totals[r.step] for r in watch.history]
+    for a, b in zip(ours.parameters(), ref.parameters()):
+        assert torch.equal(a, b)
+    assert not [n for n in watch.notes() if n.kind == "unused_output"]
