@@ -110,3 +110,67 @@ def test_a_learning_rate_held_at_0_then_warmed_up_ends_as_a_note(hold, alarm):
     if not alarm:
         (note,) = watch.notes()
         assert note.first_step == 28 and "delayed warm-up" in note.note
+
+
+class _Factorisation(nn.Module):
+    """Two embedding tables only (a matrix-factorisation recommender): a batch moves the rows
+    it looks up, which the update ratio's fixed sample of each table does not read."""
+
+    def __init__(self, sparse: bool) -> None:
+        super().__init__()
+        self.user = nn.Embedding(20_000, 16, sparse=sparse)
+        self.item = nn.Embedding(10_000, 16, sparse=sparse)
+        nn.init.normal_(self.user.weight, std=0.1)
+        nn.init.normal_(self.item.weight, std=0.1)
+
+    def forward(self, u, i):
+        return (self.user(u) * self.item(i)).sum(-1)
+
+
+@pytest.mark.parametrize("sparse,make", [
+    (False, lambda p: torch.optim.SGD(p, lr=10.0)),
+    (True, lambda p: torch.optim.SparseAdam(list(p), lr=0.05)),
+])
+def test_tables_that_move_where_the_sample_does_not_look_are_not_called_still(sparse, make):
+    """The tables move at every step (plain torch: ‖ΔW‖/‖W‖ > 0), but no sampled entry has a
+    gradient: their update ratio is not measured (None), not 0, and `not_moving` stays quiet."""
+    torch.manual_seed(1)
+    model = _Factorisation(sparse)
+    opt = make(model.parameters())
+    pool_u, pool_i = torch.randint(0, 20_000, (300,)), torch.randint(0, 10_000, (300,))
+    target = torch.randn(300)
+    moved = []
+    with GradWatch(model, optimizer=opt) as watch:
+        for step in range(8 * UNIT_EVERY + 1):
+            k = torch.randint(0, 300, (64,))
+            opt.zero_grad()
+            loss = F.mse_loss(model(pool_u[k], pool_i[k]), target[k])
+            loss.backward()
+            watch.note_loss(loss)
+            before = model.user.weight.detach().clone()
+            opt.step()
+            moved.append(not torch.equal(before, model.user.weight))
+        findings = [f.kind for f in watch.diagnose()] + [f.kind for f in watch.notes()]
+    assert all(moved)
+    measured = [r.step for r in watch.history if r.step % UNIT_EVERY == 0]
+    assert len(measured) >= 8
+    for r in watch.history:
+        assert r.layers["user"].values.get("update_ratio") is None
+    assert "not_moving" not in findings
+
+
+def test_a_table_whose_sampled_rows_are_looked_up_still_shows_lr_0():
+    """The same tables at a learning rate of 0, with batches that look up the sampled rows
+    (row 0 is in the sample): the ratio is a measured 0 and `not_moving` is found."""
+    torch.manual_seed(1)
+    model = _Factorisation(False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with GradWatch(model, optimizer=opt) as watch:
+        for step in range(12 * UNIT_EVERY + 1):
+            u, i = torch.randint(0, 4, (64,)), torch.randint(0, 4, (64,))
+            opt.zero_grad()
+            F.mse_loss(model(u, i), torch.randn(64)).backward()
+            opt.step()
+        found = [f.kind for f in watch.diagnose()]
+    assert watch.history[0].layers["user"].values["update_ratio"] == 0.0
+    assert "not_moving" in found
