@@ -273,7 +273,8 @@ class GradWatch:
     def _settle(self) -> None:
         """Forms the held record, for a reader; says if `optimizer=` never stepped."""
         self._flush()
-        warn_never_stepped(self.optimizer, self._step or self._order.saw_step, self._watched.params)
+        warn_never_stepped(self.optimizer, self._step or self._order.saw_step,
+                           self._watched.params, self._order.backward_seen)
 
     # ------------------------------------------------------------------ helpers
 

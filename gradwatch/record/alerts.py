@@ -17,15 +17,18 @@ class NonFiniteGradientError(FloatingPointError):
     """Raised by ``on_nonfinite="raise"`` when a watched gradient holds NaN or Inf."""
 
 
-def warn_never_stepped(optimizer: Any, steps: int, params: Sequence[Any]) -> None:
-    """Warns when a watch given ``optimizer=`` has seen no ``optimizer.step()`` although the
-    watched parameters hold gradients: it measured nothing (a wrapper stepped through other
-    methods, as SAM's first_step()/second_step(), runs no step hooks)."""
-    if optimizer is None or steps or not any(p.grad is not None for p in params):
+def warn_never_stepped(optimizer: Any, steps: int, params: Sequence[Any],
+                       backward_seen: bool = False) -> None:
+    """Warns when a watch given ``optimizer=`` has seen no ``optimizer.step()`` although
+    backward passes ran (``backward_seen``) or the watched parameters hold gradients: it
+    measured nothing (a wrapper stepped through other methods, as SAM's
+    first_step()/second_step(), runs no step hooks, and may have reset the gradients since)."""
+    if optimizer is None or steps or not (backward_seen or any(
+            p.grad is not None for p in params)):
         return
     name = type(optimizer).__name__
-    warnings.warn(f"GradWatch(optimizer={name}) has seen no {name}.step() although the watched "
-                  f"parameters have gradients, so it measured nothing. An optimizer stepped "
+    warnings.warn(f"GradWatch(optimizer={name}) has seen no {name}.step() although backward "
+                  f"passes computed gradients, so it measured nothing. An optimizer stepped "
                   f"through other methods (SAM's first_step()/second_step()) runs no step hooks: "
                   f"pass the optimizer whose step() runs each iteration (optimizer="
                   f"sam.base_optimizer), or construct GradWatch without `optimizer=` and call "

@@ -57,9 +57,17 @@ class CallOrder:
             self.param, "_post_accumulate_grad_hooks",
             self.param.register_post_accumulate_grad_hook, Hook(self, "on_grad"))
         self.handles: list[Any] = []  # removed by the watch's close (before its own hooks run)
+        self.backward_seen = False  # with optimizer=: a backward pass ran before any step()
+        self._until_step = None  # ... told by a hook on one parameter until the first step()
         if optimizer is not None:
             self.handles += [optimizer.register_step_pre_hook(Hook(self, "on_step", True)),
                              optimizer.register_step_post_hook(Hook(self, "on_step", False))]
+            first = next((p for p in params if p.requires_grad and not p.is_sparse and hasattr(
+                p, "register_post_accumulate_grad_hook")), None)
+            if first is not None:
+                self._until_step = first.register_post_accumulate_grad_hook(
+                    Hook(self, "on_backward"))
+                self.handles.append(self._until_step)
         elif self._slot is not None:
             self.handles += [_Detach(self._slot),
                              register_optimizer_step_post_hook(Hook(self, "on_optimizer_step"))]
@@ -76,8 +84,14 @@ class CallOrder:
     def on_step(self, before: bool, optimizer: Any, args: Any, kwargs: Any) -> None:
         if before:
             self.saw_step = True
+            if self._until_step is not None:  # (its work is done: no call per backward)
+                self._until_step.remove()
+                self._until_step = None
         else:
             self.stepped = True
+
+    def on_backward(self, param: Any) -> None:
+        self.backward_seen = True
 
     def on_grad(self, param: Any) -> None:
         self.fresh = True

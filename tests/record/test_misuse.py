@@ -344,6 +344,16 @@ def test_sam_points_to_its_base_optimizer():
                 closure()
                 sam.second_step()
             assert watch.diagnose() == []
+    # the usual second_step(zero_grad=True) leaves no gradient at the end: still warned
+    with pytest.warns(UserWarning, match=r"has seen no _SAM.step\(\).*sam.base_optimizer"):
+        with GradWatch(model, optimizer=sam) as watch:
+            for _ in range(3):
+                closure()
+                sam.first_step()
+                closure()
+                sam.second_step()
+                sam.zero_grad()
+        assert all(p.grad is None for p in model.parameters()) and not watch.history
     with GradWatch(model, optimizer=sam.base_optimizer) as watch:  # the way that works
         for _ in range(3):
             closure()
