@@ -17,7 +17,7 @@ from .recurrent import RecurrentHooks
 from .units import UNIT_EVERY, UnitBatch, UnitHooks, UnitWindow
 from .zeroing import ZeroCheck
 from .hooks import _ELEMENTWISE, ForwardHook, Hook, Slot, in_vmap, iter_tensors
-from .layers import Layer, activation_kind
+from .layers import WEIGHTED, Layer, activation_kind
 
 _is_compiling = torch.compiler.is_compiling  # (dynamo folds this very function to True)
 _transform = torch._C._functorch.peek_interpreter_stack  # None outside torch.func transforms
@@ -52,6 +52,8 @@ class Collector(GradHooks, RecurrentHooks, UnitHooks):
         self._node_hooks: dict[tuple[Any, ...], Callable[..., None] | None] = {}  # per
         # (layer, output_nr, node type): the hook reading the input's slot (None: not direct)
         self.conv_like = [isinstance(m, nn.modules.conv._ConvNd) for m in self.modules]
+        self.weighted = [isinstance(m, WEIGHTED) or u >= 0 for m, u in zip(self.modules,
+                                                                              self.weight_user)]
         self.activations = activations
         self.armed = False
         self.compiled = False  # a forward hook was traced by torch.compile: keep hooks attached

@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 from torch import nn
 
-__all__ = ["owners", "Role", "Layer", "discover_layers", "layer_role", "activation_kind", "remove_all"]
+__all__ = ["owners", "Role", "Layer", "discover_layers", "layer_role", "activation_kind",
+           "remove_all", "WEIGHTED"]
 
 Role = Literal["weight", "norm", "embedding", "token", "scale", "bias"]
 """``weight``: owns a real matrix or kernel (Linear, Conv, RNN, attention projections) — the
@@ -21,7 +22,7 @@ _NORMS = tuple(t for t in (getattr(nn, n, None) for n in (
     "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "GroupNorm", "LocalResponseNorm",
     "RMSNorm")) if t is not None)
 _EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
-_WEIGHTED = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd, nn.RNNBase, nn.RNNCellBase,
+WEIGHTED = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd, nn.RNNBase, nn.RNNCellBase,
              nn.MultiheadAttention)
 _RECTIFIERS = (nn.ReLU, nn.ReLU6)
 _SATURATING = (nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardsigmoid, nn.Softmax, nn.Softsign)
@@ -57,7 +58,7 @@ def layer_role(module: nn.Module, named: list[tuple[str, nn.Parameter]]) -> Role
         return "embedding"
     if isinstance(module, _NORMS):
         return "norm"
-    if isinstance(module, _WEIGHTED) and any(p.ndim >= 2 for _, p in named):
+    if isinstance(module, WEIGHTED) and any(p.ndim >= 2 for _, p in named):
         return "weight"  # whatever its shape: nn.Linear(d, 1) heads and 1x1 kernels too
     shapes = [tuple(p.shape) for _, p in named]
     if any(_is_matrix(s) for s in shapes):

@@ -216,6 +216,7 @@ class UnitHooks:
     unit_batch: UnitBatch
     data: Any
     conv_like: list[bool]
+    weighted: list[bool]
     owner_of: list[int]
     _last_layer: int
 
@@ -223,7 +224,7 @@ class UnitHooks:
         """Notes an activation's output for the batched unit statistics (`UnitBatch`): the
         units that fired within the window (rectifiers), or the outputs within 1% of a bound
         (saturating modules)."""
-        conv = kind == "rectifier" and y.dim() >= 3 and self.conv_like[self._last_index()]
+        conv = kind == "rectifier" and y.dim() >= 3 and self._from_conv()
         self.unit_batch.add(kind, y, module, conv, self._last_layer, (self._last_layer, index))
         if len(self.unit_batch) >= BATCH_TENSORS:
             self._flush_units()
@@ -234,11 +235,20 @@ class UnitHooks:
             self.data.units += entries
             self.data.unit_counts.append(counts)
 
-    def _last_index(self) -> int:
+    def _from_conv(self) -> bool:
+        """Whether an activation's units are channels (dim 1): the last module that applied a
+        weight before it (``weighted``: a convolution, a Linear, a module using a weight
+        layer's matrix) is a convolution. Normalisations, pooling and the parametrization
+        that makes a weight (it completes before its convolution) in between are passed
+        over: Conv → BatchNorm → ReLU counts channels. Without such a module, the module of
+        the last layer decides."""
+        for index in reversed(self.data.completed):
+            if self.weighted[index]:
+                return self.conv_like[index]
         for index in reversed(self.data.completed):
             if self.owner_of[index] == self._last_layer:
-                return index
-        return 0
+                return self.conv_like[index]
+        return False
 
 
 def _saturated(flat: Tensor, lo: float, hi: float) -> Tensor:

@@ -129,7 +129,9 @@ class DeadUnits(Statistic):
     forward outputs of every 4th recorded step (`gradwatch.capture.units.UNIT_EVERY`, the
     first included). A module called several times in a step (shared across time or depth)
     counts a unit alive when it fired on any of its calls; a layer followed by several such
-    modules reads the largest share."""
+    modules reads the largest share. A unit is a channel where the last module that applied a
+    weight before the ReLU is a convolution (normalisation or pooling in between included:
+    Conv → BatchNorm → ReLU), else an entry of the last dimension (a Linear's features)."""
 
     name, label, reads, log_scale = "dead_frac", "dead-unit share", "forward", False
 

@@ -195,6 +195,54 @@ def test_dead_and_saturated_units_match_plain_torch():
     assert "dead_frac" not in rec.layers["fc2"].values
 
 
+@pytest.mark.parametrize("between", ["batchnorm", "weight_norm", "pool"])
+def test_a_relu_after_a_conv_counts_channels_whatever_runs_in_between(between):
+    """Conv → BatchNorm → ReLU, a bias-free convolution whose weight is a parametrization
+    (``weight_norm``: its layer is the parametrization, which completes before the
+    convolution), and Conv → MaxPool → ReLU: the ReLU's units are the convolution's channels,
+    as right after a convolution. Half of the 8 channels never fire (on inputs in [0, 1), a
+    bias of -100 or all-negative weights); plain torch counts the dead channels over the
+    window."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=between != "weight_norm")
+    mids = []
+    if between == "weight_norm":
+        conv = nn.utils.parametrizations.weight_norm(conv)
+        with torch.no_grad():
+            v = conv.parametrizations.weight.original1
+            v[:4] = -v[:4].abs() - 0.1
+    elif between == "batchnorm":
+        mids = [nn.BatchNorm2d(8)]
+        with torch.no_grad():
+            mids[0].bias[:4] = -100.0
+    else:
+        mids = [nn.MaxPool2d(2)]
+        with torch.no_grad():
+            conv.bias[:4] = -100.0
+    act = nn.ReLU()
+    model = nn.Sequential(conv, *mids, act, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    fired = torch.zeros(8, dtype=torch.bool)
+
+    def note(module, args, out):
+        fired.logical_or_(out.detach().amax(dim=(0, 2, 3)) > 0)
+
+    spy = act.register_forward_hook(note)
+    with GradWatch(model, optimizer=opt) as watch:
+        for _ in range(UNIT_EVERY * UNIT_WINDOW + 1):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(torch.rand(16, 3, 12, 12)),
+                                        torch.randint(0, 4, (16,))).backward()
+            opt.step()
+    spy.remove()
+    rec = [r for r in watch.history if any("dead_frac" in v.values
+                                           for v in r.layers.values())][-1]
+    shares = [v.values["dead_frac"] for v in rec.layers.values() if "dead_frac" in v.values]
+    assert (~fired).sum().item() == 4
+    assert shares == [0.5]
+
+
 def test_a_unit_silent_on_one_batch_is_alive_while_it_fired_within_the_window():
     """Identity layer + ReLU: measured step m feeds inputs where only unit m fires (units 0-3),
     then only negative inputs. Each batch alone has 3 of 4 units silent; over the window (the
