@@ -252,7 +252,11 @@ class UnitHooks:
 
 
 def _saturated(flat: Tensor, lo: float, hi: float) -> Tensor:
-    """Which outputs are within 1% of a bound (softmax-like, ``lo`` = -inf: near one-hot)."""
+    """Which outputs are within 1% of a bound (softmax-like, ``lo`` = -inf: near one-hot),
+    compared in float32 at least (in bfloat16, 0.5 - y and 0.49 round together near the band's
+    edge)."""
+    if flat.dtype in (torch.float16, torch.bfloat16):
+        flat = flat.float()
     if lo == -math.inf:
         return flat >= 0.99
     return (flat - (lo + hi) / 2).abs_() >= 0.49 * (hi - lo)

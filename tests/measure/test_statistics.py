@@ -489,3 +489,30 @@ def test_zero_fraction_counts_sparse_and_complex_entries_without_warnings():
         warnings.simplefilter("error")
         rows = ZeroFraction().per_tensor([dense, sparse, complex_])
     assert rows.tolist() == [[2.0, 3.0], [5 - 1, 5.0], [2.0, 4.0]]
+
+
+def test_bfloat16_outputs_near_the_saturation_band_are_counted_exactly():
+    """bfloat16 sigmoid outputs in (0.0100, 0.0107]: all more than 1% from either bound, so
+    none is saturated (counted in float64 on plain torch); in bfloat16 arithmetic 0.5 - y and
+    0.49 round to the same value and every one would count."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 64), nn.Sigmoid(), nn.Linear(64, 2)).bfloat16()
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.copy_(torch.logit(torch.linspace(0.01005, 0.0107, 64)).bfloat16())
+    seen = {}
+
+    def keep(module, args, out):
+        seen["y"] = out.detach().double()
+
+    model[1].register_forward_hook(keep)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with GradWatch(model, optimizer=opt) as watch:
+        opt.zero_grad()
+        model(torch.randn(8, 4).bfloat16()).float().square().mean().backward()
+        opt.step()
+    y = seen["y"]
+    assert y.min().item() > 0.01
+    plain = ((y - 0.5).abs() >= 0.49).double().mean().item()
+    assert plain == 0.0
+    assert watch.history[0].layers["0"].values["sat_frac"] == plain
