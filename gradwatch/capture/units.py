@@ -92,6 +92,18 @@ class UnitWindow:
         self._last.clear()
         self._layout = self._flat = self._segments = None
 
+    def carry(self, old: UnitWindow, layers: dict[int, int], modules: dict[int, int]) -> None:
+        """Takes over ``old``'s call sites when the watched set was rebuilt (a layer frozen or
+        added), re-keyed by the new indices of their layer and module (``layers``,
+        ``modules``: old index -> new); the sites of a layer no longer watched are dropped.
+        The other layers' windows go on as if nothing happened."""
+        self.clear()
+        self.index = old.index
+        for key, last in old._last.items():
+            layer, module = layers.get(key[0]), modules.get(key[1])
+            if layer is not None and module is not None:
+                self._last[(layer, module, *key[2:])] = last
+
     def state_dict(self) -> list[list]:
         """Each call site's key and its units' last firing (host copies: `GradWatch.state_dict`
         calls it between steps, never in a hot loop)."""

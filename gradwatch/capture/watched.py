@@ -18,7 +18,7 @@ from .compile import NO_ACTIVATION_GRADS
 from ..measure.norms import segments
 from .collector import Collector
 from .hooks import Hook, user_stacklevel
-from .layers import discover_layers
+from .layers import Layer, discover_layers
 from ..measure.updates import UpdateTracker
 from ..measure.statistics import UpdateRatio
 
@@ -55,6 +55,7 @@ class WatchedSet:
         self.stepping: Any = None  # without `optimizer`: the one whose step is measured (`follow`)
         self.amp_poll: Callable[[], None] | None = None
         self.collector: Collector | None = None
+        self.layers: list[Layer] = []
         self._warned_no_act = False
         self.rebuilt = False  # rebuilt since the last measured step's check
         self.dirty = False  # a module or parameter was assigned in the model since the build
@@ -82,6 +83,7 @@ class WatchedSet:
             self._stepped()
             return
         self.rebuilt = old is not None  # (this step's hooks ran on the old set: none to read)
+        was = {layer.name: i for i, layer in enumerate(self.layers)}
         self.layers = layers
         self.params = [p for layer in self.layers for p in layer.params]
         ends = list(itertools.accumulate(len(layer.params) for layer in self.layers))
@@ -90,6 +92,10 @@ class WatchedSet:
                                        activations=self.activations)
         if old is not None:
             c.amp_poll, c.compiled = old.amp_poll, old.compiled
+            now = {name: i for i, name in enumerate(c.names)}
+            c.unit_window.carry(old.unit_window, {i: k for k, layer in enumerate(layers) if (
+                i := was.get(layer.name)) is not None}, {i: now[n] for i, n in enumerate(
+                    old.names) if n in now})
             attached = old.attached
             old.close()
             if attached:

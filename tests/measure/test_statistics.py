@@ -516,3 +516,34 @@ def test_bfloat16_outputs_near_the_saturation_band_are_counted_exactly():
     plain = ((y - 0.5).abs() >= 0.49).double().mean().item()
     assert plain == 0.0
     assert watch.history[0].layers["0"].values["sat_frac"] == plain
+
+
+def test_the_dead_unit_window_goes_on_when_another_layer_is_frozen():
+    """Freezing the first layer rebuilds the watched set; the other layers' dead-unit windows
+    go on: layer 2's share at steps 8 and 12 is counted over the measured steps so far, as
+    plain torch counts it, not over the step's batch alone."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                          nn.Linear(64, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    tops = {}
+
+    def keep(module, args, out):
+        tops[len(tops)] = out.detach().amax(0) > 0
+
+    model[3].register_forward_hook(keep)
+    data = [(torch.randn(4, 10), torch.randint(0, 3, (4,))) for _ in range(3 * UNIT_EVERY + 1)]
+    with GradWatch(model, optimizer=opt) as watch:
+        for i, (x, y) in enumerate(data):
+            if i == UNIT_EVERY + 2:
+                model[0].requires_grad_(False)
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    assert "0" not in watch.history[-1].layers
+    for step in (2 * UNIT_EVERY, 3 * UNIT_EVERY):
+        window = [s for s in range(0, step + 1, UNIT_EVERY)][-UNIT_WINDOW:]
+        alive = torch.stack([tops[s] for s in window]).any(0)
+        plain = 1 - alive.double().mean().item()
+        assert plain != 1 - tops[step].double().mean().item()  # the window matters here
+        assert watch.history[step].layers["2"].values["dead_frac"] == pytest.approx(plain)
