@@ -86,6 +86,10 @@ class Collected:
     """Whether the gradients still held the last optimizer step's values when this backward
     began (a device bool; None: not checked)."""
     tasks: set[int] = field(default_factory=set)  # graph tasks that accumulated parameter grads
+    added: set[tuple[int, int]] = field(default_factory=set)
+    """(layer, graph task): the pass accumulated into the layer's first parameter (empty: not
+    known); a layer's output gradient counts only such passes (`tracked` layers)."""
+    tracked: Any = None  # bool per layer: its first parameter is hooked (`added` tells it)
     idle: Any = None
     """Bool per watched layer: its first parameter's ``.grad`` was not accumulated by any
     backward pass of the step (a gradient zeroed in place and left so: the layer was not
@@ -178,8 +182,9 @@ class TaskNote:
         self.tasks, self.used, self.layer = tasks, used, layer
 
     def __call__(self, param: Tensor) -> None:
-        self.tasks.add(torch._C._current_graph_task_id())
-        self.used.add(self.layer)
+        task = torch._C._current_graph_task_id()
+        self.tasks.add(task)
+        self.used.add((self.layer, task))
 
     def __reduce__(self) -> tuple[Any, tuple[()]]:
         return (Stale, ())

@@ -82,7 +82,8 @@ class Collector(GradHooks, RecurrentHooks, UnitHooks):
                               if not layer.params[0].is_sparse and hasattr(
                                   layer.params[0], "register_post_accumulate_grad_hook")]
         self._tasks: set[int] = set()
-        self._used: set[int] = set()  # layers whose first parameter's .grad was accumulated
+        self._used: set[tuple[int, int]] = set()  # (layer, graph task): the pass added to the
+        # layer's first parameter's .grad
         self._tracked = np.zeros(len(layers), dtype=bool)
         self._tracked[[i for i, _ in self._accumulating]] = True
         self._first = layers[0].params[0] if layers else None
@@ -172,7 +173,8 @@ class Collector(GradHooks, RecurrentHooks, UnitHooks):
             data.tasks = set(self._tasks)
             if self._used and self.activations:  # (none seen: unknown, as under FSDP2)
                 data.idle = self._tracked.copy()
-                data.idle[list(self._used)] = False
+                data.idle[list({layer for layer, _ in self._used})] = False
+                data.added, data.tracked = set(self._used), self._tracked
             if finite:
                 data.forward_bad, data.forward_norms, data.in_norms = [], [], []
                 data.inp = Events()
@@ -183,6 +185,7 @@ class Collector(GradHooks, RecurrentHooks, UnitHooks):
             self._next_step_grads()
             if self.zeroing.dropped:  # passes thrown away by a zero_grad() before the real one
                 data.tasks -= self.zeroing.dropped
+                data.added = {(layer, t) for layer, t in data.added if t in data.tasks}
             data.stale = self.zeroing.result()
         finally:
             self._restart()

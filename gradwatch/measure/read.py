@@ -101,9 +101,9 @@ def layer_values(data: Collected, host: dict[str, list[float]], inv_scale: float
     if ev.layer:
         layer = np.asarray(ev.layer, dtype=np.int64)
         norms = np.asarray(host.get("act_out", []), dtype=np.float64)
-        if data.tasks and not data.tasks.issuperset(ev.task):  # a non-accumulating pass ran
-            keep = np.isin(np.asarray(ev.task, dtype=np.int64), list(data.tasks))
-            layer, norms = layer[keep], norms[keep]
+        tasks = ev.task
+        if data.tasks and (len(data.tasks) > 1 or not data.tasks.issuperset(tasks)):
+            layer, norms = _accumulated(data, layer, tasks, norms)  # several passes ran
         if len(layer) and np.bincount(layer).max() == 1:  # each layer's output once
             act[layer] = np.abs(norms) * inv_scale
             act_on[layer] = True
@@ -122,6 +122,22 @@ def layer_values(data: Collected, host: dict[str, list[float]], inv_scale: float
         if vals:
             values.setdefault("time_ratio", np.full(n_layers, math.nan))[layer_i] = min(vals)
     return act, act_on, values
+
+
+def _accumulated(data: Collected, layer: np.ndarray, tasks: list[int], norms: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The output-gradient events of the backward passes that accumulated into the event's
+    own layer (a discriminator frozen during the generator's pass, which goes through it,
+    got nothing from that pass), or, for a layer whose accumulation is not hooked, into any
+    watched parameter (not ``autograd.grad`` passes)."""
+    added, tracked = data.added, data.tracked
+    if added and tracked is not None:
+        keep = np.fromiter(((l, t) in added if tracked[l] else t in data.tasks
+                            for l, t in zip(layer.tolist(), tasks)), dtype=bool,
+                           count=len(tasks))
+    else:
+        keep = np.isin(np.asarray(tasks, dtype=np.int64), list(data.tasks))
+    return layer[keep], norms[keep]
 
 
 def unit_counts(entries: Sequence[UnitEntry], counts: Sequence[float]

@@ -437,6 +437,38 @@ def test_a_discriminator_watch_leaves_out_the_generator_pass_through_it():
             opt_g.step()
 
 
+def test_a_discriminator_frozen_for_the_generator_pass_leaves_it_out():
+    """pix2pix/CycleGAN order, one watch on the whole GAN stepped by D's optimizer: D is
+    frozen (``requires_grad_(False)``) while the generator's loss flows through it, so that
+    pass adds nothing to D's gradients (it does to G's, which the watch also holds). D's
+    act_norm is plain torch's over D's own pass (it read 0.0586 for 0.0476 in a probe)."""
+    gan = _Gan()
+    whole = nn.ModuleDict({"G": gan.G, "D": gan.D})
+    torch.manual_seed(1)
+    opt_d = torch.optim.Adam(gan.D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_g = torch.optim.Adam(gan.G.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    bce = nn.BCEWithLogitsLoss()
+    ones, zeros = torch.ones(16, 1), torch.zeros(16, 1)
+    sq: dict[str, float] = {}
+    gan.D[2].register_forward_hook(_summing_output_grads(sq, "d"))
+    g = torch.Generator().manual_seed(2)
+    with GradWatch(whole, optimizer=opt_d) as watch:
+        for _ in range(4):
+            real, z = torch.randn(16, 8, generator=g), torch.randn(16, 4, generator=g)
+            gan.D.requires_grad_(True)
+            opt_d.zero_grad()
+            fake = gan.G(z)
+            sq.clear()
+            (bce(gan.D(real), ones) + bce(gan.D(fake.detach()), zeros)).backward()
+            stepped = sq["d"] ** 0.5
+            opt_d.step()
+            assert watch.history[-1].layers["D.2"].act_norm == pytest.approx(stepped, rel=1e-6)
+            gan.D.requires_grad_(False)
+            opt_g.zero_grad()
+            bce(gan.D(fake), ones).backward()  # through the frozen D
+            opt_g.step()
+
+
 def _gradless_run(form: str, *, activations: bool = True, every: int = 1, steps: int = 12):
     """A loop whose optimizer steps parameters that have no gradient (``form``), with the
     weights before and after, and the warnings."""
