@@ -144,32 +144,36 @@ class UpdateTracker:
 
     def _blind(self, ratios: np.ndarray) -> np.ndarray:
         """``ratios`` with NaN (not measured) for each layer whose ratio is exactly 0 although
-        its sample could not have seen a move: no sampled entry of its tensors has a nonzero
-        gradient, as when a batch looks up rows of an embedding table that the sample does not
-        read (a sparse update: the table moved where the sample does not look). A tensor read
-        whole (`sample` entries or fewer) sees its gradient wherever it is. Looked at only
-        where a ratio is 0, so a moving model pays nothing. (A record formed a step later, on
-        the sync-free path, reads the gradients there then: the next step's, which tell the
-        same of a layer whose batches miss its sample.)"""
+        its sample could not show the move its gradient makes: every sampled tensor of it has
+        a nonzero gradient only outside the entries read, as when a batch looks up rows of an
+        embedding table that the sample does not read (a sparse update: the table moved where
+        the sample does not look). A layer whose gradient is 0 everywhere keeps its measured 0,
+        and a tensor read whole (`sample` entries or fewer) sees its gradient wherever it is.
+        Looked at only where a ratio is 0, so a moving model pays nothing. (A record formed a
+        step later, on the sync-free path, reads the gradients there then: the next step's,
+        which tell the same of a layer whose batches miss its sample.)"""
         if not (ratios == 0).any():
             return ratios
-        seen = np.zeros(self.n_layers, dtype=bool)
+        shows = np.zeros(self.n_layers, dtype=bool)
         for p, layer in zip(self._sampled, self._layers):
-            if ratios[layer] == 0 and not seen[layer]:
-                seen[layer] = self._saw_gradient(p)
+            if ratios[layer] == 0 and not shows[layer]:
+                shows[layer] = not self._misses(p)
         out = ratios.copy()
-        out[(ratios == 0) & ~seen] = math.nan
+        out[(ratios == 0) & ~shows] = math.nan
         return out
 
-    def _saw_gradient(self, p: Tensor) -> bool:
-        """Whether the entries of ``p`` that are sampled have a nonzero gradient (a tensor read
-        whole: whether its gradient is nonzero anywhere, or None, a gradient already reset)."""
+    def _misses(self, p: Tensor) -> bool:
+        """Whether the sampled entries of ``p`` cannot show the move its gradient makes: the
+        gradient is nonzero, but not at any sampled entry (or where they cannot be told: a
+        sparse gradient with entries, or one in another layout than ``p``)."""
         g = p.grad
-        if p.numel() <= self.sample:
-            return g is None or g.is_sparse or bool(g.ne(0).any())
-        if g is None or g.is_sparse or g.shape != p.shape or g.stride() != p.stride():
-            return False  # (the sampled entries of the gradient cannot be told: no evidence)
-        return bool(self._sample_view(g).ne(0).any())
+        if p.numel() <= self.sample or g is None:
+            return False
+        if g.is_sparse:
+            return bool(g._nnz())
+        if g.shape != p.shape or g.stride() != p.stride():
+            return bool(g.ne(0).any())
+        return not bool(self._sample_view(g).ne(0).any()) and bool(g.ne(0).any())
 
     def _float64_sums(self, d2: np.ndarray, w2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The sums again in float64 from the entries just read (kept until the next `before`):

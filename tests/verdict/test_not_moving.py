@@ -174,3 +174,23 @@ def test_a_table_whose_sampled_rows_are_looked_up_still_shows_lr_0():
         found = [f.kind for f in watch.diagnose()]
     assert watch.history[0].layers["user"].values["update_ratio"] == 0.0
     assert "not_moving" in found
+
+
+def test_a_layer_whose_gradient_is_0_everywhere_keeps_a_measured_0():
+    """A bias-free layer fed zeros gets a gradient of exact zeros (4096 entries, sampled): SGD
+    leaves it where it was, and its ratio is a measured 0, not 'not measured'."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 64, bias=False),
+                          nn.Linear(64, 3))
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.fill_(-1.0)  # the ReLU gives zeros: layer 2 sees only zeros
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with GradWatch(model, optimizer=opt) as watch:
+        for _ in range(2):
+            opt.zero_grad()
+            F.cross_entropy(model(torch.randn(16, 8)), torch.randint(0, 3, (16,))).backward()
+            assert not model[2].weight.grad.any()
+            opt.step()
+    assert watch.history[0].layers["2"].values["update_ratio"] == 0.0
+    assert watch.history[0].layers["3"].values["update_ratio"] > 0
