@@ -62,7 +62,8 @@ def _overview(s: RunSummary) -> list[tuple[str, str]]:
          + (f", median coefficient {fmt(s.clip_coef_median)}" if s.clipped else "")),
         ("steps with non-finite gradients", f"{len(s.nonfinite_steps)}"
          + (f" ({_steps(s.nonfinite_steps)})" if s.nonfinite_steps else "")),
-        ("of which AMP loss-scale overflows", str(s.amp_overflow)),
+        ("AMP loss-scale overflows (steps the GradScaler skipped; not counted above)",
+         str(s.amp_overflow)),
         ("skipped optimizer steps", str(s.skipped)),
         ("where NaN/Inf was born (first_nonfinite)", _births(s)),
         ("spikes in total norm", f"{len(s.spike_steps)}"
@@ -162,6 +163,9 @@ def _findings(recs: LogRecords, s: RunSummary, most: int = 3) -> list[str]:
         out.append(f"{len(s.spike_steps)} spike(s) of the total norm, at {_steps(s.spike_steps)}.")
     if s.clipped:
         out.append(f"Clipping acted at {s.clipped} of {n} steps ({100 * s.clipped / n:.0f}%).")
+    if s.amp_overflow:
+        out.append(f"AMP loss-scale overflows at {s.amp_overflow} of {n} steps (the GradScaler "
+                   f"skipped them and lowered its scale).")
     return out or ["No layer was flagged, no gradient went non-finite, no spike, no clipping."]
 
 

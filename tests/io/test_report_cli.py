@@ -94,6 +94,20 @@ def test_findings_name_the_problems_worst_first():
         "No layer was flagged, no gradient went non-finite, no spike, no clipping."]
 
 
+def test_amp_overflows_are_their_own_row_and_finding():
+    """Steps a GradScaler skipped on overflow are not non-finite gradients of the model: the
+    overview gives them their own row (not 'of which' under a count of 0), and the findings
+    say so instead of 'no gradient went non-finite'."""
+    recs = [StepRecord(step=k, total_norm=math.inf if k % 3 == 0 else 1.0,
+                       amp_overflow=k % 3 == 0, layers={"a": LayerStat(norm=1.0)})
+            for k in range(6)]
+    rows = dict(run_overview(recs))
+    assert rows["steps with non-finite gradients"] == "0"
+    assert rows["AMP loss-scale overflows (steps the GradScaler skipped; not counted above)"] == "2"
+    assert findings(recs) == ["AMP loss-scale overflows at 2 of 6 steps (the GradScaler skipped "
+                              "them and lowered its scale)."]
+
+
 def test_markdown_and_html_reports():
     md = markdown_report(_records(), title="T", images={"Flow": "flow.png"})
     assert md.startswith("# T\n") and "![Flow](flow.png)" in md
