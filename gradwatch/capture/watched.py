@@ -130,8 +130,13 @@ class WatchedSet:
                                  for layer in self.layers], dtype=bool)
         self.all_stepped = bool(self.param_stepped.all())
         stepped_params = [p for p, s in zip(self.params, self.param_stepped) if s]
-        self.first_stepped = stepped_params[:8] + stepped_params[-1:] * (len(stepped_params) > 8)
-        """The first 8 stepped parameters, then the last (`ZeroCheck.snapshot` reads both)."""
+        table = {id(p) for layer in self.layers if layer.role == "embedding" for p in layer.params}
+        dense = [p for p in stepped_params if id(p) not in table]
+        self.first_stepped = (dense + [p for p in stepped_params if id(p) in table])[:8] + \
+            stepped_params[-1:] * (len(stepped_params) > 8)
+        """The first 8 stepped parameters, those of lookup tables last (a batch writes only
+        the rows it looks up: a padding row's gradient is 0 at every step), then the last
+        (`ZeroCheck.snapshot` reads both)."""
         self._signature = self._current_signature()
         if stepped is not None:
             _warn_outside(self._unseen(source))  # (after a rebuild: none of the model's)

@@ -63,13 +63,21 @@ class ZeroCheck:
                 and not params[-1].is_sparse \
                 and hasattr(params[-1], "register_post_accumulate_grad_hook"):
             self._hook_last(params[-1])  # a pass through the head only: thrown away too?
+        fallback = None
         for p in params[:8]:
             g = p.grad
             if g is not None and not g.is_sparse and g.numel() and p.requires_grad:
                 head = g.detach().reshape(-1)[:16]  # (a plain CPU tensor: read as a list)
                 plain = g.device.type == "cpu" and type(g) is Tensor  # (not a DTensor shard)
-                self._hook_param(p, (p, weakref.ref(g), head.tolist() if plain else head.clone()))
+                kept = (p, weakref.ref(g), head.tolist() if plain else head.clone())
+                if plain and not any(kept[2]):  # entries no batch writes (on the CPU, where
+                    fallback = fallback or kept  # looking costs nothing): try the next
+                    continue
+                self._hook_param(p, kept)
                 return
+        if fallback is not None:
+            self._hook_param(fallback[0], fallback)
+            return
         if params and params[0].requires_grad:
             self._hook_param(params[0], (params[0], None, None))
 

@@ -318,6 +318,41 @@ def test_not_zeroed_reads_the_gradients_the_optimizer_steps():
     assert run(zero_head=True, backbone_opt=True) == set()
 
 
+class _Tagger(nn.Module):
+    """A token classifier whose first parameter is an embedding with a padding row 0 (BERT's
+    layout: the batch never writes row 0, so the first gradient entries are 0 at every step)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 16, padding_idx=0)  # (row 0: the first 16 entries)
+        self.norm = nn.LayerNorm(16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, tokens):
+        return self.head(self.norm(self.emb(tokens)).mean(1))
+
+
+@pytest.mark.parametrize("zero", [False, True])
+def test_not_zeroed_is_found_behind_an_embeddings_padding_row(zero):
+    """Without ``zero_grad()`` every gradient carries over (plain torch: the head's gradient
+    after 6 steps is the sum of the 6 steps'); the check does not read the padding row,
+    which no batch writes, and finds it. With ``zero_grad()``: quiet."""
+    torch.manual_seed(0)
+    model = _Tagger()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    with GradWatch(model, optimizer=opt) as watch:
+        for _ in range(8):
+            tokens = torch.randint(1, 50, (16, 6), generator=g)
+            if zero:
+                opt.zero_grad()
+            F.cross_entropy(model(tokens), torch.randint(0, 3, (16,), generator=g)).backward()
+            assert not model.emb.weight.grad[0].any()  # the padding row
+            opt.step()
+    kinds = {f.kind for f in watch.diagnose()}
+    assert ("not_zeroed" in kinds) is not zero
+
+
 def _summing_output_grads(into: dict, key: str):
     """A forward hook adding the squared output gradient of every backward pass to into[key]."""
     def hook(module, args, out):
