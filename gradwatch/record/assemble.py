@@ -128,8 +128,19 @@ def _cut_off(w: Any, has: np.ndarray) -> tuple[list[str], list[str]]:
     got = has[order] & w.forward.ran[order]
     first = int(np.argmax(got)) if got.any() else len(order)
     lost = ~has[order] & w.forward.ran[order] & w.stepped[order]
-    return [w.layers[i].name for i in order[:first][lost[:first]].tolist()], \
-        [w.layers[i].name for i in order[first:][lost[first:]].tolist()]
+    absent = [w.layers[i].name for i in order[:first][lost[:first]].tolist()]
+    unread = [w.layers[i].name for i in order[first:][lost[first:]].tolist()]
+    if unread:  # a parent's own parameters (a ViT's class token on the model) are read as
+        # its forward begins: where its first watched child ran, not where it completed
+        names = [w.layers[i].name for i in order.tolist()]
+        for name in list(unread):
+            prefix = "" if name == "(root)" else name + "."
+            start = next((k for k, n in enumerate(names) if n != name and n.startswith(prefix)),
+                         None)
+            if start is not None and start < first:
+                unread.remove(name)
+                absent.append(name)
+    return absent, unread
 
 
 @dataclass(frozen=True)

@@ -548,3 +548,38 @@ def test_no_gradient_anywhere_counts_recorded_steps_under_every():
     (f,) = watch.diagnose()
     assert f.kind == "no_gradient" and (f.first_step, f.steps) == (12, 6)
     assert watch.summary().startswith("GradWatch: 30 steps, 10 recorded")
+
+
+class _PositionalNet(nn.Module):
+    """A parameter on the model itself read first (a ViT's position embedding), then a detach
+    half-way: the embedding, the layer before the cut and the model's own parameter get no
+    gradient (plain torch: their .grad stays None)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(1, 4, 8) * 0.02)
+        self.embed = nn.Linear(8, 8)
+        self.mid = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.mid(self.embed(x) + self.pos).detach()
+        return self.head(torch.relu(h)).mean(1)
+
+
+def test_a_models_own_parameter_cut_off_with_the_input_side_is_no_gradient():
+    """The model's own parameter (layer "(root)") is read before the cut, like the layers
+    there: it is named in `no_gradient` with them, not in the `unused_output` note (its module
+    completes last, after the head)."""
+    torch.manual_seed(0)
+    model = _PositionalNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with GradWatch(model, optimizer=opt) as watch:
+        for _ in range(8):
+            opt.zero_grad()
+            F.cross_entropy(model(torch.randn(16, 4, 8)), torch.randint(0, 3, (16,))).backward()
+            opt.step()
+    assert model.pos.grad is None and model.embed.weight.grad is None
+    (f,) = watch.diagnose()
+    assert f.kind == "no_gradient" and set(f.layers) == {"embed", "mid", "(root)"}
+    assert not [n for n in watch.notes() if n.kind == "unused_output"]
