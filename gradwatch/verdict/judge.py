@@ -47,7 +47,8 @@ class Judge:
         self.notes: dict[str, Finding] = {}  # by kind: true, likely harmless conditions
         self._steps: dict[str, int] = {}
         self.curve = LossCurve(thresholds.window)
-        self._last: dict[str, tuple[Hit, StepView]] = {}  # each rule's latest hit
+        self._last: dict[str, tuple[Hit, StepView] | Finding] = {}  # each rule's latest hit
+        # (a resumed watch holds the finding it would make of it)
         self.states: dict[str, dict[str, Any]] = {r.kind: {} for r in self.rules}
         self.names: dict[str, int] = {}  # layer name -> row of the rules' per-layer memory
         # what the loop reads of each rule, looked up once: (rule, the statistics whose
@@ -86,9 +87,9 @@ class Judge:
                     and rule.kind in self._last:
                 # the run went non-finite while this condition was building up: the NaN/Inf is
                 # its outcome, so report it now, with the evidence of its latest step
-                old_hit, old_view = self._last.pop(rule.kind)
-                finding = self._keep(rule, old_hit, old_view,
-                                     self.notes if old_hit.note else None)
+                old = self._last.pop(rule.kind)
+                finding = self._resumed(old) if isinstance(old, Finding) else self._keep(
+                    rule, old[0], old[1], self.notes if old[0].note else None)
                 if finding is not None:
                     new.append(finding)
                 continue
@@ -145,15 +146,20 @@ class Judge:
                     store[kind] = dataclasses.replace(old, layers=old.layers + more)
                     self._named[key] = (store[kind].layers, self._named[key][1])
             return None
-        layers = tuple(view.names[i] for i in hit.positions.tolist()) + hit.names
-        if kind.startswith("nonfinite") and view.birth is not None:
-            layers = (view.birth,)
-        cause, remedy, plans = explain(kind, view, hit)
-        codes = tuple(dict.fromkeys(c for plan in plans for c in plan))
-        store[kind] = Finding(kind, layers, hit.evidence, cause, remedy, codes,
-                              first_step=view.step, steps=1, plans=plans, note=hit.note)
+        store[kind] = _made(kind, hit, view)
         self._steps[key] = 1
         return store[kind]
+
+    def _resumed(self, f: Finding) -> Finding | None:
+        """`_keep` for the finding a resumed watch holds for a condition that was building up
+        when it was saved (the run went non-finite since)."""
+        store, key = (self.notes, f"note:{f.kind}") if f.note else (self.findings, f.kind)
+        if f.kind in store:
+            self._steps[key] += 1
+            return None
+        store[f.kind] = f
+        self._steps[key] = f.steps
+        return f
 
     def _unnamed(self, key: str, layers: tuple[str, ...], hit: Hit,
                  view: StepView) -> tuple[str, ...]:
@@ -205,7 +211,9 @@ class Judge:
                                for key, v in s.items()} for k, s in self.states.items()},
                 "names": list(self.names), "curve": self.curve.state_dict(),
                 "findings": [f.to_dict() for f in self._current()],
-                "notes": [f.to_dict() for f in self._current(True)]}
+                "notes": [f.to_dict() for f in self._current(True)],
+                "last": {k: (v if isinstance(v, Finding) else _made(k, *v)).to_dict()
+                         for k, v in self._last.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for kind, values in state.get("windows", {}).items():
@@ -221,6 +229,18 @@ class Judge:
         self._steps = {k: f.steps for k, f in self.findings.items()} | {
             f"note:{k}": f.steps for k, f in self.notes.items()}
         self.curve.load_state_dict(state.get("curve", {}))
+        self._last = {str(k): Finding.from_dict(f) for k, f in state.get("last", {}).items()}
+
+
+def _made(kind: str, hit: Hit, view: StepView) -> Finding:
+    """The finding ``hit`` at ``view`` makes when it is first kept."""
+    layers = tuple(view.names[i] for i in hit.positions.tolist()) + hit.names
+    if kind.startswith("nonfinite") and view.birth is not None:
+        layers = (view.birth,)
+    cause, remedy, plans = explain(kind, view, hit)
+    codes = tuple(dict.fromkeys(c for plan in plans for c in plan))
+    return Finding(kind, layers, hit.evidence, cause, remedy, codes, first_step=view.step,
+                   steps=1, plans=plans, note=hit.note)
 
 
 _ARRAYS = ("shares", "measured", "streak")

@@ -241,3 +241,49 @@ def test_optimizer_of_another_model_is_refused_at_once():
     # an optimizer stepping part of the model (a frozen backbone) is fine
     whole = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2))
     GradWatch(whole, optimizer=torch.optim.SGD(whole[1].parameters(), lr=0.1)).close()
+
+
+def test_a_condition_building_up_when_saved_is_still_reported_after_resuming():
+    """`exploding` holds on steps 10-11 (the loss scaled by 1e4), not yet persistent; at step
+    12 a NaN comes in with the batch. The uninterrupted watch reports `exploding` as what led
+    there; a watch saved at step 12 and resumed reports the same (it dropped it)."""
+    import warnings
+
+    torch.manual_seed(0)
+    data = [(torch.randn(16, 8), torch.randint(0, 3, (16,))) for _ in range(16)]
+    init = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)).state_dict()
+
+    def make():
+        m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+        m.load_state_dict(init)
+        return m, torch.optim.SGD(m.parameters(), lr=1e-6)
+
+    def train(m, o, lo, hi):
+        for s in range(lo, hi):
+            x, y = data[s]
+            if s == 12:
+                x = x.clone()
+                x[0, 0] = float("nan")
+            o.zero_grad()
+            (nn.functional.cross_entropy(m(x), y) * (1e4 if s in (10, 11) else 1)).backward()
+            o.step()
+
+    th = Thresholds(exploding=100.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m, o = make()
+        whole = GradWatch(m, optimizer=o, thresholds=th, on_nonfinite="skip")
+        train(m, o, 0, 16)
+        m, o = make()
+        first = GradWatch(m, optimizer=o, thresholds=th, on_nonfinite="skip")
+        train(m, o, 0, 12)
+        state = first.state_dict()
+        m2, o2 = make()
+        m2.load_state_dict(m.state_dict())
+        o2.load_state_dict(o.state_dict())
+        resumed = GradWatch(m2, optimizer=o2, thresholds=th, on_nonfinite="skip")
+        resumed.load_state_dict(state)
+        train(m2, o2, 12, 16)
+    kinds = [(f.kind, f.first_step, f.steps) for f in whole.diagnose()]
+    assert ("exploding", 11, 1) in kinds
+    assert [(f.kind, f.first_step, f.steps) for f in resumed.diagnose()] == kinds
