@@ -163,6 +163,15 @@ class GradHooks:
             if norms.device.type == "cpu":
                 self._tiny[k] = self._tiny[k] or bool((norms < TINY).any())
 
+    def reduce_state(self) -> list[bool]:
+        """Whether the next step reduces output and input gradients in float64 at once (saved
+        with the watch: a resumed watch reduces its first step as the uninterrupted one
+        would, to the last bit)."""
+        return list(self._direct)
+
+    def load_reduce_state(self, direct: list[bool]) -> None:
+        self._direct[:] = [bool(v) for v in direct][:2] + [False] * (2 - len(direct[:2]))
+
     def _next_step_grads(self) -> None:
         """Sets, for each direction whose gradients this step reduced, whether the next step
         reduces them in float64 at once: this step had a norm below float32's safe range (a

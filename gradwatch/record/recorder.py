@@ -126,7 +126,8 @@ class Recorder:
 
     def state_dict(self) -> dict[str, Any]:
         return {**self.spikes.state_dict(list(self.judge.names)), **self.ledger.state_dict(),
-                "judge": self.judge.state_dict()}
+                "judge": self.judge.state_dict(),
+                "float64_next": self.watched.collector.reduce_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.judge.load_state_dict(state.get("judge", {}))
@@ -135,6 +136,7 @@ class Recorder:
         self.spikes.load_state_dict(state, self.judge.names, self.watched.names)
         self.ledger.name_columns(self.judge.names)
         self.ledger.load_state_dict(state)
+        self.watched.collector.load_reduce_state(state.get("float64_next", [False, False]))
 
 
 _DEFERRED: weakref.WeakSet[Recorder] = weakref.WeakSet()

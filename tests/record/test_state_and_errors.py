@@ -287,3 +287,50 @@ def test_a_condition_building_up_when_saved_is_still_reported_after_resuming():
     kinds = [(f.kind, f.first_step, f.steps) for f in whole.diagnose()]
     assert ("exploding", 11, 1) in kinds
     assert [(f.kind, f.first_step, f.steps) for f in resumed.diagnose()] == kinds
+
+
+def test_the_first_step_after_resuming_reduces_as_the_uninterrupted_run_does():
+    """Dead units give output-gradient norms of 0 (below float32's safe range), so the next
+    step reduces those gradients in float64 at once. That choice is saved: the resumed run's
+    records equal the uninterrupted run's to the last bit, its first step included."""
+    import io
+
+    def build():
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                          nn.Linear(64, 2))
+        with torch.no_grad():
+            m[2].bias.fill_(-5.0)
+        return m, torch.optim.SGD(m.parameters(), lr=0.01)
+
+    torch.manual_seed(1)
+    data = [(torch.randn(64, 16), torch.randint(0, 2, (64,))) for _ in range(12)]
+
+    def train(m, o, lo, hi):
+        for s in range(lo, hi):
+            x, y = data[s]
+            o.zero_grad()
+            nn.functional.cross_entropy(m(x), y).backward()
+            o.step()
+
+    m, o = build()
+    whole = GradWatch(m, optimizer=o)
+    train(m, o, 0, 12)
+    m, o = build()
+    first = GradWatch(m, optimizer=o)
+    train(m, o, 0, 10)
+    buf = io.BytesIO()
+    torch.save({"m": m.state_dict(), "o": o.state_dict(), "w": first.state_dict()}, buf)
+    buf.seek(0)
+    ck = torch.load(buf, weights_only=False)
+    m2, o2 = build()
+    m2.load_state_dict(ck["m"])
+    o2.load_state_dict(ck["o"])
+    resumed = GradWatch(m2, optimizer=o2)
+    resumed.load_state_dict(ck["w"])
+    train(m2, o2, 10, 12)
+    done = {r.step: r for r in whole.history}
+    assert [r.step for r in resumed.history] == [10, 11]
+    for r in resumed.history:
+        assert {n: l.act_norm for n, l in r.layers.items()} == {
+            n: l.act_norm for n, l in done[r.step].layers.items()}
