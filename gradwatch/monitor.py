@@ -92,7 +92,7 @@ class GradWatch:
         self.loggers = self._ledger.loggers
         self._recorder = Recorder(w, self._ledger, self.thresholds, self.statistics)
         self._stash = GradStash()
-        self._step, self._closed, self._loss = 0, False, None  # (the step's loss, if given)
+        self._step, self._closed = 0, False  # (the step's loss, if given: `AmpState.loss`)
         self._alerts = Alerts(on_nonfinite)
         self._order = CallOrder(w.params, optimizer)  # (its hooks are removed with the others)
         self._optimizer_handles: list[Any] = self._order.handles + ([] if optimizer is None else [
@@ -155,7 +155,7 @@ class GradWatch:
         """Gives the loss of the step about to be measured (``loss=`` of `step`); with
         ``optimizer=``, call it after ``backward()`` and before ``optimizer.step()``. The last
         loss noted before a step is the step's; it is dropped once the step is measured."""
-        self._loss = check_loss(loss, closed=self._closed)
+        self._amp.loss = check_loss(loss, closed=self._closed)
         self._order.note_loss(self._watched.collector)  # (after optimizer.step(): warns once)
 
     def diagnose(self) -> list[Finding]:
@@ -243,7 +243,7 @@ class GradWatch:
     def _measure(self) -> StepRecord | None:
         self._flush()
         self._flush_amp_skips(measuring=True)
-        loss, self._loss = self._loss, None
+        loss, self._amp.loss = self._amp.loss, None
         recording = self._step % self.every == 0
         if not recording and self.policy is None and self.on_nonfinite == "warn":
             return self._advance()
@@ -281,7 +281,7 @@ class GradWatch:
     def _flush_amp_skips(self, measuring: bool = False) -> None:
         for _ in range(0 if self._closed else self._amp.drain_skips(measuring)):
             if self._step % self.every == 0:
-                self._recorder.hold_overflow(self._step)
+                self._recorder.hold_overflow(self._step, self._amp.skipped_loss())
                 self._flush()
             self._advance()
 

@@ -79,6 +79,8 @@ class AmpState:
         self.skips = (SkippedStepDetector(scaler, optimizer)
                       if scaler is not None and optimizer is not None else None)
         self.pending = 0  # skipped iterations noticed but not recorded yet
+        self.loss: Any = None  # the loss noted for the step about to be measured
+        self._skipped_losses: list[Any] = []  # the losses of skipped iterations noticed
 
     @property
     def enabled(self) -> bool:
@@ -129,6 +131,14 @@ class AmpState:
         if self.poll_skipped():
             self.pending += 1
             watched.collector.take()
+            self._skipped_losses.append(self.loss)  # (noted before the step it skipped)
+            self.loss = None
+
+    def skipped_loss(self) -> Any:
+        """The loss noted for the oldest skipped iteration not recorded yet (None: none noted,
+        or the skip was noticed only when the next step was measured, when the loss noted
+        may be that step's)."""
+        return self._skipped_losses.pop(0) if self._skipped_losses else None
 
     def drain_skips(self, measuring: bool = False) -> int:
         """How many skipped iterations to record now (counted since the last call)."""

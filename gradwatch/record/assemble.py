@@ -50,11 +50,11 @@ class StepColumns:
     idle: np.ndarray | None = None  # a .grad of 0 held but not accumulated (None: unknown)
 
     @classmethod
-    def overflowed(cls, step: int, n_layers: int) -> StepColumns:
+    def overflowed(cls, step: int, n_layers: int, loss: float | None = None) -> StepColumns:
         """An iteration GradScaler skipped on overflow: a record with no layers."""
         nan = np.full(n_layers, math.nan)
         return cls(step, np.zeros(n_layers, dtype=bool), nan, nan.copy(),
-                   np.zeros(n_layers, dtype=bool), {}, math.inf, 1.0, False, True)
+                   np.zeros(n_layers, dtype=bool), {}, math.inf, 1.0, False, True, loss=loss)
 
     @classmethod
     def gradless(cls, step: int, watched: Any, data: Any, loss: float | None) -> StepColumns:

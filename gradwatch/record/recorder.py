@@ -77,9 +77,11 @@ class Recorder:
                                   self.statistics, out.coef, out.skipped, out.overflow)
         return not math.isfinite(out.got.total)
 
-    def hold_overflow(self, step: int) -> None:
-        """An iteration GradScaler skipped on overflow: a record with no layers."""
-        self._held = StepColumns.overflowed(step, len(self.watched.layers))
+    def hold_overflow(self, step: int, loss: Any = None) -> None:
+        """An iteration GradScaler skipped on overflow: a record with no layers (and the loss
+        noted for it, a float or a 0-d tensor, or None)."""
+        self._held = StepColumns.overflowed(step, len(self.watched.layers),
+                                            None if loss is None else float(loss))
 
     def after_optimizer_step(self) -> bool:
         """Measures the update/weight ratios of the held step (without waiting if deferred);

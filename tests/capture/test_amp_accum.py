@@ -321,3 +321,28 @@ def test_a_scaler_that_overflows_on_every_step_is_a_finding_from_the_fifth():
     assert all(r.amp_overflow for r in watch.history)
     (f,) = [f for f in watch.diagnose() if f.kind == "amp_overflow"]
     assert f.first_step == 4
+
+
+def test_an_overflow_step_keeps_the_loss_noted_for_it():
+    """With ``optimizer=`` and a GradScaler whose first step overflows (scale 2^124): the
+    skipped step's record carries the loss noted for it, and a next step that notes no loss
+    does not get it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 124, growth_interval=1000)
+    noted = {}
+    with GradWatch(model, optimizer=opt, scaler=scaler) as watch:
+        for step in range(5):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(torch.randn(16, 8)),
+                                               torch.randint(0, 3, (16,))) * 20
+            scaler.scale(loss).backward()
+            if step != 1:
+                watch.note_loss(loss)
+                noted[step] = loss.item()
+            scaler.step(opt)
+            scaler.update()
+    records = {r.step: r for r in watch.history}
+    assert records[0].amp_overflow and not records[1].amp_overflow
+    assert {s: r.loss for s, r in records.items()} == {s: noted.get(s) for s in records}
