@@ -170,7 +170,7 @@ class GradHooks:
         return list(self._direct)
 
     def load_reduce_state(self, direct: list[bool]) -> None:
-        self._direct[:] = [bool(v) for v in direct][:2] + [False] * (2 - len(direct[:2]))
+        self._direct[:] = [bool(v) for v in (list(direct) + [False, False])[:2]]
 
     def _next_step_grads(self) -> None:
         """Sets, for each direction whose gradients this step reduced, whether the next step

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ..capture.distributed import global_norms, has_dtensor, is_dtensor
-from .batched import _DTYPE, foreach_norm64, grouped_norms, plain_cpu, remember
+from .batched import DTYPE, foreach_norm64, grouped_norms, plain_cpu
 
 __all__ = ["TINY", "SAFE64", "GROUPS", "per_tensor_norms", "exact_norm", "exact_norms",
            "exact_norms_tensor", "scaled_norm", "scaled_norm64", "device_norms64",
@@ -133,7 +133,7 @@ def exact_norms_tensor(tensors: Sequence[Tensor]) -> Tensor:
 def _rescued64(dense: Sequence[Tensor], norms: Tensor) -> Tensor:
     """``norms`` with those of float64 tensors outside [`SAFE64`, inf) redone by
     `scaled_norm64` (no other dtype can over- or underflow float64's squares)."""
-    if torch.float64 not in set(map(_DTYPE, dense)):
+    if torch.float64 not in set(map(DTYPE, dense)):
         return norms
     values = norms.tolist()
     redo = [k for k, (t, v) in enumerate(zip(dense, values))

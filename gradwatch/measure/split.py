@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .batched import _DTYPE, remember
+from .batched import DTYPE, remember
 from .norms import GROUPS, TINY, exact_norms_tensor, per_tensor_norms
 from .read import total_norm
 
@@ -36,7 +36,7 @@ def split_norms(grads: Sequence[Tensor], exact: np.ndarray) -> Tensor:
         dtypes.add(own.dtype if getattr(own, GROUPS, None) is None else None)
         out.index_copy_(0, at32, own.double())
     small = [grads[k] for k in idx64]
-    dtypes.update(map(_DTYPE, small))
+    dtypes.update(map(DTYPE, small))
     out.index_copy_(0, at64, exact_norms_tensor(small))
     if len(dtypes) == 1 and dtypes <= {torch.float32, torch.float64}:
         setattr(out, NATIVE, dtypes.pop())
@@ -71,7 +71,7 @@ def as_torch(host_norms: list[float], grads: Sequence[Tensor], exact: np.ndarray
     None: all): clipping stays bit-identical to ``clip_grad_norm_``. A genuinely tiny norm
     (0 < n < `TINY`, where float32 loses digits) keeps the float64 value, and the total is
     then the exact float64 one (`gradwatch.measure.read.finish_read`); with several dtypes
-    and only zeros, the float64 norm of these norms.)"""
+    and only zeros, the float64 norm of these norms."""
     values = np.asarray(host_norms[:-1], dtype=np.float64)
     back = exact & (values >= TINY) & (values < math.inf)
     if back.any():

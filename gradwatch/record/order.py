@@ -51,8 +51,9 @@ class CallOrder:
         self.warned: set[str] = set()
         self._steps: weakref.WeakKeyDictionary[Any, tuple[int, bool]] = \
             weakref.WeakKeyDictionary()  # optimizer -> (its param groups, whether it steps it)
-        self.param = next((p for p in params if p.requires_grad and not p.is_sparse and hasattr(
-            p, "register_post_accumulate_grad_hook")), None) if optimizer is None else None
+        first = next((p for p in params if p.requires_grad and not p.is_sparse and hasattr(
+            p, "register_post_accumulate_grad_hook")), None)  # (one with a post-accumulate hook)
+        self.param = first if optimizer is None else None
         self._slot = None if self.param is None else Slot(  # (on recorded steps: `arm`)
             self.param, "_post_accumulate_grad_hooks",
             self.param.register_post_accumulate_grad_hook, Hook(self, "on_grad"))
@@ -62,8 +63,6 @@ class CallOrder:
         if optimizer is not None:
             self.handles += [optimizer.register_step_pre_hook(Hook(self, "on_step", True)),
                              optimizer.register_step_post_hook(Hook(self, "on_step", False))]
-            first = next((p for p in params if p.requires_grad and not p.is_sparse and hasattr(
-                p, "register_post_accumulate_grad_hook")), None)
             if first is not None:
                 self._until_step = first.register_post_accumulate_grad_hook(
                     Hook(self, "on_backward"))
