@@ -47,8 +47,8 @@ class RecordStore:
     """The records of one log as columns, appended while the file is read, then frozen.
 
     Per record: step, total_norm, clip_coef, loss, flags, layout and the offset of its layers
-    in the per-layer columns; first_nonfinite, nonfinite_origin and findings are rare and kept
-    by record. Per (record, layer): norm, act_norm, status code, spike, reason (an index into
+    in the per-layer columns; first_nonfinite, nonfinite_origin, findings and held are rare and
+    kept by record. Per (record, layer): norm, act_norm, status code, spike, reason (an index into
     the distinct reasons) and each statistic's value (only for the layers that wrote it).
     """
 
@@ -60,6 +60,7 @@ class RecordStore:
         self.first: dict[int, str] = {}
         self.origin: dict[int, Any] = {}
         self.findings: dict[int, tuple] = {}
+        self.held: dict[int, tuple[str, ...]] = {}
         self.norm, self.act, self.act_on = array("d"), array("d"), array("b")
         self.status, self.spike, self.reason = array("b"), array("b"), array("i")
         self.extra: dict[str, array] = {}  # statistic -> values, in order of appending
@@ -115,7 +116,8 @@ class RecordStore:
                           | _AMP * bool(head.amp_overflow))
         for where, value in ((self.first, head.first_nonfinite),
                              (self.origin, head.nonfinite_origin),
-                             (self.findings, head.findings or None)):
+                             (self.findings, head.findings or None),
+                             (self.held, head.held or None)):
             if value is not None:
                 where[i] = value
         self.layout.append(lid)
@@ -176,7 +178,7 @@ class RecordStore:
                           layers=layers, first_nonfinite=self.first.get(i),
                           spike=bool(flags & _SPIKE), skipped=bool(flags & _SKIPPED),
                           amp_overflow=bool(flags & _AMP), nonfinite_origin=self.origin.get(i),
-                          findings=self.findings.get(i, ()),
+                          findings=self.findings.get(i, ()), held=self.held.get(i, ()),
                           loss=raw.loss[i] if raw.has_loss[i] else None)
 
     def layout_of(self, i: int) -> Layout:

@@ -224,10 +224,10 @@ class CsvLogger(_FileLogger):
     statistics (norm, act_norm, the ones gradwatch's hooks measure such as update_ratio and
     dead_frac, the run's own statistics from ``start_run``), status, spike, reason, then the
     step-level values (total_norm, clip_coef, first_nonfinite, nonfinite_origin, step_spike,
-    skipped, amp_overflow, loss, findings as JSON) and, after ``start_run``, run_id. Booleans
-    are written 0/1, missing values (a statistic not measured at a step) empty. Appending to an
-    existing file keeps that file's columns; keys it has no column for (a file written by an
-    older gradwatch or another run) are dropped with a warning.
+    skipped, amp_overflow, loss, findings and held as JSON) and, after ``start_run``, run_id.
+    Booleans are written 0/1, missing values (a statistic not measured at a step) empty.
+    Appending to an existing file keeps that file's columns; keys it has no column for (a file
+    written by an older gradwatch or another run) are dropped with a warning.
     """
 
     _terminator = "\r\n"  # csv's own line ending

@@ -150,7 +150,7 @@ def _from_one_store(recs: Sequence[Any]) -> LogRecords | None:
 
 
 _HEAD = ("step", "total_norm", "clip_coef", "first_nonfinite", "spike", "skipped",
-         "amp_overflow", "nonfinite_origin", "findings", "loss")
+         "amp_overflow", "nonfinite_origin", "findings", "loss", "held")
 
 
 def columns_of(records: Iterable[StepRecord]) -> LogRecords:

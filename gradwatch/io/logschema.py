@@ -118,6 +118,8 @@ def check_record_head(obj: Any) -> str | None:
              "amp_overflow": (lambda v: isinstance(v, bool), "true or false"),
              "loss": (lambda v: v is None or _is_num(v), "a number or null"),
              "layers": (lambda v: isinstance(v, dict), "an object of layer statistics"),
+             "held": (lambda v: isinstance(v, list) and all(isinstance(k, str) for k in v),
+                      "a list of finding kinds (strings)"),
              "run_id": (lambda v: isinstance(v, str) and v != "",
                         "a non-empty string (the id of its run's header)")}
     for key, (ok, what) in rules.items():

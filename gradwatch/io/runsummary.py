@@ -119,12 +119,13 @@ def findings_of(records: Iterable[StepRecord], notes: bool = False) -> list[Find
     its notes, as `GradWatch.notes` states them, at the step each was first kept, with the
     layers it named then).
 
-    A record carries a finding at the step it became true. Its later steps and the layers it
-    named since are read from the layers' statuses (a layer gets a finding's status on each
-    step the finding holds): ``steps`` counts the records from ``first_step`` on with a layer
-    in that status (with a non-finite gradient, for the non-finite kinds) and ``layers`` grows
-    in the order the live diagnosis adds them. A status two findings of the run share
-    (``vanishing`` and ``stalled``) and a kind without a status keep the recorded numbers.
+    A record carries a finding at the step it became true, and names it in ``held`` at each
+    step it held: ``steps`` counts those records. The layers it named since are read from the
+    layers' statuses (a layer gets a finding's status on each step the finding holds), in the
+    order the live diagnosis adds them; a kind without a status, or whose status another
+    finding of the run shares (``vanishing`` and ``stalled``), keeps the layers it was recorded
+    with. A log written before records had ``held`` counts the records from ``first_step`` on
+    with a layer in the finding's status (with a non-finite gradient, for the non-finite kinds).
     """
     view = columns_of(records)
     carried = view.store.findings
@@ -144,21 +145,39 @@ def findings_of(records: Iterable[StepRecord], notes: bool = False) -> list[Find
     status_of = _status_of_kind()
     shared = Counter(status_of.get(k) for k in first)
     heads = step_columns(view) if first else {}
+    held = _held_steps(view, first, heads)
     out = []
     for kind, f in first.items():
         later = heads["step"] >= f.first_step
+        steps = held.get(kind)  # the records that say the finding held (newer logs)
         if kind.startswith("nonfinite"):
-            out.append(dataclasses.replace(f, steps=max(f.steps, int(
+            out.append(dataclasses.replace(f, steps=steps or max(f.steps, int(
                 (later & heads["nonfinite"]).sum()))))
             continue
         status = status_of.get(kind)
         if status is None or shared[status] > 1:
-            out.append(f)
+            out.append(f if steps is None else dataclasses.replace(f, steps=steps))
             continue
-        hits, steps = status_hits(view, status, later)
+        hits, hit_steps = status_hits(view, status, later)
         layers = list(f.layers)
         layers += [name for name, _k in hits if name not in layers]
-        out.append(dataclasses.replace(f, layers=tuple(layers), steps=max(steps, f.steps)))
+        out.append(dataclasses.replace(f, layers=tuple(layers),
+                                       steps=steps or max(hit_steps, f.steps)))
+    return out
+
+
+def _held_steps(view: LogRecords, first: Mapping[str, Finding],
+                heads: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """Kind -> the records from the finding's first step on whose ``held`` names it, for the
+    kinds some record names (a log written before `StepRecord.held` names none)."""
+    held = view.store.held
+    rows = [(k, held[i]) for k, i in enumerate(view.index.tolist()) if i in held] \
+        if held else []
+    out = {}
+    for kind, f in first.items():
+        n = sum(1 for k, kinds in rows if kind in kinds and heads["step"][k] >= f.first_step)
+        if n:
+            out[kind] = n
     return out
 
 

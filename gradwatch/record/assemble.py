@@ -219,5 +219,6 @@ def assemble(cols: StepColumns, watched: Any, judge: Judge, spikes: SpikeTracker
     return RecordRow(step=cols.step, total_norm=cols.total, clip_coef=cols.coef, loss=cols.loss,
                      spike=total_spike, skipped=cols.skipped, amp_overflow=cols.overflow,
                      first_nonfinite=first, nonfinite_origin=cols.origin,
-                     findings=tuple(verdicts.findings), layout=shape.layout, layers=layers)
+                     findings=tuple(verdicts.findings), held=verdicts.held, layout=shape.layout,
+                     layers=layers)
 

@@ -62,6 +62,7 @@ class RecordRow:
     first_nonfinite: str | None
     nonfinite_origin: str | None
     findings: tuple[Finding, ...]
+    held: tuple[str, ...]
     layout: Layout
     layers: LayerColumns
 
@@ -75,7 +76,8 @@ kept per record, as the positions that spiked with their ratios and z-scores."""
 _SCALARS = {"step": np.int64, "total_norm": np.float64, "clip_coef": np.float64,
             "loss": np.float64, "has_loss": np.bool_, "spike": np.bool_, "skipped": np.bool_,
             "amp_overflow": np.bool_}
-_OBJECTS = ("first_nonfinite", "nonfinite_origin", "findings", "layout", "templates", "spikes")
+_OBJECTS = ("first_nonfinite", "nonfinite_origin", "findings", "held", "layout", "templates",
+            "spikes")
 
 
 class History(Sequence[StepRecord]):
@@ -146,6 +148,7 @@ class History(Sequence[StepRecord]):
         o["first_nonfinite"][slot] = row.first_nonfinite
         o["nonfinite_origin"][slot] = row.nonfinite_origin
         o["findings"][slot] = row.findings or None
+        o["held"][slot] = row.held or None
         o["layout"][slot] = row.layout
         o["templates"][slot] = row.layers.templates
         lay, c = self._layer, row.layers
@@ -208,7 +211,7 @@ class History(Sequence[StepRecord]):
         """The record of ``row`` at full precision (what the step returns, loggers see)."""
         return _make(row.step, row.total_norm, row.clip_coef, row.layers, row.first_nonfinite,
                      row.spike, row.skipped, row.amp_overflow, row.nonfinite_origin,
-                     row.findings, row.loss)
+                     row.findings, row.held, row.loss)
 
     def _record(self, slot: int) -> StepRecord:
         s, o, lay = self._scalars, self._objects, self._layer
@@ -229,7 +232,7 @@ class History(Sequence[StepRecord]):
                      float(s["clip_coef"][slot]), table, o["first_nonfinite"][slot],
                      bool(s["spike"][slot]), bool(s["skipped"][slot]),
                      bool(s["amp_overflow"][slot]), o["nonfinite_origin"][slot],
-                     o["findings"][slot] or (),
+                     o["findings"][slot] or (), o["held"][slot] or (),
                      float(s["loss"][slot]) if s["has_loss"][slot] else None)
 
     def __eq__(self, other: object) -> bool:
@@ -256,7 +259,9 @@ class History(Sequence[StepRecord]):
 
 def _make(step: int, total: float, coef: float, layers: LayerColumns, first: str | None,
           spike: bool, skipped: bool, overflow: bool, origin: str | None,
-          findings: tuple[Finding, ...], loss: float | None) -> StepRecord:
+          findings: tuple[Finding, ...], held: tuple[str, ...], loss: float | None
+          ) -> StepRecord:
     return StepRecord(step=step, total_norm=total, clip_coef=coef, layers=LayerTable(layers),
                       first_nonfinite=first, spike=spike, skipped=skipped, amp_overflow=overflow,
-                      nonfinite_origin=origin, findings=findings, loss=loss)
+                      nonfinite_origin=origin, findings=findings, held=held,
+                      loss=loss)

@@ -4,59 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Mapping
 
+from .status import STATUS_CODES, STATUSES, Status, StatusInfo, status_info
 
 __all__ = ["Status", "STATUS_CODES", "StatusInfo", "STATUSES", "status_info", "LayerStat", 
            "Finding", "StepRecord"]
-
-
-class Status(str, Enum):
-    """Verdict on one layer's gradient at one step."""
-
-    OK = "ok"
-    VANISHING = "vanishing"
-    EXPLODING = "exploding"
-    NONFINITE = "nonfinite"
-    DIVERGING = "diverging"
-    DEAD = "dead"
-    SATURATED = "saturated"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-@dataclass(frozen=True)
-class StatusInfo:
-    """How a status is shown: its label, whether it is an alarm, and its colour in plots."""
-
-    label: str
-    alarm: bool
-    color: str
-
-
-STATUS_CODES: tuple[Status, ...] = tuple(Status)
-"""Statuses by code (``Status.OK`` is 0), as the columns of records store them."""
-
-STATUSES: dict[Status, StatusInfo] = {
-    Status.OK: StatusInfo("ok", False, "#4c72b0"),
-    Status.VANISHING: StatusInfo("vanishing", True, "#dd8452"),
-    Status.EXPLODING: StatusInfo("exploding", True, "#c44e52"),
-    Status.NONFINITE: StatusInfo("non-finite", True, "#8c1c13"),
-    Status.DIVERGING: StatusInfo("diverging", True, "#8172b3"),
-    Status.DEAD: StatusInfo("dead", True, "#55a868"),  # dead units, or a gradient of 0
-    Status.SATURATED: StatusInfo("saturated", True, "#937860"),
-}
-"""The one table of statuses that the summary, the report and the plots read."""
-
-
-def status_info(status: Status | str) -> StatusInfo:
-    """The `StatusInfo` of ``status``; an unknown status gets a neutral grey alarm style."""
-    try:
-        return STATUSES[Status(status)]
-    except (ValueError, KeyError):
-        return StatusInfo(str(status), True, "#7f7f7f")
 
 
 _LAYER_KEYS = ("norm", "act_norm", "status", "spike", "reason")
@@ -209,6 +162,9 @@ class StepRecord:
             (``Finding.note`` set) included.
         loss: The loss the user passed for this step (`GradWatch.step` ``loss=`` or
             `GradWatch.note_loss`), as a float; ``None`` when none was passed.
+        held: The kinds of the diagnosis findings (not notes) that held at this step, the
+            ones that became true at it included: what a log's reader counts a finding's
+            steps from (`Finding.steps`).
     """
 
     step: int
@@ -222,6 +178,7 @@ class StepRecord:
     nonfinite_origin: str | None = None
     findings: tuple[Finding, ...] = ()
     loss: float | None = None
+    held: tuple[str, ...] = ()
 
     def marks(self) -> list[tuple[str, Status, bool]]:
         """(name, status, spiked) of the layers that are not ok or spiked, in forward order."""
@@ -265,6 +222,8 @@ class StepRecord:
         }
         if self.findings:
             out["findings"] = [f.to_dict() for f in self.findings]
+        if self.held:
+            out["held"] = list(self.held)
         return out
 
     @classmethod
@@ -295,4 +254,13 @@ class StepRecord:
             nonfinite_origin=data.get("nonfinite_origin"),
             findings=tuple(Finding.from_dict(f) for f in data.get("findings", ())),
             loss=None if data.get("loss") is None else float(data["loss"]),
+            held=_held(data.get("held", ())),
         )
+
+
+def _held(value: Any) -> tuple[str, ...]:
+    """A record dict's ``held``: a list of finding kinds."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(k, str) for k in value):
+        raise TypeError(f"Expected `held` to be a list of finding kinds (strings), but got "
+                        f"{value!r}.")
+    return tuple(value)

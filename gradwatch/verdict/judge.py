@@ -30,6 +30,7 @@ class Verdicts:
     value: np.ndarray
     templates: tuple[str, ...]
     findings: list[Finding]
+    held: tuple[str, ...] = ()  # the kinds of the findings (not notes) that held at this step
 
 
 class Judge:
@@ -57,6 +58,7 @@ class Judge:
                        self.windows[r.kind], None if r.status is None else
                        STATUS_CODES.index(r.status)) for r in self.rules]
         self._named: dict[str, tuple[tuple[str, ...], set[str]]] = {}  # see `_unnamed`
+        self._held: list[str] = []  # the finding kinds counted at the step being judged
 
     def uids(self, names: Sequence[str]) -> np.ndarray:
         """The memory row of each named layer (new names get new rows)."""
@@ -72,6 +74,7 @@ class Judge:
         templates: list[str] = []
         new: list[Finding] = []
         broke = view.broken
+        self._held = held = []
         self.curve.add(view.loss)
         view.curve = self.curve
         present = view.measured
@@ -123,7 +126,8 @@ class Judge:
             finding = self._keep(rule, hit, view)
             if finding is not None:
                 new.append(finding)
-        return Verdicts(status, template, value, tuple(templates), new)
+        return Verdicts(status, template, value, tuple(templates), new,
+                        tuple(k for k in dict.fromkeys(held) if k in self.findings))
 
     def _keep(self, rule: Rule, hit: Hit, view: StepView,
               store: dict[str, Finding] | None = None) -> Finding | None:
@@ -137,6 +141,8 @@ class Judge:
             if born is not None:  # later NaN steps are its consequences (NaN weights...)
                 kind = born
         key = kind if store is self.findings else f"note:{kind}"
+        if store is self.findings:
+            self._held.append(kind)
         old = store.get(kind)
         if old is not None:  # held again: count it, add the layers not named yet
             self._steps[key] += 1
@@ -154,6 +160,8 @@ class Judge:
         """`_keep` for the finding a resumed watch holds for a condition that was building up
         when it was saved (the run went non-finite since)."""
         store, key = (self.notes, f"note:{f.kind}") if f.note else (self.findings, f.kind)
+        if not f.note:
+            self._held.append(f.kind)
         if f.kind in store:
             self._steps[key] += 1
             return None

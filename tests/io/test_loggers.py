@@ -355,9 +355,9 @@ def test_csv_writes_every_key_of_the_records(tmp_path):
     assert rows[0] == ["step", "layer", "norm", "act_norm", "update_ratio", "dead_frac",
                        "sat_frac", "time_ratio", "weight_norm", "status", "spike", "reason",
                        "total_norm", "clip_coef", "first_nonfinite", "step_spike", "skipped",
-                       "amp_overflow", "nonfinite_origin", "findings", "loss", "run_id"]
+                       "amp_overflow", "nonfinite_origin", "findings", "loss", "held", "run_id"]
     assert rows[1] == ["0", "fc1", "0.5", "", "0.001", "", "", "", "2.0", "vanishing", "1",
-                       "a, b", "1.5", "1.0", "", "0", "0", "0", "", "", "", "r1"]
+                       "a, b", "1.5", "1.0", "", "0", "0", "0", "", "", "", "", "r1"]
     assert rows[4][:5] == ["1", "fc2", "1.0", "", "0.002"] and len(rows) == 5
 
 
