@@ -17,7 +17,7 @@ from .capture.hooks import Hook
 from .record.ledger import Ledger, run_header
 from .options import NonFiniteGradientError, OnNonFinite, check_loss, check_manual_step, \
     clip_state, deepcopy_fields, describe, load_clip_state, load_or_restore, note_other_layers, \
-    note_watch, refuse_closure, refuse_pickle, validate
+    note_watch, refuse_closed, refuse_closure, refuse_pickle, validate
 from .record.order import CallOrder
 from .record.alerts import Alerts, warn_never_stepped
 from .record.recorder import Recorder
@@ -213,6 +213,7 @@ class GradWatch:
         self._sync_hooks()
 
     def __enter__(self) -> GradWatch:
+        refuse_closed(self._closed, "`with watch:` was entered")
         return self
 
     def __exit__(self, kind: object, *exc: object) -> None:

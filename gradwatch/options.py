@@ -151,11 +151,13 @@ def check_options(thresholds: Any, activations: Any, every: Any, on_nonfinite: A
         raise TypeError(f"Expected `loggers` to be a list of callables taking a StepRecord, but "
                         f"got {got}; wrap it in a list: loggers=[JsonlLogger('run.jsonl')] "
                         f"(or loggers=[] for none).")
-    bad = next((k for k, x in enumerate(loggers) if not callable(x)), None)
+    bad = next((k for k, x in enumerate(loggers) if not callable(x) or isinstance(x, type)),
+               None)
     if bad is not None:
+        what = "a class" if isinstance(loggers[bad], type) else "not callable"
         raise TypeError(f"Expected `loggers` to be a list of callables taking a StepRecord, but "
                         f"loggers[{bad}] is {type(loggers[bad]).__name__} {loggers[bad]!r:.60}, "
-                        f"which is not callable; pass logger objects, e.g. "
+                        f"which is {what}; pass logger objects, e.g. "
                         f"loggers=[JsonlLogger('run.jsonl')].")
     history = as_int("history", history, fix="the number of records watch.history keeps")
     if isinstance(clip, bool):
@@ -191,12 +193,19 @@ def refuse_closure(optimizer: Any, args: Any, kwargs: Any) -> None:
                            f"{hint[0].upper()}{hint[1:]}.")
 
 
+def refuse_closed(closed: bool, what: str) -> None:
+    """Raises RuntimeError when the watch is ``closed``: ``what`` happened after `close()`
+    (every `with` block's end closes the watch)."""
+    if closed:
+        raise RuntimeError(f"{what} after close(); a watch is closed by close() and at the end "
+                           f"of its `with` block. Create a new GradWatch to keep monitoring, "
+                           f"or keep one `with` block around the whole training loop.")
+
+
 def check_manual_step(closed: bool, optimizer: Any, order: Any = None) -> None:
     """Raises when ``watch.step()`` is called on a closed watch or one that steps itself; warns
     (once) when it comes after ``optimizer.step()`` (``order``: the watch's `CallOrder`)."""
-    if closed:
-        raise RuntimeError("GradWatch.step() was called after close(); create a new GradWatch "
-                           "to keep monitoring.")
+    refuse_closed(closed, "GradWatch.step() was called")
     if optimizer is not None:
         raise RuntimeError("GradWatch.step() is called for you before every optimizer.step() "
                            "because `optimizer=` was given; remove your call to watch.step() or "
@@ -208,10 +217,11 @@ def check_manual_step(closed: bool, optimizer: Any, order: Any = None) -> None:
 def check_loss(loss: Any, closed: bool = False) -> Any:
     """The loss as gradwatch keeps it: a detached one-element tensor (no host sync), or a
     float; raises TypeError/ValueError for anything else (RuntimeError on a ``closed`` watch)."""
-    if closed:
-        raise RuntimeError("GradWatch.note_loss() was called after close(); create a new "
-                           "GradWatch to keep monitoring.")
+    refuse_closed(closed, "GradWatch.note_loss() was called")
     if isinstance(loss, torch.Tensor):
+        if loss.dtype == torch.bool:
+            raise TypeError("Expected `loss` to be a number, but got a bool tensor; pass the "
+                            "loss you call backward() on.")
         if loss.numel() != 1:
             raise ValueError(f"Expected `loss` to be the reduced loss (one element), but got a "
                              f"tensor of shape {tuple(loss.shape)}; pass loss.mean() or "

@@ -7,6 +7,7 @@ import math
 from collections import defaultdict
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -15,6 +16,15 @@ from ..verdict.scalars import as_real
 __all__ = ["ClipPolicy", "clip_with_norm_", "factor_dtype"]
 
 EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """``value`` if it is True or False (numpy's bool included), else a TypeError naming
+    ``name`` (``bool("False")`` would be True)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"Expected `{name}` to be True or False, but got "
+                        f"{type(value).__name__} {value!r:.40}.")
+    return bool(value)
 
 
 def check_positive(name: str, value: Any, *, fix: str = "") -> float:

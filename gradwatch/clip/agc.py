@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._base import ClipPolicy, check_positive
+from ._base import ClipPolicy, check_flag, check_positive
 
 __all__ = ["AGC"]
 
@@ -37,7 +37,7 @@ class AGC(ClipPolicy):
                  skip_output: bool = True) -> None:
         self.clipping = check_positive("clipping", clipping)
         self.eps = check_positive("eps", eps)
-        self.skip_output = bool(skip_output)
+        self.skip_output = check_flag("skip_output", skip_output)
 
     @torch.no_grad()
     def clip_(self, grads, total_norm, *, params, is_output):

@@ -7,7 +7,7 @@ import math
 from typing import Any, Literal
 
 from ..verdict.scalars import as_int, as_real
-from ._base import ClipPolicy, check_positive, clip_with_norm_
+from ._base import ClipPolicy, check_flag, check_positive, clip_with_norm_
 
 __all__ = ["ZClip"]
 
@@ -77,7 +77,7 @@ class ZClip(ClipPolicy):
         self.eps = check_positive("eps", eps)
         self.mode, self.clip_option = mode, clip_option
         self.clip_factor = check_positive("clip_factor", clip_factor)
-        self.skip_update_on_spike = bool(skip_update_on_spike)
+        self.skip_update_on_spike = check_flag("skip_update_on_spike", skip_update_on_spike)
         self.mean: float | None = None
         self.var = 0.0
         self._warm: list[float] = []

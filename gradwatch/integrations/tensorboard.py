@@ -26,7 +26,7 @@ class TensorBoardLogger:
         layers: Also write the per-layer norms (one chart per layer): True or False.
 
     Raises:
-        ValueError: ``prefix`` is not a non-empty string.
+        ValueError: ``prefix`` is not a non-empty string, or the log directory is empty.
         TypeError: ``layers`` is not a bool, or ``writer_or_logdir`` is neither a writer nor a
             directory.
         ImportError: TensorBoard is not installed (``pip install tensorboard``, or
@@ -41,6 +41,10 @@ class TensorBoardLogger:
         if not isinstance(layers, bool):
             raise TypeError(f"Expected `layers` to be True or False, but got {layers!r}.")
         if isinstance(writer_or_logdir, (str, os.PathLike)):
+            if not os.fspath(writer_or_logdir):  # (SummaryWriter would pick runs/<date>_<host>)
+                raise ValueError("Expected `writer_or_logdir` to be a SummaryWriter or a log "
+                                 "directory, but got an empty path; e.g. "
+                                 "TensorBoardLogger('runs/exp1').")
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as err:

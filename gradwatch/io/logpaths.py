@@ -43,6 +43,14 @@ def check_log_path(given: str | os.PathLike[str], logger: str, example: str) -> 
     if path.exists() and not os.access(path, os.W_OK):
         raise ValueError(f"Expected `path` to be a file that can be written, but {str(path)!r} "
                          f"is read-only; {fix}, or make it writable.")
+    if not path.exists():  # a trial file tells a folder that refuses it (even to root: /sys)
+        try:
+            open(path, "ab").close()
+        except OSError as err:
+            raise ValueError(f"Expected `path` to be a file that can be created, but "
+                             f"{str(path)!r} cannot be created ({err.strerror or err}); "
+                             f"{fix}.") from None
+        path.unlink(missing_ok=True)
 
 
 def _first_line(path: Path) -> bytes | None:
