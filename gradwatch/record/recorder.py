@@ -96,7 +96,7 @@ class Recorder:
                 batch.add("sums", sums)
                 held.updates = batch.start()
             return False
-        _add_updates(held, updates.after())
+        _add_updates(held, updates.after(), self.watched.stepped)
         return True
 
     def flush(self) -> StepRecord | None:
@@ -113,7 +113,7 @@ class Recorder:
             if p.updates is not None:
                 flat = p.updates.result()["sums"]
                 _add_updates(cols, self.watched.updates.ratios(
-                    (flat[:len(flat) // 2], flat[len(flat) // 2:])))
+                    (flat[:len(flat) // 2], flat[len(flat) // 2:])), self.watched.stepped)
             p = cols
         self.already = p.already  # (the warning of a non-finite step reads it)
         row = assemble(p, self.watched, self.judge, self.spikes, self.thresholds,
@@ -161,7 +161,9 @@ def _flush_at_exit() -> None:
 atexit.register(_flush_at_exit)
 
 
-def _add_updates(cols: StepColumns, ratios: np.ndarray | None) -> None:
-    """Puts the update/weight ratios (over the watched layers) beside the step's statistics."""
+def _add_updates(cols: StepColumns, ratios: np.ndarray | None, stepped: np.ndarray) -> None:
+    """Puts the update/weight ratios (over the watched layers) beside the step's statistics:
+    not measured (NaN) where a layer had no gradient or the optimizer does not step it
+    (another optimizer may, at another time)."""
     if ratios is not None:
-        cols.values["update_ratio"] = np.where(cols.has_grad, ratios, np.nan)
+        cols.values["update_ratio"] = np.where(cols.has_grad & stepped, ratios, np.nan)
