@@ -99,9 +99,7 @@ class Collector(GradHooks, RecurrentHooks, UnitHooks):
 
     # ---------------------------------------------------------------- lifecycle
 
-    @property
-    def attached(self) -> bool:
-        return self._attached
+    attached = property(lambda self: self._attached)
 
     def attach(self, units: bool = True) -> None:
         """Adds the hooks of a recorded step (unrecorded steps run without them): forward
@@ -267,7 +265,8 @@ class Collector(GradHooks, RecurrentHooks, UnitHooks):
         layer = self.owner_of[index]
         kind = self.kinds[index]
         if kind is not None and self._last_layer >= 0 and tensors and self.activations \
-                and self.units_on and not recomputing:
+                and self.units_on and not recomputing and tensors[0].requires_grad:  # (else
+            # an evaluation under no_grad, even between backward() and step())
             self._unit_stats(kind, tensors[0], module, index)
         if layer < 0:
             return
