@@ -65,6 +65,9 @@ class Collected:
     """Positions in ``completed`` of modules run outside any call of the model with gradients
     off (a sub-module's features for logging between backward and step): when the model was
     called, they are no part of its forward order."""
+    same_input: list[int] = field(default_factory=list)
+    """Positions in ``completed`` of modules whose first input was the module's before them
+    (attention's query, key and value projections): one depth of the model."""
     forward_bad: list[int] = field(default_factory=list)  # module of each checked output
     # (``~module`` for the inputs of the step's first module: the batch entering the model)
     forward_norms: list[Tensor] = field(default_factory=list)

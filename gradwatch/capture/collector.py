@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from typing import Any, Callable
 
 import numpy as np
@@ -22,8 +21,7 @@ from .layers import WEIGHTED, Layer, activation_kind
 _is_compiling = torch.compiler.is_compiling  # (dynamo folds this very function to True)
 _transform = torch._C._functorch.peek_interpreter_stack  # None outside torch.func transforms
 
-__all__ = ["Collector", "UNIT_EVERY",
-           "is_container"]
+__all__ = ["Collector", "UNIT_EVERY", "is_container"]
 
 
 class Collector(GradHooks, RecurrentHooks, UnitHooks):
@@ -82,19 +80,16 @@ class Collector(GradHooks, RecurrentHooks, UnitHooks):
                               if not layer.params[0].is_sparse and hasattr(
                                   layer.params[0], "register_post_accumulate_grad_hook")]
         self._tasks: set[int] = set()
-        self._used: set[tuple[int, int]] = set()  # (layer, graph task): the pass added to the
-        # layer's first parameter's .grad
+        self._used: set[tuple[int, int]] = set()  # (layer, graph task): added to its 1st .grad
         self._tracked = np.zeros(len(layers), dtype=bool)
         self._tracked[[i for i, _ in self._accumulating]] = True
         self._first = layers[0].params[0] if layers else None
         self._held_numel = [0, 0, 0]  # entries held: outputs, output grads, input grads
         self._direct = [False, False]  # reduce output/input gradients in float64 at once
-        self._tiny: list[bool | None] = [None, None]  # this step's: a norm below float32's
-        # safe range (None: nothing reduced yet)
+        self._tiny: list[bool | None] = [None, None]  # a norm below float32's safe range?
         self.zeroing = ZeroCheck()  # were the gradients zeroed since the last step?
 
-    def module_of_layer(self, layer: int) -> int | None:
-        """The module that owns watched layer ``layer``."""
+    def module_of_layer(self, layer: int) -> int | None:  # the module owning layer ``layer``
         return self._module_of.get(layer)
 
     # ---------------------------------------------------------------- lifecycle
@@ -200,6 +195,7 @@ class Collector(GradHooks, RecurrentHooks, UnitHooks):
         self.zeroing.disarm()  # (done by `ZeroCheck.result` unless that was not reached)
         self._drop_leaf_hooks()
         self.data, self._last_layer, self._entry, self._in_call = Collected(), -1, -1, 0
+        self._prev_in = None
 
     def _flush_outputs(self) -> None:
         if self._outputs:
@@ -215,6 +211,7 @@ class Collector(GradHooks, RecurrentHooks, UnitHooks):
     """Called at the start of every hooked forward pass (the AMP skip detector polls there)."""
 
     _in_call = 0  # calls of the model under way (reset at `take`: a call may have raised)
+    _prev_in = None  # the first input of the last module in `Collected.completed`
 
     def on_model_call(self, module: nn.Module, args: Any) -> None:
         if self.armed and (_is_compiling() or _task() == -1):  # (not a recomputation)
@@ -245,6 +242,10 @@ class Collector(GradHooks, RecurrentHooks, UnitHooks):
             data.completed.append(index)  # (unit-only modules: hooked on some steps only)
             if not self._in_call and not torch.is_grad_enabled():
                 data.loose.append(len(data.completed) - 1)
+            first = args[0] if args and isinstance(args[0], Tensor) else None  # (held: a
+            if first is self._prev_in and first is not None:  # freed tensor's id comes back)
+                data.same_input.append(len(data.completed) - 1)
+            self._prev_in = first
         if isinstance(output, Tensor):
             tensors = [output] if output.is_floating_point() or output.is_complex() else []
         else:

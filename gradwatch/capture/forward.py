@@ -37,16 +37,20 @@ class ForwardOrder:
         self.order_key = 0  # changes whenever `order` does
         self.ran = np.ones(len(layers), dtype=bool)
         """Layers whose own module ran in the last recorded forward pass."""
+        self.depth = np.arange(len(layers))
+        """A label per layer, shared by layers whose modules read one input one after another
+        (attention's query, key and value): one depth, which a depth trend does not split."""
 
     def learn(self, completed: Sequence[int], calls: Sequence[int] = (),
-              loose: Sequence[int] = ()) -> None:
+              loose: Sequence[int] = (), same: Sequence[int] = ()) -> None:
         """Learns the order from the modules in ``completed`` order; ``calls`` are the
         positions in it where a call of the model began (a module is repeated when it ran
         more than once within one call: accumulated micro-batches or a validation pass under
         ``no_grad`` run every module once per call). When the model was called, the modules
         at positions ``loose`` (run outside its calls with gradients off: features taken for
-        logging) are left out."""
-        key = (tuple(completed), tuple(calls), tuple(loose))
+        logging) are left out. ``same`` are the positions whose module read the first input
+        of the module before it (`depth`)."""
+        key = (tuple(completed), tuple(calls), tuple(loose), tuple(same))
         if not completed or key == self._seq:
             return
         seq: Sequence[int] = completed
@@ -55,8 +59,15 @@ class ForwardOrder:
             kept = [k for k in range(len(completed)) if k not in out]
             seq = [completed[k] for k in kept]
             calls = [bisect.bisect_left(kept, c) for c in calls]  # the same call, new position
+            was = set(same)
+            same = [j for j, k in enumerate(kept) if j and k in was and kept[j - 1] == k - 1]
             if not seq:
                 return
+        after = set(same)  # each position's depth label: the first of its run of one input
+        label = list(range(len(seq)))
+        for k in range(1, len(seq)):
+            if k in after:
+                label[k] = label[k - 1]
         self._seq, self.known = key, True
         self.order_key += 1
         first: dict[str, int] = {}
@@ -90,6 +101,8 @@ class ForwardOrder:
                         repeated.add(i)
                     break
         self.repeated = frozenset(repeated)
+        self.depth = np.array([label[first[layer.name]] if layer.name in first else -1 - i
+                               for i, layer in enumerate(self.layers)], dtype=np.int64)
         self.order = sorted(range(len(self.layers)), key=lambda i: (pos.get(i, math.inf), i))
         self.ran = np.array([layer.name in first for layer in self.layers], dtype=bool)
         users = []

@@ -70,7 +70,7 @@ def measure_step(watched: Any, amp: Any, policy: Any, statistics: Sequence[Any],
             return None  # (nothing trainable; or watch.step() called before backward)
         data = w.collector.take(True) if w.collector.armed else None
         if data is not None:
-            w.forward.learn(data.completed, data.passes, data.loose)
+            w.forward.learn(data.completed, data.passes, data.loose, data.same_input)
         return Outcome(data, None, None, 1.0, False, False, gradless=True,
                        loss=None if loss is None else float(loss))
     scaled = amp.grads_scaled()
@@ -98,7 +98,7 @@ def measure_step(watched: Any, amp: Any, policy: Any, statistics: Sequence[Any],
     finite = None if host_norms is None else math.isfinite(host_norms[-1])
     data = c.take(finite) if c.armed else None
     if data is not None:  # the head (AGC's final layer) is known before clipping
-        w.forward.learn(data.completed, data.passes, data.loose)
+        w.forward.learn(data.completed, data.passes, data.loose, data.same_input)
     if defer and not scaled and amp.scaler is None and on_nonfinite in ("warn", "zero") and (
             policy is None or not policy.needs_host_norm):
         return _deferred(w, policy, statistics, grads, params, norms_dev, present, data,

@@ -154,6 +154,7 @@ class _Shape:
     recurrent: list[bool]
     shared: list[bool]
     head: int | None  # position of the head
+    depth: np.ndarray  # `ForwardOrder.depth` of each position
     memo: dict[str, Any] = field(default_factory=dict)  # the rules' per-layout memo
 
 
@@ -173,7 +174,7 @@ def _shape(cols: StepColumns, watched: Any, judge: Judge, cache: dict[Any, _Shap
                        & watched.stepped[index],  # the optimizer steps (`StepView.weight`)
                        [layers[i].recurrent for i in index.tolist()],
                        [i in fwd.repeated for i in index.tolist()],
-                       int(head[0]) if len(head) else None)
+                       int(head[0]) if len(head) else None, fwd.depth[index])
         if len(cache) > 64:  # the watched set keeps changing: forget old shapes
             cache.clear()
         cache[key] = found
@@ -196,7 +197,7 @@ def assemble(cols: StepColumns, watched: Any, judge: Judge, spikes: SpikeTracker
     view = StepView(step=cols.step, names=list(shape.layout.names), roles=shape.roles,
                     norms=norms, act=act, values=values, head=shape.head, total=cols.total,
                     overflow=cols.overflow, origin=origin, birth=cols.birth,
-                    recurrent=shape.recurrent, shared=shape.shared,
+                    recurrent=shape.recurrent, shared=shape.shared, depth=shape.depth,
                     saturating=watched.saturating, loss=cols.loss, act_on=act_on,
                     weight=shape.weight, uid=shape.layout.columns, absent=cols.absent,
                     unread=cols.unread, stale=cols.stale, memo=shape.memo, stepped=watched.stepped[idx],

@@ -11,8 +11,9 @@ import numpy as np
 from ..record.records import Status
 from .silent_rules import NoGradient, NotMoving, NotZeroed, UnusedOutput
 from .unit_rules import DeadUnits, LossRising, Saturation, ThroughTime, ZeroGradient
-from .view import REMEDIES, Hit, Mark, Rule, StepView, Trend, add_absolute, depth_trend, median, \
-    entering, fmt3, has_signal, signal
+from .depth import Trend, depth_trend, entering
+from .view import REMEDIES, Hit, Mark, Rule, StepView, add_absolute, median, fmt3, has_signal, \
+    signal
 
 __all__ = ["StepView", "Hit", "Mark", "Rule", "RULES", "REMEDIES", "Trend", "depth_trend",
            "entering"]

@@ -8,7 +8,8 @@ import math
 import numpy as np
 
 from ..record.records import Status
-from .view import Hit, Mark, Rule, depth_trend, fmt3, grow, has_signal, median
+from .depth import depth_trend
+from .view import Hit, Mark, Rule, fmt3, grow, has_signal, median
 
 __all__ = ["DeadUnits", "ZeroGradient", "LossRising", "Saturation", "ThroughTime"]
 

@@ -1,20 +1,20 @@
-"""What the verdict rules read and write: one step as per-layer arrays, a rule's hit, the depth
-trends and the base rule. A rule is a vectorised expression over the arrays plus its evidence
-text; per-layer words are a template and a number, formatted only when someone reads them."""
+"""What the verdict rules read and write: one step as per-layer arrays, a rule's hit and the
+base rule (the depth trends are in `gradwatch.verdict.depth`). A rule is a vectorised
+expression over the arrays plus its evidence text; per-layer words are a template and a
+number, formatted only when someone reads them."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from ..record.records import Status
 from .thresholds import Thresholds
 
-__all__ = ["REMEDIES", "StepView", "Mark", "Hit", "Trend", "depth_trend", "entering", "Rule",
-           "fmt3", "median"]
+__all__ = ["REMEDIES", "StepView", "Mark", "Hit", "Rule", "fmt3", "median"]
 
 REMEDIES = ("relu", "he_init", "xavier_init", "normalization", "residual", "lower_lr", "warmup",
             "clip", "weight_decay", "loss_scaling", "fix_op", "gated_rnn", "logit_loss",
@@ -55,6 +55,7 @@ class StepView:
     birth: str | None = None
     recurrent: Sequence[bool] = ()
     shared: Sequence[bool] = ()  # ran more than once per forward
+    depth: Sequence[int] = ()  # a label shared by layers that read one input in turn
     saturating: bool = False
     loss: float | None = None  # the user's loss of the step, when passed
     act_on: np.ndarray | None = None
@@ -153,92 +154,6 @@ def median(values: np.ndarray) -> float:
 def fmt3(x: float) -> str:
     """Three significant digits (the rules' evidence format)."""
     return f"{x:.3g}"
-
-
-class Trend(NamedTuple):
-    """One depth trend (see `depth_trend`); ratios are over the output side's median norm."""
-
-    what: str  # "gradient" or "output-gradient"
-    starved: float  # the input side's largest norm: vanishing reads it
-    median: float  # the input side's median norm: exploding reads it
-    layers: np.ndarray  # the weight layers it spans (positions in the view)
-    rel: np.ndarray  # each of those layers' norm over the output side's median
-
-
-def depth_trend(view: StepView) -> list[Trend]:
-    """The depth trend of the weight layers up to the head, on the parameter-gradient norms
-    and (when measured) on the output-gradient norms.
-
-    The input side is the first third of the weight layers, the output side the last third
-    (the head included), so a net whose layers are all small alike (LayerScale γ near 0 at
-    init) shows no trend, while a gradient that shrinks or grows layer after layer does.
-    Vanishing reads the input side's largest norm: the whole input side must be starved, since
-    layers small by design sit beside big ones at the same depth (attention query/key
-    projections and the layers that only feed attention logits get little gradient while
-    attention is near uniform, and in forward order they can fill most of the first third, as
-    in ConvBERT). Exploding reads the input side's median, which one large layer does not move.
-    A layer whose module ran more than once in the forward pass (weights shared across depth,
-    as in ALBERT) has no single depth: its gradient sums over all of them, and it is left out.
-    """
-    cached = view.cache.get("trend")
-    if cached is not None:
-        return cached
-    view.cache["trend"] = out = []
-    span = view.memo.get("trend")
-    if span is None:  # which layers, and how many per side: fixed while the layout is
-        span = view.memo["trend"] = _trend_span(view)
-    if span is None:
-        return out
-    idx, k = span
-    for what, values, measured in (("gradient", view.norms, None),
-                                   ("output-gradient", view.act, view.act_on)):
-        if measured is not None and not measured[idx].all():
-            continue
-        vals = values[idx]
-        if not np.isfinite(vals).all():
-            continue
-        ref = median(vals[-k:])
-        if ref <= 0:
-            continue
-        first = vals[:k]
-        view.cache[f"ref:{what}"] = ref  # the output side's median (`entering` reads it)
-        out.append(Trend(what, float(first.max()) / ref, median(first) / ref, idx, vals / ref))
-    return out
-
-
-def _trend_span(view: StepView) -> tuple[np.ndarray, int] | None:
-    """The positions `depth_trend` reads and the size of each side (None: fewer than 3)."""
-    h = view.head
-    if h is None:
-        return None
-    keep = view.weight[:h + 1].copy()
-    if len(view.shared):
-        keep &= ~np.asarray(view.shared[:h + 1], dtype=bool)
-    idx = np.flatnonzero(keep)
-    if len(idx) < 3:
-        return None
-    return idx, max(1, len(idx) // 3)
-
-
-def entering(view: StepView) -> float | None:
-    """The output gradient of the first layer in forward order (the gradient that reaches the
-    input side: an embedding's, a stem's), over the output side's median output gradient (the
-    last third of the weight layers up to the head); None when output gradients are not
-    measured. Layers small by design sit beside the path the gradient takes (attention
-    query/key projections hang off the residual stream), so the stream's own entry reads big
-    in a healthy net however small they are, while a gradient that every block scales down on
-    its way (an activation after each residual sum) arrives orders smaller."""
-    trend = next((t for t in depth_trend(view) if t.what == "output-gradient"), None)
-    if trend is None:
-        return None
-    on = int(view.act_on.argmax())  # the first measured layer
-    if not view.act_on[on]:
-        return None
-    first = float(view.act[on])
-    if not math.isfinite(first):
-        return None
-    ref = view.cache["ref:output-gradient"]
-    return first / ref
 
 
 class Rule:

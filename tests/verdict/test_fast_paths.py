@@ -15,7 +15,8 @@ from gradwatch.verdict.curve import LossCurve
 from gradwatch.verdict.judge import Judge
 from gradwatch.verdict.spikes import RunningStats, SpikeTracker
 from gradwatch.verdict.thresholds import Thresholds
-from gradwatch.verdict.view import StepView, depth_trend, entering
+from gradwatch.verdict.depth import depth_trend, entering
+from gradwatch.verdict.view import StepView
 
 
 def _stream(rng: np.random.Generator, n: int, steps: int) -> list[np.ndarray]:
