@@ -168,7 +168,8 @@ def explain(kind: str, view: StepView, hit: Hit) -> tuple[str, str, Plans]:
                 "it fades over a long sequence",
                 "with a plain RNN, a gated cell (LSTM/GRU); shorter sequences or truncated "
                 "backpropagation, skip/attention connections over time, and clip the gradient "
-                "norm",
+                "norm; if the task needs only the last few steps (a one-step forecaster), "
+                "nothing is lost: Thresholds(time_vanishing=None) turns the check off",
                 (("gated_rnn", "clip"),))
     if kind == "nonfinite_forward" and view.already == "weights":
         return (f"the weights of `{view.birth}` were already NaN/Inf when this forward pass "
