@@ -44,8 +44,14 @@ class AutoClip(ClipPolicy):
         return {"norms": list(self.norms)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        norms = state["norms"]
+        if not isinstance(norms, (list, tuple)):
+            raise TypeError(f"Expected AutoClip state['norms'] to be a list of norms, but got "
+                            f"{type(norms).__name__}; pass what AutoClip.state_dict() returned.")
+        norms = [as_real(f"AutoClip state['norms'][{k}]", x, "to be a finite norm >= 0",
+                         lambda v: 0 <= v < math.inf) for k, x in enumerate(norms)]
         self.norms.clear()
-        self.norms.extend(float(x) for x in state["norms"])
+        self.norms.extend(norms)
 
     def __repr__(self) -> str:
         return f"AutoClip(percentile={self.percentile:g}, seen={len(self.norms)})"

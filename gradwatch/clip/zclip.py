@@ -133,9 +133,18 @@ class ZClip(ClipPolicy):
             raise ValueError(f"Expected a ZClip state with keys 'mean', 'var', 'warm', but "
                              f"{sorted(missing)} are missing; fix by passing what "
                              f"ZClip.state_dict() returned.")
-        self.mean = None if state["mean"] is None else float(state["mean"])
-        self.var = float(state["var"])
-        self._warm = [float(x) for x in state["warm"]]
+        mean = None if state["mean"] is None else as_real("ZClip state['mean']", state["mean"],
+                                                          "to be a finite number or None",
+                                                          math.isfinite)
+        var = as_real("ZClip state['var']", state["var"], "to be a finite number >= 0",
+                      lambda v: 0 <= v < math.inf)
+        warm = state["warm"]
+        if not isinstance(warm, (list, tuple)):
+            raise TypeError(f"Expected ZClip state['warm'] to be a list of norms, but got "
+                            f"{type(warm).__name__}; pass what ZClip.state_dict() returned.")
+        warm = [as_real(f"ZClip state['warm'][{k}]", x, "to be a finite norm >= 0",
+                        lambda v: 0 <= v < math.inf) for k, x in enumerate(warm)]
+        self.mean, self.var, self._warm = mean, var, warm
 
     def __repr__(self) -> str:
         cap = "" if self.max_grad_norm is None else f", max_grad_norm={self.max_grad_norm:g}"

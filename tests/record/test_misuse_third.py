@@ -4,6 +4,8 @@ string, an empty TensorBoard directory, a bool tensor as the loss."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -95,3 +97,28 @@ def test_tensorboard_logger_refuses_an_empty_directory():
     from gradwatch.integrations.tensorboard import TensorBoardLogger
     with pytest.raises(ValueError, match="`writer_or_logdir`.*empty path"):
         TensorBoardLogger("")
+
+
+@pytest.mark.parametrize("policy, key, bad", [
+    ("zclip", "var", -1.0), ("zclip", "mean", float("nan")), ("zclip", "warm", [1.0, "x"]),
+    ("zclip", "warm", 3.0), ("autoclip", "norms", [1.0, float("inf")]),
+    ("autoclip", "norms", {"a": 1})])
+def test_a_corrupt_clip_state_is_refused_at_load_and_the_watch_is_unchanged(policy, key, bad):
+    """A ZClip variance of -1 loaded and then failed deep in the next step (a complex square
+    root); every statistic is checked when it loads."""
+    from gradwatch.clip import AutoClip
+    model, opt, x = _setup()
+    make = (lambda: ZClip(warmup=2)) if policy == "zclip" else (lambda: AutoClip())
+    watch = GradWatch(model, optimizer=opt, clip=make())
+    for _ in range(4):
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+    state = watch.state_dict()
+    state["clip"][key] = bad
+    fresh = GradWatch(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), clip=make())
+    before = json.dumps(fresh.state_dict(), default=str)
+    with pytest.raises(ValueError, match=f"{type(make()).__name__} state\\['{key}'\\]"):
+        fresh.load_state_dict(state)
+    assert json.dumps(fresh.state_dict(), default=str) == before  # unchanged
+    watch.close(), fresh.close()
