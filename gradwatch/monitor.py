@@ -19,7 +19,7 @@ from .options import NonFiniteGradientError, OnNonFinite, check_loss, check_manu
     clip_state, deepcopy_fields, describe, load_clip_state, load_or_restore, note_other_layers, \
     note_watch, refuse_closed, refuse_closure, refuse_pickle, validate
 from .record.order import CallOrder
-from .record.alerts import Alerts, warn_never_stepped
+from .record.alerts import Alerts, collected, warn_never_stepped
 from .record.recorder import Recorder
 from .record.history import History
 from .record.records import Finding, StepRecord
@@ -98,7 +98,8 @@ class GradWatch:
         self._optimizer_handles: list[Any] = self._order.handles + ([] if optimizer is None else [
             optimizer.register_step_pre_hook(Hook(self, "_before_optimizer_step")),
             optimizer.register_step_post_hook(Hook(self, "_after_optimizer_step"))])
-        self._finalizer = weakref.finalize(self, w.close, self._optimizer_handles)
+        self._finalizer = weakref.finalize(self, collected, w.close, self._optimizer_handles,
+                                           self._ledger)
         if optimizer is not None and activations:  # (tells a backward thrown away at step 0)
             w.collector.zeroing.snapshot(w.first_stepped)
         self._sync_hooks()
@@ -174,8 +175,7 @@ class GradWatch:
         self._settle()
         lg, judge = self._ledger, self._recorder.judge
         return format_summary(summarize(lg.records, steps=self._step, run=lg.run, flags=lg.flags,
-                                        findings=judge.diagnose(),
-                                        notes=judge.diagnose(notes=True)))
+                                        findings=judge.diagnose(), notes=judge.diagnose(True)))
 
     def close(self) -> None:
         """Removes every hook gradwatch added and closes the loggers; safe to call twice."""
@@ -184,9 +184,9 @@ class GradWatch:
         self._flush_amp_skips()
         self._settle()
         self._closed = True
+        self._ledger.close()
         self._finalizer()
         self._stash.restore()
-        self._ledger.close()
 
     def state_dict(self) -> dict[str, Any]:
         """Step counter, spike statistics, rule windows, findings, counters, clip state, which

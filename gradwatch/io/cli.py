@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(and report.html with --html) for one run of a log written by JsonlLogger "
                     "(the last run by default). Works on the log of a crashed or resumed run: "
                     "lines cut by a kill are skipped with a warning.")
+    rep.set_defaults(parser=rep)
     rep.add_argument("log", type=Path, metavar="RUN.jsonl", help="log written by JsonlLogger")
     rep.add_argument("--out", type=Path, metavar="DIR",
                      help=f"output folder, created if needed (default: {DEFAULT_ROOT}/<log name>,"
@@ -280,7 +281,9 @@ def _report(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``gradwatch`` command line and returns its exit status (0 ok, 1 error, 2 usage)."""
     try:
-        args = build_parser().parse_args(argv)
+        args, extra = build_parser().parse_known_args(argv)
+        if extra:  # the subcommand's usage, not the top level's, says what it takes
+            args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exit_:  # --help/--version (0) or a usage error (2), already printed
         return int(exit_.code or 0)
     try:

@@ -10,11 +10,23 @@ from typing import Any, Sequence
 from ..capture.hooks import user_stacklevel
 from ..verdict.diagnosis import nonfinite_message
 
-__all__ = ["NonFiniteGradientError", "Alerts", "warn_never_stepped"]
+__all__ = ["NonFiniteGradientError", "Alerts", "warn_never_stepped", "collected"]
 
 
 class NonFiniteGradientError(FloatingPointError):
     """Raised by ``on_nonfinite="raise"`` when a watched gradient holds NaN or Inf."""
+
+
+def collected(close: Any, handles: list[Any], ledger: Any) -> None:
+    """A watch's finalizer: removes its hooks (``close(handles)``) and, when it was garbage
+    collected before its first record without being closed, says so: ``GradWatch(...)`` as a
+    bare statement is collected at once, and clipping and logging never happen."""
+    if not ledger.closed and not ledger.run["recorded"]:
+        warnings.warn("a GradWatch was garbage-collected before it recorded a step, so it "
+                      "measured, clipped and logged nothing: keep a reference to it "
+                      "(watch = GradWatch(...)) or use it as `with GradWatch(...) as watch:`.",
+                      UserWarning, stacklevel=user_stacklevel())
+    close(handles)
 
 
 def warn_never_stepped(optimizer: Any, steps: int, params: Sequence[Any],

@@ -126,8 +126,11 @@ class Ledger:
                           f"pass it to a new GradWatch).",
                           RuntimeWarning, stacklevel=user_stacklevel())
 
+    closed = False  # (set by `close`: a watch closed on purpose, not garbage-collected)
+
     def close(self) -> None:
         _OPEN.discard(self)
+        self.closed = True
         for logger in self.loggers:
             close = getattr(logger, "close", None)
             if callable(close):

@@ -165,7 +165,10 @@ class Thresholds:
                                  f"{getattr(self, name)!r}.")
         if self.persistence > self.window:
             raise ValueError(f"Expected `Thresholds.persistence` <= `Thresholds.window`, but got "
-                             f"persistence={self.persistence}, window={self.window}.")
+                             f"persistence={self.persistence}"
+                             f"{' (its default)' if self.persistence == _DEFAULT_PERSISTENCE else ''}, "
+                             f"window={self.window}; pass both, e.g. Thresholds(window="
+                             f"{self.window}, persistence={self.window}).")
         if not 0 <= self.stalled_gradient < 1:
             raise ValueError(f"Expected `Thresholds.stalled_gradient` in [0, 1), but got "
                              f"{self.stalled_gradient!r}.")
@@ -193,3 +196,5 @@ class Thresholds:
         """The thresholds as a JSON-ready dict (written into a run's log header)."""
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
+
+_DEFAULT_PERSISTENCE = Thresholds.__dataclass_fields__["persistence"].default

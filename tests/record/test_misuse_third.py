@@ -122,3 +122,46 @@ def test_a_corrupt_clip_state_is_refused_at_load_and_the_watch_is_unchanged(poli
         fresh.load_state_dict(state)
     assert json.dumps(fresh.state_dict(), default=str) == before  # unchanged
     watch.close(), fresh.close()
+
+
+def test_a_watch_collected_before_its_first_record_says_so(tmp_path):
+    """`GradWatch(...)` as a bare statement is collected at once: no clipping, no log. It
+    warns then; a watch closed on purpose, or one that recorded, does not."""
+    import gc
+    import warnings
+    model, opt, x = _setup()
+    with pytest.warns(UserWarning, match="garbage-collected before it recorded a step.*keep a "
+                                         "reference"):
+        GradWatch(model, optimizer=opt, clip=0.01, loggers=[JsonlLogger(tmp_path / "a.jsonl")])
+        gc.collect()
+    opt.zero_grad()
+    model(x).pow(2).mean().backward()
+    norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])))
+    assert norm > 0.01  # (the hooks are gone: nothing clips this step)
+    opt.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.zero_grad(set_to_none=True)  # (a watch closed over held gradients says more)
+        GradWatch(model, optimizer=opt).close()  # closed on purpose
+        used = GradWatch(model, optimizer=opt)
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()  # recorded
+        del used
+        gc.collect()
+
+
+def test_an_unknown_report_option_shows_the_report_usage(capsys):
+    from gradwatch.io.cli import main
+    assert main(["report", "run.jsonl", "-o", "out"]) == 2
+    err = capsys.readouterr().err
+    assert "usage: gradwatch report" in err and "unrecognized arguments: -o out" in err
+    assert "--out DIR" in err  # the option it meant
+
+
+def test_a_window_below_the_default_persistence_says_which_is_the_default():
+    from gradwatch import Thresholds
+    with pytest.raises(ValueError, match=r"persistence=4 \(its default\), window=3; pass both, "
+                                         r"e\.g\. Thresholds\(window=3, persistence=3\)"):
+        Thresholds(window=3)
+    assert Thresholds(window=3, persistence=3).persistence == 3
