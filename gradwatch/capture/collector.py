@@ -67,7 +67,7 @@ class Collector(GradHooks, RecurrentHooks, UnitHooks):
         self.unit_batch = UnitBatch(self.unit_window)  # this forward's, counted at `take`
         self._slots: list[Slot] | None = None  # the hooks of a recorded step (made once)
         self._unit_slots: list[Slot] = []  # the activation modules' hooks (unit statistics)
-        self._attached = self._units_attached = False
+        self._attached, self._units_attached, self._prev_in = False, False, None
         self._on_forward = [ForwardHook(self, i) for i in range(len(self.modules))]
         self._unit_only = [i for i, (k, e, o) in enumerate(zip(self.kinds, self.elementwise,
                                                                 self.owner_of))
@@ -147,7 +147,7 @@ class Collector(GradHooks, RecurrentHooks, UnitHooks):
         for slot in self._unit_slots:
             slot.detach()
         self._drop_leaf_hooks()
-        self._attached = self._units_attached = False
+        self._attached, self._units_attached, self._prev_in = False, False, None
 
     def close(self) -> None:
         self.detach()
@@ -242,8 +242,8 @@ class Collector(GradHooks, RecurrentHooks, UnitHooks):
             data.completed.append(index)  # (unit-only modules: hooked on some steps only)
             if not self._in_call and not torch.is_grad_enabled():
                 data.loose.append(len(data.completed) - 1)
-            first = args[0] if args and isinstance(args[0], Tensor) else None  # (held: a
-            if first is self._prev_in and first is not None:  # freed tensor's id comes back)
+            first = args[0] if args else None  # (held, not its id: a freed tensor's comes back)
+            if first is self._prev_in and isinstance(first, Tensor):
                 data.same_input.append(len(data.completed) - 1)
             self._prev_in = first
         if isinstance(output, Tensor):
