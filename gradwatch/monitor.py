@@ -230,8 +230,8 @@ class GradWatch:
             return
         refuse_closure(optimizer, args, kwargs)
         self._measure()  # the step measured is now self._step - 1
-        self._recorder.before_optimizer_step(
-            measure_updates=(self._step - 1) // self.every % UNIT_EVERY == 0)
+        k = (self._step - 1) // self.every  # (recorded steps: the first 4, then every 4th)
+        self._recorder.before_optimizer_step(measure_updates=k < UNIT_EVERY or k % UNIT_EVERY == 0)
 
     @torch.compiler.disable
     def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:

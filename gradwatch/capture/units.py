@@ -18,10 +18,11 @@ from ..measure.batched import Segments
 __all__ = ["UnitBatch", "UnitHooks", "UnitWindow", "UNIT_EVERY", "UNIT_WINDOW", "SAMPLE"]
 
 UNIT_EVERY = 4
-"""Dead and saturated units and update/weight ratios are measured on every 4th recorded step
-(step // every % 4 == 0; one reduction per rectifier call and a few batched operations per
-forward, two copies of sampled weights; the activation modules are hooked on those steps
-only); the rules that read them judge over the steps they were measured on."""
+"""Dead and saturated units are measured on every 4th recorded step (step // every % 4 == 0;
+one reduction per rectifier call and a few batched operations per forward; the activation
+modules are hooked on those steps only), update/weight ratios (two copies of sampled weights)
+on those and on the first 4 recorded steps; the rules that read them judge over the steps
+they were measured on."""
 
 UNIT_WINDOW = 4
 """A rectifier's unit is dead when it fired on none of the inputs of the last 4 measured steps

@@ -60,14 +60,15 @@ class AmpOverflow(Rule):
 
 
 class Divergence(Rule):
-    """One optimizer step moved the weight layers by more than their own size. When only the
-    first measured update did, and later steps stay within the bound while the loss has fallen
-    (`Thresholds.loss_falling`), the alarm becomes a note: an adaptive optimizer's first update
-    is the learning rate times the gradient's sign in every entry (Adagrad, RMSprop, Adam),
-    more than a wide layer's small initial weights at a large learning rate, once, in a run
-    that trains. A large step later in the run stays an alarm, whatever the loss does (a net
-    killed by one step at its fourth update, its loss "falling" from a start inflated by
-    unnormalised inputs to chance level)."""
+    """One optimizer step moved the weight layers by more than their own size (the update
+    ratio is measured at the first 4 recorded steps, where a too-high learning rate shows,
+    then at every 4th). When only the first update did, and later steps stay within the bound
+    while the loss has fallen (`Thresholds.loss_falling`), the alarm becomes a note: an
+    adaptive optimizer's first update is the learning rate times the gradient's sign in every
+    entry (Adagrad, RMSprop, Adam), more than a wide layer's small initial weights at a large
+    learning rate, once, in a run that trains. A large step later in the run stays an alarm,
+    whatever the loss does (a net killed by one step at its fourth update, its loss "falling"
+    from a start inflated by unnormalised inputs to chance level)."""
 
     kind, status, persistent, reads = "divergence", Status.DIVERGING, False, ("update_ratio",)
     optional = True

@@ -168,7 +168,7 @@ class NotMoving(Rule):
                   f"optimizer.step() left every weight it steps unchanged ({len(idx)} "
                   f"layer(s) with a non-zero gradient, update/weight ratio exactly 0) on "
                   f"{int(streak)} measured steps in a row (bound not_moving={th.not_moving}; "
-                  f"measured every 4th recorded step)", {"steps": streak})
+                  f"measured at the first 4 recorded steps, then every 4th)", {"steps": streak})
         if state.get("moved"):
             hit.note = ("the weights moved earlier in the run: a learning rate that decays to "
                         "(nearly) 0 stops them at the end of its schedule")

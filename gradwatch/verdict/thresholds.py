@@ -87,8 +87,8 @@ class Thresholds:
     not_moving: int | None = 8
     """Not moving when no layer the optimizer steps changed across ``optimizer.step()`` (every
     update/weight ratio exactly 0) although they got non-zero gradients, on this many measured
-    update ratios in a row (they are measured on every 4th recorded step, so 8 spans 29
-    recorded steps): a learning rate of 0 (a scheduler or warm-up stuck at 0), or updates
+    update ratios in a row (they are measured on the first 4 recorded steps, then on every
+    4th, so 8 span the first 17 recorded steps): a learning rate of 0 (a scheduler or warm-up stuck at 0), or updates
     all below the weights' resolution (low-precision weights, a learning rate near 0). After
     the weights moved, a streak is a note (the end of a schedule that decays to 0: on a small
     MLP, the last 41 to 61 steps of a million-step cosine schedule); needs the optimizer;
