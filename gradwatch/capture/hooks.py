@@ -198,9 +198,10 @@ def _bounds(module: nn.Module) -> tuple[float, float]:
 _SKIP_DIRS = (os.path.dirname(os.path.dirname(__file__)), os.path.dirname(torch.__file__))
 
 
-def user_stacklevel() -> int:
-    """The ``stacklevel`` that makes a warning point at the first frame outside gradwatch/torch."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(_SKIP_DIRS):
+def user_stacklevel(skip: tuple[str, ...] = ()) -> int:
+    """The ``stacklevel`` that makes a warning point at the first frame outside gradwatch/torch
+    (and the files ``skip``, such as weakref's, whose finalizers call gradwatch)."""
+    frame, level, dirs = sys._getframe(1), 1, _SKIP_DIRS + skip
+    while frame is not None and frame.f_code.co_filename.startswith(dirs):
         frame, level = frame.f_back, level + 1
     return level

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from typing import Any, Sequence
 
 from ..capture.hooks import user_stacklevel
@@ -25,7 +26,7 @@ def collected(close: Any, handles: list[Any], ledger: Any) -> None:
         warnings.warn("a GradWatch was garbage-collected before it recorded a step, so it "
                       "measured, clipped and logged nothing: keep a reference to it "
                       "(watch = GradWatch(...)) or use it as `with GradWatch(...) as watch:`.",
-                      UserWarning, stacklevel=user_stacklevel())
+                      UserWarning, stacklevel=user_stacklevel((weakref.__file__,)))
     close(handles)
 
 

@@ -131,9 +131,10 @@ def test_a_watch_collected_before_its_first_record_says_so(tmp_path):
     import warnings
     model, opt, x = _setup()
     with pytest.warns(UserWarning, match="garbage-collected before it recorded a step.*keep a "
-                                         "reference"):
+                                         "reference") as caught:
         GradWatch(model, optimizer=opt, clip=0.01, loggers=[JsonlLogger(tmp_path / "a.jsonl")])
         gc.collect()
+    assert [w.filename for w in caught if "garbage" in str(w.message)] == [__file__]  # the line
     opt.zero_grad()
     model(x).pow(2).mean().backward()
     norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])))
