@@ -115,7 +115,8 @@ class DepthVanishing(Rule):
     √recovery-fold within the window (LayerScale-style γ ≈ 0 at init, growing as it trains),
     is no verdict. Layers whose own gradient is below the absolute `Thresholds.vanishing`
     carry the status too. A step whose total norm is above `Thresholds.exploding` is no
-    vanishing one, whatever the input side gets (1e19 against 1e29 on the way to a NaN)."""
+    vanishing one, whatever the input side gets (1e19 against 1e29 on the way to a NaN). An
+    alarm that stops holding while the loss falls becomes a note (`_cleared`)."""
 
     kind, status, reads = "vanishing", Status.VANISHING, ("norm", "act_norm")
 
@@ -153,9 +154,33 @@ class DepthVanishing(Rule):
                     found.evidence = (f"the input-side weight layers' largest {what} norm is "
                                       f"{ratio:.2g}x the output side's median (bound "
                                       f"relative_vanishing={bound:g})")
+        hits = state.setdefault("hits", [])  # raw hits over the window, as the judge counts
+        hits[:] = (hits + [float(found is not None)])[-th.window:]
         if found is not None:
+            state["alarmed"] = max(state.get("alarmed", 0.0), float(sum(hits) >= th.persistence))
+            state["clear"] = 0.0
             add_absolute(found, view, view.norms < th.vanishing, f"< vanishing {th.vanishing:g}")
-        return found
+            return found
+        state["clear"] = state.get("clear", 0.0) + 1.0
+        return _cleared(view, th, state) if trends else None
+
+
+def _cleared(view, th, state) -> Hit | None:
+    """A vanishing alarm whose condition has not held for `Thresholds.persistence` steps while
+    the loss has fallen by `Thresholds.loss_falling` since the start: a transient of the
+    initialisation (a fine-tune's first layers behind small-by-design dense layers, the ratio
+    climbing through the bound), which becomes a note."""
+    curve = view.curve
+    if not state.get("alarmed") or state["clear"] < th.persistence or view.broken \
+            or th.loss_falling is None or curve is None or not curve.fell(th.loss_falling):
+        return None
+    return Hit([], f"the input side's gradient is back within relative_vanishing="
+                   f"{th.relative_vanishing:g} of the output side's for {state['clear']:.0f} "
+                   f"recorded steps", {},
+               note=f"it held on the first steps only and the loss fell since (median "
+                    f"{fmt3(curve.now)} over the last {th.window} recorded steps, from "
+                    f"{fmt3(curve.start)}): a transient of the initialisation, not a net that "
+                    f"cannot learn")
 
 
 class DepthExploding(Rule):
