@@ -27,6 +27,16 @@ def check_flag(name: str, value: Any) -> bool:
     return bool(value)
 
 
+def check_norms(name: str, value: Any, owner: str) -> list[float]:
+    """A saved list of norms (a policy's state ``name``, e.g. "ZClip state['warm']"): each a
+    finite float >= 0, else a TypeError/ValueError naming the entry."""
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"Expected {name} to be a list of norms, but got "
+                        f"{type(value).__name__}; pass what {owner}.state_dict() returned.")
+    return [as_real(f"{name}[{k}]", x, "to be a finite norm >= 0", lambda v: 0 <= v < math.inf)
+            for k, x in enumerate(value)]
+
+
 def check_positive(name: str, value: Any, *, fix: str = "") -> float:
     """``float(value)`` if it is a finite real number > 0 (numpy and 0-d tensor scalars
     included), else a TypeError (not a number) or ValueError naming ``name``."""

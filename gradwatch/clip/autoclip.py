@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..verdict.scalars import as_int, as_real
-from ._base import ClipPolicy, clip_with_norm_
+from ._base import ClipPolicy, check_norms, clip_with_norm_
 
 __all__ = ["AutoClip"]
 
@@ -44,12 +44,7 @@ class AutoClip(ClipPolicy):
         return {"norms": list(self.norms)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        norms = state["norms"]
-        if not isinstance(norms, (list, tuple)):
-            raise TypeError(f"Expected AutoClip state['norms'] to be a list of norms, but got "
-                            f"{type(norms).__name__}; pass what AutoClip.state_dict() returned.")
-        norms = [as_real(f"AutoClip state['norms'][{k}]", x, "to be a finite norm >= 0",
-                         lambda v: 0 <= v < math.inf) for k, x in enumerate(norms)]
+        norms = check_norms("AutoClip state['norms']", state["norms"], "AutoClip")
         self.norms.clear()
         self.norms.extend(norms)
 

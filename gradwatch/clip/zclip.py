@@ -7,7 +7,7 @@ import math
 from typing import Any, Literal
 
 from ..verdict.scalars import as_int, as_real
-from ._base import ClipPolicy, check_flag, check_positive, clip_with_norm_
+from ._base import ClipPolicy, check_flag, check_norms, check_positive, clip_with_norm_
 
 __all__ = ["ZClip"]
 
@@ -138,12 +138,7 @@ class ZClip(ClipPolicy):
                                                           math.isfinite)
         var = as_real("ZClip state['var']", state["var"], "to be a finite number >= 0",
                       lambda v: 0 <= v < math.inf)
-        warm = state["warm"]
-        if not isinstance(warm, (list, tuple)):
-            raise TypeError(f"Expected ZClip state['warm'] to be a list of norms, but got "
-                            f"{type(warm).__name__}; pass what ZClip.state_dict() returned.")
-        warm = [as_real(f"ZClip state['warm'][{k}]", x, "to be a finite norm >= 0",
-                        lambda v: 0 <= v < math.inf) for k, x in enumerate(warm)]
+        warm = check_norms("ZClip state['warm']", state["warm"], "ZClip")
         self.mean, self.var, self._warm = mean, var, warm
 
     def __repr__(self) -> str:
